@@ -1,0 +1,140 @@
+"""The CPU compatibility layer for megatron-core 0.16.1.
+
+megatron-core assumes CUDA in a handful of places (see ../shared/notes/megatron-core-on-cpu.md).
+Each patch below replaces exactly one such assumption, is applied only when CUDA is absent, and
+has a test in tests/unit/test_cpu_compat.py that fails without it. On a GPU machine nothing here
+runs, so the same training code is exercised unchanged there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from collections.abc import Callable, Iterator
+
+import torch
+
+_APPLIED: list[str] = []
+
+
+class CpuRNGStatesTracker:
+    """megatron's RNG tracker (named states, `fork` to draw from one) over the CPU generator.
+
+    megatron keeps one CUDA generator state per parallel role (data-parallel, tensor-parallel,
+    expert) so that, e.g., dropout inside a tensor-parallel region differs across TP ranks. On CPU
+    the same bookkeeping works with the CPU generator's state tensors.
+    """
+
+    def __init__(self, use_cudagraphable_rng: bool = False, is_inference_rng_tracker: bool = False):
+        self.is_inference_rng_tracker = is_inference_rng_tracker
+        self.reset()
+
+    def is_initialized(self) -> bool:
+        return self._is_initialized
+
+    def reset(self) -> None:
+        self._is_initialized = False
+        self.states_: dict[str, torch.Tensor] = {}
+        self.seeds_: set[int] = set()
+
+    def get_states(self) -> dict[str, torch.Tensor]:
+        return dict(self.states_)
+
+    def set_states(self, states: dict[str, torch.Tensor]) -> None:
+        self._is_initialized = True
+        self.states_ = states
+
+    def add(self, name: str, seed: int) -> None:
+        self._is_initialized = True
+        if seed in self.seeds_:
+            raise ValueError(f"RNG seed {seed} is already tracked; each state needs its own seed.")
+        if name in self.states_:
+            raise ValueError(f"RNG state {name!r} is already tracked.")
+        self.seeds_.add(seed)
+        generator = torch.Generator(device="cpu")
+        generator.manual_seed(seed)
+        self.states_[name] = generator.get_state()
+
+    @contextlib.contextmanager
+    def fork(self, name: str = "model-parallel-rng") -> Iterator[None]:
+        if name not in self.states_:
+            raise KeyError(f"RNG state {name!r} was never added to the tracker.")
+        outside = torch.get_rng_state()
+        torch.set_rng_state(self.states_[name])
+        try:
+            yield
+        finally:
+            self.states_[name] = torch.get_rng_state()
+            torch.set_rng_state(outside)
+
+
+def _cpu_current_device() -> torch.device:
+    """Stands in for torch.cuda.current_device(), which raises when there is no CUDA."""
+    return torch.device("cpu")
+
+
+class _CudaLiteralsToCpu(types.ModuleType):
+    """A view of the torch module in which tensor factories map device="cuda" to the CPU.
+
+    Installed as the `torch` global of a single megatron module that hard-codes device="cuda"
+    (pipeline_parallel.schedules), so nothing outside that module is affected.
+    """
+
+    _FACTORIES = ("zeros", "ones", "empty", "tensor", "full")
+
+    def __init__(self, real_torch: types.ModuleType):
+        super().__init__("torch")
+        self._real = real_torch
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._real, name)
+        if name in self._FACTORIES:
+            return _on_cpu(attr)
+        return attr
+
+
+def _on_cpu(factory: Callable) -> Callable:
+    def wrapped(*args, **kwargs):
+        device = kwargs.get("device")
+        if device is not None and torch.device(device).type == "cuda":
+            kwargs["device"] = "cpu"
+        return factory(*args, **kwargs)
+
+    return wrapped
+
+
+def _patch_rng_tracker() -> None:
+    from megatron.core.tensor_parallel import random as mpu_random
+
+    mpu_random.CudaRNGStatesTracker = CpuRNGStatesTracker
+
+
+def _patch_current_device() -> None:
+    torch.cuda.current_device = _cpu_current_device
+
+
+def _patch_schedule_literals() -> None:
+    from megatron.core.pipeline_parallel import schedules
+
+    if not isinstance(schedules.torch, _CudaLiteralsToCpu):
+        schedules.torch = _CudaLiteralsToCpu(torch)
+
+
+PATCHES: dict[str, Callable[[], None]] = {
+    "rng_tracker": _patch_rng_tracker,
+    "current_device": _patch_current_device,
+    "schedule_cuda_literals": _patch_schedule_literals,
+}
+
+
+def apply_cpu_compat(only: list[str] | None = None) -> list[str]:
+    """Apply the CPU patches (all, or the named ones) once; a no-op where CUDA is available."""
+    if torch.cuda.is_available():
+        return []
+    for name in only if only is not None else list(PATCHES):
+        if name not in PATCHES:
+            raise KeyError(f"unknown CPU patch {name!r}; expected one of {sorted(PATCHES)}")
+        if name not in _APPLIED:
+            PATCHES[name]()
+            _APPLIED.append(name)
+    return list(_APPLIED)

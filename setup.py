@@ -1,0 +1,29 @@
+"""Package metadata for megatron-mamba."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="megatron_mamba",
+    version="0.1.0",
+    description="Turn pretrained Transformers into Mamba or hybrid Mamba models on megatron-core",
+    python_requires=">=3.10",
+    packages=find_packages(include=["megatron_mamba", "megatron_mamba.*"]),
+    install_requires=[
+        "megatron-core>=0.16,<0.17",
+        "torch>=2.6",
+        "numpy",
+        "transformers>=4.46",
+        "tokenizers",
+        "safetensors",
+        "pyyaml",
+        "einops",
+        "lm-eval>=0.4.5",
+        "accelerate",
+        "wandb",
+        "tqdm",
+    ],
+    extras_require={
+        "gpu": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
+        "dev": ["pytest", "ruff"],
+    },
+)

@@ -1,0 +1,68 @@
+"""Each scenario exercises one CUDA assumption of megatron-core; run as a subprocess.
+
+Usage: cpu_compat_scenarios.py SCENARIO [PATCH ...]  (applies only the named CPU patches)
+"""
+
+import sys
+
+import torch
+import torch.distributed as dist
+
+from megatron_mamba.runtime.cpu_compat import apply_cpu_compat
+
+
+def _world_of_one():
+    from megatron.core import parallel_state
+
+    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:0", rank=0, world_size=1)
+    parallel_state.initialize_model_parallel()
+
+
+def rng_tracker():
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker, model_parallel_cuda_manual_seed
+
+    _world_of_one()
+    model_parallel_cuda_manual_seed(7)
+    with get_cuda_rng_tracker().fork():
+        torch.rand(3)
+
+
+def current_device():
+    from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+
+    RotaryEmbedding(kv_channels=16, rotary_percent=1.0)(8)
+
+
+def schedule_cuda_literals():
+    from megatron.core.enums import ModelType
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    _world_of_one()
+    class Tiny(torch.nn.Linear):
+        def set_input_tensor(self, tensor):
+            pass
+
+    model = Tiny(4, 1)
+    model.config = TransformerConfig(num_layers=1, hidden_size=4, num_attention_heads=1)
+    model.model_type = ModelType.encoder_or_decoder
+
+    def step(data, model):
+        out = model(next(data))
+        return out, lambda o: (o.sum(), {})
+
+    get_forward_backward_func()(
+        forward_step_func=step,
+        data_iterator=iter([torch.ones(2, 4)]),
+        model=model,
+        num_microbatches=1,
+        seq_length=1,
+        micro_batch_size=2,
+    )
+
+
+if __name__ == "__main__":
+    scenario, patches = sys.argv[1], sys.argv[2:]
+    apply_cpu_compat(only=patches)
+    globals()[scenario]()
+    print("scenario ok")

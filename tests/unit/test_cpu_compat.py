@@ -1,0 +1,56 @@
+"""Every CPU patch is needed (its scenario fails without it) and sufficient (passes with it)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from megatron_mamba.runtime.cpu_compat import PATCHES, CpuRNGStatesTracker
+
+SCENARIOS = Path(__file__).with_name("cpu_compat_scenarios.py")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(scenario: str, patches: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, str(SCENARIOS), scenario, *patches]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("patch", sorted(PATCHES))
+def test_patch_is_needed_and_sufficient(patch):
+    others = [p for p in PATCHES if p != patch]
+    without = _run(patch, others)
+    assert without.returncode != 0, f"scenario {patch} passed without its patch"
+    last_line = without.stderr.strip().splitlines()[-1]
+    assert "CUDA" in last_line or "cuda" in last_line, without.stderr[-2000:]
+    with_all = _run(patch, list(PATCHES))
+    assert with_all.returncode == 0, with_all.stderr[-4000:]
+    assert "scenario ok" in with_all.stdout
+
+
+def test_cpu_tracker_forks_an_independent_stream_and_restores_the_outer_one():
+    tracker = CpuRNGStatesTracker()
+    tracker.add("tp", 11)
+    torch.manual_seed(0)
+    expected_outer = torch.rand(4)
+    torch.manual_seed(0)
+    with tracker.fork("tp"):
+        inside_first = torch.rand(4)
+    with tracker.fork("tp"):
+        inside_second = torch.rand(4)
+    outer = torch.rand(4)
+    torch.testing.assert_close(outer, expected_outer)
+    reference = torch.Generator().manual_seed(11)
+    torch.testing.assert_close(inside_first, torch.rand(4, generator=reference))
+    torch.testing.assert_close(inside_second, torch.rand(4, generator=reference))
+
+
+def test_cpu_tracker_refuses_a_reused_seed():
+    tracker = CpuRNGStatesTracker()
+    tracker.add("a", 1)
+    with pytest.raises(ValueError, match="seed 1"):
+        tracker.add("b", 1)
