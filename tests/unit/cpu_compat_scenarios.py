@@ -39,6 +39,7 @@ def schedule_cuda_literals():
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     _world_of_one()
+
     class Tiny(torch.nn.Linear):
         def set_input_tensor(self, tensor):
             pass

@@ -1,0 +1,1 @@
+"""Side-by-side GPU benchmarks; results are recorded in benchmarks/RESULTS.md."""

@@ -1,0 +1,1 @@
+"""Thin command-line tools for datasets: preprocess, merge, inspect."""

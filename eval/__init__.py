@@ -1,0 +1,1 @@
+"""lm-eval runner and model adapter."""

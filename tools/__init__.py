@@ -1,0 +1,1 @@
+"""Thin command-line tools: convert, export, reshard, inspect checkpoints."""
