@@ -31,6 +31,7 @@ class SDPAttention(MegatronModule):
         softmax_scale: float | None = None,
         cp_comm_type: str | None = None,
         pg_collection=None,
+        sliding_window: int | None = None,
     ):
         super().__init__(config=config)
         if config.context_parallel_size != 1:
@@ -47,7 +48,7 @@ class SDPAttention(MegatronModule):
         self.dropout_p = (
             config.attention_dropout if attention_dropout is None else attention_dropout
         )
-        self.window_size = config.window_size
+        self.sliding_window = sliding_window
 
     def forward(
         self,
@@ -62,10 +63,10 @@ class SDPAttention(MegatronModule):
         if packed_seq_params is not None or attention_bias is not None:
             raise ValueError("packed sequences and attention bias are unsupported by SDPAttention")
         seq_len = query.shape[0]
-        if self.window_size is not None and seq_len > self.window_size[0] + 1:
+        if self.sliding_window is not None and seq_len > self.sliding_window:
             raise ValueError(
-                f"sequence length {seq_len} exceeds the sliding window ({self.window_size[0]}) "
-                "and the SDPA core cannot apply a sliding window; use sequences within the window"
+                f"sequence length {seq_len} exceeds the sliding window {self.sliding_window}, "
+                "which the SDPA core does not apply; use sequences no longer than the window"
             )
         # [s, b, h, d] -> [b, h, s, d]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))

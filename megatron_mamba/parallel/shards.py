@@ -9,6 +9,7 @@ tensors can be named and placed back into the full layout.
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 import torch
 from megatron.core import parallel_state
@@ -36,64 +37,80 @@ def global_name(local_name: str, offsets: dict[str, int]) -> str:
     return f"{prefix}{int(local) + offsets[prefix]}{rest}"
 
 
-def partition_dim(param: torch.Tensor) -> int | None:
-    """The dimension a parameter is split along across TP ranks, or None if replicated."""
+class Partition(NamedTuple):
+    """How a whole tensor is split over TP ranks: along `dim` (None: replicated), and with
+    `stride` > 1 as megatron's strided split (rank r holds chunks r, r+W, ... of W·stride)."""
+
+    dim: int | None
+    stride: int = 1
+
+
+def partition_of(param: torch.Tensor) -> Partition:
     if getattr(param, "tensor_model_parallel", False):
-        if getattr(param, "partition_stride", 1) != 1:
-            raise NotImplementedError("strided tensor-parallel partitions are not supported")
-        return param.partition_dim
-    return None
+        return Partition(param.partition_dim, getattr(param, "partition_stride", 1))
+    return Partition(None)
 
 
-def tp_slice(full: torch.Tensor, dim: int | None) -> torch.Tensor:
-    """This TP rank's contiguous chunk of `full` along `dim` (the whole tensor if dim is None)."""
-    if dim is None:
+def tp_slice(full: torch.Tensor, part: Partition, rank: int, size: int) -> torch.Tensor:
+    """TP rank `rank`'s piece of `full` (of `size` ranks)."""
+    if part.dim is None:
         return full
-    size = parallel_state.get_tensor_model_parallel_world_size()
-    rank = parallel_state.get_tensor_model_parallel_rank()
-    if full.shape[dim] % size:
+    pieces = size * part.stride
+    if full.shape[part.dim] % pieces:
         raise ValueError(
-            f"dimension {dim} of size {full.shape[dim]} does not split across {size} TP ranks"
+            f"dimension {part.dim} of size {full.shape[part.dim]} does not split into "
+            f"{size} TP ranks × stride {part.stride}"
         )
-    return full.chunk(size, dim=dim)[rank]
+    chunks = full.chunk(pieces, dim=part.dim)
+    return torch.cat(chunks[rank::size], dim=part.dim)
+
+
+def tp_merge(locals_by_rank: list[torch.Tensor], part: Partition) -> torch.Tensor:
+    """The whole tensor from every TP rank's piece (ordered by rank); inverse of tp_slice."""
+    if part.dim is None:
+        return locals_by_rank[0]
+    per_rank = [t.chunk(part.stride, dim=part.dim) for t in locals_by_rank]
+    ordered = [per_rank[r][s] for s in range(part.stride) for r in range(len(per_rank))]
+    return torch.cat(ordered, dim=part.dim)
 
 
 @torch.no_grad()
 def load_full_state(model: torch.nn.Module, full_state: dict[str, torch.Tensor]) -> None:
     """Copy whole tensors (single-process names) into this rank's shards of `model`."""
     offsets = layer_offsets(model)
+    rank = parallel_state.get_tensor_model_parallel_rank()
+    size = parallel_state.get_tensor_model_parallel_world_size()
     for name, param in model.named_parameters():
         key = global_name(name, offsets)
         if key not in full_state:
             raise KeyError(f"parameter {key!r} (local {name!r}) missing from the full state")
-        param.copy_(tp_slice(full_state[key], partition_dim(param)))
+        param.copy_(tp_slice(full_state[key], partition_of(param), rank, size))
 
 
 def local_shards(
     model: torch.nn.Module, grads: bool = False
-) -> dict[str, tuple[torch.Tensor, int | None]]:
-    """Global name → (this rank's tensor or its gradient, its TP partition dim)."""
+) -> dict[str, tuple[torch.Tensor, Partition]]:
+    """Global name → (this rank's tensor or its gradient, its TP partition)."""
     offsets = layer_offsets(model)
     out = {}
     for name, param in model.named_parameters():
         tensor = param.grad if grads else param
         if tensor is None:
             continue
-        out[global_name(name, offsets)] = (tensor.detach().clone(), partition_dim(param))
+        out[global_name(name, offsets)] = (tensor.detach().clone(), partition_of(param))
     return out
 
 
 def merge_shards(
-    per_rank: list[dict[str, tuple[torch.Tensor, int | None]]], tp_ranks: list[int]
+    per_rank: list[dict[str, tuple[torch.Tensor, Partition]]], tp_ranks: list[int]
 ) -> dict[str, torch.Tensor]:
-    """Reassemble whole tensors from every rank's `local_shards` (ordered by TP rank)."""
-    pieces: dict[str, dict[int, tuple[torch.Tensor, int | None]]] = {}
+    """Reassemble whole tensors from every rank's `local_shards`, given each rank's TP rank."""
+    pieces: dict[str, dict[int, tuple[torch.Tensor, Partition]]] = {}
     for shards, tp_rank in zip(per_rank, tp_ranks, strict=True):
         for name, value in shards.items():
             pieces.setdefault(name, {})[tp_rank] = value
     full = {}
     for name, by_rank in pieces.items():
         ordered = [by_rank[r] for r in sorted(by_rank)]
-        dim = ordered[0][1]
-        full[name] = ordered[0][0] if dim is None else torch.cat([t for t, _ in ordered], dim)
+        full[name] = tp_merge([t for t, _ in ordered], Partition(*ordered[0][1]))
     return full

@@ -1,0 +1,131 @@
+"""Typed, validated configuration. Each field's docstring says what it means.
+
+Bad values fail in `__post_init__` with one sentence naming the value and what was expected, before
+any weight is built. The megatron `TransformerConfig` is derived from these in one place
+(`megatron_mamba.models.build.to_transformer_config`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from megatron_mamba.models.layer_pattern import parse_layer_pattern
+
+Arch = Literal["gpt_neox", "llama"]
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+@dataclass
+class ModelConfig:
+    """The shape of a GPTNeoX (Pythia) or Llama/Mistral model and its per-layer mixers."""
+
+    arch: Arch
+    """Block family: "gpt_neox" (LayerNorm, GeLU MLP, biases) or "llama" (RMSNorm, SwiGLU)."""
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    ffn_hidden_size: int
+    vocab_size: int
+    """The tokenizer's vocabulary; the embedding is padded to `padded_vocab_size(tp)`."""
+    num_query_groups: int | None = None
+    """Key/value heads (GQA); None means one per attention head (MHA)."""
+    head_dim: int | None = None
+    """Per-head width; None means hidden_size // num_attention_heads."""
+    max_position_embeddings: int = 2048
+    norm_eps: float = 1e-5
+    rotary_percent: float = 1.0
+    """Fraction of each head that is rotated (Pythia: 0.25)."""
+    rotary_base: float = 10000.0
+    rope_scaling_factor: float | None = None
+    """Llama-3.1-style RoPE scaling factor (low/high freq factors 1/4, original length 8192)."""
+    parallel_residual: bool = True
+    """GPTNeoX only: x + mixer(ln1(x)) + mlp(ln2(x)) instead of the sequential residual."""
+    tie_embeddings: bool = False
+    sliding_window: int | None = None
+    """Mistral's attention window; longer sequences are refused by the SDPA core."""
+    layer_pattern: str | None = None
+    """One symbol per layer ("A" attention, "M" mamba1, "S" mamba2); None means all attention."""
+    make_vocab_size_divisible_by: int = 128
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.arch not in ("gpt_neox", "llama"):
+            raise ValueError(f"arch {self.arch!r} is unknown; expected 'gpt_neox' or 'llama'")
+        for name in ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        if self.num_query_groups is None:
+            self.num_query_groups = self.num_attention_heads
+        if self.num_attention_heads % self.num_query_groups:
+            raise ValueError(
+                f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+                f"num_query_groups={self.num_query_groups}"
+            )
+        if self.head_dim is None:
+            if self.hidden_size % self.num_attention_heads:
+                raise ValueError(
+                    f"hidden_size={self.hidden_size} is not divisible by "
+                    f"num_attention_heads={self.num_attention_heads}; set head_dim"
+                )
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if not 0.0 < self.rotary_percent <= 1.0:
+            raise ValueError(f"rotary_percent={self.rotary_percent} must be in (0, 1]")
+        if self.arch == "llama" and self.parallel_residual:
+            self.parallel_residual = False  # Llama blocks are always sequential
+        self.layer_pattern = parse_layer_pattern(self.layer_pattern, self.num_layers)
+
+    @property
+    def mixers(self) -> list[str]:
+        """The mixer name of each layer, from the pattern."""
+        from megatron_mamba.models.layer_pattern import mixer_names
+
+        return mixer_names(self.layer_pattern)
+
+    def padded_vocab_size(self, tensor_parallel: int) -> int:
+        """Vocabulary rounded up so each TP rank holds an equal, aligned slice."""
+        multiple = self.make_vocab_size_divisible_by * tensor_parallel
+        return -(-self.vocab_size // multiple) * multiple
+
+
+@dataclass
+class ParallelConfig:
+    """How the model is split across processes; data parallelism takes the rest of the world."""
+
+    tensor: int = 1
+    pipeline: int = 1
+    sequence_parallel: bool = False
+    """Split norms/dropout along the sequence across TP ranks (needs tensor > 1)."""
+    first_stage_layers: int | None = None
+    """Layers on the first pipeline stage when the split is uneven; None means even."""
+    last_stage_layers: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("tensor", "pipeline"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}-parallel size {value!r} must be a positive integer")
+        if self.sequence_parallel and self.tensor == 1:
+            raise ValueError("sequence_parallel=True needs tensor-parallel size > 1, got 1")
+
+
+@dataclass
+class RunPrecision:
+    """Numerics of a run."""
+
+    dtype: Precision = "fp32"
+    recompute: Literal["none", "full", "selective"] = "none"
+    """Activation recomputation: none, every layer ("full"), or the attention core only."""
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision {self.dtype!r} is unknown; expected fp32, bf16 or fp16")
+        if self.recompute not in ("none", "full", "selective"):
+            raise ValueError(
+                f"recompute {self.recompute!r} is unknown; expected none, full or selective"
+            )
+
+
+__all__ = ["ModelConfig", "ParallelConfig", "RunPrecision", "field"]

@@ -1,0 +1,1 @@
+"""Checkpoint conversion between Hugging Face transformers and the native (megatron) layout."""

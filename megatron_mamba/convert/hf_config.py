@@ -1,0 +1,80 @@
+"""Our ModelConfig from a transformers config (GPTNeoX, Llama, Mistral), old or new style.
+
+transformers 5 moved RoPE settings into `rope_parameters`; older configs carry `rotary_pct`,
+`rotary_emb_base`, `rope_theta` and `rope_scaling`. Both are read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from megatron_mamba.config import ModelConfig
+
+_LLAMA3_DEFAULTS = {
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
+
+
+def _rope(hf: Any) -> dict[str, Any]:
+    params = dict(getattr(hf, "rope_parameters", None) or {})
+    scaling = getattr(hf, "rope_scaling", None) or {}
+    params = {**scaling, **params}
+    if "rope_theta" not in params:
+        params["rope_theta"] = getattr(hf, "rope_theta", getattr(hf, "rotary_emb_base", 10000.0))
+    if "partial_rotary_factor" not in params:
+        params["partial_rotary_factor"] = getattr(hf, "rotary_pct", 1.0)
+    return params
+
+
+def _rope_scaling_factor(params: dict[str, Any]) -> float | None:
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind in (None, "default"):
+        return None
+    if kind != "llama3":
+        raise ValueError(f"RoPE scaling type {kind!r} is unsupported; expected default or llama3")
+    for key, expected in _LLAMA3_DEFAULTS.items():
+        if float(params.get(key, expected)) != float(expected):
+            raise ValueError(f"llama3 RoPE {key}={params[key]} is unsupported; expected {expected}")
+    return float(params["factor"])
+
+
+def model_config_from_hf(hf: Any, **overrides: Any) -> ModelConfig:
+    """Translate a transformers config; `overrides` (e.g. layer_pattern) win."""
+    kind = hf.model_type
+    rope = _rope(hf)
+    common = dict(
+        num_layers=hf.num_hidden_layers,
+        hidden_size=hf.hidden_size,
+        num_attention_heads=hf.num_attention_heads,
+        ffn_hidden_size=hf.intermediate_size,
+        vocab_size=hf.vocab_size,
+        max_position_embeddings=hf.max_position_embeddings,
+        rotary_base=float(rope["rope_theta"]),
+        tie_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
+    )
+    if kind == "gpt_neox":
+        config = dict(
+            common,
+            arch="gpt_neox",
+            norm_eps=hf.layer_norm_eps,
+            rotary_percent=float(rope["partial_rotary_factor"]),
+            parallel_residual=hf.use_parallel_residual,
+        )
+    elif kind in ("llama", "mistral"):
+        config = dict(
+            common,
+            arch="llama",
+            num_query_groups=hf.num_key_value_heads,
+            head_dim=getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads,
+            norm_eps=hf.rms_norm_eps,
+            rope_scaling_factor=_rope_scaling_factor(rope),
+            sliding_window=getattr(hf, "sliding_window", None) if kind == "mistral" else None,
+        )
+        if getattr(hf, "attention_bias", False) or getattr(hf, "mlp_bias", False):
+            raise ValueError(f"{kind} with attention_bias/mlp_bias is unsupported; expected none")
+    else:
+        raise ValueError(f"model_type {kind!r} is unsupported; expected gpt_neox, llama, mistral")
+    config.update(overrides)
+    return ModelConfig(**config)

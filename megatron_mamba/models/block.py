@@ -1,0 +1,82 @@
+"""The block: norm → mixer, norm → MLP, with GPTNeoX's parallel or the sequential residual.
+
+The mixer (attention, Mamba1, Mamba2) is a submodule chosen per layer by the layer pattern; the
+block's norms and MLP stay whatever the mixer. It follows megatron's layer protocol (built by
+`TransformerBlock`, returns `(hidden_states, context)`) so megatron handles pipeline stages,
+recomputation and the final norm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.spec_utils import ModuleSpec, build_module
+from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.transformer.transformer_layer import BaseTransformerLayer
+
+
+@dataclass
+class MixerBlockSubmodules:
+    input_layernorm: ModuleSpec | type
+    mixer: ModuleSpec | type
+    pre_mlp_layernorm: ModuleSpec | type
+    mlp: ModuleSpec | type
+
+
+class MixerBlock(MegatronModule, BaseTransformerLayer):
+    """One layer: `x + mixer(ln1(x)) + mlp(ln2(x))` (parallel) or the sequential form."""
+
+    def __init__(
+        self,
+        config: TransformerConfig,
+        submodules: MixerBlockSubmodules,
+        layer_number: int = 1,
+        parallel_residual: bool = False,
+        **_unused,
+    ):
+        super().__init__(config=config)
+        self.layer_number = layer_number
+        self.parallel_residual = parallel_residual
+        eps = config.layernorm_epsilon
+        self.input_layernorm = build_module(
+            submodules.input_layernorm, config=config, hidden_size=config.hidden_size, eps=eps
+        )
+        self.mixer = build_module(submodules.mixer, config=config, layer_number=layer_number)
+        self.pre_mlp_layernorm = build_module(
+            submodules.pre_mlp_layernorm, config=config, hidden_size=config.hidden_size, eps=eps
+        )
+        self.mlp = build_module(submodules.mlp, config=config)
+
+    def _dropout(self, out_and_bias: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
+        out, bias = out_and_bias
+        if bias is not None:
+            out = out + bias
+        return F.dropout(out, p=self.config.hidden_dropout, training=self.training)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        rotary_pos_emb: torch.Tensor | None = None,
+        inference_context=None,
+        packed_seq_params=None,
+        **_unused,
+    ) -> tuple[torch.Tensor, None]:
+        residual = hidden_states
+        mixed = self._dropout(
+            self.mixer(
+                self.input_layernorm(hidden_states),
+                attention_mask=attention_mask,
+                rotary_pos_emb=rotary_pos_emb,
+                inference_context=inference_context,
+                packed_seq_params=packed_seq_params,
+            )
+        )
+        if self.parallel_residual:
+            mlp_out = self._dropout(self.mlp(self.pre_mlp_layernorm(hidden_states)))
+            return residual + mixed + mlp_out, None
+        hidden_states = residual + mixed
+        return hidden_states + self._dropout(self.mlp(self.pre_mlp_layernorm(hidden_states))), None

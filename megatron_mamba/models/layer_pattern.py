@@ -1,0 +1,36 @@
+"""The layer pattern: one symbol per layer choosing its mixer.
+
+"A" keeps attention, "M" puts a Mamba1 (selective scan) mixer, "S" a Mamba2 (SSD) mixer. Whitespace
+and "|" are ignored so long patterns can be grouped, e.g. "AMAM|AMAM".
+"""
+
+from __future__ import annotations
+
+SYMBOLS = {"A": "attention", "M": "mamba1", "S": "mamba2"}
+
+
+def parse_layer_pattern(pattern: str | list[str] | None, num_layers: int) -> str:
+    """Normalise a pattern (string or list of symbols/names) and check it against the model."""
+    if pattern is None:
+        return "A" * num_layers
+    if isinstance(pattern, list | tuple):
+        by_name = {name: symbol for symbol, name in SYMBOLS.items()}
+        pattern = "".join(by_name.get(item, item) for item in pattern)
+    if not isinstance(pattern, str):
+        raise TypeError(f"layer pattern {pattern!r} must be a string or a list of mixer names")
+    cleaned = "".join(ch for ch in pattern if not ch.isspace() and ch != "|")
+    unknown = sorted({ch for ch in cleaned if ch not in SYMBOLS})
+    if unknown:
+        raise ValueError(
+            f"layer pattern {pattern!r} has unknown symbol(s) {', '.join(unknown)}; "
+            f"expected {', '.join(f'{s} ({n})' for s, n in SYMBOLS.items())}"
+        )
+    if len(cleaned) != num_layers:
+        raise ValueError(
+            f"layer pattern {pattern!r} has {len(cleaned)} layers; the model has {num_layers}"
+        )
+    return cleaned
+
+
+def mixer_names(pattern: str) -> list[str]:
+    return [SYMBOLS[ch] for ch in pattern]

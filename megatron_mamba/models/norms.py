@@ -1,0 +1,49 @@
+"""LayerNorm and RMSNorm for megatron specs, computed in float32 and usable with sequence parallel.
+
+megatron-core's `WrappedTorchNorm` refuses sequence parallelism without Transformer Engine. These
+norms are plain torch; under sequence parallelism their parameters are tagged `sequence_parallel`
+so megatron's `finalize_model_grads` all-reduces their gradients across the TP group.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+
+def _tag_sequence_parallel(module: torch.nn.Module, config: TransformerConfig) -> None:
+    for param in module.parameters():
+        param.sequence_parallel = config.sequence_parallel
+
+
+class LayerNorm(torch.nn.Module):
+    """LayerNorm with weight and bias (GPTNeoX), in float32 as transformers computes it."""
+
+    def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype))
+        self.bias = torch.nn.Parameter(torch.zeros(hidden_size, dtype=config.params_dtype))
+        _tag_sequence_parallel(self, config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.layer_norm(
+            x.float(), x.shape[-1:], self.weight.float(), self.bias.float(), self.eps
+        )
+        return out.to(x.dtype)
+
+
+class RMSNorm(torch.nn.Module):
+    """RMSNorm (Llama): normalise in float32, cast back, then scale, as transformers does."""
+
+    def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype))
+        _tag_sequence_parallel(self, config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)

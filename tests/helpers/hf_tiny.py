@@ -1,0 +1,99 @@
+"""Tiny random transformers models (the independent reference) and their native twins."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+)
+
+from megatron_mamba.config import ParallelConfig
+from megatron_mamba.convert.hf_config import model_config_from_hf
+from megatron_mamba.convert.hf_weights import native_from_hf
+from megatron_mamba.models.build import build_model
+from megatron_mamba.parallel.shards import load_full_state
+
+VOCAB = 200  # not a multiple of 128: exercises vocabulary padding
+
+
+def tiny_gpt_neox(parallel_residual: bool = True, layers: int = 2) -> GPTNeoXForCausalLM:
+    config = GPTNeoXConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=256,
+        max_position_embeddings=64,
+        use_parallel_residual=parallel_residual,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "partial_rotary_factor": 0.25,
+        },
+        attn_implementation="eager",
+    )
+    return GPTNeoXForCausalLM(config).eval()
+
+
+def tiny_llama(tied: bool = False, layers: int = 2, llama3_rope: bool = False) -> LlamaForCausalLM:
+    rope = {"rope_type": "default", "rope_theta": 500000.0}
+    if llama3_rope:
+        rope = {
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 32.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        }
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        tie_word_embeddings=tied,
+        rope_parameters=rope,
+        attn_implementation="eager",
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny_mistral(window: int = 16, layers: int = 2) -> MistralForCausalLM:
+    config = MistralConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        sliding_window=window,
+        attn_implementation="eager",
+    )
+    return MistralForCausalLM(config).eval()
+
+
+def randomize_norms(hf_model: torch.nn.Module, seed: int = 0) -> None:
+    """transformers initialises norms to ones/zeros; random values catch swapped norms."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in hf_model.named_parameters():
+            if "norm" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5 + 1.0)
+
+
+def native_twin(hf_model: torch.nn.Module, parallel: ParallelConfig | None = None, **overrides):
+    """Our model built from the transformers config, carrying the same weights."""
+    parallel = parallel or ParallelConfig()
+    config = model_config_from_hf(hf_model.config, **overrides)
+    model = build_model(config, parallel)
+    load_full_state(model, native_from_hf(hf_model.state_dict(), config, parallel.tensor))
+    return model.eval(), config
