@@ -15,7 +15,10 @@ import torch.nn.functional as F
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
-from megatron.core.transformer.transformer_layer import BaseTransformerLayer
+from megatron.core.transformer.transformer_layer import (
+    BaseTransformerLayer,
+    get_transformer_layer_offset,
+)
 
 
 @dataclass
@@ -38,13 +41,14 @@ class MixerBlock(MegatronModule, BaseTransformerLayer):
         **_unused,
     ):
         super().__init__(config=config)
-        self.layer_number = layer_number
+        # TransformerBlock passes the stage-local number; the global one names weights and RNGs.
+        self.layer_number = layer_number + get_transformer_layer_offset(config)
         self.parallel_residual = parallel_residual
         eps = config.layernorm_epsilon
         self.input_layernorm = build_module(
             submodules.input_layernorm, config=config, hidden_size=config.hidden_size, eps=eps
         )
-        self.mixer = build_module(submodules.mixer, config=config, layer_number=layer_number)
+        self.mixer = build_module(submodules.mixer, config=config, layer_number=self.layer_number)
         self.pre_mlp_layernorm = build_module(
             submodules.pre_mlp_layernorm, config=config, hidden_size=config.hidden_size, eps=eps
         )

@@ -22,7 +22,8 @@ def layer_offsets(model: torch.nn.Module) -> dict[str, int]:
     offsets: dict[str, int] = {}
     for name, module in model.named_modules():
         match = _LAYER.match(name + ".")
-        if match and hasattr(module, "layer_number"):
+        # Only the layer itself (name ends in its index) carries the authoritative number.
+        if match and match.group(3) == "." and hasattr(module, "layer_number"):
             local = int(match.group(2))
             offsets[match.group(1)] = module.layer_number - 1 - local
     return offsets
@@ -74,6 +75,15 @@ def tp_merge(locals_by_rank: list[torch.Tensor], part: Partition) -> torch.Tenso
     return torch.cat(ordered, dim=part.dim)
 
 
+def _is_tied_output(name: str, param: torch.Tensor) -> bool:
+    return name.endswith("output_layer.weight") and getattr(param, "shared_embedding", False)
+
+
+def _grad(param: torch.Tensor) -> torch.Tensor | None:
+    """megatron DDP keeps gradients in `main_grad` buffers; plain modules in `.grad`."""
+    return getattr(param, "main_grad", None) if hasattr(param, "main_grad") else param.grad
+
+
 @torch.no_grad()
 def load_full_state(model: torch.nn.Module, full_state: dict[str, torch.Tensor]) -> None:
     """Copy whole tensors (single-process names) into this rank's shards of `model`."""
@@ -82,6 +92,8 @@ def load_full_state(model: torch.nn.Module, full_state: dict[str, torch.Tensor])
     size = parallel_state.get_tensor_model_parallel_world_size()
     for name, param in model.named_parameters():
         key = global_name(name, offsets)
+        if key not in full_state and _is_tied_output(name, param):
+            key = "embedding.word_embeddings.weight"
         if key not in full_state:
             raise KeyError(f"parameter {key!r} (local {name!r}) missing from the full state")
         param.copy_(tp_slice(full_state[key], partition_of(param), rank, size))
@@ -94,7 +106,9 @@ def local_shards(
     offsets = layer_offsets(model)
     out = {}
     for name, param in model.named_parameters():
-        tensor = param.grad if grads else param
+        if _is_tied_output(name, param):
+            continue  # a replica of the embedding on the last stage, not a parameter of its own
+        tensor = _grad(param) if grads else param
         if tensor is None:
             continue
         out[global_name(name, offsets)] = (tensor.detach().clone(), partition_of(param))

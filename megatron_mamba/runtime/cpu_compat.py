@@ -120,10 +120,32 @@ def _patch_schedule_literals() -> None:
         schedules.torch = _CudaLiteralsToCpu(torch)
 
 
+def _patch_tied_embedding_copy() -> None:
+    """With tied embeddings and PP > 1, megatron moves the last stage's copy of the embedding to
+    CUDA (`weight.data.cuda()`) before all-reducing it from the first stage; keep it on the CPU."""
+    from megatron.core.models.common.language_module.language_module import LanguageModule
+
+    original = LanguageModule.setup_embeddings_and_output_layer
+    if getattr(original, "_cpu_compat", False):
+        return
+
+    def setup_on_cpu(self, *args, **kwargs):
+        real_cuda = torch.Tensor.cuda
+        torch.Tensor.cuda = lambda tensor, *a, **k: tensor
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            torch.Tensor.cuda = real_cuda
+
+    setup_on_cpu._cpu_compat = True
+    LanguageModule.setup_embeddings_and_output_layer = setup_on_cpu
+
+
 PATCHES: dict[str, Callable[[], None]] = {
     "rng_tracker": _patch_rng_tracker,
     "current_device": _patch_current_device,
     "schedule_cuda_literals": _patch_schedule_literals,
+    "tied_embedding_copy": _patch_tied_embedding_copy,
 }
 
 

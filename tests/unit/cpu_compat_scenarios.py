@@ -62,6 +62,30 @@ def schedule_cuda_literals():
     )
 
 
+def tied_embedding_copy():
+    """Needs two processes (torchrun): the last stage's tied output layer."""
+    from megatron.core import parallel_state
+
+    from megatron_mamba.config import ModelConfig, ParallelConfig
+    from megatron_mamba.models.build import build_model
+
+    dist.init_process_group("gloo")
+    parallel_state.initialize_model_parallel(pipeline_model_parallel_size=2)
+    config = ModelConfig(
+        arch="llama",
+        num_layers=2,
+        hidden_size=32,
+        num_attention_heads=2,
+        ffn_hidden_size=64,
+        vocab_size=128,
+        tie_embeddings=True,
+    )
+    build_model(config, ParallelConfig(pipeline=2))
+
+
+TWO_PROCESSES = {"tied_embedding_copy"}
+
+
 if __name__ == "__main__":
     scenario, patches = sys.argv[1], sys.argv[2:]
     apply_cpu_compat(only=patches)

@@ -80,7 +80,7 @@ losses = get_forward_backward_func()(
 torch.save(
     {
         "losses": [x["loss"].cpu() for x in losses],
-        "grads": {k: (v.cpu(), d) for k, (v, d) in local_shards(model, grads=True).items()},
+        "grads": {k: (v.cpu(), tuple(p)) for k, (v, p) in local_shards(model, grads=True).items()},
         "tp_rank": ps.get_tensor_model_parallel_rank(),
         "backend": rt.backend,
     },

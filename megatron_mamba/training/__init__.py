@@ -1,0 +1,1 @@
+"""Training: gradient buffers and reductions, the loop, optimizer and schedule, checkpoints."""

@@ -1,0 +1,30 @@
+"""Wrap a model in megatron's DDP so the schedule finishes every gradient reduction.
+
+megatron's `finalize_model_grads` all-reduces across data-parallel replicas, sums the gradients of
+sequence-parallel norm parameters over the TP group, and adds the tied embedding's gradients
+across the first and last pipeline stages. Installing it on the config lets
+`get_forward_backward_func()` call it at the end of each step.
+"""
+
+from __future__ import annotations
+
+import torch
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+
+
+def wrap_ddp(model: torch.nn.Module, grad_reduce_in_fp32: bool = True) -> DistributedDataParallel:
+    """DDP over `model` with contiguous fp32 gradient buffers (`param.main_grad`)."""
+    config = model.config
+    ddp = DistributedDataParallel(
+        config=config,
+        ddp_config=DistributedDataParallelConfig(
+            grad_reduce_in_fp32=grad_reduce_in_fp32,
+            overlap_grad_reduce=False,
+            use_distributed_optimizer=False,
+        ),
+        module=model,
+    )
+    config.finalize_model_grads_func = finalize_model_grads
+    config.no_sync_func = ddp.no_sync
+    return ddp
