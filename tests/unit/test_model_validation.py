@@ -1,0 +1,85 @@
+"""Bad model or layout input stops before any weight is built, with one sentence naming it."""
+
+import pytest
+
+from megatron_mamba.config import ModelConfig, ParallelConfig
+from megatron_mamba.models import build as build_module
+from megatron_mamba.models.build import build_model, stage_layer_counts
+from megatron_mamba.models.presets import preset
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("a model was built despite invalid input")
+
+    monkeypatch.setattr(build_module, "GPTModel", fail)
+
+
+def test_pattern_of_wrong_length():
+    with pytest.raises(ValueError, match="has 3 layers; the model has 2"):
+        preset("tiny-llama", layer_pattern="AAA")
+
+
+def test_pattern_with_unknown_symbol():
+    with pytest.raises(ValueError, match=r"unknown symbol\(s\) X"):
+        preset("tiny-llama", layer_pattern="AX")
+
+
+def test_pattern_accepts_names_and_grouping():
+    assert preset("tiny-llama", layer_pattern=["attention", "mamba1"]).layer_pattern == "AM"
+    assert preset("pythia-70m", layer_pattern="AMS|AMS").mixers[:3] == [
+        "attention",
+        "mamba1",
+        "mamba2",
+    ]
+
+
+@pytest.mark.parametrize(
+    "overrides,tp,message",
+    [
+        ({}, 3, "does not divide num_attention_heads=4"),
+        (
+            {"num_attention_heads": 8, "num_query_groups": 2},
+            4,
+            "does not divide num_query_groups=2",
+        ),
+    ],
+)
+def test_tensor_parallel_must_divide_heads_and_groups(runtime, no_weights, overrides, tp, message):
+    config = preset("tiny-llama", **overrides)
+    with pytest.raises(ValueError, match=message):
+        build_model(config, ParallelConfig(tensor=tp))
+
+
+def test_pipeline_stage_left_empty(runtime, no_weights):
+    config = preset("tiny-gpt-neox", num_layers=4)
+    with pytest.raises(ValueError, match="leaves a stage with no layer"):
+        build_model(config, ParallelConfig(pipeline=2, first_stage_layers=4))
+    with pytest.raises(ValueError, match="do not split evenly"):
+        build_model(config, ParallelConfig(pipeline=3))
+
+
+def test_uneven_pipeline_split():
+    config = preset("tiny-gpt-neox", num_layers=10)
+    parallel = ParallelConfig(pipeline=4, first_stage_layers=1, last_stage_layers=3)
+    assert stage_layer_counts(config, parallel) == [1, 3, 3, 3]
+
+
+def test_sequence_parallel_needs_tensor_parallel():
+    with pytest.raises(ValueError, match="sequence_parallel=True needs tensor-parallel size > 1"):
+        ParallelConfig(sequence_parallel=True)
+
+
+def test_unknown_arch_and_bad_sizes():
+    with pytest.raises(ValueError, match="arch 'gpt2' is unknown"):
+        ModelConfig(
+            arch="gpt2",
+            num_layers=1,
+            hidden_size=8,
+            num_attention_heads=2,
+            ffn_hidden_size=8,
+            vocab_size=8,
+        )
+    with pytest.raises(ValueError, match="num_attention_heads=6 is not a multiple"):
+        preset("tiny-llama", num_attention_heads=6, num_query_groups=4, head_dim=16)
