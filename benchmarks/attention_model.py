@@ -1,0 +1,112 @@
+"""Training-step throughput of our attention-only GPTNeoX against transformers' (sdpa), bf16.
+
+Pythia-1b shape (16 layers, hidden 2048, 8 heads), seq 2048, micro-batch 4, forward + backward +
+AdamW step for both, in the same process on one GPU. Prints a markdown row and writes JSON.
+
+    torchrun --nproc_per_node 1 benchmarks/attention_model.py --out $OUT/attention_model.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+
+import torch
+
+from benchmarks.common import matmul_peak_flops, median_step_seconds, peak_memory_gib
+from megatron_mamba.config import ParallelConfig, RunPrecision
+from megatron_mamba.models.build import build_model
+from megatron_mamba.models.presets import preset
+from megatron_mamba.models.size import training_flops_per_token
+from megatron_mamba.runtime import init_runtime
+
+
+def ours_step(config, tokens):
+    model = build_model(config, ParallelConfig(), RunPrecision("bf16"), cpu_initialization=False)
+    model.cuda()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+
+    def step():
+        loss = model(tokens[:, :-1], None, None, labels=tokens[:, 1:]).float().mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return model, step
+
+
+def hf_step(config, tokens):
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    hf_config = GPTNeoXConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_attention_heads,
+        intermediate_size=config.ffn_hidden_size,
+        max_position_embeddings=config.max_position_embeddings,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "partial_rotary_factor": 0.25,
+        },
+        attn_implementation="sdpa",
+        torch_dtype=torch.bfloat16,
+    )
+    model = GPTNeoXForCausalLM(hf_config).to(device="cuda", dtype=torch.bfloat16)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+
+    def step():
+        # transformers shifts labels itself: labels are the inputs.
+        model(tokens[:, :-1], labels=tokens[:, :-1]).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return model, step
+
+
+def measure(name, build, config, tokens, peak, seq):
+    model, step = build(config, tokens)
+    seconds = median_step_seconds(step)
+    memory = peak_memory_gib(step)
+    tokens_per_s = tokens.shape[0] * seq / seconds
+    mfu = tokens_per_s * training_flops_per_token(config, seq) / peak
+    del model, step
+    gc.collect()
+    torch.cuda.empty_cache()
+    return {"name": name, "tokens_per_s": tokens_per_s, "peak_gib": memory, "mfu": mfu}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--preset", default="pythia-1b")
+    parser.add_argument("--seq", type=int, default=2048)
+    parser.add_argument("--micro-batch", type=int, default=4)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    init_runtime(seed=0)
+    config = preset(args.preset)
+    tokens = torch.randint(0, config.vocab_size, (args.micro_batch, args.seq + 1), device="cuda")
+    peak = matmul_peak_flops()
+    rows = [
+        measure("transformers GPTNeoX (sdpa)", hf_step, config, tokens, peak, args.seq),
+        measure("megatron-mamba GPTNeoX", ours_step, config, tokens, peak, args.seq),
+    ]
+    base = rows[0]["tokens_per_s"]
+    print(f"bf16 matmul ceiling: {peak / 1e12:.0f} TFLOP/s")
+    print("| model | tokens/s | × transformers | peak GiB | MFU |\n|---|---|---|---|---|")
+    for row in rows:
+        row["speedup"] = row["tokens_per_s"] / base
+        print(
+            f"| {row['name']} | {row['tokens_per_s']:,.0f} | {row['speedup']:.2f} | "
+            f"{row['peak_gib']:.1f} | {row['mfu']:.1%} |"
+        )
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"args": vars(args), "peak_flops": peak, "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
