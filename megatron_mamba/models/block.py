@@ -20,6 +20,8 @@ from megatron.core.transformer.transformer_layer import (
     get_transformer_layer_offset,
 )
 
+from megatron_mamba.models.fused import add2, add3
+
 
 @dataclass
 class MixerBlockSubmodules:
@@ -54,11 +56,16 @@ class MixerBlock(MegatronModule, BaseTransformerLayer):
         )
         self.mlp = build_module(submodules.mlp, config=config)
 
-    def _dropout(self, out_and_bias: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
-        out, bias = out_and_bias
-        if bias is not None:
-            out = out + bias
-        return F.dropout(out, p=self.config.hidden_dropout, training=self.training)
+    def _combine(self, *parts: tuple[torch.Tensor, torch.Tensor | None]) -> list[torch.Tensor]:
+        """Outputs with their biases added and dropout applied (both skipped when absent)."""
+        out = []
+        for value, bias in parts:
+            if bias is not None:
+                value = add2(value, bias)
+            if self.config.hidden_dropout > 0:
+                value = F.dropout(value, p=self.config.hidden_dropout, training=self.training)
+            out.append(value)
+        return out
 
     def forward(
         self,
@@ -69,18 +76,17 @@ class MixerBlock(MegatronModule, BaseTransformerLayer):
         packed_seq_params=None,
         **_unused,
     ) -> tuple[torch.Tensor, None]:
-        residual = hidden_states
-        mixed = self._dropout(
-            self.mixer(
-                self.input_layernorm(hidden_states),
-                attention_mask=attention_mask,
-                rotary_pos_emb=rotary_pos_emb,
-                inference_context=inference_context,
-                packed_seq_params=packed_seq_params,
-            )
+        mixed = self.mixer(
+            self.input_layernorm(hidden_states),
+            attention_mask=attention_mask,
+            rotary_pos_emb=rotary_pos_emb,
+            inference_context=inference_context,
+            packed_seq_params=packed_seq_params,
         )
         if self.parallel_residual:
-            mlp_out = self._dropout(self.mlp(self.pre_mlp_layernorm(hidden_states)))
-            return residual + mixed + mlp_out, None
-        hidden_states = residual + mixed
-        return hidden_states + self._dropout(self.mlp(self.pre_mlp_layernorm(hidden_states))), None
+            mlp_out = self.mlp(self.pre_mlp_layernorm(hidden_states))
+            return add3(hidden_states, *self._combine(mixed, mlp_out)), None
+        (mixed,) = self._combine(mixed)
+        hidden_states = add2(hidden_states, mixed)
+        (mlp_out,) = self._combine(self.mlp(self.pre_mlp_layernorm(hidden_states)))
+        return add2(hidden_states, mlp_out), None

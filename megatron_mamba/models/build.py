@@ -12,8 +12,6 @@ import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
-from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
-from megatron.core.transformer.mlp import MLP, MLPSubmodules
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import (
     TransformerBlockSubmodules,
@@ -25,6 +23,7 @@ from megatron.core.transformer.transformer_layer import get_transformer_layer_of
 from megatron_mamba.config import ModelConfig, ParallelConfig, RunPrecision
 from megatron_mamba.models.block import MixerBlock, MixerBlockSubmodules
 from megatron_mamba.models.mixers import mixer_spec
+from megatron_mamba.models.mlp import MLP
 from megatron_mamba.models.norms import LayerNorm, RMSNorm
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -122,10 +121,6 @@ def to_transformer_config(
 def layer_specs(model: ModelConfig) -> list[ModuleSpec]:
     """One block spec per layer, in global order; only the mixer differs between them."""
     norm = LayerNorm if model.arch == "gpt_neox" else RMSNorm
-    mlp = ModuleSpec(
-        module=MLP,
-        submodules=MLPSubmodules(linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear),
-    )
     return [
         ModuleSpec(
             module=MixerBlock,
@@ -134,20 +129,11 @@ def layer_specs(model: ModelConfig) -> list[ModuleSpec]:
                 input_layernorm=norm,
                 mixer=mixer_spec(name, model),
                 pre_mlp_layernorm=norm,
-                mlp=mlp,
+                mlp=MLP,
             ),
         )
         for name in model.mixers
     ]
-
-
-def _mark_glu_partitions(module: torch.nn.Module) -> None:
-    """A gated MLP's fc1 holds [gate; up] on every TP rank, i.e. a stride-2 split of the whole
-    [gate; up] tensor; record that so whole tensors can be sliced and merged correctly."""
-    for sub in module.modules():
-        if isinstance(sub, MLP) and sub.config.gated_linear_unit:
-            for param in sub.linear_fc1.parameters():
-                param.partition_stride = 2
 
 
 def build_model(
@@ -179,5 +165,4 @@ def build_model(
         rope_scaling=model.rope_scaling_factor is not None,
         rope_scaling_factor=model.rope_scaling_factor or 8.0,
     )
-    _mark_glu_partitions(gpt)
     return gpt

@@ -1,4 +1,4 @@
-"""LayerNorm and RMSNorm for megatron specs, computed in float32 and usable with sequence parallel.
+"""LayerNorm and RMSNorm for megatron specs, as transformers computes them, sequence-parallel ready.
 
 megatron-core's `WrappedTorchNorm` refuses sequence parallelism without Transformer Engine. These
 norms are plain torch; under sequence parallelism their parameters are tagged `sequence_parallel`
@@ -18,7 +18,7 @@ def _tag_sequence_parallel(module: torch.nn.Module, config: TransformerConfig) -
 
 
 class LayerNorm(torch.nn.Module):
-    """LayerNorm with weight and bias (GPTNeoX), in float32 as transformers computes it."""
+    """LayerNorm with weight and bias (GPTNeoX); torch's kernel accumulates in float32."""
 
     def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5):
         super().__init__()

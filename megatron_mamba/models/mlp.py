@@ -1,0 +1,59 @@
+"""The block MLP: GeLU with biases (GPTNeoX) or SwiGLU without (Llama), tensor-parallel.
+
+Like megatron's MLP (same parameter names, column- then row-parallel), but the fc1 bias and the
+activation run as one fused kernel, and fc2's bias is returned for the block to fuse into its
+residual sum.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_mamba.models.fused import bias_gelu, swiglu
+
+
+class MLP(MegatronModule):
+    def __init__(self, config: TransformerConfig, **_unused):
+        super().__init__(config=config)
+        glu = config.gated_linear_unit
+        if glu and config.activation_func is not F.silu:
+            raise ValueError("gated MLP supports SwiGLU (silu) only")
+        if not glu and config.activation_func is not F.gelu:
+            raise ValueError("non-gated MLP supports exact GeLU only")
+        ffn = config.ffn_hidden_size
+        self.linear_fc1 = ColumnParallelLinear(
+            config.hidden_size,
+            2 * ffn if glu else ffn,
+            config=config,
+            init_method=config.init_method,
+            bias=config.add_bias_linear,
+            gather_output=False,
+            skip_bias_add=True,
+        )
+        self.linear_fc2 = RowParallelLinear(
+            ffn,
+            config.hidden_size,
+            config=config,
+            init_method=config.output_layer_init_method,
+            bias=config.add_bias_linear,
+            input_is_parallel=True,
+            skip_bias_add=True,
+        )
+        if glu:
+            # Each TP rank holds [gate_r; up_r]: a stride-2 split of the whole [gate; up].
+            for param in self.linear_fc1.parameters():
+                param.partition_stride = 2
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        hidden, bias = self.linear_fc1(x)
+        if self.config.gated_linear_unit:
+            hidden = swiglu(hidden if bias is None else hidden + bias)
+        elif bias is not None:
+            hidden = bias_gelu(hidden, bias)
+        else:
+            hidden = F.gelu(hidden)
+        return self.linear_fc2(hidden)
