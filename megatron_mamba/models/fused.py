@@ -1,4 +1,5 @@
-"""Small elementwise fusions compiled with torch.compile on GPU (eager elsewhere).
+"""Small elementwise fusions compiled with torch.compile on GPU (eager elsewhere, or with
+MEGATRON_MAMBA_COMPILE=0).
 
 megatron's linear layers add biases as separate kernels; fusing bias + activation and the block's
 residual sums into single kernels removes whole passes over the activations. On CPU the same
@@ -7,6 +8,7 @@ functions run eagerly, so the math is identical and tests need no compiler.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
@@ -18,7 +20,7 @@ def _compile_on_gpu(fn: Callable) -> Callable:
 
     def dispatch(*args):
         nonlocal compiled
-        if not args[0].is_cuda:
+        if not args[0].is_cuda or os.environ.get("MEGATRON_MAMBA_COMPILE", "1") == "0":
             return fn(*args)
         if compiled is None:
             compiled = torch.compile(fn, dynamic=True)
