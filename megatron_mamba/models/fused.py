@@ -1,5 +1,7 @@
-"""Small elementwise fusions compiled with torch.compile on GPU (eager elsewhere, or with
-MEGATRON_MAMBA_COMPILE=0).
+"""Small elementwise fusions, compiled with torch.compile on GPU when MEGATRON_MAMBA_COMPILE=1.
+
+Measured on an H200 (benchmarks/RESULTS.md), the compiled versions cost more host time per call
+than they save on the GPU at Pythia-1b size, so they are off by default.
 
 megatron's linear layers add biases as separate kernels; fusing bias + activation and the block's
 residual sums into single kernels removes whole passes over the activations. On CPU the same
@@ -20,7 +22,7 @@ def _compile_on_gpu(fn: Callable) -> Callable:
 
     def dispatch(*args):
         nonlocal compiled
-        if not args[0].is_cuda or os.environ.get("MEGATRON_MAMBA_COMPILE", "1") == "0":
+        if not args[0].is_cuda or os.environ.get("MEGATRON_MAMBA_COMPILE", "0") != "1":
             return fn(*args)
         if compiled is None:
             compiled = torch.compile(fn, dynamic=True)
