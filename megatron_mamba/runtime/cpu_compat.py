@@ -141,11 +141,21 @@ def _patch_tied_embedding_copy() -> None:
     LanguageModule.setup_embeddings_and_output_layer = setup_on_cpu
 
 
+def _patch_checkpoint_rng_states() -> None:
+    """Activation recomputation saves and restores the CUDA generator's state; there is none on
+    CPU (the CPU state and the tracker's states are saved alongside, and stay)."""
+    from megatron.core.tensor_parallel import random as mpu_random
+
+    mpu_random._get_cuda_rng_state = lambda *args, **kwargs: None
+    mpu_random._set_cuda_rng_state = lambda *args, **kwargs: None
+
+
 PATCHES: dict[str, Callable[[], None]] = {
     "rng_tracker": _patch_rng_tracker,
     "current_device": _patch_current_device,
     "schedule_cuda_literals": _patch_schedule_literals,
     "tied_embedding_copy": _patch_tied_embedding_copy,
+    "checkpoint_rng_states": _patch_checkpoint_rng_states,
 }
 
 

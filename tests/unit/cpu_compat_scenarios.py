@@ -62,6 +62,16 @@ def schedule_cuda_literals():
     )
 
 
+def checkpoint_rng_states():
+    from megatron.core.tensor_parallel import checkpoint, model_parallel_cuda_manual_seed
+
+    _world_of_one()
+    model_parallel_cuda_manual_seed(3)
+    x = torch.randn(4, requires_grad=True)
+    checkpoint(lambda t: (t * 2).sin(), False, x).sum().backward()
+    assert torch.allclose(x.grad, 2 * (2 * x.detach()).cos())
+
+
 def tied_embedding_copy():
     """Needs two processes (torchrun): the last stage's tied output layer."""
     from megatron.core import parallel_state
