@@ -11,14 +11,16 @@ from tests.distributed.launch import torchrun
 WORKER = Path(__file__).parent / "workers" / "model_step.py"
 
 
-def _run(tmp: Path, kind: str, tp: int, pp: int, sp: bool = False, full_state=None):
-    out = tmp / f"{kind}-tp{tp}pp{pp}{'sp' if sp else ''}"
+def _run(tmp: Path, kind: str, tp: int, pp: int, sp=False, full_state=None, dp: int = 1):
+    out = tmp / f"{kind}-tp{tp}pp{pp}dp{dp}{'sp' if sp else ''}"
     out.mkdir()
     extra = [str(full_state)] if full_state else []
-    torchrun(WORKER, tp * pp, kind, str(tp), str(pp), "sp" if sp else "-", str(out), *extra)
-    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(tp * pp)]
+    world = tp * pp * dp
+    torchrun(WORKER, world, kind, str(tp), str(pp), "sp" if sp else "-", str(out), *extra)
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(world)]
     last = [r for r in ranks if r["losses"]]
-    grads = merge_shards([r["grads"] for r in ranks], [r["tp_rank"] for r in ranks])
+    replica = [r for r in ranks if r["dp_rank"] == 0]
+    grads = merge_shards([r["grads"] for r in replica], [r["tp_rank"] for r in replica])
     return last, grads, out
 
 
@@ -49,5 +51,17 @@ def test_parallel_matches_single_process(references, kind, tp, pp, sp):
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(torch.stack(rank["losses"]), torch.stack(ref_rank["losses"]))
     assert grads.keys() == ref_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_data_parallel_replicas_average_to_the_single_process_gradients(references):
+    refs, tmp = references
+    (ref_rank,), ref_grads, ref_out = refs["gpt_neox"]
+    last, grads, _ = _run(tmp, "gpt_neox", 1, 1, full_state=ref_out / "full.pt", dp=2)
+    # megatron's schedule reports each micro-batch's loss divided by the micro-batch count (2 in
+    # the single process, 1 in each replica).
+    losses = sorted(float(r["losses"][0]) / 2 for r in last)
+    assert losses == pytest.approx(sorted(float(x) for x in ref_rank["losses"]), rel=1e-5)
     for name, grad in grads.items():
         torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)

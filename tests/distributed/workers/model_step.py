@@ -1,6 +1,7 @@
 """Worker: logits, loss and gradients of our model at a given TP/PP(/SP) on fixed weights.
 
-Usage: model_step.py KIND TP PP SP OUT_DIR [FULL_STATE]. KIND names a tiny transformers config
+Usage: model_step.py KIND TP PP SP OUT_DIR [FULL_STATE]; data parallelism takes the rest of the
+world. KIND names a tiny transformers config
 (gpt_neox, gpt_neox_sequential, llama_tied). Without FULL_STATE the run is the single-process
 reference and saves its initial weights.
 """
@@ -62,12 +63,16 @@ def forward_step(batches, model):
     return logits, loss_func
 
 
+# Two micro-batches of 2: one process runs both; with data parallelism each replica runs one.
+micro_batches = tokens.split(2)
+if rt.data_parallel_size > 1:
+    micro_batches = micro_batches[ps.get_data_parallel_rank() :: rt.data_parallel_size]
 ddp.zero_grad_buffer()
 losses = get_forward_backward_func()(
     forward_step_func=forward_step,
-    data_iterator=iter(tokens.split(2)),
+    data_iterator=iter(micro_batches),
     model=ddp,
-    num_microbatches=2,
+    num_microbatches=len(micro_batches),
     seq_length=16,
     micro_batch_size=2,
 )
@@ -77,6 +82,7 @@ torch.save(
         "logits": logits_seen,
         "grads": {k: (v.cpu(), tuple(p)) for k, (v, p) in local_shards(model, grads=True).items()},
         "tp_rank": ps.get_tensor_model_parallel_rank(),
+        "dp_rank": ps.get_data_parallel_rank(),
     },
     Path(out_dir) / f"rank{rt.rank}.pt",
 )
