@@ -1,0 +1,80 @@
+"""The one dispatch point for Mamba kernels.
+
+On CUDA tensors with mamba_ssm / causal_conv1d installed, their fused kernels run; everywhere else
+the pure-PyTorch references in `reference.py` do (they are also the oracle in the GPU parity tests).
+`MEGATRON_MAMBA_REFERENCE_KERNELS=1` forces the references.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from megatron_mamba.kernels import reference
+
+
+@functools.cache
+def _fused():
+    """The fused kernels' entry points, or None where they are not installed."""
+    try:
+        from causal_conv1d import causal_conv1d_fn
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except ImportError:
+        return None
+    return {"conv": causal_conv1d_fn, "scan": selective_scan_fn, "ssd": mamba_chunk_scan_combined}
+
+
+def use_fused(t: torch.Tensor) -> bool:
+    if os.environ.get("MEGATRON_MAMBA_REFERENCE_KERNELS") == "1":
+        return False
+    return t.is_cuda and _fused() is not None
+
+
+def causal_conv1d(x_bdl, weight_dk, bias_d=None, activation=None):
+    if use_fused(x_bdl):
+        return _fused()["conv"](x_bdl, weight_dk, bias_d, activation=activation)
+    return reference.causal_conv1d(x_bdl, weight_dk, bias_d, activation)
+
+
+def selective_scan(u_bdl, delta_bdl, A_dn, B, C, D_d=None, z_bdl=None, **kwargs):
+    """Mamba1 selective scan; see `reference.selective_scan` for the maths."""
+    if use_fused(u_bdl) and kwargs.get("initial_state_bdn") is None:
+        kwargs.pop("initial_state_bdn", None)
+        return _fused()["scan"](
+            u_bdl,
+            delta_bdl,
+            A_dn,
+            B,
+            C,
+            D_d,
+            z_bdl,
+            delta_bias=kwargs.get("delta_bias_d"),
+            delta_softplus=kwargs.get("delta_softplus", False),
+            return_last_state=kwargs.get("return_last_state", False),
+        )
+    return reference.selective_scan(u_bdl, delta_bdl, A_dn, B, C, D_d, z_bdl, **kwargs)
+
+
+def ssd_scan(x_blhp, dt_blh, A_h, B_blgn, C_blgn, chunk_size, D_h=None, z_blhp=None, **kwargs):
+    """Mamba2 SSD; see `reference.ssd_scan` for the maths."""
+    if use_fused(x_blhp):
+        return _fused()["ssd"](
+            x_blhp,
+            dt_blh,
+            A_h,
+            B_blgn,
+            C_blgn,
+            chunk_size,
+            D=D_h,
+            z=z_blhp,
+            dt_bias=kwargs.get("dt_bias_h"),
+            dt_softplus=kwargs.get("dt_softplus", False),
+            initial_states=kwargs.get("initial_state_bhpn"),
+            return_final_states=kwargs.get("return_final_state", False),
+        )
+    return reference.ssd_scan(
+        x_blhp, dt_blh, A_h, B_blgn, C_blgn, chunk_size, D_h, z_blhp, **kwargs
+    )
