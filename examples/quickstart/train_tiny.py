@@ -1,19 +1,18 @@
-"""A tiny megatron-core GPT trained for a few steps on the built-in corpus (byte tokens).
+"""A tiny GPTNeoX (our megatron-core model) trained for a few steps on the built-in corpus.
 
-Run under torchrun; the runtime picks gloo on CPU and nccl on GPU, and TP from --tp.
+Byte tokens (vocabulary 256). Run under torchrun; the runtime picks gloo on CPU and nccl on GPU,
+and the tensor-parallel size from --tp.
 """
 
 import argparse
 from pathlib import Path
 
 import torch
-from megatron.core import parallel_state as ps
-from megatron.core.models.gpt import GPTModel
-from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.pipeline_parallel import get_forward_backward_func
-from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megatron_mamba.models.attention import SDPAttention
+from megatron_mamba.config import ParallelConfig
+from megatron_mamba.models.build import build_model
+from megatron_mamba.models.presets import preset
 from megatron_mamba.runtime import ParallelSizes, init_runtime, shutdown_runtime
 
 
@@ -26,24 +25,8 @@ def main() -> None:
     args = parser.parse_args()
 
     rt = init_runtime(ParallelSizes(tensor=args.tp), seed=0)
-    config = TransformerConfig(
-        num_layers=2,
-        hidden_size=64,
-        num_attention_heads=4,
-        use_cpu_initialization=True,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        tensor_model_parallel_size=args.tp,
-    )
-    spec = get_gpt_layer_local_spec()
-    spec.submodules.self_attention.submodules.core_attention = SDPAttention
-    model = GPTModel(
-        config,
-        spec,
-        vocab_size=256,
-        max_sequence_length=args.seq_length,
-        position_embedding_type="rope",
-    ).to(rt.device)
+    config = preset("tiny-gpt-neox", max_position_embeddings=args.seq_length)
+    model = build_model(config, ParallelConfig(tensor=args.tp)).to(rt.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
 
     data = torch.tensor(list((Path(__file__).parent / "corpus.txt").read_bytes()))
@@ -70,7 +53,6 @@ def main() -> None:
         optimizer.step()
         if rt.is_main and (step == 1 or step % 10 == 0):
             print(f"step {step:3d}  loss {losses[0]['loss'].item():.3f}", flush=True)
-    assert ps.model_parallel_is_initialized()
     shutdown_runtime()
 
 
