@@ -12,6 +12,7 @@ setup(
         "megatron-core>=0.16,<0.17",
         "torch>=2.6",
         "numpy",
+        "packaging",
         "transformers>=4.46",
         "tokenizers",
         "safetensors",
