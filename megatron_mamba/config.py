@@ -7,10 +7,10 @@ any weight is built. The megatron `TransformerConfig` is derived from these in o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
-from megatron_mamba.models.layer_pattern import parse_layer_pattern
+from megatron_mamba.models.layer_pattern import mixer_names, parse_layer_pattern
 
 Arch = Literal["gpt_neox", "llama"]
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -80,8 +80,6 @@ class ModelConfig:
     @property
     def mixers(self) -> list[str]:
         """The mixer name of each layer, from the pattern."""
-        from megatron_mamba.models.layer_pattern import mixer_names
-
         return mixer_names(self.layer_pattern)
 
     def padded_vocab_size(self, tensor_parallel: int) -> int:
@@ -128,4 +126,4 @@ class RunPrecision:
             )
 
 
-__all__ = ["ModelConfig", "ParallelConfig", "RunPrecision", "field"]
+__all__ = ["ModelConfig", "ParallelConfig", "RunPrecision"]

@@ -81,7 +81,7 @@ def _is_tied_output(name: str, param: torch.Tensor) -> bool:
 
 def _grad(param: torch.Tensor) -> torch.Tensor | None:
     """megatron DDP keeps gradients in `main_grad` buffers; plain modules in `.grad`."""
-    return getattr(param, "main_grad", None) if hasattr(param, "main_grad") else param.grad
+    return getattr(param, "main_grad", param.grad)
 
 
 @torch.no_grad()

@@ -21,6 +21,17 @@ from megatron_mamba.parallel.shards import load_full_state
 VOCAB = 200  # not a multiple of 128: exercises vocabulary padding
 
 
+_GQA_SHAPE = dict(  # the tiny Llama/Mistral shape: grouped-query attention, SwiGLU
+    vocab_size=VOCAB,
+    hidden_size=64,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=128,
+    max_position_embeddings=64,
+    attn_implementation="eager",
+)
+
+
 def tiny_gpt_neox(parallel_residual: bool = True, layers: int = 2) -> GPTNeoXForCausalLM:
     config = GPTNeoXConfig(
         vocab_size=VOCAB,
@@ -52,32 +63,13 @@ def tiny_llama(tied: bool = False, layers: int = 2, llama3_rope: bool = False) -
             "original_max_position_embeddings": 8192,
         }
     config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=64,
-        tie_word_embeddings=tied,
-        rope_parameters=rope,
-        attn_implementation="eager",
+        **_GQA_SHAPE, num_hidden_layers=layers, tie_word_embeddings=tied, rope_parameters=rope
     )
     return LlamaForCausalLM(config).eval()
 
 
 def tiny_mistral(window: int = 16, layers: int = 2) -> MistralForCausalLM:
-    config = MistralConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=64,
-        sliding_window=window,
-        attn_implementation="eager",
-    )
+    config = MistralConfig(**_GQA_SHAPE, num_hidden_layers=layers, sliding_window=window)
     return MistralForCausalLM(config).eval()
 
 
