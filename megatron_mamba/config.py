@@ -7,13 +7,77 @@ any weight is built. The megatron `TransformerConfig` is derived from these in o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from megatron_mamba.models.layer_pattern import mixer_names, parse_layer_pattern
 
 Arch = Literal["gpt_neox", "llama"]
 Precision = Literal["fp32", "bf16", "fp16"]
+
+
+MambaLayout = Literal["classic", "attention"]
+MambaInit = Literal["fresh", "attention"]
+
+
+@dataclass
+class MambaConfig:
+    """Shape and initialisation of the Mamba mixers a layer pattern puts in place of attention."""
+
+    layout: MambaLayout = "classic"
+    """"classic": mamba_ssm / transformers shapes (CALD's mixer); "attention": shaped like the
+    attention it replaces, as MambaInLlama (d_inner = heads·head_dim, x and B as wide as V and K,
+    C as wide as Q, repeated over each KV group)."""
+    init: MambaInit = "fresh"
+    """"fresh" (S4D-real A, log-uniform dt) or "attention": x ← V, B ← K, C ← Q, out ← O, the
+    rest fresh. Applied when an attention checkpoint is converted; needs layout "attention"."""
+    d_state: int | None = None
+    """SSM state size. None: 16 for mamba1; for mamba2 128 (classic) or head_dim (attention)."""
+    d_conv: int = 4
+    expand: int = 2
+    """Classic layout only: d_inner = expand · hidden_size."""
+    dt_rank: int | None = None
+    """Mamba1's low-rank dt projection; None means ceil(hidden_size / 16)."""
+    head_dim: int = 64
+    """Classic mamba2 only: channels per SSM head (the attention layout uses the attention's)."""
+    groups: int = 1
+    """Classic mamba2 only: groups sharing one B and C (the attention layout uses the KV heads)."""
+    chunk_size: int = 256
+    """Mamba2's SSD chunk length."""
+    conv_bias: bool = True
+    proj_bias: bool | None = None
+    """Biases on in/out projections; None: as the attention's when init is "attention", else off."""
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4
+    dt_scale: float = 1.0
+    """Mamba1: dt_proj weights are uniform in ±dt_scale / sqrt(dt_rank)."""
+    a_init_range: tuple[float, float] = (1.0, 16.0)
+    """Mamba2: A drawn uniformly from this range (mamba_ssm's default)."""
+    norm_eps: float = 1e-5
+    """Mamba2's gated RMSNorm."""
+
+    def __post_init__(self) -> None:
+        if self.layout not in ("classic", "attention"):
+            raise ValueError(
+                f"mamba layout {self.layout!r} is unknown; expected classic or attention"
+            )
+        if self.init not in ("fresh", "attention"):
+            raise ValueError(f"mamba init {self.init!r} is unknown; expected fresh or attention")
+        if self.init == "attention" and self.layout != "attention":
+            raise ValueError(
+                "mamba init 'attention' copies Q/K/V/O weights, which needs layout 'attention', "
+                f"got layout {self.layout!r}"
+            )
+        for name in ("d_state", "d_conv", "expand", "dt_rank", "head_dim", "groups", "chunk_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"mamba {name}={value!r} must be a positive integer")
+        if not 0 < self.dt_min <= self.dt_max:
+            raise ValueError(f"mamba dt range ({self.dt_min}, {self.dt_max}) must be 0 < min ≤ max")
+        low, high = self.a_init_range
+        if not 0 < low <= high:
+            raise ValueError(f"mamba a_init_range {self.a_init_range} must be 0 < low ≤ high")
 
 
 @dataclass
@@ -46,6 +110,8 @@ class ModelConfig:
     """Mistral's attention window; longer sequences are refused by the SDPA core."""
     layer_pattern: str | None = None
     """One symbol per layer ("A" attention, "M" mamba1, "S" mamba2); None means all attention."""
+    mamba: MambaConfig = field(default_factory=MambaConfig)
+    """The Mamba mixers' shape and initialisation (used by "M" and "S" layers)."""
     make_vocab_size_divisible_by: int = 128
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
@@ -76,6 +142,8 @@ class ModelConfig:
         if self.arch == "llama" and self.parallel_residual:
             self.parallel_residual = False  # Llama blocks are always sequential
         self.layer_pattern = parse_layer_pattern(self.layer_pattern, self.num_layers)
+        if isinstance(self.mamba, dict):
+            self.mamba = MambaConfig(**self.mamba)
 
     @property
     def mixers(self) -> list[str]:
@@ -126,4 +194,4 @@ class RunPrecision:
             )
 
 
-__all__ = ["ModelConfig", "ParallelConfig", "RunPrecision"]
+__all__ = ["MambaConfig", "ModelConfig", "ParallelConfig", "RunPrecision"]

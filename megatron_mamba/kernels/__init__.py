@@ -21,10 +21,16 @@ def _fused():
     try:
         from causal_conv1d import causal_conv1d_fn
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
     except ImportError:
         return None
-    return {"conv": causal_conv1d_fn, "scan": selective_scan_fn, "ssd": mamba_chunk_scan_combined}
+    return {
+        "conv": causal_conv1d_fn,
+        "scan": selective_scan_fn,
+        "ssd": mamba_chunk_scan_combined,
+        "norm": rmsnorm_fn,
+    }
 
 
 def use_fused(t: torch.Tensor) -> bool:
@@ -78,3 +84,12 @@ def ssd_scan(x_blhp, dt_blh, A_h, B_blgn, C_blgn, chunk_size, D_h=None, z_blhp=N
     return reference.ssd_scan(
         x_blhp, dt_blh, A_h, B_blgn, C_blgn, chunk_size, D_h, z_blhp, **kwargs
     )
+
+
+def gated_rms_norm(x, z, weight, eps: float, group_size: int):
+    """RMSNorm(x · silu(z)) per group of channels (mamba2's norm, gate before norm)."""
+    if use_fused(x):
+        return _fused()["norm"](
+            x, weight, None, z=z, eps=eps, group_size=group_size, norm_before_gate=False
+        )
+    return reference.gated_rms_norm(x, z, weight, eps, group_size)

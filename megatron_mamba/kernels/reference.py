@@ -156,3 +156,20 @@ def ssd_scan(
         y = y * F.silu(z_blhp.to(cd))
     y = y.to(dtype)
     return (y, final_state) if return_final_state else y
+
+
+def gated_rms_norm(
+    x: torch.Tensor,
+    z: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float,
+    group_size: int,
+) -> torch.Tensor:
+    """Mamba2's output norm: RMSNorm(x · silu(z)) over groups of `group_size` channels, in fp32."""
+    dtype = x.dtype
+    h = x.to(_compute_dtype(x))
+    if z is not None:
+        h = h * F.silu(z.to(h.dtype))
+    h = rearrange(h, "... (g s) -> ... g s", s=group_size)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return (rearrange(h, "... g s -> ... (g s)") * weight.to(h.dtype)).to(dtype)

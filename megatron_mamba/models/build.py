@@ -22,6 +22,7 @@ from megatron.core.transformer.transformer_layer import get_transformer_layer_of
 
 from megatron_mamba.config import ModelConfig, ParallelConfig, RunPrecision
 from megatron_mamba.models.block import MixerBlock, MixerBlockSubmodules
+from megatron_mamba.models.mamba_dims import mamba1_dims, mamba2_dims
 from megatron_mamba.models.mixers import mixer_spec
 from megatron_mamba.models.mlp import MLP
 from megatron_mamba.models.norms import LayerNorm, RMSNorm
@@ -68,6 +69,10 @@ def validate_parallel(model: ModelConfig, parallel: ParallelConfig) -> None:
         value = getattr(model, name)
         if value % tp:
             raise ValueError(f"tensor-parallel size {tp} does not divide {name}={value}")
+    if "mamba1" in model.mixers:
+        mamba1_dims(model).check_tensor_parallel(tp)
+    if "mamba2" in model.mixers:
+        mamba2_dims(model).check_tensor_parallel(tp)
     stage_layer_counts(model, parallel)
 
 

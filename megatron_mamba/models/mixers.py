@@ -1,7 +1,6 @@
 """The mixer registry: mixer name → a function giving its megatron `ModuleSpec`.
 
-A layer pattern picks one entry per layer. New mixers (mamba1, mamba2) register here; the model
-builder never branches on mixer kind.
+A layer pattern picks one entry per layer; the model builder never branches on mixer kind.
 """
 
 from __future__ import annotations
@@ -16,6 +15,9 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 
 from megatron_mamba.config import ModelConfig
 from megatron_mamba.models.attention import SDPAttention
+from megatron_mamba.models.mamba1 import Mamba1Mixer
+from megatron_mamba.models.mamba2 import Mamba2Mixer
+from megatron_mamba.models.mamba_dims import mamba1_dims, mamba2_dims
 
 MixerSpecFactory = Callable[[ModelConfig], ModuleSpec]
 MIXERS: dict[str, MixerSpecFactory] = {}
@@ -51,3 +53,15 @@ def attention_spec(model: ModelConfig) -> ModuleSpec:
             k_layernorm=IdentityOp,
         ),
     )
+
+
+@register_mixer("mamba1")
+def mamba1_spec(model: ModelConfig) -> ModuleSpec:
+    """Selective-scan mixer; classic (CALD) or attention-shaped (MambaInLlama) per model.mamba."""
+    return ModuleSpec(module=Mamba1Mixer, params={"dims": mamba1_dims(model), "mamba": model.mamba})
+
+
+@register_mixer("mamba2")
+def mamba2_spec(model: ModelConfig) -> ModuleSpec:
+    """SSD mixer; classic (mamba_ssm) or attention-shaped (MambaInLlama) per model.mamba."""
+    return ModuleSpec(module=Mamba2Mixer, params={"dims": mamba2_dims(model), "mamba": model.mamba})

@@ -39,23 +39,44 @@ def global_name(local_name: str, offsets: dict[str, int]) -> str:
 
 
 class Partition(NamedTuple):
-    """How a whole tensor is split over TP ranks: along `dim` (None: replicated), and with
-    `stride` > 1 as megatron's strided split (rank r holds chunks r, r+W, ... of W·stride)."""
+    """How a whole tensor is split over TP ranks: along `dim` (None: replicated); with `stride` > 1
+    as megatron's strided split (rank r holds chunks r, r+W, ... of W·stride); with `segments`
+    (whole sizes of consecutive blocks along `dim`, e.g. a fused [z, x, B, C, dt] projection) each
+    block is split on its own and rank r holds its piece of every block, in order."""
 
     dim: int | None
     stride: int = 1
+    segments: tuple[int, ...] | None = None
 
 
 def partition_of(param: torch.Tensor) -> Partition:
     if getattr(param, "tensor_model_parallel", False):
-        return Partition(param.partition_dim, getattr(param, "partition_stride", 1))
+        segments = getattr(param, "partition_segments", None)
+        return Partition(
+            param.partition_dim,
+            getattr(param, "partition_stride", 1),
+            tuple(segments) if segments is not None else None,
+        )
     return Partition(None)
+
+
+def mark_segments(param: torch.Tensor, segments: tuple[int, ...]) -> None:
+    """Declare a column-parallel parameter as a fused stack of separately split blocks."""
+    param.partition_segments = tuple(segments)
 
 
 def tp_slice(full: torch.Tensor, part: Partition, rank: int, size: int) -> torch.Tensor:
     """TP rank `rank`'s piece of `full` (of `size` ranks)."""
     if part.dim is None:
         return full
+    if part.segments:
+        if sum(part.segments) != full.shape[part.dim] or any(s % size for s in part.segments):
+            raise ValueError(
+                f"segments {part.segments} of dimension {part.dim} (size "
+                f"{full.shape[part.dim]}) do not split into {size} TP ranks"
+            )
+        blocks = full.split(list(part.segments), dim=part.dim)
+        return torch.cat([b.chunk(size, dim=part.dim)[rank] for b in blocks], dim=part.dim)
     pieces = size * part.stride
     if full.shape[part.dim] % pieces:
         raise ValueError(
@@ -70,8 +91,14 @@ def tp_merge(locals_by_rank: list[torch.Tensor], part: Partition) -> torch.Tenso
     """The whole tensor from every TP rank's piece (ordered by rank); inverse of tp_slice."""
     if part.dim is None:
         return locals_by_rank[0]
+    size = len(locals_by_rank)
+    if part.segments:
+        local_sizes = [s // size for s in part.segments]
+        per_rank = [t.split(local_sizes, dim=part.dim) for t in locals_by_rank]
+        ordered = [per_rank[r][b] for b in range(len(local_sizes)) for r in range(size)]
+        return torch.cat(ordered, dim=part.dim)
     per_rank = [t.chunk(part.stride, dim=part.dim) for t in locals_by_rank]
-    ordered = [per_rank[r][s] for s in range(part.stride) for r in range(len(per_rank))]
+    ordered = [per_rank[r][s] for s in range(part.stride) for r in range(size)]
     return torch.cat(ordered, dim=part.dim)
 
 

@@ -1,0 +1,197 @@
+"""The Mamba1 (selective scan) mixer, tensor- and sequence-parallel, in two layouts.
+
+Classic (transformers' `MambaMixer`, the mixer CALD puts in Pythia): in_proj → [x, z]; causal
+conv on x; x_proj(conv(x)) → [dt_low, B, C] with one B and C shared by all channels; dt_proj.
+Parameter names are transformers'. Under TP the channels are split, so x_proj's product is a partial
+sum on each rank: it is all-reduced forward, and its gradient all-reduced backward.
+
+Grouped (MambaInLlama's `Mamba`): x, z, B, C and dt_low all come from the block input; x and B are
+as wide as V and K and are repeated (per d_state-wide group) up to d_inner; every group of d_state
+channels has its own B and C. in_proj fuses MambaInLlama's in_proj_x, in_proj_z, B_proj and C_proj
+as [x, z, B, C]. dt_proj_down is small and replicated on every TP rank.
+
+Tensors inside are [batch, channels, length], as the kernels want them; the block's are
+[sequence, batch, hidden].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from megatron.core.tensor_parallel import (
+    ColumnParallelLinear,
+    RowParallelLinear,
+    copy_to_tensor_model_parallel_region,
+    gather_from_sequence_parallel_region,
+    reduce_from_tensor_model_parallel_region,
+)
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_mamba import kernels
+from megatron_mamba.config import MambaConfig
+from megatron_mamba.models.mamba_common import (
+    MambaState,
+    init_conv,
+    init_dt_bias,
+    local_segments,
+    param_device,
+    rank_rng,
+    stateful_conv,
+    tensor_parallel,
+)
+from megatron_mamba.models.mamba_dims import Mamba1Dims
+
+
+class Mamba1Mixer(MegatronModule):
+    def __init__(
+        self,
+        config: TransformerConfig,
+        dims: Mamba1Dims,
+        mamba: MambaConfig,
+        layer_number: int | None = None,
+        **_unused,
+    ):
+        super().__init__(config=config)
+        tp = config.tensor_model_parallel_size
+        dims.check_tensor_parallel(tp)
+        self.dims, self.tp, self.layer_number = dims, tp, layer_number
+        d_local = dims.d_inner // tp
+        self.d_local = d_local
+        factory = {"dtype": config.params_dtype, "device": param_device(config)}
+
+        self.in_proj = ColumnParallelLinear(
+            dims.d_model,
+            sum(dims.in_proj_segments),
+            config=config,
+            init_method=config.init_method,
+            bias=dims.bias,
+            gather_output=False,
+        )
+        for param in self.in_proj.parameters():
+            tensor_parallel(param, 0, dims.in_proj_segments)
+        self.conv1d = torch.nn.Conv1d(
+            d_local, d_local, dims.d_conv, groups=d_local, bias=dims.conv_bias, **factory
+        )
+        if dims.grouped:
+            self.dt_proj_down = torch.nn.Linear(dims.d_model, dims.dt_rank, bias=False, **factory)
+            # Each rank sees only its sequence shard under SP: grads are summed like a norm's.
+            self.dt_proj_down.weight.sequence_parallel = config.sequence_parallel
+        else:
+            x_proj_out = dims.dt_rank + 2 * dims.d_state
+            self.x_proj = torch.nn.Linear(d_local, x_proj_out, bias=False, **factory)
+            tensor_parallel(self.x_proj.weight, 1)
+        self.dt_proj = torch.nn.Linear(dims.dt_rank, d_local, bias=True, **factory)
+        self.A_log = torch.nn.Parameter(torch.empty(d_local, dims.d_state, **factory))
+        self.D = torch.nn.Parameter(torch.empty(d_local, **factory))
+        for param in (*self.conv1d.parameters(), *self.dt_proj.parameters(), self.A_log, self.D):
+            tensor_parallel(param, 0)
+        self.out_proj = RowParallelLinear(
+            dims.d_inner,
+            dims.d_model,
+            config=config,
+            init_method=config.output_layer_init_method,
+            bias=dims.bias,
+            input_is_parallel=True,
+            skip_bias_add=True,
+        )
+        self._init_fresh(mamba)
+
+    @torch.no_grad()
+    def _init_fresh(self, mamba: MambaConfig) -> None:
+        """mamba_ssm's initialisation of what the projections' init_method does not cover."""
+        rank_std = self.dims.dt_rank**-0.5 * mamba.dt_scale
+        with rank_rng():
+            init_conv(self.conv1d.weight, self.conv1d.bias)
+            self.dt_proj.weight.uniform_(-rank_std, rank_std)
+            init_dt_bias(self.dt_proj.bias, mamba.dt_min, mamba.dt_max, mamba.dt_init_floor)
+        if self.dims.grouped:
+            torch.nn.init.kaiming_uniform_(self.dt_proj_down.weight, a=5**0.5)
+        else:
+            with rank_rng():
+                torch.nn.init.kaiming_uniform_(self.x_proj.weight, a=5**0.5)
+        s4d = torch.arange(1, self.dims.d_state + 1, dtype=torch.float32)
+        self.A_log.copy_(torch.log(s4d).expand(self.d_local, -1))
+        self.D.fill_(1.0)
+
+    def empty_state(self, batch: int) -> MambaState:
+        """The state before the first token."""
+        weight = self.conv1d.weight
+        conv = weight.new_zeros(batch, self.d_local, self.dims.d_conv)
+        ssm = weight.new_zeros(batch, self.d_local, self.dims.d_state, dtype=torch.float32)
+        return MambaState(conv, ssm)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask=None,
+        rotary_pos_emb=None,
+        inference_context=None,
+        packed_seq_params=None,
+        **_unused,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if packed_seq_params is not None:
+            raise ValueError("mamba1 does not support packed sequences (packed_seq_params)")
+        out, _ = self.forward_stateful(hidden_states, None, return_state=False)
+        return out
+
+    def forward_stateful(
+        self, hidden_states: torch.Tensor, state: MambaState | None, return_state: bool = True
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor | None], MambaState | None]:
+        """Mix `hidden_states` [s, b, h] continuing from `state` (None: from the start); returns
+        (output, output bias) and the state after the last token (decode one token at a time)."""
+        proj, _ = self.in_proj(hidden_states)
+        if self.dims.grouped:
+            x, z, dt_low, B, C = self._grouped_inputs(hidden_states, proj)
+        else:
+            x, z = rearrange(proj, "s b d -> b d s").chunk(2, dim=1)
+        x, conv_last = stateful_conv(
+            x, self.conv1d.weight[:, 0], self.conv1d.bias, state.conv if state else None
+        )
+        if not self.dims.grouped:
+            dt_low, B, C = self._classic_selection(x)
+        dt = rearrange(F.linear(dt_low, self.dt_proj.weight), "b l d -> b d l")
+        result = kernels.selective_scan(
+            x,
+            dt,
+            -torch.exp(self.A_log.float()),
+            B,
+            C,
+            self.D.float(),
+            z,
+            delta_bias_d=self.dt_proj.bias.float(),
+            delta_softplus=True,
+            return_last_state=return_state,
+            initial_state_bdn=state.ssm if state else None,
+        )
+        y, ssm_last = result if return_state else (result, None)
+        out = self.out_proj(rearrange(y, "b d l -> l b d"))
+        return out, (MambaState(conv_last, ssm_last) if return_state else None)
+
+    def _classic_selection(self, x_bdl: torch.Tensor):
+        """dt_low [b, l, r], B and C [b, n, l] from the conv output through x_proj."""
+        x_dbl = F.linear(rearrange(x_bdl, "b d l -> b l d"), self.x_proj.weight)
+        if self.tp > 1:
+            x_dbl = copy_to_tensor_model_parallel_region(
+                reduce_from_tensor_model_parallel_region(x_dbl)
+            )
+        n = self.dims.d_state
+        dt_low, B, C = x_dbl.split([self.dims.dt_rank, n, n], dim=-1)
+        return dt_low, rearrange(B, "b l n -> b n l"), rearrange(C, "b l n -> b n l")
+
+    def _grouped_inputs(self, hidden_states: torch.Tensor, proj: torch.Tensor):
+        """x, z [b, d, l]; dt_low [b, l, r]; B, C [b, groups, n, l] from the block input."""
+        n, r = self.dims.d_state, self.dims.repeat
+        x, z, B, C = rearrange(proj, "s b d -> b s d").split(
+            local_segments(self.dims.in_proj_segments, self.tp), dim=-1
+        )
+        x = repeat(x, "b l (g n) -> b (g r n) l", n=n, r=r)
+        B = repeat(B, "b l (g n) -> b (g r) n l", n=n, r=r)
+        C = rearrange(C, "b l (g n) -> b g n l", n=n)
+        dt_low = self.dt_proj_down(hidden_states)
+        if self.config.sequence_parallel:
+            dt_low = gather_from_sequence_parallel_region(dt_low, tensor_parallel_output_grad=True)
+        elif self.tp > 1:
+            dt_low = copy_to_tensor_model_parallel_region(dt_low)
+        return x, rearrange(z, "b l d -> b d l"), rearrange(dt_low, "s b r -> b s r"), B, C

@@ -1,0 +1,164 @@
+"""The Mamba2 (SSD) mixer, tensor- and sequence-parallel, for both layouts.
+
+in_proj → [z, x, B, C, dt] (mamba_ssm's and transformers' order and names); causal conv over
+[x, B, C]; x repeated per head and B per group up to the heads and C's groups (the attention
+layout, as MambaInLlama's Mamba2, where x and B have the KV heads' shape and C the query heads');
+SSD scan with A, D and dt_bias per head; gated RMSNorm per C group; out_proj.
+
+megatron.core.ssm's MambaMixer is not reused: its norm and scan exist only as mamba_ssm Triton
+kernels (no CPU path) and it has no repeated x/B layout. Its TP scheme is kept: every block of
+in_proj and the conv is split over ranks by heads/groups, out_proj is row-parallel.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange, repeat
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_mamba import kernels
+from megatron_mamba.config import MambaConfig
+from megatron_mamba.models.mamba_common import (
+    MambaState,
+    init_conv,
+    init_dt_bias,
+    local_segments,
+    param_device,
+    rank_rng,
+    stateful_conv,
+    tensor_parallel,
+)
+from megatron_mamba.models.mamba_dims import Mamba2Dims
+
+
+class Mamba2Mixer(MegatronModule):
+    def __init__(
+        self,
+        config: TransformerConfig,
+        dims: Mamba2Dims,
+        mamba: MambaConfig,
+        layer_number: int | None = None,
+        **_unused,
+    ):
+        super().__init__(config=config)
+        tp = config.tensor_model_parallel_size
+        dims.check_tensor_parallel(tp)
+        self.dims, self.tp, self.layer_number = dims, tp, layer_number
+        self.heads = dims.heads // tp
+        factory = {"dtype": config.params_dtype, "device": param_device(config)}
+
+        self.in_proj = ColumnParallelLinear(
+            dims.d_model,
+            sum(dims.in_proj_segments),
+            config=config,
+            init_method=config.init_method,
+            bias=dims.bias,
+            gather_output=False,
+        )
+        for param in self.in_proj.parameters():
+            tensor_parallel(param, 0, dims.in_proj_segments)
+        conv_channels = sum(dims.conv_segments) // tp
+        self.conv1d = torch.nn.Conv1d(
+            conv_channels,
+            conv_channels,
+            dims.d_conv,
+            groups=conv_channels,
+            bias=dims.conv_bias,
+            **factory,
+        )
+        for param in self.conv1d.parameters():
+            tensor_parallel(param, 0, dims.conv_segments)
+        self.dt_bias = torch.nn.Parameter(torch.empty(self.heads, **factory))
+        self.A_log = torch.nn.Parameter(torch.empty(self.heads, **factory))
+        self.D = torch.nn.Parameter(torch.empty(self.heads, **factory))
+        self.norm = torch.nn.Module()
+        self.norm.weight = torch.nn.Parameter(torch.ones(dims.d_inner // tp, **factory))
+        for param in (self.dt_bias, self.A_log, self.D, self.norm.weight):
+            tensor_parallel(param, 0)
+        self.out_proj = RowParallelLinear(
+            dims.d_inner,
+            dims.d_model,
+            config=config,
+            init_method=config.output_layer_init_method,
+            bias=dims.bias,
+            input_is_parallel=True,
+            skip_bias_add=True,
+        )
+        self._init_fresh(mamba)
+
+    @torch.no_grad()
+    def _init_fresh(self, mamba: MambaConfig) -> None:
+        """mamba_ssm's Mamba2 initialisation: A uniform in a_init_range, dt log-uniform, D = 1."""
+        with rank_rng():
+            init_conv(self.conv1d.weight, self.conv1d.bias)
+            init_dt_bias(self.dt_bias, mamba.dt_min, mamba.dt_max, mamba.dt_init_floor)
+            a = torch.empty(self.heads, dtype=torch.float32).uniform_(*mamba.a_init_range)
+        self.A_log.copy_(torch.log(a))
+        self.D.fill_(1.0)
+
+    def empty_state(self, batch: int) -> MambaState:
+        """The state before the first token."""
+        d = self.dims
+        conv = self.conv1d.weight.new_zeros(batch, self.conv1d.weight.shape[0], d.d_conv)
+        ssm = conv.new_zeros(batch, self.heads, d.head_dim, d.d_state, dtype=torch.float32)
+        return MambaState(conv, ssm)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask=None,
+        rotary_pos_emb=None,
+        inference_context=None,
+        packed_seq_params=None,
+        **_unused,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if packed_seq_params is not None:
+            raise ValueError("mamba2 does not support packed sequences (packed_seq_params)")
+        out, _ = self.forward_stateful(hidden_states, None, return_state=False)
+        return out
+
+    def forward_stateful(
+        self, hidden_states: torch.Tensor, state: MambaState | None, return_state: bool = True
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor | None], MambaState | None]:
+        """Mix `hidden_states` [s, b, h] continuing from `state` (None: from the start); returns
+        (output, output bias) and the state after the last token (decode one token at a time)."""
+        d, tp = self.dims, self.tp
+        proj, _ = self.in_proj(hidden_states)
+        z, xBC, dt = rearrange(proj, "s b c -> b s c").split(
+            [d.d_inner // tp, sum(d.conv_segments) // tp, self.heads], dim=-1
+        )
+        xBC, conv_last = stateful_conv(
+            rearrange(xBC, "b l c -> b c l"),
+            self.conv1d.weight[:, 0],
+            self.conv1d.bias,
+            state.conv if state else None,
+        )
+        x, B, C = rearrange(xBC, "b c l -> b l c").split(local_segments(d.conv_segments, tp), -1)
+        x = repeat(x, "b l (h p) -> b l (h r) p", p=d.head_dim, r=d.heads // d.x_heads)
+        B = repeat(B, "b l (g n) -> b l (g r) n", n=d.d_state, r=d.c_groups // d.b_groups)
+        C = rearrange(C, "b l (g n) -> b l g n", n=d.d_state)
+        result = kernels.ssd_scan(
+            x,
+            dt,
+            -torch.exp(self.A_log.float()),
+            B,
+            C,
+            d.chunk_size,
+            D_h=self.D,
+            dt_bias_h=self.dt_bias,
+            dt_softplus=True,
+            initial_state_bhpn=state.ssm if state else None,
+            return_final_state=return_state,
+        )
+        y, ssm_last = result if return_state else (result, None)
+        y = kernels.gated_rms_norm(
+            rearrange(y, "b l h p -> b l (h p)"),
+            z,
+            self.norm.weight,
+            d.norm_eps,
+            group_size=d.d_inner // d.c_groups,
+        )
+        out = self.out_proj(rearrange(y, "b l c -> l b c"))
+        return out, (MambaState(conv_last, ssm_last) if return_state else None)

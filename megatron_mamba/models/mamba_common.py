@@ -1,0 +1,96 @@
+"""Pieces both Mamba mixers share: the recurrent state, the stateful causal conv, tensor-parallel
+parameter helpers and mamba_ssm's fresh initialisation (S4D-real A, log-uniform dt)."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from megatron.core.tensor_parallel import get_cuda_rng_tracker
+from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
+
+from megatron_mamba import kernels
+from megatron_mamba.parallel.shards import mark_segments
+
+
+class MambaState(NamedTuple):
+    """What a mixer carries between chunks when decoding: the last `d_conv` conv inputs
+    [b, channels, d_conv] and the SSM state ([b, d_inner, d_state] or
+    [b, heads, head_dim, d_state])."""
+
+    conv: torch.Tensor
+    ssm: torch.Tensor
+
+
+def new_parameter(shape: tuple[int, ...], dtype: torch.dtype, device) -> torch.nn.Parameter:
+    return torch.nn.Parameter(torch.empty(shape, dtype=dtype, device=device))
+
+
+def tensor_parallel(
+    param: torch.Tensor, dim: int, segments: tuple[int, ...] | None = None
+) -> torch.Tensor:
+    """Mark a rank-local parameter as split along `dim` (optionally as separately split blocks);
+    megatron's parallel linears mark their own, which is kept."""
+    if not hasattr(param, "tensor_model_parallel"):
+        set_tensor_model_parallel_attributes(param, True, dim, 1)
+    if segments is not None:
+        mark_segments(param, segments)
+    return param
+
+
+def local(size: int, tp: int) -> int:
+    return size // tp
+
+
+def local_segments(segments: tuple[int, ...], tp: int) -> list[int]:
+    return [s // tp for s in segments]
+
+
+def param_device(config) -> torch.device:
+    if config.use_cpu_initialization or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+@torch.no_grad()
+def init_dt_bias(bias: torch.Tensor, dt_min: float, dt_max: float, floor: float) -> None:
+    """softplus(bias) log-uniform in [dt_min, dt_max], as mamba_ssm (through inverse softplus)."""
+    u = torch.rand(bias.shape, dtype=torch.float32, device=bias.device)
+    dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
+    bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+
+@torch.no_grad()
+def init_conv(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """nn.Conv1d's default (depthwise: fan-in = kernel width)."""
+    bound = 1.0 / math.sqrt(weight.shape[-1])
+    weight.uniform_(-bound, bound)
+    if bias is not None:
+        bias.uniform_(-bound, bound)
+
+
+def rank_rng():
+    """The model-parallel RNG, so each TP rank draws different values for its shard."""
+    return get_cuda_rng_tracker().fork()
+
+
+def stateful_conv(
+    x_bcl: torch.Tensor,
+    weight_ck: torch.Tensor,
+    bias_c: torch.Tensor | None,
+    prev: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """silu(causal depthwise conv) continuing from `prev` (the last d_conv inputs, or None for a
+    fresh start); returns the output and the new last d_conv inputs."""
+    width = weight_ck.shape[-1]
+    if prev is None:
+        out = kernels.causal_conv1d(x_bcl, weight_ck, bias_c, activation="silu")
+        history = x_bcl
+    else:
+        history = torch.cat([prev[..., 1:].to(x_bcl.dtype), x_bcl], dim=-1)
+        out = kernels.causal_conv1d(history, weight_ck, bias_c, activation="silu")
+        out = out[..., width - 1 :]
+    last = F.pad(history, (max(width - history.shape[-1], 0), 0))[..., -width:]
+    return out, last
