@@ -192,6 +192,9 @@ class Mamba1Mixer(MegatronModule):
         dt_low = self.dt_proj_down(hidden_states)
         if self.config.sequence_parallel:
             dt_low = gather_from_sequence_parallel_region(dt_low, tensor_parallel_output_grad=True)
-        elif self.tp > 1:
+        # Contiguous before the region: megatron all-reduces a contiguous copy of the gradient
+        # and would drop the sum on a permuted one.
+        dt_low = rearrange(dt_low, "s b r -> b s r").contiguous()
+        if self.tp > 1 and not self.config.sequence_parallel:
             dt_low = copy_to_tensor_model_parallel_region(dt_low)
-        return x, rearrange(z, "b l d -> b d l"), rearrange(dt_low, "s b r -> b s r"), B, C
+        return x, rearrange(z, "b l d -> b d l"), dt_low, B, C

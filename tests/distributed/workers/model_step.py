@@ -2,8 +2,9 @@
 
 Usage: model_step.py KIND TP PP SP OUT_DIR [FULL_STATE]; data parallelism takes the rest of the
 world. KIND names a tiny transformers config
-(gpt_neox, gpt_neox_sequential, llama_tied). Without FULL_STATE the run is the single-process
-reference and saves its initial weights.
+(gpt_neox, gpt_neox_sequential, llama_tied), or one of them with Mamba layers (gpt_neox_hybrid:
+classic mamba1/mamba2; llama_hybrid: MambaInLlama's attention-shaped layout). Without
+FULL_STATE the run is the single-process reference and saves its initial weights.
 """
 
 import sys
@@ -36,8 +37,17 @@ hf = {
     "gpt_neox": lambda: tiny_gpt_neox(True, layers=4),
     "gpt_neox_sequential": lambda: tiny_gpt_neox(False, layers=4),
     "llama_tied": lambda: tiny_llama(tied=True, layers=4),
+    "gpt_neox_hybrid": lambda: tiny_gpt_neox(True, layers=4),
+    "llama_hybrid": lambda: tiny_llama(tied=True, layers=4),
 }[kind]()
-config = model_config_from_hf(hf.config)
+hybrid = {
+    "gpt_neox_hybrid": dict(
+        layer_pattern="MASM",
+        mamba=dict(layout="classic", d_state=16, head_dim=16, groups=2, chunk_size=8),
+    ),
+    "llama_hybrid": dict(layer_pattern="SMAM", mamba=dict(layout="attention")),
+}
+config = model_config_from_hf(hf.config, **hybrid.get(kind, {}))
 parallel = ParallelConfig(tensor=tp, pipeline=pp, sequence_parallel=sp == "sp")
 model = build_model(config, parallel).to(rt.device)
 if full_state_path is None:
