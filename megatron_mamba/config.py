@@ -36,6 +36,9 @@ class MambaConfig:
     d_conv: int = 4
     expand: int = 2
     """Classic layout only: d_inner = expand · hidden_size."""
+    d_inner: int | None = None
+    """Classic layout only: an explicit d_inner instead of expand · hidden_size (CALD's Pythia-1b
+    student keeps mamba-2.8b's 5120)."""
     dt_rank: int | None = None
     """Mamba1's low-rank dt projection; None means ceil(hidden_size / 16)."""
     head_dim: int = 64
@@ -69,10 +72,12 @@ class MambaConfig:
                 "mamba init 'attention' copies Q/K/V/O weights, which needs layout 'attention', "
                 f"got layout {self.layout!r}"
             )
-        for name in ("d_state", "d_conv", "expand", "dt_rank", "head_dim", "groups", "chunk_size"):
+        for name in ("d_state", "d_conv", "expand", "d_inner", "dt_rank", "head_dim", "groups"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"mamba {name}={value!r} must be a positive integer")
+        if not isinstance(self.chunk_size, int) or self.chunk_size < 1:
+            raise ValueError(f"mamba chunk_size={self.chunk_size!r} must be a positive integer")
         if not 0 < self.dt_min <= self.dt_max:
             raise ValueError(f"mamba dt range ({self.dt_min}, {self.dt_max}) must be 0 < min ≤ max")
         low, high = self.a_init_range

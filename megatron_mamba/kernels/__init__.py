@@ -41,6 +41,8 @@ def use_fused(t: torch.Tensor) -> bool:
 
 def causal_conv1d(x_bdl, weight_dk, bias_d=None, activation=None):
     if use_fused(x_bdl):
+        # The kernel takes [b, d, l] contiguous in l, or channel-last with aligned strides.
+        x_bdl = x_bdl if x_bdl.stride(-1) == 1 else x_bdl.contiguous()
         return _fused()["conv"](x_bdl, weight_dk, bias_d, activation=activation)
     return reference.causal_conv1d(x_bdl, weight_dk, bias_d, activation)
 

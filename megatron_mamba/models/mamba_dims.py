@@ -108,7 +108,7 @@ def mamba1_dims(model: ModelConfig) -> Mamba1Dims:
                 "(num_query_groups · head_dim) of the attention layout"
             )
     else:
-        d_inner = d_xb = cfg.expand * model.hidden_size
+        d_inner = d_xb = cfg.d_inner or cfg.expand * model.hidden_size
     return Mamba1Dims(
         d_model=model.hidden_size,
         d_inner=d_inner,
@@ -134,11 +134,11 @@ def mamba2_dims(model: ModelConfig) -> Mamba2Dims:
         x_heads = b_groups = model.num_query_groups
         c_groups = heads
     else:
-        d_inner = cfg.expand * model.hidden_size
+        d_inner = cfg.d_inner or cfg.expand * model.hidden_size
         if d_inner % cfg.head_dim:
             raise ValueError(
                 f"mamba2 head_dim={cfg.head_dim} does not divide d_inner={d_inner} "
-                "(expand · hidden_size)"
+                "(expand · hidden_size unless set)"
             )
         heads, head_dim, d_state = d_inner // cfg.head_dim, cfg.head_dim, cfg.d_state or 128
         if heads % cfg.groups:

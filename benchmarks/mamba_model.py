@@ -1,0 +1,180 @@
+"""Training-step throughput of our all-Mamba Pythia-1b against CALD's student built from
+transformers' classes, bf16, one GPU, same process.
+
+CALD (lm/open_instruct/modeling_hybrid_mamba.py) keeps GPTNeoX's blocks (two LayerNorms, parallel
+residual, GeLU MLP) and puts transformers' `MambaMixer` in place of attention, configured from
+mamba-2.8b-hf with only hidden_size changed: d_inner 5120, dt_rank 160, d_state 16. The mamba2 row
+uses transformers' `Mamba2Mixer` (head_dim 64, one group, d_state 128) the same way. Ours: the same
+shapes from the layer pattern "M"×16 / "S"×16. Forward + backward + fused AdamW step for each.
+
+    torchrun --nproc_per_node 1 benchmarks/mamba_model.py --out $OUT/mamba_model.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import median_step_seconds, peak_memory_gib
+from megatron_mamba.config import ModelConfig, ParallelConfig, RunPrecision
+from megatron_mamba.models.build import build_model
+from megatron_mamba.models.mamba_dims import mamba1_dims, mamba2_dims
+from megatron_mamba.models.presets import preset
+from megatron_mamba.runtime import init_runtime
+
+CALD_MAMBA1 = dict(layout="classic", d_inner=5120, dt_rank=160, d_state=16)
+MAMBA2 = dict(layout="classic", head_dim=64, groups=1, d_state=128, chunk_size=256)
+
+
+class CaldBlock(torch.nn.Module):
+    """GPTNeoX's parallel-residual block around a transformers Mamba mixer, as CALD builds it."""
+
+    def __init__(self, mixer: torch.nn.Module, gpt_neox_config):
+        from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXMLP
+
+        super().__init__()
+        h = gpt_neox_config.hidden_size
+        self.input_layernorm = torch.nn.LayerNorm(h, eps=gpt_neox_config.layer_norm_eps)
+        self.post_attention_layernorm = torch.nn.LayerNorm(h, eps=gpt_neox_config.layer_norm_eps)
+        self.mixer = mixer
+        self.mlp = GPTNeoXMLP(gpt_neox_config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mixer(self.input_layernorm(x)) + self.mlp(self.post_attention_layernorm(x))
+
+
+class CaldModel(torch.nn.Module):
+    def __init__(self, config: ModelConfig, kind: str):
+        from transformers import GPTNeoXConfig, Mamba2Config, MambaConfig
+        from transformers.models.mamba.modeling_mamba import MambaMixer
+        from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
+
+        super().__init__()
+        neox = GPTNeoXConfig(
+            hidden_size=config.hidden_size,
+            intermediate_size=config.ffn_hidden_size,
+            num_attention_heads=config.num_attention_heads,
+            num_hidden_layers=config.num_layers,
+            vocab_size=config.vocab_size,
+        )
+        n = config.num_layers
+        if kind == "mamba1":
+            d = mamba1_dims(config)
+            mamba = MambaConfig(
+                hidden_size=d.d_model,
+                intermediate_size=d.d_inner,
+                time_step_rank=d.dt_rank,
+                state_size=d.d_state,
+                conv_kernel=d.d_conv,
+                use_bias=False,
+                use_conv_bias=True,
+                num_hidden_layers=n,
+            )
+            mixers = [MambaMixer(mamba, layer_idx=i) for i in range(n)]
+        else:
+            d = mamba2_dims(config)
+            mamba = Mamba2Config(
+                hidden_size=d.d_model,
+                num_heads=d.heads,
+                head_dim=d.head_dim,
+                n_groups=d.c_groups,
+                state_size=d.d_state,
+                expand=d.d_inner // d.d_model,
+                chunk_size=d.chunk_size,
+                use_bias=False,
+                use_conv_bias=True,
+                num_hidden_layers=n,
+            )
+            mixers = [Mamba2Mixer(mamba, layer_idx=i) for i in range(n)]
+        self.embed_in = torch.nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = torch.nn.ModuleList(CaldBlock(m, neox) for m in mixers)
+        self.final_layer_norm = torch.nn.LayerNorm(config.hidden_size)
+        self.embed_out = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        x = self.embed_in(tokens)
+        for layer in self.layers:
+            x = layer(x)
+        logits = self.embed_out(self.final_layer_norm(x))
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
+
+
+def cald_step(config, kind, tokens):
+    model = CaldModel(config, kind).to(device="cuda", dtype=torch.bfloat16).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+
+    def step():
+        model(tokens[:, :-1], tokens[:, 1:]).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return model, step
+
+
+def ours_step(config, kind, tokens):
+    model = build_model(config, ParallelConfig(), RunPrecision("bf16"), cpu_initialization=False)
+    model.cuda()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+
+    def step():
+        loss = model(tokens[:, :-1], None, None, labels=tokens[:, 1:]).float().mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return model, step
+
+
+def measure(name, build, config, kind, tokens, seq):
+    model, step = build(config, kind, tokens)
+    params = sum(p.numel() for p in model.parameters())
+    seconds = median_step_seconds(step)
+    memory = peak_memory_gib(step)
+    del model, step
+    gc.collect()
+    torch.cuda.empty_cache()
+    return {
+        "name": name,
+        "kind": kind,
+        "params": params,
+        "tokens_per_s": tokens.shape[0] * seq / seconds,
+        "peak_gib": memory,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seq", type=int, default=2048)
+    parser.add_argument("--micro-batch", type=int, default=4)
+    parser.add_argument("--kinds", default="mamba1,mamba2")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    init_runtime(seed=0)
+    rows = []
+    for kind in args.kinds.split(","):
+        symbol, mamba = {"mamba1": ("M", CALD_MAMBA1), "mamba2": ("S", MAMBA2)}[kind]
+        config = preset("pythia-1b", layer_pattern=symbol * 16, mamba=mamba)
+        shape = (args.micro_batch, args.seq + 1)
+        tokens = torch.randint(0, config.vocab_size, shape, device="cuda")
+        base = measure(f"CALD-style ({kind})", cald_step, config, kind, tokens, args.seq)
+        ours = measure(f"megatron-mamba ({kind})", ours_step, config, kind, tokens, args.seq)
+        for row in (base, ours):
+            row["speedup"] = row["tokens_per_s"] / base["tokens_per_s"]
+            rows.append(row)
+    print("| model | params | tokens/s | × transformers | peak GiB |\n|---|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {row['name']} | {row['params'] / 1e9:.2f}B | {row['tokens_per_s']:,.0f} | "
+            f"{row['speedup']:.2f} | {row['peak_gib']:.1f} |"
+        )
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"args": vars(args), "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
