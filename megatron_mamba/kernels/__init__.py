@@ -22,7 +22,10 @@ def _fused():
         from causal_conv1d import causal_conv1d_fn
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
         from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+        from mamba_ssm.ops.triton.ssd_combined import (
+            mamba_chunk_scan_combined,
+            mamba_split_conv1d_scan_combined,
+        )
     except ImportError:
         return None
     return {
@@ -30,6 +33,7 @@ def _fused():
         "scan": selective_scan_fn,
         "ssd": mamba_chunk_scan_combined,
         "norm": rmsnorm_fn,
+        "split_conv_ssd_norm": mamba_split_conv1d_scan_combined,
     }
 
 
@@ -95,3 +99,37 @@ def gated_rms_norm(x, z, weight, eps: float, group_size: int):
             x, weight, None, z=z, eps=eps, group_size=group_size, norm_before_gate=False
         )
     return reference.gated_rms_norm(x, z, weight, eps, group_size)
+
+
+def fused_mamba2_conv_scan_norm(
+    zxbcdt,
+    conv_weight_ck,
+    conv_bias,
+    dt_bias,
+    A_h,
+    D_h,
+    chunk_size,
+    norm_weight,
+    eps,
+    head_dim,
+    groups,
+):
+    """Mamba2's conv, SSD and gated norm as one kernel that recomputes the conv in backward
+    (mamba_ssm's `mamba_split_conv1d_scan_combined`); None where it does not run, and the caller
+    composes the separate kernels. zxbcdt is [b, l, z | x | B | C | dt]."""
+    if not use_fused(zxbcdt):
+        return None
+    return _fused()["split_conv_ssd_norm"](
+        zxbcdt.contiguous(),
+        conv_weight_ck,
+        conv_bias,
+        dt_bias,
+        A_h,
+        D_h,
+        chunk_size,
+        rmsnorm_weight=norm_weight,
+        rmsnorm_eps=eps,
+        headdim=head_dim,
+        ngroups=groups,
+        norm_before_gate=False,
+    )

@@ -22,9 +22,7 @@ from einops import rearrange, repeat
 from megatron.core.tensor_parallel import (
     ColumnParallelLinear,
     RowParallelLinear,
-    copy_to_tensor_model_parallel_region,
     gather_from_sequence_parallel_region,
-    reduce_from_tensor_model_parallel_region,
 )
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
@@ -39,6 +37,8 @@ from megatron_mamba.models.mamba_common import (
     param_device,
     rank_rng,
     stateful_conv,
+    sum_grad_over_tp,
+    sum_over_tp_both_ways,
     tensor_parallel,
 )
 from megatron_mamba.models.mamba_dims import Mamba1Dims
@@ -145,13 +145,17 @@ class Mamba1Mixer(MegatronModule):
         if self.dims.grouped:
             x, z, dt_low, B, C = self._grouped_inputs(hidden_states, proj)
         else:
-            x, z = rearrange(proj, "s b d -> b d s").chunk(2, dim=1)
+            # One copy into [b, 2d, l]: x, z and the conv then run on rows contiguous in l.
+            x, z = rearrange(proj, "s b d -> b d s").contiguous().chunk(2, dim=1)
         x, conv_last = stateful_conv(
             x, self.conv1d.weight[:, 0], self.conv1d.bias, state.conv if state else None
         )
         if not self.dims.grouped:
             dt_low, B, C = self._classic_selection(x)
-        dt = rearrange(F.linear(dt_low, self.dt_proj.weight), "b l d -> b d l")
+        # delta as [d, (b l)]: l moves fastest, the layout the scan kernel reads without a copy.
+        batch = x.shape[0]
+        dt = self.dt_proj.weight @ rearrange(dt_low, "b l r -> r (b l)")
+        dt = rearrange(dt, "d (b l) -> b d l", b=batch)
         result = kernels.selective_scan(
             x,
             dt,
@@ -171,14 +175,13 @@ class Mamba1Mixer(MegatronModule):
 
     def _classic_selection(self, x_bdl: torch.Tensor):
         """dt_low [b, l, r], B and C [b, n, l] from the conv output through x_proj."""
-        x_dbl = F.linear(rearrange(x_bdl, "b d l -> b l d"), self.x_proj.weight)
-        if self.tp > 1:
-            x_dbl = copy_to_tensor_model_parallel_region(
-                reduce_from_tensor_model_parallel_region(x_dbl)
-            )
+        x_dbl = sum_over_tp_both_ways(
+            F.linear(rearrange(x_bdl, "b d l -> b l d"), self.x_proj.weight)
+        )
         n = self.dims.d_state
         dt_low, B, C = x_dbl.split([self.dims.dt_rank, n, n], dim=-1)
-        return dt_low, rearrange(B, "b l n -> b n l"), rearrange(C, "b l n -> b n l")
+        B = rearrange(B, "b l n -> b n l").contiguous()
+        return dt_low, B, rearrange(C, "b l n -> b n l").contiguous()
 
     def _grouped_inputs(self, hidden_states: torch.Tensor, proj: torch.Tensor):
         """x, z [b, d, l]; dt_low [b, l, r]; B, C [b, groups, n, l] from the block input."""
@@ -192,9 +195,6 @@ class Mamba1Mixer(MegatronModule):
         dt_low = self.dt_proj_down(hidden_states)
         if self.config.sequence_parallel:
             dt_low = gather_from_sequence_parallel_region(dt_low, tensor_parallel_output_grad=True)
-        # Contiguous before the region: megatron all-reduces a contiguous copy of the gradient
-        # and would drop the sum on a permuted one.
-        dt_low = rearrange(dt_low, "s b r -> b s r").contiguous()
-        if self.tp > 1 and not self.config.sequence_parallel:
-            dt_low = copy_to_tensor_model_parallel_region(dt_low)
-        return x, rearrange(z, "b l d -> b d l"), dt_low, B, C
+        if not self.config.sequence_parallel:
+            dt_low = sum_grad_over_tp(dt_low)
+        return x, rearrange(z, "b l d -> b d l"), rearrange(dt_low, "s b r -> b s r"), B, C

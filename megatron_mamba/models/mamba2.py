@@ -94,7 +94,8 @@ class Mamba2Mixer(MegatronModule):
         with rank_rng():
             init_conv(self.conv1d.weight, self.conv1d.bias)
             init_dt_bias(self.dt_bias, mamba.dt_min, mamba.dt_max, mamba.dt_init_floor)
-            a = torch.empty(self.heads, dtype=torch.float32).uniform_(*mamba.a_init_range)
+            a = torch.empty(self.heads, dtype=torch.float32, device=self.A_log.device)
+            a.uniform_(*mamba.a_init_range)
         self.A_log.copy_(torch.log(a))
         self.D.fill_(1.0)
 
@@ -126,6 +127,22 @@ class Mamba2Mixer(MegatronModule):
         (output, output bias) and the state after the last token (decode one token at a time)."""
         d, tp = self.dims, self.tp
         proj, _ = self.in_proj(hidden_states)
+        if state is None and not return_state and d.x_heads == d.heads and d.b_groups == d.c_groups:
+            y = kernels.fused_mamba2_conv_scan_norm(
+                rearrange(proj, "s b c -> b s c"),
+                self.conv1d.weight[:, 0],
+                self.conv1d.bias,
+                self.dt_bias,
+                -torch.exp(self.A_log.float()),
+                self.D,
+                d.chunk_size,
+                self.norm.weight,
+                d.norm_eps,
+                d.head_dim,
+                d.c_groups // tp,
+            )
+            if y is not None:
+                return self.out_proj(rearrange(y, "b l c -> l b c")), None
         z, xBC, dt = rearrange(proj, "s b c -> b s c").split(
             [d.d_inner // tp, sum(d.conv_segments) // tp, self.heads], dim=-1
         )

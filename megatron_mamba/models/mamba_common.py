@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from megatron.core import parallel_state
 from megatron.core.tensor_parallel import get_cuda_rng_tracker
 from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
 
@@ -94,3 +95,47 @@ def stateful_conv(
         out = out[..., width - 1 :]
     last = F.pad(history, (max(width - history.shape[-1], 0), 0))[..., -width:]
     return out, last
+
+
+def _tp_sum(t: torch.Tensor) -> torch.Tensor:
+    t = t.contiguous()
+    torch.distributed.all_reduce(t, group=parallel_state.get_tensor_model_parallel_group())
+    return t
+
+
+class _SumGradOverTP(torch.autograd.Function):
+    """Identity forward; gradients summed over the TP group backward. Unlike megatron's
+    copy-to-region it sums permuted (non-contiguous) gradients too."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _tp_sum(grad)
+
+
+class _SumOverTPBothWays(torch.autograd.Function):
+    """Partial sums all-reduced forward, and their gradients all-reduced backward: for a product
+    split over ranks whose result every rank then uses for its own channels (x_proj)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return _tp_sum(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _tp_sum(grad)
+
+
+def sum_grad_over_tp(x: torch.Tensor) -> torch.Tensor:
+    if parallel_state.get_tensor_model_parallel_world_size() == 1:
+        return x
+    return _SumGradOverTP.apply(x)
+
+
+def sum_over_tp_both_ways(x: torch.Tensor) -> torch.Tensor:
+    if parallel_state.get_tensor_model_parallel_world_size() == 1:
+        return x
+    return _SumOverTPBothWays.apply(x)
