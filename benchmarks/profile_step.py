@@ -1,24 +1,48 @@
-"""Top CUDA kernels of one training step of ours and of transformers' GPTNeoX (torch.profiler).
+"""Top CUDA kernels of one training step of ours and of the transformers baseline (torch.profiler).
 
-torchrun --nproc_per_node 1 benchmarks/profile_step.py
+torchrun --nproc_per_node 1 benchmarks/profile_step.py [--model attention|mamba1|mamba2]
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
+
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.attention_model import hf_step, ours_step
+from benchmarks import attention_model, mamba_model
 from megatron_mamba.models.presets import preset
 from megatron_mamba.runtime import init_runtime
 
 
+def builders(model: str):
+    """(config, [(name, build(config, tokens))]) for the model under comparison."""
+    if model == "attention":
+        return preset("pythia-1b"), [
+            ("transformers", attention_model.hf_step),
+            ("ours", attention_model.ours_step),
+        ]
+    symbol, mamba = {"mamba1": ("M", mamba_model.CALD_MAMBA1), "mamba2": ("S", mamba_model.MAMBA2)}[
+        model
+    ]
+    config = preset("pythia-1b", layer_pattern=symbol * 16, mamba=mamba)
+    return config, [
+        ("CALD-style", functools.partial(mamba_model.cald_step, kind=model)),
+        ("ours", functools.partial(mamba_model.ours_step, kind=model)),
+    ]
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="attention", choices=["attention", "mamba1", "mamba2"])
+    parser.add_argument("--rows", type=int, default=25)
+    args = parser.parse_args()
     init_runtime(seed=0)
-    config = preset("pythia-1b")
+    config, builds = builders(args.model)
     tokens = torch.randint(0, config.vocab_size, (4, 2049), device="cuda")
-    for name, build in (("transformers", hf_step), ("ours", ours_step)):
-        model, step = build(config, tokens)
+    for name, build in builds:
+        model, step = build(config, tokens=tokens)
         for _ in range(3):
             step()
         torch.cuda.synchronize()
@@ -28,7 +52,7 @@ def main() -> None:
         print(f"=== {name}")
         print(
             prof.key_averages().table(
-                sort_by="cuda_time_total", row_limit=25, max_name_column_width=70
+                sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=60
             )
         )
         del model, step

@@ -48,29 +48,43 @@ CASES = [
 ]
 
 
+def _forward_and_grads(mixer, u):
+    out, _ = mixer(u)
+    grads = torch.autograd.grad(out.float().square().sum(), [u, *mixer.parameters()])
+    return [out, *grads]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("kind,mamba", CASES)
 def test_mixer_on_fused_kernels_matches_reference(runtime, monkeypatch, kind, mamba, dtype):
+    """fp32: fused within 5e-3 of the reference (mamba_ssm's Triton kernels multiply in TF32).
+    bf16: both paths against the fp32 reference; the fused one may not be much further off."""
     torch.backends.cuda.matmul.allow_tf32 = False
-    mixer = native_mixer(kind, tiny_model_config(**mamba))
+    config = tiny_model_config(**mamba)
+    mixer = native_mixer(kind, config)
     randomize(mixer)
-    mixer = mixer.to("cuda", dtype)
     torch.manual_seed(1)
-    u = torch.randn(40, 2, 64, device="cuda", dtype=dtype, requires_grad=True)
+    u32 = torch.randn(40, 2, 64, device="cuda")
+    names = ["output", "input", *(n for n, _ in mixer.named_parameters())]
 
-    def run():
-        out, _ = mixer(u)
-        grads = torch.autograd.grad(out.float().square().sum(), [u, *mixer.parameters()])
-        return out, grads
+    def run(fused: bool, dt: torch.dtype):
+        monkeypatch.setenv("MEGATRON_MAMBA_REFERENCE_KERNELS", "0" if fused else "1")
+        module = native_mixer(kind, config)
+        module.load_state_dict(mixer.state_dict())
+        module = module.to("cuda", dt)
+        u = u32.to(dt).requires_grad_()
+        assert kernels.use_fused(u) == fused
+        return _forward_and_grads(module, u)
 
-    assert kernels.use_fused(u)
-    fused_out, fused_grads = run()
-    monkeypatch.setenv("MEGATRON_MAMBA_REFERENCE_KERNELS", "1")
-    ref_out, ref_grads = run()
-    assert rel_err(fused_out, ref_out) <= TOLERANCE[dtype]
-    names = ["input", *(n for n, _ in mixer.named_parameters())]
-    for name, a, b in zip(names, fused_grads, ref_grads, strict=True):
-        assert rel_err(a, b) <= 2 * TOLERANCE[dtype], name
+    truth = run(False, torch.float32)
+    fused = run(True, dtype)
+    if dtype == torch.float32:
+        for name, a, b in zip(names, fused, truth, strict=True):
+            assert rel_err(a, b) <= 5e-3, name
+        return
+    reference_bf16 = run(False, dtype)
+    for name, a, r, b in zip(names, fused, reference_bf16, truth, strict=True):
+        assert rel_err(a, b) <= max(3 * rel_err(r, b), 2e-2), name
 
 
 def test_decode_on_gpu_matches_full_forward(runtime):
@@ -85,5 +99,5 @@ def test_decode_on_gpu_matches_full_forward(runtime):
         for t in range(10, 24):
             (out, _), state = mixer.forward_stateful(u[t : t + 1], state)
             pieces.append(out)
-    assert rel_err(torch.cat(pieces), full) <= 1e-4
+    assert rel_err(torch.cat(pieces), full) <= 1e-3  # chunked vs stepwise SSD, TF32 inside
     assert rearrange(full, "l b d -> b l d").isfinite().all()
