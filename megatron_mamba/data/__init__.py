@@ -1,0 +1,1 @@
+"""Training data: Megatron indexed datasets, Pythia's pre-shuffled Pile order, preprocessing."""

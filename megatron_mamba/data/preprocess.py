@@ -1,0 +1,138 @@
+"""jsonl or plain text → a Megatron .bin/.idx pair, tokenised by an HF tokenizer from a local path.
+
+Documents are tokenised in batches by worker processes (each loads the tokenizer once) and written
+in input order; an EOD token follows each document. Both files are written under temporary names
+and renamed only when complete, so a failure never leaves a half-written pair under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+from tqdm import tqdm
+
+_tokenizer = None
+
+
+@dataclass(frozen=True)
+class PreprocessStats:
+    documents: int
+    tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"tokenizer directory {path} does not exist (no downloads here)")
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+def read_documents(paths: Iterable[Path], json_key: str = "text") -> Iterator[str]:
+    """Documents in order: one per line of .jsonl (its `json_key`), one per non-empty text line."""
+    for path in paths:
+        path = Path(path)
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                if path.suffix in (".jsonl", ".json"):
+                    try:
+                        record = json.loads(line)
+                        yield record[json_key]
+                    except (json.JSONDecodeError, KeyError, TypeError) as error:
+                        raise ValueError(
+                            f"{path}:{number} is not a JSON object with a {json_key!r} string"
+                        ) from error
+                else:
+                    yield line.rstrip("\n")
+
+
+def _batches(documents: Iterator[str], size: int) -> Iterator[list[str]]:
+    batch = []
+    for doc in documents:
+        batch.append(doc)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _init_worker(tokenizer_path: str) -> None:
+    global _tokenizer
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _tokenizer = load_tokenizer(tokenizer_path)
+
+
+def _encode(batch: list[str]) -> list[list[int]]:
+    return _tokenizer(batch, add_special_tokens=False)["input_ids"]
+
+
+def preprocess(
+    inputs: Iterable[Path],
+    tokenizer_path: str | Path,
+    output_prefix: str | Path,
+    json_key: str = "text",
+    workers: int = 1,
+    append_eod: bool = True,
+    batch_documents: int = 512,
+    progress: bool = True,
+) -> PreprocessStats:
+    tokenizer = load_tokenizer(tokenizer_path)
+    eod = tokenizer.eos_token_id
+    if append_eod and eod is None:
+        raise ValueError(
+            f"tokenizer {tokenizer_path} has no eos token to append as end-of-document"
+        )
+    dtype = DType.optimal_dtype(len(tokenizer))
+    final_bin, final_idx = Path(f"{output_prefix}.bin"), Path(f"{output_prefix}.idx")
+    final_bin.parent.mkdir(parents=True, exist_ok=True)
+    tmp_bin = final_bin.with_name(f"{final_bin.name}.tmp-{os.getpid()}")
+    tmp_idx = final_idx.with_name(f"{final_idx.name}.tmp-{os.getpid()}")
+    documents = tokens = 0
+    start = time.perf_counter()
+    batches = _batches(read_documents(inputs, json_key), batch_documents)
+    pool = None
+    try:
+        builder = IndexedDatasetBuilder(str(tmp_bin), dtype=dtype)
+        if workers > 1:
+            pool = multiprocessing.get_context("spawn").Pool(
+                workers, initializer=_init_worker, initargs=(str(tokenizer_path),)
+            )
+            encoded = pool.imap(_encode, batches)
+        else:
+            encoded = (tokenizer(b, add_special_tokens=False)["input_ids"] for b in batches)
+        bar = tqdm(encoded, unit=" batches", disable=not progress)
+        for batch in bar:
+            for ids in batch:
+                if append_eod:
+                    ids = [*ids, eod]
+                if not ids:
+                    continue
+                builder.add_document(np.asarray(ids, dtype=dtype), [len(ids)])
+                documents += 1
+                tokens += len(ids)
+            bar.set_postfix(tokens_per_s=f"{tokens / (time.perf_counter() - start):,.0f}")
+        builder.finalize(str(tmp_idx))
+        os.replace(tmp_bin, final_bin)
+        os.replace(tmp_idx, final_idx)
+    finally:
+        if pool is not None:
+            pool.terminate()
+        for leftover in (tmp_bin, tmp_idx):
+            leftover.unlink(missing_ok=True)
+    return PreprocessStats(documents, tokens, time.perf_counter() - start)

@@ -1,0 +1,92 @@
+"""EleutherAI's pre-shuffled Pythia Pile, read in Pythia's training order.
+
+Each item of document.idx is one 2049-token sequence, already in the order Pythia saw them: sample
+i is item i, and step s of a run with global batch B is items s·B … s·B+B−1. Data-parallel rank r
+of W takes the r-th contiguous B/W of each global batch (Megatron's pretraining sampler), so ranks
+never overlap and together see exactly the global batch. Resuming at step s starts at item s·B.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from megatron_mamba.data.indexed import DatasetError, open_indexed
+
+PYTHIA_SEQUENCE = 2049
+
+
+@dataclass(frozen=True)
+class DataOrder:
+    """Which items each data-parallel rank reads at each step."""
+
+    global_batch: int
+    dp_size: int = 1
+    first_item: int = 0
+    """Item of step 0 (skip a prefix of the data, e.g. to continue from Pythia's step k)."""
+    max_train_samples: int | None = None
+    """Stop before the step whose global batch would go past this many samples."""
+
+    def __post_init__(self) -> None:
+        if self.global_batch < 1 or self.global_batch % self.dp_size:
+            raise ValueError(
+                f"global batch {self.global_batch} must be a positive multiple of the "
+                f"data-parallel size {self.dp_size}"
+            )
+
+    def steps(self, available: int) -> int:
+        """How many whole global batches the data (and max_train_samples) allow."""
+        samples = available - self.first_item
+        if self.max_train_samples is not None:
+            samples = min(samples, self.max_train_samples)
+        return max(samples, 0) // self.global_batch
+
+    def items(self, step: int, dp_rank: int) -> range:
+        per_rank = self.global_batch // self.dp_size
+        start = self.first_item + step * self.global_batch + dp_rank * per_rank
+        return range(start, start + per_rank)
+
+
+class PythiaPreshuffled:
+    """The pre-shuffled Pile (merged .bin, or shard 00000 with the full document.idx)."""
+
+    def __init__(
+        self,
+        prefix: str | Path,
+        vocab_size: int | None = None,
+        allow_short_bin: bool = False,
+        sequence_length: int = PYTHIA_SEQUENCE,
+    ):
+        self.dataset, self.summary = open_indexed(prefix, vocab_size, allow_short_bin)
+        lengths = self.dataset.sequence_lengths[: self.summary.usable_sequences]
+        wrong = np.flatnonzero(lengths != sequence_length)
+        if wrong.size:
+            raise DatasetError(
+                f"{prefix}.idx item {int(wrong[0])} has {int(lengths[wrong[0]])} tokens; the "
+                f"pre-shuffled Pile has {sequence_length} per item"
+            )
+        self.sequence_length = sequence_length
+
+    def __len__(self) -> int:
+        """Items readable from the .bin (fewer than the index's when only a shard is present)."""
+        return self.summary.usable_sequences
+
+    def __getitem__(self, item: int) -> np.ndarray:
+        if not 0 <= item < len(self):
+            raise IndexError(
+                f"item {item} is past the end of {self.summary.prefix}.bin, which holds "
+                f"{len(self)} of the index's {self.summary.sequences} items"
+            )
+        return self.dataset[item]
+
+    def batches(
+        self, order: DataOrder, dp_rank: int, start_step: int = 0
+    ) -> Iterator[torch.Tensor]:
+        """This rank's [B/W, 2049] token batches from `start_step` on (resume: the step to run)."""
+        for step in range(start_step, order.steps(len(self))):
+            rows = [self[i] for i in order.items(step, dp_rank)]
+            yield torch.from_numpy(np.stack(rows).astype(np.int64))
