@@ -1,0 +1,31 @@
+"""A tiny BPE tokenizer trained locally on the quickstart corpus, saved as an HF directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+CORPUS = Path(__file__).resolve().parents[2] / "examples" / "quickstart" / "corpus.txt"
+
+
+def corpus_lines() -> list[str]:
+    return [line for line in CORPUS.read_text().splitlines() if line.strip()]
+
+
+def make_tokenizer(directory: Path, vocab_size: int = 300) -> Path:
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<unk>", "<pad>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(corpus_lines(), trainer)
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>"
+    )
+    hf.save_pretrained(directory)
+    return directory

@@ -1,0 +1,187 @@
+"""Indexed-dataset checks, preprocessing round trips, Pythia's order, DP sharding and resume."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+from megatron_mamba.data.indexed import DatasetError, check_pair, open_indexed
+from megatron_mamba.data.merge import merge_shards
+from megatron_mamba.data.preprocess import load_tokenizer, preprocess
+from megatron_mamba.data.pythia import DataOrder, PythiaPreshuffled
+from tests.helpers.tiny_tokenizer import corpus_lines, make_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    return make_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+def write_jsonl(path, docs):
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    return path
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_preprocess_round_trip(tmp_path, tokenizer_dir, workers):
+    docs = corpus_lines()[:40]
+    prefix = tmp_path / "corpus"
+    stats = preprocess(
+        [write_jsonl(tmp_path / "in.jsonl", docs)],
+        tokenizer_dir,
+        prefix,
+        workers=workers,
+        batch_documents=7,
+        progress=False,
+    )
+    tok = load_tokenizer(tokenizer_dir)
+    expected = [tok(d, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for d in docs]
+    dataset, summary = open_indexed(prefix, vocab_size=len(tok))
+    assert summary.dtype == np.uint16 and summary.documents == len(docs) == stats.documents
+    assert [dataset[i].tolist() for i in range(len(dataset))] == expected
+    assert summary.tokens == stats.tokens == sum(map(len, expected))
+    assert sorted(os.listdir(tmp_path)) == ["corpus.bin", "corpus.idx", "in.jsonl"]
+
+
+def test_failed_preprocess_leaves_no_files(tmp_path, tokenizer_dir):
+    source = write_jsonl(tmp_path / "in.jsonl", corpus_lines()[:5])
+    with open(source, "a") as f:
+        f.write("{not json\n")
+    with pytest.raises(ValueError, match=r"in.jsonl:6 is not a JSON object"):
+        preprocess([source], tokenizer_dir, tmp_path / "out", progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["in.jsonl"]
+
+
+def build_pair(prefix, items, dtype=np.uint16):
+    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=dtype)
+    for item in items:
+        builder.add_document(np.asarray(item, dtype=dtype), [len(item)])
+    builder.finalize(f"{prefix}.idx")
+    return prefix
+
+
+@pytest.fixture
+def small_pair(tmp_path):
+    rng = np.random.default_rng(0)
+    return build_pair(tmp_path / "small", [rng.integers(0, 100, n) for n in (5, 9, 3, 7)])
+
+
+def test_a_sound_pair_passes(small_pair):
+    summary = check_pair(small_pair, vocab_size=100)
+    assert (summary.sequences, summary.documents, summary.tokens) == (4, 4, 24)
+    assert summary.max_token <= 99
+
+
+@pytest.mark.parametrize(
+    "damage,match",
+    [
+        ("header", "is not a Megatron index"),
+        ("version", "index version 2"),
+        ("dtype", "token dtype code 9"),
+        ("truncate_idx", "is .* bytes but its header"),
+        ("truncate_bin", "holds 20 tokens but .* describes 24"),
+        ("odd_bin", "not a whole number of uint16 tokens"),
+        ("missing_bin", "does not exist"),
+        ("vocab", "token id .* outside the model's vocabulary of 10"),
+    ],
+)
+def test_damaged_pairs_are_refused(small_pair, damage, match):
+    idx, bin_ = Path(f"{small_pair}.idx"), f"{small_pair}.bin"
+    raw = bytearray(idx.read_bytes())
+    vocab = 100
+    if damage == "header":
+        raw[0:3] = b"XYZ"
+    elif damage == "version":
+        raw[9] = 2
+    elif damage == "dtype":
+        raw[17] = 9
+    elif damage == "truncate_idx":
+        raw = raw[:-8]
+    elif damage == "truncate_bin":
+        os.truncate(bin_, 40)
+    elif damage == "odd_bin":
+        os.truncate(bin_, 47)
+    elif damage == "missing_bin":
+        os.remove(bin_)
+    elif damage == "vocab":
+        vocab = 10
+    idx.write_bytes(bytes(raw))
+    with pytest.raises(DatasetError, match=match):
+        check_pair(small_pair, vocab_size=vocab)
+
+
+def test_a_bin_from_another_index_is_refused(tmp_path, small_pair):
+    other = build_pair(tmp_path / "other", [np.arange(30)])
+    os.replace(f"{other}.bin", f"{small_pair}.bin")
+    with pytest.raises(DatasetError, match="holds 30 tokens but .* describes 24"):
+        check_pair(small_pair)
+
+
+ITEM = 2049
+
+
+@pytest.fixture
+def pythia_pair(tmp_path):
+    """20 items of 2049 tokens; item i starts with token i (its identity)."""
+    rng = np.random.default_rng(1)
+    items = [np.concatenate([[i], rng.integers(0, 50000, ITEM - 1)]) for i in range(20)]
+    return build_pair(tmp_path / "document", items)
+
+
+def test_pythia_order_is_item_order_split_over_ranks(pythia_pair):
+    data = PythiaPreshuffled(pythia_pair, vocab_size=50304)
+    order = DataOrder(global_batch=4, dp_size=2)
+    assert order.steps(len(data)) == 5
+    for step in range(5):
+        ranks = [next(iter(data.batches(order, r, start_step=step)))[:, 0].tolist() for r in (0, 1)]
+        assert ranks == [[4 * step, 4 * step + 1], [4 * step + 2, 4 * step + 3]]
+    seen = [b[:, 0].tolist() for r in (0, 1) for b in data.batches(order, r)]
+    assert sorted(sum(seen, [])) == list(range(20))  # every item once, no overlap
+    batch = next(iter(data.batches(order, 0)))
+    assert batch.shape == (2, ITEM) and batch.dtype == torch.int64
+
+
+def test_max_train_samples_offset_and_resume(pythia_pair):
+    data = PythiaPreshuffled(pythia_pair)
+    order = DataOrder(global_batch=3, first_item=2, max_train_samples=13)
+    assert order.steps(len(data)) == 4  # 13 samples → 4 whole batches of 3
+    full = [b[:, 0].tolist() for b in data.batches(order, 0)]
+    assert full == [[2, 3, 4], [5, 6, 7], [8, 9, 10], [11, 12, 13]]
+    for step in range(4):
+        resumed = [b[:, 0].tolist() for b in data.batches(order, 0, start_step=step)]
+        assert resumed == full[step:]
+
+
+def test_one_shard_with_the_full_index(tmp_path, pythia_pair):
+    # Shard 0 of the Pile: the .bin holds only the first items the index describes.
+    os.truncate(f"{pythia_pair}.bin", 2 * (5 * ITEM + 100))
+    with pytest.raises(DatasetError, match="truncated, or not the index"):
+        PythiaPreshuffled(pythia_pair)
+    data = PythiaPreshuffled(pythia_pair, allow_short_bin=True)
+    assert len(data) == 5 and data[4][0] == 4
+    with pytest.raises(IndexError, match="item 5 is past the end .* holds 5 of the index's 20"):
+        data[5]
+
+
+def test_wrong_item_length_is_refused(tmp_path):
+    prefix = build_pair(tmp_path / "doc", [np.zeros(ITEM), np.zeros(100)])
+    with pytest.raises(DatasetError, match="item 1 has 100 tokens"):
+        PythiaPreshuffled(prefix)
+
+
+def test_merge_shards_reassembles_the_bin(tmp_path, pythia_pair):
+    whole = Path(f"{pythia_pair}.bin").read_bytes()
+    cut = 7 * ITEM * 2 + 1000  # shards need not end on an item boundary
+    shards = [tmp_path / "s0.bin", tmp_path / "s1.bin"]
+    shards[0].write_bytes(whole[:cut])
+    shards[1].write_bytes(whole[cut:])
+    summary = merge_shards(shards, f"{pythia_pair}.idx", tmp_path / "merged")
+    assert summary.sequences == 20
+    assert (tmp_path / "merged.bin").read_bytes() == whole
+    with pytest.raises(DatasetError, match="truncated"):
+        merge_shards(shards[:1], f"{pythia_pair}.idx", tmp_path / "partial")
+    assert not list(tmp_path.glob("partial*"))
