@@ -1,0 +1,118 @@
+"""Chat (SFT) and preference (DPO) examples: tokens through the tokenizer's chat template, with a
+mask that is 1 exactly on assistant tokens (the only ones that carry loss).
+
+The conversation is rendered once; each assistant turn's character span is found by rendering the
+conversation up to that turn (with the generation prompt) and up to its end. Tokens are then
+masked by their character offsets, so the mask is right however the tokenizer merges across turn
+boundaries. A template whose renderings are not prefixes of each other is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class MaskedTokens:
+    input_ids: list[int]
+    assistant_mask: list[int]
+    """1 where the token belongs to an assistant turn."""
+
+
+def _render(tokenizer, messages, generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=generation_prompt
+    )
+
+
+def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of its assistant turns."""
+    text = _render(tokenizer, messages, False)
+    spans = []
+    for k, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        before = _render(tokenizer, messages[:k], True) if k else ""
+        through = _render(tokenizer, messages[: k + 1], False)
+        if not (text.startswith(through) and through.startswith(before)):
+            raise ValueError(
+                "the chat template does not render a conversation as a prefix of its "
+                f"continuation (at message {k}); assistant tokens cannot be located"
+            )
+        spans.append((len(before), len(through)))
+    return text, spans
+
+
+def tokenize_chat(tokenizer, messages: list[dict], max_length: int | None = None) -> MaskedTokens:
+    text, spans = assistant_spans(tokenizer, messages)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    mask = [
+        int(any(lo <= start < hi for lo, hi in spans)) for start, _ in encoded["offset_mapping"]
+    ]
+    ids = encoded["input_ids"]
+    if max_length is not None:
+        ids, mask = ids[:max_length], mask[:max_length]
+    return MaskedTokens(ids, mask)
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    chosen: MaskedTokens
+    rejected: MaskedTokens
+
+
+def _as_messages(prompt, response) -> list[dict]:
+    prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if isinstance(response, str):
+        return [*prompt, {"role": "assistant", "content": response}]
+    # UltraFeedback-style: the response is the whole conversation, prompt included.
+    return list(response) if response[: len(prompt)] == prompt else [*prompt, *response]
+
+
+def tokenize_preference(
+    tokenizer, prompt, chosen, rejected, max_length: int | None = None
+) -> PreferencePair:
+    """A DPO pair; the masks cover only the responses' assistant tokens."""
+    return PreferencePair(
+        tokenize_chat(tokenizer, _as_messages(prompt, chosen), max_length),
+        tokenize_chat(tokenizer, _as_messages(prompt, rejected), max_length),
+    )
+
+
+def read_jsonl(path: str | Path, required: tuple[str, ...]) -> Iterator[dict]:
+    """Records of a jsonl file, each checked for the `required` keys."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number} is not valid JSON") from error
+            missing = [key for key in required if key not in record]
+            if missing:
+                raise ValueError(f"{path}:{number} lacks {', '.join(missing)}")
+            yield record
+
+
+def pad_batch(examples: list[MaskedTokens], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded [B, L] tokens, the loss mask of each next-token target, and padding mask.
+
+    `loss_mask[b, t]` weights the prediction of tokens[b, t + 1] from position t, so it is the
+    assistant mask shifted by one; the last column is always 0.
+    """
+    length = max(len(e.input_ids) for e in examples)
+    tokens = torch.full((len(examples), length), pad_id, dtype=torch.long)
+    loss_mask = torch.zeros(len(examples), length, dtype=torch.float32)
+    attention = torch.zeros(len(examples), length, dtype=torch.bool)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        tokens[row, :n] = torch.tensor(example.input_ids)
+        attention[row, :n] = True
+        loss_mask[row, : n - 1] = torch.tensor(example.assistant_mask[1:], dtype=torch.float32)
+    return {"tokens": tokens, "loss_mask": loss_mask, "attention_mask": attention}

@@ -1,0 +1,79 @@
+"""Chat and preference examples: the loss mask covers exactly the assistant turns."""
+
+import pytest
+import torch
+
+from megatron_mamba.data.chat import pad_batch, read_jsonl, tokenize_chat, tokenize_preference
+from megatron_mamba.data.preprocess import load_tokenizer
+from tests.helpers.tiny_tokenizer import make_tokenizer
+
+CONVERSATION = [
+    {"role": "system", "content": "You are a terse assistant."},
+    {"role": "user", "content": "Name a colour."},
+    {"role": "assistant", "content": "Blue, like the sea."},
+    {"role": "user", "content": "Another one?"},
+    {"role": "assistant", "content": "Green."},
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return load_tokenizer(make_tokenizer(tmp_path_factory.mktemp("tok")))
+
+
+def masked_text(tokenizer, example, keep: int) -> str:
+    ids = [t for t, m in zip(example.input_ids, example.assistant_mask, strict=True) if m == keep]
+    return tokenizer.decode(ids)
+
+
+def test_mask_covers_exactly_the_assistant_turns(tokenizer):
+    example = tokenize_chat(tokenizer, CONVERSATION)
+    # Zephyr's template renders a turn as "<|assistant|>\n" + content + eos + "\n" and the
+    # generation prompt as "<|assistant|>\n": the turn's own part is content, eos and newline.
+    assert masked_text(tokenizer, example, 1) == "Blue, like the sea.<eos>\nGreen.<eos>\n"
+    rest = masked_text(tokenizer, example, 0)
+    assert "Blue" not in rest and "Green" not in rest
+    assert rest.count("<|assistant|>") == 2 and "Name a colour." in rest
+    assert tokenizer.decode(example.input_ids) == tokenizer.apply_chat_template(
+        CONVERSATION, tokenize=False
+    )
+
+
+def test_preference_masks_cover_only_the_responses(tokenizer):
+    pair = tokenize_preference(tokenizer, "Name a colour.", "Blue.", "I would rather not.")
+    assert masked_text(tokenizer, pair.chosen, 1) == "Blue.<eos>\n"
+    assert masked_text(tokenizer, pair.rejected, 1) == "I would rather not.<eos>\n"
+    prompt = [{"role": "user", "content": "Name a colour."}]
+    full = [*prompt, {"role": "assistant", "content": "Blue."}]
+    as_messages = tokenize_preference(tokenizer, prompt, full, "No.")
+    assert as_messages.chosen == pair.chosen
+
+
+def test_padded_batch_shifts_the_mask_to_targets(tokenizer):
+    examples = [tokenize_chat(tokenizer, CONVERSATION[1:3]), tokenize_chat(tokenizer, CONVERSATION)]
+    batch = pad_batch(examples, tokenizer.pad_token_id)
+    short = examples[0]
+    n = len(short.input_ids)
+    assert batch["tokens"].shape == (2, len(examples[1].input_ids))
+    assert (batch["tokens"][0, n:] == tokenizer.pad_token_id).all()
+    assert not batch["attention_mask"][0, n:].any() and batch["attention_mask"][1].all()
+    # Position t is trained to predict token t+1, which is an assistant token.
+    expected = torch.tensor(short.assistant_mask[1:], dtype=torch.float32)
+    torch.testing.assert_close(batch["loss_mask"][0, : n - 1], expected)
+    assert batch["loss_mask"][0, n - 1 :].sum() == 0
+
+
+def test_a_template_that_is_not_prefix_stable_is_refused(tokenizer):
+    odd = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    odd.chat_template = "{% for m in messages|reverse %}{{ m['content'] }}{% endfor %}"
+    with pytest.raises(ValueError, match="not render a conversation as a prefix"):
+        tokenize_chat(odd, CONVERSATION)
+
+
+def test_jsonl_records_are_checked(tmp_path):
+    path = tmp_path / "prefs.jsonl"
+    path.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a"}\n')
+    records = read_jsonl(path, ("prompt", "chosen", "rejected"))
+    assert next(records)["chosen"] == "b"
+    with pytest.raises(ValueError, match="prefs.jsonl:2 lacks chosen, rejected"):
+        next(records)
