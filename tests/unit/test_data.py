@@ -185,3 +185,63 @@ def test_merge_shards_reassembles_the_bin(tmp_path, pythia_pair):
     with pytest.raises(DatasetError, match="truncated"):
         merge_shards(shards[:1], f"{pythia_pair}.idx", tmp_path / "partial")
     assert not list(tmp_path.glob("partial*"))
+
+
+def test_blended_gpt_datasets_from_preprocessed_corpora(runtime, tmp_path, tokenizer_dir):
+    from megatron_mamba.data.corpus import HFTokenizerInfo, build_gpt_datasets
+
+    tok = load_tokenizer(tokenizer_dir)
+    lines = corpus_lines() * 10
+    streams = {}
+    for name, docs in (("a", lines[::2]), ("b", lines[1::2])):
+        preprocess(
+            [write_jsonl(tmp_path / f"{name}.jsonl", docs)],
+            tokenizer_dir,
+            tmp_path / name,
+            progress=False,
+        )
+        dataset, _ = open_indexed(tmp_path / name)
+        streams[name] = np.concatenate([dataset[i] for i in range(len(dataset))]).tolist()
+
+    def build():
+        return build_gpt_datasets(
+            [(tmp_path / "a", 0.7), (tmp_path / "b", 0.3)],
+            HFTokenizerInfo.from_hf(tok),
+            sequence_length=16,
+            samples=(20, 4, 0),
+            split="90,10,0",
+            cache_dir=tmp_path / "cache",
+        )
+
+    train, valid, _ = build()
+    assert len(train) >= 20 and len(valid) >= 4
+    sample = train[0]
+    assert sample["tokens"].shape == (16,) and sample["labels"].shape == (16,)
+    torch.testing.assert_close(sample["tokens"][1:], sample["labels"][:-1])
+
+    def inside(window, stream):
+        n = len(window)
+        return any(stream[i : i + n] == window for i in range(len(stream) - n + 1))
+
+    for i in range(5):  # every sample is a real window of one of the corpora
+        window = train[i]["tokens"].tolist() + [int(train[i]["labels"][-1])]
+        assert inside(window, streams["a"]) or inside(window, streams["b"])
+    again, _, _ = build()  # same seed and cache: the same samples
+    for i in range(5):
+        torch.testing.assert_close(again[i]["tokens"], train[i]["tokens"])
+
+
+def test_corpora_with_tokens_outside_the_vocabulary_are_refused(tmp_path, tokenizer_dir):
+    from megatron_mamba.data.corpus import HFTokenizerInfo, build_gpt_datasets
+
+    prefix = build_pair(tmp_path / "big", [np.array([1, 2, 5000])])
+    with pytest.raises(DatasetError, match="token id 5000, outside the model's vocabulary of 300"):
+        build_gpt_datasets([(prefix, 1.0)], HFTokenizerInfo(300, 2), 4, (4, 0, 0))
+
+
+def test_an_empty_split_is_refused_not_looped_on(tmp_path):
+    from megatron_mamba.data.corpus import HFTokenizerInfo, build_gpt_datasets
+
+    prefix = build_pair(tmp_path / "few", [np.arange(10)] * 4)
+    with pytest.raises(ValueError, match="4 documents; split '90,10,0' leaves its valid part"):
+        build_gpt_datasets([(prefix, 1.0)], HFTokenizerInfo(300, 2), 4, (4, 2, 0), split="90,10,0")

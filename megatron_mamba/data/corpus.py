@@ -1,0 +1,87 @@
+"""General corpora through megatron-core's GPTDataset and BlendedMegatronDatasetBuilder: blends
+with weights, train/valid/test splits, fixed-length samples and cached shuffle indices.
+
+megatron's dataset wants a Megatron tokenizer; it reads only the vocabulary size and the
+end-of-document id, which `HFTokenizerInfo` takes from an HF tokenizer. Every .bin/.idx pair is
+checked (header, sizes, token ids within the vocabulary) before megatron opens it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+from megatron_mamba.data.indexed import check_pair
+
+
+@dataclass(frozen=True)
+class HFTokenizerInfo:
+    """The two facts megatron's GPTDataset reads from a tokenizer."""
+
+    vocab_size: int
+    eod: int
+
+    @property
+    def unique_identifiers(self) -> dict:
+        """What megatron hashes into the names of its cached indices."""
+        return {"class": type(self).__name__, "vocab_size": self.vocab_size, "eod": self.eod}
+
+    @classmethod
+    def from_hf(cls, tokenizer) -> HFTokenizerInfo:
+        if tokenizer.eos_token_id is None:
+            raise ValueError(f"tokenizer {tokenizer.name_or_path} has no eos token for EOD")
+        return cls(vocab_size=len(tokenizer), eod=tokenizer.eos_token_id)
+
+
+def _check_splits(prefix: str, documents: int, split: str, samples: tuple[int, ...]) -> None:
+    """megatron splits documents by rounded fractions and loops forever over an empty split that
+    is asked for samples; refuse that instead."""
+    weights = [float(w) for w in split.replace("/", ",").split(",")]
+    weights += [0.0] * (3 - len(weights))
+    total = sum(weights)
+    bounds = [0.0]
+    for w in weights:
+        bounds.append(bounds[-1] + w / total)
+    names = ("train", "valid", "test")
+    for i, wanted in enumerate(samples):
+        count = round(bounds[i + 1] * documents) - round(bounds[i] * documents)
+        if wanted > 0 and count == 0:
+            raise ValueError(
+                f"{prefix} has {documents} documents; split {split!r} leaves its {names[i]} part "
+                f"empty, but {wanted} {names[i]} samples were asked for"
+            )
+
+
+def build_gpt_datasets(
+    blend: list[tuple[str | Path, float]],
+    tokenizer: HFTokenizerInfo,
+    sequence_length: int,
+    samples: tuple[int, int, int],
+    split: str = "969,30,1",
+    seed: int = 1234,
+    cache_dir: str | Path | None = None,
+) -> tuple[GPTDataset | None, GPTDataset | None, GPTDataset | None]:
+    """(train, valid, test) over the weighted `blend` of .bin/.idx prefixes; each sample is a
+    dict with tokens, labels, loss_mask, position_ids of `sequence_length`."""
+    prefixes = [str(prefix) for prefix, _ in blend]
+    for prefix in prefixes:
+        summary = check_pair(prefix, vocab_size=tokenizer.vocab_size)
+        _check_splits(prefix, summary.documents, split, samples)
+    config = GPTDatasetConfig(
+        random_seed=seed,
+        sequence_length=sequence_length,
+        blend=(prefixes, [float(weight) for _, weight in blend]),
+        split=split,
+        path_to_cache=str(cache_dir) if cache_dir else None,
+        tokenizer=tokenizer,
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=False,
+        create_attention_mask=False,
+    )
+    return tuple(
+        BlendedMegatronDatasetBuilder(GPTDataset, list(samples), lambda: True, config).build()
+    )
