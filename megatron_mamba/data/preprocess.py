@@ -7,6 +7,7 @@ and renamed only when complete, so a failure never leaves a half-written pair un
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
 import os
@@ -20,6 +21,7 @@ from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 from tqdm import tqdm
 
 _tokenizer = None
+_append_eod = True
 
 
 @dataclass(frozen=True)
@@ -72,14 +74,39 @@ def _batches(documents: Iterator[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
-def _init_worker(tokenizer_path: str) -> None:
-    global _tokenizer
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _tokenizer = load_tokenizer(tokenizer_path)
+def _use(tokenizer, append_eod: bool) -> None:
+    global _tokenizer, _append_eod
+    _tokenizer, _append_eod = tokenizer, append_eod
 
 
-def _encode(batch: list[str]) -> list[list[int]]:
-    return _tokenizer(batch, add_special_tokens=False)["input_ids"]
+def _init_worker(tokenizer_path: str, append_eod: bool) -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core instead of threads
+    _use(load_tokenizer(tokenizer_path), append_eod)
+
+
+def _encode(batch: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """A batch of documents → (their tokens back to back, each document's length)."""
+    backend = getattr(_tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # a fast tokenizer: its Rust core, without the Python wrapping
+        ids = [e.ids for e in backend.encode_batch(batch, add_special_tokens=False)]
+    else:
+        ids = _tokenizer(batch, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    if _append_eod:
+        eod = _tokenizer.eos_token_id
+        for doc in ids:
+            doc.append(eod)
+    lengths = np.fromiter((len(doc) for doc in ids), dtype=np.int32, count=len(ids))
+    dtype = DType.optimal_dtype(len(_tokenizer))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
+    return flat, lengths[lengths > 0]
+
+
+def _append_documents(builder: IndexedDatasetBuilder, flat: np.ndarray, lengths) -> None:
+    """Many one-sequence documents at once (the builder's add_document takes one at a time)."""
+    builder.data_file.write(flat.tobytes(order="C"))
+    first = len(builder.sequence_lengths)
+    builder.sequence_lengths.extend(lengths.tolist())
+    builder.document_indices.extend(range(first + 1, first + len(lengths) + 1))
 
 
 def preprocess(
@@ -110,22 +137,18 @@ def preprocess(
     try:
         builder = IndexedDatasetBuilder(str(tmp_bin), dtype=dtype)
         if workers > 1:
-            pool = multiprocessing.get_context("spawn").Pool(
-                workers, initializer=_init_worker, initargs=(str(tokenizer_path),)
+            pool = multiprocessing.get_context("fork").Pool(
+                workers, initializer=_init_worker, initargs=(str(tokenizer_path), append_eod)
             )
             encoded = pool.imap(_encode, batches)
         else:
-            encoded = (tokenizer(b, add_special_tokens=False)["input_ids"] for b in batches)
+            _use(tokenizer, append_eod)
+            encoded = map(_encode, batches)
         bar = tqdm(encoded, unit=" batches", disable=not progress)
-        for batch in bar:
-            for ids in batch:
-                if append_eod:
-                    ids = [*ids, eod]
-                if not ids:
-                    continue
-                builder.add_document(np.asarray(ids, dtype=dtype), [len(ids)])
-                documents += 1
-                tokens += len(ids)
+        for flat, lengths in bar:
+            _append_documents(builder, flat, lengths)
+            documents += len(lengths)
+            tokens += len(flat)
             bar.set_postfix(tokens_per_s=f"{tokens / (time.perf_counter() - start):,.0f}")
         builder.finalize(str(tmp_idx))
         os.replace(tmp_bin, final_bin)
