@@ -3,8 +3,9 @@ Pythia-layout batches against what a training step consumes.
 
 Preprocessing (best of 3, interleaved): the same jsonl and tokenizer (a BPE trained here,
 vocabulary 8000) through (a) a single-process loop — `tokenizer.encode` per document and
-megatron's IndexedDatasetBuilder — and (b) `megatron_mamba.data.preprocess` (batched
-encoding, worker processes). Reading: tokens/s of `PythiaPreshuffled.batches` (global batch 1024 of 2049-token items, one data-parallel rank of 8).
+megatron's IndexedDatasetBuilder — and (b) `megatron_mamba.data.preprocess` (batched encoding,
+worker processes). Reading: tokens/s of `PythiaPreshuffled.batches` (global batch 1024 of
+2049-token items, one data-parallel rank of 8).
 
     taskset -c 0,1 python benchmarks/data_pipeline.py
 """
