@@ -119,6 +119,10 @@ def preprocess(
     batch_documents: int = 512,
     progress: bool = True,
 ) -> PreprocessStats:
+    inputs = [Path(path) for path in inputs]
+    for path in inputs:
+        if not path.is_file():
+            raise FileNotFoundError(f"input file {path} does not exist")
     tokenizer = load_tokenizer(tokenizer_path)
     eod = tokenizer.eos_token_id
     if append_eod and eod is None:

@@ -1,0 +1,57 @@
+"""The data_tools command lines: results on good input, one clear error and exit 1 on bad."""
+
+import json
+
+import numpy as np
+import pytest
+
+from data_tools import inspect_data, merge_pythia_shards, preprocess_data, pythia_batch_viewer
+from tests.helpers.tiny_tokenizer import corpus_lines, make_tokenizer
+from tests.unit.test_data import build_pair
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    return make_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+def test_preprocess_then_inspect(tmp_path, tokenizer_dir, capsys):
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus_lines()))
+    prefix = str(tmp_path / "out")
+    argv = ["--input", str(source), "--tokenizer", str(tokenizer_dir), "--output-prefix", prefix]
+    assert preprocess_data.main(argv) == 0
+    assert "8 documents" in capsys.readouterr().out
+    argv = [prefix, "--tokenizer", str(tokenizer_dir), "--vocab-size", "300"]
+    assert inspect_data.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "8 sequences (8 readable), 8 documents" in out and "dtype uint16" in out
+    assert corpus_lines()[0] in out  # the decoded sample
+
+
+def test_bad_inputs_exit_1_with_one_line(tmp_path, tokenizer_dir, capsys):
+    prefix = str(tmp_path / "out")
+    missing = ["--input", str(tmp_path / "nope.jsonl"), "--tokenizer", str(tokenizer_dir)]
+    assert preprocess_data.main([*missing, "--output-prefix", prefix]) == 1
+    expected = f"error: input file {tmp_path / 'nope.jsonl'} does not exist\n"
+    assert capsys.readouterr().err == expected
+    assert inspect_data.main([str(tmp_path / "absent")]) == 1
+    assert "index file" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_pythia_viewer_and_merge(tmp_path, capsys):
+    items = [np.full(2049, i) for i in range(6)]
+    prefix = build_pair(tmp_path / "document", items)
+    assert pythia_batch_viewer.main([str(prefix), "--step", "1", "--global-batch", "2"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("step 1 item 2: [2, 2")
+    whole = (tmp_path / "document.bin").read_bytes()
+    (tmp_path / "a.bin").write_bytes(whole[:5000])
+    (tmp_path / "b.bin").write_bytes(whole[5000:])
+    shards = [str(tmp_path / "a.bin"), str(tmp_path / "b.bin")]
+    idx = str(tmp_path / "document.idx")
+    argv = ["--shards", *shards, "--index", idx, "--output-prefix", str(tmp_path / "m")]
+    assert merge_pythia_shards.main(argv) == 0
+    assert (tmp_path / "m.bin").read_bytes() == whole
+    assert merge_pythia_shards.main([*argv[:2], "--index", idx, "--output-prefix", "x"]) == 1
+    assert "truncated" in capsys.readouterr().err
