@@ -245,3 +245,15 @@ def test_an_empty_split_is_refused_not_looped_on(tmp_path):
     prefix = build_pair(tmp_path / "few", [np.arange(10)] * 4)
     with pytest.raises(ValueError, match="4 documents; split '90,10,0' leaves its valid part"):
         build_gpt_datasets([(prefix, 1.0)], HFTokenizerInfo(300, 2), 4, (4, 2, 0), split="90,10,0")
+
+
+@pytest.mark.parametrize(
+    "dtype", [np.uint8, np.int8, np.int16, np.int32, np.int64, np.float64, np.float32, np.uint16]
+)
+def test_every_token_dtype_reads_back(tmp_path, dtype):
+    items = [np.arange(n, dtype=dtype) % 100 for n in (3, 8, 1)]
+    prefix = build_pair(tmp_path / "t", items, dtype=dtype)
+    dataset, summary = open_indexed(prefix, vocab_size=100)
+    assert summary.dtype == dtype and summary.max_token == 7
+    for i, item in enumerate(items):
+        np.testing.assert_array_equal(dataset[i], item)
