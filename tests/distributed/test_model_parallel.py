@@ -12,12 +12,13 @@ from tests.distributed.launch import torchrun
 WORKER = Path(__file__).parent / "workers" / "model_step.py"
 
 
-def _run(tmp: Path, kind: str, tp: int, pp: int, sp=False, full_state=None, dp: int = 1):
+def _run(tmp: Path, kind: str, tp: int, pp: int, sp=False, full_state=None, dp: int = 1, cpu=True):
     out = tmp / f"{kind}-tp{tp}pp{pp}dp{dp}{'sp' if sp else ''}"
     out.mkdir()
     extra = [str(full_state)] if full_state else []
     world = tp * pp * dp
-    torchrun(WORKER, world, kind, str(tp), str(pp), "sp" if sp else "-", str(out), *extra)
+    args = (kind, str(tp), str(pp), "sp" if sp else "-", str(out), *extra)
+    torchrun(WORKER, world, *args, cpu=cpu)
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(world)]
     last = [r for r in ranks if r["losses"]]
     replica = [r for r in ranks if r["dp_rank"] == 0]
