@@ -1,0 +1,40 @@
+"""Which parameters get weight decay: never norms or biases; with weight_decay_mamba_only
+(CALD's flag) only the Mamba mixers' weights, so the pretrained Transformer parts are not pulled
+towards zero while the new mixers are regularised."""
+
+from __future__ import annotations
+
+import torch
+
+from megatron_mamba.models.mamba1 import Mamba1Mixer
+from megatron_mamba.models.mamba2 import Mamba2Mixer
+
+
+def _mamba_parameter_ids(model: torch.nn.Module) -> set[int]:
+    return {
+        id(p)
+        for module in model.modules()
+        if isinstance(module, (Mamba1Mixer, Mamba2Mixer))
+        for p in module.parameters()
+    }
+
+
+def decays(name: str, mamba_ids: set[int], param: torch.Tensor, mamba_only: bool) -> bool:
+    leaf = name.rsplit(".", 1)[-1]
+    if "bias" in leaf or "norm" in name:
+        return False  # CALD's no_decay: "bias", "norm.weight" (our norms all carry "norm")
+    return id(param) in mamba_ids if mamba_only else True
+
+
+def weight_decay_groups(model: torch.nn.Module, mamba_only: bool) -> list[dict]:
+    """Two optimizer groups; `wd_mult` tells megatron's scheduler which one decays."""
+    mamba_ids = _mamba_parameter_ids(model)
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            target = decay if decays(name, mamba_ids, param, mamba_only) else no_decay
+            target.append(param)
+    return [
+        {"params": decay, "wd_mult": 1.0},
+        {"params": no_decay, "wd_mult": 0.0, "weight_decay": 0.0},
+    ]

@@ -1,0 +1,104 @@
+"""LR schedule against its closed form, weight-decay groups, and config validation."""
+
+import math
+
+import pytest
+import torch
+
+from megatron_mamba.config import ParallelConfig
+from megatron_mamba.models.build import build_model
+from megatron_mamba.models.presets import preset
+from megatron_mamba.training.config import TrainConfig
+from megatron_mamba.training.param_groups import weight_decay_groups
+from megatron_mamba.training.schedule import build_scheduler
+
+
+def closed_form(step, peak, floor, warmup, decay, style):
+    if warmup and step <= warmup:
+        return peak * step / warmup
+    if style == "constant":
+        return peak
+    if step > decay:
+        return floor
+    ratio = (step - warmup) / (decay - warmup)
+    coeff = 0.5 * (1 + math.cos(math.pi * ratio)) if style == "cosine" else 1 - ratio
+    return floor + coeff * (peak - floor)
+
+
+@pytest.mark.parametrize("style", ["cosine", "linear", "constant"])
+def test_lr_follows_warmup_then_decay_to_min_lr(style):
+    train = TrainConfig(
+        learning_rate=3e-4,
+        min_lr=3e-5,
+        lr_scheduler_type=style,
+        warmup_ratio=0.1,
+        lr_decay_steps=80,
+        weight_decay=0.1,
+    )
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=0.0)
+    scheduler = build_scheduler(optimizer, train, total_steps=100)
+    lrs = [optimizer.param_groups[0]["lr"]]
+    for _ in range(100):
+        scheduler.step(1)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    for step in (0, 5, 10, 11, 45, 79, 80, 81, 100):
+        expected = closed_form(step, 3e-4, 3e-5, 10, 80, style)
+        assert lrs[step] == pytest.approx(expected, rel=1e-12, abs=1e-15), step
+    # Resume: a fresh scheduler restored from the state dict continues identically.
+    optimizer2 = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=0.0)
+    restored = build_scheduler(optimizer2, train, total_steps=100)
+    state = build_scheduler(optimizer2, train, 100).state_dict() | {"num_steps": 45}
+    restored.load_state_dict(state)
+    restored.step(1)
+    assert optimizer2.param_groups[0]["lr"] == pytest.approx(lrs[46], rel=1e-12)
+
+
+def test_checkpoint_interval_may_be_a_fraction():
+    assert TrainConfig(checkpointing_steps=0.01).checkpoint_interval(5000) == 50
+    assert TrainConfig(checkpointing_steps=200).checkpoint_interval(5000) == 200
+    assert TrainConfig().checkpoint_interval(5000) is None
+
+
+@pytest.mark.parametrize("mamba_only", [False, True])
+def test_weight_decay_groups(runtime, mamba_only):
+    cfg = preset("tiny-gpt-neox", num_layers=4, layer_pattern="AMSA")
+    model = build_model(cfg, ParallelConfig())
+    decay, no_decay = weight_decay_groups(model, mamba_only)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    kept = {names[id(p)] for p in no_decay["params"]}
+    assert decayed | kept == set(names.values()) and not decayed & kept
+    assert (decay["wd_mult"], no_decay["wd_mult"]) == (1.0, 0.0)
+    for name in names.values():
+        is_bias_or_norm = name.endswith("bias") or "norm" in name
+        in_mamba = name.startswith(("decoder.layers.1.mixer.", "decoder.layers.2.mixer."))
+        expected = not is_bias_or_norm and (in_mamba or not mamba_only)
+        assert (name in decayed) == expected, name
+    assert "decoder.layers.1.mixer.A_log" in decayed  # as CALD: only biases and norms are spared
+    assert "decoder.layers.2.mixer.dt_bias" in kept and "decoder.layers.2.mixer.norm.weight" in kept
+
+
+def test_no_decay_group_stays_undecayed_under_the_scheduler(runtime):
+    model = build_model(preset("tiny-gpt-neox", layer_pattern="MA"), ParallelConfig())
+    train = TrainConfig(weight_decay=0.1, weight_decay_mamba_only=True)
+    optimizer = torch.optim.AdamW(weight_decay_groups(model, True), lr=0.0)
+    build_scheduler(optimizer, train, 10).step(1)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]
+
+
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("learning_rate", 0.0, "learning_rate=0.0 must be positive"),
+        ("min_lr", 1.0, r"min_lr=1.0 must lie in \[0, learning_rate"),
+        ("lr_scheduler_type", "step", "lr_scheduler_type 'step' is unknown"),
+        ("warmup_ratio", 1.5, "warmup_ratio=1.5"),
+        ("gradient_accumulation_steps", 0, "gradient_accumulation_steps=0"),
+        ("checkpointing_steps", -1, "checkpointing_steps=-1 must be positive"),
+        ("mixed_precision", "fp8", "mixed_precision 'fp8' is unknown"),
+        ("report_to", ("tensorboard",), "unknown sink"),
+    ],
+)
+def test_bad_training_values_fail_clearly(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**{field: value})
