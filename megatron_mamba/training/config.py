@@ -1,7 +1,7 @@
 """The training run's typed configuration, with the flag names of CALD / HF scripts kept.
 
 Every field is documented where it is declared and checked in `__post_init__`; a bad value fails
-with one sentence naming it. `megatron_mamba.configs.load` reads these from YAML plus dotted
+with one sentence naming it. `megatron_mamba.config_io.load` reads these from YAML plus dotted
 command-line overrides.
 """
 

@@ -1,0 +1,135 @@
+"""YAML files plus dotted command-line overrides → typed, validated config dataclasses.
+
+`load(cls, path, ["train.learning_rate=3e-4", "model.layer_pattern=MMAM"])` reads the YAML,
+applies each override (values parsed as YAML scalars), and builds `cls` field by field; an unknown
+key or a value of the wrong type fails with one sentence naming its dotted path. `dump` gives the
+resolved config back as YAML (for `--dry-run` and for saving next to checkpoints).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the typed config."""
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """`a.b.c=value` entries set nested keys (creating levels as needed)."""
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {override!r} is not of the form key.sub=value")
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {override!r}: {part!r} is not a section")
+        node[leaf] = yaml.safe_load(raw)
+    return data
+
+
+def _is_dataclass_type(tp) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _convert(value: Any, tp, path: str):
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, path)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if errors else f"{path}: no type accepts {value!r}")
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{path}={value!r} must be one of {list(typing.get_args(tp))}")
+        return value
+    if _is_dataclass_type(tp):
+        if dataclasses.is_dataclass(value):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a section (mapping), got {value!r}")
+        return build(tp, value, path)
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            value = [value]
+        args = typing.get_args(tp)
+        item = args[0] if args else Any
+        return origin(_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a mapping, got {value!r}")
+        return value
+    if tp is float and not isinstance(value, bool):
+        try:  # YAML reads 1e-3 (no dot) as a string
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}={value!r} must be a number") from None
+    if tp in (int, str, bool) and type(value) is not tp:
+        raise ConfigError(f"{path}={value!r} must be {tp.__name__}")
+    return value
+
+
+def build(cls, data: dict, path: str = ""):
+    """An instance of dataclass `cls` from a mapping (nested sections become nested configs)."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"unknown key(s) {unknown}{where}; known: {sorted(fields)}")
+    kwargs = {
+        name: _convert(value, hints[name], f"{path}.{name}" if path else name)
+        for name, value in data.items()
+    }
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as error:
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(f"{path or cls.__name__}: {error}") from error
+
+
+def load(cls, path: str | Path | None, overrides: list[str] | None = None):
+    data = {}
+    if path is not None:
+        text = Path(path).read_text()
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping at the top level")
+    return build(cls, apply_overrides(data, list(overrides or [])))
+
+
+def to_dict(config) -> dict:
+    def plain(value):
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(dataclasses.asdict(config))
+
+
+def dump(config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
