@@ -22,6 +22,7 @@ setup(
         "accelerate",
         "wandb",
         "tqdm",
+        "matplotlib",
     ],
     extras_require={
         "gpu": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],

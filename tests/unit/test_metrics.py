@@ -1,0 +1,71 @@
+"""Metrics: the console line, the jsonl record per step (deduplicated across a resume), the plot."""
+
+import io
+import json
+
+import pytest
+
+from megatron_mamba.training.metrics import MetricsLogger, progress_line, read_metrics
+from tools import plot_run
+
+
+def test_progress_line_format():
+    line = progress_line(
+        12,
+        100,
+        {
+            "loss": 2.31041,
+            "ce": 2.2,
+            "lr": 3e-4,
+            "grad_norm": 0.912,
+            "tokens_per_s": 51234.0,
+            "mfu": 0.412,
+        },
+        190.0,
+    )
+    assert line == (
+        "step 12/100 | loss 2.3104 | ce 2.2000 | lr 3.00e-04 | grad_norm 0.9120 | "
+        "tokens/s 51,234 | mfu 41.2% | eta 0:03:10"
+    )
+
+
+def test_jsonl_and_console_on_rank_zero_only(tmp_path):
+    stream = io.StringIO()
+    logger = MetricsLogger(tmp_path, ("console", "jsonl"), total_steps=3, stream=stream)
+    for step in (1, 2, 3):
+        logger.log(step, {"loss": 1.0 / step, "lr": 0.1})
+    logger.close()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3] and records[1]["loss"] == 0.5
+    assert stream.getvalue().count("\n") == 3 and "step 3/3" in stream.getvalue()
+    other = MetricsLogger(tmp_path / "other", ("console", "jsonl"), 3, is_main=False)
+    other.log(1, {"loss": 1.0})
+    assert not (tmp_path / "other").exists()
+
+
+def test_resumed_steps_replace_earlier_records_and_plot(tmp_path):
+    logger = MetricsLogger(tmp_path, ("jsonl",), total_steps=4)
+    for step in (1, 2, 3):
+        logger.log(step, {"loss": 9.0, "lr": 0.1})
+    logger.close()
+    resumed = MetricsLogger(tmp_path, ("jsonl",), total_steps=4)  # a resume from step 2
+    for step in (3, 4):
+        resumed.log(step, {"loss": 1.0, "layer_mse": 0.5, "lr": 0.05})
+    resumed.close()
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [(r["step"], r["loss"]) for r in records] == [(1, 9.0), (2, 9.0), (3, 1.0), (4, 1.0)]
+    out = tmp_path / "curves.png"
+    assert plot_run.main([str(tmp_path / "metrics.jsonl"), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_of_a_missing_file_fails_clearly(tmp_path, capsys):
+    assert plot_run.main([str(tmp_path / "none.jsonl")]) == 1
+    assert capsys.readouterr().err.startswith("error: [Errno 2]")
+
+
+def test_corrupt_metrics_line_is_named(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 1}\n{oops\n')
+    with pytest.raises(ValueError, match="metrics.jsonl:2 is not a JSON record"):
+        read_metrics(path)
