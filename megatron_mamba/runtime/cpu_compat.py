@@ -76,8 +76,8 @@ def _cpu_current_device() -> torch.device:
 class _CudaLiteralsToCpu(types.ModuleType):
     """A view of the torch module in which tensor factories map device="cuda" to the CPU.
 
-    Installed as the `torch` global of a single megatron module that hard-codes device="cuda"
-    (pipeline_parallel.schedules), so nothing outside that module is affected.
+    Installed as the `torch` global of the megatron modules that hard-code device="cuda"
+    (pipeline schedules, optimizer wrappers, gradient clipping), so nothing else is affected.
     """
 
     _FACTORIES = ("zeros", "ones", "empty", "tensor", "full")
@@ -120,6 +120,31 @@ def _patch_schedule_literals() -> None:
         schedules.torch = _CudaLiteralsToCpu(torch)
 
 
+def _patch_optimizer_literals() -> None:
+    """megatron's optimizer wrappers, gradient clipping and its fallback multi-tensor L2 norm keep
+    their scale, found-inf flag and norm in device="cuda" tensors; make those CPU tensors, in
+    those modules only."""
+    from megatron.core import utils
+    from megatron.core.optimizer import clip_grads, optimizer
+
+    for module in (optimizer, clip_grads, utils):
+        if not isinstance(module.torch, _CudaLiteralsToCpu):
+            module.torch = _CudaLiteralsToCpu(torch)
+    optimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
+
+
+def _clip_grad_by_total_norm_fp32(parameters, max_norm, total_norm, use_decoupled_grad=False):
+    """megatron's gradient clipping minus its assertion that gradients are CUDA tensors."""
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    attribute = "decoupled_grad" if use_decoupled_grad else "grad"
+    grads = [getattr(p, attribute, None) for p in parameters]
+    grads = [g.detach() for g in grads if g is not None]
+    clip_coeff = max_norm / (total_norm + 1.0e-6)
+    if clip_coeff < 1.0 and grads:
+        torch._foreach_mul_(grads, clip_coeff)
+
+
 def _patch_tied_embedding_copy() -> None:
     """With tied embeddings and PP > 1, megatron moves the last stage's copy of the embedding to
     CUDA (`weight.data.cuda()`) before all-reducing it from the first stage; keep it on the CPU."""
@@ -154,6 +179,7 @@ PATCHES: dict[str, Callable[[], None]] = {
     "rng_tracker": _patch_rng_tracker,
     "current_device": _patch_current_device,
     "schedule_cuda_literals": _patch_schedule_literals,
+    "optimizer_cuda_literals": _patch_optimizer_literals,
     "tied_embedding_copy": _patch_tied_embedding_copy,
     "checkpoint_rng_states": _patch_checkpoint_rng_states,
 }

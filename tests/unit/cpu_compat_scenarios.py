@@ -93,6 +93,33 @@ def tied_embedding_copy():
     build_model(config, ParallelConfig(pipeline=2))
 
 
+def optimizer_cuda_literals():
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.transformer.module import MegatronModule
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    _world_of_one()
+    config = TransformerConfig(num_layers=1, hidden_size=8, num_attention_heads=1)
+
+    class Tiny(MegatronModule):
+        def __init__(self):
+            super().__init__(config=config)
+            self.weight = torch.nn.Parameter(torch.ones(4))
+
+    ddp = DistributedDataParallel(config, DistributedDataParallelConfig(), Tiny())
+    optimizer = get_megatron_optimizer(
+        OptimizerConfig(lr=0.1, clip_grad=1.0, weight_decay=0.0), [ddp]
+    )
+    ddp.zero_grad_buffer()
+    (ddp.module.weight * 3.0).sum().backward()
+    ddp.finish_grad_sync()
+    ok, grad_norm, _ = optimizer.step()
+    assert ok and abs(grad_norm - 6.0) < 1e-5, grad_norm
+    # Adam's first step moves each weight by lr against the sign of its (clipped) gradient.
+    torch.testing.assert_close(ddp.module.weight.detach(), torch.full((4,), 0.9))
+
+
 TWO_PROCESSES = {"tied_embedding_copy"}
 
 
