@@ -59,6 +59,8 @@ def _convert(value: Any, tp, path: str):
                 errors.append(str(error))
         raise ConfigError(errors[0] if errors else f"{path}: no type accepts {value!r}")
     if origin is typing.Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads an unquoted no/yes as a boolean
+            value = {False: "no", True: "yes"}[value] if "no" in typing.get_args(tp) else value
         if value not in typing.get_args(tp):
             raise ConfigError(f"{path}={value!r} must be one of {list(typing.get_args(tp))}")
         return value

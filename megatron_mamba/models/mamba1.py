@@ -31,15 +31,17 @@ from megatron_mamba import kernels
 from megatron_mamba.config import MambaConfig
 from megatron_mamba.models.mamba_common import (
     MambaState,
-    init_conv,
-    init_dt_bias,
+    conv_bound,
+    dt_bias_fill,
+    init_whole,
+    kaiming_uniform,
     local_segments,
     param_device,
-    rank_rng,
     stateful_conv,
     sum_grad_over_tp,
     sum_over_tp_both_ways,
     tensor_parallel,
+    uniform,
 )
 from megatron_mamba.models.mamba_dims import Mamba1Dims
 
@@ -100,17 +102,18 @@ class Mamba1Mixer(MegatronModule):
 
     @torch.no_grad()
     def _init_fresh(self, mamba: MambaConfig) -> None:
-        """mamba_ssm's initialisation of what the projections' init_method does not cover."""
-        rank_std = self.dims.dt_rank**-0.5 * mamba.dt_scale
-        with rank_rng():
-            init_conv(self.conv1d.weight, self.conv1d.bias)
-            self.dt_proj.weight.uniform_(-rank_std, rank_std)
-            init_dt_bias(self.dt_proj.bias, mamba.dt_min, mamba.dt_max, mamba.dt_init_floor)
+        """mamba_ssm's initialisation, drawn whole and sliced (independent of the TP size)."""
+        init_whole(self.in_proj.weight, self.config.init_method)
+        bound = conv_bound(self.dims.d_conv)
+        init_whole(self.conv1d.weight, uniform(bound))
+        if self.conv1d.bias is not None:
+            init_whole(self.conv1d.bias, uniform(bound))
+        init_whole(self.dt_proj.weight, uniform(self.dims.dt_rank**-0.5 * mamba.dt_scale))
+        init_whole(self.dt_proj.bias, dt_bias_fill(mamba.dt_min, mamba.dt_max, mamba.dt_init_floor))
         if self.dims.grouped:
-            torch.nn.init.kaiming_uniform_(self.dt_proj_down.weight, a=5**0.5)
+            init_whole(self.dt_proj_down.weight, kaiming_uniform)
         else:
-            with rank_rng():
-                torch.nn.init.kaiming_uniform_(self.x_proj.weight, a=5**0.5)
+            init_whole(self.x_proj.weight, kaiming_uniform)
         s4d = torch.arange(1, self.dims.d_state + 1, dtype=torch.float32)
         self.A_log.copy_(torch.log(s4d).expand(self.d_local, -1))
         self.D.fill_(1.0)

@@ -22,13 +22,14 @@ from megatron_mamba import kernels
 from megatron_mamba.config import MambaConfig
 from megatron_mamba.models.mamba_common import (
     MambaState,
-    init_conv,
-    init_dt_bias,
+    conv_bound,
+    dt_bias_fill,
+    init_whole,
     local_segments,
     param_device,
-    rank_rng,
     stateful_conv,
     tensor_parallel,
+    uniform,
 )
 from megatron_mamba.models.mamba_dims import Mamba2Dims
 
@@ -90,13 +91,16 @@ class Mamba2Mixer(MegatronModule):
 
     @torch.no_grad()
     def _init_fresh(self, mamba: MambaConfig) -> None:
-        """mamba_ssm's Mamba2 initialisation: A uniform in a_init_range, dt log-uniform, D = 1."""
-        with rank_rng():
-            init_conv(self.conv1d.weight, self.conv1d.bias)
-            init_dt_bias(self.dt_bias, mamba.dt_min, mamba.dt_max, mamba.dt_init_floor)
-            a = torch.empty(self.heads, dtype=torch.float32, device=self.A_log.device)
-            a.uniform_(*mamba.a_init_range)
-        self.A_log.copy_(torch.log(a))
+        """mamba_ssm's Mamba2 initialisation (A uniform in a_init_range, dt log-uniform, D = 1),
+        drawn whole and sliced (independent of the TP size)."""
+        init_whole(self.in_proj.weight, self.config.init_method)
+        bound = conv_bound(self.dims.d_conv)
+        init_whole(self.conv1d.weight, uniform(bound))
+        if self.conv1d.bias is not None:
+            init_whole(self.conv1d.bias, uniform(bound))
+        init_whole(self.dt_bias, dt_bias_fill(mamba.dt_min, mamba.dt_max, mamba.dt_init_floor))
+        low, high = mamba.a_init_range
+        init_whole(self.A_log, lambda t: t.copy_(torch.log(t.uniform_(low, high))))
         self.D.fill_(1.0)
 
     def empty_state(self, batch: int) -> MambaState:

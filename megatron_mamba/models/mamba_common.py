@@ -4,16 +4,16 @@ parameter helpers and mamba_ssm's fresh initialisation (S4D-real A, log-uniform 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
-from megatron.core.tensor_parallel import get_cuda_rng_tracker
 from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
 
 from megatron_mamba import kernels
-from megatron_mamba.parallel.shards import mark_segments
+from megatron_mamba.parallel.shards import mark_segments, partition_of, tp_slice
 
 
 class MambaState(NamedTuple):
@@ -56,25 +56,45 @@ def param_device(config) -> torch.device:
 
 
 @torch.no_grad()
-def init_dt_bias(bias: torch.Tensor, dt_min: float, dt_max: float, floor: float) -> None:
+def init_whole(param: torch.Tensor, fill: Callable[[torch.Tensor], None]) -> None:
+    """Fill the whole (unsplit) tensor on the CPU from the default generator, which every rank
+    seeds alike, then keep this rank's piece: the mixer's own values do not depend on the TP
+    size (megatron's linear layers draw per TP rank, so whole models still differ)."""
+    part = partition_of(param)
+    shape = list(param.shape)
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    if part.dim is not None:
+        shape[part.dim] = sum(part.segments) if part.segments else shape[part.dim] * tp
+    whole = torch.empty(shape, dtype=torch.float32)
+    fill(whole)
+    rank = parallel_state.get_tensor_model_parallel_rank()
+    param.copy_(tp_slice(whole, part, rank, tp))
+
+
+def uniform(bound: float) -> Callable[[torch.Tensor], None]:
+    return lambda t: t.uniform_(-bound, bound)
+
+
+def kaiming_uniform(t: torch.Tensor) -> None:
+    """nn.Linear's default initialisation (fan-in from the whole tensor)."""
+    torch.nn.init.kaiming_uniform_(t, a=math.sqrt(5))
+
+
+def dt_bias_fill(dt_min: float, dt_max: float, floor: float) -> Callable[[torch.Tensor], None]:
     """softplus(bias) log-uniform in [dt_min, dt_max], as mamba_ssm (through inverse softplus)."""
-    u = torch.rand(bias.shape, dtype=torch.float32, device=bias.device)
-    dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
-    bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+    def fill(bias: torch.Tensor) -> None:
+        u = torch.rand(bias.shape, dtype=torch.float32)
+        log_range = math.log(dt_max) - math.log(dt_min)
+        dt = torch.exp(u * log_range + math.log(dt_min)).clamp(min=floor)
+        bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+    return fill
 
 
-@torch.no_grad()
-def init_conv(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-    """nn.Conv1d's default (depthwise: fan-in = kernel width)."""
-    bound = 1.0 / math.sqrt(weight.shape[-1])
-    weight.uniform_(-bound, bound)
-    if bias is not None:
-        bias.uniform_(-bound, bound)
-
-
-def rank_rng():
-    """The model-parallel RNG, so each TP rank draws different values for its shard."""
-    return get_cuda_rng_tracker().fork()
+def conv_bound(width: int) -> float:
+    """nn.Conv1d's default bound (depthwise: fan-in = kernel width)."""
+    return 1.0 / math.sqrt(width)
 
 
 def stateful_conv(

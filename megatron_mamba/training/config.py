@@ -51,6 +51,9 @@ class TrainConfig:
     seed: int = 1234
     run_name: str = "run"
     output_dir: str = "runs"
+    init_from: str | None = None
+    """A torch file of whole native tensors (single-process names) to start from, e.g. an
+    imported HF model; loaded into any TP/PP layout."""
     resume_from_checkpoint: str | None = None
     """A checkpoint directory, or "latest" for output_dir's latest."""
     report_to: tuple[str, ...] = ("jsonl",)

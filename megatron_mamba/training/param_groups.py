@@ -38,3 +38,16 @@ def weight_decay_groups(model: torch.nn.Module, mamba_only: bool) -> list[dict]:
         {"params": decay, "wd_mult": 1.0},
         {"params": no_decay, "wd_mult": 0.0, "weight_decay": 0.0},
     ]
+
+
+def megatron_weight_decay_overrides(model: torch.nn.Module, mamba_only: bool) -> dict:
+    """The same rule for megatron's optimizer: parameters that do not decay get wd_mult 0."""
+    from megatron.core.optimizer.optimizer_config import ParamKey, ParamWithNamePredicate
+    from megatron.core.optimizer_param_scheduler import ParamGroupOverride
+
+    mamba_ids = _mamba_parameter_ids(model)
+    spared = ParamWithNamePredicate(
+        name=f"no_decay_mamba_only_{mamba_only}",
+        fn=lambda param, name: not decays(name, mamba_ids, param, mamba_only),
+    )
+    return {ParamKey(with_name_predicate=spared): ParamGroupOverride(wd_mult=0.0)}

@@ -1,0 +1,46 @@
+"""The whole run's config: model (a preset and/or explicit fields), parallel layout, training
+and data. Read by `python -m megatron_mamba.train --config run.yaml key=value ...`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from megatron_mamba.config import ModelConfig, ParallelConfig
+from megatron_mamba.config_io import build
+from megatron_mamba.models.presets import preset
+from megatron_mamba.training.config import TrainConfig
+
+
+@dataclass
+class DataConfig:
+    kind: Literal["pythia"] = "pythia"
+    """"pythia": fixed-length items in training order (the pre-shuffled Pile layout)."""
+    path: str = ""
+    """.bin/.idx prefix."""
+    item_length: int = 2049
+    """Tokens per item (sequence length + 1)."""
+    allow_short_bin: bool = False
+    first_item: int = 0
+
+    def __post_init__(self) -> None:
+        if self.item_length < 2:
+            raise ValueError(f"item_length={self.item_length} must be at least 2")
+
+
+@dataclass
+class RunConfig:
+    preset: str | None = None
+    """A model preset (models/presets.py); `model` fields override it."""
+    model: dict[str, Any] = field(default_factory=dict)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        self.model_config()  # fail early, naming the bad model field
+
+    def model_config(self) -> ModelConfig:
+        if self.preset is not None:
+            return preset(self.preset, **self.model)
+        return build(ModelConfig, self.model, "model")

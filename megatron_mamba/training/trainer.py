@@ -1,0 +1,159 @@
+"""The training loop: model, data, optimizer and schedule built from a RunConfig, then steps.
+
+One step = `gradient_accumulation_steps` micro-batches through megatron's pipeline schedule on
+each data-parallel replica, one optimizer step (megatron's optimizer: gradient clipping, loss
+scaling under fp16), one scheduler step. Non-finite losses skip the step; too many in a row stop
+the run with an error. Checkpointing is not here yet.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from megatron.core import parallel_state as ps
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from megatron_mamba.config import RunPrecision
+from megatron_mamba.config_io import dump
+from megatron_mamba.data.pythia import DataOrder, PythiaPreshuffled
+from megatron_mamba.models.build import build_model
+from megatron_mamba.parallel.shards import load_full_state
+from megatron_mamba.runtime import ParallelSizes, init_runtime
+from megatron_mamba.training.ddp import wrap_ddp
+from megatron_mamba.training.metrics import MetricsLogger
+from megatron_mamba.training.param_groups import megatron_weight_decay_overrides
+from megatron_mamba.training.run_config import RunConfig
+from megatron_mamba.training.schedule import build_scheduler
+
+_DTYPE = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (e.g. too many consecutive non-finite losses)."""
+
+
+def _optimizer(model, ddp, run: RunConfig):
+    train = run.train
+    config = OptimizerConfig(
+        optimizer="adam",
+        lr=train.learning_rate,
+        min_lr=train.min_lr,
+        weight_decay=train.weight_decay,
+        adam_beta1=train.adam_beta1,
+        adam_beta2=train.adam_beta2,
+        adam_eps=train.adam_eps,
+        clip_grad=train.clip_grad_norm or 0.0,
+        bf16=train.mixed_precision == "bf16",
+        fp16=train.mixed_precision == "fp16",
+        params_dtype=model.config.params_dtype,
+    )
+    overrides = megatron_weight_decay_overrides(model, train.weight_decay_mamba_only)
+    return get_megatron_optimizer(config, [ddp], config_overrides=overrides)
+
+
+def _across_pipeline_and_replicas(value: float, device) -> float:
+    """The last stage's loss on every rank, averaged over data-parallel replicas."""
+    t = torch.tensor([value if ps.is_pipeline_last_stage() else 0.0], device=device)
+    torch.distributed.all_reduce(t, group=ps.get_pipeline_model_parallel_group())
+    torch.distributed.all_reduce(t, group=ps.get_data_parallel_group())
+    return float(t) / ps.get_data_parallel_world_size()
+
+
+def train(run: RunConfig) -> list[dict]:
+    """Run training; returns the per-step records (also logged on rank 0)."""
+    cfg = run.train
+    rt = init_runtime(ParallelSizes(run.parallel.tensor, run.parallel.pipeline), seed=cfg.seed)
+    torch.backends.cuda.matmul.allow_tf32 = cfg.use_tf32
+    model_cfg = run.model_config()
+    model = build_model(model_cfg, run.parallel, RunPrecision(_DTYPE[cfg.mixed_precision]))
+    model = model.to(rt.device)
+    if cfg.init_from:
+        load_full_state(model, torch.load(cfg.init_from, map_location="cpu", weights_only=True))
+    ddp = wrap_ddp(model)
+    optimizer = _optimizer(model, ddp, run)
+
+    data = PythiaPreshuffled(
+        run.data.path,
+        vocab_size=model_cfg.vocab_size,
+        allow_short_bin=run.data.allow_short_bin,
+        sequence_length=run.data.item_length,
+    )
+    micro, accumulation = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
+    order = DataOrder(
+        global_batch=micro * accumulation * rt.data_parallel_size,
+        dp_size=rt.data_parallel_size,
+        first_item=run.data.first_item,
+        max_train_samples=cfg.max_train_samples,
+    )
+    total = order.steps(len(data))
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    if total == 0:
+        raise TrainingError(
+            f"no training step fits: {len(data)} items from {run.data.first_item} with a global "
+            f"batch of {order.global_batch}"
+        )
+    scheduler = build_scheduler(optimizer, cfg, total)
+    output = Path(cfg.output_dir) / cfg.run_name
+    if rt.rank == 0:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "config.yaml").write_text(dump(run))
+    logger = MetricsLogger(
+        output, cfg.report_to, total, is_main=rt.rank == 0, run_name=cfg.run_name
+    )
+    seq = run.data.item_length - 1
+    forward_backward = get_forward_backward_func()
+
+    def forward_step(batches, model):
+        tokens = next(batches).to(rt.device)
+        per_token = model(tokens[:, :-1], None, None, labels=tokens[:, 1:])
+
+        def loss_func(output):
+            loss = output.float().mean()
+            return loss, {"loss": loss.detach()}
+
+        return per_token, loss_func
+
+    records, bad_steps = [], 0
+    batches = data.batches(order, ps.get_data_parallel_rank())
+    for step in range(1, total + 1):
+        started = time.perf_counter()
+        ddp.zero_grad_buffer()
+        optimizer.zero_grad()
+        losses = forward_backward(
+            forward_step_func=forward_step,
+            data_iterator=iter(next(batches).split(micro)),
+            model=ddp,
+            num_microbatches=accumulation,
+            seq_length=seq,
+            micro_batch_size=micro,
+        )
+        # megatron reports each micro-batch's loss divided by the micro-batch count.
+        local = float(sum(x["loss"] for x in losses)) if losses else 0.0
+        loss = _across_pipeline_and_replicas(local, rt.device)
+        if not math.isfinite(loss):
+            bad_steps += 1
+            if bad_steps >= cfg.max_bad_steps:
+                raise TrainingError(f"{bad_steps} consecutive steps had a non-finite loss")
+            continue
+        lr = optimizer.param_groups[0]["lr"]
+        updated, grad_norm, _ = optimizer.step()
+        if updated:
+            scheduler.step(1)
+            bad_steps = 0
+        seconds = time.perf_counter() - started
+        record = {
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "tokens_per_s": order.global_batch * seq / seconds,
+        }
+        records.append({"step": step, **record})
+        if step % cfg.log_every == 0 or step == total:
+            logger.log(step, record)
+    logger.close()
+    return records
