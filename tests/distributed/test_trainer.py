@@ -103,3 +103,16 @@ def test_bad_config_exits_before_training(tmp_path):
     assert proc.returncode == 2
     expected = "error: train: warmup_ratio=2.0 must be in [0, 1)"
     assert proc.stderr.strip().splitlines()[-1] == expected
+
+
+def test_non_finite_losses_stop_the_run_with_a_clear_error(tmp_path, data, initial):
+    import torch
+
+    poisoned = torch.load(initial, weights_only=True)
+    poisoned["embedding.word_embeddings.weight"][:] = float("nan")
+    path = tmp_path / "nan.pt"
+    torch.save(poisoned, path)
+    overrides = {"train.init_from": path, "train.max_bad_steps": 3}
+    with pytest.raises(AssertionError, match="3 consecutive steps had a non-finite loss"):
+        run(tmp_path, data, "nan", **overrides)
+    assert not (tmp_path / "nan" / "metrics.jsonl").read_text()
