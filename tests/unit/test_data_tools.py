@@ -55,3 +55,20 @@ def test_pythia_viewer_and_merge(tmp_path, capsys):
     assert (tmp_path / "m.bin").read_bytes() == whole
     assert merge_pythia_shards.main([*argv[:2], "--index", idx, "--output-prefix", "x"]) == 1
     assert "truncated" in capsys.readouterr().err
+
+
+def test_merge_datasets_concatenates_pairs_in_order(tmp_path, capsys):
+    from data_tools import merge_datasets
+    from megatron_mamba.data.indexed import open_indexed
+
+    a = build_pair(tmp_path / "a", [np.arange(3), np.arange(5)])
+    b = build_pair(tmp_path / "b", [np.arange(7)])
+    out = tmp_path / "ab"
+    assert merge_datasets.main(["--inputs", str(a), str(b), "--output-prefix", str(out)]) == 0
+    dataset, summary = open_indexed(out)
+    assert [len(dataset[i]) for i in range(3)] == [3, 5, 7] and summary.documents == 3
+    c = build_pair(tmp_path / "c", [np.arange(4)], dtype=np.int32)
+    argv = ["--inputs", str(a), str(c), "--output-prefix", str(tmp_path / "bad")]
+    assert merge_datasets.main(argv) == 1
+    assert "different token dtypes" in capsys.readouterr().err
+    assert not list(tmp_path.glob("bad*"))

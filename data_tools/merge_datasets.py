@@ -1,0 +1,30 @@
+"""Merge whole .bin/.idx pairs (e.g. preprocessing shards) into one, in the given order.
+
+python data_tools/merge_datasets.py --inputs data/part0 data/part1 --output-prefix data/all
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from megatron_mamba.data.indexed import DatasetError
+from megatron_mamba.data.merge import merge_datasets
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--inputs", nargs="+", required=True, help=".bin/.idx prefixes, in order")
+    parser.add_argument("--output-prefix", required=True)
+    args = parser.parse_args(argv)
+    try:
+        summary = merge_datasets(args.inputs, args.output_prefix)
+    except (OSError, DatasetError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"{summary.documents} documents, {summary.tokens} tokens → {args.output_prefix}.bin/.idx")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
