@@ -19,24 +19,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
-from megatron.core.tensor_parallel import (
-    ColumnParallelLinear,
-    RowParallelLinear,
-    gather_from_sequence_parallel_region,
-)
-from megatron.core.transformer.module import MegatronModule
+from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_mamba import kernels
 from megatron_mamba.config import MambaConfig
 from megatron_mamba.models.mamba_common import (
+    MambaMixerBase,
     MambaState,
-    conv_bound,
     dt_bias_fill,
     init_whole,
     kaiming_uniform,
     local_segments,
-    param_device,
     stateful_conv,
     sum_grad_over_tp,
     sum_over_tp_both_ways,
@@ -46,7 +40,9 @@ from megatron_mamba.models.mamba_common import (
 from megatron_mamba.models.mamba_dims import Mamba1Dims
 
 
-class Mamba1Mixer(MegatronModule):
+class Mamba1Mixer(MambaMixerBase):
+    kind = "mamba1"
+
     def __init__(
         self,
         config: TransformerConfig,
@@ -55,27 +51,9 @@ class Mamba1Mixer(MegatronModule):
         layer_number: int | None = None,
         **_unused,
     ):
-        super().__init__(config=config)
-        tp = config.tensor_model_parallel_size
-        dims.check_tensor_parallel(tp)
-        self.dims, self.tp, self.layer_number = dims, tp, layer_number
-        d_local = dims.d_inner // tp
-        self.d_local = d_local
-        factory = {"dtype": config.params_dtype, "device": param_device(config)}
-
-        self.in_proj = ColumnParallelLinear(
-            dims.d_model,
-            sum(dims.in_proj_segments),
-            config=config,
-            init_method=config.init_method,
-            bias=dims.bias,
-            gather_output=False,
-        )
-        for param in self.in_proj.parameters():
-            tensor_parallel(param, 0, dims.in_proj_segments)
-        self.conv1d = torch.nn.Conv1d(
-            d_local, d_local, dims.d_conv, groups=d_local, bias=dims.conv_bias, **factory
-        )
+        super().__init__(config, dims, layer_number)
+        d_local = self.d_local = dims.d_inner // self.tp
+        factory = self.factory
         if dims.grouped:
             self.dt_proj_down = torch.nn.Linear(dims.d_model, dims.dt_rank, bias=False, **factory)
             # Each rank sees only its sequence shard under SP: grads are summed like a norm's.
@@ -87,27 +65,15 @@ class Mamba1Mixer(MegatronModule):
         self.dt_proj = torch.nn.Linear(dims.dt_rank, d_local, bias=True, **factory)
         self.A_log = torch.nn.Parameter(torch.empty(d_local, dims.d_state, **factory))
         self.D = torch.nn.Parameter(torch.empty(d_local, **factory))
-        for param in (*self.conv1d.parameters(), *self.dt_proj.parameters(), self.A_log, self.D):
+        for param in (*self.dt_proj.parameters(), self.A_log, self.D):
             tensor_parallel(param, 0)
-        self.out_proj = RowParallelLinear(
-            dims.d_inner,
-            dims.d_model,
-            config=config,
-            init_method=config.output_layer_init_method,
-            bias=dims.bias,
-            input_is_parallel=True,
-            skip_bias_add=True,
-        )
+        self._build_out_proj()
         self._init_fresh(mamba)
 
     @torch.no_grad()
     def _init_fresh(self, mamba: MambaConfig) -> None:
         """mamba_ssm's initialisation, drawn whole and sliced (independent of the TP size)."""
-        init_whole(self.in_proj.weight, self.config.init_method)
-        bound = conv_bound(self.dims.d_conv)
-        init_whole(self.conv1d.weight, uniform(bound))
-        if self.conv1d.bias is not None:
-            init_whole(self.conv1d.bias, uniform(bound))
+        self._init_in_proj_and_conv()
         init_whole(self.dt_proj.weight, uniform(self.dims.dt_rank**-0.5 * mamba.dt_scale))
         init_whole(self.dt_proj.bias, dt_bias_fill(mamba.dt_min, mamba.dt_max, mamba.dt_init_floor))
         if self.dims.grouped:
@@ -124,20 +90,6 @@ class Mamba1Mixer(MegatronModule):
         conv = weight.new_zeros(batch, self.d_local, self.dims.d_conv)
         ssm = weight.new_zeros(batch, self.d_local, self.dims.d_state, dtype=torch.float32)
         return MambaState(conv, ssm)
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask=None,
-        rotary_pos_emb=None,
-        inference_context=None,
-        packed_seq_params=None,
-        **_unused,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if packed_seq_params is not None:
-            raise ValueError("mamba1 does not support packed sequences (packed_seq_params)")
-        out, _ = self.forward_stateful(hidden_states, None, return_state=False)
-        return out
 
     def forward_stateful(
         self, hidden_states: torch.Tensor, state: MambaState | None, return_state: bool = True

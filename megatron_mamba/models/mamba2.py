@@ -14,27 +14,25 @@ from __future__ import annotations
 
 import torch
 from einops import rearrange, repeat
-from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
-from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_mamba import kernels
 from megatron_mamba.config import MambaConfig
 from megatron_mamba.models.mamba_common import (
+    MambaMixerBase,
     MambaState,
-    conv_bound,
     dt_bias_fill,
     init_whole,
     local_segments,
-    param_device,
     stateful_conv,
     tensor_parallel,
-    uniform,
 )
 from megatron_mamba.models.mamba_dims import Mamba2Dims
 
 
-class Mamba2Mixer(MegatronModule):
+class Mamba2Mixer(MambaMixerBase):
+    kind = "mamba2"
+
     def __init__(
         self,
         config: TransformerConfig,
@@ -43,61 +41,24 @@ class Mamba2Mixer(MegatronModule):
         layer_number: int | None = None,
         **_unused,
     ):
-        super().__init__(config=config)
-        tp = config.tensor_model_parallel_size
-        dims.check_tensor_parallel(tp)
-        self.dims, self.tp, self.layer_number = dims, tp, layer_number
-        self.heads = dims.heads // tp
-        factory = {"dtype": config.params_dtype, "device": param_device(config)}
-
-        self.in_proj = ColumnParallelLinear(
-            dims.d_model,
-            sum(dims.in_proj_segments),
-            config=config,
-            init_method=config.init_method,
-            bias=dims.bias,
-            gather_output=False,
-        )
-        for param in self.in_proj.parameters():
-            tensor_parallel(param, 0, dims.in_proj_segments)
-        conv_channels = sum(dims.conv_segments) // tp
-        self.conv1d = torch.nn.Conv1d(
-            conv_channels,
-            conv_channels,
-            dims.d_conv,
-            groups=conv_channels,
-            bias=dims.conv_bias,
-            **factory,
-        )
-        for param in self.conv1d.parameters():
-            tensor_parallel(param, 0, dims.conv_segments)
+        super().__init__(config, dims, layer_number)
+        self.heads = dims.heads // self.tp
+        factory = self.factory
         self.dt_bias = torch.nn.Parameter(torch.empty(self.heads, **factory))
         self.A_log = torch.nn.Parameter(torch.empty(self.heads, **factory))
         self.D = torch.nn.Parameter(torch.empty(self.heads, **factory))
         self.norm = torch.nn.Module()
-        self.norm.weight = torch.nn.Parameter(torch.ones(dims.d_inner // tp, **factory))
+        self.norm.weight = torch.nn.Parameter(torch.ones(dims.d_inner // self.tp, **factory))
         for param in (self.dt_bias, self.A_log, self.D, self.norm.weight):
             tensor_parallel(param, 0)
-        self.out_proj = RowParallelLinear(
-            dims.d_inner,
-            dims.d_model,
-            config=config,
-            init_method=config.output_layer_init_method,
-            bias=dims.bias,
-            input_is_parallel=True,
-            skip_bias_add=True,
-        )
+        self._build_out_proj()
         self._init_fresh(mamba)
 
     @torch.no_grad()
     def _init_fresh(self, mamba: MambaConfig) -> None:
         """mamba_ssm's Mamba2 initialisation (A uniform in a_init_range, dt log-uniform, D = 1),
         drawn whole and sliced (independent of the TP size)."""
-        init_whole(self.in_proj.weight, self.config.init_method)
-        bound = conv_bound(self.dims.d_conv)
-        init_whole(self.conv1d.weight, uniform(bound))
-        if self.conv1d.bias is not None:
-            init_whole(self.conv1d.bias, uniform(bound))
+        self._init_in_proj_and_conv()
         init_whole(self.dt_bias, dt_bias_fill(mamba.dt_min, mamba.dt_max, mamba.dt_init_floor))
         low, high = mamba.a_init_range
         init_whole(self.A_log, lambda t: t.copy_(torch.log(t.uniform_(low, high))))
@@ -109,20 +70,6 @@ class Mamba2Mixer(MegatronModule):
         conv = self.conv1d.weight.new_zeros(batch, self.conv1d.weight.shape[0], d.d_conv)
         ssm = conv.new_zeros(batch, self.heads, d.head_dim, d.d_state, dtype=torch.float32)
         return MambaState(conv, ssm)
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask=None,
-        rotary_pos_emb=None,
-        inference_context=None,
-        packed_seq_params=None,
-        **_unused,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if packed_seq_params is not None:
-            raise ValueError("mamba2 does not support packed sequences (packed_seq_params)")
-        out, _ = self.forward_stateful(hidden_states, None, return_state=False)
-        return out
 
     def forward_stateful(
         self, hidden_states: torch.Tensor, state: MambaState | None, return_state: bool = True

@@ -1,5 +1,6 @@
-"""Pieces both Mamba mixers share: the recurrent state, the stateful causal conv, tensor-parallel
-parameter helpers and mamba_ssm's fresh initialisation (S4D-real A, log-uniform dt)."""
+"""Pieces both Mamba mixers share: their base class (projections, conv, forward), the recurrent
+state, the stateful causal conv, tensor-parallel parameter helpers and mamba_ssm's fresh
+initialisation (S4D-real A, log-uniform dt)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_mamba import kernels
 from megatron_mamba.parallel.shards import mark_segments, partition_of, tp_slice
@@ -25,10 +29,6 @@ class MambaState(NamedTuple):
     ssm: torch.Tensor
 
 
-def new_parameter(shape: tuple[int, ...], dtype: torch.dtype, device) -> torch.nn.Parameter:
-    return torch.nn.Parameter(torch.empty(shape, dtype=dtype, device=device))
-
-
 def tensor_parallel(
     param: torch.Tensor, dim: int, segments: tuple[int, ...] | None = None
 ) -> torch.Tensor:
@@ -39,10 +39,6 @@ def tensor_parallel(
     if segments is not None:
         mark_segments(param, segments)
     return param
-
-
-def local(size: int, tp: int) -> int:
-    return size // tp
 
 
 def local_segments(segments: tuple[int, ...], tp: int) -> list[int]:
@@ -159,3 +155,71 @@ def sum_over_tp_both_ways(x: torch.Tensor) -> torch.Tensor:
     if parallel_state.get_tensor_model_parallel_world_size() == 1:
         return x
     return _SumOverTPBothWays.apply(x)
+
+
+class MambaMixerBase(MegatronModule):
+    """The fused column-parallel in_proj and the depthwise conv (both split by blocks over TP
+    ranks), the row-parallel out_proj, and `forward` as `forward_stateful` from no state.
+    Subclasses build their SSM parameters, then call `_build_out_proj()`."""
+
+    kind = "mamba"
+
+    def __init__(self, config: TransformerConfig, dims, layer_number: int | None):
+        super().__init__(config=config)
+        self.tp = config.tensor_model_parallel_size
+        dims.check_tensor_parallel(self.tp)
+        self.dims, self.layer_number = dims, layer_number
+        self.factory = {"dtype": config.params_dtype, "device": param_device(config)}
+        self.in_proj = ColumnParallelLinear(
+            dims.d_model,
+            sum(dims.in_proj_segments),
+            config=config,
+            init_method=config.init_method,
+            bias=dims.bias,
+            gather_output=False,
+        )
+        for param in self.in_proj.parameters():
+            tensor_parallel(param, 0, dims.in_proj_segments)
+        channels = sum(dims.conv_segments) // self.tp
+        self.conv1d = torch.nn.Conv1d(
+            channels, channels, dims.d_conv, groups=channels, bias=dims.conv_bias, **self.factory
+        )
+        for param in self.conv1d.parameters():
+            tensor_parallel(param, 0, dims.conv_segments)
+
+    @torch.no_grad()
+    def _init_in_proj_and_conv(self) -> None:
+        """in_proj by the model's init method, the conv as nn.Conv1d; drawn whole, sliced."""
+        init_whole(self.in_proj.weight, self.config.init_method)
+        bound = conv_bound(self.dims.d_conv)
+        init_whole(self.conv1d.weight, uniform(bound))
+        if self.conv1d.bias is not None:
+            init_whole(self.conv1d.bias, uniform(bound))
+
+    def _build_out_proj(self) -> None:
+        self.out_proj = RowParallelLinear(
+            self.dims.d_inner,
+            self.dims.d_model,
+            config=self.config,
+            init_method=self.config.output_layer_init_method,
+            bias=self.dims.bias,
+            input_is_parallel=True,
+            skip_bias_add=True,
+        )
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask=None,
+        rotary_pos_emb=None,
+        inference_context=None,
+        packed_seq_params=None,
+        **_unused,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if packed_seq_params is not None:
+            raise ValueError(f"{self.kind} does not support packed sequences (packed_seq_params)")
+        out, _ = self.forward_stateful(hidden_states, None, return_state=False)
+        return out
+
+    def forward_stateful(self, hidden_states, state, return_state: bool = True):
+        raise NotImplementedError

@@ -41,6 +41,11 @@ class Mamba1Dims:
             return (self.d_xb, self.d_inner, self.d_xb, self.d_inner)
         return (self.d_inner, self.d_inner)
 
+    @property
+    def conv_segments(self) -> tuple[int, ...]:
+        """Channels of the convolution: x after its repetition to d_inner."""
+        return (self.d_inner,)
+
     def check_tensor_parallel(self, tp: int) -> None:
         units = self.d_xb // self.d_state if self.grouped else self.d_inner
         what = "x/B groups (d_xb / d_state)" if self.grouped else "d_inner"
