@@ -19,9 +19,13 @@ import json
 import torch
 import torch.nn.functional as F
 
+from benchmarks import attention_model
 from benchmarks.common import median_step_seconds, peak_memory_gib
-from megatron_mamba.config import ModelConfig, ParallelConfig, RunPrecision
-from megatron_mamba.models.build import build_model
+from megatron_mamba.config import ModelConfig
+from megatron_mamba.convert.hf_mamba_config import (
+    transformers_mamba2_config,
+    transformers_mamba_config,
+)
 from megatron_mamba.models.mamba_dims import mamba1_dims, mamba2_dims
 from megatron_mamba.models.presets import preset
 from megatron_mamba.runtime import init_runtime
@@ -49,7 +53,7 @@ class CaldBlock(torch.nn.Module):
 
 class CaldModel(torch.nn.Module):
     def __init__(self, config: ModelConfig, kind: str):
-        from transformers import GPTNeoXConfig, Mamba2Config, MambaConfig
+        from transformers import GPTNeoXConfig
         from transformers.models.mamba.modeling_mamba import MambaMixer
         from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
 
@@ -63,32 +67,10 @@ class CaldModel(torch.nn.Module):
         )
         n = config.num_layers
         if kind == "mamba1":
-            d = mamba1_dims(config)
-            mamba = MambaConfig(
-                hidden_size=d.d_model,
-                intermediate_size=d.d_inner,
-                time_step_rank=d.dt_rank,
-                state_size=d.d_state,
-                conv_kernel=d.d_conv,
-                use_bias=False,
-                use_conv_bias=True,
-                num_hidden_layers=n,
-            )
+            mamba = transformers_mamba_config(mamba1_dims(config), n)
             mixers = [MambaMixer(mamba, layer_idx=i) for i in range(n)]
         else:
-            d = mamba2_dims(config)
-            mamba = Mamba2Config(
-                hidden_size=d.d_model,
-                num_heads=d.heads,
-                head_dim=d.head_dim,
-                n_groups=d.c_groups,
-                state_size=d.d_state,
-                expand=d.d_inner // d.d_model,
-                chunk_size=d.chunk_size,
-                use_bias=False,
-                use_conv_bias=True,
-                num_hidden_layers=n,
-            )
+            mamba = transformers_mamba2_config(mamba2_dims(config), n)
             mixers = [Mamba2Mixer(mamba, layer_idx=i) for i in range(n)]
         self.embed_in = torch.nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = torch.nn.ModuleList(CaldBlock(m, neox) for m in mixers)
@@ -116,17 +98,8 @@ def cald_step(config, kind, tokens):
 
 
 def ours_step(config, kind, tokens):
-    model = build_model(config, ParallelConfig(), RunPrecision("bf16"), cpu_initialization=False)
-    model.cuda()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
-
-    def step():
-        loss = model(tokens[:, :-1], None, None, labels=tokens[:, 1:]).float().mean()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return model, step
+    """Our model from the pattern; the same step as the attention benchmark's."""
+    return attention_model.ours_step(config, tokens)
 
 
 def measure(name, build, config, kind, tokens, seq):

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import torch
 from einops import repeat
-from transformers import Mamba2Config, MambaConfig
 from transformers.models.mamba.modeling_mamba import MambaMixer
 from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer as HFMamba2Mixer
 
 from megatron_mamba.config import ModelConfig, ParallelConfig
+from megatron_mamba.convert.hf_mamba_config import (
+    transformers_mamba2_config,
+    transformers_mamba_config,
+)
 from megatron_mamba.models.build import to_transformer_config
 from megatron_mamba.models.mamba1 import Mamba1Mixer
 from megatron_mamba.models.mamba2 import Mamba2Mixer
@@ -52,18 +55,7 @@ def randomize(module: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> Non
 
 def hf_mamba1(mixer: Mamba1Mixer) -> MambaMixer:
     """transformers' MambaMixer holding our (classic, TP=1) mixer's weights; names are shared."""
-    d = mixer.dims
-    config = MambaConfig(
-        hidden_size=d.d_model,
-        state_size=d.d_state,
-        intermediate_size=d.d_inner,
-        conv_kernel=d.d_conv,
-        time_step_rank=d.dt_rank,
-        use_bias=d.bias,
-        use_conv_bias=d.conv_bias,
-        num_hidden_layers=1,
-    )
-    hf = MambaMixer(config, layer_idx=0)
+    hf = MambaMixer(transformers_mamba_config(mixer.dims), layer_idx=0)
     hf.load_state_dict(weights(mixer), strict=True)
     return hf.eval()
 
@@ -78,21 +70,7 @@ def hf_mamba2(mixer: Mamba2Mixer) -> HFMamba2Mixer:
     heads and C (the attention layout) their rows are repeated first, which is exact because the
     conv is depthwise."""
     d: Mamba2Dims = mixer.dims
-    config = Mamba2Config(
-        hidden_size=d.d_model,
-        num_heads=d.heads,
-        head_dim=d.head_dim,
-        n_groups=d.c_groups,
-        state_size=d.d_state,
-        expand=d.d_inner // d.d_model,
-        conv_kernel=d.d_conv,
-        use_bias=d.bias,
-        use_conv_bias=d.conv_bias,
-        layer_norm_epsilon=d.norm_eps,
-        chunk_size=d.chunk_size,
-        num_hidden_layers=1,
-    )
-    hf = HFMamba2Mixer(config, layer_idx=0)
+    hf = HFMamba2Mixer(transformers_mamba2_config(d), layer_idx=0)
     ours = weights(mixer)
     rx, rb = d.heads // d.x_heads, d.c_groups // d.b_groups
 

@@ -35,19 +35,24 @@ def inputs(width: int, dtype=torch.float32, seed: int = 1) -> torch.Tensor:
     return torch.randn(BATCH, LENGTH, width, generator=g, dtype=dtype).requires_grad_()
 
 
+def assert_matches_reference(ours, reference, width: int) -> None:
+    """Same output and input gradient (fp32, relative error ≤ 1e-5)."""
+    u = inputs(width)
+    expected = reference(u)
+    got = run_native(ours, u)
+    assert rel_err(got, expected) <= 1e-5
+    (g_expected,) = torch.autograd.grad(expected.square().sum(), u)
+    (g_got,) = torch.autograd.grad(got.square().sum(), u)
+    assert rel_err(g_got, g_expected) <= 1e-5
+
+
 @pytest.mark.parametrize("bias", [False, True])
 def test_classic_mamba1_matches_transformers(runtime, bias):
     model = tiny_model_config("classic", proj_bias=bias)
     ours = native_mixer("mamba1", model)
     randomize(ours)
     hf = hf_mamba1(ours)
-    u = inputs(model.hidden_size)
-    expected = hf(u)
-    got = run_native(ours, u)
-    assert rel_err(got, expected) <= 1e-5
-    (g_expected,) = torch.autograd.grad(expected.square().sum(), u)
-    (g_got,) = torch.autograd.grad(got.square().sum(), u)
-    assert rel_err(g_got, g_expected) <= 1e-5
+    assert_matches_reference(ours, hf, model.hidden_size)
 
 
 MAMBA2_CASES = {
@@ -63,13 +68,7 @@ def test_mamba2_matches_transformers(runtime, case):
     ours = native_mixer("mamba2", model)
     randomize(ours)
     hf = hf_mamba2(ours)
-    u = inputs(model.hidden_size)
-    expected = hf(u)
-    got = run_native(ours, u)
-    assert rel_err(got, expected) <= 1e-5
-    (g_expected,) = torch.autograd.grad(expected.square().sum(), u)
-    (g_got,) = torch.autograd.grad(got.square().sum(), u)
-    assert rel_err(g_got, g_expected) <= 1e-5
+    assert_matches_reference(ours, hf, model.hidden_size)
 
 
 def mil_mamba1_float64(mixer, u_bld: torch.Tensor) -> torch.Tensor:
