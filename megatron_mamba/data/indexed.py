@@ -9,7 +9,10 @@ vocabulary, and raises one `DatasetError` naming the file and what is wrong.
 
 from __future__ import annotations
 
+import os
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,3 +160,20 @@ def open_indexed(
     """megatron-core's IndexedDataset over a checked pair, with the check's summary."""
     summary = check_pair(prefix, vocab_size, allow_short_bin)
     return IndexedDataset(str(prefix), mmap=True), summary
+
+
+@contextmanager
+def writing_pair(output_prefix: str | Path) -> Iterator[Path]:
+    """A temporary prefix to write a .bin/.idx pair under: renamed to `output_prefix` when the
+    block completes, removed if it raises — a final name never holds a half-written pair."""
+    out_idx, out_bin = _paths(output_prefix)
+    out_bin.parent.mkdir(parents=True, exist_ok=True)
+    tmp_prefix = out_bin.with_name(f"{out_bin.stem}.tmp-{os.getpid()}")
+    tmp_idx, tmp_bin = _paths(tmp_prefix)
+    try:
+        yield tmp_prefix
+        os.replace(tmp_bin, out_bin)
+        os.replace(tmp_idx, out_idx)
+    finally:
+        tmp_bin.unlink(missing_ok=True)
+        tmp_idx.unlink(missing_ok=True)

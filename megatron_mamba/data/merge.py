@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
-from megatron_mamba.data.indexed import DatasetError, IndexSummary, check_pair
+from megatron_mamba.data.indexed import DatasetError, IndexSummary, check_pair, writing_pair
 
 
 def merge_shards(shards: list[Path], index: Path, output_prefix: str | Path) -> IndexSummary:
@@ -16,22 +15,13 @@ def merge_shards(shards: list[Path], index: Path, output_prefix: str | Path) -> 
     missing = [str(s) for s in shards if not Path(s).is_file()]
     if missing:
         raise DatasetError(f"shard(s) not found: {', '.join(missing)}")
-    out_bin, out_idx = Path(f"{output_prefix}.bin"), Path(f"{output_prefix}.idx")
-    tmp_prefix = out_bin.with_name(f"{out_bin.stem}.tmp-{os.getpid()}")
-    tmp_bin, tmp_idx = Path(f"{tmp_prefix}.bin"), Path(f"{tmp_prefix}.idx")
-    try:
-        with open(tmp_bin, "wb") as out:
+    with writing_pair(output_prefix) as tmp:
+        with open(f"{tmp}.bin", "wb") as out:
             for shard in shards:
                 with open(shard, "rb") as f:
                     shutil.copyfileobj(f, out, length=64 << 20)
-        shutil.copyfile(index, tmp_idx)
-        summary = check_pair(tmp_prefix)
-        os.replace(tmp_bin, out_bin)
-        os.replace(tmp_idx, out_idx)
-    finally:
-        tmp_bin.unlink(missing_ok=True)
-        tmp_idx.unlink(missing_ok=True)
-    return summary
+        shutil.copyfile(index, f"{tmp}.idx")
+        return check_pair(tmp)
 
 
 def merge_datasets(prefixes: list[str | Path], output_prefix: str | Path) -> IndexSummary:
@@ -44,18 +34,9 @@ def merge_datasets(prefixes: list[str | Path], output_prefix: str | Path) -> Ind
     if len(dtypes) != 1:
         found = ", ".join(f"{s.prefix}: {s.dtype.__name__}" for s in summaries)
         raise DatasetError(f"inputs have different token dtypes ({found})")
-    out_bin, out_idx = Path(f"{output_prefix}.bin"), Path(f"{output_prefix}.idx")
-    tmp_prefix = out_bin.with_name(f"{out_bin.stem}.tmp-{os.getpid()}")
-    tmp_bin, tmp_idx = Path(f"{tmp_prefix}.bin"), Path(f"{tmp_prefix}.idx")
-    try:
-        builder = IndexedDatasetBuilder(str(tmp_bin), dtype=dtypes.pop())
+    with writing_pair(output_prefix) as tmp:
+        builder = IndexedDatasetBuilder(f"{tmp}.bin", dtype=dtypes.pop())
         for prefix in prefixes:
             builder.add_index(str(prefix))
-        builder.finalize(str(tmp_idx))
-        summary = check_pair(tmp_prefix)
-        os.replace(tmp_bin, out_bin)
-        os.replace(tmp_idx, out_idx)
-    finally:
-        tmp_bin.unlink(missing_ok=True)
-        tmp_idx.unlink(missing_ok=True)
-    return summary
+        builder.finalize(f"{tmp}.idx")
+        return check_pair(tmp)

@@ -20,8 +20,11 @@ import numpy as np
 from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 from tqdm import tqdm
 
+from megatron_mamba.data.indexed import writing_pair
+
 _tokenizer = None
 _append_eod = True
+_dtype = None
 
 
 @dataclass(frozen=True)
@@ -75,8 +78,9 @@ def _batches(documents: Iterator[str], size: int) -> Iterator[list[str]]:
 
 
 def _use(tokenizer, append_eod: bool) -> None:
-    global _tokenizer, _append_eod
+    global _tokenizer, _append_eod, _dtype
     _tokenizer, _append_eod = tokenizer, append_eod
+    _dtype = DType.optimal_dtype(len(tokenizer))
 
 
 def _init_worker(tokenizer_path: str, append_eod: bool) -> None:
@@ -96,8 +100,7 @@ def _encode(batch: list[str]) -> tuple[np.ndarray, np.ndarray]:
         for doc in ids:
             doc.append(eod)
     lengths = np.fromiter((len(doc) for doc in ids), dtype=np.int32, count=len(ids))
-    dtype = DType.optimal_dtype(len(_tokenizer))
-    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=_dtype, count=int(lengths.sum()))
     return flat, lengths[lengths > 0]
 
 
@@ -130,36 +133,29 @@ def preprocess(
             f"tokenizer {tokenizer_path} has no eos token to append as end-of-document"
         )
     dtype = DType.optimal_dtype(len(tokenizer))
-    final_bin, final_idx = Path(f"{output_prefix}.bin"), Path(f"{output_prefix}.idx")
-    final_bin.parent.mkdir(parents=True, exist_ok=True)
-    tmp_bin = final_bin.with_name(f"{final_bin.name}.tmp-{os.getpid()}")
-    tmp_idx = final_idx.with_name(f"{final_idx.name}.tmp-{os.getpid()}")
     documents = tokens = 0
     start = time.perf_counter()
     batches = _batches(read_documents(inputs, json_key), batch_documents)
     pool = None
     try:
-        builder = IndexedDatasetBuilder(str(tmp_bin), dtype=dtype)
-        if workers > 1:
-            pool = multiprocessing.get_context("fork").Pool(
-                workers, initializer=_init_worker, initargs=(str(tokenizer_path), append_eod)
-            )
-            encoded = pool.imap(_encode, batches)
-        else:
-            _use(tokenizer, append_eod)
-            encoded = map(_encode, batches)
-        bar = tqdm(encoded, unit=" batches", disable=not progress)
-        for flat, lengths in bar:
-            _append_documents(builder, flat, lengths)
-            documents += len(lengths)
-            tokens += len(flat)
-            bar.set_postfix(tokens_per_s=f"{tokens / (time.perf_counter() - start):,.0f}")
-        builder.finalize(str(tmp_idx))
-        os.replace(tmp_bin, final_bin)
-        os.replace(tmp_idx, final_idx)
+        with writing_pair(output_prefix) as tmp:
+            builder = IndexedDatasetBuilder(f"{tmp}.bin", dtype=dtype)
+            if workers > 1:
+                pool = multiprocessing.get_context("fork").Pool(
+                    workers, initializer=_init_worker, initargs=(str(tokenizer_path), append_eod)
+                )
+                encoded = pool.imap(_encode, batches)
+            else:
+                _use(tokenizer, append_eod)
+                encoded = map(_encode, batches)
+            bar = tqdm(encoded, unit=" batches", disable=not progress)
+            for flat, lengths in bar:
+                _append_documents(builder, flat, lengths)
+                documents += len(lengths)
+                tokens += len(flat)
+                bar.set_postfix(tokens_per_s=f"{tokens / (time.perf_counter() - start):,.0f}")
+            builder.finalize(f"{tmp}.idx")
     finally:
         if pool is not None:
             pool.terminate()
-        for leftover in (tmp_bin, tmp_idx):
-            leftover.unlink(missing_ok=True)
     return PreprocessStats(documents, tokens, time.perf_counter() - start)
