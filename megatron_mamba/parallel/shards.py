@@ -102,7 +102,7 @@ def tp_merge(locals_by_rank: list[torch.Tensor], part: Partition) -> torch.Tenso
     return torch.cat(ordered, dim=part.dim)
 
 
-def _is_tied_output(name: str, param: torch.Tensor) -> bool:
+def is_tied_output(name: str, param: torch.Tensor) -> bool:
     return name.endswith("output_layer.weight") and getattr(param, "shared_embedding", False)
 
 
@@ -119,7 +119,7 @@ def load_full_state(model: torch.nn.Module, full_state: dict[str, torch.Tensor])
     size = parallel_state.get_tensor_model_parallel_world_size()
     for name, param in model.named_parameters():
         key = global_name(name, offsets)
-        if key not in full_state and _is_tied_output(name, param):
+        if key not in full_state and is_tied_output(name, param):
             key = "embedding.word_embeddings.weight"
         if key not in full_state:
             raise KeyError(f"parameter {key!r} (local {name!r}) missing from the full state")
@@ -133,7 +133,7 @@ def local_shards(
     offsets = layer_offsets(model)
     out = {}
     for name, param in model.named_parameters():
-        if _is_tied_output(name, param):
+        if is_tied_output(name, param):
             continue  # a replica of the embedding on the last stage, not a parameter of its own
         tensor = _grad(param) if grads else param
         if tensor is None:

@@ -90,7 +90,27 @@ class _CudaLiteralsToCpu(types.ModuleType):
         attr = getattr(self._real, name)
         if name in self._FACTORIES:
             return _on_cpu(attr)
+        if name == "cuda":
+            return _CUDA_WITHOUT_SYNC
         return attr
+
+
+class _CudaWithoutSync(types.ModuleType):
+    """`torch.cuda` in which `synchronize()` does nothing: with no device there is nothing to
+    wait for (megatron's checkpoint writer synchronises after copying tensors to the CPU)."""
+
+    def __init__(self):
+        super().__init__("torch.cuda")
+
+    def __getattr__(self, name: str):
+        return getattr(torch.cuda, name)
+
+    @staticmethod
+    def synchronize(device=None) -> None:
+        return None
+
+
+_CUDA_WITHOUT_SYNC = _CudaWithoutSync()
 
 
 def _on_cpu(factory: Callable) -> Callable:
@@ -175,6 +195,16 @@ def _patch_checkpoint_rng_states() -> None:
     mpu_random._set_cuda_rng_state = lambda *args, **kwargs: None
 
 
+def _patch_checkpoint_cuda_literals() -> None:
+    """megatron's distributed-checkpoint writer calls `torch.cuda.synchronize()` after staging
+    tensors and keeps its verification flags in device="cuda" tensors; run both on the CPU."""
+    from megatron.core.dist_checkpointing.strategies import filesystem_async, state_dict_saver
+
+    for module in (filesystem_async, state_dict_saver):
+        if not isinstance(module.torch, _CudaLiteralsToCpu):
+            module.torch = _CudaLiteralsToCpu(torch)
+
+
 PATCHES: dict[str, Callable[[], None]] = {
     "rng_tracker": _patch_rng_tracker,
     "current_device": _patch_current_device,
@@ -182,6 +212,7 @@ PATCHES: dict[str, Callable[[], None]] = {
     "optimizer_cuda_literals": _patch_optimizer_literals,
     "tied_embedding_copy": _patch_tied_embedding_copy,
     "checkpoint_rng_states": _patch_checkpoint_rng_states,
+    "checkpoint_cuda_literals": _patch_checkpoint_cuda_literals,
 }
 
 

@@ -46,16 +46,21 @@ class TrainConfig:
     checkpointing_steps: float | None = None
     """Save every this many steps; a value below 1 is a fraction of the total (CALD's 0.01)."""
     keep_last_checkpoints: int = 2
+    """Complete checkpoints kept in output_dir/run_name/checkpoints (older ones are removed)."""
+    exit_interval: int | None = None
+    """Save a checkpoint and stop after every this many steps (megatron's --exit-interval), for
+    jobs on time-limited allocations; resume with resume_from_checkpoint=latest."""
     mixed_precision: MixedPrecision = "bf16"
     use_tf32: bool = True
     seed: int = 1234
     run_name: str = "run"
     output_dir: str = "runs"
     init_from: str | None = None
-    """A torch file of whole native tensors (single-process names) to start from, e.g. an
-    imported HF model; loaded into any TP/PP layout."""
+    """Weights to start from, loaded into any TP/PP layout: a checkpoint directory, or a torch
+    file of whole native tensors (single-process names)."""
     resume_from_checkpoint: str | None = None
-    """A checkpoint directory, or "latest" for output_dir's latest."""
+    """A checkpoint directory, or "latest" for the newest in output_dir/run_name/checkpoints;
+    needs the same parallel layout and global batch (init_from loads weights at any layout)."""
     report_to: tuple[str, ...] = ("jsonl",)
     """Metric sinks: any of console, jsonl, wandb (wandb offline unless WANDB_MODE says)."""
     log_every: int = 1
@@ -80,6 +85,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
+        if self.keep_last_checkpoints < 1:
+            raise ValueError(f"keep_last_checkpoints={self.keep_last_checkpoints} must be >= 1")
+        if self.exit_interval is not None and self.exit_interval < 1:
+            raise ValueError(f"exit_interval={self.exit_interval} must be a positive integer")
         for name in ("warmup_steps", "lr_decay_steps", "max_train_samples", "max_steps"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 0):

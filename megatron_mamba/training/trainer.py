@@ -3,7 +3,9 @@
 One step = `gradient_accumulation_steps` micro-batches through megatron's pipeline schedule on
 each data-parallel replica, one optimizer step (megatron's optimizer: gradient clipping, loss
 scaling under fp16), one scheduler step. Non-finite losses skip the step; too many in a row stop
-the run with an error. Checkpointing is not here yet.
+the run with an error. Checkpoints (training/checkpoint.py) are saved every
+`checkpointing_steps`, at `exit_interval` and at the end; a run resumed from one continues
+exactly.
 """
 
 from __future__ import annotations
@@ -23,6 +25,14 @@ from megatron_mamba.data.pythia import DataOrder, PythiaPreshuffled
 from megatron_mamba.models.build import build_model
 from megatron_mamba.parallel.shards import load_full_state
 from megatron_mamba.runtime import ParallelSizes, init_runtime
+from megatron_mamba.training.checkpoint import (
+    CHECKPOINTS,
+    CheckpointError,
+    find_checkpoint,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+)
 from megatron_mamba.training.ddp import wrap_ddp
 from megatron_mamba.training.metrics import MetricsLogger
 from megatron_mamba.training.param_groups import megatron_weight_decay_overrides
@@ -72,7 +82,7 @@ def train(run: RunConfig) -> list[dict]:
     model = build_model(model_cfg, run.parallel, RunPrecision(_DTYPE[cfg.mixed_precision]))
     model = model.to(rt.device)
     if cfg.init_from:
-        load_full_state(model, torch.load(cfg.init_from, map_location="cpu", weights_only=True))
+        _initialise(model, Path(cfg.init_from))
     ddp = wrap_ddp(model)
     optimizer = _optimizer(model, ddp, run)
 
@@ -99,6 +109,11 @@ def train(run: RunConfig) -> list[dict]:
         )
     scheduler = build_scheduler(optimizer, cfg, total)
     output = Path(cfg.output_dir) / cfg.run_name
+    checkpoints = output / CHECKPOINTS
+    start = 0
+    if cfg.resume_from_checkpoint:
+        path = find_checkpoint(cfg.resume_from_checkpoint, checkpoints)
+        start = _resume(path, model, optimizer, scheduler, order)
     if rt.rank == 0:
         output.mkdir(parents=True, exist_ok=True)
         (output / "config.yaml").write_text(dump(run))
@@ -118,9 +133,20 @@ def train(run: RunConfig) -> list[dict]:
 
         return per_token, loss_func
 
+    def save(step: int) -> None:
+        progress = {
+            "global_batch": order.global_batch,
+            "first_item": order.first_item,
+            "consumed_samples": step * order.global_batch,
+        }
+        save_checkpoint(
+            checkpoints, step, model, optimizer, scheduler, progress, cfg.keep_last_checkpoints
+        )
+
+    interval = cfg.checkpoint_interval(total)
     records, bad_steps = [], 0
-    batches = data.batches(order, ps.get_data_parallel_rank())
-    for step in range(1, total + 1):
+    batches = data.batches(order, ps.get_data_parallel_rank(), start_step=start)
+    for step in range(start + 1, total + 1):
         started = time.perf_counter()
         ddp.zero_grad_buffer()
         optimizer.zero_grad()
@@ -155,5 +181,31 @@ def train(run: RunConfig) -> list[dict]:
         records.append({"step": step, **record})
         if step % cfg.log_every == 0 or step == total:
             logger.log(step, record)
+        exiting = cfg.exit_interval is not None and step % cfg.exit_interval == 0
+        if step == total or exiting or (interval and step % interval == 0):
+            save(step)
+        if exiting:
+            break
     logger.close()
     return records
+
+
+def _initialise(model, path: Path) -> None:
+    """Start from a checkpoint's weights (any layout) or a file of whole tensors."""
+    if path.is_dir():
+        load_weights(find_checkpoint(path, path), model)
+    else:
+        load_full_state(model, torch.load(path, map_location="cpu", weights_only=True))
+
+
+def _resume(path: Path, model, optimizer, scheduler, order: DataOrder) -> int:
+    """Restore the run's state from `path`; returns the last completed step."""
+    progress = load_checkpoint(path, model, optimizer, scheduler)
+    for key in ("global_batch", "first_item"):
+        if progress[key] != getattr(order, key):
+            raise CheckpointError(
+                f"{path} was trained with {key}={progress[key]}; this run has "
+                f"{getattr(order, key)}, so its data would not continue where the checkpoint "
+                "stopped"
+            )
+    return progress["step"]

@@ -120,6 +120,24 @@ def optimizer_cuda_literals():
     torch.testing.assert_close(ddp.module.weight.detach(), torch.full((4,), 0.9))
 
 
+def checkpoint_cuda_literals():
+    import tempfile
+
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+    from megatron_mamba.training.checkpoint import _in_process_results
+
+    _world_of_one()
+    _in_process_results()
+    weight = torch.arange(6.0)
+    with tempfile.TemporaryDirectory() as directory:
+        dist_checkpointing.save({"w": ShardedTensor.from_rank_offsets("w", weight)}, directory)
+        target = {"w": ShardedTensor.from_rank_offsets("w", torch.zeros(6))}
+        loaded = dist_checkpointing.load(target, directory)
+    torch.testing.assert_close(loaded["w"], weight)
+
+
 TWO_PROCESSES = {"tied_embedding_copy"}
 
 

@@ -95,6 +95,8 @@ def test_no_decay_group_stays_undecayed_under_the_scheduler(runtime):
         ("warmup_ratio", 1.5, "warmup_ratio=1.5"),
         ("gradient_accumulation_steps", 0, "gradient_accumulation_steps=0"),
         ("checkpointing_steps", -1, "checkpointing_steps=-1 must be positive"),
+        ("keep_last_checkpoints", 0, "keep_last_checkpoints=0 must be >= 1"),
+        ("exit_interval", 0, "exit_interval=0 must be a positive integer"),
         ("mixed_precision", "fp8", "mixed_precision 'fp8' is unknown"),
         ("report_to", ("tensorboard",), "unknown sink"),
     ],

@@ -1,0 +1,198 @@
+"""Training checkpoints in megatron-core's distributed format, written atomically.
+
+Layout under a run's directory:
+
+    checkpoints/step_00000100/   a megatron-core distributed checkpoint (any TP/PP can load it)
+    checkpoints/latest           the name of the newest complete checkpoint
+
+A save writes `step_N.partial/`, then rank 0 renames it to `step_N/` and replaces `latest` (both
+atomic renames), and only then removes checkpoints beyond the newest `keep`. A crash at any point
+leaves the previous checkpoint whole and `latest` naming it; a stale `.partial` is removed by the
+next save. Besides the weights a checkpoint holds the optimizer (moments, fp32 master weights,
+loss scale), the LR scheduler, every rank's RNG states and the training progress, so that a
+resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from megatron.core import dist_checkpointing
+from megatron.core import parallel_state as ps
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core.dist_checkpointing.strategies import filesystem_async
+from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+from megatron_mamba.parallel.sharded_state import sharded_model_state
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+_PARTIAL = ".partial"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be found or does not fit the run."""
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"step_{step:08d}"
+
+
+def _layout() -> dict[str, int]:
+    return {
+        "tensor": ps.get_tensor_model_parallel_world_size(),
+        "pipeline": ps.get_pipeline_model_parallel_world_size(),
+        "data": ps.get_data_parallel_world_size(),
+    }
+
+
+def _rng_state() -> ShardedObject:
+    """This rank's generators, one object per (pipeline, tensor, data) rank."""
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        "tracker": get_cuda_rng_tracker().get_states(),
+    }
+    layout = _layout()
+    return ShardedObject(
+        "rng_state",
+        state,
+        (layout["pipeline"], layout["tensor"], layout["data"]),
+        (
+            ps.get_pipeline_model_parallel_rank(),
+            ps.get_tensor_model_parallel_rank(),
+            ps.get_data_parallel_rank(),
+        ),
+        replica_id=0,
+    )
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + _PARTIAL)
+    with open(temporary, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
+def _prune(root: Path, keep: int) -> None:
+    """Remove all but the newest `keep` complete checkpoints."""
+    complete = sorted(p for p in root.glob("step_*") if p.is_dir() and _PARTIAL not in p.name)
+    for old in complete[:-keep] if keep > 0 else []:
+        shutil.rmtree(old)
+
+
+def _in_process_results() -> None:
+    """Saves here are synchronous: the writer's results come back in this process. megatron's
+    writer would otherwise start a Manager server process (spawn) just to carry them, which
+    re-imports the main script and outlives a crashed run holding its output pipes."""
+    if getattr(filesystem_async, "_results_queue", None) is None:
+        filesystem_async._results_queue = queue.Queue()
+
+
+def save_checkpoint(
+    root: Path, step: int, model, optimizer, scheduler, progress: dict, keep: int
+) -> Path:
+    """Save everything needed to resume after `step`; collective over all ranks."""
+    final = step_dir(root, step)
+    partial = final.with_name(final.name + _PARTIAL)
+    if torch.distributed.get_rank() == 0:
+        for stale in root.glob(f"step_*{_PARTIAL}"):
+            shutil.rmtree(stale)
+        partial.mkdir(parents=True)
+    torch.distributed.barrier()
+    model_state = sharded_model_state(model)
+    state = {
+        "model": model_state,
+        "optimizer": optimizer.sharded_state_dict(model_state),
+        "rng_state": _rng_state(),
+        "scheduler": scheduler.state_dict(),
+        "progress": {**progress, "step": step, "layout": _layout()},
+    }
+    _in_process_results()
+    dist_checkpointing.save(state, str(partial))
+    torch.distributed.barrier()
+    if torch.distributed.get_rank() == 0:
+        if final.exists():  # the same step saved again after a resume: replaced only now
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        _write_atomically(root / LATEST, final.name + "\n")
+        _prune(root, keep)
+    torch.distributed.barrier()
+    return final
+
+
+def find_checkpoint(spec: str | Path, root: Path) -> Path:
+    """A checkpoint directory from `spec`: "latest" (the newest in `root`), a checkpoint, or a
+    directory holding checkpoints (or a run directory) whose newest is taken."""
+    path = root if str(spec) == LATEST else Path(spec)
+    for holder in (path, path / CHECKPOINTS):
+        if (holder / LATEST).is_file():
+            path = holder / (holder / LATEST).read_text().strip()
+            break
+    else:
+        if str(spec) == LATEST:
+            raise CheckpointError(f"no checkpoint to resume: {root / LATEST} does not exist")
+    if not (path / "metadata.json").is_file():
+        raise CheckpointError(
+            f"{path} is not a complete checkpoint (expected a megatron-core distributed "
+            "checkpoint directory with metadata.json)"
+        )
+    return path
+
+
+def load_weights(path: Path, model) -> dict:
+    """Load only the weights (at any TP/PP layout); returns the checkpoint's progress record."""
+    loaded = dist_checkpointing.load({"model": sharded_model_state(model)}, str(path))
+    _copy_into(model, loaded["model"])
+    return dist_checkpointing.load_common_state_dict(str(path))["progress"]
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+    """Restore weights, optimizer, scheduler and RNG to resume exactly; returns the progress.
+
+    Resuming needs the layout the checkpoint was saved with (weights alone load at any layout:
+    `load_weights`)."""
+    common = dist_checkpointing.load_common_state_dict(str(path))
+    saved = common["progress"]["layout"]
+    if saved != _layout():
+        raise CheckpointError(
+            f"{path} was saved with layout {saved}; resuming exactly needs the same layout, this "
+            f"run has {_layout()} (load its weights with train.init_from instead)"
+        )
+    model_state = sharded_model_state(model)
+    request = {
+        "model": model_state,
+        "optimizer": optimizer.sharded_state_dict(model_state, is_loading=True),
+        "rng_state": _rng_state(),
+    }
+    loaded = dist_checkpointing.load(request, str(path))
+    _copy_into(model, loaded["model"])
+    optimizer.load_state_dict(loaded["optimizer"])
+    scheduler.load_state_dict(common["scheduler"])
+    _set_rng_state(loaded["rng_state"])
+    return common["progress"]
+
+
+@torch.no_grad()
+def _copy_into(model, tensors: dict[str, torch.Tensor]) -> None:
+    for name, param in model.named_parameters():
+        param.copy_(tensors[name])

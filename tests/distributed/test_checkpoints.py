@@ -1,0 +1,106 @@
+"""Checkpoints under torchrun (gloo): a stopped and resumed run reproduces the uninterrupted one
+exactly, at TP=1 and TP=2×PP=2; a save killed before it commits leaves the previous checkpoint
+in charge; weights load at another layout; a checkpoint that does not fit fails clearly."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.distributed.train_runs import losses, records, run
+
+KILLED_IN_SAVE = Path(__file__).parent / "workers" / "train_killed_in_save.py"
+LAYOUTS = {"tp1": (1, {}), "tp2pp2": (4, {"parallel.tensor": 2, "parallel.pipeline": 2})}
+
+
+def steps_and_values(recs):
+    return [(r["step"], r["loss"], r["lr"], r["grad_norm"]) for r in recs]
+
+
+def checkpoint_names(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_a_stopped_and_resumed_run_continues_exactly(tmp_path, items, initial, layout):
+    nproc, parallel = LAYOUTS[layout]
+    common = {**parallel, "train.init_from": initial}
+    whole = run(tmp_path, items, "whole", nproc, **common, **{"train.checkpointing_steps": 2})
+    assert checkpoint_names(tmp_path / "whole") == ["latest", "step_00000006", "step_00000008"]
+
+    first = run(tmp_path, items, "cut", nproc, **common, **{"train.exit_interval": 3})
+    assert [r["step"] for r in first] == [1, 2, 3]
+    resumed = run(
+        tmp_path, items, "cut", nproc, **common, **{"train.resume_from_checkpoint": "latest"}
+    )
+    assert steps_and_values(resumed) == steps_and_values(whole)
+
+
+def test_a_save_killed_before_commit_leaves_the_previous_checkpoint(tmp_path, items, initial):
+    common = {"train.init_from": initial, "train.checkpointing_steps": 3}
+    whole = run(tmp_path, items, "whole", **common)
+    with pytest.raises(AssertionError, match="exitcode: 17"):
+        run(tmp_path, items, "killed", script=KILLED_IN_SAVE, script_args=["2"], **common)
+    killed = tmp_path / "killed"
+    assert (killed / "checkpoints" / "latest").read_text().strip() == "step_00000003"
+    assert "step_00000006.partial" in checkpoint_names(killed)
+    assert [r["step"] for r in records(killed)] == list(range(1, 7))
+
+    run(tmp_path, items, "killed", **common, **{"train.resume_from_checkpoint": "latest"})
+    assert steps_and_values(records(killed)[6:]) == steps_and_values(whole[3:])
+    assert checkpoint_names(killed) == ["latest", "step_00000006", "step_00000008"]
+
+
+MODELS = {
+    # mamba1 (classic: in_proj stored as [x, z] blocks), GPTNeoX attention, tied embeddings
+    "gpt-neox-MA": {},
+    # mamba2 and grouped mamba1 from the attention layout, SwiGLU (strided fc1), GQA
+    "llama-SM": {
+        "preset": "tiny-llama",
+        "model.layer_pattern": "SM",
+        "model.mamba.layout": "attention",
+    },
+}
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def step3(request, tmp_path_factory, items):
+    """A TP=1 run stopped after step 3: its checkpoint, its model and its first loss."""
+    model = MODELS[request.param]
+    tmp = tmp_path_factory.mktemp("step3")
+    recs = run(tmp, items, "src", **model, **{"train.exit_interval": 3})
+    return tmp / "src" / "checkpoints" / "step_00000003", model, recs[0]["loss"]
+
+
+def test_weights_load_at_another_layout(tmp_path, items, step3):
+    """A run started from a TP=1 checkpoint's weights at TP=2×PP=2 sees the TP=1 losses."""
+    checkpoint, model, untrained_loss = step3
+    fresh = {**model, "train.init_from": checkpoint, "train.max_steps": 3}
+    single = losses(run(tmp_path, items, "tp1", **fresh))
+    parallel = {"parallel.tensor": 2, "parallel.pipeline": 2}
+    split = losses(run(tmp_path, items, "tp2pp2", 4, **fresh, **parallel))
+    np.testing.assert_allclose(split, single, rtol=2e-5)
+    assert single[0] < untrained_loss - 0.05  # the same first batch, now on trained weights
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"parallel.tensor": 2}, "resuming exactly needs the same layout"),
+        ({"train.per_device_train_batch_size": 2}, "was trained with global_batch=4"),
+    ],
+    ids=["layout", "global-batch"],
+)
+def test_resuming_from_a_checkpoint_that_does_not_fit_fails_clearly(
+    tmp_path, items, step3, overrides, message
+):
+    checkpoint, model, _ = step3
+    nproc = 2 if "parallel.tensor" in overrides else 1
+    resume = {**model, "train.resume_from_checkpoint": checkpoint, **overrides}
+    with pytest.raises(AssertionError, match=message):
+        run(tmp_path, items, "misfit", nproc, **resume)
+
+
+def test_resuming_without_a_checkpoint_names_what_is_missing(tmp_path, items):
+    with pytest.raises(AssertionError, match=r"no checkpoint to resume: .*latest does not exist"):
+        run(tmp_path, items, "none", **{"train.resume_from_checkpoint": "latest"})
