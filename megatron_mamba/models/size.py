@@ -29,10 +29,37 @@ def parameter_count(m: ModelConfig, vocab: int | None = None) -> int:
     return embeddings + m.num_layers * per_layer + final_norm
 
 
+def _mamba_forward_flops(m: ModelConfig, mixer: str) -> float:
+    """Forward FLOPs of one token through a Mamba mixer: its projections and depthwise conv
+    (2 per multiply-add) and the recurrent scan per (channel, state) — mamba1: exp(dt·A), dt·B·x,
+    the state update and C·h (8); mamba2, whose A is one scalar per head: 6."""
+    from megatron_mamba.models.mamba_dims import mamba1_dims, mamba2_dims
+
+    if mixer == "mamba1":
+        d = mamba1_dims(m)
+        macs = d.d_model * sum(d.in_proj_segments) + d.d_inner * d.d_model
+        macs += d.dt_rank * d.d_inner + sum(d.conv_segments) * d.d_conv
+        if d.grouped:
+            macs += d.d_model * d.dt_rank
+        else:
+            macs += d.d_inner * (d.dt_rank + 2 * d.d_state)
+        return 2 * macs + 8 * d.d_inner * d.d_state
+    d = mamba2_dims(m)
+    macs = d.d_model * sum(d.in_proj_segments) + d.d_inner * d.d_model
+    macs += sum(d.conv_segments) * d.d_conv
+    return 2 * macs + 6 * d.d_inner * d.d_state
+
+
 def training_flops_per_token(m: ModelConfig, seq_length: int) -> float:
-    """Model FLOPs of one training token (forward + backward = 3 × forward), attention-only:
-    6 × (matmul parameters) plus the attention scores and values (causal: half of S×S)."""
-    matmul = m.num_layers * (block_parameters(m) + attention_parameters(m))
-    matmul += m.vocab_size * m.hidden_size
-    attention = m.num_layers * 2 * 2 * seq_length * m.num_attention_heads * m.head_dim / 2
-    return 6 * matmul + 3 * attention
+    """Model FLOPs of one training token (forward + backward = 3 × forward), per the layer
+    pattern: MLPs and the output layer as 2 × parameters; attention's projections plus its
+    scores and values (causal: half of S×S); Mamba mixers as `_mamba_forward_flops`."""
+    forward = 2 * m.vocab_size * m.hidden_size
+    attention_core = 2 * 2 * seq_length * m.num_attention_heads * m.head_dim / 2
+    for mixer in m.mixers:
+        forward += 2 * block_parameters(m)
+        if mixer == "attention":
+            forward += 2 * attention_parameters(m) + attention_core
+        else:
+            forward += _mamba_forward_flops(m, mixer)
+    return 3 * forward

@@ -45,6 +45,8 @@ class TrainConfig:
     """Stop after this many optimizer steps (wins over samples and epochs)."""
     checkpointing_steps: float | None = None
     """Save every this many steps; a value below 1 is a fraction of the total (CALD's 0.01)."""
+    save_at_end: bool = True
+    """Save a checkpoint after the last step (off for benchmarks and smoke runs)."""
     keep_last_checkpoints: int = 2
     """Complete checkpoints kept in output_dir/run_name/checkpoints (older ones are removed)."""
     exit_interval: int | None = None

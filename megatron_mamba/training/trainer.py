@@ -23,6 +23,7 @@ from megatron_mamba.config import RunPrecision
 from megatron_mamba.config_io import dump
 from megatron_mamba.data.pythia import DataOrder, PythiaPreshuffled
 from megatron_mamba.models.build import build_model
+from megatron_mamba.models.size import training_flops_per_token
 from megatron_mamba.parallel.shards import load_full_state
 from megatron_mamba.runtime import ParallelSizes, init_runtime
 from megatron_mamba.training.checkpoint import (
@@ -38,6 +39,7 @@ from megatron_mamba.training.metrics import MetricsLogger
 from megatron_mamba.training.param_groups import megatron_weight_decay_overrides
 from megatron_mamba.training.run_config import RunConfig
 from megatron_mamba.training.schedule import build_scheduler
+from megatron_mamba.training.throughput import mfu, peak_flops
 
 _DTYPE = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
 
@@ -77,6 +79,11 @@ def train(run: RunConfig) -> list[dict]:
     """Run training; returns the per-step records (also logged on rank 0)."""
     cfg = run.train
     rt = init_runtime(ParallelSizes(run.parallel.tensor, run.parallel.pipeline), seed=cfg.seed)
+    if rt.device.type == "cpu" and cfg.mixed_precision != "no":
+        raise TrainingError(
+            f"train.mixed_precision={cfg.mixed_precision} needs a GPU (megatron's mixed-precision "
+            "optimizer keeps CUDA tensors); on CPU use train.mixed_precision=no"
+        )
     torch.backends.cuda.matmul.allow_tf32 = cfg.use_tf32
     model_cfg = run.model_config()
     model = build_model(model_cfg, run.parallel, RunPrecision(_DTYPE[cfg.mixed_precision]))
@@ -85,6 +92,8 @@ def train(run: RunConfig) -> list[dict]:
         _initialise(model, Path(cfg.init_from))
     ddp = wrap_ddp(model)
     optimizer = _optimizer(model, ddp, run)
+    # The schedule multiplies each loss by this before backward: fp16's dynamic loss scale.
+    model.config.grad_scale_func = optimizer.scale_loss
 
     data = PythiaPreshuffled(
         run.data.path,
@@ -121,6 +130,8 @@ def train(run: RunConfig) -> list[dict]:
         output, cfg.report_to, total, is_main=rt.rank == 0, run_name=cfg.run_name
     )
     seq = run.data.item_length - 1
+    flops_per_token = training_flops_per_token(model_cfg, seq)
+    peak = peak_flops(rt.device, cfg.mixed_precision, cfg.use_tf32)
     forward_backward = get_forward_backward_func()
 
     def forward_step(batches, model):
@@ -178,11 +189,14 @@ def train(run: RunConfig) -> list[dict]:
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
             "tokens_per_s": order.global_batch * seq / seconds,
         }
+        if peak is not None:
+            record["mfu"] = mfu(flops_per_token, record["tokens_per_s"], peak, rt.world_size)
         records.append({"step": step, **record})
         if step % cfg.log_every == 0 or step == total:
             logger.log(step, record)
         exiting = cfg.exit_interval is not None and step % cfg.exit_interval == 0
-        if step == total or exiting or (interval and step % interval == 0):
+        at_end = step == total and cfg.save_at_end
+        if at_end or exiting or (interval and step % interval == 0):
             save(step)
         if exiting:
             break

@@ -65,3 +65,9 @@ def test_non_finite_losses_stop_the_run_with_a_clear_error(tmp_path, items, init
     with pytest.raises(AssertionError, match="3 consecutive steps had a non-finite loss"):
         run(tmp_path, items, "nan", **overrides)
     assert not (tmp_path / "nan" / "metrics.jsonl").read_text()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_cpu_fails_clearly(tmp_path, items, precision):
+    with pytest.raises(AssertionError, match=f"mixed_precision={precision} needs a GPU"):
+        run(tmp_path, items, "mp", **{"train.mixed_precision": precision})

@@ -1,0 +1,123 @@
+"""The trainer's step against a bare loop on the same model, and its data-parallel scaling.
+
+Both sides build the same bf16 model with megatron DDP and megatron's optimizer (fp32 master
+weights, clipping). The bare loop feeds one pre-made batch from GPU memory and calls forward,
+backward and the optimizer step; the trainer adds its data reading, pipeline schedule, loss
+reduction, NaN guard and metrics. Tokens/s are medians after warmup.
+
+    torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode bare --out $OUT/bare.json
+    torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode trainer --out $OUT/t1.json
+    torchrun --nproc_per_node 2 benchmarks/trainer_overhead.py --mode trainer --out $OUT/t2.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SEQ, MICRO, WARMUP = 2048, 4, 4
+MODEL = {"layer_pattern": "AMAMAMAMAMAMAMAM"}  # Pythia-1b shape, half mamba1 (CUDA kernels)
+
+
+def run_config(data: Path, out: Path, steps: int, world: int):
+    from megatron_mamba.config_io import load
+    from megatron_mamba.training.run_config import RunConfig
+
+    overrides = {
+        "preset": "pythia-1b",
+        "model.layer_pattern": MODEL["layer_pattern"],
+        "data.path": str(data),
+        "data.item_length": SEQ + 1,
+        "train.max_steps": steps,
+        "train.per_device_train_batch_size": MICRO,
+        "train.mixed_precision": "bf16",
+        "train.output_dir": str(out),
+        "train.run_name": f"bench{world}",
+        "train.report_to": "[jsonl]",
+        "train.save_at_end": False,
+    }
+    return load(RunConfig, None, [f"{k}={v}" for k, v in overrides.items()])
+
+
+def write_random_items(prefix: Path, count: int, vocab: int) -> None:
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=np.uint16)
+    rng = np.random.default_rng(0)
+    for _ in range(count):
+        builder.add_document(rng.integers(0, vocab, SEQ + 1), [SEQ + 1])
+    builder.finalize(f"{prefix}.idx")
+
+
+def trainer_tokens_per_s(steps: int) -> float:
+    from megatron_mamba.training.metrics import read_metrics
+    from megatron_mamba.training.trainer import train
+
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    root = Path(tempfile.gettempdir()) / "trainer_overhead"
+    data = root / "items"
+    ready = root / f"ready{world}"
+    if rank == 0:
+        root.mkdir(exist_ok=True)
+        write_random_items(data, steps * MICRO * world, 50000)
+        ready.touch()
+    while not ready.exists():
+        time.sleep(0.5)
+    run = run_config(data, root, steps, world)
+    train(run)
+    records = read_metrics(root / f"bench{world}" / "metrics.jsonl")
+    return statistics.median(r["tokens_per_s"] for r in records[WARMUP:])
+
+
+def bare_tokens_per_s(steps: int) -> float:
+    from benchmarks.common import median_step_seconds
+    from megatron_mamba.config import RunPrecision
+    from megatron_mamba.models.build import build_model
+    from megatron_mamba.runtime import init_runtime
+    from megatron_mamba.training.ddp import wrap_ddp
+    from megatron_mamba.training.trainer import _optimizer
+
+    rt = init_runtime(seed=1)
+    run = run_config(Path("unused"), Path("unused"), steps, 1)
+    model = build_model(run.model_config(), run.parallel, RunPrecision("bf16")).to(rt.device)
+    ddp = wrap_ddp(model)
+    optimizer = _optimizer(model, ddp, run)
+    tokens = torch.randint(0, 50000, (MICRO, SEQ + 1), device=rt.device)
+
+    def step():
+        ddp.zero_grad_buffer()
+        optimizer.zero_grad()
+        loss = ddp(tokens[:, :-1], None, None, labels=tokens[:, 1:]).float().mean()
+        loss.backward()
+        ddp.finish_grad_sync()
+        optimizer.step()
+
+    return MICRO * SEQ / median_step_seconds(step, warmup=WARMUP, iters=steps - WARMUP)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--mode", choices=["trainer", "bare"], required=True)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    tokens_per_s = (trainer_tokens_per_s if args.mode == "trainer" else bare_tokens_per_s)(
+        args.steps
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        result = {"mode": args.mode, "gpus": int(os.environ.get("WORLD_SIZE", "1"))}
+        result["tokens_per_s"] = tokens_per_s
+        Path(args.out).write_text(json.dumps(result) + "\n")
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
