@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SEQ, MICRO, WARMUP = 2048, 4, 4
+SEQ, WARMUP = 2048, 4
+MICRO = int(os.environ.get("BENCH_MICRO", "4"))
 MODEL = {"layer_pattern": "AMAMAMAMAMAMAMAM"}  # Pythia-1b shape, half mamba1 (CUDA kernels)
 
 
@@ -62,11 +63,11 @@ def trainer_tokens_per_s(steps: int) -> float:
     from megatron_mamba.training.trainer import train
 
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    root = Path(tempfile.gettempdir()) / "trainer_overhead"
+    root = Path(tempfile.gettempdir()) / "trainer_overhead" / f"micro{MICRO}_gpus{world}"
     data = root / "items"
-    ready = root / f"ready{world}"
+    ready = root / "ready"
     if rank == 0:
-        root.mkdir(exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
         write_random_items(data, steps * MICRO * world, 50000)
         ready.touch()
     while not ready.exists():

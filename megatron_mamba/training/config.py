@@ -53,6 +53,10 @@ class TrainConfig:
     """Save a checkpoint and stop after every this many steps (megatron's --exit-interval), for
     jobs on time-limited allocations; resume with resume_from_checkpoint=latest."""
     mixed_precision: MixedPrecision = "bf16"
+    initial_loss_scale: float = 2.0**16
+    """fp16 only: the dynamic loss scale's start; it halves after overflowing steps (which are
+    skipped) and doubles after loss_scale_window clean ones."""
+    loss_scale_window: int = 1000
     use_tf32: bool = True
     seed: int = 1234
     run_name: str = "run"
@@ -100,6 +104,8 @@ class TrainConfig:
                 f"checkpointing_steps={self.checkpointing_steps} must be positive (a step count, "
                 "or a fraction of the run below 1)"
             )
+        if not self.initial_loss_scale >= 1:
+            raise ValueError(f"initial_loss_scale={self.initial_loss_scale} must be at least 1")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(
                 f"mixed_precision {self.mixed_precision!r} is unknown; expected no, fp16 or bf16"

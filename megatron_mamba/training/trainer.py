@@ -61,6 +61,8 @@ def _optimizer(model, ddp, run: RunConfig):
         clip_grad=train.clip_grad_norm or 0.0,
         bf16=train.mixed_precision == "bf16",
         fp16=train.mixed_precision == "fp16",
+        initial_loss_scale=train.initial_loss_scale,
+        loss_scale_window=train.loss_scale_window,
         params_dtype=model.config.params_dtype,
     )
     overrides = megatron_weight_decay_overrides(model, train.weight_decay_mamba_only)
@@ -189,6 +191,9 @@ def train(run: RunConfig) -> list[dict]:
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
             "tokens_per_s": order.global_batch * seq / seconds,
         }
+        if cfg.mixed_precision == "fp16":
+            record["loss_scale"] = float(optimizer.get_loss_scale())
+            record["skipped"] = int(not updated)
         if peak is not None:
             record["mfu"] = mfu(flops_per_token, record["tokens_per_s"], peak, rt.world_size)
         records.append({"step": step, **record})

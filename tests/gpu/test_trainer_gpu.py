@@ -27,3 +27,15 @@ def test_mixed_precision_follows_the_fp32_run(tmp_path, items, initial, precisio
     # 16-bit weights and activations: the trajectories agree to a few hundredths
     np.testing.assert_allclose(got, reference, atol=0.05)
     assert all(0 < r["mfu"] < 1 for r in recs)
+    if precision == "fp16":  # nothing overflowed at 2^16, so no step was skipped
+        assert [r["skipped"] for r in recs] == [0] * 12 and recs[-1]["loss_scale"] == 2.0**16
+
+
+def test_fp16_overflow_skips_steps_and_lowers_the_scale(tmp_path, items, initial):
+    args = settings(tmp_path, items, "overflow", **{"train.init_from": initial})
+    args.update({"train.mixed_precision": "fp16", "train.initial_loss_scale": 2.0**60})
+    torchrun(TRAIN, 1, *(f"{k}={v}" for k, v in args.items()), cpu=False)
+    recs = records(tmp_path / "overflow")
+    assert recs[0]["skipped"] == 1 and recs[0]["loss_scale"] < 2.0**60
+    assert recs[-1]["skipped"] == 0 and recs[-1]["loss_scale"] < recs[0]["loss_scale"]
+    assert recs[0]["lr"] == recs[1]["lr"] == 0.0  # the schedule waits for a real update
