@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from megatron_mamba.config import ModelConfig, ParallelConfig
 from megatron_mamba.config_io import build
+from megatron_mamba.distill.config import DistillConfig
 from megatron_mamba.models.presets import preset
 from megatron_mamba.training.config import TrainConfig
 
@@ -36,6 +37,7 @@ class RunConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
         self.model_config()  # fail early, naming the bad model field

@@ -10,6 +10,7 @@ exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron_mamba.config import RunPrecision
 from megatron_mamba.config_io import dump
 from megatron_mamba.data.pythia import DataOrder, PythiaPreshuffled
+from megatron_mamba.distill.objective import Distillation
 from megatron_mamba.models.build import build_model
 from megatron_mamba.models.size import training_flops_per_token
 from megatron_mamba.parallel.shards import load_full_state
@@ -36,6 +38,7 @@ from megatron_mamba.training.checkpoint import (
 )
 from megatron_mamba.training.ddp import wrap_ddp
 from megatron_mamba.training.metrics import MetricsLogger
+from megatron_mamba.training.objective import LanguageModelling
 from megatron_mamba.training.param_groups import megatron_weight_decay_overrides
 from megatron_mamba.training.run_config import RunConfig
 from megatron_mamba.training.schedule import build_scheduler
@@ -69,12 +72,14 @@ def _optimizer(model, ddp, run: RunConfig):
     return get_megatron_optimizer(config, [ddp], config_overrides=overrides)
 
 
-def _across_pipeline_and_replicas(value: float, device) -> float:
-    """The last stage's loss on every rank, averaged over data-parallel replicas."""
-    t = torch.tensor([value if ps.is_pipeline_last_stage() else 0.0], device=device)
+def _across_pipeline_and_replicas(parts: dict[str, float], device) -> dict[str, float]:
+    """Each loss part summed over pipeline stages, averaged over data-parallel replicas."""
+    names = sorted(parts)
+    t = torch.tensor([parts[name] for name in names], device=device, dtype=torch.float64)
     torch.distributed.all_reduce(t, group=ps.get_pipeline_model_parallel_group())
     torch.distributed.all_reduce(t, group=ps.get_data_parallel_group())
-    return float(t) / ps.get_data_parallel_world_size()
+    t /= ps.get_data_parallel_world_size()
+    return dict(zip(names, t.tolist(), strict=True))
 
 
 def train(run: RunConfig) -> list[dict]:
@@ -92,6 +97,7 @@ def train(run: RunConfig) -> list[dict]:
     model = model.to(rt.device)
     if cfg.init_from:
         _initialise(model, Path(cfg.init_from))
+    teacher = _teacher(run, model_cfg, rt.device, model) if run.distill.teacher else None
     ddp = wrap_ddp(model)
     optimizer = _optimizer(model, ddp, run)
     # The schedule multiplies each loss by this before backward: fp16's dynamic loss scale.
@@ -136,15 +142,12 @@ def train(run: RunConfig) -> list[dict]:
     peak = peak_flops(rt.device, cfg.mixed_precision, cfg.use_tf32)
     forward_backward = get_forward_backward_func()
 
+    objective = LanguageModelling()
+    if teacher is not None:
+        objective = Distillation(model, teacher, run.distill, model_cfg.num_layers, total)
+
     def forward_step(batches, model):
-        tokens = next(batches).to(rt.device)
-        per_token = model(tokens[:, :-1], None, None, labels=tokens[:, 1:])
-
-        def loss_func(output):
-            loss = output.float().mean()
-            return loss, {"loss": loss.detach()}
-
-        return per_token, loss_func
+        return objective.forward_step(next(batches).to(rt.device), model)
 
     def save(step: int) -> None:
         progress = {
@@ -163,17 +166,17 @@ def train(run: RunConfig) -> list[dict]:
         started = time.perf_counter()
         ddp.zero_grad_buffer()
         optimizer.zero_grad()
+        objective.begin_step(step, float(optimizer.get_loss_scale()), accumulation)
         losses = forward_backward(
             forward_step_func=forward_step,
             data_iterator=iter(next(batches).split(micro)),
             model=ddp,
             num_microbatches=accumulation,
             seq_length=seq,
-            micro_batch_size=micro,
+            micro_batch_size=micro * objective.micro_batch_factor,
         )
-        # megatron reports each micro-batch's loss divided by the micro-batch count.
-        local = float(sum(x["loss"] for x in losses)) if losses else 0.0
-        loss = _across_pipeline_and_replicas(local, rt.device)
+        parts = _across_pipeline_and_replicas(objective.parts(losses), rt.device)
+        loss = objective.total(parts)
         if not math.isfinite(loss):
             bad_steps += 1
             if bad_steps >= cfg.max_bad_steps:
@@ -187,6 +190,7 @@ def train(run: RunConfig) -> list[dict]:
         seconds = time.perf_counter() - started
         record = {
             "loss": loss,
+            **(parts if objective.detailed else {}),
             "lr": lr,
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
             "tokens_per_s": order.global_batch * seq / seconds,
@@ -207,6 +211,34 @@ def train(run: RunConfig) -> list[dict]:
             break
     logger.close()
     return records
+
+
+def _teacher(run: RunConfig, student_cfg, device, fresh_student):
+    """The frozen attention-only teacher, in the student's layout. A student starting from
+    scratch (no init_from, no resume) takes every tensor it shares with the teacher (embeddings,
+    norms, MLPs, kept attention layers); its Mamba mixers stay freshly initialised."""
+    teacher_cfg = dataclasses.replace(student_cfg, layer_pattern="A" * student_cfg.num_layers)
+    precision = RunPrecision(_DTYPE[run.train.mixed_precision])
+    teacher = build_model(teacher_cfg, run.parallel, precision).to(device)
+    _initialise(teacher, Path(run.distill.teacher))
+    teacher.eval()
+    teacher.requires_grad_(False)
+    if not run.train.init_from and not run.train.resume_from_checkpoint:
+        if student_cfg.mamba.init == "attention":
+            raise TrainingError(
+                "model.mamba.init=attention needs the student's weights made from the teacher's "
+                "beforehand (train.init_from); in-run initialisation copies shared tensors only"
+            )
+        _copy_shared(teacher, fresh_student)
+    return teacher
+
+
+@torch.no_grad()
+def _copy_shared(source, target) -> None:
+    own = dict(source.named_parameters())
+    for name, param in target.named_parameters():
+        if name in own and own[name].shape == param.shape:
+            param.copy_(own[name])
 
 
 def _initialise(model, path: Path) -> None:

@@ -1,0 +1,47 @@
+"""Distillation settings, with CALD's flag names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from megatron_mamba.distill.losses import NORMALISATIONS, Normalisation
+
+
+@dataclass
+class DistillConfig:
+    teacher: str | None = None
+    """The attention-only teacher's weights (a checkpoint directory or a file of whole native
+    tensors); the teacher is the student's config with every layer attention. Without it the run
+    is plain (unguided) language modelling."""
+    alpha_ce_loss: float = 1.0
+    alpha_layer_distill_loss: float = 0.0
+    """Weight of the layer loss: 0 unguided, 15 target-guided (CALD)."""
+    alpha_logits_distill_loss: float = 0.0
+    layer_distill_until: float | None = None
+    """Hybrid: keep the layer loss for this fraction of the steps (CALD: 0.4), then 0."""
+    distill_normalization: Normalisation = "layernorm"
+    distill_skip_last: int = 1
+    """Blocks at the end left out of the layer loss."""
+    logits_temperature: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("alpha_ce_loss", "alpha_layer_distill_loss", "alpha_logits_distill_loss"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be non-negative")
+        if self.distill_normalization not in NORMALISATIONS:
+            raise ValueError(
+                f"distill_normalization {self.distill_normalization!r} is unknown; expected one "
+                f"of {', '.join(NORMALISATIONS)}"
+            )
+        if self.layer_distill_until is not None and not 0 <= self.layer_distill_until <= 1:
+            raise ValueError(f"layer_distill_until={self.layer_distill_until} must be in [0, 1]")
+        if self.distill_skip_last < 0:
+            raise ValueError(f"distill_skip_last={self.distill_skip_last} must be >= 0")
+        if not self.logits_temperature > 0:
+            raise ValueError(f"logits_temperature={self.logits_temperature} must be positive")
+        guided = self.alpha_layer_distill_loss or self.alpha_logits_distill_loss
+        if self.teacher is None and guided:
+            raise ValueError(
+                "alpha_layer_distill_loss / alpha_logits_distill_loss need distill.teacher (the "
+                "attention model's weights)"
+            )

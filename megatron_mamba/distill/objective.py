@@ -1,0 +1,139 @@
+"""The distillation objective: teacher and student through the pipeline together.
+
+Both models are built with the same TP/PP layout, so stage i holds blocks of the same numbers in
+each. Non-last stages send [student; teacher] hidden states concatenated along the batch
+dimension (the schedule is told micro-batch × 2). The teacher runs first, without gradients; its
+block outputs are kept by forward hooks, and the student's hooks attach each distilled block's
+layer loss to the student's activations (aux_loss.py). The last stage computes CE and the logits
+KL on the vocab-parallel logits. Reported parts: ce, layer, logits_kl — each summed over
+pipeline stages by the trainer — and their weighted total.
+"""
+
+from __future__ import annotations
+
+import torch
+from megatron.core import parallel_state as ps
+from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+from megatron_mamba.distill.aux_loss import attach_loss, set_loss_scale
+from megatron_mamba.distill.config import DistillConfig
+from megatron_mamba.distill.losses import block_mse, logits_kl
+from megatron_mamba.distill.schedule import layer_alpha
+
+
+class Distillation:
+    detailed = True
+
+    def __init__(self, student, teacher, cfg: DistillConfig, num_layers: int, total_steps: int):
+        self.student, self.teacher, self.cfg = student, teacher, cfg
+        self.total_steps = total_steps
+        self.distilled = set(range(1, num_layers - cfg.distill_skip_last + 1))
+        self.alpha_layer = cfg.alpha_layer_distill_loss
+        self.teacher_blocks: dict[int, torch.Tensor] = {}
+        self.layer_sum, self.accumulation = 0.0, 1
+        self.device = next(student.parameters()).device
+        sequence_parallel = student.config.sequence_parallel
+        # With sequence parallelism each TP rank holds 1/TP of the tokens: its mean counts 1/TP.
+        self.token_share = 1 / ps.get_tensor_model_parallel_world_size() if sequence_parallel else 1
+        self._hooks = [
+            layer.register_forward_hook(self._keep_teacher_block)
+            for layer in teacher.decoder.layers
+        ] + [
+            layer.register_forward_hook(self._attach_layer_loss) for layer in student.decoder.layers
+        ]
+
+    def remove_hooks(self) -> None:
+        """Leave both models as they were built."""
+        for hook in self._hooks:
+            hook.remove()
+
+    @property
+    def uses_teacher(self) -> bool:
+        return bool(self.alpha_layer or self.cfg.alpha_logits_distill_loss)
+
+    @property
+    def micro_batch_factor(self) -> int:
+        return 2 if self.uses_teacher else 1
+
+    def begin_step(self, step: int, loss_scale: float, accumulation: int) -> None:
+        cfg = self.cfg
+        self.alpha_layer = layer_alpha(
+            step, self.total_steps, cfg.alpha_layer_distill_loss, cfg.layer_distill_until
+        )
+        self.layer_sum, self.accumulation = 0.0, accumulation
+        set_loss_scale(loss_scale / accumulation)
+
+    def _keep_teacher_block(self, module, inputs, output):
+        if self.alpha_layer and module.layer_number in self.distilled:
+            self.teacher_blocks[module.layer_number] = output[0]
+
+    def _attach_layer_loss(self, module, inputs, output):
+        if not self.alpha_layer or module.layer_number not in self.distilled:
+            return None
+        hidden, context = output
+        teacher = self.teacher_blocks.pop(module.layer_number)
+        mse = block_mse(hidden, teacher, self.cfg.distill_normalization) * self.token_share
+        share = mse / len(self.distilled)
+        self.layer_sum += float(share.detach())
+        return attach_loss(hidden, self.alpha_layer * share), context
+
+    def forward_step(self, tokens: torch.Tensor, model):
+        inputs, labels = tokens[:, :-1], tokens[:, 1:]
+        if not self.uses_teacher:
+            return model(inputs, None, None, labels=labels), self._ce_only
+
+        if not ps.is_pipeline_first_stage():
+            # the schedule handed the student [student; teacher]: give each model its half
+            student_in, teacher_in = self.student.decoder.input_tensor.chunk(2, dim=1)
+            self.student.decoder.set_input_tensor(student_in)
+            self.teacher.decoder.set_input_tensor(teacher_in)
+        with torch.no_grad():
+            teacher_out = self.teacher(inputs, None, None)
+        student_out = model(inputs, None, None)
+        if not ps.is_pipeline_last_stage():
+            return torch.cat([student_out, teacher_out], dim=1), None
+
+        def loss_func(outputs):
+            student_logits, teacher_logits = outputs
+            parts = {}
+            total = 0.0
+            if self.cfg.alpha_logits_distill_loss:
+                # before CE, which shifts the logits in place
+                kl = logits_kl(student_logits, teacher_logits, self.cfg.logits_temperature).mean()
+                total = total + self.cfg.alpha_logits_distill_loss * kl
+                parts["logits_kl"] = kl.detach()
+            ce = vocab_parallel_cross_entropy(student_logits.float(), labels).mean()
+            total = total + self.cfg.alpha_ce_loss * ce
+            parts["ce"] = ce.detach()
+            return total, parts
+
+        return (student_out, teacher_out), loss_func
+
+    def _ce_only(self, per_token):
+        ce = per_token.float().mean()
+        return self.cfg.alpha_ce_loss * ce, {"ce": ce.detach()}
+
+    def parts(self, micro_batch_records: list[dict]) -> dict[str, float]:
+        """This stage's contribution to each reported loss, averaged over the step's
+        micro-batches (megatron already divides each record by their count); summing over
+        pipeline stages gives the whole."""
+        out = {"ce": 0.0}
+        if self.cfg.alpha_logits_distill_loss:
+            out["logits_kl"] = 0.0
+        for record in micro_batch_records:
+            for name, value in record.items():
+                out[name] += float(value)
+        if self.alpha_layer:
+            layer = torch.tensor([self.layer_sum / self.accumulation], device=self.device)
+            if self.token_share != 1:
+                torch.distributed.all_reduce(layer, group=ps.get_tensor_model_parallel_group())
+            out["layer"] = float(layer)
+        return out
+
+    def total(self, parts: dict[str, float]) -> float:
+        cfg = self.cfg
+        return (
+            cfg.alpha_ce_loss * parts.get("ce", 0.0)
+            + self.alpha_layer * parts.get("layer", 0.0)
+            + cfg.alpha_logits_distill_loss * parts.get("logits_kl", 0.0)
+        )

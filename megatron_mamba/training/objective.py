@@ -1,0 +1,31 @@
+"""Plain language modelling (cross-entropy) in the shape the trainer drives every objective:
+`begin_step`, `forward_step` for megatron's schedule, `parts` of the loss this pipeline stage
+holds, and their weighted `total`. The distillation objective (distill/objective.py) adds a
+teacher."""
+
+from __future__ import annotations
+
+import torch
+
+
+class LanguageModelling:
+    micro_batch_factor = 1
+    detailed = False
+
+    def begin_step(self, step: int, loss_scale: float, accumulation: int) -> None:
+        pass
+
+    def forward_step(self, tokens: torch.Tensor, model):
+        per_token = model(tokens[:, :-1], None, None, labels=tokens[:, 1:])
+
+        def loss_func(output):
+            loss = output.float().mean()
+            return loss, {"ce": loss.detach()}
+
+        return per_token, loss_func
+
+    def parts(self, micro_batch_records: list[dict]) -> dict[str, float]:
+        return {"ce": sum(float(r["ce"]) for r in micro_batch_records)}
+
+    def total(self, parts: dict[str, float]) -> float:
+        return parts["ce"]
