@@ -29,7 +29,9 @@ class DataOrder:
     first_item: int = 0
     """Item of step 0 (skip a prefix of the data, e.g. to continue from Pythia's step k)."""
     max_train_samples: int | None = None
-    """Stop before the step whose global batch would go past this many samples."""
+    """Use only the first this many samples (whole global batches of them)."""
+    epochs: int = 1
+    """Passes over those samples, in the same order each time (CALD's num_train_epochs)."""
 
     def __post_init__(self) -> None:
         if self.global_batch < 1 or self.global_batch % self.dp_size:
@@ -38,12 +40,15 @@ class DataOrder:
                 f"data-parallel size {self.dp_size}"
             )
 
-    def steps(self, available: int) -> int:
+    def steps_per_epoch(self, available: int) -> int:
         """How many whole global batches the data (and max_train_samples) allow."""
         samples = available - self.first_item
         if self.max_train_samples is not None:
             samples = min(samples, self.max_train_samples)
         return max(samples, 0) // self.global_batch
+
+    def steps(self, available: int) -> int:
+        return self.epochs * self.steps_per_epoch(available)
 
     def items(self, step: int, dp_rank: int) -> range:
         per_rank = self.global_batch // self.dp_size
@@ -87,6 +92,7 @@ class PythiaPreshuffled:
         self, order: DataOrder, dp_rank: int, start_step: int = 0
     ) -> Iterator[torch.Tensor]:
         """This rank's [B/W, 2049] token batches from `start_step` on (resume: the step to run)."""
+        per_epoch = order.steps_per_epoch(len(self))
         for step in range(start_step, order.steps(len(self))):
-            rows = [self[i] for i in order.items(step, dp_rank)]
+            rows = [self[i] for i in order.items(step % per_epoch, dp_rank)]
             yield torch.from_numpy(np.stack(rows).astype(np.int64))

@@ -41,6 +41,7 @@ class TrainConfig:
     max_train_samples: int | None = None
     """Stop after this many samples (the data's end otherwise)."""
     num_train_epochs: int = 1
+    """Passes over the (max_train_samples) data, in the same order each time."""
     max_steps: int | None = None
     """Stop after this many optimizer steps (wins over samples and epochs)."""
     checkpointing_steps: float | None = None
@@ -87,7 +88,8 @@ class TrainConfig:
             )
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1)")
-        for name in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+        positive = ("per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs")
+        for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")

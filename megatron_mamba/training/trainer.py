@@ -115,6 +115,7 @@ def train(run: RunConfig) -> list[dict]:
         dp_size=rt.data_parallel_size,
         first_item=run.data.first_item,
         max_train_samples=cfg.max_train_samples,
+        epochs=cfg.num_train_epochs,
     )
     total = order.steps(len(data))
     if cfg.max_steps is not None:

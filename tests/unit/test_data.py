@@ -156,6 +156,15 @@ def test_max_train_samples_offset_and_resume(pythia_pair):
         assert resumed == full[step:]
 
 
+def test_epochs_repeat_the_same_samples_in_order(pythia_pair):
+    data = PythiaPreshuffled(pythia_pair)
+    order = DataOrder(global_batch=3, max_train_samples=7, epochs=2)
+    assert order.steps(len(data)) == 4  # 2 whole batches of the first 7 samples, twice
+    full = [b[:, 0].tolist() for b in data.batches(order, 0)]
+    assert full == [[0, 1, 2], [3, 4, 5], [0, 1, 2], [3, 4, 5]]
+    assert [b[:, 0].tolist() for b in data.batches(order, 0, start_step=3)] == full[3:]
+
+
 def test_one_shard_with_the_full_index(tmp_path, pythia_pair):
     # Shard 0 of the Pile: the .bin holds only the first items the index describes.
     os.truncate(f"{pythia_pair}.bin", 2 * (5 * ITEM + 100))
