@@ -88,8 +88,11 @@ class TrainConfig:
             )
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1)")
-        positive = ("per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs")
-        for name in positive:
+        for name in (
+            "per_device_train_batch_size",
+            "gradient_accumulation_steps",
+            "num_train_epochs",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
