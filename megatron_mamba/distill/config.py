@@ -12,7 +12,8 @@ class DistillConfig:
     teacher: str | None = None
     """The attention-only teacher's weights (a checkpoint directory or a file of whole native
     tensors); the teacher is the student's config with every layer attention. Without it the run
-    is plain (unguided) language modelling."""
+    is plain (unguided) language modelling. The student's start is train.init_from or
+    train.init_from_attention (often the teacher's weights)."""
     alpha_ce_loss: float = 1.0
     alpha_layer_distill_loss: float = 0.0
     """Weight of the layer loss: 0 unguided, 15 target-guided (CALD)."""

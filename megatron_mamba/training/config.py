@@ -65,6 +65,10 @@ class TrainConfig:
     init_from: str | None = None
     """Weights to start from, loaded into any TP/PP layout: a checkpoint directory, or a torch
     file of whole native tensors (single-process names)."""
+    init_from_attention: str | None = None
+    """Weights of the attention-only version of this model (a checkpoint directory or a file of
+    whole tensors): the student takes every tensor it shares with it, its Mamba mixers start
+    fresh (CALD's student from Pythia)."""
     resume_from_checkpoint: str | None = None
     """A checkpoint directory, or "latest" for the newest in output_dir/run_name/checkpoints;
     needs the same parallel layout and global batch (init_from loads weights at any layout)."""

@@ -97,7 +97,21 @@ def train(run: RunConfig) -> list[dict]:
     model = model.to(rt.device)
     if cfg.init_from:
         _initialise(model, Path(cfg.init_from))
-    teacher = _teacher(run, model_cfg, rt.device, model) if run.distill.teacher else None
+    teacher = _attention_model(run, model_cfg, rt.device, run.distill.teacher)
+    if cfg.init_from_attention and not cfg.resume_from_checkpoint:
+        same = teacher is not None and run.distill.teacher == cfg.init_from_attention
+        source = (
+            teacher
+            if same
+            else _attention_model(run, model_cfg, rt.device, cfg.init_from_attention)
+        )
+        if model_cfg.mamba.init == "attention":
+            raise TrainingError(
+                "model.mamba.init=attention needs the student's weights made from the attention "
+                "model's beforehand (train.init_from); init_from_attention copies shared tensors"
+            )
+        _copy_shared(source, model)
+        del source
     ddp = wrap_ddp(model)
     optimizer = _optimizer(model, ddp, run)
     # The schedule multiplies each loss by this before backward: fp16's dynamic loss scale.
@@ -214,28 +228,24 @@ def train(run: RunConfig) -> list[dict]:
     return records
 
 
-def _teacher(run: RunConfig, student_cfg, device, fresh_student):
-    """The frozen attention-only teacher, in the student's layout. A student starting from
-    scratch (no init_from, no resume) takes every tensor it shares with the teacher (embeddings,
-    norms, MLPs, kept attention layers); its Mamba mixers stay freshly initialised."""
-    teacher_cfg = dataclasses.replace(student_cfg, layer_pattern="A" * student_cfg.num_layers)
+def _attention_model(run: RunConfig, student_cfg, device, weights: str | None):
+    """The frozen attention-only version of the student (the teacher), in the student's layout,
+    with `weights` loaded; None without weights."""
+    if not weights:
+        return None
+    config = dataclasses.replace(student_cfg, layer_pattern="A" * student_cfg.num_layers)
     precision = RunPrecision(_DTYPE[run.train.mixed_precision])
-    teacher = build_model(teacher_cfg, run.parallel, precision).to(device)
-    _initialise(teacher, Path(run.distill.teacher))
-    teacher.eval()
-    teacher.requires_grad_(False)
-    if not run.train.init_from and not run.train.resume_from_checkpoint:
-        if student_cfg.mamba.init == "attention":
-            raise TrainingError(
-                "model.mamba.init=attention needs the student's weights made from the teacher's "
-                "beforehand (train.init_from); in-run initialisation copies shared tensors only"
-            )
-        _copy_shared(teacher, fresh_student)
-    return teacher
+    model = build_model(config, run.parallel, precision).to(device)
+    _initialise(model, Path(weights))
+    model.eval()
+    model.requires_grad_(False)
+    return model
 
 
 @torch.no_grad()
 def _copy_shared(source, target) -> None:
+    """Every tensor the student shares with the attention model (embeddings, norms, MLPs, the
+    attention layers it keeps); its Mamba mixers stay freshly initialised."""
     own = dict(source.named_parameters())
     for name, param in target.named_parameters():
         if name in own and own[name].shape == param.shape:

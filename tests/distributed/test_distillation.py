@@ -17,7 +17,7 @@ def teacher(tmp_path_factory):
 
 def distill_run(tmp_path, items, initial, teacher, name, nproc=1, **overrides):
     settings = {
-        "train.init_from": initial,
+        **({"train.init_from": initial} if initial else {}),
         "train.save_at_end": False,
         "train.max_steps": 4,
         "distill.teacher": teacher,
@@ -62,3 +62,13 @@ def test_target_guidance_lowers_the_layer_loss(tmp_path, items, initial, teacher
     guided = distill_run(tmp_path, items, initial, teacher, "guided", **{"train.max_steps": 12})
     layer = [r["layer"] for r in guided]
     assert max(layer[-3:]) < 0.7 * layer[0], layer
+
+
+def test_a_student_made_from_the_teacher_starts_as_the_teacher(tmp_path, items, teacher):
+    """init_from_attention copies every shared tensor: with no layer swapped the student is the
+    teacher, so at step 1 its blocks and logits match exactly."""
+    settings = {"model.layer_pattern": "AA", "train.init_from_attention": teacher}
+    first = distill_run(
+        tmp_path, items, None, teacher, "copy", **settings, **{"train.max_steps": 1}
+    )
+    assert first[0]["layer"] == 0.0 and abs(first[0]["logits_kl"]) < 1e-7
