@@ -104,25 +104,24 @@ class Distillation:
                 parts["logits_kl"] = kl.detach()
             ce = vocab_parallel_cross_entropy(student_logits.float(), labels).mean()
             total = total + self.cfg.alpha_ce_loss * ce
-            parts["ce"] = ce.detach()
+            parts["ce"] = ce.detach().clone()
             return total, parts
 
         return (student_out, teacher_out), loss_func
 
     def _ce_only(self, per_token):
         ce = per_token.float().mean()
-        return self.cfg.alpha_ce_loss * ce, {"ce": ce.detach()}
+        return self.cfg.alpha_ce_loss * ce, {"ce": ce.detach().clone()}
 
     def parts(self, micro_batch_records: list[dict]) -> dict[str, float]:
         """This stage's contribution to each reported loss, averaged over the step's
-        micro-batches (megatron already divides each record by their count); summing over
-        pipeline stages gives the whole."""
+        micro-batches; summing over pipeline stages gives the whole."""
         out = {"ce": 0.0}
         if self.cfg.alpha_logits_distill_loss:
             out["logits_kl"] = 0.0
         for record in micro_batch_records:
             for name, value in record.items():
-                out[name] += float(value)
+                out[name] += float(value) / len(micro_batch_records)
         if self.alpha_layer:
             layer = torch.tensor([self.layer_sum / self.accumulation], device=self.device)
             if self.token_share != 1:

@@ -20,12 +20,14 @@ class LanguageModelling:
 
         def loss_func(output):
             loss = output.float().mean()
-            return loss, {"ce": loss.detach()}
+            return loss, {"ce": loss.detach().clone()}  # the schedule divides `loss` in place
 
         return per_token, loss_func
 
     def parts(self, micro_batch_records: list[dict]) -> dict[str, float]:
-        return {"ce": sum(float(r["ce"]) for r in micro_batch_records)}
+        """The mean over the step's micro-batches (none on stages other than the last)."""
+        count = max(len(micro_batch_records), 1)
+        return {"ce": sum(float(r["ce"]) for r in micro_batch_records) / count}
 
     def total(self, parts: dict[str, float]) -> float:
         return parts["ce"]

@@ -1,5 +1,6 @@
-"""Distillation runs under torchrun (gloo): TP=2 (with and without sequence parallelism) and
-PP=2 give the single-process losses part by part, and target guidance lowers the layer loss."""
+"""Distillation runs under torchrun (gloo): TP=2 (with and without sequence parallelism), PP=2
+and gradient accumulation give the single-process losses part by part; target guidance lowers
+the layer loss; a student made from its teacher starts as the teacher."""
 
 import numpy as np
 import pytest
@@ -44,8 +45,9 @@ def single(tmp_path_factory, items, initial, teacher):
         (2, {"parallel.tensor": 2}),
         (2, {"parallel.tensor": 2, "parallel.sequence_parallel": True}),
         (2, {"parallel.pipeline": 2}),
+        (1, {"train.per_device_train_batch_size": 2, "train.gradient_accumulation_steps": 2}),
     ],
-    ids=["tp2", "tp2-sp", "pp2"],
+    ids=["tp2", "tp2-sp", "pp2", "accumulation"],
 )
 def test_parallel_layouts_give_the_single_process_losses(
     tmp_path, items, initial, teacher, single, nproc, layout
