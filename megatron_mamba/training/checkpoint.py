@@ -94,9 +94,9 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def _prune(root: Path, keep: int) -> None:
-    """Remove all but the newest `keep` complete checkpoints."""
+    """Remove all but the newest `keep` (≥ 1) complete checkpoints."""
     complete = sorted(p for p in root.glob("step_*") if p.is_dir() and _PARTIAL not in p.name)
-    for old in complete[:-keep] if keep > 0 else []:
+    for old in complete[:-keep]:
         shutil.rmtree(old)
 
 

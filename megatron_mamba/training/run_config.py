@@ -40,7 +40,13 @@ class RunConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
-        self.model_config()  # fail early, naming the bad model field
+        model = self.model_config()  # fail early, naming the bad model field
+        if self.train.init_from_attention and model.mamba.init == "attention":
+            raise ValueError(
+                "model.mamba.init=attention needs the student's weights made from the attention "
+                "model's beforehand (train.init_from); train.init_from_attention copies shared "
+                "tensors only, leaving the Mamba mixers fresh"
+            )
 
     def model_config(self) -> ModelConfig:
         if self.preset is not None:

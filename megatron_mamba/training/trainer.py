@@ -105,11 +105,6 @@ def train(run: RunConfig) -> list[dict]:
             if same
             else _attention_model(run, model_cfg, rt.device, cfg.init_from_attention)
         )
-        if model_cfg.mamba.init == "attention":
-            raise TrainingError(
-                "model.mamba.init=attention needs the student's weights made from the attention "
-                "model's beforehand (train.init_from); init_from_attention copies shared tensors"
-            )
         _copy_shared(source, model)
         del source
     ddp = wrap_ddp(model)

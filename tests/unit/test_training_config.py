@@ -104,3 +104,18 @@ def test_no_decay_group_stays_undecayed_under_the_scheduler(runtime):
 def test_bad_training_values_fail_clearly(field, value, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**{field: value})
+
+
+def test_init_from_attention_refuses_mixers_initialised_from_attention():
+    from megatron_mamba.config_io import ConfigError, load
+    from megatron_mamba.training.run_config import RunConfig
+
+    overrides = [
+        "preset=tiny-gpt-neox",
+        "model.layer_pattern=MA",
+        "model.mamba.layout=attention",
+        "model.mamba.init=attention",
+        "train.init_from_attention=teacher.pt",
+    ]
+    with pytest.raises(ConfigError, match="init_from_attention copies shared tensors only"):
+        load(RunConfig, None, overrides)
