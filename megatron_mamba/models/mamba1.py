@@ -107,24 +107,9 @@ class Mamba1Mixer(MambaMixerBase):
         )
         if not self.dims.grouped:
             dt_low, B, C = self._classic_selection(x)
-        # delta as [d, (b l)]: l moves fastest, the layout the scan kernel reads without a copy.
-        batch = x.shape[0]
-        dt = self.dt_proj.weight @ rearrange(dt_low, "b l r -> r (b l)")
-        dt = rearrange(dt, "d (b l) -> b d l", b=batch)
-        result = kernels.selective_scan(
-            x,
-            dt,
-            -torch.exp(self.A_log.float()),
-            B,
-            C,
-            self.D.float(),
-            z,
-            delta_bias_d=self.dt_proj.bias.float(),
-            delta_softplus=True,
-            return_last_state=return_state,
-            initial_state_bdn=state.ssm if state else None,
+        y, ssm_last = selective_scan_after_conv(
+            self, x, z, dt_low, B, C, state.ssm if state else None, return_state
         )
-        y, ssm_last = result if return_state else (result, None)
         out = self.out_proj(rearrange(y, "b d l -> l b d"))
         return out, (MambaState(conv_last, ssm_last) if return_state else None)
 
@@ -153,3 +138,27 @@ class Mamba1Mixer(MambaMixerBase):
         if not self.config.sequence_parallel:
             dt_low = sum_grad_over_tp(dt_low)
         return x, rearrange(z, "b l d -> b d l"), rearrange(dt_low, "s b r -> b s r"), B, C
+
+
+def selective_scan_after_conv(mixer, x, z, dt_low, B, C, ssm_state, return_state: bool):
+    """The selective scan of a Mamba1 mixer (ours, or the transformers-side twin holding the same
+    dt_proj, A_log and D) on conv outputs x [b, d, l] gated by z; dt_low [b, l, r] is projected up
+    by dt_proj. Returns y [b, d, l] and the last SSM state (None unless `return_state`)."""
+    # delta as [d, (b l)]: l moves fastest, the layout the scan kernel reads without a copy.
+    batch = x.shape[0]
+    dt = mixer.dt_proj.weight @ rearrange(dt_low, "b l r -> r (b l)")
+    dt = rearrange(dt, "d (b l) -> b d l", b=batch)
+    result = kernels.selective_scan(
+        x,
+        dt,
+        -torch.exp(mixer.A_log.float()),
+        B,
+        C,
+        mixer.D.float(),
+        z,
+        delta_bias_d=mixer.dt_proj.bias.float(),
+        delta_softplus=True,
+        return_last_state=return_state,
+        initial_state_bdn=ssm_state,
+    )
+    return result if return_state else (result, None)

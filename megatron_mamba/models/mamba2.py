@@ -94,39 +94,47 @@ class Mamba2Mixer(MambaMixerBase):
             )
             if y is not None:
                 return self.out_proj(rearrange(y, "b l c -> l b c")), None
-        z, xBC, dt = rearrange(proj, "s b c -> b s c").split(
-            [d.d_inner // tp, sum(d.conv_segments) // tp, self.heads], dim=-1
+        y, new_state = ssd_after_projection(
+            self, rearrange(proj, "s b c -> b s c"), state, return_state
         )
-        xBC, conv_last = stateful_conv(
-            rearrange(xBC, "b l c -> b c l"),
-            self.conv1d.weight[:, 0],
-            self.conv1d.bias,
-            state.conv if state else None,
-        )
-        x, B, C = rearrange(xBC, "b c l -> b l c").split(local_segments(d.conv_segments, tp), -1)
-        x = repeat(x, "b l (h p) -> b l (h r) p", p=d.head_dim, r=d.heads // d.x_heads)
-        B = repeat(B, "b l (g n) -> b l (g r) n", n=d.d_state, r=d.c_groups // d.b_groups)
-        C = rearrange(C, "b l (g n) -> b l g n", n=d.d_state)
-        result = kernels.ssd_scan(
-            x,
-            dt,
-            -torch.exp(self.A_log.float()),
-            B,
-            C,
-            d.chunk_size,
-            D_h=self.D,
-            dt_bias_h=self.dt_bias,
-            dt_softplus=True,
-            initial_state_bhpn=state.ssm if state else None,
-            return_final_state=return_state,
-        )
-        y, ssm_last = result if return_state else (result, None)
-        y = kernels.gated_rms_norm(
-            rearrange(y, "b l h p -> b l (h p)"),
-            z,
-            self.norm.weight,
-            d.norm_eps,
-            group_size=d.d_inner // d.c_groups,
-        )
-        out = self.out_proj(rearrange(y, "b l c -> l b c"))
-        return out, (MambaState(conv_last, ssm_last) if return_state else None)
+        return self.out_proj(rearrange(y, "b l c -> l b c")), new_state
+
+
+def ssd_after_projection(mixer, proj_blc, state: MambaState | None, return_state: bool):
+    """Everything of a Mamba2 mixer between in_proj and out_proj, for ours or the
+    transformers-side twin (same conv1d, A_log, D, dt_bias and norm; `dims`, `tp`, `heads`):
+    [z, x, B, C, dt] [b, l, c] → y [b, l, d_inner/tp] and the state after the last token."""
+    d, tp = mixer.dims, mixer.tp
+    z, xBC, dt = proj_blc.split([d.d_inner // tp, sum(d.conv_segments) // tp, mixer.heads], dim=-1)
+    xBC, conv_last = stateful_conv(
+        rearrange(xBC, "b l c -> b c l"),
+        mixer.conv1d.weight[:, 0],
+        mixer.conv1d.bias,
+        state.conv if state else None,
+    )
+    x, B, C = rearrange(xBC, "b c l -> b l c").split(local_segments(d.conv_segments, tp), -1)
+    x = repeat(x, "b l (h p) -> b l (h r) p", p=d.head_dim, r=d.heads // d.x_heads)
+    B = repeat(B, "b l (g n) -> b l (g r) n", n=d.d_state, r=d.c_groups // d.b_groups)
+    C = rearrange(C, "b l (g n) -> b l g n", n=d.d_state)
+    result = kernels.ssd_scan(
+        x,
+        dt,
+        -torch.exp(mixer.A_log.float()),
+        B,
+        C,
+        d.chunk_size,
+        D_h=mixer.D,
+        dt_bias_h=mixer.dt_bias,
+        dt_softplus=True,
+        initial_state_bhpn=state.ssm if state else None,
+        return_final_state=return_state,
+    )
+    y, ssm_last = result if return_state else (result, None)
+    y = kernels.gated_rms_norm(
+        rearrange(y, "b l h p -> b l (h p)"),
+        z,
+        mixer.norm.weight,
+        d.norm_eps,
+        group_size=d.d_inner // d.c_groups,
+    )
+    return y, (MambaState(conv_last, ssm_last) if return_state else None)

@@ -46,6 +46,8 @@ def local_segments(segments: tuple[int, ...], tp: int) -> list[int]:
 
 
 def param_device(config) -> torch.device:
+    if torch.get_default_device().type == "meta":  # a model built only for its shapes
+        return torch.device("meta")
     if config.use_cpu_initialization or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", torch.cuda.current_device())
@@ -55,7 +57,10 @@ def param_device(config) -> torch.device:
 def init_whole(param: torch.Tensor, fill: Callable[[torch.Tensor], None]) -> None:
     """Fill the whole (unsplit) tensor on the CPU from the default generator, which every rank
     seeds alike, then keep this rank's piece: the mixer's own values do not depend on the TP
-    size (megatron's linear layers draw per TP rank, so whole models still differ)."""
+    size (megatron's linear layers draw per TP rank, so whole models still differ).
+    A meta-device parameter (a model built only for its shapes) is left as it is."""
+    if param.is_meta:
+        return
     part = partition_of(param)
     shape = list(param.shape)
     tp = parallel_state.get_tensor_model_parallel_world_size()

@@ -57,32 +57,40 @@ def _blockwise(key: str, param: torch.Tensor, dim: int, sizes: list[int], replic
     return ShardedTensorFactory(key, param, build, merge, replica_id)
 
 
-def sharded_model_state(model: torch.nn.Module) -> dict:
-    """Local parameter name → its ShardedTensor (or factory), keyed by single-process name.
+VOCAB_PARAMETERS = (TIED_EMBEDDING, "output_layer.weight")
+
+
+def sharded_tensor(key: str, local: torch.Tensor, part: Partition, pipeline_copy: int = 0):
+    """One parameter's ShardedTensor (or factory) under its single-process `key`.
 
     The replica that writes a tensor is TP rank 0 for replicated parameters and DP rank 0 for
-    all; the last stage's copy of a tied embedding is loaded from the embedding, never written.
-    """
-    offsets = layer_offsets(model)
+    all. Vocabulary-sized tensors may differ in padding between layouts (megatron pads for the TP
+    size): they load whatever rows overlap, the padding rows stay zero."""
     tp_rank, tp_size = _tp()
     dp_rank = ps.get_data_parallel_rank()
+    if part.dim is None:
+        return ShardedTensor.from_rank_offsets(
+            key, local, replica_id=(pipeline_copy, tp_rank, dp_rank)
+        )
+    replica_id = (pipeline_copy, 0, dp_rank)
+    sizes = _block_sizes(local, part, tp_size)
+    if sizes is not None:
+        return _blockwise(key, local, part.dim, sizes, replica_id)
+    sharded = ShardedTensor.from_rank_offsets(
+        key, local, (part.dim, tp_rank, tp_size), replica_id=replica_id
+    )
+    sharded.allow_shape_mismatch = key in VOCAB_PARAMETERS
+    return sharded
+
+
+def sharded_model_state(model: torch.nn.Module) -> dict:
+    """Local parameter name → its ShardedTensor (or factory), keyed by single-process name; the
+    last stage's copy of a tied embedding is loaded from the embedding, never written."""
+    offsets = layer_offsets(model)
     state = {}
     for name, param in model.named_parameters():
         key, pipeline_copy = global_name(name, offsets), 0
         if is_tied_output(name, param):
             key, pipeline_copy = TIED_EMBEDDING, 1
-        part = partition_of(param)
-        if part.dim is None:
-            state[name] = ShardedTensor.from_rank_offsets(
-                key, param, replica_id=(pipeline_copy, tp_rank, dp_rank)
-            )
-            continue
-        replica_id = (pipeline_copy, 0, dp_rank)
-        sizes = _block_sizes(param, part, tp_size)
-        if sizes is None:
-            state[name] = ShardedTensor.from_rank_offsets(
-                key, param, (part.dim, tp_rank, tp_size), replica_id=replica_id
-            )
-        else:
-            state[name] = _blockwise(key, param, part.dim, sizes, replica_id)
+        state[name] = sharded_tensor(key, param, partition_of(param), pipeline_copy)
     return state

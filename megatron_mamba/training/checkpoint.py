@@ -29,9 +29,12 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.dist_checkpointing.strategies import filesystem_async
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
+from megatron_mamba.config import ModelConfig
+from megatron_mamba.config_io import build, to_dict
 from megatron_mamba.parallel.sharded_state import sharded_model_state
 
 CHECKPOINTS = "checkpoints"
+MODEL_CONFIG = "model_config"
 LATEST = "latest"
 _PARTIAL = ".partial"
 
@@ -100,7 +103,7 @@ def _prune(root: Path, keep: int) -> None:
         shutil.rmtree(old)
 
 
-def _in_process_results() -> None:
+def in_process_results() -> None:
     """Saves here are synchronous: the writer's results come back in this process. megatron's
     writer would otherwise start a Manager server process (spawn) just to carry them, which
     re-imports the main script and outlives a crashed run holding its output pipes."""
@@ -109,9 +112,17 @@ def _in_process_results() -> None:
 
 
 def save_checkpoint(
-    root: Path, step: int, model, optimizer, scheduler, progress: dict, keep: int
+    root: Path,
+    step: int,
+    model,
+    optimizer,
+    scheduler,
+    progress: dict,
+    keep: int,
+    model_config: ModelConfig,
 ) -> Path:
-    """Save everything needed to resume after `step`; collective over all ranks."""
+    """Save everything needed to resume after `step` (and the model configuration, so the
+    checkpoint alone can be exported or trained from); collective over all ranks."""
     final = step_dir(root, step)
     partial = final.with_name(final.name + _PARTIAL)
     if torch.distributed.get_rank() == 0:
@@ -126,8 +137,9 @@ def save_checkpoint(
         "rng_state": _rng_state(),
         "scheduler": scheduler.state_dict(),
         "progress": {**progress, "step": step, "layout": _layout()},
+        MODEL_CONFIG: to_dict(model_config),
     }
-    _in_process_results()
+    in_process_results()
     dist_checkpointing.save(state, str(partial))
     torch.distributed.barrier()
     if torch.distributed.get_rank() == 0:
@@ -157,6 +169,15 @@ def find_checkpoint(spec: str | Path, root: Path) -> Path:
             "checkpoint directory with metadata.json)"
         )
     return path
+
+
+def read_model_config(path: Path) -> ModelConfig:
+    """The model configuration a checkpoint was saved with (`path` as for find_checkpoint)."""
+    checkpoint = find_checkpoint(path, path)
+    common = dist_checkpointing.load_common_state_dict(str(checkpoint))
+    if MODEL_CONFIG not in common:
+        raise CheckpointError(f"{checkpoint} does not record its model configuration")
+    return build(ModelConfig, common[MODEL_CONFIG], "model")
 
 
 def load_weights(path: Path, model) -> dict:

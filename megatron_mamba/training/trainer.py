@@ -166,7 +166,14 @@ def train(run: RunConfig) -> list[dict]:
             "consumed_samples": step * order.global_batch,
         }
         save_checkpoint(
-            checkpoints, step, model, optimizer, scheduler, progress, cfg.keep_last_checkpoints
+            checkpoints,
+            step,
+            model,
+            optimizer,
+            scheduler,
+            progress,
+            cfg.keep_last_checkpoints,
+            model_cfg,
         )
 
     interval = cfg.checkpoint_interval(total)

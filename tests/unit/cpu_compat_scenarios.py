@@ -126,10 +126,10 @@ def checkpoint_cuda_literals():
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
-    from megatron_mamba.training.checkpoint import _in_process_results
+    from megatron_mamba.training.checkpoint import in_process_results
 
     _world_of_one()
-    _in_process_results()
+    in_process_results()
     weight = torch.arange(6.0)
     with tempfile.TemporaryDirectory() as directory:
         dist_checkpointing.save({"w": ShardedTensor.from_rank_offsets("w", weight)}, directory)

@@ -1,0 +1,161 @@
+"""transformers checkpoint directories, read and written one tensor at a time.
+
+Reading accepts what `save_pretrained` writes and what the hubs hold: model.safetensors, sharded
+safetensors with an index, or pytorch_model.bin (sharded or not; loaded with weights_only, never
+unpickling arbitrary objects). A tensor is read only when asked for, so a converter holds at most
+the tensors it is working on. Writing produces sharded safetensors with an index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+SAFE_INDEX = "model.safetensors.index.json"
+BIN_INDEX = "pytorch_model.bin.index.json"
+
+
+class CheckpointFilesError(ValueError):
+    """A checkpoint directory that is incomplete or not a transformers checkpoint."""
+
+
+def _weight_map(root: Path) -> dict[str, str]:
+    """Tensor name → file name, for whichever layout the directory uses."""
+    for index in (SAFE_INDEX, BIN_INDEX):
+        if (root / index).is_file():
+            weight_map = json.loads((root / index).read_text())["weight_map"]
+            missing = sorted({f for f in weight_map.values() if not (root / f).is_file()})
+            if missing:
+                raise CheckpointFilesError(
+                    f"{root} is missing shard(s) {', '.join(missing)} listed in {index}"
+                )
+            return weight_map
+    if (root / "model.safetensors").is_file():
+        with safe_open(root / "model.safetensors", framework="pt") as f:
+            return dict.fromkeys(f.keys(), "model.safetensors")
+    if (root / "pytorch_model.bin").is_file():
+        state = torch.load(root / "pytorch_model.bin", mmap=True, weights_only=True)
+        return dict.fromkeys(state, "pytorch_model.bin")
+    raise CheckpointFilesError(
+        f"{root} has no weights: expected model.safetensors, {SAFE_INDEX}, pytorch_model.bin "
+        f"or {BIN_INDEX}"
+    )
+
+
+class HFCheckpoint:
+    """The tensors of a transformers checkpoint directory, read on demand."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not (self.root / "config.json").is_file():
+            raise CheckpointFilesError(f"{self.root} has no config.json")
+        self.weight_map = _weight_map(self.root)
+        self._bin: dict[str, dict[str, torch.Tensor]] = {}
+
+    @property
+    def config(self) -> dict:
+        return json.loads((self.root / "config.json").read_text())
+
+    def names(self) -> set[str]:
+        return set(self.weight_map)
+
+    def read(self, name: str) -> torch.Tensor:
+        file = self.weight_map.get(name)
+        if file is None:
+            raise KeyError(name)
+        if file.endswith(".safetensors"):
+            # Opened per tensor so the file's pages are unmapped again right after.
+            with safe_open(self.root / file, framework="pt") as f:
+                return f.get_tensor(name)
+        if file not in self._bin:
+            self._bin[file] = torch.load(self.root / file, mmap=True, weights_only=True)
+        return self._bin[file][name]
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def write_safetensors(
+    root: Path, tensors: Iterable[tuple[str, torch.Tensor]], max_shard_bytes: int
+) -> None:
+    """Sharded safetensors plus index from a stream of tensors; at most one shard in memory."""
+    shards: list[list[str]] = []
+    pending: dict[str, torch.Tensor] = {}
+    size = total = 0
+
+    def flush() -> None:
+        nonlocal pending, size
+        if pending:
+            save_file(pending, root / f"shard-{len(shards):05d}.tmp", metadata={"format": "pt"})
+            shards.append(list(pending))
+            pending, size = {}, 0
+
+    for name, tensor in tensors:
+        tensor = tensor.contiguous()
+        if size and size + _nbytes(tensor) > max_shard_bytes:
+            flush()
+        pending[name] = tensor
+        size += _nbytes(tensor)
+        total += _nbytes(tensor)
+    flush()
+    if len(shards) == 1:
+        os.replace(root / "shard-00000.tmp", root / "model.safetensors")
+        return
+    weight_map = {}
+    for i, names in enumerate(shards):
+        final = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        os.replace(root / f"shard-{i:05d}.tmp", root / final)
+        weight_map.update(dict.fromkeys(names, final))
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (root / SAFE_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def prepare_output(path: str | Path, overwrite: bool) -> Path:
+    """A fresh temporary directory next to `path`; refuses an existing `path` unless
+    `overwrite`. `commit_output` moves it into place."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"output {path} already exists; pass --overwrite to replace it")
+    temporary = path.with_name(path.name + ".partial")
+    if temporary.exists():
+        shutil.rmtree(temporary)
+    temporary.mkdir(parents=True)
+    return temporary
+
+
+def commit_output(temporary: Path, path: str | Path) -> None:
+    path = Path(path)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(temporary, path)
+
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
+
+
+def copy_tokenizer(source: Path, target: Path) -> list[str]:
+    """Copy the tokenizer (and generation config) files `source` has; returns their names."""
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, target / name)
+            copied.append(name)
+    return copied
