@@ -1,14 +1,16 @@
-"""Our ModelConfig from a transformers config (GPTNeoX, Llama, Mistral), old or new style.
+"""Our ModelConfig from a transformers config (GPTNeoX, Llama, Mistral, or their hybrids), old or
+new style, and back.
 
 transformers 5 moved RoPE settings into `rope_parameters`; older configs carry `rotary_pct`,
-`rotary_emb_base`, `rope_theta` and `rope_scaling`. Both are read.
+`rotary_emb_base`, `rope_theta` and `rope_scaling`. Both are read; the new style is written.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from megatron_mamba.config import ModelConfig
+from megatron_mamba.config import MambaConfig, ModelConfig
+from megatron_mamba.config_io import build, to_dict
 
 _LLAMA3_DEFAULTS = {
     "low_freq_factor": 1.0,
@@ -43,6 +45,11 @@ def _rope_scaling_factor(params: dict[str, Any]) -> float | None:
 def model_config_from_hf(hf: Any, **overrides: Any) -> ModelConfig:
     """Translate a transformers config; `overrides` (e.g. layer_pattern) win."""
     kind = hf.model_type
+    if kind.endswith("_hybrid"):  # our hybrids: the base architecture plus pattern and mixers
+        kind = kind.removesuffix("_hybrid")
+        hybrid = {"layer_pattern": hf.layer_pattern}
+        hybrid["mamba"] = build(MambaConfig, dict(hf.mamba or {}), "mamba")
+        overrides = {**hybrid, **overrides}
     rope = _rope(hf)
     common = dict(
         num_layers=hf.num_hidden_layers,
@@ -78,3 +85,53 @@ def model_config_from_hf(hf: Any, **overrides: Any) -> ModelConfig:
         raise ValueError(f"model_type {kind!r} is unsupported; expected gpt_neox, llama, mistral")
     config.update(overrides)
     return ModelConfig(**config)
+
+
+def _rope_parameters(model: ModelConfig) -> dict[str, Any]:
+    params: dict[str, Any] = {"rope_type": "default", "rope_theta": model.rotary_base}
+    if model.rope_scaling_factor is not None:
+        params.update(_LLAMA3_DEFAULTS, rope_type="llama3", factor=model.rope_scaling_factor)
+    if model.arch == "gpt_neox":
+        params["partial_rotary_factor"] = model.rotary_percent
+    return params
+
+
+def hf_model_type(model: ModelConfig) -> str:
+    """transformers' architecture: GPTNeoX, or Mistral for a sliding-window Llama."""
+    if model.arch == "gpt_neox":
+        return "gpt_neox"
+    return "mistral" if model.sliding_window is not None else "llama"
+
+
+def hf_config_kwargs(model: ModelConfig) -> dict[str, Any]:
+    """The transformers config fields describing `model` (without its Mamba layers)."""
+    common = dict(
+        vocab_size=model.vocab_size,
+        hidden_size=model.hidden_size,
+        num_hidden_layers=model.num_layers,
+        num_attention_heads=model.num_attention_heads,
+        intermediate_size=model.ffn_hidden_size,
+        max_position_embeddings=model.max_position_embeddings,
+        tie_word_embeddings=model.tie_embeddings,
+        rope_parameters=_rope_parameters(model),
+    )
+    if model.arch == "gpt_neox":
+        return dict(
+            common,
+            layer_norm_eps=model.norm_eps,
+            use_parallel_residual=model.parallel_residual,
+            hidden_act="gelu",
+        )
+    extra = {"sliding_window": model.sliding_window} if hf_model_type(model) == "mistral" else {}
+    return dict(
+        common,
+        num_key_value_heads=model.num_query_groups,
+        head_dim=model.head_dim,
+        rms_norm_eps=model.norm_eps,
+        hidden_act="silu",
+        **extra,
+    )
+
+
+def hybrid_fields(model: ModelConfig) -> dict[str, Any]:
+    return {"layer_pattern": model.layer_pattern, "mamba": to_dict(model.mamba)}

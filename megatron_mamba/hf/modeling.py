@@ -1,0 +1,175 @@
+"""transformers models of hybrids: transformers' own GPTNeoX / Llama / Mistral with the layer
+pattern's Mamba layers swapped in (block norms and MLP kept, as in training).
+
+Attention layers are transformers' own, so a hybrid export differs from the plain architecture only
+where Mamba is. Weight names follow CALD (GPTNeoX: `gpt_neox.layers.{i}.attention.mamba.*`) and
+MambaInLlama (Llama/Mistral: `model.layers.{i}.mamba.*`). Generation uses transformers' cache:
+key/value for attention layers, conv and SSM state for Mamba layers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import (
+    GPTNeoXForCausalLM,
+    GPTNeoXModel,
+    LlamaForCausalLM,
+    LlamaModel,
+    MistralForCausalLM,
+    MistralModel,
+)
+from transformers.cache_utils import DynamicCache
+from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXMLP, GPTNeoXPreTrainedModel
+from transformers.models.llama.modeling_llama import LlamaMLP, LlamaPreTrainedModel, LlamaRMSNorm
+from transformers.models.mistral.modeling_mistral import MistralPreTrainedModel
+
+from megatron_mamba.convert.hf_config import model_config_from_hf
+from megatron_mamba.hf.cache import HybridCache
+from megatron_mamba.hf.configuration import (
+    GPTNeoXHybridConfig,
+    LlamaHybridConfig,
+    MistralHybridConfig,
+)
+from megatron_mamba.hf.mixers import build_mixer
+
+
+class GPTNeoXMambaLayer(nn.Module):
+    """CALD's GPTNeoXMambaLayer: GPTNeoX's norms, MLP and residual form around a Mamba mixer
+    (held as attention.mamba)."""
+
+    def __init__(self, config: GPTNeoXHybridConfig, mixer: nn.Module):
+        super().__init__()
+        self.use_parallel_residual = config.use_parallel_residual
+        self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = nn.Module()
+        self.attention.mamba = mixer
+        self.mlp = GPTNeoXMLP(config)
+
+    def forward(self, hidden_states: torch.Tensor, layer_past=None, **_) -> torch.Tensor:
+        mixed = self.attention.mamba(self.input_layernorm(hidden_states), cache_params=layer_past)
+        if self.use_parallel_residual:
+            return hidden_states + mixed + self.mlp(self.post_attention_layernorm(hidden_states))
+        mixed = mixed + hidden_states
+        return mixed + self.mlp(self.post_attention_layernorm(mixed))
+
+
+class LlamaMambaLayer(nn.Module):
+    """MambaInLlama's MambaDecoderLayer: Llama's RMSNorms and SwiGLU MLP around a Mamba mixer."""
+
+    def __init__(self, config: LlamaHybridConfig, mixer: nn.Module):
+        super().__init__()
+        self.input_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mamba = mixer
+        self.mlp = LlamaMLP(config)
+
+    def forward(self, hidden_states: torch.Tensor, past_key_values=None, **_) -> torch.Tensor:
+        hidden_states = hidden_states + self.mamba(
+            self.input_layernorm(hidden_states), cache_params=past_key_values
+        )
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+
+def _swap_in_mamba(model: nn.Module, config, layer_class) -> None:
+    """Replace the pattern's Mamba layers of a freshly built transformers model."""
+    ours = model_config_from_hf(config)
+    for i, kind in enumerate(ours.mixers):
+        if kind != "attention":
+            model.layers[i] = layer_class(config, build_mixer(kind, ours, i))
+
+
+class _HybridModel:
+    """Uses HybridCache, which also counts past tokens for Mamba-only models."""
+
+    def forward(
+        self, input_ids=None, past_key_values=None, use_cache=None, inputs_embeds=None, **kwargs
+    ):
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and past_key_values is None:
+            past_key_values = HybridCache(config=self.config)
+        out = super().forward(
+            input_ids=input_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        if isinstance(past_key_values, HybridCache):
+            tokens = input_ids if input_ids is not None else inputs_embeds
+            past_key_values.tokens_seen += tokens.shape[1]
+        return out
+
+
+class _HybridForCausalLM:
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        if type(model_kwargs.get("past_key_values")) is DynamicCache:
+            model_kwargs["past_key_values"] = HybridCache(config=self.config)
+
+
+class GPTNeoXHybridModel(_HybridModel, GPTNeoXModel):
+    config_class = GPTNeoXHybridConfig
+
+    def __init__(self, config: GPTNeoXHybridConfig):
+        super().__init__(config)
+        _swap_in_mamba(self, config, GPTNeoXMambaLayer)
+        self.post_init()
+
+
+class LlamaHybridModel(_HybridModel, LlamaModel):
+    config_class = LlamaHybridConfig
+
+    def __init__(self, config: LlamaHybridConfig):
+        super().__init__(config)
+        _swap_in_mamba(self, config, LlamaMambaLayer)
+        self.post_init()
+
+
+class MistralHybridModel(_HybridModel, MistralModel):
+    config_class = MistralHybridConfig
+
+    def __init__(self, config: MistralHybridConfig):
+        super().__init__(config)
+        _swap_in_mamba(self, config, LlamaMambaLayer)
+        self.post_init()
+
+
+class GPTNeoXHybridForCausalLM(_HybridForCausalLM, GPTNeoXForCausalLM):
+    config_class = GPTNeoXHybridConfig
+
+    def __init__(self, config: GPTNeoXHybridConfig):
+        GPTNeoXPreTrainedModel.__init__(self, config)
+        self.gpt_neox = GPTNeoXHybridModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+
+class LlamaHybridForCausalLM(_HybridForCausalLM, LlamaForCausalLM):
+    config_class = LlamaHybridConfig
+
+    def __init__(self, config: LlamaHybridConfig):
+        LlamaPreTrainedModel.__init__(self, config)
+        self.model = LlamaHybridModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+
+class MistralHybridForCausalLM(_HybridForCausalLM, MistralForCausalLM):
+    config_class = MistralHybridConfig
+
+    def __init__(self, config: MistralHybridConfig):
+        MistralPreTrainedModel.__init__(self, config)
+        self.model = MistralHybridModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+
+HYBRID_MODELS = {
+    GPTNeoXHybridConfig: GPTNeoXHybridForCausalLM,
+    LlamaHybridConfig: LlamaHybridForCausalLM,
+    MistralHybridConfig: MistralHybridForCausalLM,
+}
