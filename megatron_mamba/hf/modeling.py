@@ -22,7 +22,11 @@ from transformers import (
 from transformers.cache_utils import DynamicCache
 from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXMLP, GPTNeoXPreTrainedModel
 from transformers.models.llama.modeling_llama import LlamaMLP, LlamaPreTrainedModel, LlamaRMSNorm
-from transformers.models.mistral.modeling_mistral import MistralPreTrainedModel
+from transformers.models.mistral.modeling_mistral import (
+    MistralMLP,
+    MistralPreTrainedModel,
+    MistralRMSNorm,
+)
 
 from megatron_mamba.convert.hf_config import model_config_from_hf
 from megatron_mamba.hf.cache import HybridCache
@@ -58,18 +62,24 @@ class GPTNeoXMambaLayer(nn.Module):
 class LlamaMambaLayer(nn.Module):
     """MambaInLlama's MambaDecoderLayer: Llama's RMSNorms and SwiGLU MLP around a Mamba mixer."""
 
+    norm_class, mlp_class = LlamaRMSNorm, LlamaMLP
+
     def __init__(self, config: LlamaHybridConfig, mixer: nn.Module):
         super().__init__()
-        self.input_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.input_layernorm = self.norm_class(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = self.norm_class(config.hidden_size, eps=config.rms_norm_eps)
         self.mamba = mixer
-        self.mlp = LlamaMLP(config)
+        self.mlp = self.mlp_class(config)
 
     def forward(self, hidden_states: torch.Tensor, past_key_values=None, **_) -> torch.Tensor:
         hidden_states = hidden_states + self.mamba(
             self.input_layernorm(hidden_states), cache_params=past_key_values
         )
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+
+class MistralMambaLayer(LlamaMambaLayer):
+    norm_class, mlp_class = MistralRMSNorm, MistralMLP
 
 
 def _swap_in_mamba(model: nn.Module, config, layer_class) -> None:
@@ -132,18 +142,32 @@ class MistralHybridModel(_HybridModel, MistralModel):
 
     def __init__(self, config: MistralHybridConfig):
         super().__init__(config)
-        _swap_in_mamba(self, config, LlamaMambaLayer)
+        _swap_in_mamba(self, config, MistralMambaLayer)
         self.post_init()
 
 
 class GPTNeoXHybridForCausalLM(_HybridForCausalLM, GPTNeoXForCausalLM):
+    """The head keeps Pythia's (and CALD's) name, embed_out; transformers' GPTNeoX code reaches
+    it as lm_head."""
+
     config_class = GPTNeoXHybridConfig
+    _tied_weights_keys = {"embed_out.weight": "gpt_neox.embed_in.weight"}
+    _tp_plan = {"embed_out": "colwise_gather_output"}
+    _pp_plan = {"embed_out": (["hidden_states"], ["logits"])}
 
     def __init__(self, config: GPTNeoXHybridConfig):
         GPTNeoXPreTrainedModel.__init__(self, config)
         self.gpt_neox = GPTNeoXHybridModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.embed_out = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    @property
+    def lm_head(self) -> nn.Linear:
+        return self.embed_out
+
+    @lm_head.setter
+    def lm_head(self, value: nn.Linear) -> None:
+        self.embed_out = value
 
 
 class LlamaHybridForCausalLM(_HybridForCausalLM, LlamaForCausalLM):

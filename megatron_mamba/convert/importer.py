@@ -1,0 +1,176 @@
+"""transformers checkpoint directory → native checkpoint, applying a layer pattern.
+
+Layers the pattern keeps as they are in the source are copied through the table. Attention layers
+the pattern turns into Mamba get a fresh mixer (seeded per layer), initialised from that layer's
+attention when `mamba.init` is "attention"; their norms and MLP are copied. Tensors stream one at
+a time from the source files into the output, which is written to a temporary directory and renamed
+at the end. The result loads at any TP/PP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from megatron_mamba.config import MambaConfig, ModelConfig, ParallelConfig
+from megatron_mamba.config_io import build, to_dict
+from megatron_mamba.convert.attention_to_mamba import mixer_from_attention
+from megatron_mamba.convert.hf_files import (
+    HFCheckpoint,
+    commit_output,
+    copy_tokenizer,
+    prepare_output,
+)
+from megatron_mamba.convert.mapping import Context, MappingError, expand, to_native
+from megatron_mamba.convert.native_files import parameter_layout, write_native
+from megatron_mamba.convert.sources import source_model_config
+from megatron_mamba.convert.tables import table_for
+from megatron_mamba.models.build import to_transformer_config, validate_parallel
+from megatron_mamba.models.mixers import MIXERS
+from megatron_mamba.runtime.distributed import ParallelSizes, init_runtime
+
+_MIXER = re.compile(r"^decoder\.layers\.(\d+)\.mixer\.(.+)$")
+
+
+def target_config(
+    source: ModelConfig, layer_pattern: str | None, mamba: dict[str, Any] | None
+) -> ModelConfig:
+    """The source's configuration with a new pattern and Mamba settings; a layer that is Mamba
+    in the source must stay the same mixer (weights cannot become attention)."""
+    settings = {**to_dict(source.mamba), **(mamba or {})}
+    target = dataclasses.replace(
+        source,
+        layer_pattern=layer_pattern or source.layer_pattern,
+        mamba=build(MambaConfig, settings, "mamba"),
+    )
+    for i, (was, now) in enumerate(zip(source.mixers, target.mixers, strict=True)):
+        if was != "attention" and was != now:
+            raise ValueError(
+                f"layer {i} is {was} in the source checkpoint; the pattern "
+                f"{target.layer_pattern!r} makes it {now}, but only attention layers can be swapped"
+            )
+    return target
+
+
+def _fresh_mixer(kind: str, model: ModelConfig, layer: int, seed: int) -> dict[str, torch.Tensor]:
+    """A newly initialised mixer's tensors (names relative to the mixer), seeded per layer."""
+    torch.manual_seed(seed * 100_003 + layer)
+    spec = MIXERS[kind](model)
+    config = to_transformer_config(model, ParallelConfig())
+    mixer = spec.module(config=config, layer_number=layer + 1, **spec.params)
+    return {k: v for k, v in mixer.state_dict().items() if not k.endswith("_extra_state")}
+
+
+class _Reader:
+    """Reads source tensors by name (aliases tried), remembering which were used."""
+
+    def __init__(self, checkpoint: HFCheckpoint, aliases: dict[str, tuple[str, ...]]):
+        self.checkpoint, self.aliases, self.used = checkpoint, aliases, set()
+        self.available = checkpoint.names()
+
+    def __call__(self, name: str) -> torch.Tensor:
+        for candidate in (name, *self.aliases.get(name, ())):
+            if candidate in self.available:
+                self.used.add(candidate)
+                return self.checkpoint.read(candidate)
+        raise MappingError(
+            f"tensor {name!r} is missing from {self.checkpoint.root}; the configuration expects it"
+        )
+
+
+def import_hf(
+    source: str | Path,
+    output: str | Path,
+    layer_pattern: str | None = None,
+    mamba: dict[str, Any] | None = None,
+    parallel: ParallelConfig | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ModelConfig:
+    """Convert `source` into a native checkpoint directory `output`; returns its configuration.
+
+    `parallel` only checks that the model splits at the TP/PP it will be trained with."""
+    checkpoint = HFCheckpoint(source)
+    source_cfg = source_model_config(source)
+    target = target_config(source_cfg, layer_pattern, mamba)
+    validate_parallel(target, parallel or ParallelConfig())
+    temporary = prepare_output(output, overwrite)
+    try:
+        _convert(checkpoint, source_cfg, target, temporary, seed, progress)
+        copy_tokenizer(Path(source), temporary)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    commit_output(temporary, output)
+    return target
+
+
+def _convert(checkpoint, source_cfg, target, temporary: Path, seed: int, progress: bool) -> None:
+    init_runtime(ParallelSizes(1, 1), seed=seed)
+    table = table_for(target)
+    entries = expand(table, source_cfg)
+    read = _Reader(checkpoint, table.aliases)
+    ctx = Context(source_cfg)
+    layout = parameter_layout(target)
+    tensors: dict[str, torch.Tensor] = {}
+    swapped: set[int] = set()
+    bar = tqdm(layout.items(), desc="import", unit="tensor", disable=not progress)
+    for name, (shape, _) in bar:
+        match = _MIXER.match(name)
+        if match and source_cfg.mixers[int(match[1])] != target.mixers[int(match[1])]:
+            swapped.add(int(match[1]))
+            continue
+        (_, tensor), *_ = to_native(entries, [name], read, ctx)
+        tensors[name] = _checked(name, tensor, shape)
+    for layer in sorted(swapped):
+        tensors.update(_swapped_mixer(layer, target, entries, read, ctx, seed))
+    _refuse_unused(checkpoint, read, table.ignored)
+    write_native(temporary, target, tensors, layout)
+
+
+def _checked(name: str, tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    if tensor.shape != shape:
+        raise MappingError(
+            f"tensor {name!r} has shape {tuple(tensor.shape)} in the checkpoint; the "
+            f"configuration expects {tuple(shape)}"
+        )
+    return tensor.to(torch.float32).contiguous()
+
+
+def _swapped_mixer(layer, target, entries, read, ctx, seed) -> dict[str, torch.Tensor]:
+    """A Mamba mixer for a layer that is attention in the source."""
+    kind = target.mixers[layer]
+    mixer = _fresh_mixer(kind, target, layer, seed)
+    if target.mamba.init == "attention":
+        prefix = f"decoder.layers.{layer}.mixer."
+        names = [n for n in entries if n.startswith(prefix) and entries[n].layer == layer]
+        present = [n for n in names if all(h in read.available for h in entries[n].hf)]
+        attention = {n[len(prefix) :]: t for n, t in to_native(entries, present, read, ctx)}
+        attention = {k: v.to(torch.float32) for k, v in attention.items()}
+        mixer = mixer_from_attention(kind, attention, mixer, target, layer)
+    else:  # the attention weights are dropped on purpose
+        prefix = f"decoder.layers.{layer}.mixer."
+        for n, entry in entries.items():
+            if n.startswith(prefix):
+                read.used.update(h for h in entry.hf if h in read.available)
+    return {f"decoder.layers.{layer}.mixer.{k}": v for k, v in mixer.items()}
+
+
+def _refuse_unused(checkpoint: HFCheckpoint, read: _Reader, ignored: tuple[str, ...]) -> None:
+    unused = sorted(
+        n
+        for n in read.available - read.used
+        if not any(re.fullmatch(pattern, n) for pattern in ignored)
+    )
+    if unused:
+        raise MappingError(
+            f"{checkpoint.root} holds {len(unused)} tensor(s) its configuration does not "
+            f"describe, e.g. {unused[:3]}; the config does not match the weights"
+        )

@@ -1,0 +1,213 @@
+"""HF ↔ native conversion through the files: transformers' own tiny models are the reference."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
+
+from megatron_mamba.config import ParallelConfig
+from megatron_mamba.convert.exporter import export_hf
+from megatron_mamba.convert.hf_files import CheckpointFilesError
+from megatron_mamba.convert.importer import import_hf
+from megatron_mamba.convert.mapping import MappingError
+from megatron_mamba.models.build import build_model
+from megatron_mamba.training.checkpoint import load_weights, read_model_config
+from tests.helpers.hf_tiny import VOCAB, randomize_norms, tiny_gpt_neox, tiny_llama, tiny_mistral
+
+ARCHS = {
+    "gpt_neox": lambda: tiny_gpt_neox(True, layers=3),
+    "gpt_neox_sequential": lambda: tiny_gpt_neox(False, layers=3),
+    "llama_tied": lambda: tiny_llama(tied=True, layers=3),
+    "mistral": lambda: tiny_mistral(window=32, layers=3),
+}
+
+
+def _tokens(seq: int = 12) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (2, seq), generator=torch.Generator().manual_seed(5))
+
+
+def _saved(kind, path, **save):
+    model = ARCHS[kind]() if isinstance(kind, str) else kind()
+    randomize_norms(model)
+    model.save_pretrained(path, **save)
+    return model
+
+
+def _native(path):
+    config = read_model_config(path)
+    model = build_model(config, ParallelConfig())
+    load_weights(path / "checkpoints" / "step_00000000", model)
+    return model.eval(), config
+
+
+def _native_logits(model, tokens):
+    with torch.no_grad():
+        return model(tokens, None, None)[..., :VOCAB]
+
+
+def _close(got, expected, tol):
+    rel = ((got - expected).abs().max() / expected.abs().max()).item()
+    assert rel <= tol, f"relative error {rel:.2e}"
+
+
+@pytest.mark.parametrize("kind", ARCHS)
+def test_import_gives_transformers_logits_and_export_is_bit_exact(runtime, tmp_path, kind):
+    hf = _saved(kind, tmp_path / "hf")
+    import_hf(tmp_path / "hf", tmp_path / "native", progress=False)
+    model, _ = _native(tmp_path / "native")
+    tokens = _tokens()
+    with torch.no_grad():
+        _close(_native_logits(model, tokens), hf(tokens).logits, 1e-5)
+
+    export_hf(tmp_path / "native", tmp_path / "back", progress=False)
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "back")
+    assert type(back) is type(hf)
+    theirs, ours = hf.state_dict(), back.state_dict()
+    assert theirs.keys() == ours.keys()
+    for name in theirs:
+        assert torch.equal(theirs[name], ours[name]), name
+
+
+def test_sharded_and_bin_checkpoints_import_alike(runtime, tmp_path):
+    model = _saved("llama_tied", tmp_path / "one")
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="40KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    state = load_file(tmp_path / "one" / "model.safetensors")
+    (tmp_path / "bin").mkdir()
+    shutil.copy(tmp_path / "one" / "config.json", tmp_path / "bin")
+    torch.save(state, tmp_path / "bin" / "pytorch_model.bin")
+    for name in ("one", "sharded", "bin"):
+        import_hf(tmp_path / name, tmp_path / f"native-{name}", progress=False)
+    reference = _native_logits(_native(tmp_path / "native-one")[0], _tokens())
+    for name in ("sharded", "bin"):
+        got = _native_logits(_native(tmp_path / f"native-{name}")[0], _tokens())
+        assert torch.equal(got, reference), name
+
+
+HYBRIDS = {  # a model, its pattern and Mamba settings
+    "gpt_neox": (
+        lambda: tiny_gpt_neox(True, layers=4),
+        "MASM",
+        dict(layout="classic", d_state=16, head_dim=16, chunk_size=8),
+    ),
+    "llama_tied": (ARCHS["llama_tied"], "SAM", dict(layout="attention", init="attention")),
+    "mistral": (ARCHS["mistral"], "MAM", dict(layout="attention", init="attention")),
+}
+
+
+@pytest.mark.parametrize("kind", HYBRIDS)
+def test_hybrid_export_loads_with_auto_classes_and_matches(runtime, tmp_path, kind):
+    factory, pattern, mamba = HYBRIDS[kind]
+    _saved(factory, tmp_path / "hf")
+    import_hf(
+        tmp_path / "hf", tmp_path / "native", layer_pattern=pattern, mamba=mamba, progress=False
+    )
+    model, config = _native(tmp_path / "native")
+    export_hf(tmp_path / "native", tmp_path / "export", progress=False)
+
+    hybrid = AutoModelForCausalLM.from_pretrained(tmp_path / "export").eval()
+    assert type(hybrid).__name__.endswith("HybridForCausalLM")
+    tokens = _tokens()
+    with torch.no_grad():
+        _close(hybrid(tokens).logits, _native_logits(model, tokens), 1e-5)
+
+    prompt = tokens[:1, :5]
+    generated = hybrid.generate(prompt, max_new_tokens=6, do_sample=False, eos_token_id=None)
+    greedy = prompt
+    for _ in range(6):
+        next_token = _native_logits(model, greedy)[:, -1].argmax(-1, keepdim=True)
+        greedy = torch.cat([greedy, next_token], dim=1)
+    assert torch.equal(generated, greedy)
+
+    import_hf(tmp_path / "export", tmp_path / "again", progress=False)
+    again, again_config = _native(tmp_path / "again")
+    assert again_config.mixers == config.mixers
+    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        if not name.endswith("_extra_state"):
+            assert torch.equal(a, b), name
+
+
+def test_mamba_in_llama_layout_imports(runtime, tmp_path):
+    """A checkpoint in MambaInLlama's layout (Llama config + mamba_config.json, split
+    projections) imports with its Mamba weights in our fused in_proj."""
+    _saved("llama_tied", tmp_path / "hf")
+    import_hf(
+        tmp_path / "hf",
+        tmp_path / "native",
+        layer_pattern="MAA",
+        mamba=dict(layout="attention", init="attention"),
+    )
+    export_hf(tmp_path / "native", tmp_path / "export", progress=False)
+    mamba_config = json.loads((tmp_path / "export" / "mamba_config.json").read_text())
+    assert mamba_config["attn_layers"] == [1, 2] and mamba_config["d_xb"] == 32
+    # Their directory: the plain Llama config.json next to mamba_config.json.
+    (tmp_path / "theirs").mkdir()
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    (tmp_path / "theirs" / "config.json").write_text(json.dumps(config))
+    shutil.copy(tmp_path / "export" / "mamba_config.json", tmp_path / "theirs")
+    weights = load_file(tmp_path / "export" / "model.safetensors")
+    assert "model.layers.0.mamba.in_proj_x.weight" in weights
+    save_file(weights, tmp_path / "theirs" / "model.safetensors")
+    import_hf(tmp_path / "theirs", tmp_path / "native-theirs", progress=False)
+    ours, _ = _native(tmp_path / "native")
+    theirs, cfg = _native(tmp_path / "native-theirs")
+    assert cfg.layer_pattern == "MAA" and cfg.mamba.layout == "attention"
+    assert torch.equal(_native_logits(ours, _tokens()), _native_logits(theirs, _tokens()))
+
+
+# Refusals: one clear error, nothing written.
+
+
+def test_refuses_an_existing_output_unless_overwrite(runtime, tmp_path):
+    _saved("llama_tied", tmp_path / "hf")
+    (tmp_path / "native").mkdir()
+    with pytest.raises(FileExistsError, match="already exists; pass --overwrite"):
+        import_hf(tmp_path / "hf", tmp_path / "native", progress=False)
+    import_hf(tmp_path / "hf", tmp_path / "native", overwrite=True, progress=False)
+    assert (tmp_path / "native" / "checkpoints" / "latest").is_file()
+
+
+def test_refuses_an_unknown_architecture(runtime, tmp_path):
+    _saved("llama_tied", tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
+    with pytest.raises(ValueError, match="model_type 'gpt2' is unsupported"):
+        import_hf(tmp_path / "hf", tmp_path / "native", progress=False)
+    assert not list(tmp_path.glob("native*"))
+
+
+def test_refuses_a_config_that_does_not_match_the_weights(runtime, tmp_path):
+    _saved("llama_tied", tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2}))
+    with pytest.raises(MappingError, match="config does not match the weights"):
+        import_hf(tmp_path / "hf", tmp_path / "native", progress=False)
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, "intermediate_size": 96}))
+    with pytest.raises(MappingError, match=r"linear_fc1.weight. has shape \(256, 64\).*expects \(192, 64\)"):
+        import_hf(tmp_path / "hf", tmp_path / "native", progress=False)
+    assert not list(tmp_path.glob("native*"))
+
+
+def test_refuses_a_missing_shard(runtime, tmp_path):
+    _saved("llama_tied", tmp_path / "hf", max_shard_size="40KB")
+    shard = sorted((tmp_path / "hf").glob("model-*.safetensors"))[1]
+    shard.unlink()
+    with pytest.raises(CheckpointFilesError, match=f"missing shard.*{shard.name}"):
+        import_hf(tmp_path / "hf", tmp_path / "native", progress=False)
+
+
+def test_refuses_turning_mamba_back_into_attention(runtime, tmp_path):
+    _saved("llama_tied", tmp_path / "hf")
+    import_hf(
+        tmp_path / "hf",
+        tmp_path / "native",
+        layer_pattern="MAA",
+        mamba=dict(layout="attention"),
+        progress=False,
+    )
+    export_hf(tmp_path / "native", tmp_path / "export", progress=False)
+    with pytest.raises(ValueError, match="layer 0 is mamba1 in the source checkpoint"):
+        import_hf(tmp_path / "export", tmp_path / "again", layer_pattern="AAA", progress=False)
