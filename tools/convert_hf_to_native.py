@@ -1,0 +1,63 @@
+"""Import a transformers checkpoint directory (GPTNeoX/Pythia, Llama, Mistral, or a hybrid in our,
+MambaInLlama's or CALD's layout) as a native checkpoint, swapping layers for Mamba by a pattern.
+
+python tools/convert_hf_to_native.py HF_DIR OUT_DIR [--layer-pattern MAMA] \
+    [--mamba layout=attention --mamba init=attention ...] \
+    [--tensor-parallel 2 --pipeline-parallel 2]
+
+The output loads at any TP/PP (train.init_from=OUT_DIR); the sizes given are only checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+from megatron_mamba.config import ParallelConfig
+from megatron_mamba.convert.importer import import_hf
+
+
+def _settings(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--mamba {item!r} is not of the form key=value")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", help="transformers checkpoint directory")
+    parser.add_argument("output", help="native checkpoint directory to create")
+    parser.add_argument(
+        "--layer-pattern", help="one symbol per layer: A attention, M mamba1, S mamba2"
+    )
+    parser.add_argument("--mamba", action="append", default=[], help="Mamba setting key=value")
+    parser.add_argument("--tensor-parallel", type=int, default=1)
+    parser.add_argument("--pipeline-parallel", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0, help="seed of freshly initialised mixers")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        config = import_hf(
+            args.source,
+            args.output,
+            layer_pattern=args.layer_pattern,
+            mamba=_settings(args.mamba),
+            parallel=ParallelConfig(args.tensor_parallel, args.pipeline_parallel),
+            seed=args.seed,
+            overwrite=args.overwrite,
+        )
+    except (FileExistsError, ValueError) as error:  # config, mapping and file errors alike
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.output}: {config.arch}, layer pattern {config.layer_pattern}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Export a native checkpoint as a transformers directory: plain GPTNeoX/Llama/Mistral when every
+layer is attention, our hybrid classes otherwise (AutoModelForCausalLM loads both once
+megatron_mamba is imported; trust_remote_code works too).
+
+python tools/convert_native_to_hf.py CHECKPOINT OUT_DIR [--dtype bf16] [--tokenizer DIR]
+
+CHECKPOINT is a checkpoint directory, or a run / import directory whose latest checkpoint is taken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from megatron_mamba.convert.exporter import export_hf
+from megatron_mamba.training.checkpoint import CheckpointError
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("output")
+    parser.add_argument("--dtype", choices=sorted(_DTYPES), default="fp32")
+    parser.add_argument("--tokenizer", help="directory whose tokenizer files to copy")
+    parser.add_argument("--max-shard-gb", type=float, default=2.0)
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        config = export_hf(
+            args.checkpoint,
+            args.output,
+            dtype=_DTYPES[args.dtype],
+            overwrite=args.overwrite,
+            max_shard_bytes=int(args.max_shard_gb * 1024**3),
+            tokenizer=args.tokenizer,
+        )
+    except (CheckpointError, FileExistsError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.output}: {config.arch}, layer pattern {config.layer_pattern}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
