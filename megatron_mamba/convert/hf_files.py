@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 SAFE_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -83,6 +82,41 @@ def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
+_SAFETENSORS_DTYPES = {
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float64: "F64",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def save_file_streaming(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """The safetensors format (8-byte header length, JSON header, raw little-endian data)
+    written straight from each tensor's memory: safetensors' own save_file first copies the
+    whole shard into bytes, which would double the memory of an export."""
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, t in tensors.items():
+        end = offset + _nbytes(t)
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, end],
+        }
+        offset = end
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # data starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(len(encoded).to_bytes(8, "little"))
+        f.write(encoded)
+        for t in tensors.values():
+            f.write(t.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+
+
 def write_safetensors(
     root: Path, tensors: Iterable[tuple[str, torch.Tensor]], max_shard_bytes: int
 ) -> None:
@@ -94,7 +128,7 @@ def write_safetensors(
     def flush() -> None:
         nonlocal pending, size
         if pending:
-            save_file(pending, root / f"shard-{len(shards):05d}.tmp", metadata={"format": "pt"})
+            save_file_streaming(pending, root / f"shard-{len(shards):05d}.tmp")
             shards.append(list(pending))
             pending, size = {}, 0
 

@@ -214,3 +214,36 @@ def test_refuses_turning_mamba_back_into_attention(runtime, tmp_path):
     export_hf(tmp_path / "native", tmp_path / "export", progress=False)
     with pytest.raises(ValueError, match="layer 0 is mamba1 in the source checkpoint"):
         import_hf(tmp_path / "export", tmp_path / "again", layer_pattern="AAA", progress=False)
+
+
+def test_cald_layout_imports(runtime, tmp_path):
+    """CALD's student directory: a transformers MambaConfig carrying `gpt_neox_config`, weights in
+    pytorch_model.bin under GPTNeoX names with the mixer at attention.mamba."""
+    hf = _saved("gpt_neox", tmp_path / "hf")
+    mamba = dict(layout="classic", d_inner=96, dt_rank=8, d_state=8)
+    import_hf(tmp_path / "hf", tmp_path / "native", layer_pattern="MMM", mamba=mamba)
+    export_hf(tmp_path / "native", tmp_path / "export", progress=False)
+    (tmp_path / "cald").mkdir()
+    cald_config = {
+        "architectures": ["HybridMambaForCausalLM"],
+        "model_type": "mamba",
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "state_size": 8,
+        "conv_kernel": 4,
+        "time_step_rank": 8,
+        "use_bias": False,
+        "use_conv_bias": True,
+        "use_mamba": True,
+        "gpt_neox_config": hf.config.to_dict(),
+    }
+    (tmp_path / "cald" / "config.json").write_text(json.dumps(cald_config))
+    weights = load_file(tmp_path / "export" / "model.safetensors")
+    assert "gpt_neox.layers.0.attention.mamba.x_proj.weight" in weights
+    assert "embed_out.weight" in weights
+    torch.save(weights, tmp_path / "cald" / "pytorch_model.bin")
+    import_hf(tmp_path / "cald", tmp_path / "native-cald", progress=False)
+    ours, _ = _native(tmp_path / "native")
+    theirs, cfg = _native(tmp_path / "native-cald")
+    assert cfg.layer_pattern == "MMM" and cfg.mamba.d_inner == 96
+    assert torch.equal(_native_logits(ours, _tokens()), _native_logits(theirs, _tokens()))
