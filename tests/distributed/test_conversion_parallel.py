@@ -1,6 +1,9 @@
 """An imported checkpoint loads at TP=2 and PP=2 with transformers' logits, also where megatron
 pads the vocabulary differently for the new TP size (100 tokens: 128 rows at TP=1, 256 at TP=2)."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,9 +16,7 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from megatron_mamba.convert.exporter import export_hf
-from megatron_mamba.convert.importer import import_hf
-from tests.distributed.launch import torchrun
+from tests.distributed.launch import REPO, torchrun
 from tests.helpers.hf_tiny import _GQA_SHAPE, randomize_norms
 
 WORKER = Path(__file__).parent / "workers" / "checkpoint_logits.py"
@@ -58,17 +59,26 @@ CASES = {
 }
 
 
+def _tool(name: str, *args) -> None:
+    """A conversion command line in its own process (this one keeps no process group, whose
+    port the example scripts' single-process runs would otherwise inherit)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, str(REPO / "tools" / f"{name}.py"), *map(str, args)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_imported_checkpoint_loads_at_other_layouts(tmp_path, case):
     factory, pattern, mamba, tp, pp = CASES[case]
     hf = factory()
     randomize_norms(hf)
     hf.save_pretrained(tmp_path / "hf")
-    import_hf(
-        tmp_path / "hf", tmp_path / "native", layer_pattern=pattern, mamba=mamba, progress=False
-    )
+    options = ["--layer-pattern", pattern] if pattern else []
+    options += [f"--mamba={k}={v}" for k, v in (mamba or {}).items()]
+    _tool("convert_hf_to_native", tmp_path / "hf", tmp_path / "native", *options)
     if pattern is not None:  # the hybrid's transformers export is the reference
-        export_hf(tmp_path / "native", tmp_path / "export", progress=False)
+        _tool("convert_native_to_hf", tmp_path / "native", tmp_path / "export")
         hf = AutoModelForCausalLM.from_pretrained(tmp_path / "export").eval()
     tokens = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
     torch.save(tokens, tmp_path / "tokens.pt")
