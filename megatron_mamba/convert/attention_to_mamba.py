@@ -11,16 +11,8 @@ from __future__ import annotations
 import torch
 
 from megatron_mamba.config import ModelConfig
+from megatron_mamba.convert.layouts import split_qkv
 from megatron_mamba.models.mamba_dims import mamba1_dims, mamba2_dims
-
-
-def split_qkv(fused: torch.Tensor, model: ModelConfig):
-    """megatron's per-group [q…, k, v] rows → q [heads·d], k and v [groups·d] (head-major)."""
-    groups, d = model.num_query_groups, model.head_dim
-    per_group = model.num_attention_heads // groups
-    tail = fused.shape[1:]
-    q, k, v = fused.reshape(groups, (per_group + 2) * d, *tail).split([per_group * d, d, d], dim=1)
-    return (t.reshape(-1, *tail) for t in (q, k, v))
 
 
 def _in_proj_blocks(kind: str, model: ModelConfig) -> tuple[list[str], tuple[int, ...]]:

@@ -27,7 +27,7 @@ from megatron_mamba.convert.hf_files import (
     copy_tokenizer,
     prepare_output,
 )
-from megatron_mamba.convert.mapping import Context, MappingError, expand, to_native
+from megatron_mamba.convert.mapping import Context, MappingError, expand, resolve, to_native
 from megatron_mamba.convert.native_files import parameter_layout, write_native
 from megatron_mamba.convert.sources import source_model_config
 from megatron_mamba.convert.tables import table_for
@@ -75,13 +75,14 @@ class _Reader:
         self.available = checkpoint.names()
 
     def __call__(self, name: str) -> torch.Tensor:
-        for candidate in (name, *self.aliases.get(name, ())):
-            if candidate in self.available:
-                self.used.add(candidate)
-                return self.checkpoint.read(candidate)
-        raise MappingError(
-            f"tensor {name!r} is missing from {self.checkpoint.root}; the configuration expects it"
-        )
+        found = resolve(name, self.available, self.aliases)
+        if found is None:
+            raise MappingError(
+                f"tensor {name!r} is missing from {self.checkpoint.root}; the configuration "
+                "expects it"
+            )
+        self.used.add(found)
+        return self.checkpoint.read(found)
 
 
 def import_hf(
@@ -148,19 +149,16 @@ def _swapped_mixer(layer, target, entries, read, ctx, seed) -> dict[str, torch.T
     """A Mamba mixer for a layer that is attention in the source."""
     kind = target.mixers[layer]
     mixer = _fresh_mixer(kind, target, layer, seed)
+    prefix = f"decoder.layers.{layer}.mixer."
+    attention_names = [n for n in entries if n.startswith(prefix)]
     if target.mamba.init == "attention":
-        prefix = f"decoder.layers.{layer}.mixer."
-        names = [n for n in entries if n.startswith(prefix) and entries[n].layer == layer]
-        present = [n for n in names if all(h in read.available for h in entries[n].hf)]
-        attention = {n[len(prefix) :]: t for n, t in to_native(entries, present, read, ctx)}
-        attention = {k: v.to(torch.float32) for k, v in attention.items()}
+        present = [n for n in attention_names if all(h in read.available for h in entries[n].hf)]
+        attention = {n[len(prefix) :]: t.float() for n, t in to_native(entries, present, read, ctx)}
         mixer = mixer_from_attention(kind, attention, mixer, target, layer)
     else:  # the attention weights are dropped on purpose
-        prefix = f"decoder.layers.{layer}.mixer."
-        for n, entry in entries.items():
-            if n.startswith(prefix):
-                read.used.update(h for h in entry.hf if h in read.available)
-    return {f"decoder.layers.{layer}.mixer.{k}": v for k, v in mixer.items()}
+        for n in attention_names:
+            read.used.update(h for h in entries[n].hf if h in read.available)
+    return {prefix + k: v for k, v in mixer.items()}
 
 
 def _refuse_unused(checkpoint: HFCheckpoint, read: _Reader, ignored: tuple[str, ...]) -> None:

@@ -104,6 +104,14 @@ def expand(table: Table, model: ModelConfig) -> dict[str, Entry]:
     return entries
 
 
+def resolve(name: str, available, aliases: dict[str, tuple[str, ...]]) -> str | None:
+    """The name under which `available` holds `name` (itself or one of its aliases), if any."""
+    for candidate in (name, *aliases.get(name, ())):
+        if candidate in available:
+            return candidate
+    return None
+
+
 def to_native(
     entries: dict[str, Entry],
     names: list[str],

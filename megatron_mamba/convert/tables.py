@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 
 from megatron_mamba.config import ModelConfig
-from megatron_mamba.convert.attention_to_mamba import split_qkv
-from megatron_mamba.convert.hf_weights import fuse_qkv, pad_vocab
+from megatron_mamba.convert.layouts import fuse_qkv, pad_vocab, split_qkv
 from megatron_mamba.convert.mapping import Context, Rule, Table, Transform
 from megatron_mamba.models.mamba_dims import mamba1_dims
 
