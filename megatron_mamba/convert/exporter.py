@@ -100,12 +100,12 @@ def export_hf(
 ) -> ModelConfig:
     """Write the transformers directory `output` from a native checkpoint; returns its config."""
     checkpoint = Path(checkpoint)
-    find_checkpoint(checkpoint, checkpoint)  # fails early on a directory without one
+    step = find_checkpoint(checkpoint, checkpoint)  # fails early on a directory without one
     temporary = prepare_output(output, overwrite)
     try:
         init_runtime(ParallelSizes(1, 1))
-        model = read_model_config(checkpoint)
-        _write(checkpoint, model, temporary, dtype, max_shard_bytes, progress)
+        model = read_model_config(step)
+        _write(step, model, temporary, dtype, max_shard_bytes, progress)
         tokenizer_source = Path(tokenizer) if tokenizer else checkpoint
         copy_tokenizer(tokenizer_source, temporary)
     except BaseException:

@@ -13,9 +13,10 @@ class _Hybrid:
     """What the hybrid configs add: `layer_pattern` (A attention, M mamba1, S mamba2) and
     `mamba`; transformers' cache reads `layer_types` to give Mamba layers conv/SSM state."""
 
-    def _check_pattern(self) -> None:
+    def __post_init__(self, **kwargs):
         self.layer_pattern = parse_layer_pattern(self.layer_pattern or None, self.num_hidden_layers)
         self.mamba = dict(self.mamba or {})
+        super().__post_init__(**kwargs)
 
     @property
     def layer_types(self) -> list[str]:
@@ -28,10 +29,6 @@ class GPTNeoXHybridConfig(_Hybrid, GPTNeoXConfig):
     layer_pattern: str = ""
     mamba: dict | None = None
 
-    def __post_init__(self, **kwargs):
-        self._check_pattern()
-        super().__post_init__(**kwargs)
-
 
 @strict
 class LlamaHybridConfig(_Hybrid, LlamaConfig):
@@ -39,20 +36,12 @@ class LlamaHybridConfig(_Hybrid, LlamaConfig):
     layer_pattern: str = ""
     mamba: dict | None = None
 
-    def __post_init__(self, **kwargs):
-        self._check_pattern()
-        super().__post_init__(**kwargs)
-
 
 @strict
 class MistralHybridConfig(_Hybrid, MistralConfig):
     model_type = "mistral_hybrid"
     layer_pattern: str = ""
     mamba: dict | None = None
-
-    def __post_init__(self, **kwargs):
-        self._check_pattern()
-        super().__post_init__(**kwargs)
 
 
 HYBRID_CONFIGS = {

@@ -28,11 +28,10 @@ class _Stateful(nn.Module):
     d_conv: int
 
     def _state(self, cache) -> MambaState | None:
-        if cache is None or cache.get_conv_state(self.layer_idx) is None:
+        conv = None if cache is None else cache.get_conv_state(self.layer_idx)
+        if conv is None:
             return None
-        return MambaState(
-            cache.get_conv_state(self.layer_idx), cache.get_recurrent_state(self.layer_idx)
-        )
+        return MambaState(conv, cache.get_recurrent_state(self.layer_idx))
 
     def _store(self, cache, state: MambaState) -> None:
         if cache is not None:

@@ -91,7 +91,15 @@ def _swap_in_mamba(model: nn.Module, config, layer_class) -> None:
 
 
 class _HybridModel:
-    """Uses HybridCache, which also counts past tokens for Mamba-only models."""
+    """transformers' base model with the pattern's Mamba layers (`mamba_layer`) swapped in;
+    uses HybridCache, which also counts past tokens for Mamba-only models."""
+
+    mamba_layer: type[nn.Module]
+
+    def __init__(self, config):
+        super().__init__(config)
+        _swap_in_mamba(self, config, self.mamba_layer)
+        self.post_init()
 
     def forward(
         self, input_ids=None, past_key_values=None, use_cache=None, inputs_embeds=None, **kwargs
@@ -121,29 +129,17 @@ class _HybridForCausalLM:
 
 class GPTNeoXHybridModel(_HybridModel, GPTNeoXModel):
     config_class = GPTNeoXHybridConfig
-
-    def __init__(self, config: GPTNeoXHybridConfig):
-        super().__init__(config)
-        _swap_in_mamba(self, config, GPTNeoXMambaLayer)
-        self.post_init()
+    mamba_layer = GPTNeoXMambaLayer
 
 
 class LlamaHybridModel(_HybridModel, LlamaModel):
     config_class = LlamaHybridConfig
-
-    def __init__(self, config: LlamaHybridConfig):
-        super().__init__(config)
-        _swap_in_mamba(self, config, LlamaMambaLayer)
-        self.post_init()
+    mamba_layer = LlamaMambaLayer
 
 
 class MistralHybridModel(_HybridModel, MistralModel):
     config_class = MistralHybridConfig
-
-    def __init__(self, config: MistralHybridConfig):
-        super().__init__(config)
-        _swap_in_mamba(self, config, MistralMambaLayer)
-        self.post_init()
+    mamba_layer = MistralMambaLayer
 
 
 class GPTNeoXHybridForCausalLM(_HybridForCausalLM, GPTNeoXForCausalLM):
