@@ -3,7 +3,9 @@
 Classic Mamba1 is transformers' own MambaMixer (CALD's layer). MambaInLlama's Mamba1 (x, z, B, C
 from separate projections) and Mamba2 (both layouts) run the same scan functions as our megatron
 mixers at TP=1, so an export computes exactly what was trained. Decoding keeps each layer's conv
-and SSM state in transformers' cache (the layer is a "linear_attention" layer there).
+and SSM state in transformers' cache (the layer is a "linear_attention" layer there). Every mixer
+takes transformers' MambaMixer signature, `attention_mask` being the 2D padding mask of the new
+tokens (or None), so batched left-padded generation gives each row what it gives alone.
 """
 
 from __future__ import annotations
@@ -61,7 +63,9 @@ class GroupedMamba1(_Stateful):
         self.D = nn.Parameter(torch.ones(dims.d_inner))
         self.out_proj = nn.Linear(dims.d_inner, d, bias=bias)
 
-    def forward(self, hidden_states: torch.Tensor, cache_params=None, **_) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, cache_params=None, attention_mask=None
+    ) -> torch.Tensor:
         n, r = self.dims.d_state, self.dims.repeat
         state = self._state(cache_params)
         x = repeat(self.in_proj_x(hidden_states), "b l (g n) -> b (g r n) l", n=n, r=r)
@@ -69,7 +73,11 @@ class GroupedMamba1(_Stateful):
         C = rearrange(self.C_proj(hidden_states), "b l (g n) -> b g n l", n=n).contiguous()
         z = rearrange(self.in_proj_z(hidden_states), "b l d -> b d l")
         x, conv_last = stateful_conv(
-            x, self.conv1d.weight[:, 0], self.conv1d.bias, state.conv if state else None
+            x,
+            self.conv1d.weight[:, 0],
+            self.conv1d.bias,
+            state.conv if state else None,
+            attention_mask,
         )
         y, ssm_last = selective_scan_after_conv(
             self,
@@ -104,10 +112,12 @@ class Mamba2(_Stateful):
         self.norm.weight = nn.Parameter(torch.ones(dims.d_inner))
         self.out_proj = nn.Linear(dims.d_inner, dims.d_model, bias=dims.bias)
 
-    def forward(self, hidden_states: torch.Tensor, cache_params=None, **_) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, cache_params=None, attention_mask=None
+    ) -> torch.Tensor:
         keep = cache_params is not None
         y, state = ssd_after_projection(
-            self, self.in_proj(hidden_states), self._state(cache_params), keep
+            self, self.in_proj(hidden_states), self._state(cache_params), keep, attention_mask
         )
         if keep:
             self._store(cache_params, state)

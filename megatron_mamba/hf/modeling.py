@@ -51,8 +51,14 @@ class GPTNeoXMambaLayer(nn.Module):
         self.attention.mamba = mixer
         self.mlp = GPTNeoXMLP(config)
 
-    def forward(self, hidden_states: torch.Tensor, layer_past=None, **_) -> torch.Tensor:
-        mixed = self.attention.mamba(self.input_layernorm(hidden_states), cache_params=layer_past)
+    def forward(
+        self, hidden_states: torch.Tensor, layer_past=None, mamba_padding_mask=None, **_
+    ) -> torch.Tensor:
+        mixed = self.attention.mamba(
+            self.input_layernorm(hidden_states),
+            cache_params=layer_past,
+            attention_mask=mamba_padding_mask,
+        )
         if self.use_parallel_residual:
             return hidden_states + mixed + self.mlp(self.post_attention_layernorm(hidden_states))
         mixed = mixed + hidden_states
@@ -71,9 +77,13 @@ class LlamaMambaLayer(nn.Module):
         self.mamba = mixer
         self.mlp = self.mlp_class(config)
 
-    def forward(self, hidden_states: torch.Tensor, past_key_values=None, **_) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, past_key_values=None, mamba_padding_mask=None, **_
+    ) -> torch.Tensor:
         hidden_states = hidden_states + self.mamba(
-            self.input_layernorm(hidden_states), cache_params=past_key_values
+            self.input_layernorm(hidden_states),
+            cache_params=past_key_values,
+            attention_mask=mamba_padding_mask,
         )
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
@@ -90,9 +100,18 @@ def _swap_in_mamba(model: nn.Module, config, layer_class) -> None:
             model.layers[i] = layer_class(config, build_mixer(kind, ours, i))
 
 
+def _new_tokens_padding(attention_mask, new_tokens: int) -> torch.Tensor | None:
+    """The 2D padding mask of the tokens this forward adds, or None when none is padding."""
+    if attention_mask is None or attention_mask.dim() != 2 or bool(attention_mask.all()):
+        return None
+    return attention_mask[:, -new_tokens:]
+
+
 class _HybridModel:
     """transformers' base model with the pattern's Mamba layers (`mamba_layer`) swapped in;
-    uses HybridCache, which also counts past tokens for Mamba-only models."""
+    uses HybridCache, which also counts past tokens for Mamba-only models. The Mamba layers get
+    the padding mask of the new tokens (transformers hands layers only the attention mask it
+    builds), through the keyword arguments transformers passes on to every layer."""
 
     mamba_layer: type[nn.Module]
 
@@ -107,6 +126,10 @@ class _HybridModel:
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and past_key_values is None:
             past_key_values = HybridCache(config=self.config)
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        padding = _new_tokens_padding(kwargs.get("attention_mask"), tokens.shape[1])
+        if padding is not None:
+            kwargs["mamba_padding_mask"] = padding
         out = super().forward(
             input_ids=input_ids,
             past_key_values=past_key_values,
@@ -115,7 +138,6 @@ class _HybridModel:
             **kwargs,
         )
         if isinstance(past_key_values, HybridCache):
-            tokens = input_ids if input_ids is not None else inputs_embeds
             past_key_values.tokens_seen += tokens.shape[1]
         return out
 

@@ -100,10 +100,13 @@ class Mamba2Mixer(MambaMixerBase):
         return self.out_proj(rearrange(y, "b l c -> l b c")), new_state
 
 
-def ssd_after_projection(mixer, proj_blc, state: MambaState | None, return_state: bool):
+def ssd_after_projection(
+    mixer, proj_blc, state: MambaState | None, return_state: bool, keep_bl=None
+):
     """Everything of a Mamba2 mixer between in_proj and out_proj, for ours or the
     transformers-side twin (same conv1d, A_log, D, dt_bias and norm; `dims`, `tp`, `heads`):
-    [z, x, B, C, dt] [b, l, c] → y [b, l, d_inner/tp] and the state after the last token."""
+    [z, x, B, C, dt] [b, l, c] → y [b, l, d_inner/tp] and the state after the last token.
+    `keep_bl` masks padding tokens out of the conv and the scan (stateful_conv)."""
     d, tp = mixer.dims, mixer.tp
     z, xBC, dt = proj_blc.split([d.d_inner // tp, sum(d.conv_segments) // tp, mixer.heads], dim=-1)
     xBC, conv_last = stateful_conv(
@@ -111,6 +114,7 @@ def ssd_after_projection(mixer, proj_blc, state: MambaState | None, return_state
         mixer.conv1d.weight[:, 0],
         mixer.conv1d.bias,
         state.conv if state else None,
+        keep_bl,
     )
     x, B, C = rearrange(xBC, "b c l -> b l c").split(local_segments(d.conv_segments, tp), -1)
     x = repeat(x, "b l (h p) -> b l (h r) p", p=d.head_dim, r=d.heads // d.x_heads)

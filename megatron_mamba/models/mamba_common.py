@@ -103,10 +103,15 @@ def stateful_conv(
     weight_ck: torch.Tensor,
     bias_c: torch.Tensor | None,
     prev: torch.Tensor | None,
+    keep_bl: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """silu(causal depthwise conv) continuing from `prev` (the last d_conv inputs, or None for a
-    fresh start); returns the output and the new last d_conv inputs."""
+    fresh start); returns the output and the new last d_conv inputs. `keep_bl` (1 for a token, 0
+    for padding) zeroes padding before and after the conv: a left-padded sequence then leaves the
+    conv window and, since its x is zero, the scan state exactly as the unpadded one does."""
     width = weight_ck.shape[-1]
+    if keep_bl is not None:
+        x_bcl = x_bcl * keep_bl[:, None, :].to(x_bcl.dtype)
     if prev is None:
         out = kernels.causal_conv1d(x_bcl, weight_ck, bias_c, activation="silu")
         history = x_bcl
@@ -115,6 +120,8 @@ def stateful_conv(
         out = kernels.causal_conv1d(history, weight_ck, bias_c, activation="silu")
         out = out[..., width - 1 :]
     last = F.pad(history, (max(width - history.shape[-1], 0), 0))[..., -width:]
+    if keep_bl is not None:
+        out = out * keep_bl[:, None, :].to(out.dtype)
     return out, last
 
 

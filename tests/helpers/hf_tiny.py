@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import transformers
 from transformers import (
     GPTNeoXConfig,
     GPTNeoXForCausalLM,
@@ -89,3 +90,18 @@ def native_twin(hf_model: torch.nn.Module, parallel: ParallelConfig | None = Non
     model = build_model(config, parallel)
     load_full_state(model, native_from_hf(hf_model.state_dict(), config, parallel.tensor))
     return model.eval(), config
+
+
+def tiny_hybrid(arch: str, layer_pattern: str, seed: int = 0, **mamba) -> torch.nn.Module:
+    """A tiny random transformers hybrid (our classes, built straight from a config)."""
+    from megatron_mamba.hf.configuration import HYBRID_CONFIGS
+
+    base = {"gpt_neox": tiny_gpt_neox, "llama": tiny_llama, "mistral": tiny_mistral}[arch]
+    fields = base(layers=len(layer_pattern)).config.to_dict()
+    for key in ("model_type", "architectures", "transformers_version"):
+        fields.pop(key, None)
+    config = HYBRID_CONFIGS[arch](**fields, layer_pattern=layer_pattern, mamba=mamba)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    randomize_norms(model, seed)
+    return model
