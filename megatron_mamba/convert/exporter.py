@@ -115,16 +115,36 @@ def export_hf(
     return model
 
 
-def _write(checkpoint, model, temporary: Path, dtype, max_shard_bytes, progress) -> None:
+def hf_tensors(checkpoint: Path, model: ModelConfig, dtype: torch.dtype, progress: bool = False):
+    """(transformers name, tensor) of a native checkpoint, one at a time: each native tensor is
+    released as it is converted. Needs the runtime."""
     tensors = read_native(checkpoint, model)
     names = list(tensors)
 
-    def released():  # each native tensor leaves the dict as it is converted
+    def released():
         for name in tqdm(names, desc="export", unit="tensor", disable=not progress):
             yield name, tensors.pop(name)
 
-    converted = to_hf(expand(table_for(model), model), released(), Context(model))
-    write_safetensors(temporary, ((n, t.to(dtype)) for n, t in converted), max_shard_bytes)
+    for name, tensor in to_hf(expand(table_for(model), model), released(), Context(model)):
+        yield name, tensor.to(dtype)
+
+
+def load_as_transformers(checkpoint: str | Path, dtype: torch.dtype = torch.float32):
+    """A native checkpoint as the transformers model its export would load as, built in memory
+    (no files written): for evaluating or sampling a training checkpoint directly."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    step = find_checkpoint(Path(checkpoint), Path(checkpoint))
+    init_runtime(ParallelSizes(1, 1))
+    model = read_model_config(step)
+    state = dict(hf_tensors(step, model, dtype))
+    config = hf_config_for(model, dtype)
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    return model_class.from_pretrained(None, config=config, state_dict=state, dtype=dtype).eval()
+
+
+def _write(checkpoint, model, temporary: Path, dtype, max_shard_bytes, progress) -> None:
+    write_safetensors(temporary, hf_tensors(checkpoint, model, dtype, progress), max_shard_bytes)
     config = hf_config_for(model, dtype)
     config.save_pretrained(temporary)
     if getattr(config, "auto_map", None):

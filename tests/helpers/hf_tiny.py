@@ -33,15 +33,24 @@ _GQA_SHAPE = dict(  # the tiny Llama/Mistral shape: grouped-query attention, Swi
 )
 
 
-def tiny_gpt_neox(parallel_residual: bool = True, layers: int = 2) -> GPTNeoXForCausalLM:
+def tiny_gpt_neox(
+    parallel_residual: bool = True,
+    layers: int = 2,
+    vocab: int = VOCAB,
+    positions: int = 64,
+    init_std: float = 0.02,
+) -> GPTNeoXForCausalLM:
+    """`init_std` well above transformers' 0.02 gives peaked, varied next-token distributions
+    (greedy text that reacts to its context)."""
     config = GPTNeoXConfig(
-        vocab_size=VOCAB,
+        vocab_size=vocab,
         hidden_size=64,
         num_hidden_layers=layers,
         num_attention_heads=4,
         intermediate_size=256,
-        max_position_embeddings=64,
+        max_position_embeddings=positions,
         use_parallel_residual=parallel_residual,
+        initializer_range=init_std,
         rope_parameters={
             "rope_type": "default",
             "rope_theta": 10000.0,

@@ -1,0 +1,79 @@
+"""lm-eval over one or more checkpoints (native or HF exports), one comparison table.
+
+    python eval/run_lm_evals.py runs/teacher runs/unguided runs/hybrid --output_dir evals/ \
+        --dtype bfloat16 --batch_size 32                  # CALD's suite, 0-shot
+    python eval/run_lm_evals.py export/ --tasks my_task --include_path my_tasks/
+
+Writes <output_dir>/results.json (every metric lm-eval reports), table.json and table.md, and
+prints the table. Offline: with the datasets already in the HF cache, set HF_DATASETS_OFFLINE=1
+and HF_HUB_OFFLINE=1; or use local task YAMLs whose data are local files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from megatron_mamba.evaluation.suite import (
+    CALD_TASKS,
+    Checkpoint,
+    check_tasks,
+    comparison_table,
+    evaluate,
+    task_manager,
+    to_markdown,
+    write_outputs,
+)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoints", nargs="+", help="native checkpoint or HF export dirs")
+    parser.add_argument("--names", nargs="+", help="table row names (default: the paths)")
+    parser.add_argument("--tasks", default=",".join(CALD_TASKS), help="comma-separated tasks")
+    parser.add_argument("--include_path", help="directory of local task YAMLs")
+    parser.add_argument("--num_fewshot", type=int, default=0)
+    parser.add_argument("--batch_size", default="16", help="an integer or 'auto'")
+    parser.add_argument("--dtype", default="auto", help="float32 | bfloat16 | float16 | auto")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--tokenizer", help="tokenizer dir for checkpoints that hold none")
+    parser.add_argument("--limit", type=float, help="documents per task (testing only)")
+    parser.add_argument("--output_dir", default="evals")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    names = args.names or args.checkpoints
+    if len(names) != len(args.checkpoints):
+        raise SystemExit(f"--names has {len(names)} names for {len(args.checkpoints)} checkpoints")
+    missing = [path for path in args.checkpoints if not Path(path).is_dir()]
+    if missing:
+        raise SystemExit(f"checkpoint directory not found: {', '.join(missing)}")
+    tasks = [task for task in args.tasks.split(",") if task]
+    manager = task_manager(args.include_path)
+    try:
+        check_tasks(tasks, manager)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model_args = {"dtype": args.dtype, "device": device, "batch_size": args.batch_size}
+    if args.tokenizer:
+        model_args["tokenizer"] = args.tokenizer
+    options = {"num_fewshot": args.num_fewshot, "limit": args.limit}
+    results = {
+        name: evaluate(Checkpoint(name, path), tasks, manager, model_args, **options)
+        for name, path in zip(names, args.checkpoints, strict=True)
+    }
+    table = comparison_table(results, tasks)
+    write_outputs(Path(args.output_dir), results, table)
+    print(to_markdown(table), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""CALD's lm-eval suite over several checkpoints, and the one comparison table it reports.
+
+CALD (lm/eval) reports 0-shot accuracy on eight tasks and their mean; any other lm-eval task, or a
+local task YAML found through `include_path`, goes into the same table under its headline metric.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+CALD_TASKS = (
+    "lambada_openai",
+    "piqa",
+    "winogrande",
+    "wsc273",
+    "arc_easy",
+    "arc_challenge",
+    "sciq",
+    "logiqa",
+)
+# The metric a task shows in the table: accuracy where it has one (CALD's choice), else these.
+_HEADLINE = ("acc", "exact_match", "word_perplexity", "perplexity", "bits_per_byte")
+MEAN = "mean acc"
+
+
+@dataclass
+class Checkpoint:
+    name: str
+    path: str
+
+
+def task_manager(include_path: str | None):
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=include_path)
+
+
+def check_tasks(tasks: list[str], manager) -> None:
+    """Refuse unknown task names before any model is loaded."""
+    unknown = [task for task in tasks if task not in manager.all_tasks]
+    if unknown:
+        raise ValueError(
+            f"unknown lm-eval task(s) {', '.join(unknown)}; a local task needs its YAML's "
+            "directory as --include_path"
+        )
+
+
+def headline(metrics: dict) -> tuple[str, float] | None:
+    """(metric, value) shown for one task's lm-eval results, filter suffix removed."""
+    values = {
+        key.split(",")[0]: value
+        for key, value in metrics.items()
+        if isinstance(value, int | float) and "_stderr" not in key and key != "sample_len"
+    }
+    for name in _HEADLINE:
+        if name in values:
+            return name, float(values[name])
+    return None
+
+
+def comparison_table(results: dict[str, dict[str, dict]], tasks: list[str]) -> dict:
+    """{checkpoint: {task: value, ..., "mean acc": value}} plus each column's metric."""
+    rows, metrics = {}, {}
+    for name, by_task in results.items():
+        row, accuracies = {}, []
+        for task in tasks:
+            shown = headline(by_task.get(task, {}))
+            if shown is None:
+                continue
+            metrics[task], row[task] = shown
+            if shown[0] == "acc":
+                accuracies.append(shown[1])
+        if accuracies:
+            row[MEAN] = sum(accuracies) / len(accuracies)
+        rows[name] = row
+    return {"metrics": metrics, "rows": rows}
+
+
+def to_markdown(table: dict) -> str:
+    columns = [task for task in table["metrics"]]
+    if any(MEAN in row for row in table["rows"].values()):
+        columns.append(MEAN)
+    header = ["checkpoint"] + [
+        f"{task} ({table['metrics'][task]})" if task in table["metrics"] else task
+        for task in columns
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, row in table["rows"].items():
+        cells = [_cell(row.get(column)) for column in columns]
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
+
+
+def evaluate(
+    checkpoint: Checkpoint, tasks: list[str], manager, model_args: dict, **options
+) -> dict[str, dict]:
+    """lm-eval results by task for one checkpoint (native or HF export), the model freed after."""
+    import lm_eval
+
+    from megatron_mamba.evaluation.lm_eval_model import MegatronMambaLM
+
+    model = MegatronMambaLM(pretrained=checkpoint.path, **model_args)
+    try:
+        out = lm_eval.simple_evaluate(model=model, tasks=tasks, task_manager=manager, **options)
+    finally:
+        del model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return out["results"]
+
+
+def write_outputs(directory: Path, results: dict, table: dict) -> None:
+    """results.json (every metric), table.json and table.md; each file written whole."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in (
+        ("results.json", json.dumps(results, indent=2, default=str) + "\n"),
+        ("table.json", json.dumps(table, indent=2) + "\n"),
+        ("table.md", to_markdown(table)),
+    ):
+        partial = directory / f".{name}.partial"
+        partial.write_text(text)
+        partial.replace(directory / name)

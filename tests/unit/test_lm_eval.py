@@ -1,0 +1,176 @@
+"""The lm-eval model `megatron_mamba` through lm-eval's own entry points: on a native checkpoint
+it gives what lm-eval's `hf` model gives on the export, its log-likelihoods are the native
+(megatron-core) model's, and generate_until honours stop sequences and max tokens."""
+
+import json
+from pathlib import Path
+
+import lm_eval
+import pytest
+import torch
+from lm_eval.api.instance import Instance
+from lm_eval.tasks import TaskManager
+from transformers import AutoTokenizer
+
+from megatron_mamba.config import ParallelConfig
+from megatron_mamba.convert.exporter import export_hf
+from megatron_mamba.convert.importer import import_hf
+from megatron_mamba.evaluation.lm_eval_model import MegatronMambaLM
+from megatron_mamba.models.build import build_model
+from megatron_mamba.training.checkpoint import load_weights, read_model_config
+from tests.helpers.hf_tiny import randomize_norms, tiny_gpt_neox
+from tests.helpers.tiny_tokenizer import make_tokenizer
+
+TASKS = Path(__file__).resolve().parents[1] / "assets" / "lm_eval_tasks"
+MAMBA = dict(layout="classic", d_state=16, head_dim=16, chunk_size=8)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(runtime, tmp_path_factory):
+    """A tiny Pythia-shaped hybrid (mamba1, mamba2, attention) as a native checkpoint and as
+    its HF export, both carrying the tokenizer."""
+    root = tmp_path_factory.mktemp("lm_eval")
+    tokenizer = AutoTokenizer.from_pretrained(make_tokenizer(root / "hf"))
+    model = tiny_gpt_neox(True, layers=3, vocab=len(tokenizer), positions=256, init_std=0.3)
+    randomize_norms(model)
+    model.save_pretrained(root / "hf")
+    import_hf(root / "hf", root / "native", layer_pattern="MSA", mamba=MAMBA, progress=False)
+    export_hf(root / "native", root / "export", progress=False)
+    return root / "native", root / "export", tokenizer
+
+
+def _evaluate(model: str, path: Path, tasks: list[str]) -> dict:
+    out = lm_eval.simple_evaluate(
+        model=model,
+        model_args={"pretrained": str(path), "device": "cpu", "batch_size": 3},
+        tasks=tasks,
+        task_manager=TaskManager(include_path=str(TASKS)),
+    )
+    return out["results"]
+
+
+def test_local_tasks_give_what_the_hf_model_gives_on_the_export(checkpoints):
+    native, export, _ = checkpoints
+    tasks = ["tiny_mc", "tiny_ppl", "tiny_gen"]
+    ours, theirs = _evaluate("megatron_mamba", native, tasks), _evaluate("hf", export, tasks)
+    for task in tasks:
+        metrics = {k: v for k, v in theirs[task].items() if isinstance(v, float)}
+        assert metrics, task
+        for name, value in metrics.items():
+            assert ours[task][name] == pytest.approx(value, rel=1e-6), (task, name)
+
+
+def _native_model(path: Path):
+    config = read_model_config(path)
+    model = build_model(config, ParallelConfig())
+    load_weights(path / "checkpoints" / "step_00000000", model)
+    return model.eval(), config
+
+
+def _native_log_probs(model, vocab: int, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]), None, None)[0, :, :vocab]
+    return torch.log_softmax(logits.double(), dim=-1)
+
+
+def _request(kind: str, *arguments) -> Instance:
+    return Instance(request_type=kind, doc={}, arguments=arguments, idx=0)
+
+
+def test_log_likelihoods_are_the_native_models(checkpoints):
+    native, _, tokenizer = checkpoints
+    model, config = _native_model(native)
+    pairs = [
+        ("The state space model", " reads a sequence one step at a time"),
+        ("Tensor parallelism", " splits each weight matrix across devices"),
+        ("A", " learning rate that warms up"),
+    ]
+    lm = MegatronMambaLM(pretrained=str(native), device="cpu", batch_size=2)
+    got = lm.loglikelihood([_request("loglikelihood", *pair) for pair in pairs])
+    for (context, continuation), (log_likelihood, greedy) in zip(pairs, got, strict=True):
+        whole = tokenizer(context + continuation)["input_ids"]
+        start = len(tokenizer(context)["input_ids"])
+        log_probs = _native_log_probs(model, config.vocab_size, whole)
+        targets = torch.tensor(whole[start:])
+        picked = log_probs[start - 1 : -1].gather(-1, targets[:, None])
+        assert log_likelihood == pytest.approx(picked.sum().item(), rel=1e-5, abs=1e-5)
+        assert greedy == bool((log_probs[start - 1 : -1].argmax(-1) == targets).all())
+
+
+def _greedy_text(model, vocab, tokenizer, prompt: str, steps: int) -> list[str]:
+    """The decoded text after each of `steps` greedy tokens of the native model."""
+    ids = tokenizer(prompt)["input_ids"]
+    start, texts = len(ids), []
+    for _ in range(steps):
+        ids.append(int(_native_log_probs(model, vocab, ids)[-1].argmax()))
+        texts.append(tokenizer.decode(ids[start:]))
+    return texts
+
+
+def test_generate_until_honours_stop_sequences_and_max_tokens(checkpoints):
+    native, _, tokenizer = checkpoints
+    model, config = _native_model(native)
+    prompts = ["The values become the input", "Then", "Sequence parallelism shares the work"]
+    greedy = {p: _greedy_text(model, config.vocab_size, tokenizer, p, 10) for p in prompts}
+    lm = MegatronMambaLM(pretrained=str(native), device="cpu", batch_size=3)
+
+    never = "\u2603never\u2603"  # one batch: the same generation settings for every prompt
+    for tokens in (4, 10):
+        capped = lm.generate_until(
+            [
+                _request("generate_until", p, {"until": [never], "max_gen_toks": tokens})
+                for p in prompts
+            ]
+        )
+        assert capped == [greedy[p][tokens - 1] for p in prompts]
+
+    stops = {p: greedy[p][-1][len(greedy[p][2]) :][:2] for p in prompts}  # text of tokens 4..
+    assert all(stops.values())
+    stopped = lm.generate_until(
+        [_request("generate_until", p, {"until": [stops[p]], "max_gen_toks": 10}) for p in prompts]
+    )
+    assert stopped == [greedy[p][-1].split(stops[p])[0] for p in prompts]
+
+
+def test_a_training_run_needs_a_tokenizer(checkpoints, tmp_path):
+    native, _, _ = checkpoints
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for item in (native / "checkpoints").iterdir():
+        (run / "checkpoints" / item.name).symlink_to(item)
+    with pytest.raises(ValueError, match="tokenizer="):
+        MegatronMambaLM(pretrained=str(run), device="cpu")
+    lm = MegatronMambaLM(pretrained=str(run), tokenizer=str(native), device="cpu")
+    assert lm.model.config.layer_pattern == "MSA"
+
+
+def test_run_lm_evals_writes_one_table_for_several_checkpoints(checkpoints, tmp_path, capsys):
+    from eval.run_lm_evals import main
+
+    native, export, _ = checkpoints
+    argv = [str(native), str(export), "--names", "native", "export", "--device", "cpu"]
+    argv += ["--tasks", "tiny_mc,tiny_ppl", "--include_path", str(TASKS)]
+    assert main([*argv, "--output_dir", str(tmp_path / "evals")]) == 0
+    table = json.loads((tmp_path / "evals" / "table.json").read_text())
+    assert table["metrics"] == {"tiny_mc": "acc", "tiny_ppl": "word_perplexity"}
+    reference = _evaluate("hf", export, ["tiny_mc", "tiny_ppl"])
+    for name in ("native", "export"):
+        row = table["rows"][name]
+        assert row["tiny_mc"] == pytest.approx(reference["tiny_mc"]["acc,none"])
+        assert row["tiny_ppl"] == pytest.approx(reference["tiny_ppl"]["word_perplexity,none"])
+        assert row["mean acc"] == row["tiny_mc"]
+    markdown = (tmp_path / "evals" / "table.md").read_text()
+    assert markdown == capsys.readouterr().out
+    assert "| native |" in markdown and "tiny_mc (acc)" in markdown
+    results = json.loads((tmp_path / "evals" / "results.json").read_text())
+    assert set(results) == {"native", "export"}
+
+
+def test_run_lm_evals_refuses_unknown_tasks_before_loading(checkpoints, tmp_path):
+    from eval.run_lm_evals import main
+
+    native, _, _ = checkpoints
+    with pytest.raises(SystemExit, match="unknown lm-eval task.*no_such_task"):
+        main([str(native), "--tasks", "tiny_mc,no_such_task", "--include_path", str(TASKS)])
+    with pytest.raises(SystemExit, match="not found"):
+        main([str(tmp_path / "missing"), "--tasks", "tiny_mc"])
