@@ -75,6 +75,9 @@ class TrainConfig:
     report_to: tuple[str, ...] = ("jsonl",)
     """Metric sinks: any of console, jsonl, wandb (wandb offline unless WANDB_MODE says)."""
     log_every: int = 1
+    eval_interval: int | None = None
+    """Held-out loss and perplexity (data.valid_path) every this many steps and after the last;
+    logged as valid_loss / valid_ppl with that step's record."""
     max_bad_steps: int = 5
     """Stop with an error after this many consecutive non-finite losses."""
 
@@ -102,8 +105,10 @@ class TrainConfig:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
         if self.keep_last_checkpoints < 1:
             raise ValueError(f"keep_last_checkpoints={self.keep_last_checkpoints} must be >= 1")
-        if self.exit_interval is not None and self.exit_interval < 1:
-            raise ValueError(f"exit_interval={self.exit_interval} must be a positive integer")
+        for name in ("exit_interval", "eval_interval"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name}={value!r} must be a positive integer")
         for name in ("warmup_steps", "lr_decay_steps", "max_train_samples", "max_steps"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 0):

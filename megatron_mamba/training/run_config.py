@@ -23,10 +23,17 @@ class DataConfig:
     """Tokens per item (sequence length + 1)."""
     allow_short_bin: bool = False
     first_item: int = 0
+    valid_path: str = ""
+    """.bin/.idx prefix of the held-out set for periodic validation (train.eval_interval):
+    items of item_length tokens as they are, other documents as one stream cut into windows."""
+    valid_windows: int = 64
+    """Held-out windows per validation (rounded down to a multiple of micro-batch × DP)."""
 
     def __post_init__(self) -> None:
         if self.item_length < 2:
             raise ValueError(f"item_length={self.item_length} must be at least 2")
+        if self.valid_windows < 1:
+            raise ValueError(f"valid_windows={self.valid_windows} must be positive")
 
 
 @dataclass
@@ -41,6 +48,11 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         model = self.model_config()  # fail early, naming the bad model field
+        if self.train.eval_interval and not self.data.valid_path:
+            raise ValueError(
+                f"train.eval_interval={self.train.eval_interval} needs a held-out set: set "
+                "data.valid_path to a .bin/.idx prefix"
+            )
         if self.train.init_from_attention and model.mamba.init == "attention":
             raise ValueError(
                 "model.mamba.init=attention needs the student's weights made from the attention "

@@ -22,8 +22,10 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_mamba.config import RunPrecision
 from megatron_mamba.config_io import dump
+from megatron_mamba.data.held_out import HeldOutWindows
 from megatron_mamba.data.pythia import DataOrder, PythiaPreshuffled
 from megatron_mamba.distill.objective import Distillation
+from megatron_mamba.evaluation.perplexity import held_out_loss
 from megatron_mamba.models.build import build_model
 from megatron_mamba.models.size import training_flops_per_token
 from megatron_mamba.parallel.shards import load_full_state
@@ -176,6 +178,12 @@ def train(run: RunConfig) -> list[dict]:
             model_cfg,
         )
 
+    held_out = None
+    if cfg.eval_interval:
+        held_out = HeldOutWindows(
+            run.data.valid_path, seq, model_cfg.vocab_size, max_windows=run.data.valid_windows
+        )
+
     interval = cfg.checkpoint_interval(total)
     records, bad_steps = [], 0
     batches = data.batches(order, ps.get_data_parallel_rank(), start_step=start)
@@ -217,8 +225,12 @@ def train(run: RunConfig) -> list[dict]:
             record["skipped"] = int(not updated)
         if peak is not None:
             record["mfu"] = mfu(flops_per_token, record["tokens_per_s"], peak, rt.world_size)
+        validating = held_out is not None and (step % cfg.eval_interval == 0 or step == total)
+        if validating:
+            result = held_out_loss(ddp, held_out, model_cfg.vocab_size, micro, rt.device)
+            record.update(valid_loss=result.loss, valid_ppl=result.perplexity)
         records.append({"step": step, **record})
-        if step % cfg.log_every == 0 or step == total:
+        if step % cfg.log_every == 0 or step == total or validating:
             logger.log(step, record)
         exiting = cfg.exit_interval is not None and step % cfg.exit_interval == 0
         at_end = step == total and cfg.save_at_end

@@ -1,0 +1,60 @@
+"""Held-out perplexity of a native checkpoint on an indexed dataset, without lm-eval, at any
+TP/PP (the rest of the world is data parallel):
+
+    torchrun --nproc-per-node 4 eval/perplexity.py --checkpoint runs/hybrid \
+        --data data/pile_val_text_document --seq_length 2048 --tensor 2 --max_windows 512
+
+Prints one JSON line (loss, perplexity, tokens, windows); --output also writes it to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from megatron_mamba.config import ParallelConfig
+from megatron_mamba.data.held_out import HeldOutWindows
+from megatron_mamba.evaluation.perplexity import held_out_loss
+from megatron_mamba.models.build import build_model
+from megatron_mamba.runtime import ParallelSizes, init_runtime
+from megatron_mamba.training.checkpoint import find_checkpoint, load_weights, read_model_config
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="native checkpoint or run directory")
+    parser.add_argument("--data", required=True, help=".bin/.idx prefix of the held-out set")
+    parser.add_argument("--seq_length", type=int, default=2048)
+    parser.add_argument("--micro_batch", type=int, default=4)
+    parser.add_argument("--first_window", type=int, default=0)
+    parser.add_argument("--max_windows", type=int)
+    parser.add_argument("--tensor", type=int, default=1)
+    parser.add_argument("--pipeline", type=int, default=1)
+    parser.add_argument("--output", help="also write the JSON result here")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    step = find_checkpoint(Path(args.checkpoint), Path(args.checkpoint))
+    runtime = init_runtime(ParallelSizes(args.tensor, args.pipeline))
+    config = read_model_config(step)
+    model = build_model(config, ParallelConfig(tensor=args.tensor, pipeline=args.pipeline))
+    model = model.to(runtime.device)
+    load_weights(step, model)
+    windows = HeldOutWindows(
+        args.data, args.seq_length, config.vocab_size, args.first_window, args.max_windows
+    )
+    result = held_out_loss(model, windows, config.vocab_size, args.micro_batch, runtime.device)
+    if runtime.rank == 0:
+        line = json.dumps({"checkpoint": str(step), **result.as_dict()})
+        print(line, flush=True)
+        if args.output:
+            Path(args.output).write_text(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
