@@ -13,7 +13,7 @@ setup(
         "torch>=2.6",
         "numpy",
         "packaging",
-        "transformers>=4.46",
+        "transformers>=5.23",  # the hybrid classes use its config and cache API
         "tokenizers",
         "safetensors",
         "pyyaml",

@@ -1,6 +1,7 @@
 """lm-eval's model `megatron_mamba`: a native checkpoint (or an HF export) under lm-eval's own HF
-model, which brings batching by length, the logits cache, stop sequences, chat templates and
-data parallelism (accelerate launch).
+model, which brings tokenisation, rolling windows, stop sequences, chat templates and data
+parallelism (accelerate launch). Scoring is ours: the LM head and the log-softmax run on the
+continuation tokens alone, in fp32, instead of on every position of every padded row.
 
 A native checkpoint, saved at any TP/PP, is built in memory as the transformers model its export
 would load as (no files written): attention layers keep a KV cache and Mamba layers their conv
@@ -16,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils_hf import get_dtype
 
@@ -77,3 +79,48 @@ class MegatronMambaLM(HFLM):
             )
         dtype = torch.float32 if dtype in (None, "auto") else get_dtype(dtype)
         self._model = load_as_transformers(pretrained, dtype)
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
+        """(log-likelihood, is greedy) of each (strings, context ids, continuation ids), longest
+        first in batches; contexts are cut from the left to fit max_length, as lm-eval does."""
+        size = override_bs or self.batch_size
+        if not isinstance(size, int):  # "auto": lm-eval's own batch-size search
+            return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+        order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1] + requests[i][2]))
+        results: list = [None] * len(requests)
+        for start in range(0, len(order), size):
+            rows = order[start : start + size]
+            scored = self._score([requests[i][1:] for i in rows])
+            for i, answer in zip(rows, scored, strict=True):
+                results[i] = answer
+                if requests[i][0] is not None:
+                    self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
+        return results
+
+    @torch.no_grad()
+    def _score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+        inputs, rows, positions, targets = [], [], [], []
+        for row, (context, continuation) in enumerate(pairs):
+            whole = (context + continuation)[-(self.max_length + 1) :]
+            inputs.append(whole[:-1])
+            first = len(whole) - 1 - len(continuation)
+            rows += [row] * len(continuation)
+            positions += range(first, first + len(continuation))
+            targets += continuation
+        width = max(len(ids) for ids in inputs)
+        batch = torch.zeros((len(inputs), width), dtype=torch.long)
+        for row, ids in enumerate(inputs):  # right padding: causal models ignore it
+            batch[row, : len(ids)] = torch.tensor(ids)
+        hidden = self.model.base_model(input_ids=batch.to(self.device), use_cache=False)
+        rows_t = torch.tensor(rows, device=self.device)
+        picked = hidden.last_hidden_state[rows_t, torch.tensor(positions, device=self.device)]
+        logits = self.model.get_output_embeddings()(picked).float()
+        targets_t = torch.tensor(targets, device=self.device)
+        token_ll = F.log_softmax(logits, dim=-1).gather(-1, targets_t[:, None])[:, 0]
+        missed = (logits.argmax(-1) != targets_t).float()
+        total = torch.zeros(len(pairs), dtype=torch.float64, device=self.device)
+        total.index_add_(0, rows_t, token_ll.double())
+        misses = torch.zeros(len(pairs), device=self.device).index_add_(0, rows_t, missed)
+        return [
+            (float(t), bool(m == 0)) for t, m in zip(total.tolist(), misses.tolist(), strict=True)
+        ]
