@@ -18,7 +18,7 @@ setup(
         "safetensors",
         "pyyaml",
         "einops",
-        "lm-eval>=0.4.5",
+        "lm-eval>=0.4.13",
         "accelerate",
         "wandb",
         "tqdm",
@@ -26,6 +26,7 @@ setup(
     ],
     extras_require={
         "gpu": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
-        "dev": ["pytest", "ruff"],
+        "zephyr": ["trl>=1.16"],  # the HF route of SFT/DPO on exported hybrids
+        "dev": ["pytest", "ruff", "trl>=1.16"],
     },
 )
