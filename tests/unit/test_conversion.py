@@ -247,3 +247,42 @@ def test_cald_layout_imports(runtime, tmp_path):
     theirs, cfg = _native(tmp_path / "native-cald")
     assert cfg.layer_pattern == "MMM" and cfg.mamba.d_inner == 96
     assert torch.equal(_native_logits(ours, _tokens()), _native_logits(theirs, _tokens()))
+
+
+_REMOTE_LOAD = """
+import sys, torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+with torch.no_grad():
+    torch.save(model(torch.load(sys.argv[2])).logits, sys.argv[3])
+"""
+
+
+def test_hybrid_export_loads_with_trust_remote_code_alone(runtime, tmp_path):
+    """A process that never imports megatron_mamba itself loads the export through its
+    modeling_hybrid.py (transformers imports the package from there)."""
+    import os
+    import subprocess
+    import sys
+
+    factory, pattern, mamba = HYBRIDS["mistral"]
+    _saved(factory, tmp_path / "hf")
+    import_hf(
+        tmp_path / "hf", tmp_path / "native", layer_pattern=pattern, mamba=mamba, progress=False
+    )
+    export_hf(tmp_path / "native", tmp_path / "export", progress=False)
+    tokens = _tokens()
+    torch.save(tokens, tmp_path / "tokens.pt")
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home")}
+    args = [tmp_path / "export", tmp_path / "tokens.pt", tmp_path / "logits.pt"]
+    proc = subprocess.run(
+        [sys.executable, "-c", _REMOTE_LOAD, *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model, _ = _native(tmp_path / "native")
+    _close(torch.load(tmp_path / "logits.pt"), _native_logits(model, tokens), 1e-5)
