@@ -14,6 +14,8 @@ from transformers import (
     GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
 )
 
 from tests.distributed.launch import REPO, torchrun
@@ -46,8 +48,17 @@ def _llama():
     return LlamaForCausalLM(config).eval()
 
 
-CASES = {
+def _mistral():
+    config = MistralConfig(
+        **{**_GQA_SHAPE, "vocab_size": VOCAB}, num_hidden_layers=4, sliding_window=32
+    )
+    return MistralForCausalLM(config).eval()
+
+
+CASES = {  # each architecture at TP=2 and at PP=2
     "gpt_neox-tp2": (_gpt_neox, None, None, 2, 1),
+    "llama-tp2": (_llama, None, None, 2, 1),
+    "mistral_hybrid-tp2pp2": (_mistral, "AMSA", dict(layout="attention", init="attention"), 2, 2),
     "llama_hybrid-pp2": (_llama, "SAMA", dict(layout="attention", init="attention"), 1, 2),
     "gpt_neox_hybrid-tp2pp2": (
         _gpt_neox,
