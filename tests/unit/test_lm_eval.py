@@ -174,3 +174,9 @@ def test_run_lm_evals_refuses_unknown_tasks_before_loading(checkpoints, tmp_path
         main([str(native), "--tasks", "tiny_mc,no_such_task", "--include_path", str(TASKS)])
     with pytest.raises(SystemExit, match="not found"):
         main([str(tmp_path / "missing"), "--tasks", "tiny_mc"])
+
+
+def test_cald_suite_names_are_lm_eval_tasks():
+    from megatron_mamba.evaluation.suite import CALD_TASKS, check_tasks, task_manager
+
+    check_tasks(list(CALD_TASKS), task_manager(None))  # raises on an unknown name
