@@ -23,7 +23,11 @@ from lm_eval.models.utils_hf import get_dtype
 
 from megatron_mamba.convert.exporter import hf_config_for, load_as_transformers
 from megatron_mamba.convert.hf_files import TOKENIZER_FILES
-from megatron_mamba.training.checkpoint import CHECKPOINTS, LATEST, read_model_config
+from megatron_mamba.training.checkpoint import (
+    CheckpointError,
+    find_checkpoint,
+    read_model_config,
+)
 
 
 def is_native_checkpoint(path: str | Path) -> bool:
@@ -31,10 +35,11 @@ def is_native_checkpoint(path: str | Path) -> bool:
     path = Path(path)
     if (path / "config.json").is_file():
         return False
-    return any(
-        (holder / LATEST).is_file() or (holder / "metadata.json").is_file()
-        for holder in (path, path / CHECKPOINTS)
-    )
+    try:
+        find_checkpoint(path, path)
+    except CheckpointError:
+        return False
+    return True
 
 
 def _tokenizer_dir(path: Path) -> Path | None:

@@ -83,13 +83,12 @@ def comparison_table(results: dict[str, dict[str, dict]], tasks: list[str]) -> d
 
 
 def to_markdown(table: dict) -> str:
-    columns = [task for task in table["metrics"]]
+    metrics = table["metrics"]
+    columns = list(metrics)
+    header = ["checkpoint"] + [f"{task} ({metric})" for task, metric in metrics.items()]
     if any(MEAN in row for row in table["rows"].values()):
         columns.append(MEAN)
-    header = ["checkpoint"] + [
-        f"{task} ({table['metrics'][task]})" if task in table["metrics"] else task
-        for task in columns
-    ]
+        header.append(MEAN)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in table["rows"].items():
         cells = [_cell(row.get(column)) for column in columns]

@@ -44,3 +44,20 @@ def torchrun(script: Path, nproc: int, *args: str, timeout: int = 600, cpu: bool
             f"(exit {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
         )
     return proc.stdout
+
+
+def run_script(script: Path, *args, timeout: int = 300) -> str:
+    """Run a Python script in its own single process (no torchrun), repo on the path; its
+    output, or fail loudly. Tools run this way keep this process free of process groups; the
+    rendezvous variables of one this process may hold are not passed on (the child picks its own
+    free port)."""
+    rendezvous = {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"}
+    env = {k: v for k, v in os.environ.items() if k not in rendezvous}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, str(script), *map(str, args)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"{script.name} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+        )
+    return proc.stdout

@@ -1,9 +1,6 @@
 """An imported checkpoint loads at TP=2 and PP=2 with transformers' logits, also where megatron
 pads the vocabulary differently for the new TP size (100 tokens: 128 rows at TP=1, 256 at TP=2)."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,7 @@ from transformers import (
     MistralForCausalLM,
 )
 
-from tests.distributed.launch import REPO, torchrun
+from tests.distributed.launch import REPO, run_script, torchrun
 from tests.helpers.hf_tiny import _GQA_SHAPE, randomize_norms
 
 WORKER = Path(__file__).parent / "workers" / "checkpoint_logits.py"
@@ -73,10 +70,7 @@ CASES = {  # each architecture at TP=2 and at PP=2
 def _tool(name: str, *args) -> None:
     """A conversion command line in its own process (this one keeps no process group, whose
     port the example scripts' single-process runs would otherwise inherit)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, str(REPO / "tools" / f"{name}.py"), *map(str, args)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_script(REPO / "tools" / f"{name}.py", *args)
 
 
 @pytest.mark.parametrize("case", CASES)

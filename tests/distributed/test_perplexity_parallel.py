@@ -2,46 +2,28 @@
 and the trainer's periodic validation is that same number for the checkpoint it saved."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from tests.distributed.launch import REPO, torchrun
+from tests.distributed.launch import REPO, run_script, torchrun
 from tests.distributed.train_runs import ITEM, run, write_items
-from tests.helpers.hf_tiny import randomize_norms
+from tests.helpers.hf_tiny import randomize_norms, tiny_gpt_neox
 
 PERPLEXITY = REPO / "eval" / "perplexity.py"
 VOCAB = 100
-
-
-def _tool(*args) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, *map(str, args)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
 
 
 @pytest.fixture(scope="module")
 def hybrid(tmp_path_factory):
     """A tiny Pythia-shaped hybrid checkpoint and a held-out set of uneven documents."""
     root = tmp_path_factory.mktemp("ppl")
-    config = GPTNeoXConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=256,
-    )
-    model = GPTNeoXForCausalLM(config).eval()
+    model = tiny_gpt_neox(True, layers=4, vocab=VOCAB)
     randomize_norms(model)
     model.save_pretrained(root / "hf")
     mamba = ["--mamba=layout=classic", "--mamba=head_dim=16", "--mamba=groups=2"]
-    _tool(
+    run_script(
         REPO / "tools" / "convert_hf_to_native.py",
         root / "hf",
         root / "native",

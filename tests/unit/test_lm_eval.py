@@ -57,7 +57,8 @@ def test_local_tasks_give_what_the_hf_model_gives_on_the_export(checkpoints):
         metrics = {k: v for k, v in theirs[task].items() if isinstance(v, float)}
         assert metrics, task
         for name, value in metrics.items():
-            assert ours[task][name] == pytest.approx(value, rel=1e-6), (task, name)
+            # fp32 rounding of two log-softmax implementations, amplified by exp in perplexities
+            assert ours[task][name] == pytest.approx(value, rel=1e-5), (task, name)
 
 
 def _native_model(path: Path):
@@ -157,7 +158,8 @@ def test_run_lm_evals_writes_one_table_for_several_checkpoints(checkpoints, tmp_
     for name in ("native", "export"):
         row = table["rows"][name]
         assert row["tiny_mc"] == pytest.approx(reference["tiny_mc"]["acc,none"])
-        assert row["tiny_ppl"] == pytest.approx(reference["tiny_ppl"]["word_perplexity,none"])
+        expected_ppl = reference["tiny_ppl"]["word_perplexity,none"]
+        assert row["tiny_ppl"] == pytest.approx(expected_ppl, rel=1e-5)
         assert row["mean acc"] == row["tiny_mc"]
     markdown = (tmp_path / "evals" / "table.md").read_text()
     assert markdown == capsys.readouterr().out

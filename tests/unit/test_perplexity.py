@@ -15,6 +15,7 @@ from megatron_mamba.data.held_out import HeldOutWindows
 from megatron_mamba.data.indexed import DatasetError
 from megatron_mamba.evaluation.perplexity import held_out_loss
 from megatron_mamba.models.build import build_model
+from megatron_mamba.models.presets import preset
 from megatron_mamba.training.checkpoint import load_weights, read_model_config
 from tests.helpers.hf_tiny import VOCAB, randomize_norms, tiny_gpt_neox
 
@@ -85,12 +86,6 @@ def test_held_out_loss_is_transformers_loss_on_the_same_windows(runtime, tmp_pat
 
 def test_too_few_windows_for_a_micro_batch_is_refused(runtime, tmp_path):
     windows = HeldOutWindows(_write(tmp_path / "d", _documents([20])), 16)
-    model = build_model(read_model_config_stub(), ParallelConfig())
+    model = build_model(preset("tiny-gpt-neox", vocab_size=VOCAB), ParallelConfig())
     with pytest.raises(ValueError, match="fewer than micro_batch"):
         held_out_loss(model, windows, VOCAB, 2, torch.device("cpu"))
-
-
-def read_model_config_stub():
-    from megatron_mamba.models.presets import preset
-
-    return preset("tiny-gpt-neox", vocab_size=VOCAB)

@@ -116,14 +116,8 @@ def test_export_sft_dpo_import_and_train_natively(runtime, tmp_path):
     lines = (tmp_path / "native" / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert [r["step"] for r in records] == [1, 2]
-    batch = torch.from_numpy(
-        np.stack(
-            [
-                np.fromfile(f"{data}.bin", dtype=np.uint16)[i * ITEM : (i + 1) * ITEM]
-                for i in range(4)
-            ]
-        ).astype(np.int64)
-    )
+    tokens = np.fromfile(f"{data}.bin", dtype=np.uint16)[: 4 * ITEM].astype(np.int64)
+    batch = torch.from_numpy(tokens.reshape(4, ITEM))  # the first step's micro-batch
     with torch.no_grad():
         expected = aligned(batch, labels=batch).loss.item()
     assert records[0]["loss"] == pytest.approx(expected, rel=1e-5)
