@@ -100,13 +100,16 @@ def read_jsonl(path: str | Path, required: tuple[str, ...]) -> Iterator[dict]:
             yield record
 
 
-def pad_batch(examples: list[MaskedTokens], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded [B, L] tokens, the loss mask of each next-token target, and padding mask.
+def pad_batch(
+    examples: list[MaskedTokens], pad_id: int, length: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Right-padded [B, L] tokens (L: `length`, or the longest example), the loss mask of each
+    next-token target, and the padding mask.
 
     `loss_mask[b, t]` weights the prediction of tokens[b, t + 1] from position t, so it is the
     assistant mask shifted by one; the last column is always 0.
     """
-    length = max(len(e.input_ids) for e in examples)
+    length = length or max(len(e.input_ids) for e in examples)
     tokens = torch.full((len(examples), length), pad_id, dtype=torch.long)
     loss_mask = torch.zeros(len(examples), length, dtype=torch.float32)
     attention = torch.zeros(len(examples), length, dtype=torch.bool)

@@ -15,14 +15,17 @@ import torch
 from megatron.core import parallel_state as ps
 from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
+from megatron_mamba.data.batches import TokenBatch
 from megatron_mamba.distill.aux_loss import attach_loss, set_loss_scale
 from megatron_mamba.distill.config import DistillConfig
 from megatron_mamba.distill.losses import block_mse, logits_kl
 from megatron_mamba.distill.schedule import layer_alpha
+from megatron_mamba.training.paired import forward_pair
 
 
 class Distillation:
     detailed = True
+    rows_per_item = 1
 
     def __init__(self, student, teacher, cfg: DistillConfig, num_layers: int, total_steps: int):
         self.student, self.teacher, self.cfg = student, teacher, cfg
@@ -77,21 +80,16 @@ class Distillation:
         self.layer_sum += float(share.detach())
         return attach_loss(hidden, self.alpha_layer * share), context
 
-    def forward_step(self, tokens: torch.Tensor, model):
-        inputs, labels = tokens[:, :-1], tokens[:, 1:]
+    def forward_step(self, batch: TokenBatch, model):
+        """CE and logits KL are means over the targets that carry loss (all of them for
+        pre-training data, assistant tokens for chat data); the layer loss is over every token."""
         if not self.uses_teacher:
-            return model(inputs, None, None, labels=labels), self._ce_only
+            per_token = model(batch.inputs, None, None, labels=batch.labels)
+            return per_token, lambda output: self._ce_only(batch, output)
 
-        if not ps.is_pipeline_first_stage():
-            # the schedule handed the student [student; teacher]: give each model its half
-            student_in, teacher_in = self.student.decoder.input_tensor.chunk(2, dim=1)
-            self.student.decoder.set_input_tensor(student_in)
-            self.teacher.decoder.set_input_tensor(teacher_in)
-        with torch.no_grad():
-            teacher_out = self.teacher(inputs, None, None)
-        student_out = model(inputs, None, None)
-        if not ps.is_pipeline_last_stage():
-            return torch.cat([student_out, teacher_out], dim=1), None
+        send, outputs = forward_pair(self.student, self.teacher, batch.inputs, model)
+        if outputs is None:
+            return send, None
 
         def loss_func(outputs):
             student_logits, teacher_logits = outputs
@@ -99,18 +97,21 @@ class Distillation:
             total = 0.0
             if self.cfg.alpha_logits_distill_loss:
                 # before CE, which shifts the logits in place
-                kl = logits_kl(student_logits, teacher_logits, self.cfg.logits_temperature).mean()
+                per_token = logits_kl(student_logits, teacher_logits, self.cfg.logits_temperature)
+                kl = batch.masked_mean(per_token)
                 total = total + self.cfg.alpha_logits_distill_loss * kl
                 parts["logits_kl"] = kl.detach()
-            ce = vocab_parallel_cross_entropy(student_logits.float(), labels).mean()
+            ce = batch.masked_mean(
+                vocab_parallel_cross_entropy(student_logits.float(), batch.labels)
+            )
             total = total + self.cfg.alpha_ce_loss * ce
             parts["ce"] = ce.detach().clone()
             return total, parts
 
-        return (student_out, teacher_out), loss_func
+        return outputs, loss_func
 
-    def _ce_only(self, per_token):
-        ce = per_token.float().mean()
+    def _ce_only(self, batch: TokenBatch, per_token):
+        ce = batch.masked_mean(per_token)
         return self.cfg.alpha_ce_loss * ce, {"ce": ce.detach().clone()}
 
     def parts(self, micro_batch_records: list[dict]) -> dict[str, float]:

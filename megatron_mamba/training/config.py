@@ -12,6 +12,7 @@ from typing import Literal
 
 SchedulerType = Literal["cosine", "linear", "constant"]
 MixedPrecision = Literal["no", "fp16", "bf16"]
+Trainable = Literal["all", "mamba"]
 
 
 @dataclass
@@ -72,6 +73,8 @@ class TrainConfig:
     resume_from_checkpoint: str | None = None
     """A checkpoint directory, or "latest" for the newest in output_dir/run_name/checkpoints;
     needs the same parallel layout and global batch (init_from loads weights at any layout)."""
+    trainable: Trainable = "all"
+    """"mamba" trains only the Mamba mixers, everything else frozen (MambaInLlama's stage 1)."""
     report_to: tuple[str, ...] = ("jsonl",)
     """Metric sinks: any of console, jsonl, wandb (wandb offline unless WANDB_MODE says)."""
     log_every: int = 1
@@ -124,6 +127,8 @@ class TrainConfig:
             raise ValueError(
                 f"mixed_precision {self.mixed_precision!r} is unknown; expected no, fp16 or bf16"
             )
+        if self.trainable not in ("all", "mamba"):
+            raise ValueError(f"trainable {self.trainable!r} is unknown; expected all or mamba")
         unknown = set(self.report_to) - {"console", "jsonl", "wandb"}
         if unknown:
             raise ValueError(f"report_to has unknown sink(s) {sorted(unknown)}")

@@ -5,21 +5,22 @@ teacher."""
 
 from __future__ import annotations
 
-import torch
+from megatron_mamba.data.batches import TokenBatch
 
 
 class LanguageModelling:
     micro_batch_factor = 1
+    rows_per_item = 1
     detailed = False
 
     def begin_step(self, step: int, loss_scale: float, accumulation: int) -> None:
         pass
 
-    def forward_step(self, tokens: torch.Tensor, model):
-        per_token = model(tokens[:, :-1], None, None, labels=tokens[:, 1:])
+    def forward_step(self, batch: TokenBatch, model):
+        per_token = model(batch.inputs, None, None, labels=batch.labels)
 
         def loss_func(output):
-            loss = output.float().mean()
+            loss = batch.masked_mean(output)  # over the targets that carry loss (SFT: assistant)
             return loss, {"ce": loss.detach().clone()}  # the schedule divides `loss` in place
 
         return per_token, loss_func

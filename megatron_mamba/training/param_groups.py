@@ -51,3 +51,12 @@ def megatron_weight_decay_overrides(model: torch.nn.Module, mamba_only: bool) ->
         fn=lambda param, name: not decays(name, mamba_ids, param, mamba_only),
     )
     return {ParamKey(with_name_predicate=spared): ParamGroupOverride(wd_mult=0.0)}
+
+
+def freeze_all_but_mamba(model: torch.nn.Module) -> int:
+    """MambaInLlama's stage-1 setting: only the Mamba mixers train (embeddings, norms, MLPs and
+    the attention layers kept stay as they are). Returns the number of trainable parameters."""
+    mamba_ids = _mamba_parameter_ids(model)
+    for param in model.parameters():
+        param.requires_grad_(id(param) in mamba_ids)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -11,16 +11,26 @@ from megatron_mamba.config_io import build
 from megatron_mamba.distill.config import DistillConfig
 from megatron_mamba.models.presets import preset
 from megatron_mamba.training.config import TrainConfig
+from megatron_mamba.training.dpo import DPOConfig
+
+DATA_KINDS = ("pythia", "chat", "preference")
 
 
 @dataclass
 class DataConfig:
-    kind: Literal["pythia"] = "pythia"
-    """"pythia": fixed-length items in training order (the pre-shuffled Pile layout)."""
+    kind: Literal["pythia", "chat", "preference"] = "pythia"
+    """"pythia": fixed-length items of a .bin/.idx in training order (the pre-shuffled Pile
+    layout); "chat": conversations for SFT or distillation, loss on assistant tokens;
+    "preference": prompt/chosen/rejected pairs, trained with DPO (data/chat_dataset.py)."""
     path: str = ""
-    """.bin/.idx prefix."""
+    """.bin/.idx prefix (pythia) or .jsonl file (chat, preference)."""
     item_length: int = 2049
-    """Tokens per item (sequence length + 1)."""
+    """Tokens per item (sequence length + 1); chat and preference records are padded or
+    truncated to it."""
+    tokenizer: str = ""
+    """chat, preference: the tokenizer directory whose chat template renders the records."""
+    shuffle: bool = True
+    """chat, preference: a new seeded permutation of the records each epoch."""
     allow_short_bin: bool = False
     first_item: int = 0
     valid_path: str = ""
@@ -34,6 +44,13 @@ class DataConfig:
             raise ValueError(f"item_length={self.item_length} must be at least 2")
         if self.valid_windows < 1:
             raise ValueError(f"valid_windows={self.valid_windows} must be positive")
+        if self.kind not in DATA_KINDS:
+            raise ValueError(f"data kind {self.kind!r} is unknown; expected one of {DATA_KINDS}")
+        if self.kind != "pythia" and not self.tokenizer:
+            raise ValueError(
+                f"data.kind={self.kind} needs data.tokenizer (the directory of the tokenizer "
+                "whose chat template renders the records)"
+            )
 
 
 @dataclass
@@ -45,6 +62,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    """Used when data.kind is preference."""
 
     def __post_init__(self) -> None:
         model = self.model_config()  # fail early, naming the bad model field
@@ -59,6 +78,20 @@ class RunConfig:
                 "model's beforehand (train.init_from); train.init_from_attention copies shared "
                 "tensors only, leaving the Mamba mixers fresh"
             )
+
+        if self.train.trainable == "mamba" and set(model.mixers) == {"attention"}:
+            raise ValueError(
+                "train.trainable=mamba, but the layer pattern has no Mamba layer; nothing "
+                "would be trained"
+            )
+        if self.data.kind == "preference":
+            if not (self.dpo.reference or self.train.init_from):
+                raise ValueError(
+                    "data.kind=preference (DPO) needs a reference model: set train.init_from "
+                    "(the SFT model, also the reference) or dpo.reference"
+                )
+            if self.distill.teacher:
+                raise ValueError("DPO (data.kind=preference) does not take a distill.teacher")
 
     def model_config(self) -> ModelConfig:
         if self.preset is not None:

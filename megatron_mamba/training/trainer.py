@@ -22,6 +22,8 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_mamba.config import RunPrecision
 from megatron_mamba.config_io import dump
+from megatron_mamba.data.batches import TokenBatch
+from megatron_mamba.data.chat_dataset import ChatDataset, PreferenceDataset
 from megatron_mamba.data.held_out import HeldOutWindows
 from megatron_mamba.data.pythia import DataOrder, PythiaPreshuffled
 from megatron_mamba.distill.objective import Distillation
@@ -39,9 +41,13 @@ from megatron_mamba.training.checkpoint import (
     save_checkpoint,
 )
 from megatron_mamba.training.ddp import wrap_ddp
+from megatron_mamba.training.dpo import PreferenceOptimisation
 from megatron_mamba.training.metrics import MetricsLogger
 from megatron_mamba.training.objective import LanguageModelling
-from megatron_mamba.training.param_groups import megatron_weight_decay_overrides
+from megatron_mamba.training.param_groups import (
+    freeze_all_but_mamba,
+    megatron_weight_decay_overrides,
+)
 from megatron_mamba.training.run_config import RunConfig
 from megatron_mamba.training.schedule import build_scheduler
 from megatron_mamba.training.throughput import mfu, peak_flops
@@ -99,27 +105,27 @@ def train(run: RunConfig) -> list[dict]:
     model = model.to(rt.device)
     if cfg.init_from:
         _initialise(model, Path(cfg.init_from))
-    teacher = _attention_model(run, model_cfg, rt.device, run.distill.teacher)
+    teacher = _frozen_model(run, _attention_only(model_cfg), rt.device, run.distill.teacher)
     if cfg.init_from_attention and not cfg.resume_from_checkpoint:
         same = teacher is not None and run.distill.teacher == cfg.init_from_attention
         source = (
             teacher
             if same
-            else _attention_model(run, model_cfg, rt.device, cfg.init_from_attention)
+            else _frozen_model(run, _attention_only(model_cfg), rt.device, cfg.init_from_attention)
         )
         _copy_shared(source, model)
         del source
+    reference = None
+    if run.data.kind == "preference":  # DPO: the frozen reference is the policy's start
+        reference = _frozen_model(run, model_cfg, rt.device, run.dpo.reference or cfg.init_from)
+    if cfg.trainable == "mamba":
+        freeze_all_but_mamba(model)
     ddp = wrap_ddp(model)
     optimizer = _optimizer(model, ddp, run)
     # The schedule multiplies each loss by this before backward: fp16's dynamic loss scale.
     model.config.grad_scale_func = optimizer.scale_loss
 
-    data = PythiaPreshuffled(
-        run.data.path,
-        vocab_size=model_cfg.vocab_size,
-        allow_short_bin=run.data.allow_short_bin,
-        sequence_length=run.data.item_length,
-    )
+    data = _training_data(run, model_cfg.vocab_size)
     micro, accumulation = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
     order = DataOrder(
         global_batch=micro * accumulation * rt.data_parallel_size,
@@ -157,6 +163,8 @@ def train(run: RunConfig) -> list[dict]:
     objective = LanguageModelling()
     if teacher is not None:
         objective = Distillation(model, teacher, run.distill, model_cfg.num_layers, total)
+    if reference is not None:
+        objective = PreferenceOptimisation(model, reference, run.dpo)
 
     def forward_step(batches, model):
         return objective.forward_step(next(batches).to(rt.device), model)
@@ -186,7 +194,10 @@ def train(run: RunConfig) -> list[dict]:
 
     interval = cfg.checkpoint_interval(total)
     records, bad_steps = [], 0
-    batches = data.batches(order, ps.get_data_parallel_rank(), start_step=start)
+    batches = (
+        TokenBatch(b) if isinstance(b, torch.Tensor) else b
+        for b in data.batches(order, ps.get_data_parallel_rank(), start_step=start)
+    )
     for step in range(start + 1, total + 1):
         started = time.perf_counter()
         ddp.zero_grad_buffer()
@@ -218,7 +229,7 @@ def train(run: RunConfig) -> list[dict]:
             **(parts if objective.detailed else {}),
             "lr": lr,
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-            "tokens_per_s": order.global_batch * seq / seconds,
+            "tokens_per_s": order.global_batch * objective.rows_per_item * seq / seconds,
         }
         if cfg.mixed_precision == "fp16":
             record["loss_scale"] = float(optimizer.get_loss_scale())
@@ -242,12 +253,28 @@ def train(run: RunConfig) -> list[dict]:
     return records
 
 
-def _attention_model(run: RunConfig, student_cfg, device, weights: str | None):
-    """The frozen attention-only version of the student (the teacher), in the student's layout,
-    with `weights` loaded; None without weights."""
+def _training_data(run: RunConfig, vocab_size: int):
+    data = run.data
+    if data.kind == "pythia":
+        return PythiaPreshuffled(
+            data.path,
+            vocab_size=vocab_size,
+            allow_short_bin=data.allow_short_bin,
+            sequence_length=data.item_length,
+        )
+    kind = ChatDataset if data.kind == "chat" else PreferenceDataset
+    return kind(data.path, data.tokenizer, data.item_length, run.train.seed, data.shuffle)
+
+
+def _attention_only(model_cfg):
+    return dataclasses.replace(model_cfg, layer_pattern="A" * model_cfg.num_layers)
+
+
+def _frozen_model(run: RunConfig, config, device, weights: str | None):
+    """A frozen model of `config` in the student's layout (a teacher, or DPO's reference), with
+    `weights` loaded; None without weights."""
     if not weights:
         return None
-    config = dataclasses.replace(student_cfg, layer_pattern="A" * student_cfg.num_layers)
     precision = RunPrecision(_DTYPE[run.train.mixed_precision])
     model = build_model(config, run.parallel, precision).to(device)
     _initialise(model, Path(weights))

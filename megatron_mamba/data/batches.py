@@ -1,0 +1,74 @@
+"""What the trainer hands an objective: token rows with an optional loss mask, or preference
+pairs. Both split into micro-batches and move to a device as one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    tokens: torch.Tensor
+    """[n, L] token ids: positions 0…L−2 are the inputs, 1…L−1 the targets."""
+    loss_mask: torch.Tensor | None = None
+    """[n, L−1] weight of each target (1 on assistant tokens, 0 on prompts and padding); None
+    trains on every target (pre-training data)."""
+
+    @property
+    def inputs(self) -> torch.Tensor:
+        return self.tokens[:, :-1]
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.tokens[:, 1:]
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def split(self, size: int) -> list[TokenBatch]:
+        masks = self.loss_mask.split(size) if self.loss_mask is not None else None
+        return [
+            TokenBatch(tokens, masks[i] if masks is not None else None)
+            for i, tokens in enumerate(self.tokens.split(size))
+        ]
+
+    def to(self, device) -> TokenBatch:
+        mask = self.loss_mask.to(device) if self.loss_mask is not None else None
+        return TokenBatch(self.tokens.to(device), mask)
+
+    def masked_mean(self, per_token: torch.Tensor) -> torch.Tensor:
+        """Mean of a [n, L−1] per-target quantity over the targets that carry loss."""
+        if self.loss_mask is None:
+            return per_token.float().mean()
+        mask = self.loss_mask.to(per_token.device, torch.float32)
+        return (per_token.float() * mask).sum() / mask.sum().clamp(min=1)
+
+
+@dataclass(frozen=True)
+class PreferenceBatch:
+    """Pairs for DPO: row i of `chosen` and of `rejected` answer the same prompt; their loss
+    masks cover only the responses."""
+
+    chosen: TokenBatch
+    rejected: TokenBatch
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+    def split(self, size: int) -> list[PreferenceBatch]:
+        return [
+            PreferenceBatch(c, r)
+            for c, r in zip(self.chosen.split(size), self.rejected.split(size), strict=True)
+        ]
+
+    def to(self, device) -> PreferenceBatch:
+        return PreferenceBatch(self.chosen.to(device), self.rejected.to(device))
+
+    def stacked(self) -> TokenBatch:
+        """[chosen; rejected] as one batch of 2n rows (one forward pass for both)."""
+        return TokenBatch(
+            torch.cat([self.chosen.tokens, self.rejected.tokens]),
+            torch.cat([self.chosen.loss_mask, self.rejected.loss_mask]),
+        )

@@ -1,0 +1,115 @@
+"""Chat (SFT) and preference (DPO) datasets read from jsonl, in the trainer's batch order.
+
+Every record is tokenized through the tokenizer's chat template once, at load, and right-padded
+(or truncated) to `item_length` tokens, so batches have the fixed shape megatron's pipeline
+schedule sends between stages. Records are shuffled with the run's seed, a new permutation each
+epoch; step s of epoch e reads the same items however often the run is resumed.
+
+- chat: {"messages": [{"role": ..., "content": ...}, ...]} per line (UltraChat / sftdataset,
+  or teacher-generated pseudo-labels); loss on the assistant turns.
+- preference: {"prompt": ..., "chosen": ..., "rejected": ...} per line, the responses as text or
+  as conversations that repeat the prompt (UltraFeedback binarized); loss masks on the responses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from megatron_mamba.data.batches import PreferenceBatch, TokenBatch
+from megatron_mamba.data.chat import pad_batch, read_jsonl, tokenize_chat, tokenize_preference
+from megatron_mamba.data.preprocess import load_tokenizer
+from megatron_mamba.data.pythia import DataOrder
+
+
+def _pad_id(tokenizer) -> int:
+    pad = tokenizer.pad_token_id
+    return pad if pad is not None else tokenizer.eos_token_id
+
+
+def _token_batch(examples, pad_id: int, length: int) -> TokenBatch:
+    padded = pad_batch(examples, pad_id, length)
+    return TokenBatch(padded["tokens"], padded["loss_mask"][:, :-1])
+
+
+def epoch_permutation(count: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(count)
+
+
+class _Records:
+    """Rows in memory, read in the order of a DataOrder with per-epoch shuffling."""
+
+    def __init__(self, path: str | Path, seed: int, shuffle: bool):
+        self.path, self.seed, self.shuffle = Path(path), seed, shuffle
+        if not self.path.is_file():
+            raise FileNotFoundError(f"data file {self.path} does not exist")
+        self.truncated = 0
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def rows(self, indices) -> TokenBatch | PreferenceBatch:
+        raise NotImplementedError
+
+    def batches(self, order: DataOrder, dp_rank: int, start_step: int = 0) -> Iterator:
+        per_epoch = order.steps_per_epoch(len(self))
+        for step in range(start_step, order.steps(len(self))):
+            epoch, within = divmod(step, per_epoch)
+            items = np.asarray(order.items(within, dp_rank))
+            if self.shuffle:
+                items = epoch_permutation(len(self), self.seed, epoch)[items]
+            yield self.rows(torch.from_numpy(items))
+
+    def _check_length(self, examples, item_length: int) -> None:
+        if not examples:
+            raise ValueError(f"{self.path} holds no records")
+        self.truncated += sum(len(e.input_ids) >= item_length for e in examples)
+        if all(sum(e.assistant_mask[1:item_length]) == 0 for e in examples):
+            raise ValueError(
+                f"no record of {self.path} has an assistant token within item_length="
+                f"{item_length}; nothing would be trained"
+            )
+
+
+class ChatDataset(_Records):
+    def __init__(self, path, tokenizer_dir, item_length: int, seed: int = 0, shuffle=True):
+        super().__init__(path, seed, shuffle)
+        tokenizer = load_tokenizer(tokenizer_dir)
+        examples = [
+            tokenize_chat(tokenizer, record["messages"], item_length)
+            for record in read_jsonl(self.path, ("messages",))
+        ]
+        self._check_length(examples, item_length)
+        self.data = _token_batch(examples, _pad_id(tokenizer), item_length)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def rows(self, indices) -> TokenBatch:
+        return TokenBatch(self.data.tokens[indices], self.data.loss_mask[indices])
+
+
+class PreferenceDataset(_Records):
+    def __init__(self, path, tokenizer_dir, item_length: int, seed: int = 0, shuffle=True):
+        super().__init__(path, seed, shuffle)
+        tokenizer = load_tokenizer(tokenizer_dir)
+        pairs = [
+            tokenize_preference(tokenizer, r["prompt"], r["chosen"], r["rejected"], item_length)
+            for r in read_jsonl(self.path, ("prompt", "chosen", "rejected"))
+        ]
+        self._check_length([p.chosen for p in pairs] + [p.rejected for p in pairs], item_length)
+        pad = _pad_id(tokenizer)
+        self.chosen = _token_batch([p.chosen for p in pairs], pad, item_length)
+        self.rejected = _token_batch([p.rejected for p in pairs], pad, item_length)
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+    def rows(self, indices) -> PreferenceBatch:
+        return PreferenceBatch(
+            TokenBatch(self.chosen.tokens[indices], self.chosen.loss_mask[indices]),
+            TokenBatch(self.rejected.tokens[indices], self.rejected.loss_mask[indices]),
+        )

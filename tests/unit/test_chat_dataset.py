@@ -1,0 +1,113 @@
+"""Chat and preference datasets: fixed-length rows whose loss mask covers the assistant tokens,
+read in a seeded per-epoch order that a resumed run reproduces."""
+
+import json
+
+import pytest
+import torch
+
+from megatron_mamba.config_io import ConfigError, load
+from megatron_mamba.data.chat_dataset import ChatDataset, PreferenceDataset
+from megatron_mamba.data.preprocess import load_tokenizer
+from megatron_mamba.data.pythia import DataOrder
+from megatron_mamba.training.run_config import RunConfig
+from tests.helpers.tiny_tokenizer import make_tokenizer
+
+ITEM = 48
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    return make_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+def _write(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def _chats(path, count=6):
+    return _write(
+        path,
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": f"Count to {i}."},
+                    {"role": "assistant", "content": " ".join(str(k) for k in range(i + 1))},
+                ]
+            }
+            for i in range(count)
+        ],
+    )
+
+
+def test_rows_are_padded_and_masked_on_assistant_targets(tmp_path, tokenizer_dir):
+    data = ChatDataset(_chats(tmp_path / "chat.jsonl"), tokenizer_dir, ITEM, shuffle=False)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    assert data.data.tokens.shape == (6, ITEM) and data.data.loss_mask.shape == (6, ITEM - 1)
+    row = data.rows(torch.tensor([3]))
+    targets = row.labels[0][row.loss_mask[0].bool()]
+    assert tokenizer.decode(targets) == "0 1 2 3<eos>\n"
+    length = len(
+        tokenizer.apply_chat_template(
+            [
+                {"role": "user", "content": "Count to 3."},
+                {"role": "assistant", "content": "0 1 2 3"},
+            ],
+            tokenize=True,
+        )["input_ids"]
+    )
+    assert (row.tokens[0, length:] == tokenizer.pad_token_id).all()
+    assert row.loss_mask[0, length - 1 :].sum() == 0
+
+
+def test_order_is_seeded_per_epoch_and_resumes(tmp_path, tokenizer_dir):
+    data = ChatDataset(_chats(tmp_path / "chat.jsonl"), tokenizer_dir, ITEM, seed=3)
+    order = DataOrder(global_batch=2, epochs=2)
+    firsts = [b.loss_mask.sum(-1).tolist() for b in data.batches(order, 0)]
+    assert len(firsts) == 6
+    epoch1, epoch2 = sum(firsts[:3], []), sum(firsts[3:], [])
+    assert sorted(epoch1) == sorted(epoch2) and epoch1 != epoch2
+    resumed = [b.loss_mask.sum(-1).tolist() for b in data.batches(order, 0, start_step=4)]
+    assert resumed == firsts[4:]
+    again = ChatDataset(_chats(tmp_path / "chat.jsonl"), tokenizer_dir, ITEM, seed=3)
+    assert [b.loss_mask.sum(-1).tolist() for b in again.batches(order, 0)] == firsts
+
+
+def test_preference_pairs_share_their_prompt(tmp_path, tokenizer_dir):
+    path = _write(
+        tmp_path / "prefs.jsonl",
+        [
+            {"prompt": f"Say {word}.", "chosen": f"{word}.", "rejected": "No."}
+            for word in ("red", "green", "blue", "amber")
+        ],
+    )
+    data = PreferenceDataset(path, tokenizer_dir, ITEM, seed=0)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    (batch,) = list(data.batches(DataOrder(global_batch=4), 0))
+    for i in range(4):
+        chosen = tokenizer.decode(batch.chosen.labels[i][batch.chosen.loss_mask[i].bool()])
+        rejected = tokenizer.decode(batch.rejected.labels[i][batch.rejected.loss_mask[i].bool()])
+        text = tokenizer.decode(batch.chosen.tokens[i])
+        word = chosen.removesuffix(".<eos>\n")
+        assert rejected == "No.<eos>\n" and f"Say {word}." in text
+    halves = batch.split(2)
+    assert len(halves) == 2 and torch.equal(halves[1].rejected.tokens, batch.rejected.tokens[2:])
+
+
+def test_bad_inputs_fail_clearly(tmp_path, tokenizer_dir):
+    with pytest.raises(FileNotFoundError, match="missing.jsonl does not exist"):
+        ChatDataset(tmp_path / "missing.jsonl", tokenizer_dir, ITEM)
+    _write(tmp_path / "bad.jsonl", [{"text": "no messages"}])
+    with pytest.raises(ValueError, match="bad.jsonl:1 lacks messages"):
+        ChatDataset(tmp_path / "bad.jsonl", tokenizer_dir, ITEM)
+    with pytest.raises(ValueError, match="no record .* has an assistant token within"):
+        ChatDataset(_chats(tmp_path / "chat.jsonl"), tokenizer_dir, 4)
+    with pytest.raises(ConfigError, match="data.kind=chat needs data.tokenizer"):
+        load(RunConfig, None, ["preset=tiny-llama", "data.kind=chat", "data.path=x.jsonl"])
+    with pytest.raises(ConfigError, match="needs a reference model"):
+        load(
+            RunConfig,
+            None,
+            ["preset=tiny-llama", "data.kind=preference", "data.tokenizer=t", "data.path=p"],
+        )

@@ -1,0 +1,131 @@
+"""DPO: the loss against a hand computation and against TRL's DPOTrainer on the same pairs,
+log-probabilities from our native model and from its transformers export."""
+
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer, MistralConfig, MistralForCausalLM
+
+from megatron_mamba.config import ParallelConfig
+from megatron_mamba.convert.exporter import export_hf
+from megatron_mamba.convert.importer import import_hf
+from megatron_mamba.data.batches import PreferenceBatch, TokenBatch
+from megatron_mamba.models.build import build_model
+from megatron_mamba.training.checkpoint import find_checkpoint, load_weights, read_model_config
+from megatron_mamba.training.dpo import DPOConfig, PreferenceOptimisation, dpo_loss
+from tests.helpers.hf_tiny import _GQA_SHAPE, randomize_norms
+from tests.helpers.tiny_tokenizer import make_tokenizer
+
+trl = pytest.importorskip("trl")
+
+VOCAB = 384  # a multiple of 128: no vocabulary padding, so both sides normalise alike
+
+
+def test_loss_and_rewards_equal_a_hand_computation():
+    policy_chosen = torch.tensor([-10.0, -3.0, -7.5], dtype=torch.float64)
+    policy_rejected = torch.tensor([-12.0, -2.0, -7.5], dtype=torch.float64)
+    reference_chosen = torch.tensor([-11.0, -2.5, -8.0], dtype=torch.float64)
+    reference_rejected = torch.tensor([-11.5, -2.5, -7.0], dtype=torch.float64)
+    beta = 0.1
+    losses, chosen, rejected = dpo_loss(
+        policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta
+    )
+    for i in range(3):
+        r_c = beta * (policy_chosen[i].item() - reference_chosen[i].item())
+        r_r = beta * (policy_rejected[i].item() - reference_rejected[i].item())
+        assert chosen[i].item() == pytest.approx(r_c, abs=1e-15)
+        assert rejected[i].item() == pytest.approx(r_r, abs=1e-15)
+        assert losses[i].item() == pytest.approx(math.log1p(math.exp(-(r_c - r_r))), rel=1e-12)
+    # A policy equal to its reference scores log 2 on every pair.
+    same = dpo_loss(policy_chosen, policy_rejected, policy_chosen, policy_rejected, 0.5)[0]
+    torch.testing.assert_close(same, torch.full_like(same, math.log(2)))
+
+
+def _preferences(count: int) -> Dataset:
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": "What does attention cost?"}],
+            "chosen": [{"role": "assistant", "content": "Memory that grows with the text."}],
+            "rejected": [{"role": "assistant", "content": "Nothing at all."}],
+        },
+        {
+            "prompt": [{"role": "user", "content": "Name a colour."}],
+            "chosen": [{"role": "assistant", "content": "Blue."}],
+            "rejected": [{"role": "assistant", "content": "I would rather not say a colour."}],
+        },
+    ]
+    return Dataset.from_list(rows * (count // 2))
+
+
+def _hybrid(root, name: str, tokenizer, seed: int):
+    """A Mistral hybrid (mamba1, attention, mamba2) as a native checkpoint and its export."""
+    torch.manual_seed(seed)
+    config = MistralConfig(
+        **{**_GQA_SHAPE, "vocab_size": VOCAB, "max_position_embeddings": 256},
+        num_hidden_layers=3,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    source = MistralForCausalLM(config)
+    randomize_norms(source)
+    source.save_pretrained(root / f"{name}-hf")
+    mamba = dict(layout="attention", init="attention")
+    native = root / f"{name}-native"
+    import_hf(root / f"{name}-hf", native, "MAS", mamba=mamba, seed=seed, progress=False)
+    export_hf(native, root / f"{name}-export", progress=False)
+    model = build_model(read_model_config(native), ParallelConfig())
+    load_weights(find_checkpoint(native, native), model)
+    exported = AutoModelForCausalLM.from_pretrained(root / f"{name}-export")
+    return model.eval(), exported.eval()
+
+
+def test_loss_equals_trl_on_the_same_pairs(runtime, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(make_tokenizer(tmp_path / "tok"))
+    policy, policy_hf = _hybrid(tmp_path, "policy", tokenizer, seed=1)
+    reference, reference_hf = _hybrid(tmp_path, "reference", tokenizer, seed=2)
+    beta = 0.1
+    trainer = trl.DPOTrainer(
+        model=policy_hf,
+        ref_model=reference_hf,
+        args=trl.DPOConfig(
+            output_dir=str(tmp_path / "dpo"),
+            beta=beta,
+            per_device_train_batch_size=4,
+            report_to=[],
+            use_cpu=True,
+            bf16=False,  # TRL would otherwise run the reference under bf16 autocast
+            max_length=128,
+        ),
+        train_dataset=_preferences(4),
+        processing_class=tokenizer,
+    )
+    inputs = next(iter(trainer.get_train_dataloader()))
+    with torch.no_grad():
+        expected = trainer._compute_loss(trainer.model, inputs, False).item()
+    logged = {k: v[-1] for k, v in trainer._metrics["eval"].items()}  # the models are in eval
+
+    tokens, completion = inputs["input_ids"], inputs["completion_mask"]
+    valid = inputs["attention_mask"]
+    assert torch.equal(valid, valid.cummin(-1).values), "TRL padded on the left"
+    chosen, rejected = (
+        TokenBatch(t, m[:, 1:].float())
+        for t, m in zip(tokens.chunk(2), completion.chunk(2), strict=True)
+    )
+    objective = PreferenceOptimisation(policy, reference, DPOConfig(beta=beta))
+    batch = PreferenceBatch(chosen, rejected)
+    with torch.no_grad():
+        outputs, loss_func = objective.forward_step(batch, policy)
+        loss, ours = loss_func(outputs)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert abs(expected - math.log(2)) > 1e-3  # the two models differ: a real comparison
+    for name, trl_name in [
+        ("reward_chosen", "rewards/chosen"),
+        ("reward_rejected", "rewards/rejected"),
+        ("reward_margin", "rewards/margins"),
+        ("reward_accuracy", "rewards/accuracies"),
+        ("logp_chosen", "logps/chosen"),
+        ("logp_rejected", "logps/rejected"),
+    ]:
+        assert ours[name].item() == pytest.approx(logged[trl_name], rel=1e-4, abs=1e-6), name
