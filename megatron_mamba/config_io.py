@@ -37,6 +37,17 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def key_values(items: list[str], flag: str) -> dict[str, Any]:
+    """`key=value` command-line settings (values read as YAML) as a dict."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{flag} {item!r} is not of the form key=value")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def _is_dataclass_type(tp) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 

@@ -13,20 +13,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-import yaml
-
 from megatron_mamba.config import ParallelConfig
+from megatron_mamba.config_io import key_values
 from megatron_mamba.convert.importer import import_hf
-
-
-def _settings(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--mamba {item!r} is not of the form key=value")
-        out[key] = yaml.safe_load(value)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
             args.source,
             args.output,
             layer_pattern=args.layer_pattern,
-            mamba=_settings(args.mamba),
+            mamba=key_values(args.mamba, "--mamba"),
             parallel=ParallelConfig(args.tensor_parallel, args.pipeline_parallel),
             seed=args.seed,
             overwrite=args.overwrite,

@@ -8,11 +8,15 @@ projections alike (both arrive in megatron's per-group [q…, k, v] layout) and 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from megatron_mamba.config import ModelConfig
+from megatron_mamba.config import ModelConfig, ParallelConfig
 from megatron_mamba.convert.layouts import split_qkv
+from megatron_mamba.models.build import to_transformer_config
 from megatron_mamba.models.mamba_dims import mamba1_dims, mamba2_dims
+from megatron_mamba.models.mixers import MIXERS
 
 
 def _in_proj_blocks(kind: str, model: ModelConfig) -> tuple[list[str], tuple[int, ...]]:
@@ -54,34 +58,52 @@ def mixer_from_attention(
     return out
 
 
-def hybrid_from_attention(
-    attention_state: dict[str, torch.Tensor],
-    fresh_hybrid_state: dict[str, torch.Tensor],
-    model: ModelConfig,
+def fresh_mixer(kind: str, model: ModelConfig, layer: int, seed: int) -> dict[str, torch.Tensor]:
+    """A newly initialised mixer's tensors (names relative to the mixer), seeded per layer, so
+    a conversion gives the same weights whatever else it converts."""
+    torch.manual_seed(seed * 100_003 + layer)
+    spec = MIXERS[kind](model)
+    config = to_transformer_config(model, ParallelConfig())
+    mixer = spec.module(config=config, layer_number=layer + 1, **spec.params)
+    return {k: v for k, v in mixer.state_dict().items() if not k.endswith("_extra_state")}
+
+
+def swapped_layers(source: ModelConfig, target: ModelConfig) -> list[int]:
+    """Layers that are attention in `source` and Mamba in `target`; a layer that is Mamba in
+    the source must stay the same mixer (its weights cannot become attention)."""
+    swapped = []
+    for i, (was, now) in enumerate(zip(source.mixers, target.mixers, strict=True)):
+        if was != "attention" and was != now:
+            raise ValueError(
+                f"layer {i} is {was} in the source checkpoint; the pattern "
+                f"{target.layer_pattern!r} makes it {now}, but only attention layers can be swapped"
+            )
+        if was != now:
+            swapped.append(i)
+    return swapped
+
+
+def swap_mixers(
+    source_state: dict[str, torch.Tensor],
+    source: ModelConfig,
+    target: ModelConfig,
+    new_mixer: Callable[[str, int], dict[str, torch.Tensor]],
 ) -> dict[str, torch.Tensor]:
-    """The hybrid model's whole native state: everything from the attention model, except the
-    mixers of the pattern's Mamba layers, which come from `fresh_hybrid_state` (initialised from
-    the attention when model.mamba.init is "attention")."""
-    out = {}
-    for name, tensor in attention_state.items():
-        if not name.startswith("decoder.layers.") or ".mixer." not in name:
-            out[name] = tensor
-            continue
-        layer = int(name.split(".")[2])
-        if model.mixers[layer] == "attention":
-            out[name] = tensor
-    for layer, kind in enumerate(model.mixers):
-        if kind == "attention":
-            continue
-        prefix = f"decoder.layers.{layer}.mixer."
-        fresh = {k[len(prefix) :]: v for k, v in fresh_hybrid_state.items() if k.startswith(prefix)}
-        if model.mamba.init == "attention":
+    """The target model's whole native state from the source's: each layer that is attention in
+    the source and Mamba in the target gets `new_mixer(kind, layer)` (names relative to the
+    mixer), initialised from that attention when target.mamba.init is "attention"; every other
+    tensor is the source's, so Mamba layers the source already has keep their trained weights
+    (progressive distillation)."""
+    swapped = swapped_layers(source, target)
+    prefixes = tuple(f"decoder.layers.{layer}.mixer." for layer in swapped)
+    out = {name: t for name, t in source_state.items() if not name.startswith(prefixes)}
+    for layer, prefix in zip(swapped, prefixes, strict=True):
+        kind = target.mixers[layer]
+        mixer = new_mixer(kind, layer)
+        if target.mamba.init == "attention":
             attention = {
-                k[len(prefix) :]: v for k, v in attention_state.items() if k.startswith(prefix)
+                k[len(prefix) :]: v for k, v in source_state.items() if k.startswith(prefix)
             }
-            fresh = mixer_from_attention(kind, attention, fresh, model, layer)
-        out.update({prefix + k: v for k, v in fresh.items()})
-    missing = sorted(fresh_hybrid_state.keys() - out.keys())
-    if missing:
-        raise KeyError(f"the attention state lacks {len(missing)} tensor(s), e.g. {missing[:3]}")
+            mixer = mixer_from_attention(kind, attention, mixer, target, layer)
+        out.update({prefix + k: v for k, v in mixer.items()})
     return out

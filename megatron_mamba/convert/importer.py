@@ -20,7 +20,11 @@ from tqdm import tqdm
 
 from megatron_mamba.config import MambaConfig, ModelConfig, ParallelConfig
 from megatron_mamba.config_io import build, to_dict
-from megatron_mamba.convert.attention_to_mamba import mixer_from_attention
+from megatron_mamba.convert.attention_to_mamba import (
+    fresh_mixer,
+    mixer_from_attention,
+    swapped_layers,
+)
 from megatron_mamba.convert.hf_files import (
     HFCheckpoint,
     commit_output,
@@ -31,8 +35,7 @@ from megatron_mamba.convert.mapping import Context, MappingError, expand, resolv
 from megatron_mamba.convert.native_files import parameter_layout, write_native
 from megatron_mamba.convert.sources import source_model_config
 from megatron_mamba.convert.tables import table_for
-from megatron_mamba.models.build import to_transformer_config, validate_parallel
-from megatron_mamba.models.mixers import MIXERS
+from megatron_mamba.models.build import validate_parallel
 from megatron_mamba.runtime.distributed import ParallelSizes, init_runtime
 
 _MIXER = re.compile(r"^decoder\.layers\.(\d+)\.mixer\.(.+)$")
@@ -49,22 +52,8 @@ def target_config(
         layer_pattern=layer_pattern or source.layer_pattern,
         mamba=build(MambaConfig, settings, "mamba"),
     )
-    for i, (was, now) in enumerate(zip(source.mixers, target.mixers, strict=True)):
-        if was != "attention" and was != now:
-            raise ValueError(
-                f"layer {i} is {was} in the source checkpoint; the pattern "
-                f"{target.layer_pattern!r} makes it {now}, but only attention layers can be swapped"
-            )
+    swapped_layers(source, target)  # refuses turning Mamba back into attention
     return target
-
-
-def _fresh_mixer(kind: str, model: ModelConfig, layer: int, seed: int) -> dict[str, torch.Tensor]:
-    """A newly initialised mixer's tensors (names relative to the mixer), seeded per layer."""
-    torch.manual_seed(seed * 100_003 + layer)
-    spec = MIXERS[kind](model)
-    config = to_transformer_config(model, ParallelConfig())
-    mixer = spec.module(config=config, layer_number=layer + 1, **spec.params)
-    return {k: v for k, v in mixer.state_dict().items() if not k.endswith("_extra_state")}
 
 
 class _Reader:
@@ -148,7 +137,7 @@ def _checked(name: str, tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor
 def _swapped_mixer(layer, target, entries, read, ctx, seed) -> dict[str, torch.Tensor]:
     """A Mamba mixer for a layer that is attention in the source."""
     kind = target.mixers[layer]
-    mixer = _fresh_mixer(kind, target, layer, seed)
+    mixer = fresh_mixer(kind, target, layer, seed)
     prefix = f"decoder.layers.{layer}.mixer."
     attention_names = [n for n in entries if n.startswith(prefix)]
     if target.mamba.init == "attention":

@@ -4,12 +4,14 @@ and data. Read by `python -m megatron_mamba.train --config run.yaml key=value ..
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from megatron_mamba.config import ModelConfig, ParallelConfig
 from megatron_mamba.config_io import build
 from megatron_mamba.distill.config import DistillConfig
 from megatron_mamba.models.presets import preset
+from megatron_mamba.training.checkpoint import read_model_config
 from megatron_mamba.training.config import TrainConfig
 from megatron_mamba.training.dpo import DPOConfig
 
@@ -56,7 +58,8 @@ class DataConfig:
 @dataclass
 class RunConfig:
     preset: str | None = None
-    """A model preset (models/presets.py); `model` fields override it."""
+    """A model preset (models/presets.py); `model` fields override it. Without a preset or
+    model fields, the model is the one train.init_from's checkpoint records."""
     model: dict[str, Any] = field(default_factory=dict)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -96,4 +99,6 @@ class RunConfig:
     def model_config(self) -> ModelConfig:
         if self.preset is not None:
             return preset(self.preset, **self.model)
+        if not self.model and self.train.init_from and Path(self.train.init_from).is_dir():
+            return read_model_config(Path(self.train.init_from))
         return build(ModelConfig, self.model, "model")

@@ -5,12 +5,20 @@ import pytest
 import torch
 
 from megatron_mamba.config import ParallelConfig
-from megatron_mamba.convert.attention_to_mamba import hybrid_from_attention
+from megatron_mamba.convert.attention_to_mamba import swap_mixers
 from megatron_mamba.convert.hf_config import model_config_from_hf
 from megatron_mamba.convert.hf_weights import native_from_hf
 from megatron_mamba.models.build import build_model
 from megatron_mamba.parallel.shards import load_full_state, local_shards
 from tests.helpers.hf_tiny import VOCAB, tiny_gpt_neox, tiny_llama
+
+
+def _mixer_of(state):
+    def new_mixer(kind, layer):
+        prefix = f"decoder.layers.{layer}.mixer."
+        return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+    return new_mixer
 
 
 def hf_qkvo(hf, layer: int):
@@ -41,7 +49,7 @@ def test_mixers_initialised_from_attention(runtime, arch):
     )
     hybrid = build_model(hybrid_cfg, ParallelConfig())
     fresh = {k: v for k, (v, _) in local_shards(hybrid).items()}
-    state = hybrid_from_attention(attention_state, fresh, hybrid_cfg)
+    state = swap_mixers(attention_state, attention_cfg, hybrid_cfg, _mixer_of(fresh))
 
     assert state.keys() == fresh.keys()
     for layer, blocks in ((0, ["x", "z", "B", "C"]), (2, ["z", "x", "B", "C", "dt"])):
@@ -79,7 +87,8 @@ def test_mixers_initialised_from_attention(runtime, arch):
 
 def test_attention_biases_without_mixer_biases_are_refused(runtime):
     hf = tiny_gpt_neox(True, layers=1)
-    attention_state = native_from_hf(hf.state_dict(), model_config_from_hf(hf.config))
+    attention_cfg = model_config_from_hf(hf.config)
+    attention_state = native_from_hf(hf.state_dict(), attention_cfg)
     cfg = model_config_from_hf(
         hf.config,
         layer_pattern="S",
@@ -87,4 +96,4 @@ def test_attention_biases_without_mixer_biases_are_refused(runtime):
     )
     fresh = {k: v for k, (v, _) in local_shards(build_model(cfg, ParallelConfig())).items()}
     with pytest.raises(ValueError, match="set mamba.proj_bias"):
-        hybrid_from_attention(attention_state, fresh, cfg)
+        swap_mixers(attention_state, attention_cfg, cfg, _mixer_of(fresh))

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_mamba.config import ParallelConfig
+from megatron_mamba.data.batches import TokenBatch
 from megatron_mamba.distill.config import DistillConfig
 from megatron_mamba.distill.losses import block_mse, logits_kl, normalise
 from megatron_mamba.distill.objective import Distillation
@@ -97,7 +98,7 @@ def test_objective_gradient_matches_a_direct_computation(runtime):
     objective.begin_step(1, loss_scale=1.0, accumulation=2)
     get_forward_backward_func()(
         forward_step_func=lambda batches, model: objective.forward_step(next(batches), model),
-        data_iterator=iter(tokens.split(2)),
+        data_iterator=iter(TokenBatch(tokens).split(2)),
         model=student,
         num_microbatches=2,
         seq_length=16,

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Stage 2: end-to-end training of the hybrid with ATTN=50, 25 or 12.5 percent attention layers.
+# 50: from the progressive distillation (WITH_DISTILL=1) or from Zephyr with its layers
+# initialised from attention (WITH_DISTILL=0); 25 and 12.5: from the previous SFT model, its
+# newly swapped layers initialised from attention. SFT_MODE=ce trains on the chats' assistant
+# tokens; SFT_MODE=kl on the logits KL from the attention teacher (Zephyr itself here).
+#   ATTN=50 NPROC=8 bash examples/zephyr/sft.sh [--tiny] [key=value ...]
+source "$(dirname "$0")/common.sh"
+ATTN=${ATTN:-50}
+case $ATTN in
+  50) NAME=zephyr_0.50_mamba_sft
+    if [[ ${WITH_DISTILL:-1} == 1 ]]; then INIT=$OUT/zephyr_0.50_mamba
+    else INIT=$OUT/init_0.50_from_zephyr; from_zephyr 0.5 "$INIT"; fi ;;
+  25) NAME=zephyr_0.75_mamba_sft INIT=$OUT/init_0.75
+    swapped "$OUT/zephyr_0.50_mamba_sft" 0.75 "$INIT" ;;
+  12.5) NAME=zephyr_0.875_mamba_sft INIT=$OUT/init_0.875
+    swapped "$OUT/zephyr_0.75_mamba_sft" 0.875 "$INIT" ;;
+  *) echo "ATTN=$ATTN is unknown; expected 50, 25 or 12.5" >&2 && exit 2 ;;
+esac
+MODE=()
+case ${SFT_MODE:-ce} in
+  ce) ;;
+  kl) teacher
+    MODE=(distill.teacher="$OUT/teacher" distill.alpha_ce_loss=0 distill.alpha_logits_distill_loss=1
+      distill.logits_temperature=1) ;;
+  *) echo "SFT_MODE=$SFT_MODE is unknown; expected ce or kl" >&2 && exit 2 ;;
+esac
+train sft train.run_name="$NAME" train.init_from="$INIT" data.path="$SFT_DATA" "${MODE[@]}" "$@"
