@@ -64,7 +64,9 @@ def main() -> None:
     distill = DistillConfig(
         teacher="in memory", alpha_layer_distill_loss=15.0, alpha_logits_distill_loss=1.0
     )
-    objective = Distillation(student, teacher, distill, cfg.num_layers, total_steps=1)
+    objective = Distillation(
+        student, teacher, distill, cfg.num_layers, total_steps=1, vocab_size=cfg.vocab_size
+    )
     guided = median_step_seconds(step_fn(objective, student, tokens))
     result = {
         "student_only_s": alone,

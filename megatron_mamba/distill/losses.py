@@ -49,7 +49,8 @@ class _VocabParallelKL(torch.autograd.Function):
         log_p_s = _log_softmax(_at_least_fp32(student) / temperature, group)
         log_p_t = _log_softmax(_at_least_fp32(teacher) / temperature, group)
         p_t = log_p_t.exp()
-        kl = (p_t * (log_p_t - log_p_s)).sum(-1)
+        # entries masked to -inf on both sides (padded vocabulary) carry no probability: 0, not nan
+        kl = (p_t * (log_p_t - log_p_s)).where(p_t > 0, 0.0).sum(-1)
         torch.distributed.all_reduce(kl, group=group)
         ctx.save_for_backward(log_p_s, p_t)
         ctx.temperature, ctx.student_dtype = temperature, student.dtype

@@ -20,6 +20,7 @@ from megatron_mamba.distill.aux_loss import attach_loss, set_loss_scale
 from megatron_mamba.distill.config import DistillConfig
 from megatron_mamba.distill.losses import block_mse, logits_kl
 from megatron_mamba.distill.schedule import layer_alpha
+from megatron_mamba.models.vocab import without_padding
 from megatron_mamba.training.paired import forward_pair
 
 
@@ -27,8 +28,17 @@ class Distillation:
     detailed = True
     rows_per_item = 1
 
-    def __init__(self, student, teacher, cfg: DistillConfig, num_layers: int, total_steps: int):
+    def __init__(
+        self,
+        student,
+        teacher,
+        cfg: DistillConfig,
+        num_layers: int,
+        total_steps: int,
+        vocab_size: int,
+    ):
         self.student, self.teacher, self.cfg = student, teacher, cfg
+        self.vocab_size = vocab_size
         self.total_steps = total_steps
         self.distilled = set(range(1, num_layers - cfg.distill_skip_last + 1))
         self.alpha_layer = cfg.alpha_layer_distill_loss
@@ -92,7 +102,8 @@ class Distillation:
             return send, None
 
         def loss_func(outputs):
-            student_logits, teacher_logits = outputs
+            # over the real vocabulary: the same losses at every TP size
+            student_logits, teacher_logits = (without_padding(o, self.vocab_size) for o in outputs)
             parts = {}
             total = 0.0
             if self.cfg.alpha_logits_distill_loss:

@@ -19,6 +19,7 @@ from megatron.core import tensor_parallel
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_mamba.data.held_out import HeldOutWindows
+from megatron_mamba.models.vocab import without_padding
 
 
 @dataclass(frozen=True)
@@ -41,15 +42,6 @@ class HeldOutResult:
         }
 
 
-def _without_padding(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """This TP rank's vocabulary-parallel logits with the padded entries (ids ≥ vocab_size,
-    never targets) at -inf: perplexity over the real vocabulary, as transformers computes it."""
-    local = logits.shape[-1]
-    first = ps.get_tensor_model_parallel_rank() * local
-    ids = torch.arange(first, first + local, device=logits.device)
-    return logits.float().masked_fill(ids >= vocab_size, float("-inf"))
-
-
 def _forward_step(vocab_size: int):
     def forward_step(batches, model):
         tokens = next(batches)
@@ -57,7 +49,7 @@ def _forward_step(vocab_size: int):
 
         def loss_func(logits):
             losses = tensor_parallel.vocab_parallel_cross_entropy(
-                _without_padding(logits, vocab_size), tokens[:, 1:]
+                without_padding(logits, vocab_size), tokens[:, 1:]
             )
             total = losses.sum()
             # the schedule scales the returned tensor in place; the record keeps copies

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
 from megatron_mamba.data.batches import PreferenceBatch
+from megatron_mamba.models.vocab import without_padding
 from megatron_mamba.training.paired import forward_pair
 
 LOGGED = (
@@ -66,26 +68,26 @@ class PreferenceOptimisation:
     micro_batch_factor = 4  # chosen and rejected rows, of the policy and of the reference
     rows_per_item = 2  # a pair is two sequences
 
-    def __init__(self, policy, reference, cfg: DPOConfig):
+    def __init__(self, policy, reference, cfg: DPOConfig, vocab_size: int):
         self.policy, self.reference, self.cfg = policy, reference, cfg
+        self.vocab_size = vocab_size
 
     def begin_step(self, step: int, loss_scale: float, accumulation: int) -> None:
         pass
 
     def forward_step(self, batch: PreferenceBatch, model):
         rows = batch.stacked()
-        labels = {"labels": rows.labels}
-        send, outputs = forward_pair(
-            self.policy, self.reference, rows.inputs, model, labels, labels
-        )
+        send, outputs = forward_pair(self.policy, self.reference, rows.inputs, model)
         if outputs is None:
             return send, None
         pairs = len(batch)
 
+        def logps(logits):  # over the real vocabulary, whatever the TP padding
+            real = without_padding(logits, self.vocab_size)
+            return sequence_logps(vocab_parallel_cross_entropy(real, rows.labels), rows.loss_mask)
+
         def loss_func(outputs):
-            policy_ce, reference_ce = outputs
-            policy = sequence_logps(policy_ce, rows.loss_mask)
-            reference = sequence_logps(reference_ce, rows.loss_mask)
+            policy, reference = (logps(logits) for logits in outputs)
             losses, chosen, rejected = dpo_loss(
                 policy[:pairs],
                 policy[pairs:],

@@ -17,6 +17,7 @@ from megatron_mamba.distill.objective import Distillation
 from megatron_mamba.distill.schedule import layer_alpha
 from megatron_mamba.models.build import build_model
 from megatron_mamba.models.presets import preset
+from megatron_mamba.models.vocab import without_padding
 
 
 def test_normalisations_by_hand():
@@ -51,6 +52,18 @@ def test_logits_kl_and_its_gradient_match_torch(runtime):
     (ours_grad,) = torch.autograd.grad((ours * weights).sum(), student)
     (ref_grad,) = torch.autograd.grad((reference * weights).sum(), student)
     torch.testing.assert_close(ours_grad.double(), ref_grad)
+
+
+def test_logits_kl_ignores_the_padded_vocabulary(runtime):
+    torch.manual_seed(0)
+    student = torch.randn(2, 3, 11, requires_grad=True)
+    teacher = torch.randn(2, 3, 11)
+    padded_student = without_padding(F.pad(student, (0, 5), value=7.0), vocab_size=11)
+    padded_teacher = without_padding(F.pad(teacher, (0, 5), value=-3.0), vocab_size=11)
+    padded = logits_kl(padded_student, padded_teacher, temperature=1.0)
+    torch.testing.assert_close(padded, logits_kl(student, teacher, temperature=1.0))
+    (grad,) = torch.autograd.grad(padded.sum(), student)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
 def test_layer_alpha_schedule():
@@ -93,7 +106,7 @@ def test_objective_gradient_matches_a_direct_computation(runtime):
     distill = DistillConfig(
         teacher="t", alpha_layer_distill_loss=15.0, alpha_logits_distill_loss=0.5
     )
-    objective = Distillation(student, teacher, distill, num_layers=4, total_steps=10)
+    objective = Distillation(student, teacher, distill, 4, total_steps=10, vocab_size=256)
     tokens = torch.randint(0, 256, (4, 17))
     objective.begin_step(1, loss_scale=1.0, accumulation=2)
     get_forward_backward_func()(
