@@ -8,13 +8,17 @@ checked (header, sizes, token ids within the vocabulary) before megatron opens i
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
 from megatron_mamba.data.indexed import check_pair
+from megatron_mamba.data.pythia import ordered_batches
 
 
 @dataclass(frozen=True)
@@ -85,3 +89,77 @@ def build_gpt_datasets(
     return tuple(
         BlendedMegatronDatasetBuilder(GPTDataset, list(samples), lambda: True, config).build()
     )
+
+
+def parse_blend(spec: str) -> list[tuple[str, float | None]]:
+    """megatron's data-path syntax: "prefix", "prefix_a prefix_b" (weighted by size) or
+    "0.7 prefix_a 0.3 prefix_b"."""
+    words = spec.split()
+    if not words:
+        raise ValueError("data.path is empty; expected a .bin/.idx prefix or a weighted blend")
+    try:
+        float(words[0])
+    except ValueError:
+        return [(word, None) for word in words]
+    if len(words) % 2:
+        raise ValueError(f"data.path {spec!r} is not a list of weight prefix pairs")
+    blend = []
+    for weight, prefix in zip(words[::2], words[1::2], strict=True):
+        try:
+            blend.append((prefix, float(weight)))
+        except ValueError:
+            raise ValueError(f"data.path {spec!r}: {weight!r} is not a weight") from None
+    return blend
+
+
+class CorpusSamples:
+    """data_tools output for the trainer: megatron's GPTDataset samples of `item_length` tokens
+    (documents joined by EOD and cut into windows, shuffled by `seed`) over one prefix or a
+    blend, read in the trainer's data order (data-parallel shards, exact resume)."""
+
+    def __init__(
+        self,
+        spec: str,
+        tokenizer: HFTokenizerInfo,
+        item_length: int,
+        seed: int,
+        samples: int | None = None,
+        cache_dir: str | Path | None = None,
+    ):
+        blend = parse_blend(spec)
+        weighted = blend[0][1] is not None
+        if weighted and samples is None:
+            raise ValueError(
+                f"data.path {spec!r} is a weighted blend; megatron needs the number of samples "
+                "to draw from it: set train.max_train_samples"
+            )
+        prefixes = [str(prefix) for prefix, _ in blend]
+        for prefix in prefixes:
+            check_pair(prefix, vocab_size=tokenizer.vocab_size)
+        config = GPTDatasetConfig(
+            random_seed=seed,
+            sequence_length=item_length - 1,
+            blend=(prefixes, [w for _, w in blend] if weighted else None),
+            split="1,0,0",
+            path_to_cache=str(cache_dir) if cache_dir else None,
+            tokenizer=tokenizer,
+            reset_position_ids=False,
+            reset_attention_mask=False,
+            eod_mask_loss=False,
+            create_attention_mask=False,
+        )
+        sizes = [samples, 0, 0]
+        self.dataset = BlendedMegatronDatasetBuilder(
+            GPTDataset, sizes, lambda: True, config
+        ).build()[0]
+        self.item_length = item_length
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: int) -> np.ndarray:
+        sample = self.dataset[item]
+        return torch.cat([sample["tokens"], sample["labels"][-1:]]).numpy()
+
+    def batches(self, order, dp_rank: int, start_step: int = 0) -> Iterator[torch.Tensor]:
+        return ordered_batches(self, order, dp_rank, start_step)

@@ -92,7 +92,15 @@ class PythiaPreshuffled:
         self, order: DataOrder, dp_rank: int, start_step: int = 0
     ) -> Iterator[torch.Tensor]:
         """This rank's [B/W, 2049] token batches from `start_step` on (resume: the step to run)."""
-        per_epoch = order.steps_per_epoch(len(self))
-        for step in range(start_step, order.steps(len(self))):
-            rows = [self[i] for i in order.items(step % per_epoch, dp_rank)]
-            yield torch.from_numpy(np.stack(rows).astype(np.int64))
+        return ordered_batches(self, order, dp_rank, start_step)
+
+
+def ordered_batches(
+    items, order: DataOrder, dp_rank: int, start_step: int = 0
+) -> Iterator[torch.Tensor]:
+    """This rank's [B/W, item length] token batches of fixed-length `items` (indexable, with a
+    length) from `start_step` on; each epoch repeats the same order."""
+    per_epoch = order.steps_per_epoch(len(items))
+    for step in range(start_step, order.steps(len(items))):
+        rows = [items[i] for i in order.items(step % per_epoch, dp_rank)]
+        yield torch.from_numpy(np.stack(rows).astype(np.int64))

@@ -15,22 +15,26 @@ from megatron_mamba.training.checkpoint import read_model_config
 from megatron_mamba.training.config import TrainConfig
 from megatron_mamba.training.dpo import DPOConfig
 
-DATA_KINDS = ("pythia", "chat", "preference")
+DATA_KINDS = ("pythia", "corpus", "chat", "preference")
 
 
 @dataclass
 class DataConfig:
-    kind: Literal["pythia", "chat", "preference"] = "pythia"
+    kind: Literal["pythia", "corpus", "chat", "preference"] = "pythia"
     """"pythia": fixed-length items of a .bin/.idx in training order (the pre-shuffled Pile
-    layout); "chat": conversations for SFT or distillation, loss on assistant tokens;
+    layout); "corpus": documents of .bin/.idx pairs (data_tools/preprocess_data.py output), one
+    or a blend, joined and cut into items by megatron's GPTDataset (shuffled by train.seed);
+    "chat": conversations for SFT or distillation, loss on assistant tokens;
     "preference": prompt/chosen/rejected pairs, trained with DPO (data/chat_dataset.py)."""
     path: str = ""
-    """.bin/.idx prefix (pythia) or .jsonl file (chat, preference)."""
+    """.bin/.idx prefix (pythia, corpus), megatron's blend "0.7 prefix_a 0.3 prefix_b" (corpus;
+    weighted blends need train.max_train_samples), or .jsonl file (chat, preference)."""
     item_length: int = 2049
     """Tokens per item (sequence length + 1); chat and preference records are padded or
     truncated to it."""
     tokenizer: str = ""
-    """chat, preference: the tokenizer directory whose chat template renders the records."""
+    """The tokenizer directory: its end-of-document id joins corpus documents; its chat
+    template renders chat and preference records."""
     shuffle: bool = True
     """chat, preference: a new seeded permutation of the records each epoch."""
     allow_short_bin: bool = False
@@ -51,7 +55,7 @@ class DataConfig:
         if self.kind != "pythia" and not self.tokenizer:
             raise ValueError(
                 f"data.kind={self.kind} needs data.tokenizer (the directory of the tokenizer "
-                "whose chat template renders the records)"
+                "the data was made with)"
             )
 
 

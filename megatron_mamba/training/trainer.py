@@ -24,7 +24,9 @@ from megatron_mamba.config import RunPrecision
 from megatron_mamba.config_io import dump
 from megatron_mamba.data.batches import TokenBatch
 from megatron_mamba.data.chat_dataset import ChatDataset, PreferenceDataset
+from megatron_mamba.data.corpus import CorpusSamples, HFTokenizerInfo
 from megatron_mamba.data.held_out import HeldOutWindows
+from megatron_mamba.data.preprocess import load_tokenizer
 from megatron_mamba.data.pythia import DataOrder, PythiaPreshuffled
 from megatron_mamba.distill.objective import Distillation
 from megatron_mamba.evaluation.perplexity import held_out_loss
@@ -162,9 +164,11 @@ def train(run: RunConfig) -> list[dict]:
 
     objective = LanguageModelling()
     if teacher is not None:
-        objective = Distillation(model, teacher, run.distill, model_cfg.num_layers, total)
+        objective = Distillation(
+            model, teacher, run.distill, model_cfg.num_layers, total, model_cfg.vocab_size
+        )
     if reference is not None:
-        objective = PreferenceOptimisation(model, reference, run.dpo)
+        objective = PreferenceOptimisation(model, reference, run.dpo, model_cfg.vocab_size)
 
     def forward_step(batches, model):
         return objective.forward_step(next(batches).to(rt.device), model)
@@ -255,6 +259,16 @@ def train(run: RunConfig) -> list[dict]:
 
 def _training_data(run: RunConfig, vocab_size: int):
     data = run.data
+    if data.kind == "corpus":
+        eod = HFTokenizerInfo.from_hf(load_tokenizer(data.tokenizer)).eod
+        return CorpusSamples(
+            data.path,
+            HFTokenizerInfo(vocab_size=vocab_size, eod=eod),
+            data.item_length,
+            run.train.seed,
+            samples=run.train.max_train_samples,
+            cache_dir=Path(run.train.output_dir) / run.train.run_name / "data_cache",
+        )
     if data.kind == "pythia":
         return PythiaPreshuffled(
             data.path,

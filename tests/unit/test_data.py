@@ -266,3 +266,50 @@ def test_every_token_dtype_reads_back(tmp_path, dtype):
     assert summary.dtype == dtype and summary.max_token == 7
     for i, item in enumerate(items):
         np.testing.assert_array_equal(dataset[i], item)
+
+
+def test_corpus_samples_are_real_windows_read_in_the_trainer_order(
+    runtime, tmp_path, tokenizer_dir
+):
+    from megatron_mamba.data.corpus import CorpusSamples, HFTokenizerInfo
+
+    tok = load_tokenizer(tokenizer_dir)
+    prefix = tmp_path / "corpus"
+    preprocess([write_jsonl(tmp_path / "in.jsonl", corpus_lines() * 4)], tokenizer_dir, prefix)
+    dataset, _ = open_indexed(prefix)
+    documents = [dataset[i].tolist() for i in range(len(dataset))]
+    info = HFTokenizerInfo.from_hf(tok)
+    data = CorpusSamples(str(prefix), info, item_length=17, seed=3, cache_dir=tmp_path / "cache")
+    tokens = sum(map(len, documents))
+    assert len(data) == (tokens - 1) // 16  # one epoch of every token
+
+    def inside_a_document(piece):
+        n = len(piece)
+        return any(d[s : s + n] == piece for d in documents for s in range(len(d) - n + 1))
+
+    for i in range(len(data)):  # documents (shuffled) joined: each piece up to an EOD is real
+        window = data[i].tolist()
+        assert len(window) == 17
+        ends = [j + 1 for j, t in enumerate(window) if t == info.eod]
+        pieces = [window[a:b] for a, b in zip([0, *ends], [*ends, 17], strict=True) if b > a]
+        assert all(inside_a_document(piece) for piece in pieces), window
+    order = DataOrder(global_batch=4, dp_size=2)
+    rank0, rank1 = (list(data.batches(order, r)) for r in (0, 1))
+    assert len(rank0) == len(data) // 4 and rank0[0].shape == (2, 17)
+    np.testing.assert_array_equal(rank1[1][0], data[6])
+    resumed = next(iter(data.batches(order, 0, start_step=2)))
+    torch.testing.assert_close(resumed, rank0[2])
+    other_seed = CorpusSamples(str(prefix), info, 17, seed=4, cache_dir=tmp_path / "cache")
+    assert any((other_seed[i] != data[i]).any() for i in range(len(data)))
+
+
+def test_corpus_blends_need_a_sample_count(tmp_path, tokenizer_dir):
+    from megatron_mamba.data.corpus import CorpusSamples, HFTokenizerInfo, parse_blend
+
+    assert parse_blend("0.7 a 0.3 b") == [("a", 0.7), ("b", 0.3)]
+    assert parse_blend("a b") == [("a", None), ("b", None)]
+    with pytest.raises(ValueError, match="not a list of weight prefix pairs"):
+        parse_blend("0.7 a 0.3")
+    info = HFTokenizerInfo.from_hf(load_tokenizer(tokenizer_dir))
+    with pytest.raises(ValueError, match="set train.max_train_samples"):
+        CorpusSamples("0.5 a 0.5 b", info, 17, seed=0)
