@@ -44,6 +44,7 @@ class Distillation:
         self.alpha_layer = cfg.alpha_layer_distill_loss
         self.teacher_blocks: dict[int, torch.Tensor] = {}
         self.layer_sum, self.accumulation = 0.0, 1
+        self.in_step = False  # the hooks act only on this objective's forwards (not validation)
         self.device = next(student.parameters()).device
         sequence_parallel = student.config.sequence_parallel
         # With sequence parallelism each TP rank holds 1/TP of the tokens: its mean counts 1/TP.
@@ -77,11 +78,11 @@ class Distillation:
         set_loss_scale(loss_scale / accumulation)
 
     def _keep_teacher_block(self, module, inputs, output):
-        if self.alpha_layer and module.layer_number in self.distilled:
+        if self.in_step and self.alpha_layer and module.layer_number in self.distilled:
             self.teacher_blocks[module.layer_number] = output[0]
 
     def _attach_layer_loss(self, module, inputs, output):
-        if not self.alpha_layer or module.layer_number not in self.distilled:
+        if not (self.in_step and self.alpha_layer) or module.layer_number not in self.distilled:
             return None
         hidden, context = output
         teacher = self.teacher_blocks.pop(module.layer_number)
@@ -97,7 +98,11 @@ class Distillation:
             per_token = model(batch.inputs, None, None, labels=batch.labels)
             return per_token, lambda output: self._ce_only(batch, output)
 
-        send, outputs = forward_pair(self.student, self.teacher, batch.inputs, model)
+        self.in_step = True
+        try:
+            send, outputs = forward_pair(self.student, self.teacher, batch.inputs, model)
+        finally:
+            self.in_step = False
         if outputs is None:
             return send, None
 
