@@ -9,6 +9,8 @@ key/value for attention layers, conv and SSM state for Mamba layers.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 from transformers import (
@@ -78,11 +80,16 @@ class LlamaMambaLayer(nn.Module):
         self.mlp = self.mlp_class(config)
 
     def forward(
-        self, hidden_states: torch.Tensor, past_key_values=None, mamba_padding_mask=None, **_
+        self,
+        hidden_states: torch.Tensor,
+        cache=None,
+        past_key_values=None,  # the cache's name before transformers 5.24
+        mamba_padding_mask=None,
+        **_,
     ) -> torch.Tensor:
         hidden_states = hidden_states + self.mamba(
             self.input_layernorm(hidden_states),
-            cache_params=past_key_values,
+            cache_params=cache if cache is not None else past_key_values,
             attention_mask=mamba_padding_mask,
         )
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
@@ -121,32 +128,45 @@ class _HybridModel:
         self.post_init()
 
     def forward(
-        self, input_ids=None, past_key_values=None, use_cache=None, inputs_embeds=None, **kwargs
+        self,
+        input_ids=None,
+        cache=None,
+        use_cache=None,
+        inputs_embeds=None,
+        past_key_values=None,  # the cache's name before transformers 5.24
+        **kwargs,
     ):
+        cache = cache if cache is not None else past_key_values
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        if use_cache and past_key_values is None:
-            past_key_values = HybridCache(config=self.config)
+        if use_cache and cache is None:
+            cache = HybridCache(config=self.config)
         tokens = input_ids if input_ids is not None else inputs_embeds
         padding = _new_tokens_padding(kwargs.get("attention_mask"), tokens.shape[1])
         if padding is not None:
             kwargs["mamba_padding_mask"] = padding
         out = super().forward(
             input_ids=input_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
             inputs_embeds=inputs_embeds,
+            **{_cache_argument(super().forward): cache},
             **kwargs,
         )
-        if isinstance(past_key_values, HybridCache):
-            past_key_values.tokens_seen += tokens.shape[1]
+        if isinstance(cache, HybridCache):
+            cache.tokens_seen += tokens.shape[1]
         return out
+
+
+def _cache_argument(forward) -> str:
+    """transformers 5.24 renamed the models' `past_key_values` argument to `cache`."""
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 class _HybridForCausalLM:
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
-        if type(model_kwargs.get("past_key_values")) is DynamicCache:
-            model_kwargs["past_key_values"] = HybridCache(config=self.config)
+        for name in ("cache", "past_key_values"):  # its name from transformers 5.24 on, before
+            if type(model_kwargs.get(name)) is DynamicCache:
+                model_kwargs[name] = HybridCache(config=self.config)
 
 
 class GPTNeoXHybridModel(_HybridModel, GPTNeoXModel):
