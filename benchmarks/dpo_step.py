@@ -1,0 +1,208 @@
+"""A DPO training step, ours against TRL's DPOTrainer on the same model, bf16, one GPU.
+
+The model: a Mistral-shaped hybrid of about 1.2B parameters (16 layers, hidden 2048, GQA 16/4,
+every other layer a MambaInLlama mamba1 initialised from attention), made from a random
+MistralForCausalLM by our import, then exported to transformers for TRL. Both sides take the
+same batch (TRL's collated pairs: 4 prompts with chosen and rejected answers, 512 tokens a row),
+compute the sigmoid DPO loss against a frozen copy as the reference, run backward and an Adam
+step. Ours: megatron's schedule, DDP and optimizer (as the trainer runs them); TRL:
+`DPOTrainer.training_step` and its optimizer.
+
+    python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import median_step_seconds, peak_memory_gib
+
+PAIRS, LENGTH, PATTERN = 4, 512, "MA" * 8
+SHAPE = dict(
+    hidden_size=2048,
+    intermediate_size=5632,
+    num_hidden_layers=16,
+    num_attention_heads=16,
+    num_key_value_heads=4,
+    vocab_size=32000,
+    max_position_embeddings=4096,
+)
+
+
+def make_models(workdir: Path) -> tuple[Path, Path]:
+    """(native checkpoint, transformers export) of the hybrid, made once per workdir."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from megatron_mamba.convert.exporter import export_hf
+    from megatron_mamba.convert.importer import import_hf
+    from megatron_mamba.data.toy_tokenizer import train_toy_tokenizer
+
+    hf, native, export = workdir / "mistral", workdir / "native", workdir / "export"
+    if not native.is_dir():
+        torch.manual_seed(0)
+        MistralForCausalLM(MistralConfig(**SHAPE)).save_pretrained(hf)
+        words = Path(__file__).resolve().parents[1] / "examples" / "quickstart" / "corpus.txt"
+        train_toy_tokenizer(words.read_text().splitlines(), hf)
+        mamba = {"layout": "attention", "init": "attention"}
+        import_hf(hf, native, PATTERN, mamba=mamba, progress=False)
+    if not export.is_dir():
+        export_hf(native, export, dtype=torch.bfloat16, progress=False)
+    return native, export
+
+
+def _pairs(tokenizer, count: int):
+    """Pairs long enough that every row is cut to LENGTH tokens (no padding)."""
+    from datasets import Dataset
+
+    words = [w for w in tokenizer.get_vocab() if w.isalpha()]
+    rng = random.Random(0)
+
+    def text(n):
+        return " ".join(rng.choice(words) for _ in range(n))
+
+    rows = [{"prompt": text(60), "chosen": text(600), "rejected": text(600)} for _ in range(count)]
+    return Dataset.from_list(rows)
+
+
+def trl_step(export: Path, workdir: Path):
+    """TRL's DPOTrainer on the export: (step function, its batch)."""
+    import trl
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import megatron_mamba  # noqa: F401  (the hybrid classes)
+
+    tokenizer = AutoTokenizer.from_pretrained(export)
+
+    def load():
+        return AutoModelForCausalLM.from_pretrained(export, dtype=torch.bfloat16).cuda()
+
+    trainer = trl.DPOTrainer(
+        model=load(),
+        ref_model=load().eval(),
+        args=trl.DPOConfig(
+            output_dir=str(workdir / "trl"),
+            beta=0.1,
+            per_device_train_batch_size=PAIRS,
+            max_length=LENGTH,
+            bf16=True,
+            report_to=[],
+            learning_rate=5e-7,
+        ),
+        train_dataset=_pairs(tokenizer, PAIRS),
+        processing_class=tokenizer,
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.create_optimizer()
+    trainer.current_gradient_accumulation_steps = 1  # what Trainer.train would set
+    model = trainer.model.train()
+
+    def step(optimizer_step: bool = True):
+        trainer.training_step(model, batch)
+        if optimizer_step:
+            trainer.optimizer.step()
+        trainer.optimizer.zero_grad(set_to_none=True)
+
+    return step, batch
+
+
+def our_step(native: Path, batch):
+    """The trainer's DPO objective on TRL's batch: megatron schedule, DDP, optimizer."""
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from megatron_mamba.config import ParallelConfig, RunPrecision
+    from megatron_mamba.data.batches import PreferenceBatch, TokenBatch
+    from megatron_mamba.models.build import build_model
+    from megatron_mamba.training.checkpoint import find_checkpoint, load_weights, read_model_config
+    from megatron_mamba.training.ddp import wrap_ddp
+    from megatron_mamba.training.dpo import DPOConfig, PreferenceOptimisation
+
+    config = read_model_config(native)
+    models = []
+    for _ in range(2):
+        model = build_model(
+            config, ParallelConfig(), RunPrecision("bf16"), cpu_initialization=False
+        )
+        load_weights(find_checkpoint(native, native), model.cuda())
+        models.append(model)
+    policy, reference = models
+    reference.eval().requires_grad_(False)
+    ddp = wrap_ddp(policy)
+    optimizer = get_megatron_optimizer(
+        OptimizerConfig(optimizer="adam", lr=5e-7, bf16=True, params_dtype=torch.bfloat16), [ddp]
+    )
+    tokens = batch["input_ids"].cuda()
+    mask = batch["completion_mask"][:, 1:].float().cuda()
+    pairs = PreferenceBatch(
+        *(TokenBatch(t, m) for t, m in zip(tokens.chunk(2), mask.chunk(2), strict=True))
+    )
+    objective = PreferenceOptimisation(policy, reference, DPOConfig(beta=0.1), config.vocab_size)
+    schedule = get_forward_backward_func()
+
+    def step(optimizer_step: bool = True):
+        ddp.zero_grad_buffer()
+        optimizer.zero_grad()
+        schedule(
+            forward_step_func=lambda batches, model: objective.forward_step(next(batches), model),
+            data_iterator=iter([pairs]),
+            model=ddp,
+            num_microbatches=1,
+            seq_length=tokens.shape[1] - 1,
+            micro_batch_size=PAIRS * objective.micro_batch_factor,
+        )
+        if optimizer_step:
+            optimizer.step()
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    from megatron_mamba.runtime import init_runtime
+
+    init_runtime(seed=1)
+    native, export = make_models(args.workdir)
+    trl_fn, batch = trl_step(export, args.workdir)
+    assert batch["attention_mask"].all(), "rows should be full length (no padding)"
+    rows, length = batch["input_ids"].shape
+    trl_s = median_step_seconds(trl_fn)
+    trl_fb = median_step_seconds(partial(trl_fn, optimizer_step=False))
+    trl_peak = peak_memory_gib(trl_fn)
+    del trl_fn  # frees TRL's models and optimizer before ours are built
+    gc.collect()
+    torch.cuda.empty_cache()
+    ours_fn = our_step(native, batch)
+    ours_s = median_step_seconds(ours_fn)
+    ours_fb = median_step_seconds(partial(ours_fn, optimizer_step=False))
+    ours_peak = peak_memory_gib(ours_fn)
+    tokens = rows * length  # the policy's tokens per step (chosen and rejected rows)
+    result = {
+        "pairs": rows // 2,
+        "row_tokens": length,
+        "trl_step_s": trl_s,
+        "ours_step_s": ours_s,
+        "trl_tokens_per_s": tokens / trl_s,
+        "ours_tokens_per_s": tokens / ours_s,
+        "speedup": trl_s / ours_s,
+        "trl_forward_backward_s": trl_fb,
+        "ours_forward_backward_s": ours_fb,
+        "trl_peak_gib": trl_peak,
+        "ours_peak_gib": ours_peak,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
