@@ -52,6 +52,7 @@ def main(argv=None) -> int:
         line = json.dumps({"checkpoint": str(step), **result.as_dict()})
         print(line, flush=True)
         if args.output:
+            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
             Path(args.output).write_text(line + "\n")
     return 0
 

@@ -59,6 +59,9 @@ class TrainConfig:
     """fp16 only: the dynamic loss scale's start; it halves after overflowing steps (which are
     skipped) and doubles after loss_scale_window clean ones."""
     loss_scale_window: int = 1000
+    recompute: Literal["none", "full", "selective"] = "none"
+    """Activation recomputation of the trained model: none, every layer ("full": activations
+    of a block are recomputed in backward), or the attention core only ("selective")."""
     use_tf32: bool = True
     seed: int = 1234
     run_name: str = "run"

@@ -103,7 +103,8 @@ def train(run: RunConfig) -> list[dict]:
         )
     torch.backends.cuda.matmul.allow_tf32 = cfg.use_tf32
     model_cfg = run.model_config()
-    model = build_model(model_cfg, run.parallel, RunPrecision(_DTYPE[cfg.mixed_precision]))
+    precision = RunPrecision(_DTYPE[cfg.mixed_precision], recompute=cfg.recompute)
+    model = build_model(model_cfg, run.parallel, precision)
     model = model.to(rt.device)
     if cfg.init_from:
         _initialise(model, Path(cfg.init_from))

@@ -31,8 +31,9 @@ def reference(tmp_path_factory, items, initial):
         (2, {"parallel.tensor": 2}),
         (2, {"train.per_device_train_batch_size": 2}),  # 2 data-parallel replicas
         (1, {"train.per_device_train_batch_size": 2, "train.gradient_accumulation_steps": 2}),
+        (1, {"train.recompute": "full"}),  # activations recomputed in backward: same numbers
     ],
-    ids=["tp2", "dp2", "accumulation"],
+    ids=["tp2", "dp2", "accumulation", "recompute"],
 )
 def test_layouts_reproduce_the_single_process_losses(
     tmp_path, items, initial, reference, nproc, overrides
