@@ -4,7 +4,8 @@ TP/PP (the rest of the world is data parallel):
     torchrun --nproc-per-node 4 eval/perplexity.py --checkpoint runs/hybrid \
         --data data/pile_val_text_document --seq_length 2048 --tensor 2 --max_windows 512
 
-Prints one JSON line (loss, perplexity, tokens, windows); --output also writes it to a file.
+Prints one JSON line per checkpoint (checkpoint, loss, perplexity, tokens, windows); --output
+also writes them to a file.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from megatron_mamba.training.checkpoint import find_checkpoint, load_weights, re
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="native checkpoint or run directory")
+    parser.add_argument(
+        "--checkpoint", required=True, nargs="+", help="native checkpoints or run directories"
+    )
     parser.add_argument("--data", required=True, help=".bin/.idx prefix of the held-out set")
     parser.add_argument("--seq_length", type=int, default=2048)
     parser.add_argument("--micro_batch", type=int, default=4)
@@ -32,28 +35,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max_windows", type=int)
     parser.add_argument("--tensor", type=int, default=1)
     parser.add_argument("--pipeline", type=int, default=1)
-    parser.add_argument("--output", help="also write the JSON result here")
+    parser.add_argument("--output", help="also write the results here, one JSON line each")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    step = find_checkpoint(Path(args.checkpoint), Path(args.checkpoint))
+    steps = [find_checkpoint(Path(c), Path(c)) for c in args.checkpoint]
     runtime = init_runtime(ParallelSizes(args.tensor, args.pipeline))
-    config = read_model_config(step)
-    model = build_model(config, ParallelConfig(tensor=args.tensor, pipeline=args.pipeline))
-    model = model.to(runtime.device)
-    load_weights(step, model)
-    windows = HeldOutWindows(
-        args.data, args.seq_length, config.vocab_size, args.first_window, args.max_windows
-    )
-    result = held_out_loss(model, windows, config.vocab_size, args.micro_batch, runtime.device)
-    if runtime.rank == 0:
-        line = json.dumps({"checkpoint": str(step), **result.as_dict()})
-        print(line, flush=True)
-        if args.output:
-            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.output).write_text(line + "\n")
+    lines = []
+    for step in steps:  # one process for all: the imports and the process group once
+        config = read_model_config(step)
+        model = build_model(config, ParallelConfig(tensor=args.tensor, pipeline=args.pipeline))
+        model = model.to(runtime.device)
+        load_weights(step, model)
+        windows = HeldOutWindows(
+            args.data, args.seq_length, config.vocab_size, args.first_window, args.max_windows
+        )
+        result = held_out_loss(model, windows, config.vocab_size, args.micro_batch, runtime.device)
+        lines.append(json.dumps({"checkpoint": str(step), **result.as_dict()}))
+        if runtime.rank == 0:
+            print(lines[-1], flush=True)
+        del model
+    if runtime.rank == 0 and args.output:
+        output = Path(args.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        partial = output.with_name(f".{output.name}.partial")
+        partial.write_text("".join(line + "\n" for line in lines))
+        partial.replace(output)
     return 0
 
 

@@ -9,37 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from megatron_mamba.training.metrics import read_metrics
-
-NOT_LOSSES = {"step", "time", "lr", "grad_norm", "tokens_per_s", "mfu"}
-
-
-def plot(metrics_path: str | Path, out: str | Path) -> list[str]:
-    """Write the figure; return the loss series it drew."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = read_metrics(metrics_path)
-    if not records:
-        raise ValueError(f"{metrics_path} has no records")
-    losses = sorted({k for r in records for k in r if k not in NOT_LOSSES})
-    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    for name in losses:
-        points = [(r["step"], r[name]) for r in records if name in r]
-        ax_loss.plot(*zip(*points, strict=True), label=name)
-    ax_loss.set_ylabel("loss")
-    ax_loss.legend()
-    lr = [(r["step"], r["lr"]) for r in records if "lr" in r]
-    if lr:
-        ax_lr.plot(*zip(*lr, strict=True), color="tab:gray")
-    ax_lr.set_ylabel("learning rate")
-    ax_lr.set_xlabel("step")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return losses
+from megatron_mamba.training.plots import plot
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """The quickstart's comparison table: for each model its layer pattern, held-out loss and
 perplexity (eval/perplexity.py) and the lm-eval scores (eval/run_lm_evals.py), printed and
-written to OUT/report.md.
+written to OUT/report.md; each run's losses and learning rate drawn to OUT/<run>.png.
 
     python examples/quickstart/report.py OUT teacher converted target_guided hybrid
 """
@@ -12,13 +12,18 @@ import json
 from pathlib import Path
 
 from megatron_mamba.training.checkpoint import read_model_config
+from megatron_mamba.training.plots import plot
 
 
 def rows(out: Path, names: list[str]) -> list[dict]:
     lm_eval = json.loads((out / "eval" / "table.json").read_text())
+    held_out_by_model = {}
+    for line in (out / "eval" / "perplexity.jsonl").read_text().splitlines():
+        result = json.loads(line)  # its checkpoint is OUT/<model>/checkpoints/step_N
+        held_out_by_model[Path(result["checkpoint"]).parents[1].name] = result
     table = []
     for name in names:
-        held_out = json.loads((out / "eval" / f"perplexity_{name}.json").read_text())
+        held_out = held_out_by_model[name]
         scores = lm_eval["rows"].get(name, {})
         table.append(
             {
@@ -52,6 +57,11 @@ def main() -> None:
     text = markdown(rows(args.out, args.names))
     (args.out / "report.md").write_text(text)
     print(text, end="")
+    for name in args.names:
+        metrics = args.out / name / "metrics.jsonl"
+        if metrics.is_file():  # a training run (the converted model has none)
+            drawn = plot(metrics, args.out / f"{name}.png")
+            print(f"{name}: {', '.join(drawn)} and lr → {args.out / f'{name}.png'}")
 
 
 if __name__ == "__main__":

@@ -9,17 +9,17 @@
 #  6. the hybrid student exported to transformers, loaded by it and generating text
 #  7. a comparison table (OUT/report.md) and the loss curves (OUT/<run>.png)
 # On CPU it runs 2 gloo processes; --gpus N runs N processes on GPUs (nccl, bf16, mamba_ssm
-# kernels). --small trains for fewer epochs (what CI runs). OUT (default output/quickstart) is
+# kernels). --small trains for fewer steps (what CI runs). OUT (default output/quickstart) is
 # made anew on each run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
 OUT=${OUT:-output/quickstart}
-GPUS=0 TEACHER_EPOCHS=4 STUDENT_EPOCHS=2
+GPUS=0 TEACHER=(train.num_train_epochs=4) STUDENT=(train.num_train_epochs=2)
 while [[ $# -gt 0 ]]; do
   case $1 in
     --gpus) GPUS=${2:?--gpus needs a number}; shift 2 ;;
-    --small) TEACHER_EPOCHS=2 STUDENT_EPOCHS=1; shift ;;
+    --small) TEACHER=(train.max_steps=120) STUDENT=(train.max_steps=80); shift ;;
     *) echo "unknown argument $1; expected --gpus N or --small" >&2; exit 2 ;;
   esac
 done
@@ -35,7 +35,7 @@ fi
 rm -rf "$OUT" && mkdir -p "$OUT" && touch "$OUT/.quickstart"
 IN=$OUT/inputs
 export HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-step() { echo -e "\n=== $*"; }
+step() { echo -e "\n=== [$((SECONDS / 60))m$((SECONDS % 60))s] $*"; }
 
 step "1. corpus, tokenizer and lm-eval tasks from the repo's text"
 "$PY" examples/quickstart/prepare.py "$IN" | grep -v "^$"
@@ -52,7 +52,7 @@ train() {  # train CONFIG key=value ...
 }
 
 step "2. the teacher: a tiny GPTNeoX trained from scratch (TP=$TP over $NPROC processes)"
-train teacher train.num_train_epochs="$TEACHER_EPOCHS"
+train teacher "${TEACHER[@]}"
 
 step "3. the hybrid student: the teacher with layers 1 and 3 swapped for mamba1 and mamba2"
 "$PY" tools/swap_layers.py "$OUT/teacher" "$OUT/converted" --layer-pattern AMAS \
@@ -62,17 +62,14 @@ step "4. the student retrained: target-guided, and hybrid (guided for the first 
 for mode in target_guided hybrid; do
   until=null && [[ $mode == hybrid ]] && until=0.4
   train student train.run_name="$mode" train.init_from="$OUT/converted" \
-    distill.teacher="$OUT/teacher" distill.layer_distill_until="$until" \
-    train.num_train_epochs="$STUDENT_EPOCHS"
+    distill.teacher="$OUT/teacher" distill.layer_distill_until="$until" "${STUDENT[@]}"
 done
 
 MODELS=(teacher converted target_guided hybrid)
 step "5. evaluation: held-out perplexity, then lm-eval on the local tasks"
-for name in "${MODELS[@]}"; do
-  "$PY" eval/perplexity.py --checkpoint "$OUT/$name" --data "$IN/held_out" --seq_length 64 \
-    --output "$OUT/eval/perplexity_$name.json"
-done
 paths=() && for name in "${MODELS[@]}"; do paths+=("$OUT/$name"); done
+"$PY" eval/perplexity.py --checkpoint "${paths[@]}" --data "$IN/held_out" --seq_length 64 \
+  --output "$OUT/eval/perplexity.jsonl"
 "$PY" eval/run_lm_evals.py "${paths[@]}" --names "${MODELS[@]}" \
   --tasks quickstart_mc,quickstart_ppl --include_path "$IN/tasks" --tokenizer "$IN/tokenizer" \
   --dtype float32 --device "$DEVICE" --output_dir "$OUT/eval" > "$OUT/eval/lm_eval.log" 2>&1 \
@@ -83,7 +80,5 @@ step "6. the hybrid student exported to transformers and generating"
 "$PY" examples/quickstart/generate.py "$OUT/hybrid-hf"
 
 step "7. comparison and loss curves"
-for run in teacher target_guided hybrid; do
-  "$PY" tools/plot_run.py "$OUT/$run/metrics.jsonl" --out "$OUT/$run.png"
-done
 "$PY" examples/quickstart/report.py "$OUT" "${MODELS[@]}"
+echo "done in $((SECONDS / 60))m$((SECONDS % 60))s; everything is in $OUT"
