@@ -40,7 +40,7 @@ class HFTokenizerInfo:
         return cls(vocab_size=len(tokenizer), eod=tokenizer.eos_token_id)
 
 
-def _check_splits(prefix: str, documents: int, split: str, samples: tuple[int, ...]) -> None:
+def _check_splits(prefix: str, documents: int, split: str, samples: tuple[int | None, ...]) -> None:
     """megatron splits documents by rounded fractions and loops forever over an empty split that
     is asked for samples; refuse that instead."""
     weights = [float(w) for w in split.replace("/", ",").split(",")]
@@ -52,7 +52,7 @@ def _check_splits(prefix: str, documents: int, split: str, samples: tuple[int, .
     names = ("train", "valid", "test")
     for i, wanted in enumerate(samples):
         count = round(bounds[i + 1] * documents) - round(bounds[i] * documents)
-        if wanted > 0 and count == 0:
+        if wanted and count == 0:
             raise ValueError(
                 f"{prefix} has {documents} documents; split {split!r} leaves its {names[i]} part "
                 f"empty, but {wanted} {names[i]} samples were asked for"
@@ -60,16 +60,17 @@ def _check_splits(prefix: str, documents: int, split: str, samples: tuple[int, .
 
 
 def build_gpt_datasets(
-    blend: list[tuple[str | Path, float]],
+    blend: list[tuple[str | Path, float | None]],
     tokenizer: HFTokenizerInfo,
     sequence_length: int,
-    samples: tuple[int, int, int],
+    samples: tuple[int | None, int, int],
     split: str = "969,30,1",
     seed: int = 1234,
     cache_dir: str | Path | None = None,
 ) -> tuple[GPTDataset | None, GPTDataset | None, GPTDataset | None]:
-    """(train, valid, test) over the weighted `blend` of .bin/.idx prefixes; each sample is a
-    dict with tokens, labels, loss_mask, position_ids of `sequence_length`."""
+    """(train, valid, test) over the `blend` of .bin/.idx prefixes (weights None: by size; a
+    None sample count: one pass); each sample is a dict with tokens, labels, loss_mask,
+    position_ids of `sequence_length`."""
     prefixes = [str(prefix) for prefix, _ in blend]
     for prefix in prefixes:
         summary = check_pair(prefix, vocab_size=tokenizer.vocab_size)
@@ -77,7 +78,7 @@ def build_gpt_datasets(
     config = GPTDatasetConfig(
         random_seed=seed,
         sequence_length=sequence_length,
-        blend=(prefixes, [float(weight) for _, weight in blend]),
+        blend=(prefixes, None if blend[0][1] is None else [float(w) for _, w in blend]),
         split=split,
         path_to_cache=str(cache_dir) if cache_dir else None,
         tokenizer=tokenizer,
@@ -133,26 +134,10 @@ class CorpusSamples:
                 f"data.path {spec!r} is a weighted blend; megatron needs the number of samples "
                 "to draw from it: set train.max_train_samples"
             )
-        prefixes = [str(prefix) for prefix, _ in blend]
-        for prefix in prefixes:
-            check_pair(prefix, vocab_size=tokenizer.vocab_size)
-        config = GPTDatasetConfig(
-            random_seed=seed,
-            sequence_length=item_length - 1,
-            blend=(prefixes, [w for _, w in blend] if weighted else None),
-            split="1,0,0",
-            path_to_cache=str(cache_dir) if cache_dir else None,
-            tokenizer=tokenizer,
-            reset_position_ids=False,
-            reset_attention_mask=False,
-            eod_mask_loss=False,
-            create_attention_mask=False,
+        train, _, _ = build_gpt_datasets(
+            blend, tokenizer, item_length - 1, (samples, 0, 0), "1,0,0", seed, cache_dir
         )
-        sizes = [samples, 0, 0]
-        self.dataset = BlendedMegatronDatasetBuilder(
-            GPTDataset, sizes, lambda: True, config
-        ).build()[0]
-        self.item_length = item_length
+        self.dataset = train
 
     def __len__(self) -> int:
         return len(self.dataset)

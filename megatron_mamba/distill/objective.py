@@ -117,9 +117,7 @@ class Distillation:
                 kl = batch.masked_mean(per_token)
                 total = total + self.cfg.alpha_logits_distill_loss * kl
                 parts["logits_kl"] = kl.detach()
-            ce = batch.masked_mean(
-                vocab_parallel_cross_entropy(student_logits.float(), batch.labels)
-            )
+            ce = batch.masked_mean(vocab_parallel_cross_entropy(student_logits, batch.labels))
             total = total + self.cfg.alpha_ce_loss * ce
             parts["ce"] = ce.detach().clone()
             return total, parts

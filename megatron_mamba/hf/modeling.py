@@ -9,6 +9,7 @@ key/value for attention layers, conv and SSM state for Mamba layers.
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -148,7 +149,7 @@ class _HybridModel:
             input_ids=input_ids,
             use_cache=use_cache,
             inputs_embeds=inputs_embeds,
-            **{_cache_argument(super().forward): cache},
+            **{_cache_argument(type(self)): cache},
             **kwargs,
         )
         if isinstance(cache, HybridCache):
@@ -156,9 +157,13 @@ class _HybridModel:
         return out
 
 
-def _cache_argument(forward) -> str:
-    """transformers 5.24 renamed the models' `past_key_values` argument to `cache`."""
-    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+@functools.cache
+def _cache_argument(model_class: type) -> str:
+    """The name of the cache argument of `model_class`'s transformers base model (transformers
+    5.24 renamed `past_key_values` to `cache`); read once per class."""
+    base = next(c for c in model_class.__mro__ if c.__module__.startswith("transformers."))
+    parameters = inspect.signature(base.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 class _HybridForCausalLM:
