@@ -57,10 +57,11 @@ def _forward_and_grads(mixer, u):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("kind,mamba", CASES)
 def test_mixer_on_fused_kernels_matches_reference(runtime, monkeypatch, kind, mamba, dtype):
-    """fp32: fused within 1e-2 of the reference (mamba_ssm's Triton kernels multiply in TF32;
-    a 4-element dt_bias gradient measured 5.4e-3).
-    bf16: both paths against the fp32 reference; the fused one may not be much further off."""
-    torch.backends.cuda.matmul.allow_tf32 = False
+    """Both paths against the reference in float64. mamba_ssm's Triton kernels multiply in
+    TF32 (bf16 inputs in bf16), so the fused path in fp32 is compared with the reference whose
+    matmuls also run in TF32, in bf16 with the bf16 reference: it may be at most 3× further off
+    (TF32 rounding cancels badly in sums such as A_log's gradient; a fault would not stay
+    within 3× of the same rounding in another computation)."""
     config = tiny_model_config(**mamba)
     mixer = native_mixer(kind, config)
     randomize(mixer)
@@ -68,8 +69,10 @@ def test_mixer_on_fused_kernels_matches_reference(runtime, monkeypatch, kind, ma
     u32 = torch.randn(40, 2, 64, device="cuda")
     names = ["output", "input", *(n for n, _ in mixer.named_parameters())]
 
-    def run(fused: bool, dt: torch.dtype):
+    def run(fused: bool, dt: torch.dtype, tf32: bool = False):
         monkeypatch.setenv("MEGATRON_MAMBA_REFERENCE_KERNELS", "0" if fused else "1")
+        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", tf32)
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
         module = native_mixer(kind, config)
         module.load_state_dict(mixer.state_dict())
         module = module.to("cuda", dt)
@@ -77,15 +80,14 @@ def test_mixer_on_fused_kernels_matches_reference(runtime, monkeypatch, kind, ma
         assert kernels.use_fused(u) == fused
         return _forward_and_grads(module, u)
 
-    truth = run(False, torch.float32)
+    truth = run(False, torch.float64)
     fused = run(True, dtype)
-    if dtype == torch.float32:
-        for name, a, b in zip(names, fused, truth, strict=True):
-            assert rel_err(a, b) <= 1e-2, name
-        return
-    reference_bf16 = run(False, dtype)
-    for name, a, r, b in zip(names, fused, reference_bf16, truth, strict=True):
-        assert rel_err(a, b) <= max(3 * rel_err(r, b), 2e-2), name
+    reference = run(False, dtype, tf32=dtype == torch.float32)
+    floor = 1e-4 if dtype == torch.float32 else 2e-2
+    for name, a, r, b in zip(names, fused, reference, truth, strict=True):
+        fused_error, reference_error = rel_err(a, b), rel_err(r, b)
+        print(f"{kind} {mamba} {dtype} {name}: fused {fused_error:.2e} ref {reference_error:.2e}")
+        assert fused_error <= max(3 * reference_error, floor), (name, fused_error, reference_error)
 
 
 def test_decode_on_gpu_matches_full_forward(runtime):
