@@ -76,7 +76,7 @@ def trl_step(export: Path, workdir: Path):
     import trl
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import megatron_mamba  # noqa: F401  (the hybrid classes)
+    import megatron_mamba.hf  # noqa: F401  (registers the hybrid classes)
 
     tokenizer = AutoTokenizer.from_pretrained(export)
 

@@ -6,7 +6,7 @@
 
 from lm_eval.__main__ import cli_evaluate
 
-import megatron_mamba  # noqa: F401  (registers the model)
+import megatron_mamba.evaluation  # noqa: F401  (registers the model)
 
 if __name__ == "__main__":
     cli_evaluate()

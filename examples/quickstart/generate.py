@@ -11,7 +11,7 @@ import argparse
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import megatron_mamba  # noqa: F401  (registers the hybrid classes with transformers' Auto*)
+import megatron_mamba.hf  # noqa: F401  (registers the hybrid classes with transformers' Auto*)
 
 PROMPTS = ["The teacher", "Tensor parallelism", "A layer pattern"]
 

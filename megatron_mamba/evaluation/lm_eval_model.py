@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils_hf import get_dtype
 
+import megatron_mamba.hf  # noqa: F401  (registers the hybrid classes with transformers' Auto*)
 from megatron_mamba.convert.exporter import hf_config_for, load_as_transformers
 from megatron_mamba.convert.hf_files import TOKENIZER_FILES
 from megatron_mamba.training.checkpoint import (

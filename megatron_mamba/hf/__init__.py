@@ -1,4 +1,5 @@
-"""transformers classes for hybrid exports, registered with AutoConfig / AutoModelForCausalLM."""
+"""transformers classes for hybrid exports; importing this package registers them with
+AutoConfig / AutoModelForCausalLM, so `AutoModelForCausalLM.from_pretrained(export)` loads them."""
 
 from __future__ import annotations
 
@@ -15,3 +16,6 @@ def register() -> None:
     for config_class, model_class in HYBRID_MODELS.items():
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
         AutoModelForCausalLM.register(config_class, model_class, exist_ok=True)
+
+
+register()

@@ -15,6 +15,7 @@ from transformers import (
     MistralForCausalLM,
 )
 
+import megatron_mamba.hf  # noqa: F401  (registers the hybrid classes with transformers' Auto*)
 from tests.distributed.launch import REPO, run_script, torchrun
 from tests.helpers.hf_tiny import _GQA_SHAPE, randomize_norms
 

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
+import megatron_mamba.hf  # noqa: F401  (registers the hybrid classes with transformers' Auto*)
 from megatron_mamba.config import ParallelConfig
 from megatron_mamba.convert.exporter import export_hf
 from megatron_mamba.convert.hf_files import CheckpointFilesError

@@ -3,6 +3,7 @@
 import torch
 from transformers import AutoModelForCausalLM
 
+import megatron_mamba.hf  # noqa: F401  (registers the hybrid classes with transformers' Auto*)
 from tests.helpers.hf_tiny import tiny_gpt_neox
 from tools import convert_hf_to_native, convert_native_to_hf
 

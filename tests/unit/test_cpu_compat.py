@@ -1,30 +1,22 @@
 """Every CPU patch is needed (its scenario fails without it) and sufficient (passes with it)."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from megatron_mamba.runtime.cpu_compat import PATCHES, CpuRNGStatesTracker
-from tests.distributed.launch import free_port
+from tests.distributed.launch import launch
 from tests.unit.cpu_compat_scenarios import TWO_PROCESSES
 
 SCENARIOS = Path(__file__).with_name("cpu_compat_scenarios.py")
-REPO = Path(__file__).resolve().parents[2]
 
 
-def _run(scenario: str, patches: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
-    launcher = [sys.executable]
-    if scenario in TWO_PROCESSES:
-        port = f"--master_port={free_port()}"
-        launcher += ["-m", "torch.distributed.run", "--nproc_per_node=2", port]
-        env["OMP_NUM_THREADS"] = "1"
-    cmd = [*launcher, str(SCENARIOS), scenario, *patches]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+def _run(scenario: str, patches: list[str]):
+    """The scenario in fresh processes (two under torchrun's environment where it needs them)
+    forked before any patch is applied."""
+    nproc = 2 if scenario in TWO_PROCESSES else None
+    return launch(SCENARIOS, nproc, scenario, *patches, timeout=300)
 
 
 @pytest.mark.parametrize("patch", sorted(PATCHES))

@@ -8,6 +8,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, MistralConfig, MistralForCausalLM
 
+import megatron_mamba.hf  # noqa: F401  (registers the hybrid classes with transformers' Auto*)
 from megatron_mamba.config import ParallelConfig
 from megatron_mamba.convert.exporter import export_hf
 from megatron_mamba.convert.importer import import_hf

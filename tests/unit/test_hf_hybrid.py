@@ -1,9 +1,13 @@
 """Our transformers hybrid classes on their own: batched, padded use gives each row what it
 gives alone (what lm-eval and TRL rely on)."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
+from tests.distributed.launch import REPO
 from tests.helpers.hf_tiny import VOCAB, tiny_hybrid
 
 HYBRIDS = {
@@ -67,3 +71,21 @@ def test_right_padded_batch_scores_what_each_row_scores_alone(name):
         for i, row in enumerate(rows):
             alone = model(row[None]).logits[0]
             torch.testing.assert_close(batched[i, : len(row)], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_the_package_imports_light_and_the_hf_package_registers():
+    """Every training process imports megatron_mamba: transformers stays out of it, and
+    `import megatron_mamba.hf` is what makes AutoConfig / AutoModelForCausalLM know our types."""
+    code = (
+        "import sys, megatron_mamba.train\n"
+        "assert not [m for m in sys.modules if m.startswith(('transformers', 'lm_eval'))]\n"
+        "from transformers import AutoConfig, AutoModelForCausalLM\n"
+        "import megatron_mamba.hf\n"
+        "config = AutoConfig.for_model('llama_hybrid', layer_pattern='MA', num_hidden_layers=2)\n"
+        "print(type(AutoModelForCausalLM.from_config(config)).__name__)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["LlamaHybridForCausalLM"]

@@ -11,6 +11,7 @@ import yaml
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, MistralConfig, MistralForCausalLM
 
+import megatron_mamba.hf  # noqa: F401  (registers the hybrid classes with transformers' Auto*)
 from megatron_mamba.convert.exporter import export_hf
 from megatron_mamba.convert.importer import import_hf
 from tests.distributed.launch import REPO, torchrun
