@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from megatron_mamba.distill.losses import NORMALISATIONS, Normalisation
 
@@ -24,6 +25,10 @@ class DistillConfig:
     distill_skip_last: int = 1
     """Blocks at the end left out of the layer loss."""
     logits_temperature: float = 2.0
+    teacher_precision: Literal["same", "bf16", "fp16"] = "same"
+    """The teacher's weights and compute: "same" as the student's (train.mixed_precision), or
+    bf16/fp16 under an fp32 student, halving the frozen teacher's memory and time; its outputs
+    are cast to the student's precision for the losses."""
 
     def __post_init__(self) -> None:
         for name in ("alpha_ce_loss", "alpha_layer_distill_loss", "alpha_logits_distill_loss"):
@@ -40,6 +45,11 @@ class DistillConfig:
             raise ValueError(f"distill_skip_last={self.distill_skip_last} must be >= 0")
         if not self.logits_temperature > 0:
             raise ValueError(f"logits_temperature={self.logits_temperature} must be positive")
+        if self.teacher_precision not in ("same", "bf16", "fp16"):
+            raise ValueError(
+                f"teacher_precision {self.teacher_precision!r} is unknown; expected same, bf16 "
+                "or fp16"
+            )
         guided = self.alpha_layer_distill_loss or self.alpha_logits_distill_loss
         if self.teacher is None and guided:
             raise ValueError(

@@ -35,7 +35,8 @@ def normalise(hidden: torch.Tensor, kind: Normalisation) -> torch.Tensor:
 
 def block_mse(student: torch.Tensor, teacher: torch.Tensor, kind: Normalisation) -> torch.Tensor:
     """Mean squared error of the normalised block outputs, over every element held here."""
-    return F.mse_loss(normalise(student, kind), normalise(teacher.detach(), kind))
+    teacher = teacher.detach().to(student.dtype)  # a lower-precision teacher's blocks
+    return F.mse_loss(normalise(student, kind), normalise(teacher, kind))
 
 
 class _VocabParallelKL(torch.autograd.Function):

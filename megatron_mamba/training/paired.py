@@ -5,7 +5,8 @@ Both are split identically over TP and PP, so stage i holds the same blocks of e
 other than the last sends [trained; frozen] hidden states concatenated along the batch dimension
 (the schedule is told the doubled micro-batch); the next stage hands each model its half. The
 frozen model runs first, without gradients, so hooks may keep its activations for the trained
-model's blocks to use.
+model's blocks to use. A frozen model in lower precision (a bf16 teacher of an fp32 student)
+receives its half in its own precision and sends its output in the trained model's.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ def forward_pair(trained, frozen, inputs, model, trained_kwargs=None, frozen_kwa
     if not ps.is_pipeline_first_stage():
         ours, theirs = trained.decoder.input_tensor.chunk(2, dim=1)
         trained.decoder.set_input_tensor(ours)
-        frozen.decoder.set_input_tensor(theirs)
+        frozen.decoder.set_input_tensor(theirs.to(frozen.config.params_dtype))
     with torch.no_grad():
         frozen_out = frozen(inputs, None, None, **(frozen_kwargs or {}))
     trained_out = model(inputs, None, None, **(trained_kwargs or {}))
     if not ps.is_pipeline_last_stage():
-        return torch.cat([trained_out, frozen_out], dim=1), None
+        return torch.cat([trained_out, frozen_out.to(trained_out.dtype)], dim=1), None
     return None, (trained_out, frozen_out)

@@ -108,9 +108,13 @@ def train(run: RunConfig) -> list[dict]:
     model = model.to(rt.device)
     if cfg.init_from:
         _initialise(model, Path(cfg.init_from))
-    teacher = _frozen_model(run, _attention_only(model_cfg), rt.device, run.distill.teacher)
+    teacher_dtype = run.distill.teacher_precision
+    teacher = _frozen_model(
+        run, _attention_only(model_cfg), rt.device, run.distill.teacher, teacher_dtype
+    )
     if cfg.init_from_attention and not cfg.resume_from_checkpoint:
         same = teacher is not None and run.distill.teacher == cfg.init_from_attention
+        same = same and teacher_dtype == "same"  # the student's weights in its own precision
         source = (
             teacher
             if same
@@ -285,12 +289,12 @@ def _attention_only(model_cfg):
     return dataclasses.replace(model_cfg, layer_pattern="A" * model_cfg.num_layers)
 
 
-def _frozen_model(run: RunConfig, config, device, weights: str | None):
+def _frozen_model(run: RunConfig, config, device, weights: str | None, dtype: str = "same"):
     """A frozen model of `config` in the student's layout (a teacher, or DPO's reference), with
-    `weights` loaded; None without weights."""
+    `weights` loaded, in the student's precision or `dtype`; None without weights."""
     if not weights:
         return None
-    precision = RunPrecision(_DTYPE[run.train.mixed_precision])
+    precision = RunPrecision(_DTYPE[run.train.mixed_precision] if dtype == "same" else dtype)
     model = build_model(config, run.parallel, precision).to(device)
     _initialise(model, Path(weights))
     model.eval()

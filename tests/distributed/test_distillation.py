@@ -74,3 +74,22 @@ def test_a_student_made_from_the_teacher_starts_as_the_teacher(tmp_path, items, 
         tmp_path, items, None, teacher, "copy", **settings, **{"train.max_steps": 1}
     )
     assert first[0]["layer"] == 0.0 and abs(first[0]["logits_kl"]) < 1e-7
+
+
+def test_a_bf16_teacher_follows_the_fp32_one_through_the_pipeline(
+    tmp_path, items, initial, teacher, single
+):
+    """distill.teacher_precision=bf16 under an fp32 student: the losses stay within bf16
+    rounding of the fp32 teacher's (and differ from them: the teacher really runs in bf16), and
+    PP=2, where the teacher's half of the hidden states crosses stages in the student's dtype,
+    gives the single-process values."""
+    half = {"distill.teacher_precision": "bf16"}
+    one = parts(distill_run(tmp_path, items, initial, teacher, "bf16", **half))
+    for name in PARTS:
+        np.testing.assert_allclose(one[name], single[name], rtol=3e-2, err_msg=name)
+    assert not np.allclose(one["layer"], single["layer"], rtol=1e-6, atol=0)
+    piped = parts(
+        distill_run(tmp_path, items, initial, teacher, "pp2", 2, **{"parallel.pipeline": 2}, **half)
+    )
+    for name in PARTS:
+        np.testing.assert_allclose(piped[name], one[name], rtol=2e-5, err_msg=name)
