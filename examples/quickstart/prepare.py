@@ -6,6 +6,11 @@ tokenizer directory) and two lm-eval tasks on the held-out paragraphs (tasks/): 
 (which of three endings continues a paragraph's opening) and quickstart_ppl (rolling perplexity).
 
     python examples/quickstart/prepare.py OUT_DIR [--vocab-size 512]
+
+`--text-root DIR` (repeatable) adds the docstrings of the .py files and the .md/.rst/.txt
+documents under DIR, in path order, up to `--max-mb` megabytes per root: a larger corpus of real
+text from what is installed on the machine (examples/pythia/replication.sh uses its Python's
+standard library and site-packages).
 """
 
 from __future__ import annotations
@@ -29,11 +34,33 @@ def _docstrings(path: Path) -> list[str]:
     return [doc for node in nodes if isinstance(node, kinds) and (doc := ast.get_docstring(node))]
 
 
-def paragraphs() -> list[str]:
+def installed_texts(root: Path, budget: int) -> list[str]:
+    """Docstrings and documents under `root`, in path order, until `budget` characters."""
+    texts, size = [], 0
+    for path in sorted(root.rglob("*")):
+        if size >= budget:
+            break
+        try:
+            if path.suffix == ".py":
+                found = _docstrings(path)
+            elif path.suffix in (".md", ".rst", ".txt") and path.is_file():
+                found = [path.read_text(encoding="utf-8")]
+            else:
+                continue
+        except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
+            continue  # files that are not Python 3 source or not UTF-8 text
+        texts += found
+        size += sum(map(len, found))
+    return texts
+
+
+def paragraphs(roots: list[Path] = (), budget: int = 0) -> list[str]:
     """Every paragraph of the sources, whitespace collapsed, in a fixed order."""
     texts = [path.read_text(encoding="utf-8") for p in SOURCES for path in sorted(REPO.glob(p))]
     for path in sorted((REPO / "megatron_mamba").rglob("*.py")):
         texts += _docstrings(path)
+    for root in roots:
+        texts += installed_texts(root, budget)
     out = []
     for text in texts:
         for block in re.split(r"\n\s*\n", text):
@@ -109,9 +136,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--vocab-size", type=int, default=512)
+    parser.add_argument("--text-root", type=Path, action="append", default=[])
+    parser.add_argument("--max-mb", type=float, default=20.0, help="per --text-root")
     args = parser.parse_args()
+    for root in args.text_root:
+        if not root.is_dir():
+            parser.error(f"--text-root {root} is not a directory")
     args.out.mkdir(parents=True, exist_ok=True)
-    texts = paragraphs()
+    texts = paragraphs(args.text_root, int(args.max_mb * 2**20))
     held_out = texts[9::10]
     train = [t for i, t in enumerate(texts) if i % 10 != 9]
     for name, part in (("train", train), ("held_out", held_out)):

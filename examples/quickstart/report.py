@@ -1,6 +1,7 @@
 """The quickstart's comparison table: for each model its layer pattern, held-out loss and
-perplexity (eval/perplexity.py) and the lm-eval scores (eval/run_lm_evals.py), printed and
-written to OUT/report.md; each run's losses and learning rate drawn to OUT/<run>.png.
+perplexity (eval/perplexity.py) and the lm-eval scores (eval/run_lm_evals.py, where they were
+run), printed and written to OUT/report.md; each run's losses and learning rate drawn to
+OUT/<run>.png.
 
     python examples/quickstart/report.py OUT teacher converted target_guided hybrid
 """
@@ -16,7 +17,8 @@ from megatron_mamba.training.plots import plot
 
 
 def rows(out: Path, names: list[str]) -> list[dict]:
-    lm_eval = json.loads((out / "eval" / "table.json").read_text())
+    scored = out / "eval" / "table.json"
+    lm_eval = json.loads(scored.read_text()) if scored.is_file() else {"rows": {}, "metrics": {}}
     held_out_by_model = {}
     for line in (out / "eval" / "perplexity.jsonl").read_text().splitlines():
         result = json.loads(line)  # its checkpoint is OUT/<model>/checkpoints/step_N
