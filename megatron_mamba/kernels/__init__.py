@@ -4,10 +4,7 @@ On CUDA tensors with mamba_ssm / causal_conv1d installed, their fused kernels ru
 the pure-PyTorch references in `reference.py` do (they are also the oracle in the GPU parity tests).
 `MEGATRON_MAMBA_REFERENCE_KERNELS=1` forces the references.
 
-mamba_ssm's SSD kernels are Triton autotuned; every fresh process on a GPU machine spent 60-120 s
-on that before its first step (measured on the H200s). Unless TRITON_CACHE_AUTOTUNING is set,
-it is turned on before they are imported, so the chosen configurations are kept in Triton's
-cache directory and later processes (every rank, every run, the evaluation) reuse them.
+Triton's autotune cache is on by default (see megatron_mamba/__init__.py).
 """
 
 from __future__ import annotations
@@ -23,7 +20,6 @@ from megatron_mamba.kernels import reference
 @functools.cache
 def _fused():
     """The fused kernels' entry points, or None where they are not installed."""
-    os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")  # read as the kernels are defined
     try:
         from causal_conv1d import causal_conv1d_fn
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
