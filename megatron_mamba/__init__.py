@@ -17,7 +17,8 @@ import warnings  # noqa: E402
 # uses its own layers and torch's optimizers, so the notices are noise on every command.
 warnings.filterwarnings("ignore", message=r".*(Apex|Transformer Engine).* not installed")
 
-# mamba_ssm's SSD kernels are Triton autotuned: every fresh GPU process spent 60-120 s on that
-# before its first step (H200). Cached (read when the kernels are defined, hence here, before
-# transformers or our kernels import them), later processes on the machine reuse the choices.
+# mamba_ssm's SSD kernels are Triton autotuned, and fresh GPU processes spent 60-120 s before
+# their first step (H200), much of it compiling and tuning them. Compiled kernels are cached by
+# default, the tuning results only with this (read when the kernels are defined, hence here,
+# before transformers or our kernels import them).
 os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
