@@ -60,43 +60,39 @@ def make_inputs(out: Path, preset_name: str, items: int, item_length: int) -> No
 
 
 def train(out: Path, name: str, nproc: int, tp: int, pp: int, args) -> list[dict]:
-    run = out / name
-    _run(
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "megatron_mamba.train",
-        f"train.output_dir={out}",
-        f"train.run_name={name}",
-        f"train.init_from={out / 'student'}",
-        f"distill.teacher={out / 'teacher'}",
-        "distill.alpha_layer_distill_loss=15",
-        f"parallel.tensor={tp}",
-        f"parallel.pipeline={pp}",
-        f"data.path={out / 'tokens'}",
-        "data.kind=pythia",
-        f"data.item_length={args.seq + 1}",
-        f"train.max_steps={args.steps}",
-        f"train.per_device_train_batch_size={args.micro}",
-        f"train.gradient_accumulation_steps={args.accumulation}",
-        f"train.mixed_precision={'no' if args.cpu else 'bf16'}",
-        "train.learning_rate=3e-4",
-        "train.min_lr=3e-5",
-        "train.warmup_ratio=0.1",
-        "train.weight_decay=0.1",
-        "train.weight_decay_mamba_only=true",
-        "train.report_to=[jsonl,console]",
-        "train.log_every=1",
-        env={"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ",".join(map(str, range(nproc)))}
-        if not args.cpu
-        else {"OMP_NUM_THREADS": "1"},
-    )
+    """The target-guided run at TP×PP over `nproc` processes; its per-step records."""
     from megatron_mamba.training.metrics import read_metrics
 
-    return read_metrics(run / "metrics.jsonl")
+    settings = {
+        "train.output_dir": out,
+        "train.run_name": name,
+        "train.init_from": out / "student",
+        "distill.teacher": out / "teacher",
+        "distill.alpha_layer_distill_loss": 15,
+        "parallel.tensor": tp,
+        "parallel.pipeline": pp,
+        "data.path": out / "tokens",
+        "data.kind": "pythia",
+        "data.item_length": args.seq + 1,
+        "train.max_steps": args.steps,
+        "train.per_device_train_batch_size": args.micro,
+        "train.gradient_accumulation_steps": args.accumulation,
+        "train.mixed_precision": "no" if args.cpu else "bf16",
+        "train.learning_rate": 3e-4,
+        "train.min_lr": 3e-5,
+        "train.warmup_ratio": 0.1,
+        "train.weight_decay": 0.1,
+        "train.weight_decay_mamba_only": "true",
+        "train.report_to": "[jsonl,console]",
+        "train.log_every": 1,
+    }
+    env = {"OMP_NUM_THREADS": "1"}
+    if not args.cpu:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, range(nproc)))
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    overrides = [f"{key}={value}" for key, value in settings.items()]
+    _run(sys.executable, *launcher, "-m", "megatron_mamba.train", *overrides, env=env)
+    return read_metrics(out / name / "metrics.jsonl")
 
 
 def _relative(got: torch.Tensor, expected: torch.Tensor) -> float:
