@@ -6,6 +6,7 @@ local task YAML found through `include_path`, goes into the same table under its
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import math
@@ -35,7 +36,10 @@ class Checkpoint:
     path: str
 
 
+@functools.cache
 def task_manager(include_path: str | None):
+    """lm-eval's task index (with the local tasks under include_path); built once per process,
+    as indexing lm-eval's thousands of task files takes seconds."""
     from lm_eval.tasks import TaskManager
 
     return TaskManager(include_path=include_path)

@@ -9,13 +9,13 @@ import lm_eval
 import pytest
 import torch
 from lm_eval.api.instance import Instance
-from lm_eval.tasks import TaskManager
 from transformers import AutoTokenizer
 
 from megatron_mamba.config import ParallelConfig
 from megatron_mamba.convert.exporter import export_hf
 from megatron_mamba.convert.importer import import_hf
 from megatron_mamba.evaluation.lm_eval_model import MegatronMambaLM
+from megatron_mamba.evaluation.suite import task_manager
 from megatron_mamba.models.build import build_model
 from megatron_mamba.training.checkpoint import load_weights, read_model_config
 from tests.helpers.hf_tiny import randomize_norms, tiny_gpt_neox
@@ -44,7 +44,7 @@ def _evaluate(model: str, path: Path, tasks: list[str]) -> dict:
         model=model,
         model_args={"pretrained": str(path), "device": "cpu", "batch_size": 3},
         tasks=tasks,
-        task_manager=TaskManager(include_path=str(TASKS)),
+        task_manager=task_manager(str(TASKS)),
     )
     return out["results"]
 
@@ -179,6 +179,6 @@ def test_run_lm_evals_refuses_unknown_tasks_before_loading(checkpoints, tmp_path
 
 
 def test_cald_suite_names_are_lm_eval_tasks():
-    from megatron_mamba.evaluation.suite import CALD_TASKS, check_tasks, task_manager
+    from megatron_mamba.evaluation.suite import CALD_TASKS, check_tasks
 
     check_tasks(list(CALD_TASKS), task_manager(None))  # raises on an unknown name
