@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SEQ_CPU, SEQ_GPU = 64, 2048
 
 
-def _run(*command: str, env: dict | None = None) -> None:
+def _run(*command, env: dict | None = None) -> None:
+    command = [str(part) for part in command]
     print("+", " ".join(command), flush=True)
     subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, **(env or {})})
 
@@ -49,9 +50,8 @@ def make_inputs(out: Path, preset_name: str, items: int, item_length: int) -> No
 
     model = preset(preset_name)
     torch.manual_seed(0)
-    config = hf_config_for(model, torch.float32)
-    config.initializer_range = 0.02
-    AutoModelForCausalLM.from_config(config).save_pretrained(out / "hf")
+    hf_model = AutoModelForCausalLM.from_config(hf_config_for(model, torch.float32))
+    hf_model.save_pretrained(out / "hf")
     builder = IndexedDatasetBuilder(str(out / "tokens.bin"), dtype=np.uint16)
     rng = np.random.default_rng(0)
     for _ in range(items):
@@ -179,18 +179,11 @@ def main() -> int:
     items = args.steps * args.micro * args.accumulation
     if not (out / "hf" / "config.json").exists():
         make_inputs(out, args.preset, items, args.seq + 1)
-    tool = [sys.executable]
-    for name, extra in (("teacher", []), ("student", ["--layer-pattern", pattern])):
+    mamba = ["--mamba", "layout=attention", "--mamba", "init=attention"]
+    student = ["--layer-pattern", pattern, *mamba]
+    for name, options in (("teacher", []), ("student", student)):
         if not (out / name).exists():
-            mamba = ["--mamba", "layout=attention", "--mamba", "init=attention"] if extra else []
-            _run(
-                *tool,
-                "tools/convert_hf_to_native.py",
-                str(out / "hf"),
-                str(out / name),
-                *extra,
-                *mamba,
-            )
+            _run(sys.executable, "tools/convert_hf_to_native.py", out / "hf", out / name, *options)
 
     parallel_name = f"tp{args.tp}pp{args.pp}"
     report = {
@@ -209,7 +202,7 @@ def main() -> int:
 
     export = out / "export"
     _run(
-        *tool,
+        sys.executable,
         "tools/convert_native_to_hf.py",
         str(out / parallel_name),
         str(export),

@@ -43,10 +43,8 @@ _REMOTE_CODE = "modeling_hybrid.py"
 
 def hf_config_for(model: ModelConfig, dtype: torch.dtype):
     """The transformers config object of an export."""
-    from megatron_mamba.hf import register
-    from megatron_mamba.hf.configuration import HYBRID_CONFIGS
+    from megatron_mamba.hf.configuration import HYBRID_CONFIGS  # the package registers them
 
-    register()
     kind = hf_model_type(model)
     kwargs = dict(hf_config_kwargs(model), dtype=str(dtype).removeprefix("torch."))
     if set(model.mixers) == {"attention"}:

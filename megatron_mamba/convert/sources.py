@@ -52,9 +52,8 @@ def _cald(config: dict) -> ModelConfig:
 
 def source_model_config(root: str | Path) -> ModelConfig:
     """The configuration of the weights in `root` (a transformers checkpoint directory)."""
-    from megatron_mamba.hf import register
+    import megatron_mamba.hf  # noqa: F401  (registers the hybrid types with AutoConfig)
 
-    register()
     root = Path(root)
     raw = json.loads((root / "config.json").read_text())
     if "gpt_neox_config" in raw:
