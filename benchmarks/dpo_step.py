@@ -114,7 +114,7 @@ def trl_step(export: Path, workdir: Path):
 
 def our_step(native: Path, batch):
     """The trainer's DPO objective on TRL's batch: megatron schedule, DDP, optimizer."""
-    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.optimizer import OptimizerConfig
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from megatron_mamba.config import ParallelConfig, RunPrecision
@@ -123,6 +123,7 @@ def our_step(native: Path, batch):
     from megatron_mamba.training.checkpoint import find_checkpoint, load_weights, read_model_config
     from megatron_mamba.training.ddp import wrap_ddp
     from megatron_mamba.training.dpo import DPOConfig, PreferenceOptimisation
+    from megatron_mamba.training.optimizer import megatron_optimizer
 
     config = read_model_config(native)
     models = []
@@ -135,8 +136,8 @@ def our_step(native: Path, batch):
     policy, reference = models
     reference.eval().requires_grad_(False)
     ddp = wrap_ddp(policy)
-    optimizer = get_megatron_optimizer(
-        OptimizerConfig(optimizer="adam", lr=5e-7, bf16=True, params_dtype=torch.bfloat16), [ddp]
+    optimizer = megatron_optimizer(
+        ddp, OptimizerConfig(optimizer="adam", lr=5e-7, bf16=True, params_dtype=torch.bfloat16)
     )
     tokens = batch["input_ids"].cuda()
     mask = batch["completion_mask"][:, 1:].float().cuda()

@@ -84,13 +84,13 @@ def bare_tokens_per_s(steps: int) -> float:
     from megatron_mamba.models.build import build_model
     from megatron_mamba.runtime import init_runtime
     from megatron_mamba.training.ddp import wrap_ddp
-    from megatron_mamba.training.trainer import _optimizer
+    from megatron_mamba.training.optimizer import build_optimizer
 
     rt = init_runtime(seed=1)
     run = run_config(Path("unused"), Path("unused"), steps, 1)
     model = build_model(run.model_config(), run.parallel, RunPrecision("bf16")).to(rt.device)
     ddp = wrap_ddp(model)
-    optimizer = _optimizer(model, ddp, run)
+    optimizer = build_optimizer(model, ddp, run)
     tokens = torch.randint(0, 50000, (MICRO, SEQ + 1), device=rt.device)
 
     def step():

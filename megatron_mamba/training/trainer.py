@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 from megatron.core import parallel_state as ps
-from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_mamba.config import RunPrecision
@@ -46,10 +45,8 @@ from megatron_mamba.training.ddp import wrap_ddp
 from megatron_mamba.training.dpo import PreferenceOptimisation
 from megatron_mamba.training.metrics import MetricsLogger
 from megatron_mamba.training.objective import LanguageModelling
-from megatron_mamba.training.param_groups import (
-    freeze_all_but_mamba,
-    megatron_weight_decay_overrides,
-)
+from megatron_mamba.training.optimizer import build_optimizer
+from megatron_mamba.training.param_groups import freeze_all_but_mamba
 from megatron_mamba.training.run_config import RunConfig
 from megatron_mamba.training.schedule import build_scheduler
 from megatron_mamba.training.throughput import mfu, peak_flops
@@ -59,27 +56,6 @@ _DTYPE = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
 
 class TrainingError(RuntimeError):
     """The run cannot go on (e.g. too many consecutive non-finite losses)."""
-
-
-def _optimizer(model, ddp, run: RunConfig):
-    train = run.train
-    config = OptimizerConfig(
-        optimizer="adam",
-        lr=train.learning_rate,
-        min_lr=train.min_lr,
-        weight_decay=train.weight_decay,
-        adam_beta1=train.adam_beta1,
-        adam_beta2=train.adam_beta2,
-        adam_eps=train.adam_eps,
-        clip_grad=train.clip_grad_norm or 0.0,
-        bf16=train.mixed_precision == "bf16",
-        fp16=train.mixed_precision == "fp16",
-        initial_loss_scale=train.initial_loss_scale,
-        loss_scale_window=train.loss_scale_window,
-        params_dtype=model.config.params_dtype,
-    )
-    overrides = megatron_weight_decay_overrides(model, train.weight_decay_mamba_only)
-    return get_megatron_optimizer(config, [ddp], config_overrides=overrides)
 
 
 def _across_pipeline_and_replicas(parts: dict[str, float], device) -> dict[str, float]:
@@ -128,7 +104,7 @@ def train(run: RunConfig) -> list[dict]:
     if cfg.trainable == "mamba":
         freeze_all_but_mamba(model)
     ddp = wrap_ddp(model)
-    optimizer = _optimizer(model, ddp, run)
+    optimizer = build_optimizer(model, ddp, run)
     # The schedule multiplies each loss by this before backward: fp16's dynamic loss scale.
     model.config.grad_scale_func = optimizer.scale_loss
 
