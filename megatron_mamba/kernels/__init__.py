@@ -22,7 +22,7 @@ def _fused():
     """The fused kernels' entry points, or None where they are not installed."""
     try:
         from causal_conv1d import causal_conv1d_fn
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn, selective_scan_fn
         from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
         from mamba_ssm.ops.triton.ssd_combined import (
             mamba_chunk_scan_combined,
@@ -33,6 +33,7 @@ def _fused():
     return {
         "conv": causal_conv1d_fn,
         "scan": selective_scan_fn,
+        "mamba1_inner": mamba_inner_fn,
         "ssd": mamba_chunk_scan_combined,
         "norm": rmsnorm_fn,
         "split_conv_ssd_norm": mamba_split_conv1d_scan_combined,
@@ -70,6 +71,28 @@ def selective_scan(u_bdl, delta_bdl, A_dn, B, C, D_d=None, z_bdl=None, **kwargs)
             return_last_state=kwargs.get("return_last_state", False),
         )
     return reference.selective_scan(u_bdl, delta_bdl, A_dn, B, C, D_d, z_bdl, **kwargs)
+
+
+def fused_mamba1_inner(
+    xz_bdl, conv_weight_d1k, conv_bias, x_proj_weight, dt_proj_weight, out_proj_weight, **scan
+):
+    """A classic Mamba1 mixer from in_proj's output to out_proj's (without its bias) as one
+    autograd function that recomputes the conv and delta in backward (mamba_ssm's
+    `mamba_inner_fn`, which transformers' MambaMixer trains through); None where it does not
+    run, and the caller composes the separate kernels. xz is [b, x | z, l]; returns [b, l, h].
+    `scan` holds A, D, delta_bias and delta_softplus as `mamba_inner_fn` names them."""
+    if not use_fused(xz_bdl):
+        return None
+    return _fused()["mamba1_inner"](
+        xz_bdl,
+        conv_weight_d1k,
+        conv_bias,
+        x_proj_weight,
+        dt_proj_weight,
+        out_proj_weight,
+        None,
+        **scan,
+    )
 
 
 def ssd_scan(x_blhp, dt_blh, A_h, B_blgn, C_blgn, chunk_size, D_h=None, z_blhp=None, **kwargs):

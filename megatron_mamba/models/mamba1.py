@@ -97,6 +97,10 @@ class Mamba1Mixer(MambaMixerBase):
         """Mix `hidden_states` [s, b, h] continuing from `state` (None: from the start); returns
         (output, output bias) and the state after the last token (decode one token at a time)."""
         proj, _ = self.in_proj(hidden_states)
+        if state is None and not return_state:
+            fused = self._fused_classic(proj)
+            if fused is not None:
+                return fused, None
         if self.dims.grouped:
             x, z, dt_low, B, C = self._grouped_inputs(hidden_states, proj)
         else:
@@ -112,6 +116,29 @@ class Mamba1Mixer(MambaMixerBase):
         )
         out = self.out_proj(rearrange(y, "b d l -> l b d"))
         return out, (MambaState(conv_last, ssm_last) if return_state else None)
+
+    def _fused_classic(self, proj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(output, out_proj bias) of the classic layout through mamba_ssm's one-function
+        conv → x_proj → dt_proj → scan → out_proj, where it applies: on GPU, in training or
+        prefill without a state, and at TP=1, as x_proj's product is a partial sum under TP.
+        None elsewhere."""
+        if self.dims.grouped or self.tp > 1:
+            return None
+        out = kernels.fused_mamba1_inner(
+            rearrange(proj, "s b d -> b d s"),
+            self.conv1d.weight,
+            self.conv1d.bias,
+            self.x_proj.weight,
+            self.dt_proj.weight,
+            self.out_proj.weight,
+            A=-torch.exp(self.A_log.float()),
+            D=self.D.float(),
+            delta_bias=self.dt_proj.bias.float(),
+            delta_softplus=True,
+        )
+        if out is None:
+            return None
+        return rearrange(out, "b s h -> s b h").contiguous(), self.out_proj.bias
 
     def _classic_selection(self, x_bdl: torch.Tensor):
         """dt_low [b, l, r], B and C [b, n, l] from the conv output through x_proj."""
