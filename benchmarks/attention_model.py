@@ -36,10 +36,11 @@ def ours_step(config, tokens):
     return model, step
 
 
-def hf_step(config, tokens):
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+def hf_gpt_neox_config(config):
+    """transformers' GPTNeoXConfig of our Pythia-shaped `config` (sdpa attention)."""
+    from transformers import GPTNeoXConfig
 
-    hf_config = GPTNeoXConfig(
+    return GPTNeoXConfig(
         vocab_size=config.vocab_size,
         hidden_size=config.hidden_size,
         num_hidden_layers=config.num_layers,
@@ -54,7 +55,12 @@ def hf_step(config, tokens):
         attn_implementation="sdpa",
         torch_dtype=torch.bfloat16,
     )
-    model = GPTNeoXForCausalLM(hf_config).to(device="cuda", dtype=torch.bfloat16)
+
+
+def hf_step(config, tokens):
+    from transformers import GPTNeoXForCausalLM
+
+    model = GPTNeoXForCausalLM(hf_gpt_neox_config(config)).to(device="cuda", dtype=torch.bfloat16)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
 

@@ -5,35 +5,48 @@ attention teacher frozen; micro-batch 4 × 2048 tokens. Both sides run megatron'
 the same objective code the trainer uses (forward + backward, no optimizer step): student-only
 is cross-entropy; distillation adds the teacher's forward, CE + 15 · layer loss + 1 · logits KL.
 
+Then the whole training step (distillation, megatron DDP, clipping and the trainer's optimizer
+with fp32 master weights) against CALD's way of training the same objective in the same process:
+transformers' models under torch.autocast with fp32 weights, plain PyTorch loss, clipping and
+AdamW (benchmarks/cald_distill.py).
+
     torchrun --nproc_per_node 1 benchmarks/distill_step.py --out $OUT/distill_step.json
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 from pathlib import Path
 
 import torch
+from megatron.core.optimizer import OptimizerConfig
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from benchmarks.common import median_step_seconds
+from benchmarks.cald_distill import cald_distill_step
+from benchmarks.common import median_step_seconds, peak_memory_gib
 from megatron_mamba.config import ParallelConfig, RunPrecision
 from megatron_mamba.distill.config import DistillConfig
 from megatron_mamba.distill.objective import Distillation
 from megatron_mamba.models.build import build_model
 from megatron_mamba.models.presets import preset
 from megatron_mamba.runtime import init_runtime
+from megatron_mamba.training.ddp import wrap_ddp
 from megatron_mamba.training.objective import LanguageModelling
+from megatron_mamba.training.optimizer import megatron_optimizer
 
 SEQ, MICRO = 2048, 4
 CALD_MAMBA1 = {"layout": "classic", "d_inner": 5120, "dt_rank": 160, "d_state": 16}
 
 
-def step_fn(objective, student, tokens):
+def step_fn(objective, student, tokens, optimizer=None):
     schedule = get_forward_backward_func()
 
     def step():
+        if optimizer is not None:
+            student.zero_grad_buffer()
+            optimizer.zero_grad()
         objective.begin_step(1, 1.0, 1)
         schedule(
             forward_step_func=lambda batches, model: objective.forward_step(next(batches), model),
@@ -43,7 +56,10 @@ def step_fn(objective, student, tokens):
             seq_length=SEQ,
             micro_batch_size=MICRO * objective.micro_batch_factor,
         )
-        student.zero_grad(set_to_none=True)
+        if optimizer is None:
+            student.zero_grad(set_to_none=True)
+        else:
+            optimizer.step()
 
     return step
 
@@ -68,12 +84,28 @@ def main() -> None:
         student, teacher, distill, cfg.num_layers, total_steps=1, vocab_size=cfg.vocab_size
     )
     guided = median_step_seconds(step_fn(objective, student, tokens))
+
+    ddp = wrap_ddp(student)
+    optimizer = megatron_optimizer(
+        ddp, OptimizerConfig(lr=1e-5, bf16=True, params_dtype=torch.bfloat16, clip_grad=1.0)
+    )
+    training_step = step_fn(objective, ddp, tokens, optimizer)
+    ours_full, ours_memory = median_step_seconds(training_step), peak_memory_gib(training_step)
+    del ddp, optimizer, objective, training_step, student, teacher
+    gc.collect()
+    torch.cuda.empty_cache()
+    _, _, cald_step = cald_distill_step(cfg, tokens)
+    cald_full, cald_memory = median_step_seconds(cald_step), peak_memory_gib(cald_step)
     result = {
         "student_only_s": alone,
         "distillation_s": guided,
         "ratio": guided / alone,
         "student_only_tokens_per_s": MICRO * SEQ / alone,
         "distillation_tokens_per_s": MICRO * SEQ / guided,
+        "training_step_s": {"ours": ours_full, "cald": cald_full},
+        "training_tokens_per_s": {"ours": MICRO * SEQ / ours_full, "cald": MICRO * SEQ / cald_full},
+        "peak_gib": {"ours": ours_memory, "cald": cald_memory},
+        "speedup_over_cald": cald_full / ours_full,
     }
     Path(args.out).write_text(json.dumps(result) + "\n")
     print(json.dumps(result))

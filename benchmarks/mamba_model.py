@@ -77,11 +77,16 @@ class CaldModel(torch.nn.Module):
         self.final_layer_norm = torch.nn.LayerNorm(config.hidden_size)
         self.embed_out = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=False)
 
-    def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        x = self.embed_in(tokens)
+    def blocks_and_logits(self, tokens: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Each block's output [b, s, h] and the logits."""
+        x, blocks = self.embed_in(tokens), []
         for layer in self.layers:
             x = layer(x)
-        logits = self.embed_out(self.final_layer_norm(x))
+            blocks.append(x)
+        return blocks, self.embed_out(self.final_layer_norm(x))
+
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        _, logits = self.blocks_and_logits(tokens)
         return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
 
 

@@ -11,12 +11,12 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
-from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_mamba import kernels
+from megatron_mamba.models.linear import ColumnLinear, RowLinear
 from megatron_mamba.parallel.shards import mark_segments, partition_of, tp_slice
 
 
@@ -182,7 +182,7 @@ class MambaMixerBase(MegatronModule):
         dims.check_tensor_parallel(self.tp)
         self.dims, self.layer_number = dims, layer_number
         self.factory = {"dtype": config.params_dtype, "device": param_device(config)}
-        self.in_proj = ColumnParallelLinear(
+        self.in_proj = ColumnLinear(
             dims.d_model,
             sum(dims.in_proj_segments),
             config=config,
@@ -209,7 +209,7 @@ class MambaMixerBase(MegatronModule):
             init_whole(self.conv1d.bias, uniform(bound))
 
     def _build_out_proj(self) -> None:
-        self.out_proj = RowParallelLinear(
+        self.out_proj = RowLinear(
             self.dims.d_inner,
             self.dims.d_model,
             config=self.config,

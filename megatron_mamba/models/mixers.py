@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.identity_op import IdentityOp
@@ -15,6 +14,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 
 from megatron_mamba.config import ModelConfig
 from megatron_mamba.models.attention import SDPAttention
+from megatron_mamba.models.linear import ColumnLinear, RowLinear
 from megatron_mamba.models.mamba1 import Mamba1Mixer
 from megatron_mamba.models.mamba2 import Mamba2Mixer
 from megatron_mamba.models.mamba_dims import mamba1_dims, mamba2_dims
@@ -44,11 +44,11 @@ def attention_spec(model: ModelConfig) -> ModuleSpec:
         module=SelfAttention,
         params={"attn_mask_type": AttnMaskType.causal},
         submodules=SelfAttentionSubmodules(
-            linear_qkv=ColumnParallelLinear,
+            linear_qkv=ColumnLinear,
             core_attention=ModuleSpec(
                 module=SDPAttention, params={"sliding_window": model.sliding_window}
             ),
-            linear_proj=RowParallelLinear,
+            linear_proj=RowLinear,
             q_layernorm=IdentityOp,
             k_layernorm=IdentityOp,
         ),

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_mamba.models.fused import bias_gelu, swiglu
+from megatron_mamba.models.linear import ColumnLinear, RowLinear
 
 
 class MLP(MegatronModule):
@@ -25,7 +25,7 @@ class MLP(MegatronModule):
         if not glu and config.activation_func is not F.gelu:
             raise ValueError("non-gated MLP supports exact GeLU only")
         ffn = config.ffn_hidden_size
-        self.linear_fc1 = ColumnParallelLinear(
+        self.linear_fc1 = ColumnLinear(
             config.hidden_size,
             2 * ffn if glu else ffn,
             config=config,
@@ -34,7 +34,7 @@ class MLP(MegatronModule):
             gather_output=False,
             skip_bias_add=True,
         )
-        self.linear_fc2 = RowParallelLinear(
+        self.linear_fc2 = RowLinear(
             ffn,
             config.hidden_size,
             config=config,

@@ -1,0 +1,53 @@
+"""megatron's tensor-parallel linears, with the local product as torch's own `F.linear`.
+
+Where a linear needs no communication inside its matmul's autograd (no sequence parallelism, no
+overlapped data-gradient all-reduce, no fused gradient accumulation: a row-parallel linear without
+SP at any TP size, a column-parallel one at TP=1), megatron-core still runs it through its Python
+autograd function, whose backward costs about 0.2 ms of host time per call. `F.linear` computes
+the same products in C++ autograd; everything else (parameters, their names and TP attributes,
+the communication around the product, checkpoint sharding) stays megatron's.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+
+
+class _LocalProductWhenPossible:
+    def _forward_impl(
+        self,
+        input,
+        weight,
+        bias=None,
+        gradient_accumulation_fusion=False,
+        allreduce_dgrad=False,
+        sequence_parallel=False,
+        grad_output_buffer=None,
+        **kwargs,
+    ):
+        if not (
+            gradient_accumulation_fusion
+            or allreduce_dgrad
+            or sequence_parallel
+            or grad_output_buffer is not None
+        ):
+            return F.linear(input, weight, bias)
+        return super()._forward_impl(
+            input,
+            weight,
+            bias=bias,
+            gradient_accumulation_fusion=gradient_accumulation_fusion,
+            allreduce_dgrad=allreduce_dgrad,
+            sequence_parallel=sequence_parallel,
+            grad_output_buffer=grad_output_buffer,
+            **kwargs,
+        )
+
+
+class ColumnLinear(_LocalProductWhenPossible, ColumnParallelLinear):
+    """megatron's ColumnParallelLinear; the product in `F.linear` where it communicates nothing."""
+
+
+class RowLinear(_LocalProductWhenPossible, RowParallelLinear):
+    """megatron's RowParallelLinear; the product in `F.linear` where it communicates nothing."""

@@ -1,0 +1,64 @@
+"""Our tensor-parallel linears at TP=1: torch's own product, megatron's results."""
+
+import pytest
+import torch
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_mamba.models.linear import ColumnLinear, RowLinear
+
+CONFIG = TransformerConfig(
+    num_layers=1, hidden_size=16, num_attention_heads=2, use_cpu_initialization=True
+)
+
+
+def _column(cls):
+    return cls(
+        16, 24, config=CONFIG, init_method=torch.nn.init.normal_, bias=True, gather_output=False
+    )
+
+
+def _row(cls):
+    return cls(
+        16,
+        24,
+        config=CONFIG,
+        init_method=torch.nn.init.normal_,
+        bias=True,
+        input_is_parallel=True,
+        skip_bias_add=True,
+    )
+
+
+def _autograd_nodes(tensor: torch.Tensor) -> set[str]:
+    seen, todo = set(), [tensor.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and node.name() not in seen:
+            seen.add(node.name())
+            todo.extend(next_node for next_node, _ in node.next_functions)
+    return seen
+
+
+@pytest.mark.parametrize(
+    "build,ours,megatrons",
+    [(_column, ColumnLinear, ColumnParallelLinear), (_row, RowLinear, RowParallelLinear)],
+)
+def test_same_output_and_gradients_as_megatrons_linear(runtime, build, ours, megatrons):
+    reference, local = build(megatrons), build(ours)
+    local.load_state_dict(reference.state_dict())
+    x = torch.randn(5, 3, 16, dtype=torch.float64).float()
+    results = []
+    for module in (reference, local):
+        u = x.clone().requires_grad_()
+        out, bias = module(u)
+        out = out if bias is None else out + bias
+        grads = torch.autograd.grad(out.square().sum(), [u, *module.parameters()])
+        results.append((out, _autograd_nodes(out), grads))
+    (want, megatron_nodes, want_grads), (got, our_nodes, got_grads) = results
+    # The product is torch's autograd node, not megatron's Python autograd function.
+    megatrons_product = "LinearWithGradAccumulationAndAsyncCommunicationBackward"
+    assert megatrons_product in megatron_nodes and megatrons_product not in our_nodes
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-5)
