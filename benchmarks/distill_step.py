@@ -27,6 +27,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from benchmarks.cald_distill import cald_distill_step
 from benchmarks.common import median_step_seconds, peak_memory_gib
 from megatron_mamba.config import ParallelConfig, RunPrecision
+from megatron_mamba.data.batches import TokenBatch
 from megatron_mamba.distill.config import DistillConfig
 from megatron_mamba.distill.objective import Distillation
 from megatron_mamba.models.build import build_model
@@ -74,7 +75,7 @@ def main() -> None:
     student = build_model(cfg, ParallelConfig(), bf16, cpu_initialization=False).cuda()
     teacher = build_model(preset("pythia-1b"), ParallelConfig(), bf16, cpu_initialization=False)
     teacher.cuda().eval().requires_grad_(False)
-    tokens = torch.randint(0, cfg.vocab_size, (MICRO, SEQ + 1), device="cuda")
+    tokens = TokenBatch(torch.randint(0, cfg.vocab_size, (MICRO, SEQ + 1), device="cuda"))
 
     alone = median_step_seconds(step_fn(LanguageModelling(), student, tokens))
     distill = DistillConfig(
@@ -94,7 +95,7 @@ def main() -> None:
     del ddp, optimizer, objective, training_step, student, teacher
     gc.collect()
     torch.cuda.empty_cache()
-    _, _, cald_step = cald_distill_step(cfg, tokens)
+    _, _, cald_step = cald_distill_step(cfg, tokens.tokens)
     cald_full, cald_memory = median_step_seconds(cald_step), peak_memory_gib(cald_step)
     result = {
         "student_only_s": alone,

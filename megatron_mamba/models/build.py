@@ -2,8 +2,8 @@
 
 `to_transformer_config` is the one place our config becomes megatron's; `build_model` checks the
 parallel layout first (nothing is allocated for a config that cannot work), then assembles
-megatron's `GPTModel` (embedding, RoPE, output layer, vocab-parallel loss) around a stack of
-`MixerBlock`s whose mixers come from the registry.
+megatron's `GPTModel` (embedding, RoPE, output layer, loss; see models/language_model.py) around
+a stack of `MixerBlock`s whose mixers come from the registry.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
-from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import (
     TransformerBlockSubmodules,
@@ -22,6 +21,7 @@ from megatron.core.transformer.transformer_layer import get_transformer_layer_of
 
 from megatron_mamba.config import ModelConfig, ParallelConfig, RunPrecision
 from megatron_mamba.models.block import MixerBlock, MixerBlockSubmodules
+from megatron_mamba.models.language_model import LanguageModel
 from megatron_mamba.models.mamba_dims import mamba1_dims, mamba2_dims
 from megatron_mamba.models.mixers import mixer_spec
 from megatron_mamba.models.mlp import MLP
@@ -146,7 +146,7 @@ def build_model(
     parallel: ParallelConfig,
     precision: RunPrecision | None = None,
     cpu_initialization: bool = True,
-) -> GPTModel:
+) -> LanguageModel:
     """This pipeline stage's part of the model; needs the runtime (parallel state) initialised."""
     validate_parallel(model, parallel)
     config = to_transformer_config(model, parallel, precision, cpu_initialization)
@@ -156,7 +156,7 @@ def build_model(
         layer_specs=layer_specs(model)[offset : offset + count],
         layer_norm=LayerNorm if model.arch == "gpt_neox" else RMSNorm,
     )
-    gpt = GPTModel(
+    gpt = LanguageModel(
         config=config,
         transformer_layer_spec=block,
         vocab_size=model.padded_vocab_size(parallel.tensor),

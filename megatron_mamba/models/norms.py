@@ -18,7 +18,11 @@ def _tag_sequence_parallel(module: torch.nn.Module, config: TransformerConfig) -
 
 
 class LayerNorm(torch.nn.Module):
-    """LayerNorm with weight and bias (GPTNeoX); torch's kernel accumulates in float32."""
+    """LayerNorm with weight and bias (GPTNeoX), as nn.LayerNorm computes it.
+
+    torch's kernel accumulates in float32 and rounds its output once, also for bf16/fp16
+    tensors, so inputs and parameters of one dtype go to it as they are (no float32 copies of
+    the activations forward and backward); mixed dtypes are computed in float32."""
 
     def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5):
         super().__init__()
@@ -28,6 +32,8 @@ class LayerNorm(torch.nn.Module):
         _tag_sequence_parallel(self, config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == self.weight.dtype:
+            return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
         out = F.layer_norm(
             x.float(), x.shape[-1:], self.weight.float(), self.bias.float(), self.eps
         )

@@ -13,7 +13,7 @@ def no_weights(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("a model was built despite invalid input")
 
-    monkeypatch.setattr(build_module, "GPTModel", fail)
+    monkeypatch.setattr(build_module, "LanguageModel", fail)
 
 
 def test_pattern_of_wrong_length():

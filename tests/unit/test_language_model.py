@@ -1,0 +1,53 @@
+"""The model's own pieces on one rank: the loss of an unsplit vocabulary and the bf16 LayerNorm."""
+
+import pytest
+import torch
+from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_mamba.config import ParallelConfig
+from megatron_mamba.models.build import build_model
+from megatron_mamba.models.norms import LayerNorm
+from megatron_mamba.models.presets import preset
+
+
+def test_loss_and_its_gradient_equal_megatrons_vocab_parallel_cross_entropy(runtime):
+    model = build_model(preset("tiny-gpt-neox"), ParallelConfig())
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(7, 3, 256, generator=generator, dtype=torch.float64).bfloat16()
+    labels = torch.randint(0, 256, (3, 7), generator=generator)
+    results = []
+    for compute in (
+        model.compute_language_model_loss,
+        lambda y, x: vocab_parallel_cross_entropy(x.float(), y.t().contiguous()).t(),
+    ):
+        x = logits.clone().requires_grad_()
+        loss = compute(labels, x)
+        weights = torch.arange(loss.numel(), dtype=torch.float32).view_as(loss)
+        (grad,) = torch.autograd.grad((loss * weights).sum(), x)
+        results.append((loss, grad))
+    (ours, our_grad), (megatrons, megatron_grad) = results
+    assert ours.shape == (3, 7) and ours.dtype == torch.float32
+    torch.testing.assert_close(ours, megatrons, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(our_grad, megatron_grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_layer_norm_is_a_float64_layer_norm_rounded_once(dtype):
+    config = TransformerConfig(
+        num_layers=1, hidden_size=64, num_attention_heads=1, params_dtype=dtype
+    )
+    norm = LayerNorm(config, 64)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(64, generator=generator))
+        norm.bias.copy_(torch.randn(64, generator=generator))
+    x = (3 + 2 * torch.randn(5, 2, 64, generator=generator)).to(dtype)
+    x64 = x.double()
+    mean, var = x64.mean(-1, keepdim=True), x64.var(-1, unbiased=False, keepdim=True)
+    expected = (x64 - mean) / torch.sqrt(var + norm.eps) * norm.weight.double() + norm.bias.double()
+    out = norm(x)
+    assert out.dtype == dtype
+    # One rounding to `dtype` of the exact result: within half an ulp, with a little slack.
+    ulp = {torch.bfloat16: 2**-8, torch.float32: 2**-23}[dtype]
+    assert ((out.double() - expected).abs() <= expected.abs() * ulp + 1e-5).all()
