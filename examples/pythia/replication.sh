@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CALD's comparison scaled down, on text assembled on this machine (nothing downloaded):
 #  1. a corpus from the repo's text plus the docstrings and documents of this Python's standard
-#     library and site-packages; a BPE tokenizer; every tenth paragraph held out
+#     library and site-packages (MB megabytes per root, default 40); a BPE tokenizer; every tenth
+#     paragraph held out
 #  2. a Pythia-160m-shaped teacher trained from scratch for TEACHER_STEPS
 #  3. its all-mamba1 student (CALD: every attention layer → mamba1, mixers fresh, the rest copied)
 #     retrained unguided, target-guided and hybrid (guided for the first 40%), STUDENT_STEPS each,
@@ -13,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python}
 OUT=${OUT:-output/replication}
-GPUS=1 SHAPE=pythia-160m VOCAB=8192 SEQ=1024 MICRO=8 MB=40
+GPUS=1 SHAPE=pythia-160m VOCAB=8192 SEQ=1024 MICRO=8 MB=${MB:-40}
 TEACHER_STEPS=${TEACHER_STEPS:-3000} STUDENT_STEPS=${STUDENT_STEPS:-1500} PRECISION=bf16
 while [[ $# -gt 0 ]]; do
   case $1 in
