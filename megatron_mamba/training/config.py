@@ -59,6 +59,10 @@ class TrainConfig:
     """fp16 only: the dynamic loss scale's start; it halves after overflowing steps (which are
     skipped) and doubles after loss_scale_window clean ones."""
     loss_scale_window: int = 1000
+    use_distributed_optimizer: bool = False
+    """GPU only: shard the fp32 master weights and Adam moments over the data-parallel ranks
+    (megatron's distributed optimizer, ZeRO-1): gradients are reduce-scattered instead of
+    all-reduced, each rank updates its shard, the weights are all-gathered back."""
     recompute: Literal["none", "full", "selective"] = "none"
     """Activation recomputation of the trained model: none, every layer ("full": activations
     of a block are recomputed in backward), or the attention core only ("selective")."""

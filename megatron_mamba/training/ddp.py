@@ -13,17 +13,22 @@ from megatron.core.distributed import DistributedDataParallel, DistributedDataPa
 from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 
 
-def wrap_ddp(model: torch.nn.Module, grad_reduce_in_fp32: bool = True) -> DistributedDataParallel:
+def wrap_ddp(
+    model: torch.nn.Module,
+    grad_reduce_in_fp32: bool = True,
+    use_distributed_optimizer: bool = False,
+) -> DistributedDataParallel:
     """DDP over `model` with contiguous fp32 gradient buffers (`param.main_grad`), reduced in
     buckets that start as soon as backward has filled them (overlapping the data-parallel
-    all-reduce with the rest of backward; only on the last micro-batch of a step)."""
+    all-reduce with the rest of backward; only on the last micro-batch of a step). For the
+    distributed optimizer the buckets are reduce-scattered: each rank keeps its shard's sum."""
     config = model.config
     ddp = DistributedDataParallel(
         config=config,
         ddp_config=DistributedDataParallelConfig(
             grad_reduce_in_fp32=grad_reduce_in_fp32,
             overlap_grad_reduce=True,
-            use_distributed_optimizer=False,
+            use_distributed_optimizer=use_distributed_optimizer,
         ),
         module=model,
     )

@@ -23,7 +23,9 @@ _FUSED_ADAM_DEVICES = ("cuda", "cpu")
 
 def build_optimizer(model, ddp, run: RunConfig):
     """megatron's optimizer for `ddp` (clipping, fp32 master weights under bf16/fp16, loss
-    scaling under fp16), Adam with decoupled weight decay, fused where torch supports it."""
+    scaling under fp16; sharded over data-parallel ranks with train.use_distributed_optimizer,
+    which `ddp` must have been wrapped for), Adam with decoupled weight decay, fused where torch
+    supports it."""
     train = run.train
     config = OptimizerConfig(
         optimizer="adam",
@@ -39,6 +41,7 @@ def build_optimizer(model, ddp, run: RunConfig):
         initial_loss_scale=train.initial_loss_scale,
         loss_scale_window=train.loss_scale_window,
         params_dtype=model.config.params_dtype,
+        use_distributed_optimizer=train.use_distributed_optimizer,
     )
     overrides = megatron_weight_decay_overrides(model, train.weight_decay_mamba_only)
     return megatron_optimizer(ddp, config, overrides)

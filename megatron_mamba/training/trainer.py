@@ -77,6 +77,11 @@ def train(run: RunConfig) -> list[dict]:
             f"train.mixed_precision={cfg.mixed_precision} needs a GPU (megatron's mixed-precision "
             "optimizer keeps CUDA tensors); on CPU use train.mixed_precision=no"
         )
+    if rt.device.type == "cpu" and cfg.use_distributed_optimizer:
+        raise TrainingError(
+            "train.use_distributed_optimizer=true needs GPUs (megatron's distributed optimizer "
+            "keeps its shards in CUDA buffers); on CPU leave it false"
+        )
     torch.backends.cuda.matmul.allow_tf32 = cfg.use_tf32
     model_cfg = run.model_config()
     precision = RunPrecision(_DTYPE[cfg.mixed_precision], recompute=cfg.recompute)
@@ -103,7 +108,7 @@ def train(run: RunConfig) -> list[dict]:
         reference = _frozen_model(run, model_cfg, rt.device, run.dpo.reference or cfg.init_from)
     if cfg.trainable == "mamba":
         freeze_all_but_mamba(model)
-    ddp = wrap_ddp(model)
+    ddp = wrap_ddp(model, use_distributed_optimizer=cfg.use_distributed_optimizer)
     optimizer = build_optimizer(model, ddp, run)
     # The schedule multiplies each loss by this before backward: fp16's dynamic loss scale.
     model.config.grad_scale_func = optimizer.scale_loss

@@ -72,3 +72,8 @@ def test_non_finite_losses_stop_the_run_with_a_clear_error(tmp_path, items, init
 def test_mixed_precision_on_cpu_fails_clearly(tmp_path, items, precision):
     with pytest.raises(AssertionError, match=f"mixed_precision={precision} needs a GPU"):
         run(tmp_path, items, "mp", **{"train.mixed_precision": precision})
+
+
+def test_distributed_optimizer_on_cpu_fails_clearly(tmp_path, items):
+    with pytest.raises(AssertionError, match="use_distributed_optimizer=true needs GPUs"):
+        run(tmp_path, items, "zero1", **{"train.use_distributed_optimizer": True})
