@@ -8,6 +8,8 @@ reduction, NaN guard and metrics. Tokens/s are medians after warmup.
     torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode bare --out $OUT/bare.json
     torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode trainer --out $OUT/t1.json
     torchrun --nproc_per_node 2 benchmarks/trainer_overhead.py --mode trainer --out $OUT/t2.json
+
+BENCH_MICRO=8 sets micro-batch 8; BENCH_DISTRIBUTED_OPTIMIZER=1 the distributed optimizer.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 
 SEQ, WARMUP = 2048, 4
 MICRO = int(os.environ.get("BENCH_MICRO", "4"))
+ZERO1 = os.environ.get("BENCH_DISTRIBUTED_OPTIMIZER", "0") == "1"
 MODEL = {"layer_pattern": "AMAMAMAMAMAMAMAM"}  # Pythia-1b shape, half mamba1 (CUDA kernels)
 
 
@@ -44,6 +47,7 @@ def run_config(data: Path, out: Path, steps: int, world: int):
         "train.run_name": f"bench{world}",
         "train.report_to": "[jsonl]",
         "train.save_at_end": False,
+        "train.use_distributed_optimizer": ZERO1,
     }
     return load(RunConfig, None, [f"{k}={v}" for k, v in overrides.items()])
 
