@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import runpy
 import socket
@@ -101,10 +102,21 @@ _server = None
 
 
 def _context():
+    """The forkserver, started with no GPU visible: its workers are the CPU runs, and a server
+    that had initialised CUDA (importing the stack does on a GPU machine) could not fork them."""
     global _server
     if _server is None:
         _server = multiprocessing.get_context("forkserver")
         _server.set_forkserver_preload(PRELOAD)
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        try:
+            multiprocessing.forkserver.ensure_running()
+        finally:
+            if visible is None:
+                del os.environ["CUDA_VISIBLE_DEVICES"]
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = visible
     return _server
 
 
