@@ -51,13 +51,10 @@ def test_fp16_overflow_skips_steps_and_lowers_the_scale(tmp_path, items, initial
     assert recs[-1]["loss"] < recs[k]["loss"]
 
 
-def test_distributed_optimizer_matches_the_replicated_one_and_resumes_exactly(
-    tmp_path, items, initial
-):
+def test_distributed_optimizer_matches_the_replicated_one(tmp_path, items, initial):
     """Two data-parallel GPUs, bf16: sharding the master weights and moments (reduce-scatter,
-    shard update, all-gather) trains like every rank holding them all (all-reduce); a run
-    stopped after 3 steps and resumed from its checkpoint (the optimizer's shards saved in
-    megatron's fully sharded model-space format) continues as the uninterrupted run."""
+    shard update, all-gather) trains like every rank holding them all (all-reduce). Saving
+    its checkpoints is refused up front (megatron-core 0.16.1's sharded format fails for it)."""
     import torch
 
     if torch.cuda.device_count() < 2:
@@ -67,6 +64,7 @@ def test_distributed_optimizer_matches_the_replicated_one_and_resumes_exactly(
         args = settings(tmp_path, items, name, **{"train.init_from": initial})
         args.update({"train.mixed_precision": "bf16", "train.max_steps": 8, **overrides})
         args["train.per_device_train_batch_size"] = 2  # global batch 4, as on one rank
+        args["train.save_at_end"] = False
         torchrun(TRAIN, 2, *(f"{k}={v}" for k, v in args.items()), cpu=False)
         return records(tmp_path / name)
 
@@ -74,12 +72,5 @@ def test_distributed_optimizer_matches_the_replicated_one_and_resumes_exactly(
     sharded = two_gpus("sharded", **{"train.use_distributed_optimizer": True})
     np.testing.assert_allclose(losses(sharded), losses(replicated), rtol=1e-3)
     assert losses(sharded)[-1] < losses(sharded)[0] - 1.0
-
-    zero1 = {"train.use_distributed_optimizer": True}
-    first = two_gpus("cut", **zero1, **{"train.exit_interval": 3})
-    assert [r["step"] for r in first] == [1, 2, 3]
-    resumed = two_gpus("cut", **zero1, **{"train.resume_from_checkpoint": "latest"})
-    assert [r["step"] for r in resumed] == [4, 5, 6, 7, 8]
-    # Exact on CPU (tests/distributed/test_checkpoints.py); here NCCL's reduction order and
-    # the kernels' atomics may move the last bits between two runs of the same steps.
-    np.testing.assert_allclose(losses(resumed), losses(sharded)[3:], rtol=1e-4)
+    with pytest.raises(AssertionError, match="cannot save or resume checkpoints yet"):
+        two_gpus("saving", **{"train.use_distributed_optimizer": True, "train.exit_interval": 3})
