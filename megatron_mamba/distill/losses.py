@@ -13,6 +13,10 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state as ps
+from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+from megatron_mamba.models.logit_losses import LocalLogitLosses
+from megatron_mamba.models.vocab import without_padding
 
 Normalisation = Literal["layernorm", "rmsnorm", "none", "cosine"]
 NORMALISATIONS = ("layernorm", "rmsnorm", "none", "cosine")
@@ -81,3 +85,19 @@ def logits_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) 
     """Per-token KL over vocab-parallel logits [..., vocab/TP] (student gets the gradient)."""
     group = ps.get_tensor_model_parallel_group()
     return _VocabParallelKL.apply(student, teacher.detach(), temperature, group)
+
+
+def ce_and_logits_kl(student, teacher, labels, vocab_size: int, temperature: float | None):
+    """Per-token CE and KL [b, s] of logits [b, s, vocab/TP] over the real vocabulary; no
+    teacher KL when `temperature` is None."""
+    teacher = teacher.detach() if temperature is not None else None
+    if ps.get_tensor_model_parallel_world_size() == 1:
+        return LocalLogitLosses.apply(student, teacher, labels, vocab_size, temperature or 1.0)
+    student = without_padding(student, vocab_size)
+    # the KL first: megatron's cross-entropy shifts the logits in place
+    kl = (
+        logits_kl(student, without_padding(teacher, vocab_size), temperature)
+        if teacher is not None
+        else None
+    )
+    return vocab_parallel_cross_entropy(student, labels), kl

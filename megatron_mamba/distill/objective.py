@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import torch
 from megatron.core import parallel_state as ps
-from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
 from megatron_mamba.data.batches import TokenBatch
 from megatron_mamba.distill.aux_loss import attach_loss, set_loss_scale
 from megatron_mamba.distill.config import DistillConfig
-from megatron_mamba.distill.losses import block_mse, logits_kl
+from megatron_mamba.distill.losses import block_mse, ce_and_logits_kl
 from megatron_mamba.distill.schedule import layer_alpha
-from megatron_mamba.models.vocab import without_padding
 from megatron_mamba.training.paired import forward_pair
 
 
@@ -108,18 +106,20 @@ class Distillation:
 
         def loss_func(outputs):
             # over the real vocabulary: the same losses at every TP size
-            student_logits, teacher_logits = (without_padding(o, self.vocab_size) for o in outputs)
-            parts = {}
-            total = 0.0
-            if self.cfg.alpha_logits_distill_loss:
-                # before CE, which shifts the logits in place
-                per_token = logits_kl(student_logits, teacher_logits, self.cfg.logits_temperature)
-                kl = batch.masked_mean(per_token)
+            with_kl = bool(self.cfg.alpha_logits_distill_loss)
+            per_token_ce, per_token_kl = ce_and_logits_kl(
+                *outputs,
+                batch.labels,
+                self.vocab_size,
+                self.cfg.logits_temperature if with_kl else None,
+            )
+            ce = batch.masked_mean(per_token_ce)
+            total = self.cfg.alpha_ce_loss * ce
+            parts = {"ce": ce.detach().clone()}
+            if with_kl:
+                kl = batch.masked_mean(per_token_kl)
                 total = total + self.cfg.alpha_logits_distill_loss * kl
                 parts["logits_kl"] = kl.detach()
-            ce = batch.masked_mean(vocab_parallel_cross_entropy(student_logits, batch.labels))
-            total = total + self.cfg.alpha_ce_loss * ce
-            parts["ce"] = ce.detach().clone()
             return total, parts
 
         return outputs, loss_func

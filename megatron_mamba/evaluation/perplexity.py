@@ -15,11 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from megatron.core import parallel_state as ps
-from megatron.core import tensor_parallel
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_mamba.data.held_out import HeldOutWindows
-from megatron_mamba.models.vocab import without_padding
+from megatron_mamba.models.logit_losses import cross_entropy
 
 
 @dataclass(frozen=True)
@@ -48,9 +47,7 @@ def _forward_step(vocab_size: int):
         output = model(tokens[:, :-1], None, None)
 
         def loss_func(logits):
-            losses = tensor_parallel.vocab_parallel_cross_entropy(
-                without_padding(logits, vocab_size), tokens[:, 1:]
-            )
+            losses = cross_entropy(logits, tokens[:, 1:], vocab_size)
             total = losses.sum()
             # the schedule scales the returned tensor in place; the record keeps copies
             return total, {"sum": total.detach().clone(), "tokens": losses.numel()}

@@ -27,6 +27,7 @@ from megatron.core import dist_checkpointing
 from megatron.core import parallel_state as ps
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.dist_checkpointing.strategies import filesystem_async
+from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
 from megatron_mamba.config import ModelConfig
@@ -41,6 +42,13 @@ _PARTIAL = ".partial"
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be found or does not fit the run."""
+
+
+# megatron's distributed optimizer saves its shards as they lie in its buffers (it resumes at the
+# layout it was saved with, as every resume here does); megatron-core 0.16.1's default for it,
+# 'fully_sharded_model_space', fails at save ("ShardedTensor.flattened_range is not supported").
+# The replicated optimizer ignores this.
+_OPTIMIZER_FORMAT = {"distrib_optim_sharding_type": "dp_reshardable"}
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -133,7 +141,7 @@ def save_checkpoint(
     model_state = sharded_model_state(model)
     state = {
         "model": model_state,
-        "optimizer": optimizer.sharded_state_dict(model_state),
+        "optimizer": optimizer.sharded_state_dict(model_state, metadata=_OPTIMIZER_FORMAT),
         "rng_state": _rng_state(),
         "scheduler": scheduler.state_dict(),
         "progress": {**progress, "step": step, "layout": _layout()},
@@ -199,10 +207,13 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
             f"{path} was saved with layout {saved}; resuming exactly needs the same layout, this "
             f"run has {_layout()} (load its weights with train.init_from instead)"
         )
+    _give_distributed_optimizer_state(optimizer)
     model_state = sharded_model_state(model)
     request = {
         "model": model_state,
-        "optimizer": optimizer.sharded_state_dict(model_state, is_loading=True),
+        "optimizer": optimizer.sharded_state_dict(
+            model_state, is_loading=True, metadata=_OPTIMIZER_FORMAT
+        ),
         "rng_state": _rng_state(),
     }
     loaded = dist_checkpointing.load(request, str(path))
@@ -217,3 +228,13 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
 def _copy_into(model, tensors: dict[str, torch.Tensor]) -> None:
     for name, param in model.named_parameters():
         param.copy_(tensors[name])
+
+
+def _give_distributed_optimizer_state(optimizer) -> None:
+    """megatron-core 0.16.1's distributed optimizer, with torch's Adam (no Apex or TE), reads the
+    step of its optimizer state while describing what to load, and asserts when a fresh
+    optimizer has none. Its own remedy (used for its FSDP format) allocates the state with a
+    zero-gradient step; the loaded shards (master weights, moments, step) then replace it."""
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if isinstance(inner, DistributedOptimizer) and not inner.optimizer.state:
+            inner._init_optimizer_states_with_dummy_values()

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
 from megatron_mamba.data.batches import PreferenceBatch
-from megatron_mamba.models.vocab import without_padding
+from megatron_mamba.models.logit_losses import cross_entropy
 from megatron_mamba.training.paired import forward_pair
 
 LOGGED = (
@@ -83,8 +82,8 @@ class PreferenceOptimisation:
         pairs = len(batch)
 
         def logps(logits):  # over the real vocabulary, whatever the TP padding
-            real = without_padding(logits, self.vocab_size)
-            return sequence_logps(vocab_parallel_cross_entropy(real, rows.labels), rows.loss_mask)
+            per_token = cross_entropy(logits, rows.labels, self.vocab_size)
+            return sequence_logps(per_token, rows.loss_mask)
 
         def loss_func(outputs):
             policy, reference = (logps(logits) for logits in outputs)

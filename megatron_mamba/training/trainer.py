@@ -82,15 +82,6 @@ def train(run: RunConfig) -> list[dict]:
             "train.use_distributed_optimizer=true needs GPUs (megatron's distributed optimizer "
             "keeps its shards in CUDA buffers); on CPU leave it false"
         )
-    saves = cfg.save_at_end or cfg.checkpointing_steps or cfg.exit_interval
-    if cfg.use_distributed_optimizer and (saves or cfg.resume_from_checkpoint):
-        # megatron-core 0.16.1's default sharded format for it raises "ShardedTensor.
-        # flattened_range is not supported" at the first save: refuse before any training.
-        raise TrainingError(
-            "train.use_distributed_optimizer=true cannot save or resume checkpoints yet; set "
-            "train.save_at_end=false and leave checkpointing_steps, exit_interval and "
-            "resume_from_checkpoint unset, or use the replicated optimizer"
-        )
     torch.backends.cuda.matmul.allow_tf32 = cfg.use_tf32
     model_cfg = run.model_config()
     precision = RunPrecision(_DTYPE[cfg.mixed_precision], recompute=cfg.recompute)

@@ -51,26 +51,54 @@ def test_fp16_overflow_skips_steps_and_lowers_the_scale(tmp_path, items, initial
     assert recs[-1]["loss"] < recs[k]["loss"]
 
 
+def _distributed_run(tmp_path, items, initial, name, gpus, **overrides):
+    args = settings(tmp_path, items, name, **{"train.init_from": initial})
+    args.update({"train.mixed_precision": "bf16", "train.max_steps": 8})
+    args["train.per_device_train_batch_size"] = 4 // gpus  # global batch 4 at any DP size
+    args.update(overrides)
+    torchrun(TRAIN, gpus, *(f"{k}={v}" for k, v in args.items()), cpu=False)
+    return records(tmp_path / name)
+
+
+def _steps_and_values(recs):
+    return [(r["step"], r["loss"], r["lr"], r["grad_norm"]) for r in recs]
+
+
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_distributed_optimizer_resumes_exactly(tmp_path, items, initial, gpus):
+    """Its shards, saved in megatron's 'dp_reshardable' format, restore the run exactly."""
+    import torch
+
+    if torch.cuda.device_count() < gpus:
+        pytest.skip(f"{gpus} GPUs are needed")
+    sharded = {"train.use_distributed_optimizer": True}
+    whole = _distributed_run(tmp_path, items, initial, "whole", gpus, **sharded)
+    first = _distributed_run(
+        tmp_path, items, initial, "cut", gpus, **sharded, **{"train.exit_interval": 3}
+    )
+    assert [r["step"] for r in first] == [1, 2, 3]
+    resumed = _distributed_run(
+        tmp_path,
+        items,
+        initial,
+        "cut",
+        gpus,
+        **sharded,
+        **{"train.resume_from_checkpoint": "latest"},
+    )
+    assert _steps_and_values(resumed) == _steps_and_values(whole)
+    assert losses(whole)[-1] < losses(whole)[0] - 1.0
+
+
 def test_distributed_optimizer_matches_the_replicated_one(tmp_path, items, initial):
     """Two data-parallel GPUs, bf16: sharding the master weights and moments (reduce-scatter,
-    shard update, all-gather) trains like every rank holding them all (all-reduce). Saving
-    its checkpoints is refused up front (megatron-core 0.16.1's sharded format fails for it)."""
+    shard update, all-gather) trains like every rank holding them all (all-reduce)."""
     import torch
 
     if torch.cuda.device_count() < 2:
         pytest.skip("two GPUs are needed for data parallelism")
-
-    def two_gpus(name, **overrides):
-        args = settings(tmp_path, items, name, **{"train.init_from": initial})
-        args.update({"train.mixed_precision": "bf16", "train.max_steps": 8, **overrides})
-        args["train.per_device_train_batch_size"] = 2  # global batch 4, as on one rank
-        args["train.save_at_end"] = False
-        torchrun(TRAIN, 2, *(f"{k}={v}" for k, v in args.items()), cpu=False)
-        return records(tmp_path / name)
-
-    replicated = two_gpus("replicated")
-    sharded = two_gpus("sharded", **{"train.use_distributed_optimizer": True})
+    replicated = _distributed_run(tmp_path, items, initial, "replicated", 2)
+    sharded = _distributed_run(
+        tmp_path, items, initial, "sharded", 2, **{"train.use_distributed_optimizer": True}
+    )
     np.testing.assert_allclose(losses(sharded), losses(replicated), rtol=1e-3)
-    assert losses(sharded)[-1] < losses(sharded)[0] - 1.0
-    with pytest.raises(AssertionError, match="cannot save or resume checkpoints yet"):
-        two_gpus("saving", **{"train.use_distributed_optimizer": True, "train.exit_interval": 3})
