@@ -32,78 +32,69 @@ class LocalLogitLosses(torch.autograd.Function):
     def forward(ctx, student, teacher, labels, vocab_size: int, temperature: float):
         rows, padded = student.shape[:-1].numel(), student.shape[-1]
         logits = student.reshape(rows, padded)
-        targets = labels.reshape(rows, 1)
         taught = teacher.reshape(rows, padded) if teacher is not None else None
+        targets = labels.reshape(rows, 1).clamp(min=0)
+        ignored = labels.reshape(rows) < 0
         keep_grad = ctx.needs_input_grad[0]
         ce = torch.empty(rows, dtype=_compute_dtype(student), device=student.device)
         kl = torch.empty_like(ce) if taught is not None else None
         kept = (1 + (kl is not None)) if keep_grad else 0
         grads = [_gradient_buffer(logits, vocab_size) for _ in range(kept)]
-        ignored = targets < 0
-        safe_targets = targets.clamp(min=0)
         step = max(1, CHUNK_ELEMENTS // vocab_size)
         for first in range(0, rows, step):
             part = slice(first, first + step)
-            s = _fp32_copy(logits[part, :vocab_size])
-            log_p = torch.log_softmax(s, -1)
-            ce[part] = (
-                -log_p.gather(1, safe_targets[part])
-                .squeeze(1)
-                .masked_fill(ignored[part].squeeze(1), 0.0)
-            )
-            if keep_grad:  # d ce / d logits = softmax − one-hot(target)
-                d_ce = log_p.exp_().scatter_add_(
-                    1, safe_targets[part], _minus_one(part, ignored, log_p.dtype)
-                )
-                grads[0][part, :vocab_size] = d_ce.masked_fill_(ignored[part], 0.0)
-            del log_p
+            log_p = _log_softmax(logits[part, :vocab_size], 1.0)
+            ce[part] = -log_p.gather(1, targets[part]).squeeze(1)
+            if keep_grad:  # d ce / d logits = softmax − one-hot(target), rounded once
+                d_ce = torch.exp(log_p, out=grads[0][part, :vocab_size])
+                target_grad = torch.expm1(-ce[part]).unsqueeze(1)  # p(target) − 1, exactly
+                d_ce.scatter_(1, targets[part], target_grad.to(d_ce.dtype))
             if taught is None:
                 continue
-            log_q_s = torch.log_softmax(s.div_(temperature), -1)
-            t = _fp32_copy(taught[part, :vocab_size]).div_(temperature)
-            log_q_t = torch.log_softmax(t, -1)
+            log_q_s = (
+                log_p if temperature == 1 else _log_softmax(logits[part, :vocab_size], temperature)
+            )
+            del log_p
+            log_q_t = _log_softmax(taught[part, :vocab_size], temperature)
             q_t = log_q_t.exp()
-            kl[part] = (log_q_t - log_q_s).mul_(q_t).sum(-1)
+            kl[part] = log_q_t.sub_(log_q_s).mul_(q_t).sum(-1)
             if keep_grad:  # d kl / d student = (softmax(s/T) − softmax(t/T)) / T
-                grads[1][part, :vocab_size] = log_q_s.exp_().sub_(q_t).div_(temperature)
-        ctx.save_for_backward(*grads)
+                difference = log_q_s.exp_().sub_(q_t)
+                torch.div(difference, temperature, out=grads[1][part, :vocab_size])
+        ce.masked_fill_(ignored, 0.0)
+        ctx.save_for_backward(ignored, *grads)
         ctx.shape = student.shape
         shape = student.shape[:-1]
         return ce.view(shape), kl.view(shape) if kl is not None else None
 
     @staticmethod
     def backward(ctx, grad_ce, grad_kl):
-        kept = ctx.saved_tensors
-        rows = kept[0].shape[0]
-        upstream = [g.reshape(rows, 1) if g is not None else None for g in (grad_ce, grad_kl)]
-        grad = torch.empty_like(kept[0])
-        step = max(1, CHUNK_ELEMENTS // grad.shape[-1])
-        for first in range(0, rows, step):
-            part = slice(first, first + step)
-            total = torch.zeros(grad[part].shape, dtype=_compute_dtype(grad), device=grad.device)
-            for d, g in zip(kept, upstream, strict=False):
-                if g is not None:
-                    total.addcmul_(d[part].to(total.dtype), g[part].to(total.dtype))
-            grad[part] = total
+        ignored, *kept = ctx.saved_tensors
+        rows = ignored.shape[0]
+        grad = torch.zeros_like(kept[0]) if grad_ce is None else None
+        if grad_ce is not None:  # an ignored label's row carries no CE gradient
+            upstream = grad_ce.reshape(rows, 1).masked_fill(ignored.unsqueeze(1), 0.0)
+            grad = torch.mul(kept[0], upstream, out=torch.empty_like(kept[0]))
+        if grad_kl is not None:
+            grad.addcmul_(kept[1], grad_kl.reshape(rows, 1))
         return grad.view(ctx.shape), None, None, None, None
-
-
-def _gradient_buffer(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    buffer = torch.empty_like(logits)
-    buffer[:, vocab_size:] = 0  # megatron's padded vocabulary gets no gradient
-    return buffer
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def _fp32_copy(x: torch.Tensor) -> torch.Tensor:
-    return x.to(_compute_dtype(x), copy=True)
+def _log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """In at least fp32; a 16-bit input is read as it is (the kernel converts as it loads)."""
+    if temperature == 1:
+        return torch.log_softmax(logits, -1, dtype=_compute_dtype(logits))
+    return torch.log_softmax(logits.to(_compute_dtype(logits)) / temperature, -1)
 
 
-def _minus_one(part: slice, ignored: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return torch.full(ignored[part].shape, -1.0, dtype=dtype, device=ignored.device)
+def _gradient_buffer(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    buffer = torch.empty_like(logits)
+    buffer[:, vocab_size:] = 0  # megatron's padded vocabulary gets no gradient
+    return buffer
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int) -> torch.Tensor:

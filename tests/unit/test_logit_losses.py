@@ -86,3 +86,24 @@ def test_without_a_gradient_nothing_is_kept():
     student = torch.randn(2, 3, PADDED)
     ce, kl = LocalLogitLosses.apply(student, None, torch.zeros(2, 3, dtype=torch.long), VOCAB, 1.0)
     assert kl is None and not ce.requires_grad
+
+
+def test_bf16_distillation_gradient_close_to_fp32():
+    torch.manual_seed(3)
+    student, teacher = torch.randn(2, 6, PADDED) * 4, torch.randn(2, 6, PADDED) * 4
+    labels = torch.randint(0, VOCAB, (2, 6))
+    weights = torch.rand(2, 6), torch.rand(2, 6)
+
+    def gradient(logits, losses):
+        ce, kl = losses(logits)
+        (grad,) = torch.autograd.grad((ce * weights[0]).sum() + (kl * weights[1]).sum(), logits)
+        return grad
+
+    low = student.bfloat16().requires_grad_()
+    ours = gradient(
+        low, lambda s: LocalLogitLosses.apply(s, teacher.bfloat16(), labels, VOCAB, 2.0)
+    )
+    exact = low.detach().float().requires_grad_()
+    ref = gradient(exact, lambda s: _reference(s, teacher.bfloat16().float(), labels, 2.0))
+    assert ours.dtype == torch.bfloat16
+    torch.testing.assert_close(ours.float(), ref, rtol=1e-2, atol=1e-3)
