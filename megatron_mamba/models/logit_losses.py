@@ -2,10 +2,12 @@
 
 These losses are memory-bound: the logits of 8192 tokens over Pythia's vocabulary are 1.6 GB in
 fp32. megatron's vocab-parallel cross-entropy plus an autograd graph of torch ops make some thirty
-passes over fp32 copies of them and keep two or three such copies for backward. Here each chunk of
-rows is cast to fp32 once, the losses and their gradients are computed while it is at hand, and
-only the gradients are kept, in the logits' own dtype. The losses are per token, so backward is
-exact: each row's kept gradient times that token's upstream gradient.
+passes over fp32 copies of them and keep two or three such copies for backward. Here the losses
+and their gradients are computed together in forward and only the gradients are kept, in the
+logits' own dtype: on GPU by one Triton kernel that reads each row twice (kernels/logit_losses.py),
+elsewhere by torch ops over chunks of rows (`losses_and_gradients`, also the kernel's reference).
+The losses are per token, so backward is exact: each row's kept gradient times that token's
+upstream gradient.
 
 Under TP the vocabulary is split and the vocab-parallel versions are used (`cross_entropy`
 dispatches); labels of -1 carry no loss, as in `LanguageModel`.
@@ -33,36 +35,12 @@ class LocalLogitLosses(torch.autograd.Function):
         rows, padded = student.shape[:-1].numel(), student.shape[-1]
         logits = student.reshape(rows, padded)
         taught = teacher.reshape(rows, padded) if teacher is not None else None
-        targets = labels.reshape(rows, 1).clamp(min=0)
-        ignored = labels.reshape(rows) < 0
-        keep_grad = ctx.needs_input_grad[0]
-        ce = torch.empty(rows, dtype=_compute_dtype(student), device=student.device)
-        kl = torch.empty_like(ce) if taught is not None else None
-        kept = (1 + (kl is not None)) if keep_grad else 0
-        grads = [_gradient_buffer(logits, vocab_size) for _ in range(kept)]
-        step = max(1, CHUNK_ELEMENTS // vocab_size)
-        for first in range(0, rows, step):
-            part = slice(first, first + step)
-            log_p = _log_softmax(logits[part, :vocab_size], 1.0)
-            ce[part] = -log_p.gather(1, targets[part]).squeeze(1)
-            if keep_grad:  # d ce / d logits = softmax − one-hot(target), rounded once
-                d_ce = torch.exp(log_p, out=grads[0][part, :vocab_size])
-                target_grad = torch.expm1(-ce[part]).unsqueeze(1)  # p(target) − 1, exactly
-                d_ce.scatter_(1, targets[part], target_grad.to(d_ce.dtype))
-            if taught is None:
-                continue
-            log_q_s = (
-                log_p if temperature == 1 else _log_softmax(logits[part, :vocab_size], temperature)
-            )
-            del log_p
-            log_q_t = _log_softmax(taught[part, :vocab_size], temperature)
-            q_t = log_q_t.exp()
-            kl[part] = log_q_t.sub_(log_q_s).mul_(q_t).sum(-1)
-            if keep_grad:  # d kl / d student = (softmax(s/T) − softmax(t/T)) / T
-                difference = log_q_s.exp_().sub_(q_t)
-                torch.div(difference, temperature, out=grads[1][part, :vocab_size])
-        ce.masked_fill_(ignored, 0.0)
-        ctx.save_for_backward(ignored, *grads)
+        labels = labels.reshape(rows)
+        compute = _triton_kernel(student) or losses_and_gradients
+        ce, kl, grads = compute(
+            logits, taught, labels, vocab_size, temperature, ctx.needs_input_grad[0]
+        )
+        ctx.save_for_backward(labels < 0, *grads)
         ctx.shape = student.shape
         shape = student.shape[:-1]
         return ce.view(shape), kl.view(shape) if kl is not None else None
@@ -78,6 +56,56 @@ class LocalLogitLosses(torch.autograd.Function):
         if grad_kl is not None:
             grad.addcmul_(kept[1], grad_kl.reshape(rows, 1))
         return grad.view(ctx.shape), None, None, None, None
+
+
+def losses_and_gradients(logits, teacher, labels, vocab_size, temperature, keep_grad):
+    """(ce [rows], kl [rows] or None, [d ce, d kl] in the logits' dtype, or [] without
+    keep_grad) from logits and teacher [rows, padded vocabulary] and labels [rows] (-1: none),
+    in chunks of rows with torch ops; kernels/logit_losses.py does the same on GPU in one
+    kernel, this is its reference."""
+    rows = logits.shape[0]
+    targets = labels.reshape(rows, 1).clamp(min=0)
+    ignored = labels < 0
+    ce = torch.empty(rows, dtype=_compute_dtype(logits), device=logits.device)
+    kl = torch.empty_like(ce) if teacher is not None else None
+    kept = (1 + (kl is not None)) if keep_grad else 0
+    grads = [_gradient_buffer(logits, vocab_size) for _ in range(kept)]
+    step = max(1, CHUNK_ELEMENTS // vocab_size)
+    for first in range(0, rows, step):
+        part = slice(first, first + step)
+        log_p = _log_softmax(logits[part, :vocab_size], 1.0)
+        ce[part] = -log_p.gather(1, targets[part]).squeeze(1)
+        if keep_grad:  # d ce / d logits = softmax − one-hot(target), rounded once
+            d_ce = torch.exp(log_p, out=grads[0][part, :vocab_size])
+            # p(target) − 1 exactly (an ignored row keeps p: its upstream gradient is zeroed)
+            p_target = torch.where(ignored[part], torch.exp(-ce[part]), torch.expm1(-ce[part]))
+            target_grad = p_target.unsqueeze(1)
+            d_ce.scatter_(1, targets[part], target_grad.to(d_ce.dtype))
+        if teacher is None:
+            continue
+        log_q_s = (
+            log_p if temperature == 1 else _log_softmax(logits[part, :vocab_size], temperature)
+        )
+        del log_p
+        log_q_t = _log_softmax(teacher[part, :vocab_size], temperature)
+        q_t = log_q_t.exp()
+        kl[part] = log_q_t.sub_(log_q_s).mul_(q_t).sum(-1)
+        if keep_grad:  # d kl / d student = (softmax(s/T) − softmax(t/T)) / T
+            difference = log_q_s.exp_().sub_(q_t)
+            torch.div(difference, temperature, out=grads[1][part, :vocab_size])
+    ce.masked_fill_(ignored, 0.0)
+    return ce, kl, grads
+
+
+def _triton_kernel(logits: torch.Tensor):
+    """The one-kernel version where it can run: CUDA, 16- or 32-bit logits, Triton present."""
+    if not logits.is_cuda or logits.dtype == torch.float64:
+        return None
+    try:
+        from megatron_mamba.kernels.logit_losses import losses_and_gradients as kernel
+    except ImportError:
+        return None
+    return kernel
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:

@@ -27,12 +27,15 @@ from megatron.core import dist_checkpointing
 from megatron.core import parallel_state as ps
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.dist_checkpointing.strategies import filesystem_async
-from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
 from megatron_mamba.config import ModelConfig
 from megatron_mamba.config_io import build, to_dict
 from megatron_mamba.parallel.sharded_state import sharded_model_state
+from megatron_mamba.training.distributed_optimizer_state import (
+    after_loading,
+    before_describing_the_load,
+)
 
 CHECKPOINTS = "checkpoints"
 MODEL_CONFIG = "model_config"
@@ -207,7 +210,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
             f"{path} was saved with layout {saved}; resuming exactly needs the same layout, this "
             f"run has {_layout()} (load its weights with train.init_from instead)"
         )
-    _give_distributed_optimizer_state(optimizer)
+    before_describing_the_load(optimizer)
     model_state = sharded_model_state(model)
     request = {
         "model": model_state,
@@ -219,6 +222,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     loaded = dist_checkpointing.load(request, str(path))
     _copy_into(model, loaded["model"])
     optimizer.load_state_dict(loaded["optimizer"])
+    after_loading(optimizer, loaded["optimizer"])
     scheduler.load_state_dict(common["scheduler"])
     _set_rng_state(loaded["rng_state"])
     return common["progress"]
@@ -228,13 +232,3 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
 def _copy_into(model, tensors: dict[str, torch.Tensor]) -> None:
     for name, param in model.named_parameters():
         param.copy_(tensors[name])
-
-
-def _give_distributed_optimizer_state(optimizer) -> None:
-    """megatron-core 0.16.1's distributed optimizer, with torch's Adam (no Apex or TE), reads the
-    step of its optimizer state while describing what to load, and asserts when a fresh
-    optimizer has none. Its own remedy (used for its FSDP format) allocates the state with a
-    zero-gradient step; the loaded shards (master weights, moments, step) then replace it."""
-    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
-        if isinstance(inner, DistributedOptimizer) and not inner.optimizer.state:
-            inner._init_optimizer_states_with_dummy_values()

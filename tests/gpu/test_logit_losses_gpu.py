@@ -1,0 +1,55 @@
+"""The Triton logit-losses kernel against the torch reference (models/logit_losses.py), which the
+CPU tests hold against torch's own functions: losses and kept gradients, fp32 and bf16, with
+megatron's padded vocabulary, ignored labels, with and without a teacher."""
+
+import pytest
+import torch
+
+from megatron_mamba.models.logit_losses import LocalLogitLosses, losses_and_gradients
+
+pytestmark = pytest.mark.gpu
+
+VOCAB, PADDED, ROWS = 5000, 5120, 37  # more columns than one kernel block; rows not a power of 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("temperature", [None, 1.0, 2.0])
+def test_kernel_matches_the_torch_reference(dtype, temperature):
+    from megatron_mamba.kernels.logit_losses import losses_and_gradients as kernel
+
+    torch.manual_seed(0)
+    logits = (torch.randn(ROWS, PADDED, device="cuda") * 4).to(dtype)
+    teacher = (torch.randn(ROWS, PADDED, device="cuda") * 4).to(dtype) if temperature else None
+    labels = torch.randint(0, VOCAB, (ROWS,), device="cuda")
+    labels[[3, 20]] = -1
+    t = temperature or 1.0
+    ce, kl, grads = kernel(logits, teacher, labels, VOCAB, t, keep_grad=True)
+    ref_ce, ref_kl, ref_grads = losses_and_gradients(logits, teacher, labels, VOCAB, t, True)
+    torch.testing.assert_close(ce, ref_ce.float(), rtol=1e-5, atol=1e-5)
+    assert ce[3] == 0 and ce[20] == 0
+    if temperature:
+        torch.testing.assert_close(kl, ref_kl.float(), rtol=1e-4, atol=1e-5)
+    assert len(grads) == len(ref_grads) == (2 if temperature else 1)
+    tolerance = {torch.float32: (1e-5, 1e-7), torch.bfloat16: (1e-2, 1e-5)}[dtype]
+    for ours, ref in zip(grads, ref_grads, strict=True):
+        assert ours.dtype == dtype
+        torch.testing.assert_close(ours.float(), ref.float(), rtol=tolerance[0], atol=tolerance[1])
+        assert (ours[:, VOCAB:] == 0).all()
+    without = kernel(logits, teacher, labels, VOCAB, t, keep_grad=False)
+    torch.testing.assert_close(without[0], ce, rtol=0, atol=0)
+    assert without[2] == []
+
+
+def test_autograd_on_gpu_runs_the_kernel_and_matches_cpu():
+    torch.manual_seed(1)
+    logits = torch.randn(2, 9, PADDED) * 3
+    teacher = torch.randn(2, 9, PADDED) * 3
+    labels = torch.randint(0, VOCAB, (2, 9))
+    results = []
+    for device in ("cpu", "cuda"):
+        student = logits.to(device).requires_grad_()
+        ce, kl = LocalLogitLosses.apply(student, teacher.to(device), labels.to(device), VOCAB, 2.0)
+        (ce.sum() + 0.5 * kl.sum()).backward()
+        results.append([x.detach().cpu() for x in (ce, kl, student.grad)])
+    for gpu, cpu in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-6)
