@@ -47,7 +47,7 @@ def test_autograd_on_gpu_runs_the_kernel_and_matches_cpu():
     labels = torch.randint(0, VOCAB, (2, 9))
     results = []
     for device in ("cpu", "cuda"):
-        student = logits.to(device).requires_grad_()
+        student = logits.to(device, copy=True).requires_grad_()  # a fresh leaf on each device
         ce, kl = LocalLogitLosses.apply(student, teacher.to(device), labels.to(device), VOCAB, 2.0)
         (ce.sum() + 0.5 * kl.sum()).backward()
         results.append([x.detach().cpu() for x in (ce, kl, student.grad)])

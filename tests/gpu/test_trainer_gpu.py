@@ -87,7 +87,7 @@ def test_distributed_optimizer_resumes_exactly(tmp_path, items, initial, gpus):
         **{"train.resume_from_checkpoint": "latest"},
     )
     assert _steps_and_values(resumed) == _steps_and_values(whole)
-    assert losses(whole)[-1] < losses(whole)[0] - 1.0
+    assert losses(whole)[-1] < losses(whole)[0] - 0.5
 
 
 def test_distributed_optimizer_matches_the_replicated_one(tmp_path, items, initial):
