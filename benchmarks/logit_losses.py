@@ -1,23 +1,24 @@
 """The losses over a Pythia micro-batch's logits (8192 tokens × 50304, bf16), forward + backward.
 
 Cross-entropy: torch's `F.cross_entropy` on fp32 logits (what transformers computes), megatron's
-vocab-parallel cross-entropy, and ours (models/logit_losses.py). Distillation CE + KL (T=2):
-the vocab-parallel path (fp32 logits with the padding masked, megatron's CE, our vocab-parallel
-KL; what TP>1 runs) against ours in one pass. Time and peak memory above the logits.
+vocab-parallel cross-entropy, and ours (models/logit_losses.py: the Triton kernel, and the
+chunked torch version that runs under TP and off GPU). Distillation CE + KL (T=2): megatron's CE
+and torch's KL on fp32 copies of the logits (an autograd graph) against ours. Time and peak
+memory above the logits.
 
     torchrun --nproc_per_node 1 benchmarks/logit_losses.py
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
 from benchmarks.common import median_step_seconds, peak_memory_gib
-from megatron_mamba.distill.losses import logits_kl
-from megatron_mamba.models.logit_losses import LocalLogitLosses
-from megatron_mamba.models.vocab import without_padding
+from megatron_mamba.models.logit_losses import LogitLosses
 from megatron_mamba.runtime import init_runtime
 
 TOKENS, VOCAB, TEMPERATURE = 8192, 50304, 2.0
@@ -32,18 +33,37 @@ def megatron_ce(student, teacher, labels):
 
 
 def our_ce(student, teacher, labels):
-    return LocalLogitLosses.apply(student, None, labels, VOCAB, 1.0)[0]
+    return LogitLosses.apply(student, None, labels, VOCAB, 1.0, None)[0]
 
 
-def vocab_parallel_distillation(student, teacher, labels):
-    s, t = without_padding(student, VOCAB), without_padding(teacher, VOCAB)
-    kl = logits_kl(s, t, TEMPERATURE)
+def fp32_autograd_distillation(student, teacher, labels):
+    s, t = student.float(), teacher.float()
+    kl = F.kl_div(
+        F.log_softmax(s / TEMPERATURE, -1),
+        F.log_softmax(t / TEMPERATURE, -1),
+        reduction="none",
+        log_target=True,
+    ).sum(-1)
     return vocab_parallel_cross_entropy(s, labels) + kl
 
 
 def our_distillation(student, teacher, labels):
-    ce, kl = LocalLogitLosses.apply(student, teacher, labels, VOCAB, TEMPERATURE)
+    ce, kl = LogitLosses.apply(student, teacher, labels, VOCAB, TEMPERATURE, None)
     return ce + kl
+
+
+def chunked(loss):
+    """Ours with the Triton kernel switched off: the torch version TP > 1 runs."""
+
+    def run(*args):
+        os.environ["MEGATRON_MAMBA_REFERENCE_KERNELS"] = "1"
+        try:
+            return loss(*args)
+        finally:
+            del os.environ["MEGATRON_MAMBA_REFERENCE_KERNELS"]
+
+    run.__name__ = f"{loss.__name__} (chunked torch)"
+    return run
 
 
 def main() -> None:
@@ -55,8 +75,8 @@ def main() -> None:
     print("| losses | implementation | ms (fwd+bwd) | peak GiB above inputs |")
     print("|---|---|---|---|")
     for kind, implementations in {
-        "CE": (torch_ce, megatron_ce, our_ce),
-        "CE + KL": (vocab_parallel_distillation, our_distillation),
+        "CE": (torch_ce, megatron_ce, chunked(our_ce), our_ce),
+        "CE + KL": (fp32_autograd_distillation, chunked(our_distillation), our_distillation),
     }.items():
         for loss in implementations:
 

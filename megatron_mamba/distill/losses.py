@@ -13,10 +13,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state as ps
-from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
-from megatron_mamba.models.logit_losses import LocalLogitLosses
-from megatron_mamba.models.vocab import without_padding
+from megatron_mamba.models.logit_losses import LogitLosses
 
 Normalisation = Literal["layernorm", "rmsnorm", "none", "cosine"]
 NORMALISATIONS = ("layernorm", "rmsnorm", "none", "cosine")
@@ -43,61 +41,13 @@ def block_mse(student: torch.Tensor, teacher: torch.Tensor, kind: Normalisation)
     return F.mse_loss(normalise(student, kind), normalise(teacher, kind))
 
 
-class _VocabParallelKL(torch.autograd.Function):
-    """Per-token KL(softmax(t/T) ‖ softmax(s/T)) with the vocabulary split over the TP group.
-
-    Forward needs each softmax's global max and normaliser (two all-reduces each) and the
-    per-token sum over all shards (one more); backward is local: (p_s − p_t) / T."""
-
-    @staticmethod
-    def forward(ctx, student, teacher, temperature, group):
-        log_p_s = _log_softmax(_at_least_fp32(student) / temperature, group)
-        log_p_t = _log_softmax(_at_least_fp32(teacher) / temperature, group)
-        p_t = log_p_t.exp()
-        # entries masked to -inf on both sides (padded vocabulary) carry no probability: 0, not nan
-        kl = (p_t * (log_p_t - log_p_s)).where(p_t > 0, 0.0).sum(-1)
-        torch.distributed.all_reduce(kl, group=group)
-        ctx.save_for_backward(log_p_s, p_t)
-        ctx.temperature, ctx.student_dtype = temperature, student.dtype
-        return kl
-
-    @staticmethod
-    def backward(ctx, grad_kl):
-        log_p_s, p_t = ctx.saved_tensors
-        grad = (log_p_s.exp() - p_t) / ctx.temperature * grad_kl.unsqueeze(-1)
-        return grad.to(ctx.student_dtype), None, None, None
+def ce_and_logits_kl(student, teacher, labels, vocab_size: int, temperature: float | None):
+    """Per-token CE and KL [b, s] of vocab-parallel logits [b, s, vocab/TP] over the real
+    vocabulary (models/logit_losses.py); no KL when `temperature` is None."""
+    teacher = teacher.detach() if temperature is not None else None
+    group = ps.get_tensor_model_parallel_group()
+    return LogitLosses.apply(student, teacher, labels, vocab_size, temperature or 1.0, group)
 
 
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
-def _log_softmax(logits: torch.Tensor, group) -> torch.Tensor:
-    maximum = logits.max(-1, keepdim=True).values
-    torch.distributed.all_reduce(maximum, op=torch.distributed.ReduceOp.MAX, group=group)
-    shifted = logits - maximum
-    normaliser = shifted.exp().sum(-1, keepdim=True)
-    torch.distributed.all_reduce(normaliser, group=group)
-    return shifted - normaliser.log()
-
-
-def logits_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Per-token KL over vocab-parallel logits [..., vocab/TP] (student gets the gradient)."""
-    group = ps.get_tensor_model_parallel_group()
-    return _VocabParallelKL.apply(student, teacher.detach(), temperature, group)
-
-
-def ce_and_logits_kl(student, teacher, labels, vocab_size: int, temperature: float | None):
-    """Per-token CE and KL [b, s] of logits [b, s, vocab/TP] over the real vocabulary; no
-    teacher KL when `temperature` is None."""
-    teacher = teacher.detach() if temperature is not None else None
-    if ps.get_tensor_model_parallel_world_size() == 1:
-        return LocalLogitLosses.apply(student, teacher, labels, vocab_size, temperature or 1.0)
-    student = without_padding(student, vocab_size)
-    # the KL first: megatron's cross-entropy shifts the logits in place
-    kl = (
-        logits_kl(student, without_padding(teacher, vocab_size), temperature)
-        if teacher is not None
-        else None
-    )
-    return vocab_parallel_cross_entropy(student, labels), kl

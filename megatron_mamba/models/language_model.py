@@ -1,26 +1,25 @@
-"""megatron's GPTModel with the cross-entropy of an unsplit vocabulary computed in chunks.
+"""megatron's GPTModel with its training loss from logit_losses.py.
 
-With the vocabulary on one rank (TP=1), megatron-core still computes the loss through its
-vocab-parallel cross-entropy: a Python autograd function making several passes over the fp32
-logits ([tokens, vocabulary], 1.6 GB for 8192 tokens of Pythia's vocabulary) and keeping fp32
-copies for backward. logit_losses.py computes the same per-token loss chunk by chunk and keeps
-only the gradient, in the logits' dtype. Under TP the vocab-parallel version stays: it never
-gathers the logits.
+megatron-core computes the loss through its vocab-parallel cross-entropy: a Python autograd
+function making several passes over fp32 copies of the logits ([tokens, vocabulary / TP], 1.6 GB
+for 8192 tokens of Pythia's vocabulary at TP=1) and keeping them for backward. logit_losses.py
+computes the same per-token loss (over the same padded vocabulary, as megatron does) in one
+kernel at TP=1 on GPU, in chunks otherwise, and keeps only the gradient, in the logits' dtype.
 """
 
 from __future__ import annotations
 
 import torch
+from megatron.core import parallel_state as ps
 from megatron.core.models.gpt import GPTModel
 
-from megatron_mamba.models.logit_losses import LocalLogitLosses
+from megatron_mamba.models.logit_losses import LogitLosses
 
 
 class LanguageModel(GPTModel):
     def compute_language_model_loss(self, labels: torch.Tensor, logits: torch.Tensor):
-        """Per-token loss [b, s] from labels [b, s] and logits [s, b, vocabulary]."""
-        if self.config.tensor_model_parallel_size > 1:
-            return super().compute_language_model_loss(labels, logits)
-        # the whole padded vocabulary, as megatron's version (-1 labels carry no loss)
-        loss, _ = LocalLogitLosses.apply(logits, None, labels.t(), logits.shape[-1], 1.0)
+        """Per-token loss [b, s] from labels [b, s] and logits [s, b, vocabulary / TP]."""
+        group = ps.get_tensor_model_parallel_group()
+        padded = logits.shape[-1] * torch.distributed.get_world_size(group)
+        loss, _ = LogitLosses.apply(logits, None, labels.t(), padded, 1.0, group)
         return loss.t().contiguous()

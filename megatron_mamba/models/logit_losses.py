@@ -1,45 +1,43 @@
-"""Per-token cross-entropy (and distillation KL) over logits whose vocabulary is on one rank.
+"""Per-token cross-entropy and distillation KL over vocabulary-parallel logits.
 
 These losses are memory-bound: the logits of 8192 tokens over Pythia's vocabulary are 1.6 GB in
 fp32. megatron's vocab-parallel cross-entropy plus an autograd graph of torch ops make some thirty
 passes over fp32 copies of them and keep two or three such copies for backward. Here the losses
 and their gradients are computed together in forward and only the gradients are kept, in the
-logits' own dtype: on GPU by one Triton kernel that reads each row twice (kernels/logit_losses.py),
-elsewhere by torch ops over chunks of rows (`losses_and_gradients`, also the kernel's reference).
-The losses are per token, so backward is exact: each row's kept gradient times that token's
-upstream gradient.
+logits' own dtype: at TP=1 on GPU by one Triton kernel that reads each row twice
+(kernels/logit_losses.py), otherwise by torch ops over chunks of rows (`losses_and_gradients`,
+also the kernel's reference), whose per-row normalisers take two small all-reduces over the TP
+group; the logits are never gathered. The losses are per token, so backward is exact: each row's
+kept gradient times that token's upstream gradient.
 
-Under TP the vocabulary is split and the vocab-parallel versions are used (`cross_entropy`
-dispatches); labels of -1 carry no loss, as in `LanguageModel`.
+Labels of -1 carry no loss. Columns at or beyond `vocab_size` (megatron's padding) are ignored.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 from megatron.core import parallel_state as ps
-from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
-
-from megatron_mamba.models.vocab import without_padding
 
 CHUNK_ELEMENTS = 2**25  # 128 MB of fp32 per temporary
 
 
-class LocalLogitLosses(torch.autograd.Function):
-    """(ce, kl) per token [b, s] from logits [b, s, padded vocab] holding the whole vocabulary.
+class LogitLosses(torch.autograd.Function):
+    """(ce, kl) per token [...] from this TP rank's logits [..., padded vocab / TP].
 
     kl = KL(softmax(teacher/T) ‖ softmax(student/T)) summed over the vocabulary; None without a
-    teacher. Only `student` receives a gradient; columns ≥ vocab_size are ignored."""
+    teacher. Only `student` receives a gradient."""
 
     @staticmethod
-    def forward(ctx, student, teacher, labels, vocab_size: int, temperature: float):
-        rows, padded = student.shape[:-1].numel(), student.shape[-1]
-        logits = student.reshape(rows, padded)
-        taught = teacher.reshape(rows, padded) if teacher is not None else None
+    def forward(ctx, student, teacher, labels, vocab_size: int, temperature: float, group):
+        rows, local = student.shape[:-1].numel(), student.shape[-1]
+        logits = student.reshape(rows, local)
+        taught = teacher.reshape(rows, local) if teacher is not None else None
         labels = labels.reshape(rows)
-        compute = _triton_kernel(student) or losses_and_gradients
-        ce, kl, grads = compute(
-            logits, taught, labels, vocab_size, temperature, ctx.needs_input_grad[0]
-        )
+        args = (logits, taught, labels, vocab_size, temperature, ctx.needs_input_grad[0])
+        kernel = _one_rank_kernel(student, group)
+        ce, kl, grads = kernel(*args) if kernel else losses_and_gradients(*args, group=group)
         ctx.save_for_backward(labels < 0, *grads)
         ctx.shape = student.shape
         shape = student.shape[:-1]
@@ -55,51 +53,73 @@ class LocalLogitLosses(torch.autograd.Function):
             grad = torch.mul(kept[0], upstream, out=torch.empty_like(kept[0]))
         if grad_kl is not None:
             grad.addcmul_(kept[1], grad_kl.reshape(rows, 1))
-        return grad.view(ctx.shape), None, None, None, None
+        return grad.view(ctx.shape), None, None, None, None, None
 
 
-def losses_and_gradients(logits, teacher, labels, vocab_size, temperature, keep_grad):
+def losses_and_gradients(logits, teacher, labels, vocab_size, temperature, keep_grad, group=None):
     """(ce [rows], kl [rows] or None, [d ce, d kl] in the logits' dtype, or [] without
-    keep_grad) from logits and teacher [rows, padded vocabulary] and labels [rows] (-1: none),
-    in chunks of rows with torch ops; kernels/logit_losses.py does the same on GPU in one
-    kernel, this is its reference."""
-    rows = logits.shape[0]
-    targets = labels.reshape(rows, 1).clamp(min=0)
-    ignored = labels < 0
-    ce = torch.empty(rows, dtype=_compute_dtype(logits), device=logits.device)
+    keep_grad) from this TP rank's slice of the logits and teacher [rows, padded vocab / TP]
+    and labels [rows], with torch ops over chunks of rows. Per chunk, two all-reduces of a few
+    numbers per row over `group` (the maxima, then the sums) give every row its normalisers."""
+    rows, local = logits.shape
+    first = _rank(group) * local
+    real = max(0, min(local, vocab_size - first))  # columns of the real vocabulary held here
+    owned = (labels >= first) & (labels < first + real)  # the target's logit is here
+    targets = (labels - first).clamp(0, max(real - 1, 0)).unsqueeze(1)
+    dtype = _compute_dtype(logits)
+    ce = torch.empty(rows, dtype=dtype, device=logits.device)
     kl = torch.empty_like(ce) if teacher is not None else None
     kept = (1 + (kl is not None)) if keep_grad else 0
-    grads = [_gradient_buffer(logits, vocab_size) for _ in range(kept)]
-    step = max(1, CHUNK_ELEMENTS // vocab_size)
-    for first in range(0, rows, step):
-        part = slice(first, first + step)
-        log_p = _log_softmax(logits[part, :vocab_size], 1.0)
-        ce[part] = -log_p.gather(1, targets[part]).squeeze(1)
-        if keep_grad:  # d ce / d logits = softmax − one-hot(target), rounded once
-            d_ce = torch.exp(log_p, out=grads[0][part, :vocab_size])
-            # p(target) − 1 exactly (an ignored row keeps p: its upstream gradient is zeroed)
-            p_target = torch.where(ignored[part], torch.exp(-ce[part]), torch.expm1(-ce[part]))
-            target_grad = p_target.unsqueeze(1)
-            d_ce.scatter_(1, targets[part], target_grad.to(d_ce.dtype))
-        if teacher is None:
+    grads = [_gradient_buffer(logits, real) for _ in range(kept)]
+    step = max(1, CHUNK_ELEMENTS // max(real, 1))
+    for start in range(0, rows, step):
+        part = slice(start, start + step)
+        x = logits[part, :real].to(dtype)
+        y = teacher[part, :real].to(dtype) if teacher is not None else None
+        maxima = torch.stack([_row_max(v) for v in (x, y) if v is not None])
+        _all_reduce(maxima, group, torch.distributed.ReduceOp.MAX)
+        e = torch.exp(x - maxima[0, :, None])  # softmax(x) before normalising
+        sums = [e.sum(-1), _gather(x, targets[part]).where(owned[part], 0.0)]
+        if y is not None:  # a = x/T and b = y/T have the logits' maxima over T
+            e_a = torch.exp((x - maxima[0, :, None]) / temperature)
+            e_b = torch.exp((y - maxima[1, :, None]) / temperature)
+            sums += [e_a.sum(-1), e_b.sum(-1), (e_b * (y - x)).sum(-1) / temperature]
+        sums = torch.stack(sums)
+        _all_reduce(sums, group, torch.distributed.ReduceOp.SUM)
+        ce[part] = maxima[0] + sums[0].log() - sums[1]
+        if y is not None:  # Σ q_b (b − lse_b − a + lse_a) = Σ e_b (b − a) / Σ e_b − lse_b + lse_a
+            lse_a = maxima[0] / temperature + sums[2].log()
+            lse_b = maxima[1] / temperature + sums[3].log()
+            kl[part] = sums[4] / sums[3] - lse_b + lse_a
+        if not keep_grad:
             continue
-        log_q_s = (
-            log_p if temperature == 1 else _log_softmax(logits[part, :vocab_size], temperature)
-        )
-        del log_p
-        log_q_t = _log_softmax(teacher[part, :vocab_size], temperature)
-        q_t = log_q_t.exp()
-        kl[part] = log_q_t.sub_(log_q_s).mul_(q_t).sum(-1)
-        if keep_grad:  # d kl / d student = (softmax(s/T) − softmax(t/T)) / T
-            difference = log_q_s.exp_().sub_(q_t)
-            torch.div(difference, temperature, out=grads[1][part, :vocab_size])
-    ce.masked_fill_(ignored, 0.0)
+        # d ce / d logits = softmax − one-hot(target), rounded once; the target's entry as
+        # expm1(−ce) = p(target) − 1 exactly (an ignored row keeps p: backward zeroes its row)
+        d_ce = torch.div(e, sums[0, :, None], out=grads[0][part, :real])
+        at_target = _gather(d_ce, targets[part])
+        p_target = torch.expm1(-ce[part]).to(d_ce.dtype).where(owned[part], at_target)
+        if real:
+            d_ce.scatter_(1, targets[part], p_target.unsqueeze(1))
+        if y is not None:  # d kl / d student = (softmax(a) − softmax(b)) / T
+            q = e_a.div_(sums[2, :, None]).sub_(e_b.div_(sums[3, :, None]))
+            torch.div(q, temperature, out=grads[1][part, :real])
+    ce.masked_fill_(labels < 0, 0.0)
     return ce, kl, grads
 
 
-def _triton_kernel(logits: torch.Tensor):
-    """The one-kernel version where it can run: CUDA, 16- or 32-bit logits, Triton present."""
-    if not logits.is_cuda or logits.dtype == torch.float64:
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Per-token cross-entropy [b, s] of vocab-parallel logits [b, s, vocab/TP]."""
+    group = ps.get_tensor_model_parallel_group()
+    ce, _ = LogitLosses.apply(logits, None, labels, vocab_size, 1.0, group)
+    return ce
+
+
+def _one_rank_kernel(logits: torch.Tensor, group):
+    """The Triton version where it can run: the whole vocabulary here, CUDA, 16/32-bit logits,
+    Triton present, and MEGATRON_MAMBA_REFERENCE_KERNELS unset."""
+    if _size(group) > 1 or not logits.is_cuda or logits.dtype == torch.float64:
+        return None
+    if os.environ.get("MEGATRON_MAMBA_REFERENCE_KERNELS") == "1":
         return None
     try:
         from megatron_mamba.kernels.logit_losses import losses_and_gradients as kernel
@@ -108,26 +128,36 @@ def _triton_kernel(logits: torch.Tensor):
     return kernel
 
 
+def _size(group) -> int:
+    return 1 if group is None else torch.distributed.get_world_size(group)
+
+
+def _rank(group) -> int:
+    return 0 if group is None else torch.distributed.get_rank(group)
+
+
+def _all_reduce(t: torch.Tensor, group, op) -> None:
+    if _size(group) > 1:
+        torch.distributed.all_reduce(t, op=op, group=group)
+
+
+def _row_max(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[-1] == 0:  # a TP rank holding only padding
+        return torch.full(x.shape[:-1], float("-inf"), dtype=x.dtype, device=x.device)
+    return x.amax(-1)
+
+
+def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    if x.shape[-1] == 0:
+        return torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
+    return x.gather(1, index).squeeze(1)
+
+
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def _log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """In at least fp32; a 16-bit input is read as it is (the kernel converts as it loads)."""
-    if temperature == 1:
-        return torch.log_softmax(logits, -1, dtype=_compute_dtype(logits))
-    return torch.log_softmax(logits.to(_compute_dtype(logits)) / temperature, -1)
-
-
-def _gradient_buffer(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
+def _gradient_buffer(logits: torch.Tensor, real: int) -> torch.Tensor:
     buffer = torch.empty_like(logits)
-    buffer[:, vocab_size:] = 0  # megatron's padded vocabulary gets no gradient
+    buffer[:, real:] = 0  # megatron's padded vocabulary gets no gradient
     return buffer
-
-
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Per-token cross-entropy [b, s] of logits [b, s, vocab/TP] over the real vocabulary."""
-    if ps.get_tensor_model_parallel_world_size() == 1:
-        ce, _ = LocalLogitLosses.apply(logits, None, labels, vocab_size, 1.0)
-        return ce
-    return vocab_parallel_cross_entropy(without_padding(logits, vocab_size), labels)

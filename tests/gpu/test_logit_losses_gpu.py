@@ -5,7 +5,7 @@ megatron's padded vocabulary, ignored labels, with and without a teacher."""
 import pytest
 import torch
 
-from megatron_mamba.models.logit_losses import LocalLogitLosses, losses_and_gradients
+from megatron_mamba.models.logit_losses import LogitLosses, losses_and_gradients
 
 pytestmark = pytest.mark.gpu
 
@@ -48,7 +48,7 @@ def test_autograd_on_gpu_runs_the_kernel_and_matches_cpu():
     results = []
     for device in ("cpu", "cuda"):
         student = logits.to(device, copy=True).requires_grad_()  # a fresh leaf on each device
-        ce, kl = LocalLogitLosses.apply(student, teacher.to(device), labels.to(device), VOCAB, 2.0)
+        ce, kl = LogitLosses.apply(student, teacher.to(device), labels.to(device), VOCAB, 2.0, None)
         (ce.sum() + 0.5 * kl.sum()).backward()
         results.append([x.detach().cpu() for x in (ce, kl, student.grad)])
     for gpu, cpu in zip(results[1], results[0], strict=True):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from megatron_mamba.models import logit_losses
-from megatron_mamba.models.logit_losses import LocalLogitLosses, cross_entropy
+from megatron_mamba.models.logit_losses import LogitLosses, cross_entropy
 
 VOCAB, PADDED = 11, 16
 
@@ -36,7 +36,7 @@ def test_values_and_gradients_match_torch(chunk):
     teacher = torch.randn(3, 5, PADDED, dtype=torch.float64)
     labels = torch.randint(0, VOCAB, (3, 5))
     labels[1, 2] = -1
-    ce, kl = LocalLogitLosses.apply(student, teacher, labels, VOCAB, 2.0)
+    ce, kl = LogitLosses.apply(student, teacher, labels, VOCAB, 2.0, None)
     ref_ce, ref_kl = _reference(student, teacher, labels, 2.0)
     torch.testing.assert_close(ce.double(), ref_ce)
     torch.testing.assert_close(kl.double(), ref_kl)
@@ -53,7 +53,7 @@ def test_gradient_of_one_loss_alone(chunk):
     student = torch.randn(2, 4, PADDED, dtype=torch.float64, requires_grad=True)
     teacher = torch.randn(2, 4, PADDED, dtype=torch.float64)
     labels = torch.randint(0, VOCAB, (2, 4))
-    _, kl = LocalLogitLosses.apply(student, teacher, labels, VOCAB, 1.0)
+    _, kl = LogitLosses.apply(student, teacher, labels, VOCAB, 1.0, None)
     (ours,) = torch.autograd.grad(kl.sum(), student)
     (ref,) = torch.autograd.grad(_reference(student, teacher, labels, 1.0)[1].sum(), student)
     torch.testing.assert_close(ours, ref)
@@ -78,13 +78,13 @@ def test_fp32_logits_are_left_as_they_were():
     student = torch.randn(2, 3, PADDED, requires_grad=True)
     teacher = torch.randn(2, 3, PADDED)
     before = student.detach().clone(), teacher.clone()
-    LocalLogitLosses.apply(student, teacher, torch.zeros(2, 3, dtype=torch.long), VOCAB, 2.0)
+    LogitLosses.apply(student, teacher, torch.zeros(2, 3, dtype=torch.long), VOCAB, 2.0, None)
     torch.testing.assert_close((student.detach(), teacher), before, rtol=0, atol=0)
 
 
 def test_without_a_gradient_nothing_is_kept():
     student = torch.randn(2, 3, PADDED)
-    ce, kl = LocalLogitLosses.apply(student, None, torch.zeros(2, 3, dtype=torch.long), VOCAB, 1.0)
+    ce, kl = LogitLosses.apply(student, None, torch.zeros(2, 3, dtype=torch.long), VOCAB, 1.0, None)
     assert kl is None and not ce.requires_grad
 
 
@@ -101,7 +101,7 @@ def test_bf16_distillation_gradient_close_to_fp32():
 
     low = student.bfloat16().requires_grad_()
     ours = gradient(
-        low, lambda s: LocalLogitLosses.apply(s, teacher.bfloat16(), labels, VOCAB, 2.0)
+        low, lambda s: LogitLosses.apply(s, teacher.bfloat16(), labels, VOCAB, 2.0, None)
     )
     exact = low.detach().float().requires_grad_()
     ref = gradient(exact, lambda s: _reference(s, teacher.bfloat16().float(), labels, 2.0))
