@@ -37,7 +37,10 @@ def before_describing_the_load(optimizer) -> None:
 
 def after_loading(optimizer, loaded_state) -> None:
     for inner, state in _pairs(optimizer, loaded_state):
-        (step,) = {group["step"] for group in state["optimizer"]["param_groups"]}
+        steps = {group.get("step") for group in state["optimizer"]["param_groups"]}
+        if len(steps) != 1 or None in steps:  # Apex's or TE's Adam: nothing was overwritten
+            continue
+        (step,) = steps
         for param_state in inner.optimizer.state.values():
             if "step" in param_state:
                 param_state["step"].fill_(step)
