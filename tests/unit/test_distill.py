@@ -38,6 +38,32 @@ def test_block_mse_is_the_mean_square_of_the_normalised_difference():
     torch.testing.assert_close(block_mse(s, t, "rmsnorm"), expected)
 
 
+@pytest.mark.parametrize("kind", ["layernorm", "rmsnorm", "cosine", "none"])
+def test_block_mse_gradient_equals_autograds(kind):
+    torch.manual_seed(0)
+    student = torch.randn(5, 2, 8, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(5, 2, 8, dtype=torch.float64)
+    (ours,) = torch.autograd.grad(3.0 * block_mse(student, teacher, kind), student)
+    plain = F.mse_loss(normalise(student, kind), normalise(teacher, kind))
+    (reference,) = torch.autograd.grad(3.0 * plain, student)
+    torch.testing.assert_close(ours, reference)
+
+
+def test_block_mse_keeps_only_a_gradient_in_the_students_dtype():
+    student = torch.randn(16, 2, 64).bfloat16().requires_grad_()
+    teacher = torch.randn(16, 2, 64).bfloat16()
+    loss = block_mse(student, teacher, "layernorm")
+    # one node between the loss and the student, holding one tensor for backward
+    assert [f.variable is student for f, _ in loss.grad_fn.next_functions if f] == [True]
+    assert [(t.shape, t.dtype) for t in loss.grad_fn.saved_tensors] == [
+        (student.shape, torch.bfloat16)
+    ]
+    (grad,) = torch.autograd.grad(loss, student)
+    exact = student.detach().float().requires_grad_()
+    F.mse_loss(normalise(exact, "layernorm"), normalise(teacher, "layernorm")).backward()
+    torch.testing.assert_close(grad.float(), exact.grad, rtol=1e-2, atol=1e-6)
+
+
 def test_logits_kl_and_its_gradient_match_torch(runtime):
     """The objective's CE and KL (models/logit_losses.py, tested in depth there) on logits
     with megatron's padded columns, against torch on the real vocabulary."""
