@@ -1,8 +1,9 @@
-"""The one dispatch point for Mamba kernels.
+"""The one dispatch point for kernels.
 
 On CUDA tensors with mamba_ssm / causal_conv1d installed, their fused kernels run; everywhere else
 the pure-PyTorch references in `reference.py` do (they are also the oracle in the GPU parity tests).
-`MEGATRON_MAMBA_REFERENCE_KERNELS=1` forces the references.
+The same holds for our Triton kernel of the losses over the logits (`logit_losses.py`, whose
+reference is models/logit_losses.py). `MEGATRON_MAMBA_REFERENCE_KERNELS=1` forces the references.
 
 Triton's autotune cache is on by default (see megatron_mamba/__init__.py).
 """
@@ -40,10 +41,29 @@ def _fused():
     }
 
 
+def _references_forced() -> bool:
+    return os.environ.get("MEGATRON_MAMBA_REFERENCE_KERNELS") == "1"
+
+
 def use_fused(t: torch.Tensor) -> bool:
-    if os.environ.get("MEGATRON_MAMBA_REFERENCE_KERNELS") == "1":
-        return False
-    return t.is_cuda and _fused() is not None
+    return not _references_forced() and t.is_cuda and _fused() is not None
+
+
+@functools.cache
+def _triton_logit_losses():
+    try:
+        from megatron_mamba.kernels.logit_losses import losses_and_gradients
+    except ImportError:  # no Triton
+        return None
+    return losses_and_gradients
+
+
+def fused_logit_losses(logits: torch.Tensor):
+    """The Triton logit-losses function for these logits (whole vocabulary on one rank, CUDA,
+    16/32-bit), or None where the torch version must run."""
+    if _references_forced() or not logits.is_cuda or logits.dtype == torch.float64:
+        return None
+    return _triton_logit_losses()
 
 
 def causal_conv1d(x_bdl, weight_dk, bias_d=None, activation=None):

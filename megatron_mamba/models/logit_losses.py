@@ -15,10 +15,10 @@ Labels of -1 carry no loss. Columns at or beyond `vocab_size` (megatron's paddin
 
 from __future__ import annotations
 
-import os
-
 import torch
 from megatron.core import parallel_state as ps
+
+from megatron_mamba import kernels
 
 CHUNK_ELEMENTS = 2**25  # 128 MB of fp32 per temporary
 
@@ -36,7 +36,7 @@ class LogitLosses(torch.autograd.Function):
         taught = teacher.reshape(rows, local) if teacher is not None else None
         labels = labels.reshape(rows)
         args = (logits, taught, labels, vocab_size, temperature, ctx.needs_input_grad[0])
-        kernel = _one_rank_kernel(student, group)
+        kernel = kernels.fused_logit_losses(student) if _size(group) == 1 else None
         ce, kl, grads = kernel(*args) if kernel else losses_and_gradients(*args, group=group)
         ctx.save_for_backward(labels < 0, *grads)
         ctx.shape = student.shape
@@ -112,20 +112,6 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int) -
     group = ps.get_tensor_model_parallel_group()
     ce, _ = LogitLosses.apply(logits, None, labels, vocab_size, 1.0, group)
     return ce
-
-
-def _one_rank_kernel(logits: torch.Tensor, group):
-    """The Triton version where it can run: the whole vocabulary here, CUDA, 16/32-bit logits,
-    Triton present, and MEGATRON_MAMBA_REFERENCE_KERNELS unset."""
-    if _size(group) > 1 or not logits.is_cuda or logits.dtype == torch.float64:
-        return None
-    if os.environ.get("MEGATRON_MAMBA_REFERENCE_KERNELS") == "1":
-        return None
-    try:
-        from megatron_mamba.kernels.logit_losses import losses_and_gradients as kernel
-    except ImportError:
-        return None
-    return kernel
 
 
 def _size(group) -> int:
