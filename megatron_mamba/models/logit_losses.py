@@ -71,7 +71,7 @@ def losses_and_gradients(logits, teacher, labels, vocab_size, temperature, keep_
     kl = torch.empty_like(ce) if teacher is not None else None
     kept = (1 + (kl is not None)) if keep_grad else 0
     grads = [_gradient_buffer(logits, real) for _ in range(kept)]
-    step = max(1, CHUNK_ELEMENTS // max(real, 1))
+    step = max(1, CHUNK_ELEMENTS // local)  # the same rows on every TP rank: they all-reduce
     for start in range(0, rows, step):
         part = slice(start, start + step)
         x = logits[part, :real].to(dtype)

@@ -1,8 +1,9 @@
 """Worker: CE and KL over vocab-parallel logits at TP = world size, against torch on the whole
 logits in float64 (computed on every rank), values and each rank's slice of the gradient.
 
-Usage: logit_losses_tp.py VOCAB PADDED — PADDED columns split over the ranks, the first VOCAB
-real; a rank may hold padding only. Fails (non-zero exit) on any mismatch.
+Usage: logit_losses_tp.py VOCAB PADDED CHUNK — PADDED columns split over the ranks, the first
+VOCAB real (a rank may hold padding only); CHUNK elements per chunk of rows. Fails (non-zero
+exit) on any mismatch.
 """
 
 import os
@@ -13,10 +14,12 @@ import torch.nn.functional as F
 from megatron.core import parallel_state as ps
 
 from megatron_mamba.distill.losses import ce_and_logits_kl
+from megatron_mamba.models import logit_losses
 from megatron_mamba.models.logit_losses import cross_entropy
 from megatron_mamba.runtime import ParallelSizes, init_runtime, shutdown_runtime
 
 vocab, padded = int(sys.argv[1]), int(sys.argv[2])
+logit_losses.CHUNK_ELEMENTS = int(sys.argv[3])
 init_runtime(ParallelSizes(tensor=int(os.environ["WORLD_SIZE"])), seed=0)
 rank, tp = ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size()
 g = torch.Generator().manual_seed(3)
