@@ -1,9 +1,13 @@
 """Losses computed on a pipeline stage other than the last, joined to its backward pass.
 
 megatron backpropagates only the last stage's loss; earlier stages receive output gradients. A
-layer loss computed on stage i is attached to that stage's activations: forward returns them
-unchanged, backward adds d(scale · loss) — the scale being what the schedule applies to the main
-loss (the fp16 loss scale over the number of micro-batches), as megatron's MoE auxiliary losses do.
+layer loss computed on stage i is taken with its gradient at once, and that gradient is attached
+to the block's output: forward returns the output unchanged, backward adds scale × the layer
+loss's gradient — the scale being what the schedule applies to the main loss (the fp16 loss
+scale over the number of micro-batches), as megatron's MoE auxiliary losses do.
+
+Under full activation recomputation a block's first forward runs without autograd and is run
+again in backward; its gradient is then attached to the recomputed output (see objective.py).
 """
 
 from __future__ import annotations
@@ -11,24 +15,25 @@ from __future__ import annotations
 import torch
 
 
-class AttachLoss(torch.autograd.Function):
+class AttachGradient(torch.autograd.Function):
     scale: float = 1.0
 
     @staticmethod
-    def forward(ctx, activations: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
-        ctx.loss_meta = (loss.shape, loss.dtype, loss.device)
+    def forward(ctx, activations: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(gradient)
         return activations.view_as(activations)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        shape, dtype, device = ctx.loss_meta
-        return grad, torch.full(shape, AttachLoss.scale, dtype=dtype, device=device)
+        (gradient,) = ctx.saved_tensors
+        return grad + gradient * AttachGradient.scale, None
 
 
-def attach_loss(activations: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
-    return AttachLoss.apply(activations, loss)
+def attach_gradient(activations: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+    """`activations`, whose gradient in backward gains `gradient` × the step's loss scale."""
+    return AttachGradient.apply(activations, gradient)
 
 
 def set_loss_scale(scale: float) -> None:
-    """Called once per step: the gradient each attached loss contributes per unit."""
-    AttachLoss.scale = float(scale)
+    """Called once per step: the factor the schedule applies to the main loss."""
+    AttachGradient.scale = float(scale)

@@ -37,30 +37,21 @@ def normalise(hidden: torch.Tensor, kind: Normalisation) -> torch.Tensor:
 
 def block_mse(student: torch.Tensor, teacher: torch.Tensor, kind: Normalisation) -> torch.Tensor:
     """Mean squared error of the normalised block outputs, over every element held here."""
-    return _NormalisedMSE.apply(student, teacher.detach(), kind)
+    return F.mse_loss(normalise(student, kind), normalise(teacher.detach(), kind))
 
 
-class _NormalisedMSE(torch.autograd.Function):
-    """`block_mse` with its gradient taken at once, in forward.
-
-    Left to autograd, each distilled block would keep fp32 copies of both normalised outputs
-    and the student's normalisation input until backward (three fp32 tensors of the block's
-    size, for each of the 15 blocks CALD distils); here only the gradient is kept, in the
-    student's dtype, and backward scales it. The loss is a scalar, so that is exact."""
-
-    @staticmethod
-    def forward(ctx, student, teacher, kind):
-        with torch.enable_grad():
-            leaf = _at_least_fp32(student.detach()).requires_grad_()
-            loss = F.mse_loss(normalise(leaf, kind), normalise(teacher, kind))
-            (grad,) = torch.autograd.grad(loss, leaf)
-        ctx.save_for_backward(grad.to(student.dtype))
-        return loss.detach()
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        (grad,) = ctx.saved_tensors
-        return torch.mul(grad, grad_loss, out=torch.empty_like(grad)), None, None
+def block_mse_and_gradient(
+    student: torch.Tensor, teacher: torch.Tensor, kind: Normalisation, weight: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`block_mse` (detached) and the gradient of weight × it with respect to `student`, in the
+    student's dtype, taken at once with or without autograd around: the objective attaches the
+    gradient to the block's output, so nothing of the loss's own graph (fp32 copies of both
+    normalised outputs) waits for backward, and recomputed blocks can be served too."""
+    with torch.enable_grad():
+        leaf = _at_least_fp32(student.detach()).requires_grad_()
+        loss = block_mse(leaf, teacher, kind)
+        (grad,) = torch.autograd.grad(loss * weight, leaf)
+    return loss.detach(), grad.to(student.dtype)
 
 
 def ce_and_logits_kl(student, teacher, labels, vocab_size: int, temperature: float | None):

@@ -3,21 +3,25 @@
 Both models are built with the same TP/PP layout, so stage i holds blocks of the same numbers in
 each. Non-last stages send [student; teacher] hidden states concatenated along the batch
 dimension (the schedule is told micro-batch × 2). The teacher runs first, without gradients; its
-block outputs are kept by forward hooks, and the student's hooks attach each distilled block's
-layer loss to the student's activations (aux_loss.py). The last stage computes CE and the logits
+block outputs are kept by forward hooks, and the student's hooks take each distilled block's
+layer loss with its gradient at once and attach the gradient to the student's activations
+(aux_loss.py) — under full activation recomputation to the block's rerun in backward, the
+first run having no autograd. The last stage computes CE and the logits
 KL on the vocab-parallel logits. Reported parts: ce, layer, logits_kl — each summed over
 pipeline stages by the trainer — and their weighted total.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict, deque
+
 import torch
 from megatron.core import parallel_state as ps
 
 from megatron_mamba.data.batches import TokenBatch
-from megatron_mamba.distill.aux_loss import attach_loss, set_loss_scale
+from megatron_mamba.distill.aux_loss import attach_gradient, set_loss_scale
 from megatron_mamba.distill.config import DistillConfig
-from megatron_mamba.distill.losses import block_mse, ce_and_logits_kl
+from megatron_mamba.distill.losses import block_mse_and_gradient, ce_and_logits_kl
 from megatron_mamba.distill.schedule import layer_alpha
 from megatron_mamba.training.paired import forward_pair
 
@@ -42,6 +46,7 @@ class Distillation:
         self.alpha_layer = cfg.alpha_layer_distill_loss
         self.teacher_blocks: dict[int, torch.Tensor] = {}
         self.layer_sum, self.accumulation = 0.0, 1
+        self.for_recomputation: dict[int, deque] = defaultdict(deque)
         self.in_step = False  # the hooks act only on this objective's forwards (not validation)
         self.device = next(student.parameters()).device
         sequence_parallel = student.config.sequence_parallel
@@ -73,6 +78,7 @@ class Distillation:
             step, self.total_steps, cfg.alpha_layer_distill_loss, cfg.layer_distill_until
         )
         self.layer_sum, self.accumulation = 0.0, accumulation
+        self.for_recomputation = defaultdict(deque)
         set_loss_scale(loss_scale / accumulation)
 
     def _keep_teacher_block(self, module, inputs, output):
@@ -80,14 +86,26 @@ class Distillation:
             self.teacher_blocks[module.layer_number] = output[0]
 
     def _attach_layer_loss(self, module, inputs, output):
-        if not (self.in_step and self.alpha_layer) or module.layer_number not in self.distilled:
+        number = module.layer_number
+        if number not in self.distilled:
             return None
         hidden, context = output
-        teacher = self.teacher_blocks.pop(module.layer_number)
-        mse = block_mse(hidden, teacher, self.cfg.distill_normalization) * self.token_share
-        share = mse / len(self.distilled)
-        self.layer_sum += float(share.detach())
-        return attach_loss(hidden, self.alpha_layer * share), context
+        if self.in_step and self.alpha_layer:
+            teacher = self.teacher_blocks.pop(number)
+            share = self.token_share / len(self.distilled)
+            mse, gradient = block_mse_and_gradient(
+                hidden, teacher, self.cfg.distill_normalization, self.alpha_layer * share
+            )
+            self.layer_sum = self.layer_sum + mse * share
+            if not torch.is_grad_enabled():  # a recomputed block's first forward: see below
+                self.for_recomputation[number].append(gradient)
+                return None
+            return attach_gradient(hidden, gradient), context
+        if torch.is_grad_enabled() and self.for_recomputation[number]:
+            # the block run again in backward (full recomputation): micro-batches come back in
+            # the order they went forward
+            return attach_gradient(hidden, self.for_recomputation[number].popleft()), context
+        return None
 
     def forward_step(self, batch: TokenBatch, model):
         """CE and logits KL are means over the targets that carry loss (all of them for
@@ -138,7 +156,8 @@ class Distillation:
             for name, value in record.items():
                 out[name] += float(value) / len(micro_batch_records)
         if self.alpha_layer:
-            layer = torch.tensor([self.layer_sum / self.accumulation], device=self.device)
+            layer = torch.as_tensor(self.layer_sum, dtype=torch.float32, device=self.device)
+            layer = (layer / self.accumulation).reshape(1)
             if self.token_share != 1:
                 torch.distributed.all_reduce(layer, group=ps.get_tensor_model_parallel_group())
             out["layer"] = float(layer)

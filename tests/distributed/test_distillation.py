@@ -1,5 +1,6 @@
-"""Distillation runs under torchrun (gloo): TP=2 (with and without sequence parallelism), PP=2
-and gradient accumulation give the single-process losses part by part; target guidance lowers
+"""Distillation runs under torchrun (gloo): TP=2 (with and without sequence parallelism), PP=2,
+gradient accumulation and PP=2 with full activation recomputation give the single-process
+losses part by part; target guidance lowers
 the layer loss; a student made from its teacher starts as the teacher."""
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 from tests.distributed.train_runs import run, save_initial
 
 PARTS = ("loss", "ce", "layer", "logits_kl")
+ACCUMULATE = {"train.per_device_train_batch_size": 2, "train.gradient_accumulation_steps": 2}
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +47,11 @@ def single(tmp_path_factory, items, initial, teacher):
         (2, {"parallel.tensor": 2}),
         (2, {"parallel.tensor": 2, "parallel.sequence_parallel": True}),
         (2, {"parallel.pipeline": 2}),
-        (1, {"train.per_device_train_batch_size": 2, "train.gradient_accumulation_steps": 2}),
+        (1, ACCUMULATE),
+        # blocks recomputed in backward, two micro-batches in flight through the pipeline
+        (2, {"parallel.pipeline": 2, "train.recompute": "full", **ACCUMULATE}),
     ],
-    ids=["tp2", "tp2-sp", "pp2", "accumulation"],
+    ids=["tp2", "tp2-sp", "pp2", "accumulation", "pp2-recompute"],
 )
 def test_parallel_layouts_give_the_single_process_losses(
     tmp_path, items, initial, teacher, single, nproc, layout
