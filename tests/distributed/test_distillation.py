@@ -50,8 +50,9 @@ def single(tmp_path_factory, items, initial, teacher):
         (1, ACCUMULATE),
         # blocks recomputed in backward, two micro-batches in flight through the pipeline
         (2, {"parallel.pipeline": 2, "train.recompute": "full", **ACCUMULATE}),
+        (2, {"parallel.tensor": 2, "parallel.sequence_parallel": True, "train.recompute": "full"}),
     ],
-    ids=["tp2", "tp2-sp", "pp2", "accumulation", "pp2-recompute"],
+    ids=["tp2", "tp2-sp", "pp2", "accumulation", "pp2-recompute", "tp2-sp-recompute"],
 )
 def test_parallel_layouts_give_the_single_process_losses(
     tmp_path, items, initial, teacher, single, nproc, layout
