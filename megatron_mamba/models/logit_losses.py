@@ -78,10 +78,11 @@ def losses_and_gradients(logits, teacher, labels, vocab_size, temperature, keep_
         y = teacher[part, :real].to(dtype) if teacher is not None else None
         maxima = torch.stack([_row_max(v) for v in (x, y) if v is not None])
         _all_reduce(maxima, group, torch.distributed.ReduceOp.MAX)
-        e = torch.exp(x - maxima[0, :, None])  # softmax(x) before normalising
+        shifted = x - maxima[0, :, None]
+        e = torch.exp(shifted)  # softmax(x) before normalising
         sums = [e.sum(-1), _gather(x, targets[part]).where(owned[part], 0.0)]
         if y is not None:  # a = x/T and b = y/T have the logits' maxima over T
-            e_a = torch.exp((x - maxima[0, :, None]) / temperature)
+            e_a = torch.exp(shifted.div_(temperature))
             e_b = torch.exp((y - maxima[1, :, None]) / temperature)
             sums += [e_a.sum(-1), e_b.sum(-1), (e_b * (y - x)).sum(-1) / temperature]
         sums = torch.stack(sums)

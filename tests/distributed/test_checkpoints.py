@@ -7,14 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.distributed.train_runs import losses, records, run
+from tests.distributed.train_runs import losses, records, run, steps_and_values
 
 KILLED_IN_SAVE = Path(__file__).parent / "workers" / "train_killed_in_save.py"
 LAYOUTS = {"tp1": (1, {}), "tp2pp2": (4, {"parallel.tensor": 2, "parallel.pipeline": 2})}
-
-
-def steps_and_values(recs):
-    return [(r["step"], r["loss"], r["lr"], r["grad_norm"]) for r in recs]
 
 
 def checkpoint_names(run_dir: Path) -> list[str]:

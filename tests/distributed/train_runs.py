@@ -62,5 +62,10 @@ def records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in lines]
 
 
+def steps_and_values(records: list[dict]) -> list[tuple]:
+    """What an exactly resumed run must reproduce, step by step."""
+    return [(r["step"], r["loss"], r["lr"], r["grad_norm"]) for r in records]
+
+
 def losses(records: list[dict]) -> np.ndarray:
     return np.array([r["loss"] for r in records])

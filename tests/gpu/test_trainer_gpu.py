@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tests.distributed.launch import torchrun
-from tests.distributed.train_runs import TRAIN, losses, records, settings
+from tests.distributed.train_runs import TRAIN, losses, records, settings, steps_and_values
 
 pytestmark = pytest.mark.gpu
 
@@ -60,10 +60,6 @@ def _distributed_run(tmp_path, items, initial, name, gpus, **overrides):
     return records(tmp_path / name)
 
 
-def _steps_and_values(recs):
-    return [(r["step"], r["loss"], r["lr"], r["grad_norm"]) for r in recs]
-
-
 @pytest.mark.parametrize("gpus", [1, 2])
 def test_distributed_optimizer_resumes_exactly(tmp_path, items, initial, gpus):
     """Its shards, saved in megatron's 'dp_reshardable' format, restore the run exactly."""
@@ -86,7 +82,7 @@ def test_distributed_optimizer_resumes_exactly(tmp_path, items, initial, gpus):
         **sharded,
         **{"train.resume_from_checkpoint": "latest"},
     )
-    assert _steps_and_values(resumed) == _steps_and_values(whole)
+    assert steps_and_values(resumed) == steps_and_values(whole)
     assert losses(whole)[-1] < losses(whole)[0] - 0.5
 
 
