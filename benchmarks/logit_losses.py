@@ -2,9 +2,11 @@
 
 Cross-entropy: torch's `F.cross_entropy` on fp32 logits (what transformers computes), megatron's
 vocab-parallel cross-entropy, and ours (models/logit_losses.py: the Triton kernel, and the
-chunked torch version that runs under TP and off GPU). Distillation CE + KL (T=2): megatron's CE
-and torch's KL on fp32 copies of the logits (an autograd graph) against ours. Time and peak
-memory above the logits.
+chunked torch version that runs off GPU). Distillation CE + KL (T=2): megatron's CE and torch's
+KL on fp32 copies of the logits (an autograd graph) against ours. Time and peak memory above the
+logits. Then ours in forward alone (losses and kept gradients): the one-rank kernel against the
+two kernels TP > 1 runs (row statistics, pooling, gradients; here without the all-gather) and
+the chunked torch version.
 
     torchrun --nproc_per_node 1 benchmarks/logit_losses.py
 """
@@ -12,12 +14,15 @@ memory above the logits.
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
 from benchmarks.common import median_step_seconds, peak_memory_gib
+from megatron_mamba.kernels import logit_losses as kernel
+from megatron_mamba.models import logit_losses
 from megatron_mamba.models.logit_losses import LogitLosses
 from megatron_mamba.runtime import init_runtime
 
@@ -88,6 +93,16 @@ def main() -> None:
             base = torch.cuda.memory_allocated() / 2**30
             peak = peak_memory_gib(step) - base
             print(f"| {kind} | {loss.__name__} | {seconds * 1e3:.2f} | {peak:.2f} |")
+    print("\n| losses | forward with kept gradients | ms |")
+    print("|---|---|---|")
+    for kind, taught in {"CE": None, "CE + KL": teacher}.items():
+        args = (student.detach(), taught, labels, VOCAB, TEMPERATURE, True)
+        for name, forward in {
+            "one-rank kernel": partial(kernel.losses_and_gradients, *args),
+            "two-phase kernels (TP > 1)": partial(logit_losses._split_kernel_losses, kernel, *args),
+            "chunked torch": partial(logit_losses.losses_and_gradients, *args),
+        }.items():
+            print(f"| {kind} | {name} | {median_step_seconds(forward) * 1e3:.2f} |")
 
 
 if __name__ == "__main__":

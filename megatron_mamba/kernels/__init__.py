@@ -50,20 +50,20 @@ def use_fused(t: torch.Tensor) -> bool:
 
 
 @functools.cache
-def _triton_logit_losses():
+def _logit_losses_module():
     try:
-        from megatron_mamba.kernels.logit_losses import losses_and_gradients
+        from megatron_mamba.kernels import logit_losses
     except ImportError:  # no Triton
         return None
-    return losses_and_gradients
+    return logit_losses
 
 
-def fused_logit_losses(logits: torch.Tensor):
-    """The Triton logit-losses function for these logits (whole vocabulary on one rank, CUDA,
-    16/32-bit), or None where the torch version must run."""
+def triton_logit_losses(logits: torch.Tensor):
+    """The Triton logit-losses module (kernels/logit_losses.py) for these logits (CUDA, 16/32-bit),
+    or None where the torch version must run."""
     if _references_forced() or not logits.is_cuda or logits.dtype == torch.float64:
         return None
-    return _triton_logit_losses()
+    return _logit_losses_module()
 
 
 def causal_conv1d(x_bdl, weight_dk, bias_d=None, activation=None):

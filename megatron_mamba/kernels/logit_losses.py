@@ -5,6 +5,11 @@ the normalisers online (running maximum and sum, as flash attention does) togeth
 Σ q_t·(t − s) term, once more to write the gradients. Nothing in fp32 the size of the logits is
 ever made. The torch version in models/logit_losses.py is the reference (and runs off GPU).
 
+With the whole vocabulary on one rank both passes run in one program (`losses_and_gradients`).
+With the vocabulary split over TP ranks they are two kernels: `row_statistics` gives each row's
+normalisers over this rank's columns, the caller pools them over the ranks
+(models/logit_losses.combine_row_statistics), and `gradients` writes this rank's columns.
+
 KL(q_t ‖ q_s) with a = s/T, b = t/T: Σ q_t (b − lse_b − a + lse_a) = Σ e^(b − m_b)(b − a) / d_b
 − lse_b + lse_a, where m_b and d_b are b's running maximum and normaliser.
 """
@@ -15,6 +20,9 @@ import torch
 import triton
 import triton.language as tl
 
+COLUMNS_PER_BLOCK, WARPS = 4096, 16
+STATISTICS = 8  # per row: m_s, d_s, target logit, m_a, d_a, m_b, d_b, cross
+
 
 @triton.jit
 def _online(m, d, x):
@@ -23,7 +31,75 @@ def _online(m, d, x):
 
 
 @triton.jit
-def _losses_kernel(
+def _statistics(
+    s_row, t_row, target, real, inv_temperature, HAS_TEACHER: tl.constexpr, BLOCK: tl.constexpr
+):
+    """Over columns [0, real): maxima and normalisers of s, a = s/T and b = t/T, the cross term
+    Σ e^(b − m_b)(b − a), and s at column `target` (0 where target is not in [0, real))."""
+    # running maxima start below any logit, finite so that exp(m_old − m_new) is 0, not nan
+    m_s = -1.0e30
+    d_s = 0.0
+    m_a = -1.0e30
+    d_a = 0.0
+    m_b = -1.0e30
+    d_b = 0.0
+    cross = 0.0
+    for start in range(0, real, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        inside = cols < real
+        x = tl.load(s_row + cols, mask=inside, other=float("-inf")).to(tl.float32)
+        m_s, d_s = _online(m_s, d_s, x)
+        if HAS_TEACHER:
+            a = x * inv_temperature
+            b = tl.load(t_row + cols, mask=inside, other=float("-inf")).to(tl.float32)
+            b = b * inv_temperature
+            m_a, d_a = _online(m_a, d_a, a)
+            m_new = tl.maximum(m_b, tl.max(b, 0))
+            rescale = tl.exp(m_b - m_new)
+            e_b = tl.exp(b - m_new)
+            d_b = d_b * rescale + tl.sum(e_b, 0)
+            cross = cross * rescale + tl.sum(tl.where(inside, e_b * (b - a), 0.0), 0)
+            m_b = m_new
+    owned = (target >= 0) & (target < real)
+    s_target = tl.load(s_row + tl.where(owned, target, 0), mask=owned, other=0.0).to(tl.float32)
+    return m_s, d_s, s_target, m_a, d_a, m_b, d_b, cross
+
+
+@triton.jit
+def _write_gradients(
+    s_row,
+    t_row,
+    g_ce_row,
+    g_kl_row,
+    target,
+    real,
+    columns,
+    lse_s,
+    lse_a,
+    lse_b,
+    inv_temperature,
+    HAS_TEACHER: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """d ce = softmax(s) − one-hot(target) and d kl = (softmax(a) − softmax(b)) / T over columns
+    [0, columns); zero at and beyond `real` (megatron's vocabulary padding)."""
+    for start in range(0, columns, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        live = cols < real
+        inside = cols < columns
+        x = tl.load(s_row + cols, mask=live, other=float("-inf")).to(tl.float32)
+        g = tl.exp(x - lse_s) - tl.where(cols == target, 1.0, 0.0)
+        tl.store(g_ce_row + cols, g.to(g_ce_row.dtype.element_ty), mask=inside)
+        if HAS_TEACHER:
+            b = tl.load(t_row + cols, mask=live, other=float("-inf")).to(tl.float32)
+            q_s = tl.exp(x * inv_temperature - lse_a)
+            q_t = tl.exp(b * inv_temperature - lse_b)
+            g = (q_s - q_t) * inv_temperature
+            tl.store(g_kl_row + cols, g.to(g_kl_row.dtype.element_ty), mask=inside)
+
+
+@triton.jit
+def _one_rank_kernel(
     s_ptr,
     t_ptr,
     labels_ptr,
@@ -45,54 +121,114 @@ def _losses_kernel(
     s_row = s_ptr + row * s_stride
     t_row = t_ptr + row * t_stride
     label = tl.load(labels_ptr + row)
-    # running maxima start below any logit, finite so that exp(m_old − m_new) is 0, not nan
-    m_s = -1.0e30
-    d_s = 0.0
-    m_a = -1.0e30
-    d_a = 0.0
-    m_b = -1.0e30
-    d_b = 0.0
-    cross = 0.0  # Σ e^(b − m_b)(b − a)
-    for start in range(0, vocab, BLOCK):
-        cols = start + tl.arange(0, BLOCK)
-        real = cols < vocab
-        x = tl.load(s_row + cols, mask=real, other=float("-inf")).to(tl.float32)
-        m_s, d_s = _online(m_s, d_s, x)
-        if HAS_TEACHER:
-            a = x * inv_temperature
-            b = tl.load(t_row + cols, mask=real, other=float("-inf")).to(tl.float32)
-            b = b * inv_temperature
-            m_a, d_a = _online(m_a, d_a, a)
-            m_new = tl.maximum(m_b, tl.max(b, 0))
-            rescale = tl.exp(m_b - m_new)
-            e_b = tl.exp(b - m_new)
-            d_b = d_b * rescale + tl.sum(e_b, 0)
-            cross = cross * rescale + tl.sum(tl.where(real, e_b * (b - a), 0.0), 0)
-            m_b = m_new
+    m_s, d_s, s_target, m_a, d_a, m_b, d_b, cross = _statistics(
+        s_row, t_row, label, vocab, inv_temperature, HAS_TEACHER, BLOCK
+    )
     lse_s = m_s + tl.log(d_s)
-    has_label = label >= 0
-    target = tl.load(s_row + tl.where(has_label, label, 0)).to(tl.float32)
-    tl.store(ce_ptr + row, tl.where(has_label, lse_s - target, 0.0))
     lse_a = m_a + tl.log(d_a)
     lse_b = m_b + tl.log(d_b)
+    tl.store(ce_ptr + row, tl.where(label >= 0, lse_s - s_target, 0.0))
     if HAS_TEACHER:
         tl.store(kl_ptr + row, cross / d_b - lse_b + lse_a)
     if KEEP_GRAD:
         g_ce_row = g_ce_ptr + row * g_stride
         g_kl_row = g_kl_ptr + row * g_stride
-        for start in range(0, padded, BLOCK):
-            cols = start + tl.arange(0, BLOCK)
-            real = cols < vocab
-            inside = cols < padded
-            x = tl.load(s_row + cols, mask=real, other=float("-inf")).to(tl.float32)
-            g = tl.exp(x - lse_s) - tl.where(cols == label, 1.0, 0.0)
-            tl.store(g_ce_row + cols, g.to(g_ce_ptr.dtype.element_ty), mask=inside)
-            if HAS_TEACHER:
-                b = tl.load(t_row + cols, mask=real, other=float("-inf")).to(tl.float32)
-                q_s = tl.exp(x * inv_temperature - lse_a)
-                q_t = tl.exp(b * inv_temperature - lse_b)
-                g = (q_s - q_t) * inv_temperature
-                tl.store(g_kl_row + cols, g.to(g_kl_ptr.dtype.element_ty), mask=inside)
+        _write_gradients(
+            s_row,
+            t_row,
+            g_ce_row,
+            g_kl_row,
+            label,
+            vocab,
+            padded,
+            lse_s,
+            lse_a,
+            lse_b,
+            inv_temperature,
+            HAS_TEACHER,
+            BLOCK,
+        )
+
+
+@triton.jit
+def _statistics_kernel(
+    s_ptr,
+    t_ptr,
+    labels_ptr,
+    stats_ptr,
+    s_stride,
+    t_stride,
+    rows,
+    first,
+    real,
+    inv_temperature,
+    HAS_TEACHER: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    target = tl.load(labels_ptr + row) - first
+    m_s, d_s, s_target, m_a, d_a, m_b, d_b, cross = _statistics(
+        s_ptr + row * s_stride,
+        t_ptr + row * t_stride,
+        target,
+        real,
+        inv_temperature,
+        HAS_TEACHER,
+        BLOCK,
+    )
+    out = stats_ptr + row
+    tl.store(out, m_s)
+    tl.store(out + rows, d_s)
+    tl.store(out + 2 * rows, s_target)
+    if HAS_TEACHER:
+        tl.store(out + 3 * rows, m_a)
+        tl.store(out + 4 * rows, d_a)
+        tl.store(out + 5 * rows, m_b)
+        tl.store(out + 6 * rows, d_b)
+        tl.store(out + 7 * rows, cross)
+
+
+@triton.jit
+def _gradients_kernel(
+    s_ptr,
+    t_ptr,
+    labels_ptr,
+    lse_ptr,
+    g_ce_ptr,
+    g_kl_ptr,
+    s_stride,
+    t_stride,
+    g_stride,
+    rows,
+    first,
+    real,
+    columns,
+    inv_temperature,
+    HAS_TEACHER: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    lse_s = tl.load(lse_ptr + row)
+    lse_a = lse_s
+    lse_b = lse_s
+    if HAS_TEACHER:
+        lse_a = tl.load(lse_ptr + rows + row)
+        lse_b = tl.load(lse_ptr + 2 * rows + row)
+    _write_gradients(
+        s_ptr + row * s_stride,
+        t_ptr + row * t_stride,
+        g_ce_ptr + row * g_stride,
+        g_kl_ptr + row * g_stride,
+        tl.load(labels_ptr + row) - first,
+        real,
+        columns,
+        lse_s,
+        lse_a,
+        lse_b,
+        inv_temperature,
+        HAS_TEACHER,
+        BLOCK,
+    )
 
 
 def losses_and_gradients(
@@ -106,14 +242,11 @@ def losses_and_gradients(
     """(ce [rows] fp32, kl [rows] fp32 or None, [d ce, d kl] in the logits' dtype, or [] without
     keep_grad) from logits and teacher [rows, padded vocabulary] and labels [rows] (-1: none)."""
     rows, padded = logits.shape
-    logits, labels = _rows_contiguous(logits), labels.contiguous()
-    teacher = _rows_contiguous(teacher) if teacher is not None else None
+    logits, teacher, labels = _contiguous(logits, teacher, labels)
     ce = torch.empty(rows, dtype=torch.float32, device=logits.device)
     kl = torch.empty_like(ce) if teacher is not None else None
-    grads = (
-        [torch.empty_like(logits) for _ in range(1 + (teacher is not None))] if keep_grad else []
-    )
-    _losses_kernel[(rows,)](
+    grads = _gradient_buffers(logits, teacher) if keep_grad else []
+    _one_rank_kernel[(rows,)](
         logits,
         teacher if teacher is not None else logits,
         labels,
@@ -129,11 +262,70 @@ def losses_and_gradients(
         1.0 / temperature,
         HAS_TEACHER=teacher is not None,
         KEEP_GRAD=keep_grad,
-        BLOCK=4096,
-        num_warps=16,
+        BLOCK=COLUMNS_PER_BLOCK,
+        num_warps=WARPS,
     )
     return ce, kl, grads
 
 
-def _rows_contiguous(x: torch.Tensor) -> torch.Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
+def row_statistics(logits, teacher, labels, first: int, real: int, temperature: float):
+    """[3 or 8, rows] fp32 over this rank's columns [0, real) of logits and teacher [rows, local],
+    whose column 0 is the vocabulary's `first`: the maximum and normaliser of the logits, the
+    label's logit where this rank holds it (else 0), and with a teacher the maxima and
+    normalisers of logits/T and teacher/T and Σ e^(b − m_b)(b − a)."""
+    rows = logits.shape[0]
+    logits, teacher, labels = _contiguous(logits, teacher, labels)
+    stats = torch.empty(STATISTICS if teacher is not None else 3, rows, device=logits.device)
+    _statistics_kernel[(rows,)](
+        logits,
+        teacher if teacher is not None else logits,
+        labels,
+        stats,
+        logits.stride(0),
+        teacher.stride(0) if teacher is not None else 0,
+        rows,
+        first,
+        real,
+        1.0 / temperature,
+        HAS_TEACHER=teacher is not None,
+        BLOCK=COLUMNS_PER_BLOCK,
+        num_warps=WARPS,
+    )
+    return stats
+
+
+def gradients(logits, teacher, labels, first: int, real: int, lse, temperature: float):
+    """[d ce, d kl] over this rank's columns in the logits' dtype, given each row's pooled
+    log-normalisers lse [1 or 3, rows] (of logits, logits/T, teacher/T); zero beyond `real`."""
+    rows, columns = logits.shape
+    logits, teacher, labels = _contiguous(logits, teacher, labels)
+    grads = _gradient_buffers(logits, teacher)
+    _gradients_kernel[(rows,)](
+        logits,
+        teacher if teacher is not None else logits,
+        labels,
+        lse.float().contiguous(),
+        grads[0],
+        grads[-1],
+        logits.stride(0),
+        teacher.stride(0) if teacher is not None else 0,
+        grads[0].stride(0),
+        rows,
+        first,
+        real,
+        columns,
+        1.0 / temperature,
+        HAS_TEACHER=teacher is not None,
+        BLOCK=COLUMNS_PER_BLOCK,
+        num_warps=WARPS,
+    )
+    return grads
+
+
+def _contiguous(logits, teacher, labels):
+    rows = [x if x is None or x.stride(-1) == 1 else x.contiguous() for x in (logits, teacher)]
+    return rows[0], rows[1], labels.contiguous()
+
+
+def _gradient_buffers(logits, teacher) -> list[torch.Tensor]:
+    return [torch.empty_like(logits) for _ in range(1 + (teacher is not None))]

@@ -160,6 +160,7 @@ def build_model(
         config=config,
         transformer_layer_spec=block,
         vocab_size=model.padded_vocab_size(parallel.tensor),
+        real_vocab_size=model.vocab_size,
         max_sequence_length=model.max_position_embeddings,
         pre_process=parallel_state.is_pipeline_first_stage(),
         post_process=parallel_state.is_pipeline_last_stage(),

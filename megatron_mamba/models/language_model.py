@@ -3,8 +3,11 @@
 megatron-core computes the loss through its vocab-parallel cross-entropy: a Python autograd
 function making several passes over fp32 copies of the logits ([tokens, vocabulary / TP], 1.6 GB
 for 8192 tokens of Pythia's vocabulary at TP=1) and keeping them for backward. logit_losses.py
-computes the same per-token loss (over the same padded vocabulary, as megatron does) in one
-kernel at TP=1 on GPU, in chunks otherwise, and keeps only the gradient, in the logits' dtype.
+computes the same per-token loss in one kernel at TP=1 on GPU, in chunks otherwise, and keeps
+only the gradient, in the logits' dtype. Unlike megatron's, the loss is over the real vocabulary
+only: the columns megatron pads it with for TP grow with the TP size, and counting them would
+make the loss of the same weights depend on TP (and differ from transformers' and from our
+evaluation's and distillation's).
 """
 
 from __future__ import annotations
@@ -17,9 +20,13 @@ from megatron_mamba.models.logit_losses import LogitLosses
 
 
 class LanguageModel(GPTModel):
+    def __init__(self, *args, real_vocab_size: int, **kwargs):
+        """`real_vocab_size`: the model's vocabulary before megatron pads it (`vocab_size`)."""
+        super().__init__(*args, **kwargs)
+        self.real_vocab_size = real_vocab_size
+
     def compute_language_model_loss(self, labels: torch.Tensor, logits: torch.Tensor):
-        """Per-token loss [b, s] from labels [b, s] and logits [s, b, vocabulary / TP]."""
+        """Per-token loss [b, s] from labels [b, s] and logits [s, b, padded vocabulary / TP]."""
         group = ps.get_tensor_model_parallel_group()
-        padded = logits.shape[-1] * torch.distributed.get_world_size(group)
-        loss, _ = LogitLosses.apply(logits, None, labels.t(), padded, 1.0, group)
+        loss, _ = LogitLosses.apply(logits, None, labels.t(), self.real_vocab_size, 1.0, group)
         return loss.t().contiguous()

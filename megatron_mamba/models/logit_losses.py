@@ -36,8 +36,13 @@ class LogitLosses(torch.autograd.Function):
         taught = teacher.reshape(rows, local) if teacher is not None else None
         labels = labels.reshape(rows)
         args = (logits, taught, labels, vocab_size, temperature, ctx.needs_input_grad[0])
-        kernel = kernels.fused_logit_losses(student) if _size(group) == 1 else None
-        ce, kl, grads = kernel(*args) if kernel else losses_and_gradients(*args, group=group)
+        kernel = kernels.triton_logit_losses(student)
+        if kernel is None:
+            ce, kl, grads = losses_and_gradients(*args, group=group)
+        elif _size(group) == 1:
+            ce, kl, grads = kernel.losses_and_gradients(*args)
+        else:
+            ce, kl, grads = _split_kernel_losses(kernel, *args, group=group)
         ctx.save_for_backward(labels < 0, *grads)
         ctx.shape = student.shape
         shape = student.shape[:-1]
@@ -59,11 +64,10 @@ class LogitLosses(torch.autograd.Function):
 def losses_and_gradients(logits, teacher, labels, vocab_size, temperature, keep_grad, group=None):
     """(ce [rows], kl [rows] or None, [d ce, d kl] in the logits' dtype, or [] without
     keep_grad) from this TP rank's slice of the logits and teacher [rows, padded vocab / TP]
-    and labels [rows], with torch ops over chunks of rows. Per chunk, two all-reduces of a few
-    numbers per row over `group` (the maxima, then the sums) give every row its normalisers."""
+    and labels [rows], with torch ops over chunks of rows. Per chunk, each rank's row
+    statistics are all-gathered over `group` and pooled into every row's normalisers."""
     rows, local = logits.shape
-    first = _rank(group) * local
-    real = max(0, min(local, vocab_size - first))  # columns of the real vocabulary held here
+    first, real = _columns(local, vocab_size, group)
     owned = (labels >= first) & (labels < first + real)  # the target's logit is here
     targets = (labels - first).clamp(0, max(real - 1, 0)).unsqueeze(1)
     dtype = _compute_dtype(logits)
@@ -71,40 +75,76 @@ def losses_and_gradients(logits, teacher, labels, vocab_size, temperature, keep_
     kl = torch.empty_like(ce) if teacher is not None else None
     kept = (1 + (kl is not None)) if keep_grad else 0
     grads = [_gradient_buffer(logits, real) for _ in range(kept)]
-    step = max(1, CHUNK_ELEMENTS // local)  # the same rows on every TP rank: they all-reduce
+    step = max(1, CHUNK_ELEMENTS // local)  # the same rows on every TP rank: they all-gather
     for start in range(0, rows, step):
         part = slice(start, start + step)
         x = logits[part, :real].to(dtype)
         y = teacher[part, :real].to(dtype) if teacher is not None else None
-        maxima = torch.stack([_row_max(v) for v in (x, y) if v is not None])
-        _all_reduce(maxima, group, torch.distributed.ReduceOp.MAX)
-        shifted = x - maxima[0, :, None]
-        e = torch.exp(shifted)  # softmax(x) before normalising
-        sums = [e.sum(-1), _gather(x, targets[part]).where(owned[part], 0.0)]
+        # e = exp(x − m), e_a = exp((x − m)/T), e_b = exp((y − m_y)/T): softmaxes unnormalised
+        m = _row_max(x)
+        e = torch.exp(x - m[:, None])
+        stats = [m, e.sum(-1), _gather(x, targets[part]).where(owned[part], 0.0)]
         if y is not None:  # a = x/T and b = y/T have the logits' maxima over T
-            e_a = torch.exp(shifted.div_(temperature))
-            e_b = torch.exp((y - maxima[1, :, None]) / temperature)
-            sums += [e_a.sum(-1), e_b.sum(-1), (e_b * (y - x)).sum(-1) / temperature]
-        sums = torch.stack(sums)
-        _all_reduce(sums, group, torch.distributed.ReduceOp.SUM)
-        ce[part] = maxima[0] + sums[0].log() - sums[1]
-        if y is not None:  # Σ q_b (b − lse_b − a + lse_a) = Σ e_b (b − a) / Σ e_b − lse_b + lse_a
-            lse_a = maxima[0] / temperature + sums[2].log()
-            lse_b = maxima[1] / temperature + sums[3].log()
-            kl[part] = sums[4] / sums[3] - lse_b + lse_a
+            m_y = _row_max(y)
+            e_a = torch.exp((x - m[:, None]).div_(temperature))
+            e_b = torch.exp((y - m_y[:, None]).div_(temperature))
+            cross = (e_b * (y - x)).sum(-1) / temperature
+            stats += [m / temperature, e_a.sum(-1), m_y / temperature, e_b.sum(-1), cross]
+        stats = torch.stack(stats)
+        ce[part], kl_part, lse = combine_row_statistics(_by_rank(stats, group))
+        if kl_part is not None:
+            kl[part] = kl_part
         if not keep_grad:
             continue
         # d ce / d logits = softmax − one-hot(target), rounded once; the target's entry as
         # expm1(−ce) = p(target) − 1 exactly (an ignored row keeps p: backward zeroes its row)
-        d_ce = torch.div(e, sums[0, :, None], out=grads[0][part, :real])
+        d_ce = torch.mul(e, torch.exp(m - lse[0])[:, None], out=grads[0][part, :real])
         at_target = _gather(d_ce, targets[part])
         p_target = torch.expm1(-ce[part]).to(d_ce.dtype).where(owned[part], at_target)
         if real:
             d_ce.scatter_(1, targets[part], p_target.unsqueeze(1))
         if y is not None:  # d kl / d student = (softmax(a) − softmax(b)) / T
-            q = e_a.div_(sums[2, :, None]).sub_(e_b.div_(sums[3, :, None]))
+            q = e_a.mul_(torch.exp(stats[3] - lse[1])[:, None])
+            q.sub_(e_b.mul_(torch.exp(stats[5] - lse[2])[:, None]))
             torch.div(q, temperature, out=grads[1][part, :real])
     ce.masked_fill_(labels < 0, 0.0)
+    return ce, kl, grads
+
+
+def combine_row_statistics(stats: torch.Tensor):
+    """(ce before masking ignored labels, kl or None, lse [1 or 3, rows]) from every TP rank's
+    row statistics [ranks, 3 or 8, rows]: (m, d, target logit) of the logits, and with a
+    teacher (m, d) of a = logits/T and of b = teacher/T and Σ e^(b − m_b)(b − a), each over
+    that rank's columns with d = Σ exp(v − m). lse holds log Σ exp of the logits, a and b."""
+
+    def pooled(m, d):  # log Σ_ranks d·e^m, and each rank's rescale e^(m − max)
+        top = m.amax(0)
+        rescale = torch.exp(m - top)
+        total = (d * rescale).sum(0)
+        return top + total.log(), rescale, total
+
+    lse_s, _, _ = pooled(stats[:, 0], stats[:, 1])
+    ce = lse_s - stats[:, 2].sum(0)
+    if stats.shape[1] == 3:
+        return ce, None, lse_s[None]
+    lse_a, _, _ = pooled(stats[:, 3], stats[:, 4])
+    lse_b, rescale_b, d_b = pooled(stats[:, 5], stats[:, 6])
+    kl = (stats[:, 7] * rescale_b).sum(0) / d_b - lse_b + lse_a
+    return ce, kl, torch.stack([lse_s, lse_a, lse_b])
+
+
+def _split_kernel_losses(
+    kernel, logits, teacher, labels, vocab_size, temperature, keep_grad, group
+):
+    """The Triton kernels over a vocabulary split across TP ranks: row statistics, one small
+    all-gather, then this rank's gradients."""
+    first, real = _columns(logits.shape[1], vocab_size, group)
+    stats = kernel.row_statistics(logits, teacher, labels, first, real, temperature)
+    ce, kl, lse = combine_row_statistics(_by_rank(stats, group))
+    ce.masked_fill_(labels < 0, 0.0)
+    grads = []
+    if keep_grad:
+        grads = kernel.gradients(logits, teacher, labels, first, real, lse, temperature)
     return ce, kl, grads
 
 
@@ -123,9 +163,19 @@ def _rank(group) -> int:
     return 0 if group is None else torch.distributed.get_rank(group)
 
 
-def _all_reduce(t: torch.Tensor, group, op) -> None:
-    if _size(group) > 1:
-        torch.distributed.all_reduce(t, op=op, group=group)
+def _columns(local: int, vocab_size: int, group) -> tuple[int, int]:
+    """(the vocabulary index of this rank's first column, how many of its columns are real)."""
+    first = _rank(group) * local
+    return first, max(0, min(local, vocab_size - first))
+
+
+def _by_rank(stats: torch.Tensor, group) -> torch.Tensor:
+    """[ranks, ...]: every TP rank's `stats`, in rank order."""
+    if _size(group) == 1:
+        return stats[None]
+    gathered = [torch.empty_like(stats) for _ in range(_size(group))]
+    torch.distributed.all_gather(gathered, stats.contiguous(), group=group)
+    return torch.stack(gathered)
 
 
 def _row_max(x: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,11 @@ megatron's padded vocabulary, ignored labels, with and without a teacher."""
 import pytest
 import torch
 
-from megatron_mamba.models.logit_losses import LogitLosses, losses_and_gradients
+from megatron_mamba.models.logit_losses import (
+    LogitLosses,
+    combine_row_statistics,
+    losses_and_gradients,
+)
 
 pytestmark = pytest.mark.gpu
 
@@ -38,6 +42,65 @@ def test_kernel_matches_the_torch_reference(dtype, temperature):
     without = kernel(logits, teacher, labels, VOCAB, t, keep_grad=False)
     torch.testing.assert_close(without[0], ce, rtol=0, atol=0)
     assert without[2] == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("temperature", [None, 2.0])
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_split_kernels_over_column_slices_match_the_one_rank_kernel(dtype, temperature, ranks):
+    """The TP > 1 path without its all-gather: each rank's slice of columns through
+    `row_statistics`, pooled, then `gradients` per slice. With 3 ranks of 1707 columns the last
+    holds 1706 real ones and the padding; labels fall in every slice."""
+    from megatron_mamba.kernels import logit_losses as kernel
+
+    torch.manual_seed(2)
+    padded = 5121 if ranks == 3 else PADDED
+    local = padded // ranks
+    logits = (torch.randn(ROWS, padded, device="cuda") * 4).to(dtype)
+    teacher = (torch.randn(ROWS, padded, device="cuda") * 4).to(dtype) if temperature else None
+    labels = torch.randint(0, VOCAB, (ROWS,), device="cuda")
+    labels[[0, 1, 2]] = torch.tensor([0, local, VOCAB - 1])
+    labels[5] = -1
+    t = temperature or 1.0
+    slices = [slice(r * local, (r + 1) * local) for r in range(ranks)]
+    reals = [max(0, min(local, VOCAB - r * local)) for r in range(ranks)]
+    stats = torch.stack(
+        [
+            kernel.row_statistics(
+                logits[:, part],
+                teacher[:, part] if teacher is not None else None,
+                labels,
+                part.start,
+                real,
+                t,
+            )
+            for part, real in zip(slices, reals, strict=True)
+        ]
+    )
+    ce, kl, lse = combine_row_statistics(stats)
+    ce = ce.masked_fill(labels < 0, 0.0)
+    grads = [
+        kernel.gradients(
+            logits[:, part],
+            teacher[:, part] if teacher is not None else None,
+            labels,
+            part.start,
+            real,
+            lse,
+            t,
+        )
+        for part, real in zip(slices, reals, strict=True)
+    ]
+    ref_ce, ref_kl, ref_grads = kernel.losses_and_gradients(logits, teacher, labels, VOCAB, t, True)
+    torch.testing.assert_close(ce, ref_ce, rtol=1e-5, atol=1e-5)
+    if temperature:
+        torch.testing.assert_close(kl, ref_kl, rtol=1e-4, atol=1e-5)
+    for k, ref in enumerate(ref_grads):
+        ours = torch.cat([g[k] for g in grads], dim=1)
+        assert ours.dtype == dtype
+        torch.testing.assert_close(
+            ours.float(), ref[:, : ranks * local].float(), rtol=1e-2, atol=1e-6
+        )
 
 
 def test_autograd_on_gpu_runs_the_kernel_and_matches_cpu():

@@ -1,9 +1,12 @@
 """On the GPU machine: the same worker over NCCL, 1 GPU and (where present) TP=2 on 2 GPUs."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from tests.distributed.gpt_runs import assert_matches, run_gpt_step
+from tests.distributed.launch import torchrun
 from tests.distributed.test_model_parallel import _run as run_model_step
 
 pytestmark = pytest.mark.gpu
@@ -41,3 +44,14 @@ def test_nccl_hybrid_tp2_matches_one_gpu(tmp_path, kind):
                 assert _relative(got, expected) <= 1e-3
         for name, grad in grads.items():
             assert _relative(grad, ref_grads[name]) <= 1e-3, name
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_nccl_vocab_parallel_logit_losses_match_torch(dtype):
+    """The Triton kernels split over TP=2 (row statistics, all-gather, gradients), with padding
+    on the last rank, against torch on the whole logits in float64."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("a second GPU is needed for TP=2")
+    worker = Path(__file__).parents[1] / "distributed" / "workers" / "logit_losses_tp.py"
+    out = torchrun(worker, 2, "5000", "5120", str(2**25), dtype, cpu=False)
+    assert out.count(": ok") == 2

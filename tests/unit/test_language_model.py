@@ -1,5 +1,7 @@
 """The model's own pieces on one rank: the loss of an unsplit vocabulary and the bf16 LayerNorm."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
@@ -11,15 +13,18 @@ from megatron_mamba.models.norms import LayerNorm
 from megatron_mamba.models.presets import preset
 
 
-def test_loss_and_its_gradient_equal_megatrons_vocab_parallel_cross_entropy(runtime):
-    model = build_model(preset("tiny-gpt-neox"), ParallelConfig())
+def test_loss_is_megatrons_cross_entropy_over_the_real_vocabulary(runtime):
+    """200 real entries padded to 256: the padding is neither in the loss nor given gradient, so
+    the loss does not depend on how far TP pads the vocabulary."""
+    model = build_model(replace(preset("tiny-gpt-neox"), vocab_size=200), ParallelConfig())
+    assert model.vocab_size == 256
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(7, 3, 256, generator=generator, dtype=torch.float64).bfloat16()
-    labels = torch.randint(0, 256, (3, 7), generator=generator)
+    labels = torch.randint(0, 200, (3, 7), generator=generator)
     results = []
     for compute in (
         model.compute_language_model_loss,
-        lambda y, x: vocab_parallel_cross_entropy(x.float(), y.t().contiguous()).t(),
+        lambda y, x: vocab_parallel_cross_entropy(x[..., :200].float(), y.t().contiguous()).t(),
     ):
         x = logits.clone().requires_grad_()
         loss = compute(labels, x)
@@ -30,6 +35,7 @@ def test_loss_and_its_gradient_equal_megatrons_vocab_parallel_cross_entropy(runt
     assert ours.shape == (3, 7) and ours.dtype == torch.float32
     torch.testing.assert_close(ours, megatrons, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(our_grad, megatron_grad)
+    assert (our_grad[..., 200:] == 0).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])

@@ -1,9 +1,11 @@
 """Worker: CE and KL over vocab-parallel logits at TP = world size, against torch on the whole
 logits in float64 (computed on every rank), values and each rank's slice of the gradient.
 
-Usage: logit_losses_tp.py VOCAB PADDED CHUNK — PADDED columns split over the ranks, the first
-VOCAB real (a rank may hold padding only); CHUNK elements per chunk of rows. Fails (non-zero
-exit) on any mismatch.
+Usage: logit_losses_tp.py VOCAB PADDED CHUNK [DTYPE] — PADDED columns split over the ranks, the
+first VOCAB real (a rank may hold padding only); CHUNK elements per chunk of rows; the logits in
+DTYPE (default float64, the torch path on CPU; on GPUs float32 or bfloat16 run the Triton
+kernels, against the same float64 reference with matching tolerances). Fails (non-zero exit) on
+any mismatch.
 """
 
 import os
@@ -20,7 +22,13 @@ from megatron_mamba.runtime import ParallelSizes, init_runtime, shutdown_runtime
 
 vocab, padded = int(sys.argv[1]), int(sys.argv[2])
 logit_losses.CHUNK_ELEMENTS = int(sys.argv[3])
-init_runtime(ParallelSizes(tensor=int(os.environ["WORLD_SIZE"])), seed=0)
+dtype = getattr(torch, sys.argv[4] if len(sys.argv) > 4 else "float64")
+device = init_runtime(ParallelSizes(tensor=int(os.environ["WORLD_SIZE"])), seed=0).device
+tolerance = {
+    torch.float64: {},
+    torch.float32: dict(rtol=1e-4, atol=1e-7),
+    torch.bfloat16: dict(rtol=1e-2, atol=1e-5),  # each loss's gradient rounded to bf16
+}[dtype]
 rank, tp = ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size()
 g = torch.Generator().manual_seed(3)
 student = torch.randn(3, 5, padded, dtype=torch.float64, generator=g) * 3
@@ -31,9 +39,17 @@ weights = torch.rand(2, 3, 5, dtype=torch.float64, generator=g)
 
 local = padded // tp
 columns = slice(rank * local, (rank + 1) * local)
-ours_input = student[..., columns].clone().requires_grad_()
-ce, kl = ce_and_logits_kl(ours_input, teacher[..., columns], labels, vocab, temperature=2.0)
-((ce * weights[0]).sum() + (kl * weights[1]).sum()).backward()
+if dtype != torch.float64:  # the reference sees the same rounded logits
+    student, teacher = student.to(dtype).double(), teacher.to(dtype).double()
+
+
+def here(x: torch.Tensor) -> torch.Tensor:
+    return x.to(device, dtype if x.is_floating_point() else x.dtype)
+
+
+ours_input = here(student[..., columns]).requires_grad_()
+ce, kl = ce_and_logits_kl(ours_input, here(teacher[..., columns]), here(labels), vocab, 2.0)
+((ce * here(weights[0])).sum() + (kl * here(weights[1])).sum()).backward()
 
 full = student.clone().requires_grad_()
 real_s, real_t = full[..., :vocab], teacher[..., :vocab]
@@ -45,9 +61,14 @@ ref_kl = F.kl_div(
 ).sum(-1)
 ((ref_ce * weights[0]).sum() + (ref_kl * weights[1]).sum()).backward()
 
-torch.testing.assert_close(ce, ref_ce)
-torch.testing.assert_close(kl, ref_kl)
-torch.testing.assert_close(ours_input.grad, full.grad[..., columns])
-torch.testing.assert_close(cross_entropy(student[..., columns], labels, vocab), ref_ce)
+
+def check(ours: torch.Tensor, reference: torch.Tensor) -> None:
+    torch.testing.assert_close(ours.cpu().double(), reference, **tolerance)
+
+
+check(ce, ref_ce)
+check(kl, ref_kl)
+check(ours_input.grad, full.grad[..., columns])
+check(cross_entropy(here(student[..., columns]), here(labels), vocab), ref_ce)
 print(f"rank {rank} of {tp}: ok")
 shutdown_runtime()
