@@ -4,9 +4,8 @@ Cross-entropy: torch's `F.cross_entropy` on fp32 logits (what transformers compu
 vocab-parallel cross-entropy, and ours (models/logit_losses.py: the Triton kernel, and the
 chunked torch version that runs off GPU). Distillation CE + KL (T=2): megatron's CE and torch's
 KL on fp32 copies of the logits (an autograd graph) against ours. Time and peak memory above the
-logits. Then ours in forward alone (losses and kept gradients): the one-rank kernel against the
-two kernels TP > 1 runs (row statistics, pooling, gradients; here without the all-gather) and
-the chunked torch version.
+logits. Then ours in forward alone (losses and kept gradients): the Triton kernels against the
+chunked torch version.
 
     torchrun --nproc_per_node 1 benchmarks/logit_losses.py
 """
@@ -58,7 +57,7 @@ def our_distillation(student, teacher, labels):
 
 
 def chunked(loss):
-    """Ours with the Triton kernel switched off: the torch version TP > 1 runs."""
+    """Ours with the Triton kernels switched off: the torch version that runs off GPU."""
 
     def run(*args):
         os.environ["MEGATRON_MAMBA_REFERENCE_KERNELS"] = "1"
@@ -98,8 +97,7 @@ def main() -> None:
     for kind, taught in {"CE": None, "CE + KL": teacher}.items():
         args = (student.detach(), taught, labels, VOCAB, TEMPERATURE, True)
         for name, forward in {
-            "one-rank kernel": partial(kernel.losses_and_gradients, *args),
-            "two-phase kernels (TP > 1)": partial(logit_losses._split_kernel_losses, kernel, *args),
+            "Triton kernels": partial(logit_losses.kernel_losses_and_gradients, kernel, *args),
             "chunked torch": partial(logit_losses.losses_and_gradients, *args),
         }.items():
             print(f"| {kind} | {name} | {median_step_seconds(forward) * 1e3:.2f} |")

@@ -5,10 +5,11 @@ the normalisers online (running maximum and sum, as flash attention does) togeth
 Σ q_t·(t − s) term, once more to write the gradients. Nothing in fp32 the size of the logits is
 ever made. The torch version in models/logit_losses.py is the reference (and runs off GPU).
 
-With the whole vocabulary on one rank both passes run in one program (`losses_and_gradients`).
-With the vocabulary split over TP ranks they are two kernels: `row_statistics` gives each row's
-normalisers over this rank's columns, the caller pools them over the ranks
-(models/logit_losses.combine_row_statistics), and `gradients` writes this rank's columns.
+The two passes are two kernels, so that the vocabulary may be split over TP ranks:
+`row_statistics` gives each row's normalisers over this rank's columns, the caller pools them
+over the ranks (models/logit_losses.combine_row_statistics: a few numbers per row), and
+`gradients` writes this rank's columns. (With the whole vocabulary on one rank, both passes in
+one program measured no faster: benchmarks/RESULTS.md.)
 
 KL(q_t ‖ q_s) with a = s/T, b = t/T: Σ q_t (b − lse_b − a + lse_a) = Σ e^(b − m_b)(b − a) / d_b
 − lse_b + lse_a, where m_b and d_b are b's running maximum and normaliser.
@@ -99,58 +100,6 @@ def _write_gradients(
 
 
 @triton.jit
-def _one_rank_kernel(
-    s_ptr,
-    t_ptr,
-    labels_ptr,
-    ce_ptr,
-    kl_ptr,
-    g_ce_ptr,
-    g_kl_ptr,
-    s_stride,
-    t_stride,
-    g_stride,
-    vocab,
-    padded,
-    inv_temperature,
-    HAS_TEACHER: tl.constexpr,
-    KEEP_GRAD: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)
-    s_row = s_ptr + row * s_stride
-    t_row = t_ptr + row * t_stride
-    label = tl.load(labels_ptr + row)
-    m_s, d_s, s_target, m_a, d_a, m_b, d_b, cross = _statistics(
-        s_row, t_row, label, vocab, inv_temperature, HAS_TEACHER, BLOCK
-    )
-    lse_s = m_s + tl.log(d_s)
-    lse_a = m_a + tl.log(d_a)
-    lse_b = m_b + tl.log(d_b)
-    tl.store(ce_ptr + row, tl.where(label >= 0, lse_s - s_target, 0.0))
-    if HAS_TEACHER:
-        tl.store(kl_ptr + row, cross / d_b - lse_b + lse_a)
-    if KEEP_GRAD:
-        g_ce_row = g_ce_ptr + row * g_stride
-        g_kl_row = g_kl_ptr + row * g_stride
-        _write_gradients(
-            s_row,
-            t_row,
-            g_ce_row,
-            g_kl_row,
-            label,
-            vocab,
-            padded,
-            lse_s,
-            lse_a,
-            lse_b,
-            inv_temperature,
-            HAS_TEACHER,
-            BLOCK,
-        )
-
-
-@triton.jit
 def _statistics_kernel(
     s_ptr,
     t_ptr,
@@ -229,43 +178,6 @@ def _gradients_kernel(
         HAS_TEACHER,
         BLOCK,
     )
-
-
-def losses_and_gradients(
-    logits: torch.Tensor,
-    teacher: torch.Tensor | None,
-    labels: torch.Tensor,
-    vocab_size: int,
-    temperature: float,
-    keep_grad: bool,
-):
-    """(ce [rows] fp32, kl [rows] fp32 or None, [d ce, d kl] in the logits' dtype, or [] without
-    keep_grad) from logits and teacher [rows, padded vocabulary] and labels [rows] (-1: none)."""
-    rows, padded = logits.shape
-    logits, teacher, labels = _contiguous(logits, teacher, labels)
-    ce = torch.empty(rows, dtype=torch.float32, device=logits.device)
-    kl = torch.empty_like(ce) if teacher is not None else None
-    grads = _gradient_buffers(logits, teacher) if keep_grad else []
-    _one_rank_kernel[(rows,)](
-        logits,
-        teacher if teacher is not None else logits,
-        labels,
-        ce,
-        kl if kl is not None else ce,
-        grads[0] if grads else logits,
-        grads[-1] if grads else logits,
-        logits.stride(0),
-        teacher.stride(0) if teacher is not None else 0,
-        grads[0].stride(0) if grads else 0,
-        vocab_size,
-        padded,
-        1.0 / temperature,
-        HAS_TEACHER=teacher is not None,
-        KEEP_GRAD=keep_grad,
-        BLOCK=COLUMNS_PER_BLOCK,
-        num_warps=WARPS,
-    )
-    return ce, kl, grads
 
 
 def row_statistics(logits, teacher, labels, first: int, real: int, temperature: float):

@@ -39,7 +39,7 @@ class SDPAttention(MegatronModule):
                 f"context_parallel_size={config.context_parallel_size} is not supported by the "
                 "SDPA attention core; expected 1"
             )
-        if attn_mask_type not in (AttnMaskType.causal, AttnMaskType.padding_causal):
+        if attn_mask_type != AttnMaskType.causal:
             raise ValueError(
                 f"attention mask type {attn_mask_type} is unsupported; expected causal"
             )

@@ -76,6 +76,14 @@ class MixerBlock(MegatronModule, BaseTransformerLayer):
         packed_seq_params=None,
         **_unused,
     ) -> tuple[torch.Tensor, None]:
+        if attention_mask is not None or inference_context is not None:
+            # Both would be ignored: the mixers are causal over whole rows (right padding needs
+            # no mask) and decode by their own state (forward_stateful), not megatron's cache.
+            given = "attention_mask" if attention_mask is not None else "inference_context"
+            raise ValueError(
+                f"{given} is not supported by MixerBlock: it runs causal mixers over whole "
+                "sequences; pass None (pad on the right) and decode with forward_stateful"
+            )
         mixed = self.mixer(
             self.input_layernorm(hidden_states),
             attention_mask=attention_mask,

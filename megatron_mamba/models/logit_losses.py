@@ -4,11 +4,12 @@ These losses are memory-bound: the logits of 8192 tokens over Pythia's vocabular
 fp32. megatron's vocab-parallel cross-entropy plus an autograd graph of torch ops make some thirty
 passes over fp32 copies of them and keep two or three such copies for backward. Here the losses
 and their gradients are computed together in forward and only the gradients are kept, in the
-logits' own dtype: at TP=1 on GPU by one Triton kernel that reads each row twice
-(kernels/logit_losses.py), otherwise by torch ops over chunks of rows (`losses_and_gradients`,
-also the kernel's reference), whose per-row normalisers take two small all-reduces over the TP
-group; the logits are never gathered. The losses are per token, so backward is exact: each row's
-kept gradient times that token's upstream gradient.
+logits' own dtype: on GPU by Triton kernels that read each row twice (kernels/logit_losses.py),
+elsewhere by torch ops over chunks of rows (`losses_and_gradients`, also the kernels'
+reference). Either way each TP rank finds a few statistics per row over its own columns, they
+are all-gathered and pooled into the row's normalisers (`combine_row_statistics`), and each rank
+writes the gradient of its columns: the logits are never gathered. The losses are per token, so
+backward is exact: each row's kept gradient times that token's upstream gradient.
 
 Labels of -1 carry no loss. Columns at or beyond `vocab_size` (megatron's padding) are ignored.
 """
@@ -39,10 +40,8 @@ class LogitLosses(torch.autograd.Function):
         kernel = kernels.triton_logit_losses(student)
         if kernel is None:
             ce, kl, grads = losses_and_gradients(*args, group=group)
-        elif _size(group) == 1:
-            ce, kl, grads = kernel.losses_and_gradients(*args)
         else:
-            ce, kl, grads = _split_kernel_losses(kernel, *args, group=group)
+            ce, kl, grads = kernel_losses_and_gradients(kernel, *args, group=group)
         ctx.save_for_backward(labels < 0, *grads)
         ctx.shape = student.shape
         shape = student.shape[:-1]
@@ -133,11 +132,11 @@ def combine_row_statistics(stats: torch.Tensor):
     return ce, kl, torch.stack([lse_s, lse_a, lse_b])
 
 
-def _split_kernel_losses(
-    kernel, logits, teacher, labels, vocab_size, temperature, keep_grad, group
+def kernel_losses_and_gradients(
+    kernel, logits, teacher, labels, vocab_size, temperature, keep_grad, group=None
 ):
-    """The Triton kernels over a vocabulary split across TP ranks: row statistics, one small
-    all-gather, then this rank's gradients."""
+    """`losses_and_gradients` by the Triton kernels (kernels/logit_losses.py): row statistics,
+    one small all-gather of them over `group`, then this rank's gradients."""
     first, real = _columns(logits.shape[1], vocab_size, group)
     stats = kernel.row_statistics(logits, teacher, labels, first, real, temperature)
     ce, kl, lse = combine_row_statistics(_by_rank(stats, group))

@@ -52,3 +52,11 @@ def test_mistral_refuses_sequences_longer_than_the_window(runtime):
     ours, _ = native_twin(tiny_mistral(window=8))
     with pytest.raises(ValueError, match="sequence length 16 exceeds the sliding window 8"):
         ours(_tokens(seq=16), None, None)
+
+
+def test_an_attention_mask_is_refused_rather_than_ignored(runtime):
+    ours, _ = native_twin(tiny_gpt_neox(True))
+    tokens = _tokens()
+    mask = torch.ones(2, 1, 16, 16, dtype=torch.bool)
+    with pytest.raises(ValueError, match="attention_mask is not supported by MixerBlock"):
+        ours(tokens, None, mask)
