@@ -7,6 +7,7 @@ any weight is built. The megatron `TransformerConfig` is derived from these in o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -34,6 +35,7 @@ class MambaConfig:
     d_state: int | None = None
     """SSM state size. None: 16 for mamba1; for mamba2 128 (classic) or head_dim (attention)."""
     d_conv: int = 4
+    """Causal convolution width: 2, 3 or 4, the widths causal_conv1d's GPU kernel supports."""
     expand: int = 2
     """Classic layout only: d_inner = expand · hidden_size."""
     d_inner: int | None = None
@@ -76,6 +78,11 @@ class MambaConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"mamba {name}={value!r} must be a positive integer")
+        if self.d_conv not in (2, 3, 4):
+            raise ValueError(
+                f"mamba d_conv={self.d_conv} must be 2, 3 or 4 (the convolution widths "
+                "causal_conv1d supports on GPU)"
+            )
         if not isinstance(self.chunk_size, int) or self.chunk_size < 1:
             raise ValueError(f"mamba chunk_size={self.chunk_size!r} must be a positive integer")
         if not 0 < self.dt_min <= self.dt_max:
@@ -83,6 +90,8 @@ class MambaConfig:
         low, high = self.a_init_range
         if not 0 < low <= high:
             raise ValueError(f"mamba a_init_range {self.a_init_range} must be 0 < low ≤ high")
+        if not 0 < self.norm_eps < math.inf:
+            raise ValueError(f"mamba norm_eps={self.norm_eps} must be positive and finite")
 
 
 @dataclass
@@ -98,36 +107,60 @@ class ModelConfig:
     vocab_size: int
     """The tokenizer's vocabulary; the embedding is padded to `padded_vocab_size(tp)`."""
     num_query_groups: int | None = None
-    """Key/value heads (GQA); None means one per attention head (MHA)."""
+    """Key/value heads (GQA), dividing num_attention_heads; None means one per attention head."""
     head_dim: int | None = None
     """Per-head width; None means hidden_size // num_attention_heads."""
     max_position_embeddings: int = 2048
     norm_eps: float = 1e-5
+    """Epsilon of the block norms (positive)."""
     rotary_percent: float = 1.0
     """Fraction of each head that is rotated (Pythia: 0.25)."""
     rotary_base: float = 10000.0
     rope_scaling_factor: float | None = None
-    """Llama-3.1-style RoPE scaling factor (low/high freq factors 1/4, original length 8192)."""
+    """Llama-3.1-style RoPE scaling factor (low/high freq factors 1/4, original length 8192);
+    positive, None means no scaling."""
     parallel_residual: bool = True
     """GPTNeoX only: x + mixer(ln1(x)) + mlp(ln2(x)) instead of the sequential residual."""
     tie_embeddings: bool = False
     sliding_window: int | None = None
-    """Mistral's attention window; longer sequences are refused by the SDPA core."""
+    """Mistral's attention window in tokens (None: none); longer sequences are refused by the
+    SDPA core."""
     layer_pattern: str | None = None
     """One symbol per layer ("A" attention, "M" mamba1, "S" mamba2); None means all attention."""
     mamba: MambaConfig = field(default_factory=MambaConfig)
     """The Mamba mixers' shape and initialisation (used by "M" and "S" layers)."""
     make_vocab_size_divisible_by: int = 128
+    """The embedding's rows are padded to a multiple of this × the tensor-parallel size."""
     hidden_dropout: float = 0.0
+    """Dropout probability in [0, 1), as attention_dropout."""
     attention_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.arch not in ("gpt_neox", "llama"):
             raise ValueError(f"arch {self.arch!r} is unknown; expected 'gpt_neox' or 'llama'")
-        for name in ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size"):
+        for name in (
+            "num_layers",
+            "hidden_size",
+            "num_attention_heads",
+            "ffn_hidden_size",
+            "vocab_size",
+            "max_position_embeddings",
+            "make_vocab_size_divisible_by",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
+        for name in ("num_query_groups", "head_dim", "sliding_window"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name}={value!r} must be a positive integer (or unset)")
+        for name in ("norm_eps", "rotary_base", "rope_scaling_factor"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < math.inf:
+                raise ValueError(f"{name}={value} must be positive and finite")
+        for name in ("hidden_dropout", "attention_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be a probability in [0, 1)")
         if self.num_query_groups is None:
             self.num_query_groups = self.num_attention_heads
         if self.num_attention_heads % self.num_query_groups:
@@ -170,14 +203,27 @@ class ParallelConfig:
     sequence_parallel: bool = False
     """Split norms/dropout along the sequence across TP ranks (needs tensor > 1)."""
     first_stage_layers: int | None = None
-    """Layers on the first pipeline stage when the split is uneven; None means even."""
+    """Layers on the first pipeline stage when the split is uneven (pipeline > 1 only); None
+    means even."""
     last_stage_layers: int | None = None
+    """As first_stage_layers, for the last stage."""
 
     def __post_init__(self) -> None:
         for name in ("tensor", "pipeline"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}-parallel size {value!r} must be a positive integer")
+        for name in ("first_stage_layers", "last_stage_layers"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+            if self.pipeline == 1:
+                raise ValueError(
+                    f"{name}={value} sizes a pipeline stage, but pipeline=1 has a single stage; "
+                    "leave it unset or set pipeline > 1"
+                )
         if self.sequence_parallel and self.tensor == 1:
             raise ValueError("sequence_parallel=True needs tensor-parallel size > 1, got 1")
 

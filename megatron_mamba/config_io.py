@@ -2,8 +2,10 @@
 
 `load(cls, path, ["train.learning_rate=3e-4", "model.layer_pattern=MMAM"])` reads the YAML,
 applies each override (values parsed as YAML scalars), and builds `cls` field by field; an unknown
-key or a value of the wrong type fails with one sentence naming its dotted path. `dump` gives the
-resolved config back as YAML (for `--dry-run` and for saving next to checkpoints).
+key, a missing required one, a value of the wrong type, a key given twice or a YAML syntax error
+fails with one sentence naming its dotted path (or file and line). An empty section (`train:`)
+means its defaults. `dump` gives the resolved config back as YAML (for `--dry-run` and for saving
+next to checkpoints).
 """
 
 from __future__ import annotations
@@ -21,6 +23,40 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the typed config."""
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping: plain YAML keeps the last
+    silently, so a second `train:` block would replace the first."""
+
+    def construct_mapping(self, node, deep=False):
+        first_line = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, typing.Hashable):
+                continue  # the base loader refuses it
+            if key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} is given twice (first on line {first_line[key]})",
+                    key_node.start_mark,
+                )
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def _parse_yaml(text: str, where: str, with_line: bool = True):
+    """`text` parsed as YAML; a syntax error or repeated key names `where` (and the line)."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f", line {mark.line + 1}" if with_line and mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(f"{where}{line}: {problem}") from None
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """`a.b.c=value` entries set nested keys (creating levels as needed)."""
     for override in overrides:
@@ -30,10 +66,12 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         *parents, leaf = key.split(".")
         node = data
         for part in parents:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # absent, or an empty `part:` section
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 raise ConfigError(f"override {override!r}: {part!r} is not a section")
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = _parse_yaml(raw, f"override {override!r}", with_line=False)
     return data
 
 
@@ -44,7 +82,7 @@ def key_values(items: list[str], flag: str) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"{flag} {item!r} is not of the form key=value")
-        out[key] = yaml.safe_load(value)
+        out[key] = _parse_yaml(value, f"{flag} {item!r}", with_line=False)
     return out
 
 
@@ -78,6 +116,8 @@ def _convert(value: Any, tp, path: str):
     if _is_dataclass_type(tp):
         if dataclasses.is_dataclass(value):
             return value
+        if value is None:  # an empty section: its defaults
+            value = {}
         if not isinstance(value, dict):
             raise ConfigError(f"{path} must be a section (mapping), got {value!r}")
         return build(tp, value, path)
@@ -85,13 +125,22 @@ def _convert(value: Any, tp, path: str):
         if not isinstance(value, list | tuple):
             value = [value]
         args = typing.get_args(tp)
-        item = args[0] if args else Any
-        return origin(_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value))
+        if origin is tuple and args and args[-1] is not Ellipsis:  # fixed length, e.g. a range
+            if len(value) != len(args):
+                raise ConfigError(f"{path}={value!r} must have {len(args)} items")
+        else:
+            args = [args[0] if args else Any] * len(value)
+        pairs = enumerate(zip(value, args, strict=True))
+        return origin(_convert(v, t, f"{path}[{i}]") for i, (v, t) in pairs)
     if origin is dict or tp is dict:
+        if value is None:  # an empty section
+            return {}
         if not isinstance(value, dict):
             raise ConfigError(f"{path} must be a mapping, got {value!r}")
         return value
-    if tp is float and not isinstance(value, bool):
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}={value!r} must be a number")
         try:  # YAML reads 1e-3 (no dot) as a string
             return float(value)
         except (TypeError, ValueError):
@@ -109,6 +158,15 @@ def build(cls, data: dict, path: str = ""):
     if unknown:
         where = f" in {path}" if path else ""
         raise ConfigError(f"unknown key(s) {unknown}{where}; known: {sorted(fields)}")
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in data
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{path or cls.__name__}: missing required key(s) {missing}")
     kwargs = {
         name: _convert(value, hints[name], f"{path}.{name}" if path else name)
         for name, value in data.items()
@@ -124,8 +182,11 @@ def build(cls, data: dict, path: str = ""):
 def load(cls, path: str | Path | None, overrides: list[str] | None = None):
     data = {}
     if path is not None:
-        text = Path(path).read_text()
-        data = yaml.safe_load(text) or {}
+        try:
+            text = Path(path).read_text()
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{path} is not a UTF-8 text file ({error.reason})") from None
+        data = _parse_yaml(text, str(path)) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping at the top level")
     return build(cls, apply_overrides(data, list(overrides or [])))

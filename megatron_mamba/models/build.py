@@ -169,6 +169,8 @@ def build_model(
         rotary_percent=model.rotary_percent,
         rotary_base=model.rotary_base,
         rope_scaling=model.rope_scaling_factor is not None,
-        rope_scaling_factor=model.rope_scaling_factor or 8.0,
+        rope_scaling_factor=(
+            8.0 if model.rope_scaling_factor is None else model.rope_scaling_factor
+        ),  # 8.0: megatron's default, unused without scaling
     )
     return gpt

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from megatron_mamba.config import ModelConfig
+from megatron_mamba.config_io import ConfigError
 
 
 def _pythia(layers: int, hidden: int, heads: int) -> dict[str, Any]:
@@ -92,8 +93,18 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def preset_fields(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The named preset's ModelConfig fields with `overrides` over them; a `mamba` mapping is
+    merged key by key. Unbuilt, so that a run config can type-check the result."""
+    if name not in PRESETS:
+        raise ConfigError(f"preset={name!r} is unknown; known presets: {', '.join(PRESETS)}")
+    fields = {**PRESETS[name], **overrides}
+    base, mamba = PRESETS[name].get("mamba"), overrides.get("mamba")
+    if isinstance(base, dict) and isinstance(mamba, dict):
+        fields["mamba"] = {**base, **mamba}
+    return fields
+
+
 def preset(name: str, **overrides: Any) -> ModelConfig:
     """The named shape, with any field overridden (e.g. layer_pattern)."""
-    if name not in PRESETS:
-        raise KeyError(f"model preset {name!r} is unknown; available: {', '.join(PRESETS)}")
-    return ModelConfig(**{**PRESETS[name], **overrides})
+    return ModelConfig(**preset_fields(name, overrides))

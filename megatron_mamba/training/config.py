@@ -7,6 +7,7 @@ command-line overrides.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,21 +19,27 @@ Trainable = Literal["all", "mamba"]
 @dataclass
 class TrainConfig:
     learning_rate: float = 1e-4
-    """Peak LR, reached at the end of warmup."""
+    """Peak LR, reached at the end of warmup (positive, finite)."""
     min_lr: float = 0.0
-    """LR held after lr_decay_steps (cosine/linear decay end here)."""
+    """LR held after lr_decay_steps (cosine/linear decay end here); in [0, learning_rate]."""
     lr_scheduler_type: SchedulerType = "cosine"
     warmup_ratio: float = 0.0
-    """Warmup as a fraction of the total steps (used when warmup_steps is None)."""
+    """Warmup as a fraction in [0, 1) of the total steps, rounded up (as transformers does);
+    give this or warmup_steps, not both."""
     warmup_steps: int | None = None
+    """Warmup in steps; below lr_decay_steps when both are set (else the LR would fall from its
+    peak to min_lr at once)."""
     lr_decay_steps: int | None = None
     """Steps from 0 to the end of decay; None means the total number of steps."""
     weight_decay: float = 0.0
+    """AdamW's decoupled weight decay (non-negative)."""
     weight_decay_mamba_only: bool = False
     """Decay only the Mamba mixers' weights (CALD); norms and biases are never decayed."""
     adam_beta1: float = 0.9
+    """Adam's moment decays, each in [0, 1), as adam_beta2."""
     adam_beta2: float = 0.95
     adam_eps: float = 1e-8
+    """Added to Adam's denominator (positive)."""
     clip_grad_norm: float | None = 1.0
     """Clip the global gradient norm to this; None or 0 disables clipping."""
     per_device_train_batch_size: int = 1
@@ -40,13 +47,14 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     """Micro-batches per step; global batch = micro × accumulation × data-parallel size."""
     max_train_samples: int | None = None
-    """Stop after this many samples (the data's end otherwise)."""
+    """Stop after this many samples (positive; the data's end otherwise)."""
     num_train_epochs: int = 1
     """Passes over the (max_train_samples) data, in the same order each time."""
     max_steps: int | None = None
-    """Stop after this many optimizer steps (wins over samples and epochs)."""
+    """Stop after this many optimizer steps (positive; wins over samples and epochs)."""
     checkpointing_steps: float | None = None
-    """Save every this many steps; a value below 1 is a fraction of the total (CALD's 0.01)."""
+    """Save every this many steps (a whole number); a value in (0, 1) is a fraction of the total
+    (CALD's 0.01). None: no periodic saves."""
     save_at_end: bool = True
     """Save a checkpoint after the last step (off for benchmarks and smoke runs)."""
     keep_last_checkpoints: int = 2
@@ -59,6 +67,7 @@ class TrainConfig:
     """fp16 only: the dynamic loss scale's start; it halves after overflowing steps (which are
     skipped) and doubles after loss_scale_window clean ones."""
     loss_scale_window: int = 1000
+    """fp16 only: clean steps before the loss scale doubles (positive)."""
     use_distributed_optimizer: bool = False
     """GPU only: shard the fp32 master weights and Adam moments over the data-parallel ranks
     (megatron's distributed optimizer, ZeRO-1): gradients are reduce-scattered instead of
@@ -70,6 +79,7 @@ class TrainConfig:
     of a block are recomputed in backward), or the attention core only ("selective")."""
     use_tf32: bool = True
     seed: int = 1234
+    """Seeds Python, NumPy and torch; in [0, 2**32) as NumPy requires."""
     run_name: str = "run"
     output_dir: str = "runs"
     init_from: str | None = None
@@ -87,18 +97,31 @@ class TrainConfig:
     report_to: tuple[str, ...] = ("jsonl",)
     """Metric sinks: any of console, jsonl, wandb (wandb offline unless WANDB_MODE says)."""
     log_every: int = 1
+    """Log a record every this many steps (positive), and after the last."""
     eval_interval: int | None = None
     """Held-out loss and perplexity (data.valid_path) every this many steps and after the last;
     logged as valid_loss / valid_ppl with that step's record."""
     max_bad_steps: int = 5
-    """Stop with an error after this many consecutive non-finite losses."""
+    """Stop with an error after this many consecutive non-finite losses (positive)."""
 
     def __post_init__(self) -> None:
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate={self.learning_rate} must be positive")
+        if not 0 < self.learning_rate < math.inf:
+            raise ValueError(f"learning_rate={self.learning_rate} must be positive and finite")
         if not 0 <= self.min_lr <= self.learning_rate:
             raise ValueError(
                 f"min_lr={self.min_lr} must lie in [0, learning_rate={self.learning_rate}]"
+            )
+        if not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"weight_decay={self.weight_decay} must be non-negative and finite")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1)")
+        if not 0 < self.adam_eps < math.inf:
+            raise ValueError(f"adam_eps={self.adam_eps} must be positive and finite")
+        if self.clip_grad_norm is not None and not 0 <= self.clip_grad_norm < math.inf:
+            raise ValueError(
+                f"clip_grad_norm={self.clip_grad_norm} must be non-negative and finite "
+                "(0 or null disables clipping)"
             )
         if self.lr_scheduler_type not in ("cosine", "linear", "constant"):
             raise ValueError(
@@ -111,27 +134,52 @@ class TrainConfig:
             "per_device_train_batch_size",
             "gradient_accumulation_steps",
             "num_train_epochs",
+            "log_every",
+            "max_bad_steps",
+            "loss_scale_window",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
         if self.keep_last_checkpoints < 1:
             raise ValueError(f"keep_last_checkpoints={self.keep_last_checkpoints} must be >= 1")
-        for name in ("exit_interval", "eval_interval"):
+        for name in (
+            "exit_interval",
+            "eval_interval",
+            "lr_decay_steps",
+            "max_train_samples",
+            "max_steps",
+        ):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name}={value!r} must be a positive integer")
-        for name in ("warmup_steps", "lr_decay_steps", "max_train_samples", "max_steps"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise ValueError(f"{name}={value!r} must be a non-negative integer")
-        if self.checkpointing_steps is not None and self.checkpointing_steps <= 0:
+        steps = self.warmup_steps
+        if steps is not None and (not isinstance(steps, int) or steps < 0):
+            raise ValueError(f"warmup_steps={steps!r} must be a non-negative integer")
+        if steps is not None and self.warmup_ratio:
             raise ValueError(
-                f"checkpointing_steps={self.checkpointing_steps} must be positive (a step count, "
-                "or a fraction of the run below 1)"
+                f"warmup_steps={steps} and warmup_ratio={self.warmup_ratio} are both set; keep "
+                "one (set the other to null / 0)"
             )
-        if not self.initial_loss_scale >= 1:
-            raise ValueError(f"initial_loss_scale={self.initial_loss_scale} must be at least 1")
+        decay = self.lr_decay_steps
+        decays = self.lr_scheduler_type != "constant"
+        if steps is not None and decay is not None and decays and steps >= decay:
+            raise ValueError(
+                f"warmup_steps={steps} must be below lr_decay_steps={decay} (both count "
+                "from step 0; the LR would fall from its peak to min_lr at once)"
+            )
+        every = self.checkpointing_steps
+        if every is not None and not (0 < every < 1 or (1 <= every < math.inf and every % 1 == 0)):
+            raise ValueError(
+                f"checkpointing_steps={every} must be a whole number of steps (>= 1) or a "
+                "fraction of the run in (0, 1)"
+            )
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed={self.seed!r} must be an integer in [0, 2**32)")
+        if not 1 <= self.initial_loss_scale < math.inf:
+            raise ValueError(
+                f"initial_loss_scale={self.initial_loss_scale} must be finite and at least 1"
+            )
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(
                 f"mixed_precision {self.mixed_precision!r} is unknown; expected no, fp16 or bf16"
@@ -144,9 +192,11 @@ class TrainConfig:
         self.report_to = tuple(self.report_to)
 
     def warmup(self, total_steps: int) -> int:
+        """Warmup steps; a ratio is rounded up, as transformers does, so a small one still warms
+        up (the round drops float noise: 0.29 × 100 is 28.999999999999996)."""
         if self.warmup_steps is not None:
             return self.warmup_steps
-        return int(self.warmup_ratio * total_steps)
+        return math.ceil(round(self.warmup_ratio * total_steps, 9))
 
     def decay_steps(self, total_steps: int) -> int:
         return self.lr_decay_steps if self.lr_decay_steps is not None else total_steps

@@ -8,10 +8,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from megatron_mamba.config import ModelConfig, ParallelConfig
-from megatron_mamba.config_io import build
+from megatron_mamba.config_io import ConfigError, build
 from megatron_mamba.distill.config import DistillConfig
-from megatron_mamba.models.presets import preset
-from megatron_mamba.training.checkpoint import read_model_config
+from megatron_mamba.models.build import validate_parallel
+from megatron_mamba.models.presets import preset_fields
+from megatron_mamba.training.checkpoint import (
+    CheckpointError,
+    find_checkpoint,
+    read_model_config,
+)
 from megatron_mamba.training.config import TrainConfig
 from megatron_mamba.training.dpo import DPOConfig
 
@@ -39,6 +44,7 @@ class DataConfig:
     """chat, preference: a new seeded permutation of the records each epoch."""
     allow_short_bin: bool = False
     first_item: int = 0
+    """Items to skip at the start of the data (non-negative), e.g. to continue a data order."""
     valid_path: str = ""
     """.bin/.idx prefix of the held-out set for periodic validation (train.eval_interval):
     items of item_length tokens as they are, other documents as one stream cut into windows."""
@@ -50,6 +56,8 @@ class DataConfig:
             raise ValueError(f"item_length={self.item_length} must be at least 2")
         if self.valid_windows < 1:
             raise ValueError(f"valid_windows={self.valid_windows} must be positive")
+        if self.first_item < 0:
+            raise ValueError(f"first_item={self.first_item} must be non-negative")
         if self.kind not in DATA_KINDS:
             raise ValueError(f"data kind {self.kind!r} is unknown; expected one of {DATA_KINDS}")
         if self.kind != "pythia" and not self.tokenizer:
@@ -65,6 +73,8 @@ class RunConfig:
     """A model preset (models/presets.py); `model` fields override it. Without a preset or
     model fields, the model is the one train.init_from's checkpoint records."""
     model: dict[str, Any] = field(default_factory=dict)
+    """ModelConfig fields: the whole model, or overrides of the preset's (model.mamba merged
+    key by key); type-checked as a model section either way."""
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -73,7 +83,19 @@ class RunConfig:
     """Used when data.kind is preference."""
 
     def __post_init__(self) -> None:
+        init_from = self.train.init_from
+        if init_from and not Path(init_from).exists():
+            raise ConfigError(f"train.init_from={init_from} does not exist")
+        if init_from and Path(init_from).is_dir():
+            try:
+                find_checkpoint(init_from, Path(init_from))
+            except CheckpointError as error:
+                raise ConfigError(f"train.init_from: {error}") from None
         model = self.model_config()  # fail early, naming the bad model field
+        try:  # and a layout the model cannot be split into, before any process starts
+            validate_parallel(model, self.parallel)
+        except ValueError as error:
+            raise ConfigError(f"parallel: {error}") from None
         if self.train.eval_interval and not self.data.valid_path:
             raise ValueError(
                 f"train.eval_interval={self.train.eval_interval} needs a held-out set: set "
@@ -101,8 +123,23 @@ class RunConfig:
                 raise ValueError("DPO (data.kind=preference) does not take a distill.teacher")
 
     def model_config(self) -> ModelConfig:
+        """The preset with `model` over it, `model` alone, or what train.init_from records."""
         if self.preset is not None:
-            return preset(self.preset, **self.model)
-        if not self.model and self.train.init_from and Path(self.train.init_from).is_dir():
-            return read_model_config(Path(self.train.init_from))
-        return build(ModelConfig, self.model, "model")
+            return build(ModelConfig, preset_fields(self.preset, self.model), "model")
+        if self.model:
+            return build(ModelConfig, self.model, "model")
+        init_from = self.train.init_from
+        if not init_from:
+            raise ConfigError(
+                "no model: set preset, the model.* fields (arch, num_layers, ...) or "
+                "train.init_from (a checkpoint, which records its model)"
+            )
+        if not Path(init_from).is_dir():
+            raise ConfigError(
+                f"train.init_from={init_from} is a file of tensors, which does not record the "
+                "model; set preset or the model.* fields too"
+            )
+        try:
+            return read_model_config(Path(init_from))
+        except CheckpointError as error:
+            raise ConfigError(f"train.init_from: {error}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
+from megatron_mamba.config_io import ConfigError
 from megatron_mamba.training.config import TrainConfig
 
 
@@ -12,7 +13,17 @@ def build_scheduler(optimizer, train: TrainConfig, total_steps: int) -> Optimize
     """Step 0 has LR 0 under warmup; `scheduler.step(1)` after each optimizer step. Weight decay
     is constant; parameter groups scale it by their `wd_mult` (0 for norms and biases)."""
     warmup = train.warmup(total_steps)
-    decay = max(train.decay_steps(total_steps), warmup + 1)
+    decay = train.decay_steps(total_steps)
+    decays = train.lr_decay_steps is not None and train.lr_scheduler_type != "constant"
+    if decays and warmup >= decay:  # warmup_steps is checked by TrainConfig; a ratio only here
+        raise ConfigError(
+            f"train.warmup_ratio={train.warmup_ratio} of {total_steps} steps gives {warmup} "
+            f"warmup steps, not below train.lr_decay_steps={decay}; the LR would fall from "
+            "its peak to min_lr at once"
+        )
+    # megatron needs decay > warmup: here only a warmup as long as the run, which ends first,
+    # or a constant schedule, which does not decay.
+    decay = max(decay, warmup + 1)
     return OptimizerParamScheduler(
         optimizer,
         init_lr=0.0,

@@ -21,6 +21,7 @@ TINY = [
     "train.mixed_precision=no",
     "train.learning_rate=3e-3",
     "train.warmup_steps=2",
+    "train.warmup_ratio=0",
     "train.per_device_train_batch_size=2",
     "train.gradient_accumulation_steps=2",
     "train.checkpointing_steps=null",

@@ -75,3 +75,50 @@ def test_bad_config_fails_with_the_path(tmp_path, overrides, match):
 def test_missing_required_section_is_named():
     with pytest.raises(ConfigError, match="Run: .*model"):
         build(Run, {})
+
+
+def test_missing_required_model_keys_are_listed():
+    with pytest.raises(ConfigError, match=r"model: missing required key\(s\) \['num_layers'"):
+        build(Run, {"model": {"arch": "llama"}})
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(YAML + "train:\n  min_lr: 1.0e-2\n")
+    with pytest.raises(
+        ConfigError, match=r"run.yaml, line 16: key 'train' is given twice \(first on line 12\)"
+    ):
+        load(Run, path)
+    with pytest.raises(ConfigError, match="key 'a' is given twice"):
+        load(Run, None, ["model={a: 1, a: 2}"])
+
+
+def test_yaml_syntax_errors_name_the_file_and_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("train:\n  learning_rate: 1e-3\n  report_to: [console\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml, line 4: expected ',' or '\]'"):
+        load(Run, path)
+    with pytest.raises(ConfigError, match=r"override 'train.report_to=\[console': expected"):
+        load(Run, None, ["train.report_to=[console"])
+
+
+def test_an_empty_section_means_its_defaults(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(YAML.replace("parallel: {tensor: 2}", "parallel:"))
+    assert load(Run, path).parallel == ParallelConfig()
+    assert load(Run, path, ["parallel.pipeline=2"]).parallel.pipeline == 2
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("train.learning_rate=true", "train.learning_rate=True must be a number"),
+        ("model.mamba.a_init_range=[1]", r"model.mamba.a_init_range=\[1\] must have 2 items"),
+        ("model.mamba.a_init_range=[1, x]", r"model.mamba.a_init_range\[1\]='x' must be a number"),
+    ],
+)
+def test_numbers_and_fixed_length_tuples_are_checked(tmp_path, override, match):
+    path = tmp_path / "run.yaml"
+    path.write_text(YAML)
+    with pytest.raises(ConfigError, match=match):
+        load(Run, path, [override])

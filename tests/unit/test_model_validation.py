@@ -83,3 +83,46 @@ def test_unknown_arch_and_bad_sizes():
         )
     with pytest.raises(ValueError, match="num_attention_heads=6 is not a multiple"):
         preset("tiny-llama", num_attention_heads=6, num_query_groups=4, head_dim=16)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"num_query_groups": 0}, "num_query_groups=0 must be a positive integer"),
+        ({"vocab_size": 0}, "vocab_size=0 must be a positive integer"),
+        ({"vocab_size": -5}, "vocab_size=-5 must be a positive integer"),
+        ({"head_dim": 0}, "head_dim=0 must be a positive integer"),
+        ({"max_position_embeddings": 0}, "max_position_embeddings=0 must be a positive"),
+        ({"make_vocab_size_divisible_by": 0}, "make_vocab_size_divisible_by=0 must be a positive"),
+        ({"sliding_window": 0}, "sliding_window=0 must be a positive integer"),
+        ({"rope_scaling_factor": 0.0}, "rope_scaling_factor=0.0 must be positive and finite"),
+        ({"norm_eps": -1.0}, "norm_eps=-1.0 must be positive and finite"),
+        ({"hidden_dropout": 1.5}, r"hidden_dropout=1.5 must be a probability in \[0, 1\)"),
+        ({"attention_dropout": 1.0}, r"attention_dropout=1.0 must be a probability in \[0, 1\)"),
+        ({"mamba": {"d_conv": 1}}, "mamba d_conv=1 must be 2, 3 or 4"),
+        ({"mamba": {"d_conv": 6}}, "mamba d_conv=6 must be 2, 3 or 4"),
+        ({"mamba": {"norm_eps": 0.0}}, "mamba norm_eps=0.0 must be positive"),
+    ],
+)
+def test_bad_model_values_fail_clearly(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        preset("tiny-llama", **overrides)
+
+
+def test_mamba_conv_widths_of_the_gpu_kernel_are_accepted():
+    for width in (2, 3, 4):
+        assert preset("tiny-llama", mamba={"d_conv": width}).mamba.d_conv == width
+
+
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        ({"first_stage_layers": 5}, "first_stage_layers=5 sizes a pipeline stage, but pipeline=1"),
+        ({"last_stage_layers": 1}, "last_stage_layers=1 sizes a pipeline stage, but pipeline=1"),
+        ({"pipeline": 2, "first_stage_layers": -3}, "first_stage_layers=-3 must be a positive"),
+        ({"pipeline": 2, "last_stage_layers": 0}, "last_stage_layers=0 must be a positive"),
+    ],
+)
+def test_stage_sizes_need_a_pipeline_and_positive_counts(settings, message):
+    with pytest.raises(ValueError, match=message):
+        ParallelConfig(**settings)

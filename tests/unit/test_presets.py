@@ -3,8 +3,9 @@
 import pytest
 
 from megatron_mamba.config import ParallelConfig
+from megatron_mamba.config_io import ConfigError
 from megatron_mamba.models.build import build_model
-from megatron_mamba.models.presets import preset
+from megatron_mamba.models.presets import PRESETS, preset, preset_fields
 from megatron_mamba.models.size import parameter_count
 
 PUBLISHED = {  # from the released checkpoints (transformers' num_parameters())
@@ -34,5 +35,14 @@ def test_parameter_count_matches_the_built_model(runtime, name):
 
 
 def test_unknown_preset_is_named():
-    with pytest.raises(KeyError, match="pythia-3b"):
+    with pytest.raises(
+        ConfigError, match="preset='pythia-3b' is unknown; known presets: pythia-70m"
+    ):
         preset("pythia-3b")
+
+
+def test_preset_fields_merge_the_mamba_section(monkeypatch):
+    monkeypatch.setitem(PRESETS, "hybrid", {**PRESETS["tiny-llama"], "mamba": {"d_state": 8}})
+    fields = preset_fields("hybrid", {"mamba": {"d_conv": 2}, "num_layers": 3})
+    assert fields["mamba"] == {"d_state": 8, "d_conv": 2} and fields["num_layers"] == 3
+    assert PRESETS["hybrid"]["mamba"] == {"d_state": 8}

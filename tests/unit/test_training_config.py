@@ -90,11 +90,30 @@ def test_no_decay_group_stays_undecayed_under_the_scheduler(runtime):
     "field,value,match",
     [
         ("learning_rate", 0.0, "learning_rate=0.0 must be positive"),
+        ("learning_rate", math.inf, "learning_rate=inf must be positive and finite"),
         ("min_lr", 1.0, r"min_lr=1.0 must lie in \[0, learning_rate"),
+        ("min_lr", math.nan, r"min_lr=nan must lie in \[0, learning_rate"),
+        ("weight_decay", -0.1, "weight_decay=-0.1 must be non-negative"),
+        ("adam_beta1", 1.5, r"adam_beta1=1.5 must be in \[0, 1\)"),
+        ("adam_beta2", -1.0, r"adam_beta2=-1.0 must be in \[0, 1\)"),
+        ("adam_beta2", 1.0, r"adam_beta2=1.0 must be in \[0, 1\)"),
+        ("adam_eps", 0.0, "adam_eps=0.0 must be positive"),
+        ("clip_grad_norm", -1.0, "clip_grad_norm=-1.0 must be non-negative"),
+        ("log_every", 0, "log_every=0 must be a positive integer"),
+        ("max_bad_steps", 0, "max_bad_steps=0 must be a positive integer"),
+        ("loss_scale_window", 0, "loss_scale_window=0 must be a positive integer"),
+        ("initial_loss_scale", math.inf, "initial_loss_scale=inf must be finite"),
+        ("max_steps", 0, "max_steps=0 must be a positive integer"),
+        ("max_steps", -3, "max_steps=-3 must be a positive integer"),
+        ("lr_decay_steps", 0, "lr_decay_steps=0 must be a positive integer"),
+        ("seed", -1, r"seed=-1 must be an integer in \[0, 2\*\*32\)"),
         ("lr_scheduler_type", "step", "lr_scheduler_type 'step' is unknown"),
         ("warmup_ratio", 1.5, "warmup_ratio=1.5"),
         ("gradient_accumulation_steps", 0, "gradient_accumulation_steps=0"),
-        ("checkpointing_steps", -1, "checkpointing_steps=-1 must be positive"),
+        ("checkpointing_steps", -1, "checkpointing_steps=-1 must be a whole number"),
+        ("checkpointing_steps", 2.5, "checkpointing_steps=2.5 must be a whole number"),
+        ("checkpointing_steps", math.nan, "checkpointing_steps=nan must be a whole number"),
+        ("checkpointing_steps", math.inf, "checkpointing_steps=inf must be a whole number"),
         ("keep_last_checkpoints", 0, "keep_last_checkpoints=0 must be >= 1"),
         ("exit_interval", 0, "exit_interval=0 must be a positive integer"),
         ("mixed_precision", "fp8", "mixed_precision 'fp8' is unknown"),
@@ -104,6 +123,44 @@ def test_no_decay_group_stays_undecayed_under_the_scheduler(runtime):
 def test_bad_training_values_fail_clearly(field, value, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**{field: value})
+
+
+def test_clipping_may_be_disabled_and_checkpoint_steps_be_whole_floats():
+    assert TrainConfig(clip_grad_norm=0.0).clip_grad_norm == 0.0
+    assert TrainConfig(checkpointing_steps=200.0).checkpoint_interval(5000) == 200
+
+
+@pytest.mark.parametrize(
+    "settings,match",
+    [
+        (dict(warmup_ratio=0.5, warmup_steps=3), "warmup_steps=3 and warmup_ratio=0.5 are both"),
+        (dict(warmup_steps=100, lr_decay_steps=10), "warmup_steps=100 must be below lr_decay"),
+        (dict(warmup_steps=10, lr_decay_steps=10), "warmup_steps=10 must be below lr_decay"),
+    ],
+)
+def test_warmup_settings_that_contradict_are_refused(settings, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**settings)
+
+
+def test_warmup_beyond_decay_is_fine_for_a_constant_schedule():
+    train = TrainConfig(warmup_steps=10, lr_decay_steps=5, lr_scheduler_type="constant")
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=0.0)
+    build_scheduler(optimizer, train, total_steps=20)
+
+
+@pytest.mark.parametrize("ratio,total,expected", [(0.29, 100, 29), (0.01, 50, 1), (0.1, 100, 10)])
+def test_warmup_ratio_rounds_up(ratio, total, expected):
+    assert TrainConfig(warmup_ratio=ratio).warmup(total) == expected
+
+
+def test_a_warmup_ratio_ending_after_lr_decay_steps_is_refused():
+    from megatron_mamba.config_io import ConfigError
+
+    train = TrainConfig(warmup_ratio=0.5, lr_decay_steps=30)
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=0.0)
+    with pytest.raises(ConfigError, match="warmup_ratio=0.5 of 100 steps gives 50 warmup steps"):
+        build_scheduler(optimizer, train, total_steps=100)
 
 
 def test_init_from_attention_refuses_mixers_initialised_from_attention():
