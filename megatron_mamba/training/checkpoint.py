@@ -6,11 +6,12 @@ Layout under a run's directory:
     checkpoints/latest           the name of the newest complete checkpoint
 
 A save writes `step_N.partial/`, then rank 0 renames it to `step_N/` and replaces `latest` (both
-atomic renames), and only then removes checkpoints beyond the newest `keep`. A crash at any point
-leaves the previous checkpoint whole and `latest` naming it; a stale `.partial` is removed by the
-next save. Besides the weights a checkpoint holds the optimizer (moments, fp32 master weights,
-loss scale), the LR scheduler, every rank's RNG states and the training progress, so that a
-resumed run continues exactly where it stopped.
+atomic renames), and only then prunes: checkpoints of steps after N go (see `_prune`), and of the
+rest the newest `keep` stay, `step_N` among them. A crash at any point leaves the previous
+checkpoint whole and `latest` naming it; a stale `.partial` is removed by the next save.
+Besides the weights a checkpoint holds the optimizer (moments, fp32 master weights, loss scale),
+the LR scheduler, every rank's RNG states and the training progress, so that a resumed run
+continues exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -107,11 +108,27 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-def _prune(root: Path, keep: int) -> None:
-    """Remove all but the newest `keep` (≥ 1) complete checkpoints."""
-    complete = sorted(p for p in root.glob("step_*") if p.is_dir() and _PARTIAL not in p.name)
-    for old in complete[:-keep]:
-        shutil.rmtree(old)
+def _step_of(path: Path) -> int | None:
+    """The step of a complete checkpoint directory `step_N`; None for anything else."""
+    number = path.name.removeprefix("step_")
+    return int(number) if path.is_dir() and number.isdigit() else None
+
+
+def _prune(root: Path, saved: int, keep: int) -> None:
+    """After saving step `saved` (which `latest` now names): remove every checkpoint of a later
+    step, then all but the newest `keep` (≥ 1) of the rest, by step number.
+
+    Checkpoints after `saved` are an abandoned future: left by an earlier run in the same
+    directory, or by this run before it was resumed from an older checkpoint. The run that has
+    just saved step `saved` is the one going on, so its checkpoint is the newest; kept, the
+    later ones would count as newer, and pruning would delete `saved` itself. So a run resumed
+    from an older checkpoint replaces the steps after it at its first save (until then `latest`
+    still names the abandoned run's newest)."""
+    steps = {step: path for path in root.iterdir() if (step := _step_of(path)) is not None}
+    kept = sorted(step for step in steps if step <= saved)[-keep:]
+    for step, path in steps.items():
+        if step not in kept:
+            shutil.rmtree(path)
 
 
 def in_process_results() -> None:
@@ -158,7 +175,7 @@ def save_checkpoint(
             shutil.rmtree(final)
         os.replace(partial, final)
         _write_atomically(root / LATEST, final.name + "\n")
-        _prune(root, keep)
+        _prune(root, step, keep)
     torch.distributed.barrier()
     return final
 
@@ -198,11 +215,38 @@ def load_weights(path: Path, model) -> dict:
     return dist_checkpointing.load_common_state_dict(str(path))["progress"]
 
 
+# The LR scheduler's state, by the setting each value comes from (its weight-decay steps and
+# style follow from these).
+_SCHEDULE = {
+    "max_lr": "train.learning_rate",
+    "min_lr": "train.min_lr",
+    "lr_decay_style": "train.lr_scheduler_type",
+    "lr_warmup_steps": "warmup steps (train.warmup_steps, or train.warmup_ratio of the run)",
+    "lr_decay_steps": "decay steps (train.lr_decay_steps, or the run's total steps when unset)",
+    "start_wd": "train.weight_decay",
+}
+
+
+def _check_schedule(path: Path, saved: dict, scheduler) -> None:
+    """A resume continues the checkpoint's schedule: megatron's scheduler takes the values it
+    was saved with over the run's, so a changed setting would be silently ignored (and
+    misreported in config.yaml). Refuse the resume instead, naming the setting."""
+    current = scheduler.state_dict()
+    for key, setting in _SCHEDULE.items():
+        if saved[key] != current[key]:
+            raise CheckpointError(
+                f"{path} was trained with {setting} = {saved[key]}; this run has "
+                f"{current[key]}. A resume continues the checkpoint's LR schedule: set it as the "
+                "checkpoint had it, or start a new schedule from its weights with "
+                "train.init_from"
+            )
+
+
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     """Restore weights, optimizer, scheduler and RNG to resume exactly; returns the progress.
 
     Resuming needs the layout the checkpoint was saved with (weights alone load at any layout:
-    `load_weights`)."""
+    `load_weights`) and its LR schedule (`scheduler` built from the same settings)."""
     common = dist_checkpointing.load_common_state_dict(str(path))
     saved = common["progress"]["layout"]
     if saved != _layout():
@@ -210,6 +254,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
             f"{path} was saved with layout {saved}; resuming exactly needs the same layout, this "
             f"run has {_layout()} (load its weights with train.init_from instead)"
         )
+    _check_schedule(path, common["scheduler"], scheduler)
     before_describing_the_load(optimizer)
     model_state = sharded_model_state(model)
     request = {

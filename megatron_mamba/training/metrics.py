@@ -51,7 +51,11 @@ class MetricsLogger:
         run_name: str = "run",
         config: dict | None = None,
         stream: TextIO = sys.stdout,
+        append: bool = False,
     ):
+        """`append` (a resumed run) adds to the directory's metrics.jsonl; otherwise a fresh
+        file replaces it, so that a new run in an old directory does not mix its records with
+        the old run's (read_metrics would take them as one run)."""
         self.is_main, self.total_steps, self.stream = is_main, total_steps, stream
         self.sinks = set(sinks) if is_main else set()
         self.started = time.perf_counter()
@@ -61,8 +65,8 @@ class MetricsLogger:
         self._wandb = None
         if "jsonl" in self.sinks:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            # Held open for the run and closed by close(); appends across resumes.
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+            # Held open for the run and closed by close().
+            self._file = open(self.path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115
         if "wandb" in self.sinks:
             import wandb
 

@@ -7,7 +7,18 @@ from pathlib import Path
 
 from megatron_mamba.training.metrics import read_metrics
 
-NOT_LOSSES = {"step", "time", "lr", "grad_norm", "tokens_per_s", "mfu"}
+# Logged per step besides the losses (fp16 adds its loss scale and whether the step was skipped).
+NOT_LOSSES = {
+    "step",
+    "time",
+    "lr",
+    "grad_norm",
+    "tokens_per_s",
+    "mfu",
+    "loss_scale",
+    "skipped",
+    "valid_ppl",
+}
 
 
 def plot(metrics_path: str | Path, out: str | Path) -> list[str]:

@@ -2,16 +2,19 @@
 
 One step = `gradient_accumulation_steps` micro-batches through megatron's pipeline schedule on
 each data-parallel replica, one optimizer step (megatron's optimizer: gradient clipping, loss
-scaling under fp16), one scheduler step. Non-finite losses skip the step; too many in a row stop
-the run with an error. Checkpoints (training/checkpoint.py) are saved every
-`checkpointing_steps`, at `exit_interval` and at the end; a run resumed from one continues
-exactly.
+scaling under fp16), one scheduler step. A step whose loss or (fp32/bf16) gradients are not
+finite is skipped with a warning, its update not applied; too many in a row stop the run with an
+error. Checkpoints (training/checkpoint.py) are saved every `checkpointing_steps`, at
+`exit_interval` and at the end, skipped steps included, but never of non-finite weights; a run
+resumed from one continues exactly. Nothing but corpus data's index cache is written into the
+run's directory before the model, data and checkpoint to resume have been set up.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -58,6 +61,51 @@ class TrainingError(RuntimeError):
     """The run cannot go on (e.g. too many consecutive non-finite losses)."""
 
 
+@torch.no_grad()
+def _all_finite(tensors, device) -> bool:
+    """Whether every element of `tensors` is finite on every rank (so that all ranks decide
+    alike): NaN shows in a tensor's min and max, ±inf in one of them; one all-reduce."""
+    bad = torch.zeros(1, device=device)
+    for t in tensors:
+        if t.numel():
+            bad += (~torch.isfinite(torch.stack(torch.aminmax(t)))).sum().to(bad)
+    torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+    return not bad.item()
+
+
+def _why_skip(loss: float, ddp, check_grads: bool, device) -> str | None:
+    """Why this step's update must not be applied, or None. megatron's optimizer checks the
+    gradients only under fp16 (an overflow skips the step and lowers the loss scale); in fp32
+    and bf16 a NaN or inf gradient under a finite loss would go into the weights, so the
+    reduced gradient buffers are checked here, before the optimizer step."""
+    if not math.isfinite(loss):
+        return f"a non-finite loss ({loss})"
+    buffers = ddp.buffers + ddp.expert_parallel_buffers
+    if check_grads and not _all_finite((b.grad_data for b in buffers), device):
+        return "non-finite gradients under a finite loss"
+    return None
+
+
+def _total_steps(cfg, order: DataOrder, available: int) -> int:
+    """The run's length: train.max_steps when set, which the data (with max_train_samples and
+    num_train_epochs) must then provide; else every whole global batch of it."""
+    steps = order.steps(available)
+    if steps == 0:
+        raise TrainingError(
+            f"no training step fits: {available} items from {order.first_item} with a global "
+            f"batch of {order.global_batch}"
+        )
+    if cfg.max_steps is not None and cfg.max_steps > steps:
+        limit = f", max_train_samples={cfg.max_train_samples}" if cfg.max_train_samples else ""
+        raise TrainingError(
+            f"train.max_steps={cfg.max_steps} is more than the data gives: "
+            f"{order.steps_per_epoch(available)} steps of {order.global_batch} items per epoch × "
+            f"{order.epochs} epoch(s) = {steps} steps ({available} items from item "
+            f"{order.first_item}{limit}); lower train.max_steps or raise train.num_train_epochs"
+        )
+    return steps if cfg.max_steps is None else cfg.max_steps
+
+
 def _across_pipeline_and_replicas(parts: dict[str, float], device) -> dict[str, float]:
     """Each loss part summed over pipeline stages, averaged over data-parallel replicas."""
     names = sorted(parts)
@@ -69,7 +117,8 @@ def _across_pipeline_and_replicas(parts: dict[str, float], device) -> dict[str, 
 
 
 def train(run: RunConfig) -> list[dict]:
-    """Run training; returns the per-step records (also logged on rank 0)."""
+    """Run training; returns the records of the steps applied (also logged on rank 0; a
+    skipped step has none)."""
     cfg = run.train
     rt = init_runtime(ParallelSizes(run.parallel.tensor, run.parallel.pipeline), seed=cfg.seed)
     if rt.device.type == "cpu" and cfg.mixed_precision != "no":
@@ -113,6 +162,12 @@ def train(run: RunConfig) -> list[dict]:
     # The schedule multiplies each loss by this before backward: fp16's dynamic loss scale.
     model.config.grad_scale_func = optimizer.scale_loss
 
+    seq = run.data.item_length - 1
+    held_out = None
+    if cfg.eval_interval:  # opened first: corpus data writes its index cache into the run's dir
+        held_out = HeldOutWindows(
+            run.data.valid_path, seq, model_cfg.vocab_size, max_windows=run.data.valid_windows
+        )
     data = _training_data(run, model_cfg.vocab_size)
     micro, accumulation = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
     order = DataOrder(
@@ -122,14 +177,7 @@ def train(run: RunConfig) -> list[dict]:
         max_train_samples=cfg.max_train_samples,
         epochs=cfg.num_train_epochs,
     )
-    total = order.steps(len(data))
-    if cfg.max_steps is not None:
-        total = min(total, cfg.max_steps)
-    if total == 0:
-        raise TrainingError(
-            f"no training step fits: {len(data)} items from {run.data.first_item} with a global "
-            f"batch of {order.global_batch}"
-        )
+    total = _total_steps(cfg, order, len(data))
     scheduler = build_scheduler(optimizer, cfg, total)
     output = Path(cfg.output_dir) / cfg.run_name
     checkpoints = output / CHECKPOINTS
@@ -137,13 +185,6 @@ def train(run: RunConfig) -> list[dict]:
     if cfg.resume_from_checkpoint:
         path = find_checkpoint(cfg.resume_from_checkpoint, checkpoints)
         start = _resume(path, model, optimizer, scheduler, order)
-    if rt.rank == 0:
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "config.yaml").write_text(dump(run))
-    logger = MetricsLogger(
-        output, cfg.report_to, total, is_main=rt.rank == 0, run_name=cfg.run_name
-    )
-    seq = run.data.item_length - 1
     flops_per_token = training_flops_per_token(model_cfg, seq)
     peak = peak_flops(rt.device, cfg.mixed_precision, cfg.use_tf32)
     forward_backward = get_forward_backward_func()
@@ -156,16 +197,34 @@ def train(run: RunConfig) -> list[dict]:
     if reference is not None:
         objective = PreferenceOptimisation(model, reference, run.dpo, model_cfg.vocab_size)
 
+    # Set up without error: only now is anything written (a resumed run appends its metrics).
+    if rt.rank == 0:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "config.yaml").write_text(dump(run))
+    logger = MetricsLogger(
+        output,
+        cfg.report_to,
+        total,
+        is_main=rt.rank == 0,
+        run_name=cfg.run_name,
+        append=bool(cfg.resume_from_checkpoint),
+    )
+
     def forward_step(batches, model):
         return objective.forward_step(next(batches).to(rt.device), model)
 
-    def save(step: int) -> None:
+    def save(step: int) -> Path:
+        if not _all_finite(model.parameters(), rt.device):
+            raise TrainingError(
+                f"the weights are not finite at step {step}; they are not saved (the checkpoints "
+                f"in {checkpoints}, if any, are kept)"
+            )
         progress = {
             "global_batch": order.global_batch,
             "first_item": order.first_item,
             "consumed_samples": step * order.global_batch,
         }
-        save_checkpoint(
+        return save_checkpoint(
             checkpoints,
             step,
             model,
@@ -176,43 +235,15 @@ def train(run: RunConfig) -> list[dict]:
             model_cfg,
         )
 
-    held_out = None
-    if cfg.eval_interval:
-        held_out = HeldOutWindows(
-            run.data.valid_path, seq, model_cfg.vocab_size, max_windows=run.data.valid_windows
-        )
+    records: list[dict] = []
 
-    interval = cfg.checkpoint_interval(total)
-    records, bad_steps = [], 0
-    batches = (
-        TokenBatch(b) if isinstance(b, torch.Tensor) else b
-        for b in data.batches(order, ps.get_data_parallel_rank(), start_step=start)
-    )
-    for step in range(start + 1, total + 1):
-        started = time.perf_counter()
-        ddp.zero_grad_buffer()
-        optimizer.zero_grad()
-        objective.begin_step(step, float(optimizer.get_loss_scale()), accumulation)
-        losses = forward_backward(
-            forward_step_func=forward_step,
-            data_iterator=iter(next(batches).split(micro)),
-            model=ddp,
-            num_microbatches=accumulation,
-            seq_length=seq,
-            micro_batch_size=micro * objective.micro_batch_factor,
-        )
-        parts = _across_pipeline_and_replicas(objective.parts(losses), rt.device)
-        loss = objective.total(parts)
-        if not math.isfinite(loss):
-            bad_steps += 1
-            if bad_steps >= cfg.max_bad_steps:
-                raise TrainingError(f"{bad_steps} consecutive steps had a non-finite loss")
-            continue
+    def apply(step: int, loss: float, parts: dict, started: float) -> bool:
+        """The optimizer and scheduler step, then the step's record (kept, and logged);
+        whether the update was applied (fp16 skips a step whose gradients overflow)."""
         lr = optimizer.param_groups[0]["lr"]
         updated, grad_norm, _ = optimizer.step()
         if updated:
             scheduler.step(1)
-            bad_steps = 0
         seconds = time.perf_counter() - started
         record = {
             "loss": loss,
@@ -233,10 +264,51 @@ def train(run: RunConfig) -> list[dict]:
         records.append({"step": step, **record})
         if step % cfg.log_every == 0 or step == total or validating:
             logger.log(step, record)
+        return updated
+
+    bad_steps, saved = 0, None
+    interval = cfg.checkpoint_interval(total)
+    batches = (
+        TokenBatch(b) if isinstance(b, torch.Tensor) else b
+        for b in data.batches(order, ps.get_data_parallel_rank(), start_step=start)
+    )
+    for step in range(start + 1, total + 1):
+        started = time.perf_counter()
+        ddp.zero_grad_buffer()
+        optimizer.zero_grad()
+        objective.begin_step(step, float(optimizer.get_loss_scale()), accumulation)
+        losses = forward_backward(
+            forward_step_func=forward_step,
+            data_iterator=iter(next(batches).split(micro)),
+            model=ddp,
+            num_microbatches=accumulation,
+            seq_length=seq,
+            micro_batch_size=micro * objective.micro_batch_factor,
+        )
+        parts = _across_pipeline_and_replicas(objective.parts(losses), rt.device)
+        loss = objective.total(parts)
+        skip = _why_skip(loss, ddp, cfg.mixed_precision != "fp16", rt.device)
+        if skip:
+            bad_steps += 1
+            if rt.rank == 0:
+                print(
+                    f"warning: step {step} skipped, its update not applied: {skip} ({bad_steps} "
+                    f"in a row; train.max_bad_steps={cfg.max_bad_steps})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            if bad_steps >= cfg.max_bad_steps:
+                kept = f"the latest checkpoint is {saved}" if saved else "this run saved none"
+                raise TrainingError(
+                    f"{bad_steps} consecutive steps had a non-finite loss or gradients (step "
+                    f"{step}: {skip}); none of them was applied, {kept}"
+                )
+        elif apply(step, loss, parts, started):
+            bad_steps = 0
         exiting = cfg.exit_interval is not None and step % cfg.exit_interval == 0
         at_end = step == total and cfg.save_at_end
         if at_end or exiting or (interval and step % interval == 0):
-            save(step)
+            saved = save(step)
         if exiting:
             break
     logger.close()

@@ -1,13 +1,16 @@
 """Checkpoints under torchrun (gloo): a stopped and resumed run reproduces the uninterrupted one
 exactly, at TP=1 and TP=2×PP=2; a save killed before it commits leaves the previous checkpoint
-in charge; weights load at another layout; a checkpoint that does not fit fails clearly."""
+in charge; a save removes the checkpoints of later steps (an abandoned run's); weights load at
+another layout; a checkpoint that does not fit (layout, global batch, LR schedule) fails
+clearly, while settings outside the schedule may change on a resume."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.distributed.train_runs import losses, records, run, steps_and_values
+from megatron_mamba.training.checkpoint import _prune
+from tests.distributed.train_runs import losses, records, run, save_initial, steps_and_values
 
 KILLED_IN_SAVE = Path(__file__).parent / "workers" / "train_killed_in_save.py"
 LAYOUTS = {"tp1": (1, {}), "tp2pp2": (4, {"parallel.tensor": 2, "parallel.pipeline": 2})}
@@ -47,6 +50,31 @@ def test_a_save_killed_before_commit_leaves_the_previous_checkpoint(tmp_path, it
     assert checkpoint_names(killed) == ["latest", "step_00000006", "step_00000008"]
 
 
+def test_a_new_run_in_an_old_directory_replaces_the_old_checkpoints(tmp_path, items):
+    """The old run's step_6 and step_8 are newer than the new run's step_4: keeping them would
+    let pruning delete step_4, which `latest` names. The new run's metrics start afresh."""
+    run(tmp_path, items, "again", **{"train.checkpointing_steps": 2})
+    assert checkpoint_names(tmp_path / "again") == ["latest", "step_00000006", "step_00000008"]
+    again = run(tmp_path, items, "again", **{"train.max_steps": 4, "train.checkpointing_steps": 2})
+    assert checkpoint_names(tmp_path / "again") == ["latest", "step_00000002", "step_00000004"]
+    assert (tmp_path / "again" / "checkpoints" / "latest").read_text().strip() == "step_00000004"
+    assert [r["step"] for r in again] == [1, 2, 3, 4]
+
+
+def test_pruning_keeps_the_saved_step_and_the_newest_before_it(tmp_path):
+    for name in ("step_00000002", "step_00000004", "step_00000006", "step_00000010"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "step_00000012.partial").mkdir()  # a save in progress is not pruned
+    (tmp_path / "latest").write_text("step_00000006\n")
+    _prune(tmp_path, 6, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "latest",
+        "step_00000004",
+        "step_00000006",
+        "step_00000012.partial",
+    ]
+
+
 MODELS = {
     # mamba1 (classic: in_proj stored as [x, z] blocks), GPTNeoX attention, tied embeddings
     "gpt-neox-MA": {},
@@ -84,8 +112,11 @@ def test_weights_load_at_another_layout(tmp_path, items, step3):
     [
         ({"parallel.tensor": 2}, "resuming exactly needs the same layout"),
         ({"train.per_device_train_batch_size": 2}, "was trained with global_batch=4"),
+        ({"train.learning_rate": 1e-3}, "train.learning_rate = 0.003; this run has 0.001"),
+        ({"train.max_steps": 6}, r"decay steps \(.*\) = 8; this run has 6"),
+        ({"train.warmup_steps": 1}, r"warmup steps \(.*\) = 2; this run has 1"),
     ],
-    ids=["layout", "global-batch"],
+    ids=["layout", "global-batch", "learning-rate", "decay", "warmup"],
 )
 def test_resuming_from_a_checkpoint_that_does_not_fit_fails_clearly(
     tmp_path, items, step3, overrides, message
@@ -100,3 +131,27 @@ def test_resuming_from_a_checkpoint_that_does_not_fit_fails_clearly(
 def test_resuming_without_a_checkpoint_names_what_is_missing(tmp_path, items):
     with pytest.raises(AssertionError, match=r"no checkpoint to resume: .*latest does not exist"):
         run(tmp_path, items, "none", **{"train.resume_from_checkpoint": "latest"})
+
+
+def test_a_resume_may_change_what_the_lr_schedule_does_not_hold(tmp_path, items):
+    """The seed's hybrid run: a target-guided run resumed with the layer loss off; and more
+    steps, with the decay kept where it was."""
+    teacher = save_initial(
+        tmp_path / "teacher.pt", {"preset": "tiny-gpt-neox", "model.vocab_size": 200}
+    )
+    guided = {
+        "distill.teacher": teacher,
+        "distill.alpha_layer_distill_loss": 15.0,
+        "distill.distill_skip_last": 0,
+    }
+    first = run(tmp_path, items, "guided", **guided, **{"train.exit_interval": 2})
+    assert [r["step"] for r in first] == [1, 2]
+    resumed = {
+        **guided,
+        "distill.alpha_layer_distill_loss": 0.0,
+        "train.resume_from_checkpoint": "latest",
+        "train.max_steps": 10,
+        "train.lr_decay_steps": 8,
+    }
+    steps = [r["step"] for r in run(tmp_path, items, "guided", **resumed)]
+    assert steps == list(range(1, 11))

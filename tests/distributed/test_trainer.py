@@ -1,14 +1,59 @@
 """The trainer end to end under torchrun (gloo): the loss falls, metrics and config are written,
-and TP=2, data parallelism and gradient accumulation reproduce the single-process losses."""
+and TP=2, data parallelism and gradient accumulation reproduce the single-process losses; a
+step with a non-finite loss or gradients is skipped (and still saves and stops), non-finite
+weights are never saved, and a run that cannot start writes nothing."""
 
 import subprocess
 import sys
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.distributed.launch import REPO
-from tests.distributed.train_runs import TRAIN, losses, run
+from tests.distributed.launch import REPO, launch
+from tests.distributed.train_runs import TRAIN, losses, records, run, settings, steps_and_values
+
+POISONED = Path(__file__).parent / "workers" / "train_poisoned.py"
+
+
+def poisoned_run(tmp_path, items, name, kind, steps, **overrides):
+    """A run whose loss ("loss") or gradients ("grad") are NaN at `steps`; how it ended."""
+    args = settings(tmp_path, items, name, **overrides)
+    return launch(POISONED, 1, kind, steps, *(f"{k}={v}" for k, v in args.items()))
+
+
+def checkpoint_is_finite(checkpoint: Path) -> bool:
+    """Whether every tensor of a checkpoint (weights, optimizer state) is finite."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    metadata = dcp.FileSystemReader(str(checkpoint)).read_metadata().state_dict_metadata
+    state = {
+        key: torch.empty(m.size, dtype=m.properties.dtype)
+        for key, m in metadata.items()
+        if isinstance(m, TensorStorageMetadata)
+    }
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
+        warnings.simplefilter("ignore")
+        dcp.load(state, checkpoint_id=str(checkpoint), no_dist=True)
+    return bool(state) and all(torch.isfinite(t).all() for t in state.values())
+
+
+def latest(run_dir: Path) -> Path:
+    checkpoints = run_dir / "checkpoints"
+    return checkpoints / (checkpoints / "latest").read_text().strip()
+
+
+def poisoned_weights(tmp_path, initial) -> Path:
+    import torch
+
+    poisoned = torch.load(initial, weights_only=True)
+    poisoned["embedding.word_embeddings.weight"][:] = float("nan")
+    path = tmp_path / "nan.pt"
+    torch.save(poisoned, path)
+    return path
 
 
 def test_training_reduces_the_loss_and_writes_its_record(tmp_path, items):
@@ -56,13 +101,7 @@ def test_bad_config_exits_before_training(tmp_path):
 
 
 def test_non_finite_losses_stop_the_run_with_a_clear_error(tmp_path, items, initial):
-    import torch
-
-    poisoned = torch.load(initial, weights_only=True)
-    poisoned["embedding.word_embeddings.weight"][:] = float("nan")
-    path = tmp_path / "nan.pt"
-    torch.save(poisoned, path)
-    overrides = {"train.init_from": path, "train.max_bad_steps": 3}
+    overrides = {"train.init_from": poisoned_weights(tmp_path, initial), "train.max_bad_steps": 3}
     with pytest.raises(AssertionError, match="3 consecutive steps had a non-finite loss"):
         run(tmp_path, items, "nan", **overrides)
     assert not (tmp_path / "nan" / "metrics.jsonl").read_text()
@@ -77,3 +116,67 @@ def test_mixed_precision_on_cpu_fails_clearly(tmp_path, items, precision):
 def test_distributed_optimizer_on_cpu_fails_clearly(tmp_path, items):
     with pytest.raises(AssertionError, match="use_distributed_optimizer=true needs GPUs"):
         run(tmp_path, items, "zero1", **{"train.use_distributed_optimizer": True})
+
+
+def test_non_finite_gradients_are_skipped_like_a_non_finite_loss(tmp_path, items):
+    """NaN gradients under a finite loss (fp32: megatron's optimizer does not check them) are not
+    applied: the run goes on exactly as when the step's loss is NaN, with a warning."""
+    by_loss = poisoned_run(tmp_path, items, "loss", "loss", "3")
+    by_grad = poisoned_run(tmp_path, items, "grad", "grad", "3")
+    assert by_loss.returncode == by_grad.returncode == 0, by_grad.stderr[-3000:]
+    assert "warning: step 3 skipped, its update not applied: a non-finite loss" in by_loss.stderr
+    warning = "warning: step 3 skipped, its update not applied: non-finite gradients"
+    assert warning in by_grad.stderr
+    got = records(tmp_path / "grad")
+    assert [r["step"] for r in got] == [1, 2, 4, 5, 6, 7, 8]
+    assert steps_and_values(got) == steps_and_values(records(tmp_path / "loss"))
+    assert checkpoint_is_finite(latest(tmp_path / "grad"))
+
+
+def test_consecutive_non_finite_gradients_stop_the_run_keeping_a_good_checkpoint(tmp_path, items):
+    overrides = {"train.max_bad_steps": 3, "train.checkpointing_steps": 2}
+    done = poisoned_run(tmp_path, items, "stop", "grad", "3,4,5", **overrides)
+    assert done.returncode != 0
+    assert "3 consecutive steps had a non-finite loss or gradients (step 5" in done.stderr
+    # saved at the skipped step 4, with the weights of step 2
+    assert latest(tmp_path / "stop").name == "step_00000004"
+    assert checkpoint_is_finite(latest(tmp_path / "stop"))
+
+
+@pytest.mark.parametrize("stop", ["exit_interval", "max_steps"])
+def test_a_skipped_step_still_saves_and_stops(tmp_path, items, stop):
+    """A step skipped for its NaN loss still ends the run at exit_interval or at the end, with
+    its checkpoint."""
+    done = poisoned_run(tmp_path, items, "skip", "loss", "3", **{f"train.{stop}": 3})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [r["step"] for r in records(tmp_path / "skip")] == [1, 2]
+    assert latest(tmp_path / "skip").name == "step_00000003"
+    assert "warning: step 3 skipped" in done.stderr
+
+
+def test_non_finite_weights_are_never_saved(tmp_path, items, initial):
+    overrides = {"train.init_from": poisoned_weights(tmp_path, initial), "train.max_steps": 2}
+    with pytest.raises(AssertionError, match="the weights are not finite at step 2; they are not"):
+        run(tmp_path, items, "nan", **overrides, **{"train.max_bad_steps": 10})
+    assert not (tmp_path / "nan" / "checkpoints").exists()
+
+
+def test_max_steps_beyond_the_data_fails_clearly(tmp_path, items):
+    """64 items in global batches of 4 give 16 steps; asking for 17 fails before training."""
+    message = r"train.max_steps=17 is more than the data gives: .* = 16 steps \(64 items"
+    with pytest.raises(AssertionError, match=message):
+        run(tmp_path, items, "long", **{"train.max_steps": 17})
+    assert not (tmp_path / "long").exists()
+
+
+def test_a_run_that_cannot_start_writes_nothing(tmp_path, items):
+    missing = {"train.eval_interval": 2, "data.valid_path": tmp_path / "missing"}
+    with pytest.raises(AssertionError, match="missing.idx does not exist"):
+        run(tmp_path, items, "novalid", **missing)
+    assert not (tmp_path / "novalid").exists()
+
+
+def test_a_fresh_run_replaces_the_metrics_of_an_earlier_one(tmp_path, items):
+    run(tmp_path, items, "again", **{"train.max_steps": 3, "train.save_at_end": False})
+    again = run(tmp_path, items, "again", **{"train.max_steps": 2, "train.save_at_end": False})
+    assert [r["step"] for r in again] == [1, 2]

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from megatron_mamba.training.metrics import MetricsLogger, progress_line, read_metrics
+from megatron_mamba.training.plots import plot
 from tools import plot_run
 
 
@@ -48,7 +49,7 @@ def test_resumed_steps_replace_earlier_records_and_plot(tmp_path):
     for step in (1, 2, 3):
         logger.log(step, {"loss": 9.0, "lr": 0.1})
     logger.close()
-    resumed = MetricsLogger(tmp_path, ("jsonl",), total_steps=4)  # a resume from step 2
+    resumed = MetricsLogger(tmp_path, ("jsonl",), total_steps=4, append=True)  # from step 2
     for step in (3, 4):
         resumed.log(step, {"loss": 1.0, "layer_mse": 0.5, "lr": 0.05})
     resumed.close()
@@ -57,6 +58,27 @@ def test_resumed_steps_replace_earlier_records_and_plot(tmp_path):
     out = tmp_path / "curves.png"
     assert plot_run.main([str(tmp_path / "metrics.jsonl"), "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_fresh_logger_replaces_an_earlier_runs_records(tmp_path):
+    for total in (3, 2):
+        logger = MetricsLogger(tmp_path, ("jsonl",), total_steps=total)
+        for step in range(1, total + 1):
+            logger.log(step, {"loss": float(total)})
+        logger.close()
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [(r["step"], r["loss"]) for r in records] == [(1, 2.0), (2, 2.0)]
+
+
+def test_the_plot_draws_losses_only(tmp_path):
+    """fp16's loss scale (65536) and skipped flag, and the perplexity, are not losses."""
+    logger = MetricsLogger(tmp_path, ("jsonl",), total_steps=2)
+    for step in (1, 2):
+        fp16 = {"loss": 5.0, "lr": 1e-3, "loss_scale": 65536.0, "skipped": 0, "grad_norm": 1.0}
+        logger.log(step, {**fp16, "valid_loss": 4.5, "valid_ppl": 90.0, "mfu": 0.4})
+    logger.close()
+    drawn = plot(tmp_path / "metrics.jsonl", tmp_path / "curves.png")
+    assert drawn == ["loss", "valid_loss"]
 
 
 def test_plot_of_a_missing_file_fails_clearly(tmp_path, capsys):
