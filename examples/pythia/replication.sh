@@ -8,6 +8,8 @@
 #     retrained unguided, target-guided and hybrid (guided for the first 40%), STUDENT_STEPS each,
 #     so the three see the same tokens
 #  4. held-out perplexity of the four models: OUT/report.md
+# Step counts beyond one pass over the text cycle it (train.num_train_epochs is set high enough;
+# max_steps decides the length).
 #   bash examples/pythia/replication.sh [--gpus N] [--tiny]
 # --gpus N: N data-parallel processes, bf16 (default 1); --tiny: a tiny shape on CPU, a smoke test.
 set -euo pipefail
@@ -45,7 +47,7 @@ train() {  # train RUN_NAME STEPS key=value ...
   "$PY" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m megatron_mamba.train \
     preset="$SHAPE" model.vocab_size="$VOCAB" data.kind=corpus data.path="$IN/train" \
     data.tokenizer="$IN/tokenizer" data.item_length=$((SEQ + 1)) data.valid_path="$IN/held_out" \
-    train.run_name="$1" train.max_steps="$2" train.output_dir="$OUT" \
+    train.run_name="$1" train.max_steps="$2" train.num_train_epochs=1000 train.output_dir="$OUT" \
     train.per_device_train_batch_size="$MICRO" train.mixed_precision="$PRECISION" \
     train.learning_rate=6e-4 train.min_lr=6e-5 train.warmup_ratio=0.03 train.clip_grad_norm=1.0 \
     train.eval_interval=$(($2 / 5)) train.log_every=10 "train.report_to=[console,jsonl]" "${@:3}"

@@ -242,11 +242,29 @@ def _check_schedule(path: Path, saved: dict, scheduler) -> None:
             )
 
 
+def _adam_settings(optimizer) -> dict:
+    group = optimizer.param_groups[0]
+    return {"train.adam_beta1, adam_beta2": tuple(group["betas"]), "train.adam_eps": group["eps"]}
+
+
+def _check_adam(path: Path, before: dict, optimizer) -> None:
+    """Loading an optimizer state also loads its betas and eps over the run's (torch's
+    `load_state_dict`); refuse a resume that set them otherwise rather than ignore it."""
+    for setting, saved in _adam_settings(optimizer).items():
+        if saved != before[setting]:
+            raise CheckpointError(
+                f"{path} was trained with {setting} = {saved}; this run has {before[setting]}. "
+                "A resume continues the checkpoint's optimizer: set them as it had them, or "
+                "start a new optimizer from its weights with train.init_from"
+            )
+
+
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     """Restore weights, optimizer, scheduler and RNG to resume exactly; returns the progress.
 
     Resuming needs the layout the checkpoint was saved with (weights alone load at any layout:
-    `load_weights`) and its LR schedule (`scheduler` built from the same settings)."""
+    `load_weights`), its LR schedule (`scheduler` built from the same settings) and its Adam
+    settings."""
     common = dist_checkpointing.load_common_state_dict(str(path))
     saved = common["progress"]["layout"]
     if saved != _layout():
@@ -266,7 +284,9 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     }
     loaded = dist_checkpointing.load(request, str(path))
     _copy_into(model, loaded["model"])
+    adam = _adam_settings(optimizer)
     optimizer.load_state_dict(loaded["optimizer"])
+    _check_adam(path, adam, optimizer)
     after_loading(optimizer, loaded["optimizer"])
     scheduler.load_state_dict(common["scheduler"])
     _set_rng_state(loaded["rng_state"])

@@ -51,7 +51,8 @@ class TrainConfig:
     num_train_epochs: int = 1
     """Passes over the (max_train_samples) data, in the same order each time."""
     max_steps: int | None = None
-    """Stop after this many optimizer steps (positive; wins over samples and epochs)."""
+    """Stop after this many optimizer steps (positive); the data, with max_train_samples and
+    num_train_epochs, must provide at least that many (raise num_train_epochs to cycle it)."""
     checkpointing_steps: float | None = None
     """Save every this many steps (a whole number); a value in (0, 1) is a fraction of the total
     (CALD's 0.01). None: no periodic saves."""
@@ -78,6 +79,7 @@ class TrainConfig:
     """Activation recomputation of the trained model: none, every layer ("full": activations
     of a block are recomputed in backward), or the attention core only ("selective")."""
     use_tf32: bool = True
+    """Let fp32 matmuls and convolutions on GPU use TF32 tensor cores."""
     seed: int = 1234
     """Seeds Python, NumPy and torch; in [0, 2**32) as NumPy requires."""
     run_name: str = "run"
@@ -102,7 +104,8 @@ class TrainConfig:
     """Held-out loss and perplexity (data.valid_path) every this many steps and after the last;
     logged as valid_loss / valid_ppl with that step's record."""
     max_bad_steps: int = 5
-    """Stop with an error after this many consecutive non-finite losses (positive)."""
+    """Stop with an error after this many consecutive steps skipped for a non-finite loss or
+    (fp32/bf16) gradients (positive)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.learning_rate < math.inf:

@@ -132,6 +132,7 @@ def train(run: RunConfig) -> list[dict]:
             "keeps its shards in CUDA buffers); on CPU leave it false"
         )
     torch.backends.cuda.matmul.allow_tf32 = cfg.use_tf32
+    torch.backends.cudnn.allow_tf32 = cfg.use_tf32
     model_cfg = run.model_config()
     precision = RunPrecision(_DTYPE[cfg.mixed_precision], recompute=cfg.recompute)
     model = build_model(model_cfg, run.parallel, precision)
