@@ -109,6 +109,7 @@ def main() -> None:
                     work / f"ours{workers}",
                     workers=workers,
                     progress=False,
+                    overwrite=True,  # each repeat writes the same output again
                 )
                 assert stats.tokens == tokens
                 ours = (work / f"ours{workers}.bin").read_bytes()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from megatron_mamba.data.indexed import DatasetError, open_indexed
+from megatron_mamba.data.indexed import open_indexed
 from megatron_mamba.data.preprocess import load_tokenizer
 
 
@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         dataset, s = open_indexed(args.prefix, args.vocab_size, args.allow_short_bin)
-    except DatasetError as error:
+        tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+    except (OSError, ValueError) as error:  # DatasetError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(
@@ -35,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     tokens = dataset[args.sample]
     print(f"sample {args.sample}: {len(tokens)} tokens: {tokens[:32].tolist()}…")
-    if args.tokenizer:
-        print(load_tokenizer(args.tokenizer).decode(tokens.tolist()))
+    if tokenizer is not None:
+        print(tokenizer.decode(tokens.tolist()))
     return 0
 
 

@@ -1,6 +1,7 @@
 """Merge whole .bin/.idx pairs (e.g. preprocessing shards) into one, in the given order.
 
-python data_tools/merge_datasets.py --inputs data/part0 data/part1 --output-prefix data/all
+python data_tools/merge_datasets.py --inputs data/part0 data/part1 --output-prefix data/all \
+    [--overwrite]
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from megatron_mamba.data.indexed import DatasetError
 from megatron_mamba.data.merge import merge_datasets
 
 
@@ -16,10 +16,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inputs", nargs="+", required=True, help=".bin/.idx prefixes, in order")
     parser.add_argument("--output-prefix", required=True)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output pair")
     args = parser.parse_args(argv)
     try:
-        summary = merge_datasets(args.inputs, args.output_prefix)
-    except (OSError, DatasetError) as error:
+        summary = merge_datasets(args.inputs, args.output_prefix, args.overwrite)
+    except (OSError, ValueError) as error:  # DatasetError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"{summary.documents} documents, {summary.tokens} tokens → {args.output_prefix}.bin/.idx")

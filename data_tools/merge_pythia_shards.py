@@ -1,7 +1,7 @@
 """Merge the pre-shuffled Pile's shards into one .bin checked against document.idx.
 
     python data_tools/merge_pythia_shards.py --shards pile/document-000{00..19}-of-00020.bin \
-        --index pile/document.idx --output-prefix pile/document
+        --index pile/document.idx --output-prefix pile/document [--overwrite]
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from megatron_mamba.data.indexed import DatasetError
 from megatron_mamba.data.merge import merge_shards
 
 
@@ -19,10 +18,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", nargs="+", type=Path, required=True, help="in order")
     parser.add_argument("--index", type=Path, required=True)
     parser.add_argument("--output-prefix", required=True)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output pair")
     args = parser.parse_args(argv)
     try:
-        summary = merge_shards(args.shards, args.index, args.output_prefix)
-    except (OSError, DatasetError) as error:
+        summary = merge_shards(args.shards, args.index, args.output_prefix, args.overwrite)
+    except (OSError, ValueError) as error:  # DatasetError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"{summary.sequences} sequences, {summary.tokens} tokens → {args.output_prefix}.bin")

@@ -2,6 +2,8 @@
 
     python data_tools/preprocess_data.py --input corpus.jsonl --tokenizer /path/to/hf_tokenizer \
         --output-prefix data/corpus --workers 4
+
+An existing output pair is refused unless --overwrite.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json-key", default="text")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--no-eod", action="store_true", help="do not append EOD per document")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output pair")
     args = parser.parse_args(argv)
     try:
         stats = preprocess(
@@ -30,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
             json_key=args.json_key,
             workers=args.workers,
             append_eod=not args.no_eod,
+            overwrite=args.overwrite,
         )
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from megatron_mamba.data.indexed import DatasetError
 from megatron_mamba.data.preprocess import load_tokenizer
 from megatron_mamba.data.pythia import DataOrder, PythiaPreshuffled
 
@@ -25,15 +24,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-short-bin", action="store_true")
     args = parser.parse_args(argv)
     try:
-        data = PythiaPreshuffled(args.prefix, allow_short_bin=args.allow_short_bin)
+        if args.step < 0:
+            raise ValueError(f"--step {args.step} must be non-negative")
         items = DataOrder(args.global_batch).items(args.step, dp_rank=0)
         tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+        data = PythiaPreshuffled(args.prefix, allow_short_bin=args.allow_short_bin)
         for item in list(items)[: args.rows]:
             tokens = data[item]
             print(f"step {args.step} item {item}: {tokens[:16].tolist()}…")
             if tokenizer:
                 print(tokenizer.decode(tokens.tolist()))
-    except (DatasetError, IndexError) as error:
+    except (IndexError, OSError, ValueError) as error:  # DatasetError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             overwrite=args.overwrite,
         )
-    except (FileExistsError, ValueError) as error:  # config, mapping and file errors alike
+    except (OSError, ValueError) as error:  # config, mapping and file errors alike
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {args.output}: {config.arch}, layer pattern {config.layer_pattern}")

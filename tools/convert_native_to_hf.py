@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-shard-gb", type=float, default=2.0)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
+    if not args.max_shard_gb > 0:
+        print(f"error: --max-shard-gb {args.max_shard_gb} must be positive", file=sys.stderr)
+        return 1
     try:
         config = export_hf(
             args.checkpoint,
@@ -38,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             max_shard_bytes=int(args.max_shard_gb * 1024**3),
             tokenizer=args.tokenizer,
         )
-    except (CheckpointError, FileExistsError, ValueError) as error:
+    except (CheckpointError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {args.output}: {config.arch}, layer pattern {config.layer_pattern}")

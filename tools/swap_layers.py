@@ -15,6 +15,7 @@ import sys
 
 from megatron_mamba.config_io import key_values
 from megatron_mamba.convert.swap import swap_native
+from megatron_mamba.training.checkpoint import CheckpointError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             overwrite=args.overwrite,
         )
-    except (FileExistsError, FileNotFoundError, ValueError) as error:
+    except (CheckpointError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {args.output}: layer pattern {config.layer_pattern}")

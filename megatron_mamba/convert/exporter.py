@@ -10,26 +10,28 @@ they are written; the directory is written under a temporary name and renamed at
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
-from transformers import AutoConfig
+from transformers import AutoConfig, GenerationConfig
 
 from megatron_mamba.config import ModelConfig
 from megatron_mamba.convert.hf_config import hf_config_kwargs, hf_model_type, hybrid_fields
 from megatron_mamba.convert.hf_files import (
-    commit_output,
+    GENERATION_CONFIG,
+    TOKEN_ID_KEYS,
+    check_tokenizer_source,
     copy_tokenizer,
-    prepare_output,
+    output_directory,
+    tokenizer_token_ids,
     write_safetensors,
 )
 from megatron_mamba.convert.mapping import Context, expand, to_hf
-from megatron_mamba.convert.native_files import read_native
+from megatron_mamba.convert.native_files import read_native, read_token_ids
 from megatron_mamba.convert.sources import MAMBA_IN_LLAMA_CONFIG
 from megatron_mamba.convert.tables import table_for
-from megatron_mamba.models.mamba_dims import mamba1_dims
+from megatron_mamba.models.mamba_dims import mamba1_dims, mamba2_dims
 from megatron_mamba.runtime.distributed import ParallelSizes, init_runtime
 from megatron_mamba.training.checkpoint import find_checkpoint, read_model_config
 
@@ -41,12 +43,14 @@ _ARCHITECTURES = {
 _REMOTE_CODE = "modeling_hybrid.py"
 
 
-def hf_config_for(model: ModelConfig, dtype: torch.dtype):
-    """The transformers config object of an export."""
+def hf_config_for(model: ModelConfig, dtype: torch.dtype, token_ids: dict | None = None):
+    """The transformers config object of an export; `token_ids` (bos/eos/pad) replace
+    transformers' per-architecture defaults, which are another model's ids (None if unknown)."""
     from megatron_mamba.hf.configuration import HYBRID_CONFIGS  # the package registers them
 
     kind = hf_model_type(model)
     kwargs = dict(hf_config_kwargs(model), dtype=str(dtype).removeprefix("torch."))
+    kwargs.update({key: (token_ids or {}).get(key) for key in TOKEN_ID_KEYS})
     if set(model.mixers) == {"attention"}:
         config = AutoConfig.for_model(kind, **kwargs)
         config.architectures = [_ARCHITECTURES[kind]]
@@ -63,7 +67,9 @@ def hf_config_for(model: ModelConfig, dtype: torch.dtype):
 
 
 def mamba_in_llama_config(model: ModelConfig) -> dict | None:
-    """MambaInLlama's mamba_config.json, for Llama/Mistral hybrids of one attention-layout kind."""
+    """MambaInLlama's mamba_config.json, for Llama/Mistral hybrids of one attention-layout kind.
+    Its ssm_cfg holds the keyword arguments of their Mamba / Mamba2 classes that shape the
+    weights (their Mamba1 splits our one projection bias into three equal switches)."""
     kinds = set(model.mixers) - {"attention"}
     if model.arch != "llama" or len(kinds) != 1 or model.mamba.layout != "attention":
         return None
@@ -71,8 +77,13 @@ def mamba_in_llama_config(model: ModelConfig) -> dict | None:
     if kinds == {"mamba1"}:
         dims = mamba1_dims(model)
         ssm = {"expand": 1, "d_state": dims.d_state, "d_conv": dims.d_conv}
+        ssm.update(dt_rank=dims.dt_rank, conv_bias=dims.conv_bias)
+        ssm.update(dict.fromkeys(("proj_x_bias", "proj_z_bias", "out_proj_bias"), dims.bias))
     else:
-        ssm = {"expand": 1, "ngroups": model.num_attention_heads, "d_state": model.head_dim}
+        dims = mamba2_dims(model)
+        ssm = {"expand": 1, "ngroups": model.num_attention_heads, "d_state": dims.d_state}
+        ssm.update(d_conv=dims.d_conv, bias=dims.bias, conv_bias=dims.conv_bias)
+        ssm.update(chunk_size=dims.chunk_size)
     return {
         "d_model": model.hidden_size,
         "ssm_cfg": ssm,
@@ -96,20 +107,23 @@ def export_hf(
     tokenizer: str | Path | None = None,
     progress: bool = True,
 ) -> ModelConfig:
-    """Write the transformers directory `output` from a native checkpoint; returns its config."""
+    """Write the transformers directory `output` from a native checkpoint; returns its config.
+
+    The tokenizer files come from `tokenizer` (which must hold some) or else the checkpoint's
+    directory. bos/eos/pad ids are those the conversion recorded, else the tokenizer's; a
+    generation_config.json is written from them unless the tokenizer directory has one."""
     checkpoint = Path(checkpoint)
     step = find_checkpoint(checkpoint, checkpoint)  # fails early on a directory without one
-    temporary = prepare_output(output, overwrite)
-    try:
+    tokenizer_source = check_tokenizer_source(tokenizer) if tokenizer else checkpoint
+    token_ids = read_token_ids(step) or tokenizer_token_ids(tokenizer_source)
+    with output_directory(output, overwrite) as temporary:
         init_runtime(ParallelSizes(1, 1))
         model = read_model_config(step)
-        _write(step, model, temporary, dtype, max_shard_bytes, progress)
-        tokenizer_source = Path(tokenizer) if tokenizer else checkpoint
+        _write(step, model, temporary, dtype, max_shard_bytes, progress, token_ids)
         copy_tokenizer(tokenizer_source, temporary)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    commit_output(temporary, output)
+        known = {key: value for key, value in (token_ids or {}).items() if value is not None}
+        if known and not (temporary / GENERATION_CONFIG).is_file():
+            GenerationConfig(**known).save_pretrained(temporary)
     return model
 
 
@@ -136,14 +150,14 @@ def load_as_transformers(checkpoint: str | Path, dtype: torch.dtype = torch.floa
     init_runtime(ParallelSizes(1, 1))
     model = read_model_config(step)
     state = dict(hf_tensors(step, model, dtype))
-    config = hf_config_for(model, dtype)
+    config = hf_config_for(model, dtype, read_token_ids(step))
     model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
     return model_class.from_pretrained(None, config=config, state_dict=state, dtype=dtype).eval()
 
 
-def _write(checkpoint, model, temporary: Path, dtype, max_shard_bytes, progress) -> None:
+def _write(checkpoint, model, temporary: Path, dtype, max_shard_bytes, progress, token_ids):
     write_safetensors(temporary, hf_tensors(checkpoint, model, dtype, progress), max_shard_bytes)
-    config = hf_config_for(model, dtype)
+    config = hf_config_for(model, dtype, token_ids)
     config.save_pretrained(temporary)
     if getattr(config, "auto_map", None):
         (temporary / _REMOTE_CODE).write_text(

@@ -42,6 +42,19 @@ def _rope_scaling_factor(params: dict[str, Any]) -> float | None:
     return float(params["factor"])
 
 
+_ACTIVATIONS = {"gpt_neox": "gelu", "llama": "silu", "mistral": "silu"}
+"""The one MLP activation each native architecture computes (exact GeLU; SiLU in SwiGLU)."""
+
+
+def _check_activation(kind: str, hf: Any) -> None:
+    """Refuse any other activation: the native model would silently compute a different one."""
+    act = getattr(hf, "hidden_act", _ACTIVATIONS[kind])
+    if act != _ACTIVATIONS[kind]:
+        raise ValueError(
+            f"{kind} with hidden_act={act!r} is unsupported; expected {_ACTIVATIONS[kind]!r}"
+        )
+
+
 def model_config_from_hf(hf: Any, **overrides: Any) -> ModelConfig:
     """Translate a transformers config; `overrides` (e.g. layer_pattern) win."""
     kind = hf.model_type
@@ -50,6 +63,8 @@ def model_config_from_hf(hf: Any, **overrides: Any) -> ModelConfig:
         hybrid = {"layer_pattern": hf.layer_pattern}
         hybrid["mamba"] = build(MambaConfig, dict(hf.mamba or {}), "mamba")
         overrides = {**hybrid, **overrides}
+    if kind in _ACTIVATIONS:
+        _check_activation(kind, hf)
     rope = _rope(hf)
     common = dict(
         num_layers=hf.num_hidden_layers,
@@ -62,6 +77,13 @@ def model_config_from_hf(hf: Any, **overrides: Any) -> ModelConfig:
         tie_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
     )
     if kind == "gpt_neox":
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in (None, "default"):  # the native GPTNeoX has no RoPE scaling
+            raise ValueError(
+                f"gpt_neox RoPE scaling type {rope_type!r} is unsupported; expected default"
+            )
+        if not getattr(hf, "attention_bias", True):
+            raise ValueError("gpt_neox with attention_bias=False is unsupported; expected True")
         config = dict(
             common,
             arch="gpt_neox",

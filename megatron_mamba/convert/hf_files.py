@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -152,26 +153,64 @@ def write_safetensors(
     (root / SAFE_INDEX).write_text(json.dumps(index, indent=2) + "\n")
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
 def prepare_output(path: str | Path, overwrite: bool) -> Path:
     """A fresh temporary directory next to `path`; refuses an existing `path` unless
-    `overwrite`. `commit_output` moves it into place."""
+    `overwrite`, and never replaces anything but a directory. `commit_output` moves it into
+    place."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"output {path} already exists; pass --overwrite to replace it")
+    if path.exists() or path.is_symlink():
+        if not path.is_dir():
+            raise FileExistsError(
+                f"output {path} exists and is not a directory; expected a directory to replace "
+                "or a new path"
+            )
+        if not overwrite:
+            raise FileExistsError(f"output {path} already exists; pass --overwrite to replace it")
     temporary = path.with_name(path.name + ".partial")
-    if temporary.exists():
-        shutil.rmtree(temporary)
+    _remove(temporary)
     temporary.mkdir(parents=True)
     return temporary
 
 
 def commit_output(temporary: Path, path: str | Path) -> None:
+    """Move the finished `temporary` to `path`. A replaced output is moved aside first and
+    deleted only once the new one is in place, so a failure leaves the old one whole."""
     path = Path(path)
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(temporary, path)
+    if not (path.exists() or path.is_symlink()):
+        os.replace(temporary, path)
+        return
+    old = path.with_name(path.name + ".old")
+    _remove(old)
+    os.replace(path, old)
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+    _remove(old)
 
 
+@contextmanager
+def output_directory(path: str | Path, overwrite: bool) -> Iterator[Path]:
+    """A temporary directory to write `path` in: moved into place when the block completes,
+    removed if anything (the move included) fails, so `path` is never half-written."""
+    temporary = prepare_output(path, overwrite)
+    try:
+        yield temporary
+        commit_output(temporary, path)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+
+GENERATION_CONFIG = "generation_config.json"
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -181,8 +220,47 @@ TOKENIZER_FILES = (
     "merges.txt",
     "added_tokens.json",
     "chat_template.jinja",
-    "generation_config.json",
+    GENERATION_CONFIG,
 )
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def _has_tokenizer(source: Path) -> bool:
+    return any((source / n).is_file() for n in TOKENIZER_FILES if n != GENERATION_CONFIG)
+
+
+def check_tokenizer_source(source: str | Path) -> Path:
+    """A directory given as the tokenizer to copy must exist and hold tokenizer files."""
+    source = Path(source)
+    if not source.is_dir():
+        raise FileNotFoundError(f"tokenizer directory {source} does not exist")
+    if not _has_tokenizer(source):
+        expected = ", ".join(n for n in TOKENIZER_FILES if n != GENERATION_CONFIG)
+        raise FileNotFoundError(
+            f"tokenizer directory {source} holds no tokenizer files; expected one of {expected}"
+        )
+    return source
+
+
+def tokenizer_token_ids(source: Path) -> dict | None:
+    """The bos/eos/pad ids of the tokenizer in `source`, overridden by those its
+    generation_config.json sets; None when `source` holds no tokenizer."""
+    if not _has_tokenizer(source):
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+    except Exception as error:  # noqa: BLE001  (whatever the tokenizer's loader raises)
+        raise ValueError(f"the tokenizer in {source} cannot be loaded: {error}") from error
+    ids = {key: getattr(tokenizer, key, None) for key in TOKEN_ID_KEYS}
+    if (source / GENERATION_CONFIG).is_file():
+        try:
+            generation = json.loads((source / GENERATION_CONFIG).read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{source / GENERATION_CONFIG} is not valid JSON: {error}") from error
+        ids.update({k: generation[k] for k in TOKEN_ID_KEYS if generation.get(k) is not None})
+    return ids
 
 
 def copy_tokenizer(source: Path, target: Path) -> list[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +24,10 @@ from megatron_mamba.convert.attention_to_mamba import (
     mixer_from_attention,
     swapped_layers,
 )
-from megatron_mamba.convert.hf_files import (
-    HFCheckpoint,
-    commit_output,
-    copy_tokenizer,
-    prepare_output,
-)
+from megatron_mamba.convert.hf_files import HFCheckpoint, copy_tokenizer, output_directory
 from megatron_mamba.convert.mapping import Context, MappingError, expand, resolve, to_native
 from megatron_mamba.convert.native_files import parameter_layout, write_native
-from megatron_mamba.convert.sources import source_model_config
+from megatron_mamba.convert.sources import source_model_config, source_token_ids
 from megatron_mamba.convert.tables import table_for
 from megatron_mamba.models.build import validate_parallel
 from megatron_mamba.runtime.distributed import ParallelSizes, init_runtime
@@ -91,18 +85,14 @@ def import_hf(
     source_cfg = source_model_config(source)
     target = target_config(source_cfg, layer_pattern, mamba)
     validate_parallel(target, parallel or ParallelConfig())
-    temporary = prepare_output(output, overwrite)
-    try:
-        _convert(checkpoint, source_cfg, target, temporary, seed, progress)
+    token_ids = source_token_ids(source)
+    with output_directory(output, overwrite) as temporary:
+        _convert(checkpoint, source_cfg, target, temporary, seed, progress, token_ids)
         copy_tokenizer(Path(source), temporary)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    commit_output(temporary, output)
     return target
 
 
-def _convert(checkpoint, source_cfg, target, temporary: Path, seed: int, progress: bool) -> None:
+def _convert(checkpoint, source_cfg, target, temporary: Path, seed, progress, token_ids) -> None:
     init_runtime(ParallelSizes(1, 1), seed=seed)
     table = table_for(target)
     entries = expand(table, source_cfg)
@@ -122,7 +112,7 @@ def _convert(checkpoint, source_cfg, target, temporary: Path, seed: int, progres
     for layer in sorted(swapped):
         tensors.update(_swapped_mixer(layer, target, entries, read, ctx, seed))
     _refuse_unused(checkpoint, read, table.ignored)
-    write_native(temporary, target, tensors, layout)
+    write_native(temporary, target, tensors, layout, token_ids)
 
 
 def _checked(name: str, tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:

@@ -28,6 +28,9 @@ from megatron_mamba.training.checkpoint import (
 )
 
 MODEL_YAML = "model.yaml"
+TOKEN_IDS = "hf_token_ids"
+"""Common-state key of the bos/eos/pad ids of the transformers checkpoint a conversion came from
+(ModelConfig does not hold them; an export writes them back)."""
 
 
 def parameter_layout(model: ModelConfig) -> dict[str, tuple[torch.Size, Partition]]:
@@ -43,19 +46,32 @@ def parameter_layout(model: ModelConfig) -> dict[str, tuple[torch.Size, Partitio
 
 
 def write_native(
-    root: Path, model: ModelConfig, tensors: dict[str, torch.Tensor], layout: dict
+    root: Path,
+    model: ModelConfig,
+    tensors: dict[str, torch.Tensor],
+    layout: dict,
+    token_ids: dict | None = None,
 ) -> Path:
     """Save whole tensors as step 0 of a checkpoint directory under `root` (which must not exist
-    yet; callers write to a temporary root and rename it); returns the step directory."""
+    yet; callers write to a temporary root and rename it); returns the step directory.
+    `token_ids`: the source's bos/eos/pad ids, kept for exports."""
     state = {name: sharded_tensor(name, tensors[name], part) for name, (_, part) in layout.items()}
     target = step_dir(root / CHECKPOINTS, 0)
     target.mkdir(parents=True)
     in_process_results()
     common = {MODEL_CONFIG: to_dict(model), "progress": {"step": 0}}
+    if token_ids is not None:
+        common[TOKEN_IDS] = dict(token_ids)
     dist_checkpointing.save({"model": state, **common}, str(target))
     (root / CHECKPOINTS / LATEST).write_text(target.name + "\n")
     (root / MODEL_YAML).write_text(dump(model))
     return target
+
+
+def read_token_ids(path: Path) -> dict | None:
+    """The bos/eos/pad ids a converted checkpoint records (None for training checkpoints)."""
+    common = dist_checkpointing.load_common_state_dict(str(find_checkpoint(path, path)))
+    return common.get(TOKEN_IDS)
 
 
 def read_native(path: Path, model: ModelConfig) -> dict[str, torch.Tensor]:

@@ -15,23 +15,46 @@ from transformers import AutoConfig
 
 from megatron_mamba.config import ModelConfig
 from megatron_mamba.convert.hf_config import model_config_from_hf
+from megatron_mamba.convert.hf_files import TOKEN_ID_KEYS
 
 MAMBA_IN_LLAMA_CONFIG = "mamba_config.json"
+_MAMBA1_BIASES = ("proj_x_bias", "proj_z_bias", "out_proj_bias")
+
+
+def _flag(ssm: dict, key: str, default: bool) -> bool:
+    value = ssm.get(key, default)
+    if not isinstance(value, bool):
+        raise ValueError(f"{MAMBA_IN_LLAMA_CONFIG} ssm_cfg {key}={value!r}; expected true or false")
+    return value
 
 
 def _mamba_in_llama(base, mamba: dict) -> ModelConfig:
+    """Their ssm_cfg holds the keyword arguments of their Mamba / Mamba2 classes; those that
+    shape the weights are read (their defaults where absent)."""
     ssm = dict(mamba.get("ssm_cfg") or {})
     kind = "S" if "ngroups" in ssm else "M"
     attention = set(mamba.get("attn_layers") or [])
     pattern = "".join("A" if i in attention else kind for i in range(base.num_hidden_layers))
-    settings: dict = {"layout": "attention"}
+    settings: dict = {"layout": "attention", "conv_bias": _flag(ssm, "conv_bias", True)}
+    for key in ("d_state", "d_conv"):
+        if ssm.get(key) is not None:
+            settings[key] = ssm[key]
     if kind == "M":
-        settings["d_state"] = ssm.get("d_state", 16)
-        for theirs, ours in (("d_conv", "d_conv"), ("dt_rank", "dt_rank")):
-            if ssm.get(theirs) not in (None, "auto"):
-                settings[ours] = ssm[theirs]
-    elif "d_conv" in ssm:
-        settings["d_conv"] = ssm["d_conv"]
+        settings.setdefault("d_state", 16)
+        if ssm.get("dt_rank") not in (None, "auto"):
+            settings["dt_rank"] = ssm["dt_rank"]
+        # Mamba1 has three bias switches; our fused in_proj and out_proj share one.
+        biases = {key: _flag(ssm, key, False) for key in _MAMBA1_BIASES}
+        if len(set(biases.values())) > 1:
+            found = ", ".join(f"{k}={v}" for k, v in biases.items())
+            raise ValueError(
+                f"{MAMBA_IN_LLAMA_CONFIG} ssm_cfg has {found}; expected all three equal"
+            )
+        settings["proj_bias"] = biases["out_proj_bias"]
+    else:
+        settings["proj_bias"] = _flag(ssm, "bias", False)
+        if ssm.get("chunk_size") is not None:
+            settings["chunk_size"] = ssm["chunk_size"]
     return model_config_from_hf(base, layer_pattern=pattern, mamba=settings)
 
 
@@ -62,3 +85,12 @@ def source_model_config(root: str | Path) -> ModelConfig:
     if (root / MAMBA_IN_LLAMA_CONFIG).is_file() and config.model_type in ("llama", "mistral"):
         return _mamba_in_llama(config, json.loads((root / MAMBA_IN_LLAMA_CONFIG).read_text()))
     return model_config_from_hf(config)
+
+
+def source_token_ids(root: str | Path) -> dict:
+    """The bos/eos/pad ids the checkpoint in `root` is used with, as transformers reads its
+    config.json; recorded by an import so that an export writes them back."""
+    import megatron_mamba.hf  # noqa: F401  (registers the hybrid types with AutoConfig)
+
+    config = AutoConfig.from_pretrained(Path(root))
+    return {key: getattr(config, key, None) for key in TOKEN_ID_KEYS}

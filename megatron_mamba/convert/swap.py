@@ -9,15 +9,19 @@ loads at any TP/PP and keeps the source's tokenizer files.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 from megatron_mamba.config import ModelConfig
 from megatron_mamba.convert.attention_to_mamba import fresh_mixer, swap_mixers, swapped_layers
-from megatron_mamba.convert.hf_files import commit_output, copy_tokenizer, prepare_output
+from megatron_mamba.convert.hf_files import copy_tokenizer, output_directory
 from megatron_mamba.convert.importer import target_config
-from megatron_mamba.convert.native_files import parameter_layout, read_native, write_native
+from megatron_mamba.convert.native_files import (
+    parameter_layout,
+    read_native,
+    read_token_ids,
+    write_native,
+)
 from megatron_mamba.runtime.distributed import ParallelSizes, init_runtime
 from megatron_mamba.training.checkpoint import read_model_config
 
@@ -46,12 +50,8 @@ def swap_native(
         target,
         lambda kind, layer: fresh_mixer(kind, target, layer, seed),
     )
-    temporary = prepare_output(output, overwrite)
-    try:
-        write_native(temporary, target, state, parameter_layout(target))
+    token_ids = read_token_ids(source)
+    with output_directory(output, overwrite) as temporary:
+        write_native(temporary, target, state, parameter_layout(target), token_ids)
         copy_tokenizer(source, temporary)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    commit_output(temporary, output)
     return target

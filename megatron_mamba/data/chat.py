@@ -30,6 +30,21 @@ def _render(tokenizer, messages, generation_prompt: bool) -> str:
     )
 
 
+_PLACEHOLDER = "\x00assistant turn\x00"
+
+
+def _before_turn(tokenizer, messages: list[dict], k: int) -> str | None:
+    """The rendering up to where assistant turn k's own text starts: the conversation so far
+    with the generation prompt. transformers renders no empty conversation, so for a first turn
+    it is what the template puts before that turn's content (its preamble, a default system
+    prompt, the role header), found with a placeholder content; None if not found."""
+    if k:
+        return _render(tokenizer, messages[:k], True)
+    probe = _render(tokenizer, [{**messages[0], "content": _PLACEHOLDER}], False)
+    start = probe.find(_PLACEHOLDER)
+    return probe[:start] if start >= 0 else None
+
+
 def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans of its assistant turns."""
     text = _render(tokenizer, messages, False)
@@ -37,9 +52,9 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
     for k, message in enumerate(messages):
         if message.get("role") != "assistant":
             continue
-        before = _render(tokenizer, messages[:k], True) if k else ""
+        before = _before_turn(tokenizer, messages, k)
         through = _render(tokenizer, messages[: k + 1], False)
-        if not (text.startswith(through) and through.startswith(before)):
+        if before is None or not (text.startswith(through) and through.startswith(before)):
             raise ValueError(
                 "the chat template does not render a conversation as a prefix of its "
                 f"continuation (at message {k}); assistant tokens cannot be located"

@@ -163,15 +163,27 @@ def open_indexed(
 
 
 @contextmanager
-def writing_pair(output_prefix: str | Path) -> Iterator[Path]:
+def writing_pair(output_prefix: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """A temporary prefix to write a .bin/.idx pair under: renamed to `output_prefix` when the
-    block completes, removed if it raises — a final name never holds a half-written pair."""
+    block completes, removed if it raises — a final name never holds a half-written pair. An
+    existing pair is refused unless `overwrite`.
+
+    A replacement removes the old .idx first and renames the new .idx last, so a reader (or a
+    crash) in between meets a .bin without its index, which `check_pair` refuses — never a .bin
+    described by the other pair's index."""
     out_idx, out_bin = _paths(output_prefix)
+    existing = [str(p) for p in (out_bin, out_idx) if p.exists() or p.is_symlink()]
+    if existing and not overwrite:
+        verb = "exists" if len(existing) == 1 else "exist"
+        raise FileExistsError(
+            f"output {' and '.join(existing)} already {verb}; pass --overwrite to replace it"
+        )
     out_bin.parent.mkdir(parents=True, exist_ok=True)
     tmp_prefix = out_bin.with_name(f"{out_bin.stem}.tmp-{os.getpid()}")
     tmp_idx, tmp_bin = _paths(tmp_prefix)
     try:
         yield tmp_prefix
+        out_idx.unlink(missing_ok=True)
         os.replace(tmp_bin, out_bin)
         os.replace(tmp_idx, out_idx)
     finally:

@@ -56,12 +56,17 @@ def read_documents(paths: Iterable[Path], json_key: str = "text") -> Iterator[st
                     continue
                 if path.suffix in (".jsonl", ".json"):
                     try:
-                        record = json.loads(line)
-                        yield record[json_key]
+                        text = json.loads(line)[json_key]
                     except (json.JSONDecodeError, KeyError, TypeError) as error:
                         raise ValueError(
                             f"{path}:{number} is not a JSON object with a {json_key!r} string"
                         ) from error
+                    if not isinstance(text, str):
+                        raise ValueError(
+                            f"{path}:{number} has {json_key!r} of type {type(text).__name__}; "
+                            "expected a string"
+                        )
+                    yield text
                 else:
                     yield line.rstrip("\n")
 
@@ -121,7 +126,10 @@ def preprocess(
     append_eod: bool = True,
     batch_documents: int = 512,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> PreprocessStats:
+    """Tokenise `inputs` into `output_prefix`.bin/.idx; an existing pair is replaced only with
+    `overwrite`."""
     inputs = [Path(path) for path in inputs]
     for path in inputs:
         if not path.is_file():
@@ -138,7 +146,7 @@ def preprocess(
     batches = _batches(read_documents(inputs, json_key), batch_documents)
     pool = None
     try:
-        with writing_pair(output_prefix) as tmp:
+        with writing_pair(output_prefix, overwrite) as tmp:
             builder = IndexedDatasetBuilder(f"{tmp}.bin", dtype=dtype)
             if workers > 1:
                 pool = multiprocessing.get_context("fork").Pool(

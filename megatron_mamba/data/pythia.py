@@ -34,11 +34,21 @@ class DataOrder:
     """Passes over those samples, in the same order each time (CALD's num_train_epochs)."""
 
     def __post_init__(self) -> None:
+        """Refuses values that would silently wrap around (a negative item indexes from the end)
+        or give no data."""
+        if self.dp_size < 1:
+            raise ValueError(f"data-parallel size {self.dp_size} must be positive")
         if self.global_batch < 1 or self.global_batch % self.dp_size:
             raise ValueError(
                 f"global batch {self.global_batch} must be a positive multiple of the "
                 f"data-parallel size {self.dp_size}"
             )
+        if self.first_item < 0:
+            raise ValueError(f"first_item={self.first_item} must be non-negative")
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise ValueError(f"max_train_samples={self.max_train_samples} must be positive")
+        if self.epochs < 1:
+            raise ValueError(f"epochs={self.epochs} must be positive")
 
     def steps_per_epoch(self, available: int) -> int:
         """How many whole global batches the data (and max_train_samples) allow."""

@@ -77,3 +77,29 @@ def test_jsonl_records_are_checked(tmp_path):
     assert next(records)["chosen"] == "b"
     with pytest.raises(ValueError, match="prefs.jsonl:2 lacks chosen, rejected"):
         next(records)
+
+
+# A template that adds a default system prompt when the conversation has none.
+DEFAULT_SYSTEM = (
+    "{% if messages[0]['role'] != 'system' %}<|system|>\nYou are helpful.<eos>\n{% endif %}"
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + '<eos>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+@pytest.mark.parametrize("template", ["zephyr", "default system prompt"])
+def test_an_assistant_first_conversation_masks_only_the_assistant_text(tokenizer, template):
+    """The template's preamble and role header before a first assistant turn carry no loss."""
+    if template != "zephyr":
+        tokenizer = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+        tokenizer.chat_template = DEFAULT_SYSTEM
+    conversation = [
+        {"role": "assistant", "content": "Hi, how can I help?"},
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Green."},
+    ]
+    example = tokenize_chat(tokenizer, conversation)
+    assert masked_text(tokenizer, example, 1) == "Hi, how can I help?<eos>\nGreen.<eos>\n"
+    rest = masked_text(tokenizer, example, 0)
+    assert rest.count("<|assistant|>") == 2
+    assert ("You are helpful." in rest) == (template != "zephyr")

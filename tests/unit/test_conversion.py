@@ -287,3 +287,190 @@ def test_hybrid_export_loads_with_trust_remote_code_alone(runtime, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     model, _ = _native(tmp_path / "native")
     _close(torch.load(tmp_path / "logits.pt"), _native_logits(model, tokens), 1e-5)
+
+
+# What the native model cannot compute is refused, naming the value.
+
+
+@pytest.mark.parametrize(
+    "factory, act, expected",
+    [
+        (lambda: tiny_gpt_neox(), "relu", "gelu"),
+        (lambda: tiny_gpt_neox(), "gelu_new", "gelu"),
+        (lambda: tiny_llama(), "gelu", "silu"),
+    ],
+)
+def test_refuses_an_activation_the_native_model_does_not_compute(
+    runtime, tmp_path, factory, act, expected
+):
+    model = factory()
+    model.config.hidden_act = act
+    model.save_pretrained(tmp_path / "hf")
+    with pytest.raises(
+        ValueError, match=f"hidden_act='{act}' is unsupported; expected '{expected}'"
+    ):
+        import_hf(tmp_path / "hf", tmp_path / "native", progress=False)
+    assert not list(tmp_path.glob("native*"))
+
+
+@pytest.mark.parametrize("rope_type", ["linear", "dynamic"])
+def test_refuses_gpt_neox_rope_scaling(runtime, tmp_path, rope_type):
+    model = tiny_gpt_neox()
+    model.save_pretrained(tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    config["rope_parameters"] = {**config["rope_parameters"], "rope_type": rope_type, "factor": 4.0}
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=f"RoPE scaling type '{rope_type}' is unsupported"):
+        import_hf(tmp_path / "hf", tmp_path / "native", progress=False)
+    assert not list(tmp_path.glob("native*"))
+
+
+# Token ids and MambaInLlama's mamba_config.json survive the round trip.
+
+
+def _exported_ids(path):
+    config = json.loads((path / "config.json").read_text())
+    generation = json.loads((path / "generation_config.json").read_text())
+    keys = ("bos_token_id", "eos_token_id", "pad_token_id")
+    return [config.get(k) for k in keys], [generation.get(k) for k in keys]
+
+
+@pytest.mark.parametrize(
+    "factory, ids",
+    [
+        (lambda: tiny_gpt_neox(), dict(bos_token_id=0, eos_token_id=0)),  # Pythia's
+        (lambda: tiny_llama(), dict(bos_token_id=128, eos_token_id=[129, 130])),  # Llama-3-like
+    ],
+)
+def test_export_writes_the_source_token_ids(runtime, tmp_path, factory, ids):
+    model = factory()
+    for key, value in ids.items():
+        setattr(model.config, key, value)
+    model.save_pretrained(tmp_path / "hf")
+    import_hf(tmp_path / "hf", tmp_path / "native", progress=False)
+    (tmp_path / "native" / "generation_config.json").unlink()  # as in a run or swap directory
+    export_hf(tmp_path / "native", tmp_path / "export", progress=False)
+    expected = [ids["bos_token_id"], ids["eos_token_id"], None]
+    assert _exported_ids(tmp_path / "export") == (expected, expected)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "export")
+    assert loaded.generation_config.eos_token_id == ids["eos_token_id"]
+
+
+def test_swap_keeps_token_ids_and_a_training_checkpoint_takes_the_tokenizers(runtime, tmp_path):
+    from megatron_mamba.convert.native_files import parameter_layout, read_native, write_native
+    from megatron_mamba.convert.swap import swap_native
+    from tests.helpers.tiny_tokenizer import make_tokenizer
+
+    model = tiny_llama(layers=3)
+    model.config.bos_token_id, model.config.eos_token_id = 5, 7
+    model.save_pretrained(tmp_path / "hf")
+    import_hf(tmp_path / "hf", tmp_path / "native", progress=False)
+    swap_native(tmp_path / "native", tmp_path / "swapped", "AMA", mamba=dict(layout="attention"))
+    (tmp_path / "swapped" / "generation_config.json").unlink()
+    export_hf(tmp_path / "swapped", tmp_path / "export", progress=False)
+    assert _exported_ids(tmp_path / "export") == ([5, 7, None], [5, 7, None])
+
+    # A checkpoint that records no ids (as a training run's): the tokenizer's are written.
+    config = read_model_config(tmp_path / "native")
+    state = read_native(tmp_path / "native", config)
+    write_native(tmp_path / "run", config, state, parameter_layout(config))
+    tokenizer = make_tokenizer(tmp_path / "tokenizer")  # no bos, eos 2, pad 1
+    export_hf(tmp_path / "run", tmp_path / "run-export", tokenizer=tokenizer, progress=False)
+    assert _exported_ids(tmp_path / "run-export") == ([None, 2, 1], [None, 2, 1])
+
+
+@pytest.mark.parametrize(
+    "pattern, mamba",
+    [
+        ("MA", dict(dt_rank=8, d_conv=3, conv_bias=False, proj_bias=True)),
+        ("SA", dict(d_conv=3, conv_bias=False, proj_bias=True, chunk_size=8)),
+        ("MA", dict(proj_bias=False)),
+    ],
+)
+def test_mamba_in_llama_config_describes_the_weights(runtime, tmp_path, pattern, mamba):
+    """Our export re-imports as MambaInLlama publishes it (a plain Llama config.json next to
+    mamba_config.json) with every Mamba setting that shapes the weights."""
+    _saved(lambda: tiny_llama(layers=2), tmp_path / "hf")
+    mamba = dict(layout="attention", init="attention", **mamba)
+    import_hf(tmp_path / "hf", tmp_path / "native", pattern, mamba=mamba, progress=False)
+    export_hf(tmp_path / "native", tmp_path / "export", progress=False)
+    (tmp_path / "theirs").mkdir()
+    shutil.copy(tmp_path / "hf" / "config.json", tmp_path / "theirs")
+    for name in ("mamba_config.json", "model.safetensors"):
+        shutil.copy(tmp_path / "export" / name, tmp_path / "theirs")
+    import_hf(tmp_path / "theirs", tmp_path / "again", progress=False)
+    ours, config = _native(tmp_path / "native")
+    theirs, again = _native(tmp_path / "again")
+    for key in ("dt_rank", "d_conv", "conv_bias", "chunk_size"):
+        if key in mamba:
+            assert getattr(again.mamba, key) == mamba[key], key
+    assert again.mamba.proj_bias == mamba["proj_bias"]
+    first, second = ours.state_dict(), theirs.state_dict()
+    assert first.keys() == second.keys()
+    for name in first:
+        if not name.endswith("_extra_state"):
+            assert torch.equal(first[name], second[name]), name
+
+
+def test_mamba_in_llama_unequal_mamba1_biases_are_refused(runtime, tmp_path):
+    _saved(lambda: tiny_llama(layers=2), tmp_path / "hf")
+    mamba = dict(layout="attention", init="attention")
+    import_hf(tmp_path / "hf", tmp_path / "native", "MA", mamba=mamba, progress=False)
+    export_hf(tmp_path / "native", tmp_path / "theirs", progress=False)
+    shutil.copy(tmp_path / "hf" / "config.json", tmp_path / "theirs")
+    config = json.loads((tmp_path / "theirs" / "mamba_config.json").read_text())
+    config["ssm_cfg"]["proj_z_bias"] = True
+    (tmp_path / "theirs" / "mamba_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="proj_x_bias=False, proj_z_bias=True, out_proj_bias="):
+        import_hf(tmp_path / "theirs", tmp_path / "again", progress=False)
+
+
+# Outputs: refused unless replaceable, never left half-written.
+
+
+def test_export_refuses_a_missing_or_empty_tokenizer_directory(runtime, tmp_path):
+    _saved("llama_tied", tmp_path / "hf")
+    import_hf(tmp_path / "hf", tmp_path / "native", progress=False)
+    with pytest.raises(FileNotFoundError, match="tokenizer directory .*nope does not exist"):
+        export_hf(tmp_path / "native", tmp_path / "out", tokenizer=tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty holds no tokenizer files"):
+        export_hf(tmp_path / "native", tmp_path / "out", tokenizer=tmp_path / "empty")
+    assert not list(tmp_path.glob("out*"))
+
+
+def test_a_regular_file_is_never_replaced(runtime, tmp_path):
+    _saved("llama_tied", tmp_path / "hf")
+    import_hf(tmp_path / "hf", tmp_path / "native", progress=False)
+    (tmp_path / "afile").write_text("x")
+    for convert in (
+        lambda: import_hf(tmp_path / "hf", tmp_path / "afile", overwrite=True, progress=False),
+        lambda: export_hf(tmp_path / "native", tmp_path / "afile", overwrite=True, progress=False),
+    ):
+        with pytest.raises(FileExistsError, match="afile exists and is not a directory"):
+            convert()
+        assert (tmp_path / "afile").read_text() == "x"
+        assert not list(tmp_path.glob("afile.*"))
+
+
+def test_a_failed_replacement_keeps_the_old_output_and_leaves_nothing_partial(
+    runtime, tmp_path, monkeypatch
+):
+    import os
+
+    _saved("llama_tied", tmp_path / "hf")
+    import_hf(tmp_path / "hf", tmp_path / "native", progress=False)
+    export_hf(tmp_path / "native", tmp_path / "out", progress=False)
+    before = sorted(p.name for p in (tmp_path / "out").iterdir())
+    replace = os.replace
+
+    def failing(src, dst):
+        if str(src).endswith(".partial"):
+            raise OSError(f"cannot rename {src}")
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError, match="cannot rename"):
+        export_hf(tmp_path / "native", tmp_path / "out", overwrite=True, progress=False)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "native", "out"]

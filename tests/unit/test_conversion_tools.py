@@ -28,3 +28,27 @@ def test_round_trip_through_the_command_lines(runtime, tmp_path, capsys):
     assert convert_native_to_hf.main([str(tmp_path / "hf"), str(tmp_path / "x")]) == 1
     assert "not a complete checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
+
+
+def test_more_bad_inputs_exit_1_with_one_line(runtime, tmp_path, capsys):
+    from tools import swap_layers
+
+    tiny_gpt_neox(True, layers=2).save_pretrained(tmp_path / "hf")
+    assert convert_hf_to_native.main([str(tmp_path / "hf"), str(tmp_path / "native")]) == 0
+    capsys.readouterr()
+
+    def one_error(code: int, expected: str) -> None:
+        assert code == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and expected in err and err.count("\n") == 1, err
+
+    missing = str(tmp_path / "missing")
+    one_error(swap_layers.main([missing, str(tmp_path / "s"), "--layer-pattern", "MA"]), missing)
+    argv = [str(tmp_path / "native"), str(tmp_path / "out")]
+    one_error(convert_native_to_hf.main([*argv, "--tokenizer", missing]), "does not exist")
+    one_error(convert_native_to_hf.main([*argv, "--max-shard-gb", "0"]), "must be positive")
+    (tmp_path / "afile").write_text("x")
+    afile = [str(tmp_path / "afile"), "--overwrite"]
+    one_error(convert_native_to_hf.main([str(tmp_path / "native"), *afile]), "not a directory")
+    one_error(convert_hf_to_native.main([str(tmp_path / "hf"), *afile]), "not a directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "hf", "native"]

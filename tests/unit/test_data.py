@@ -56,6 +56,56 @@ def test_failed_preprocess_leaves_no_files(tmp_path, tokenizer_dir):
     assert sorted(os.listdir(tmp_path)) == ["in.jsonl"]
 
 
+def test_a_non_string_text_is_refused_naming_file_and_line(tmp_path, tokenizer_dir):
+    source = write_jsonl(tmp_path / "in.jsonl", corpus_lines()[:2])
+    with open(source, "a") as f:
+        f.write('{"text": 5}\n')
+    with pytest.raises(ValueError, match=r"in.jsonl:3 has 'text' of type int; expected a string"):
+        preprocess([source], tokenizer_dir, tmp_path / "out", progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["in.jsonl"]
+
+
+def test_an_existing_pair_is_replaced_only_with_overwrite(tmp_path, tokenizer_dir):
+    source = write_jsonl(tmp_path / "in.jsonl", corpus_lines()[:3])
+    preprocess([source], tokenizer_dir, tmp_path / "out", progress=False)
+    first = (tmp_path / "out.bin").read_bytes()
+    source = write_jsonl(tmp_path / "in.jsonl", corpus_lines()[3:5])
+    with pytest.raises(
+        FileExistsError, match="out.bin and .*out.idx already exist; pass --overwrite"
+    ):
+        preprocess([source], tokenizer_dir, tmp_path / "out", progress=False)
+    assert (tmp_path / "out.bin").read_bytes() == first
+    (tmp_path / "out.idx").unlink()  # a lone .bin (an interrupted replacement) is refused too
+    with pytest.raises(FileExistsError, match="out.bin already exists"):
+        preprocess([source], tokenizer_dir, tmp_path / "out", progress=False)
+    stats = preprocess([source], tokenizer_dir, tmp_path / "out", progress=False, overwrite=True)
+    assert check_pair(tmp_path / "out").documents == stats.documents == 2
+    assert sorted(os.listdir(tmp_path)) == ["in.jsonl", "out.bin", "out.idx"]
+
+
+def test_a_replacement_never_pairs_a_bin_with_the_old_index(tmp_path, monkeypatch):
+    """Interrupted between its renames, a replacement leaves a .bin without an index (refused),
+    not the new .bin described by the old .idx."""
+    from megatron_mamba.data.merge import merge_datasets
+
+    a = build_pair(tmp_path / "a", [np.arange(3)])
+    b = build_pair(tmp_path / "b", [np.arange(5), np.arange(4)])
+    merge_datasets([a], tmp_path / "out")
+    replace = os.replace
+
+    def interrupted(src, dst):
+        if str(dst).endswith("out.idx"):
+            raise OSError("interrupted")
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(OSError, match="interrupted"):
+        merge_datasets([a, b], tmp_path / "out", overwrite=True)
+    with pytest.raises(DatasetError, match="index file .*out.idx does not exist"):
+        check_pair(tmp_path / "out")
+    assert not list(tmp_path.glob("*tmp*"))
+
+
 def build_pair(prefix, items, dtype=np.uint16):
     builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=dtype)
     for item in items:
@@ -156,6 +206,21 @@ def test_max_train_samples_offset_and_resume(pythia_pair):
         assert resumed == full[step:]
 
 
+@pytest.mark.parametrize(
+    "settings, match",
+    [
+        (dict(first_item=-4), "first_item=-4 must be non-negative"),
+        (dict(max_train_samples=-5), "max_train_samples=-5 must be positive"),
+        (dict(max_train_samples=0), "max_train_samples=0 must be positive"),
+        (dict(epochs=0), "epochs=0 must be positive"),
+        (dict(dp_size=0), "data-parallel size 0 must be positive"),
+    ],
+)
+def test_orders_that_would_wrap_around_or_hold_nothing_are_refused(settings, match):
+    with pytest.raises(ValueError, match=match):
+        DataOrder(global_batch=2, **settings)
+
+
 def test_epochs_repeat_the_same_samples_in_order(pythia_pair):
     data = PythiaPreshuffled(pythia_pair)
     order = DataOrder(global_batch=3, max_train_samples=7, epochs=2)
@@ -189,10 +254,12 @@ def test_merge_shards_reassembles_the_bin(tmp_path, pythia_pair):
     shards[0].write_bytes(whole[:cut])
     shards[1].write_bytes(whole[cut:])
     summary = merge_shards(shards, f"{pythia_pair}.idx", tmp_path / "merged")
-    assert summary.sequences == 20
+    assert summary.sequences == 20 and summary.prefix == str(tmp_path / "merged")
     assert (tmp_path / "merged.bin").read_bytes() == whole
-    with pytest.raises(DatasetError, match="truncated"):
+    with pytest.raises(DatasetError, match="truncated") as error:
         merge_shards(shards[:1], f"{pythia_pair}.idx", tmp_path / "partial")
+    assert str(shards[0]) in str(error.value) and f"{pythia_pair}.idx" in str(error.value)
+    assert "tmp" not in str(error.value).replace(str(tmp_path), "")  # not the temporary files
     assert not list(tmp_path.glob("partial*"))
 
 

@@ -72,3 +72,51 @@ def test_merge_datasets_concatenates_pairs_in_order(tmp_path, capsys):
     assert merge_datasets.main(argv) == 1
     assert "different token dtypes" in capsys.readouterr().err
     assert not list(tmp_path.glob("bad*"))
+
+
+def _one_error(capsys, code: int, expected: str) -> None:
+    assert code == 1
+    captured = capsys.readouterr()
+    last = captured.err.splitlines()[-1]  # after any progress bar
+    assert last.startswith("error: ") and expected in last, captured.err
+    assert "Traceback" not in captured.err and not captured.out
+
+
+def test_more_bad_inputs_exit_1_with_one_line(tmp_path, tokenizer_dir, capsys):
+    prefix = str(build_pair(tmp_path / "document", [np.full(2049, i) for i in range(4)]))
+    missing = str(tmp_path / "no-tokenizer")
+    viewer = [prefix, "--step", "0"]
+    _one_error(capsys, pythia_batch_viewer.main([*viewer, "--global-batch", "0"]), "global batch 0")
+    _one_error(capsys, pythia_batch_viewer.main([*viewer, "--step", "-1"]), "--step -1")
+    _one_error(capsys, pythia_batch_viewer.main([*viewer, "--tokenizer", missing]), missing)
+    _one_error(capsys, inspect_data.main([prefix, "--tokenizer", missing]), missing)
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "fine"}\n{"text": 5}\n')
+    out = str(tmp_path / "out")
+    argv = ["--input", str(source), "--tokenizer", str(tokenizer_dir), "--output-prefix", out]
+    _one_error(capsys, preprocess_data.main(argv), f"{source}:2 has 'text' of type int")
+
+
+def test_outputs_are_replaced_only_with_overwrite(tmp_path, tokenizer_dir, capsys):
+    from data_tools import merge_datasets
+
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus_lines()[:3]))
+    out = str(tmp_path / "out")
+    argv = ["--input", str(source), "--tokenizer", str(tokenizer_dir), "--output-prefix", out]
+    assert preprocess_data.main(argv) == 0
+    capsys.readouterr()
+    _one_error(capsys, preprocess_data.main(argv), "already exist; pass --overwrite")
+    assert preprocess_data.main([*argv, "--overwrite"]) == 0
+    capsys.readouterr()
+    merge = ["--inputs", out, out, "--output-prefix", str(tmp_path / "both")]
+    assert merge_datasets.main(merge) == 0
+    capsys.readouterr()
+    _one_error(capsys, merge_datasets.main(merge), "already exist; pass --overwrite")
+    assert merge_datasets.main([*merge, "--overwrite"]) == 0
+    capsys.readouterr()
+    shards = ["--shards", f"{out}.bin", "--index", f"{out}.idx"]
+    merge = [*shards, "--output-prefix", str(tmp_path / "both")]
+    _one_error(capsys, merge_pythia_shards.main(merge), "already exist; pass --overwrite")
+    assert merge_pythia_shards.main([*merge, "--overwrite"]) == 0
+    capsys.readouterr()
