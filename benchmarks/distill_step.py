@@ -77,7 +77,7 @@ def main() -> None:
     teacher.cuda().eval().requires_grad_(False)
     tokens = TokenBatch(torch.randint(0, cfg.vocab_size, (MICRO, SEQ + 1), device="cuda"))
 
-    alone = median_step_seconds(step_fn(LanguageModelling(), student, tokens))
+    alone = median_step_seconds(step_fn(LanguageModelling(torch.device("cuda")), student, tokens))
     distill = DistillConfig(
         teacher="in memory", alpha_layer_distill_loss=15.0, alpha_logits_distill_loss=1.0
     )

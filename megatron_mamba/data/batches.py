@@ -38,6 +38,18 @@ class TokenBatch:
         mask = self.loss_mask.to(device) if self.loss_mask is not None else None
         return TokenBatch(self.tokens.to(device), mask)
 
+    def target_count(self) -> float:
+        """How many targets carry loss: the loss mask's sum, or every target without one."""
+        if self.loss_mask is None:
+            return float(self.labels.numel())
+        return float(self.loss_mask.sum())
+
+    def masked_sum(self, per_token: torch.Tensor) -> torch.Tensor:
+        """Sum of a [n, L−1] per-target quantity over the targets that carry loss."""
+        if self.loss_mask is None:
+            return per_token.float().sum()
+        return (per_token.float() * self.loss_mask.to(per_token.device, torch.float32)).sum()
+
     def masked_mean(self, per_token: torch.Tensor) -> torch.Tensor:
         """Mean of a [n, L−1] per-target quantity over the targets that carry loss."""
         if self.loss_mask is None:

@@ -24,6 +24,7 @@ from megatron_mamba.distill.config import DistillConfig
 from megatron_mamba.distill.losses import block_mse_and_gradient, ce_and_logits_kl
 from megatron_mamba.distill.schedule import layer_alpha
 from megatron_mamba.training.paired import forward_pair
+from megatron_mamba.training.target_mean import GlobalTargetMean
 
 
 class Distillation:
@@ -49,6 +50,7 @@ class Distillation:
         self.for_recomputation: dict[int, deque] = defaultdict(deque)
         self.in_step = False  # the hooks act only on this objective's forwards (not validation)
         self.device = next(student.parameters()).device
+        self.mean = GlobalTargetMean(self.device)
         sequence_parallel = student.config.sequence_parallel
         # With sequence parallelism each TP rank holds 1/TP of the tokens: its mean counts 1/TP.
         self.token_share = 1 / ps.get_tensor_model_parallel_world_size() if sequence_parallel else 1
@@ -72,7 +74,12 @@ class Distillation:
     def micro_batch_factor(self) -> int:
         return 2 if self.uses_teacher else 1
 
-    def begin_step(self, step: int, loss_scale: float, accumulation: int) -> None:
+    def begin_step(
+        self, step: int, loss_scale: float, accumulation: int, batch: TokenBatch | None = None
+    ) -> None:
+        """`batch`: this replica's whole step, whose loss-carrying targets CE and KL average
+        over (training/target_mean.py)."""
+        self.mean.begin_step(batch, accumulation)
         cfg = self.cfg
         self.alpha_layer = layer_alpha(
             step, self.total_steps, cfg.alpha_layer_distill_loss, cfg.layer_distill_until
@@ -108,7 +115,7 @@ class Distillation:
         return None
 
     def forward_step(self, batch: TokenBatch, model):
-        """CE and logits KL are means over the targets that carry loss (all of them for
+        """CE and logits KL are means over the step's targets that carry loss (all of them for
         pre-training data, assistant tokens for chat data); the layer loss is over every token."""
         if not self.uses_teacher:
             per_token = model(batch.inputs, None, None, labels=batch.labels)
@@ -131,11 +138,11 @@ class Distillation:
                 self.vocab_size,
                 self.cfg.logits_temperature if with_kl else None,
             )
-            ce = batch.masked_mean(per_token_ce)
+            ce = self.mean(batch, per_token_ce)
             total = self.cfg.alpha_ce_loss * ce
             parts = {"ce": ce.detach().clone()}
             if with_kl:
-                kl = batch.masked_mean(per_token_kl)
+                kl = self.mean(batch, per_token_kl)
                 total = total + self.cfg.alpha_logits_distill_loss * kl
                 parts["logits_kl"] = kl.detach()
             return total, parts
@@ -143,7 +150,7 @@ class Distillation:
         return outputs, loss_func
 
     def _ce_only(self, batch: TokenBatch, per_token):
-        ce = batch.masked_mean(per_token)
+        ce = self.mean(batch, per_token)
         return self.cfg.alpha_ce_loss * ce, {"ce": ce.detach().clone()}
 
     def parts(self, micro_batch_records: list[dict]) -> dict[str, float]:

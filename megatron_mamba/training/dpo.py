@@ -71,8 +71,8 @@ class PreferenceOptimisation:
         self.policy, self.reference, self.cfg = policy, reference, cfg
         self.vocab_size = vocab_size
 
-    def begin_step(self, step: int, loss_scale: float, accumulation: int) -> None:
-        pass
+    def begin_step(self, step: int, loss_scale: float, accumulation: int, batch=None) -> None:
+        pass  # every micro-batch holds as many pairs: the mean of their means is the step's
 
     def forward_step(self, batch: PreferenceBatch, model):
         rows = batch.stacked()

@@ -5,7 +5,10 @@ teacher."""
 
 from __future__ import annotations
 
+import torch
+
 from megatron_mamba.data.batches import TokenBatch
+from megatron_mamba.training.target_mean import GlobalTargetMean
 
 
 class LanguageModelling:
@@ -13,14 +16,20 @@ class LanguageModelling:
     rows_per_item = 1
     detailed = False
 
-    def begin_step(self, step: int, loss_scale: float, accumulation: int) -> None:
-        pass
+    def __init__(self, device: torch.device):
+        self.mean = GlobalTargetMean(device)
+
+    def begin_step(
+        self, step: int, loss_scale: float, accumulation: int, batch: TokenBatch | None = None
+    ) -> None:
+        """`batch`: this replica's whole step, whose loss-carrying targets the mean is over."""
+        self.mean.begin_step(batch, accumulation)
 
     def forward_step(self, batch: TokenBatch, model):
         per_token = model(batch.inputs, None, None, labels=batch.labels)
 
         def loss_func(output):
-            loss = batch.masked_mean(output)  # over the targets that carry loss (SFT: assistant)
+            loss = self.mean(batch, output)  # over the targets that carry loss (SFT: assistant)
             return loss, {"ce": loss.detach().clone()}  # the schedule divides `loss` in place
 
         return per_token, loss_func

@@ -190,7 +190,7 @@ def train(run: RunConfig) -> list[dict]:
     peak = peak_flops(rt.device, cfg.mixed_precision, cfg.use_tf32)
     forward_backward = get_forward_backward_func()
 
-    objective = LanguageModelling()
+    objective = LanguageModelling(rt.device)
     if teacher is not None:
         objective = Distillation(
             model, teacher, run.distill, model_cfg.num_layers, total, model_cfg.vocab_size
@@ -277,10 +277,11 @@ def train(run: RunConfig) -> list[dict]:
         started = time.perf_counter()
         ddp.zero_grad_buffer()
         optimizer.zero_grad()
-        objective.begin_step(step, float(optimizer.get_loss_scale()), accumulation)
+        batch = next(batches)
+        objective.begin_step(step, float(optimizer.get_loss_scale()), accumulation, batch)
         losses = forward_backward(
             forward_step_func=forward_step,
-            data_iterator=iter(next(batches).split(micro)),
+            data_iterator=iter(batch.split(micro)),
             model=ddp,
             num_microbatches=accumulation,
             seq_length=seq,
