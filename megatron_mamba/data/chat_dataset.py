@@ -55,12 +55,16 @@ class _Records:
         raise NotImplementedError
 
     def batches(self, order: DataOrder, dp_rank: int, start_step: int = 0) -> Iterator:
-        per_epoch = order.steps_per_epoch(len(self))
+        """Each epoch a new permutation of the same items, `order.samples` of them from
+        first_item on (as transformers' Trainer shuffles a `select`ed subset each epoch); a
+        remainder short of a global batch is dropped, different items each epoch."""
+        per_epoch, pool = order.steps_per_epoch(len(self)), order.samples(len(self))
         for step in range(start_step, order.steps(len(self))):
             epoch, within = divmod(step, per_epoch)
             items = np.asarray(order.items(within, dp_rank))
             if self.shuffle:
-                items = epoch_permutation(len(self), self.seed, epoch)[items]
+                offsets = items - order.first_item
+                items = order.first_item + epoch_permutation(pool, self.seed, epoch)[offsets]
             yield self.rows(torch.from_numpy(items))
 
     def _check_length(self, examples, item_length: int) -> None:

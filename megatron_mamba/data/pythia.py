@@ -50,12 +50,16 @@ class DataOrder:
         if self.epochs < 1:
             raise ValueError(f"epochs={self.epochs} must be positive")
 
-    def steps_per_epoch(self, available: int) -> int:
-        """How many whole global batches the data (and max_train_samples) allow."""
+    def samples(self, available: int) -> int:
+        """The items an epoch draws from: from first_item on, at most max_train_samples."""
         samples = available - self.first_item
         if self.max_train_samples is not None:
             samples = min(samples, self.max_train_samples)
-        return max(samples, 0) // self.global_batch
+        return max(samples, 0)
+
+    def steps_per_epoch(self, available: int) -> int:
+        """How many whole global batches the data (and max_train_samples) allow."""
+        return self.samples(available) // self.global_batch
 
     def steps(self, available: int) -> int:
         return self.epochs * self.steps_per_epoch(available)

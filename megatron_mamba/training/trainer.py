@@ -185,7 +185,7 @@ def train(run: RunConfig) -> list[dict]:
     start = 0
     if cfg.resume_from_checkpoint:
         path = find_checkpoint(cfg.resume_from_checkpoint, checkpoints)
-        start = _resume(path, model, optimizer, scheduler, order)
+        start = _resume(path, model, optimizer, scheduler, _data_order(order, cfg.seed))
     flops_per_token = training_flops_per_token(model_cfg, seq)
     peak = peak_flops(rt.device, cfg.mixed_precision, cfg.use_tf32)
     forward_backward = get_forward_backward_func()
@@ -221,8 +221,7 @@ def train(run: RunConfig) -> list[dict]:
                 f"in {checkpoints}, if any, are kept)"
             )
         progress = {
-            "global_batch": order.global_batch,
-            "first_item": order.first_item,
+            **_data_order(order, cfg.seed),
             "consumed_samples": step * order.global_batch,
         }
         return save_checkpoint(
@@ -375,14 +374,24 @@ def _initialise(model, path: Path) -> None:
         load_full_state(model, torch.load(path, map_location="cpu", weights_only=True))
 
 
-def _resume(path: Path, model, optimizer, scheduler, order: DataOrder) -> int:
+def _data_order(order: DataOrder, seed: int) -> dict:
+    """What decides which items each step reads (the number of epochs does not: each epoch's
+    order is its own)."""
+    return {
+        "global_batch": order.global_batch,
+        "first_item": order.first_item,
+        "max_train_samples": order.max_train_samples,
+        "seed": seed,  # shuffles corpus and chat data
+    }
+
+
+def _resume(path: Path, model, optimizer, scheduler, data_order: dict) -> int:
     """Restore the run's state from `path`; returns the last completed step."""
     progress = load_checkpoint(path, model, optimizer, scheduler)
-    for key in ("global_batch", "first_item"):
-        if progress[key] != getattr(order, key):
+    for key, value in data_order.items():
+        if key in progress and progress[key] != value:  # older checkpoints lack some keys
             raise CheckpointError(
-                f"{path} was trained with {key}={progress[key]}; this run has "
-                f"{getattr(order, key)}, so its data would not continue where the checkpoint "
-                "stopped"
+                f"{path} was trained with {key}={progress[key]}; this run has {value}, so its "
+                "data would not continue where the checkpoint stopped"
             )
     return progress["step"]

@@ -116,8 +116,9 @@ def test_weights_load_at_another_layout(tmp_path, items, step3):
         ({"train.max_steps": 6}, r"decay steps \(.*\) = 8; this run has 6"),
         ({"train.warmup_steps": 1}, r"warmup steps \(.*\) = 2; this run has 1"),
         ({"train.adam_eps": 1e-3}, r"train.adam_eps = 1e-08; this run has 0.001"),
+        ({"train.seed": 7}, r"was trained with seed=\d+; this run has 7"),
     ],
-    ids=["layout", "global-batch", "learning-rate", "decay", "warmup", "adam"],
+    ids=["layout", "global-batch", "learning-rate", "decay", "warmup", "adam", "seed"],
 )
 def test_resuming_from_a_checkpoint_that_does_not_fit_fails_clearly(
     tmp_path, items, step3, overrides, message

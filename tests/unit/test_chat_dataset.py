@@ -74,6 +74,20 @@ def test_order_is_seeded_per_epoch_and_resumes(tmp_path, tokenizer_dir):
     assert [b.loss_mask.sum(-1).tolist() for b in again.batches(order, 0)] == firsts
 
 
+@pytest.mark.parametrize("first_item", [0, 3])
+def test_epochs_shuffle_the_same_max_train_samples(tmp_path, tokenizer_dir, first_item):
+    """max_train_samples picks the same 4 records for every epoch (the first 4 from first_item),
+    each epoch in a new order."""
+    data = ChatDataset(_chats(tmp_path / "chat.jsonl", count=12), tokenizer_dir, ITEM, seed=1)
+    order = DataOrder(global_batch=2, first_item=first_item, max_train_samples=4, epochs=3)
+    index = {tuple(row.tolist()): i for i, row in enumerate(data.data.tokens)}
+    read = [index[tuple(row.tolist())] for b in data.batches(order, 0) for row in b.tokens]
+    epochs = [read[:4], read[4:8], read[8:]]
+    chosen = list(range(first_item, first_item + 4))
+    assert all(sorted(epoch) == chosen for epoch in epochs)
+    assert len({tuple(epoch) for epoch in epochs}) > 1
+
+
 def test_preference_pairs_share_their_prompt(tmp_path, tokenizer_dir):
     path = _write(
         tmp_path / "prefs.jsonl",
