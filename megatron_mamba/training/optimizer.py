@@ -21,6 +21,10 @@ from megatron_mamba.training.run_config import RunConfig
 _FUSED_ADAM_DEVICES = ("cuda", "cpu")
 
 
+MIN_LOSS_SCALE = 1.0
+"""fp16: the dynamic loss scale goes no lower; an overflow there counts as a bad step."""
+
+
 def build_optimizer(model, ddp, run: RunConfig):
     """megatron's optimizer for `ddp` (clipping, fp32 master weights under bf16/fp16, loss
     scaling under fp16; sharded over data-parallel ranks with train.use_distributed_optimizer,
@@ -39,6 +43,7 @@ def build_optimizer(model, ddp, run: RunConfig):
         bf16=train.mixed_precision == "bf16",
         fp16=train.mixed_precision == "fp16",
         initial_loss_scale=train.initial_loss_scale,
+        min_loss_scale=MIN_LOSS_SCALE,
         loss_scale_window=train.loss_scale_window,
         params_dtype=model.config.params_dtype,
         use_distributed_optimizer=train.use_distributed_optimizer,

@@ -13,8 +13,6 @@ run's directory before the model, data and checkpoint to resume have been set up
 from __future__ import annotations
 
 import dataclasses
-import math
-import sys
 import time
 from pathlib import Path
 
@@ -36,6 +34,7 @@ from megatron_mamba.models.build import build_model
 from megatron_mamba.models.size import training_flops_per_token
 from megatron_mamba.parallel.shards import load_full_state
 from megatron_mamba.runtime import ParallelSizes, init_runtime
+from megatron_mamba.training.bad_steps import BadSteps, TrainingError, all_finite, why_skip
 from megatron_mamba.training.checkpoint import (
     CHECKPOINTS,
     CheckpointError,
@@ -48,42 +47,13 @@ from megatron_mamba.training.ddp import wrap_ddp
 from megatron_mamba.training.dpo import PreferenceOptimisation
 from megatron_mamba.training.metrics import MetricsLogger
 from megatron_mamba.training.objective import LanguageModelling
-from megatron_mamba.training.optimizer import build_optimizer
+from megatron_mamba.training.optimizer import MIN_LOSS_SCALE, build_optimizer
 from megatron_mamba.training.param_groups import freeze_all_but_mamba
 from megatron_mamba.training.run_config import RunConfig
 from megatron_mamba.training.schedule import build_scheduler
 from megatron_mamba.training.throughput import mfu, peak_flops
 
 _DTYPE = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (e.g. too many consecutive non-finite losses)."""
-
-
-@torch.no_grad()
-def _all_finite(tensors, device) -> bool:
-    """Whether every element of `tensors` is finite on every rank (so that all ranks decide
-    alike): NaN shows in a tensor's min and max, ±inf in one of them; one all-reduce."""
-    bad = torch.zeros(1, device=device)
-    for t in tensors:
-        if t.numel():
-            bad += (~torch.isfinite(torch.stack(torch.aminmax(t)))).sum().to(bad)
-    torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-    return not bad.item()
-
-
-def _why_skip(loss: float, ddp, check_grads: bool, device) -> str | None:
-    """Why this step's update must not be applied, or None. megatron's optimizer checks the
-    gradients only under fp16 (an overflow skips the step and lowers the loss scale); in fp32
-    and bf16 a NaN or inf gradient under a finite loss would go into the weights, so the
-    reduced gradient buffers are checked here, before the optimizer step."""
-    if not math.isfinite(loss):
-        return f"a non-finite loss ({loss})"
-    buffers = ddp.buffers + ddp.expert_parallel_buffers
-    if check_grads and not _all_finite((b.grad_data for b in buffers), device):
-        return "non-finite gradients under a finite loss"
-    return None
 
 
 def _total_steps(cfg, order: DataOrder, available: int) -> int:
@@ -215,7 +185,7 @@ def train(run: RunConfig) -> list[dict]:
         return objective.forward_step(next(batches).to(rt.device), model)
 
     def save(step: int) -> Path:
-        if not _all_finite(model.parameters(), rt.device):
+        if not all_finite(model.parameters(), rt.device):
             raise TrainingError(
                 f"the weights are not finite at step {step}; they are not saved (the checkpoints "
                 f"in {checkpoints}, if any, are kept)"
@@ -266,7 +236,7 @@ def train(run: RunConfig) -> list[dict]:
             logger.log(step, record)
         return updated
 
-    bad_steps, saved = 0, None
+    bad_steps, saved = BadSteps(cfg.max_bad_steps, rt.rank == 0), None
     interval = cfg.checkpoint_interval(total)
     batches = (
         TokenBatch(b) if isinstance(b, torch.Tensor) else b
@@ -288,24 +258,13 @@ def train(run: RunConfig) -> list[dict]:
         )
         parts = _across_pipeline_and_replicas(objective.parts(losses), rt.device)
         loss = objective.total(parts)
-        skip = _why_skip(loss, ddp, cfg.mixed_precision != "fp16", rt.device)
+        skip = why_skip(loss, ddp, cfg.mixed_precision != "fp16", rt.device)
         if skip:
-            bad_steps += 1
-            if rt.rank == 0:
-                print(
-                    f"warning: step {step} skipped, its update not applied: {skip} ({bad_steps} "
-                    f"in a row; train.max_bad_steps={cfg.max_bad_steps})",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            if bad_steps >= cfg.max_bad_steps:
-                kept = f"the latest checkpoint is {saved}" if saved else "this run saved none"
-                raise TrainingError(
-                    f"{bad_steps} consecutive steps had a non-finite loss or gradients (step "
-                    f"{step}: {skip}); none of them was applied, {kept}"
-                )
+            bad_steps.skipped(step, skip, saved)
         elif apply(step, loss, parts, started):
-            bad_steps = 0
+            bad_steps.applied()
+        elif optimizer.get_loss_scale() <= MIN_LOSS_SCALE:
+            bad_steps.skipped(step, "fp16 gradients overflow at the minimum loss scale", saved)
         exiting = cfg.exit_interval is not None and step % cfg.exit_interval == 0
         at_end = step == total and cfg.save_at_end
         if at_end or exiting or (interval and step % interval == 0):

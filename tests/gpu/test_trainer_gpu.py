@@ -4,7 +4,7 @@ run, and reports MFU."""
 import numpy as np
 import pytest
 
-from tests.distributed.launch import torchrun
+from tests.distributed.launch import REPO, launch, torchrun
 from tests.distributed.train_runs import TRAIN, losses, records, settings, steps_and_values
 
 pytestmark = pytest.mark.gpu
@@ -49,6 +49,20 @@ def test_fp16_overflow_skips_steps_and_lowers_the_scale(tmp_path, items, initial
     assert [r["loss_scale"] for r in recs[:k]] == [2.0**26] + [2.0 ** (26 - i) for i in range(1, k)]
     assert all(r["lr"] == 0.0 for r in recs[: k + 1])
     assert recs[-1]["loss"] < recs[k]["loss"]
+
+
+def test_fp16_overflow_at_the_minimum_scale_stops_the_run(tmp_path, items, initial):
+    """Gradients that are NaN at every step: the scale falls to its minimum (1) — those skips are
+    megatron's to handle — and from there each skip counts toward train.max_bad_steps."""
+    args = settings(tmp_path, items, "stuck", **{"train.init_from": initial})
+    args.update({"train.mixed_precision": "fp16", "train.initial_loss_scale": 4.0})
+    args.update({"train.max_steps": 16, "train.max_bad_steps": 3})
+    worker = REPO / "tests" / "distributed" / "workers" / "train_poisoned.py"
+    steps = ",".join(str(s) for s in range(1, 17))
+    done = launch(worker, 1, "grad", steps, *(f"{k}={v}" for k, v in args.items()), cpu=False)
+    assert done.returncode != 0
+    assert "fp16 gradients overflow at the minimum loss scale" in done.stderr
+    assert "3 consecutive steps were skipped" in done.stderr, done.stderr[-3000:]
 
 
 def _distributed_run(tmp_path, items, initial, name, gpus, **overrides):
