@@ -21,6 +21,7 @@ mamba2       240 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds m
 distill      170 torchrun --nproc_per_node 1 benchmarks/distill_step.py --out $OUT/distill_step.json
 dpo          120 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json
 optimizer    90  python benchmarks/optimizer_step.py
+overhead     240 torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode bare --out $OUT/bare.json && torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode trainer --out $OUT/t1.json
 '
 names=$(awk 'NF { printf "%s ", $1 }' <<< "$STEPS")
 [ $# -gt 0 ] || { echo "name one or more steps: $names" >&2; exit 2; }
