@@ -12,7 +12,7 @@ STEPS='
 logit_test   90  python -m pytest -q tests/gpu/test_logit_losses_gpu.py
 kernel_test  240 python -m pytest -q tests/gpu/test_kernel_parity.py tests/gpu/test_mamba_gpu.py
 model_test   180 python -m pytest -q tests/gpu/test_models_gpu.py
-trainer_test 300 python -m pytest -q tests/gpu/test_trainer_gpu.py
+trainer_test 420 python -m pytest -q tests/gpu/test_trainer_gpu.py
 nccl_test    480 python -m pytest -q tests/gpu/test_nccl_parallel.py
 logit        60  torchrun --nproc_per_node 1 benchmarks/logit_losses.py
 attention    120 torchrun --nproc_per_node 1 benchmarks/attention_model.py
