@@ -63,13 +63,24 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
     return text, spans
 
 
+def _bos(tokenizer, text: str) -> list[int]:
+    """[bos] where the tokenizer starts any text with it (Llama, Mistral) and the chat template
+    has not put it there already (Llama 3's does, Zephyr's does not): alignment-handbook's
+    Zephyr recipes tokenize the rendered chat as text, so their sequences begin with BOS."""
+    bos = tokenizer.bos_token_id
+    if bos is None or text.startswith(tokenizer.bos_token):
+        return []
+    return [bos] if tokenizer("", add_special_tokens=True)["input_ids"][:1] == [bos] else []
+
+
 def tokenize_chat(tokenizer, messages: list[dict], max_length: int | None = None) -> MaskedTokens:
     text, spans = assistant_spans(tokenizer, messages)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     mask = [
         int(any(lo <= start < hi for lo, hi in spans)) for start, _ in encoded["offset_mapping"]
     ]
-    ids = encoded["input_ids"]
+    bos = _bos(tokenizer, text)
+    ids, mask = bos + encoded["input_ids"], [0] * len(bos) + mask
     if max_length is not None:
         ids, mask = ids[:max_length], mask[:max_length]
     return MaskedTokens(ids, mask)

@@ -1,5 +1,7 @@
 """Chat and preference examples: the loss mask covers exactly the assistant turns."""
 
+import copy
+
 import pytest
 import torch
 
@@ -103,3 +105,33 @@ def test_an_assistant_first_conversation_masks_only_the_assistant_text(tokenizer
     rest = masked_text(tokenizer, example, 0)
     assert rest.count("<|assistant|>") == 2
     assert ("You are helpful." in rest) == (template != "zephyr")
+
+
+def _with_bos(tokenizer, template_adds_it: bool):
+    """The tiny tokenizer made to start every text with <s>, as Llama's and Mistral's do."""
+    from tokenizers.processors import TemplateProcessing
+
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.add_special_tokens({"bos_token": "<s>"})
+    bos = tokenizer.bos_token_id
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", bos)]
+    )
+    if template_adds_it:
+        tokenizer.chat_template = "{{ bos_token }}" + tokenizer.chat_template
+    return tokenizer
+
+
+@pytest.mark.parametrize("template_adds_it", [False, True])
+def test_a_tokenizer_that_starts_texts_with_bos_gets_exactly_one(tokenizer, template_adds_it):
+    """As alignment-handbook's Zephyr SFT (the rendered chat tokenized as text): one BOS first,
+    outside the loss, whether or not the template writes it."""
+    with_bos = _with_bos(tokenizer, template_adds_it)
+    example = tokenize_chat(with_bos, CONVERSATION)
+    assert example.input_ids[0] == with_bos.bos_token_id and example.assistant_mask[0] == 0
+    assert example.input_ids.count(with_bos.bos_token_id) == 1
+    plain = tokenize_chat(tokenizer, CONVERSATION)
+    if not template_adds_it:
+        assert example.input_ids[1:] == plain.input_ids
+        assert example.assistant_mask[1:] == plain.assistant_mask
+    assert masked_text(with_bos, example, 1) == "Blue, like the sea.<eos>\nGreen.<eos>\n"
