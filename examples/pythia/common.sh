@@ -1,15 +1,17 @@
 # Shared by the Pythia examples (sourced). DATA_PROP picks CALD's data proportion of the Pile:
-# 05p / 1p / 2p → max_train_samples and lr_decay_steps of the seed. `--tiny` as the first
-# argument runs the same recipe on a tiny model and stand-in data made on the spot.
+# 05p / 1p / 2p → max_train_samples, lr_decay_steps and the hybrid switch step of the seed.
+# NPROC GPUs (1, 2, 4, 8 or 16) split its 16 accumulated micro-batches, so the global batch stays
+# the seed's 128. `--tiny` as the first argument runs the same recipe on a tiny model and
+# stand-in data made on the spot.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 PY=${PYTHON:-python}
 NPROC=${NPROC:-1}
 DATA_PROP=${DATA_PROP:-05p}
-case $DATA_PROP in
-  05p) TRAIN_SAMPLES=732160 DECAY_STEPS=12000 ;;
-  1p) TRAIN_SAMPLES=1464320 DECAY_STEPS=24000 ;;
-  2p) TRAIN_SAMPLES=2928640 DECAY_STEPS=24000 ;;
+case $DATA_PROP in  # SWITCH_STEP: CALD's 40P, its 40th checkpoint (every int(1% of the steps))
+  05p) TRAIN_SAMPLES=732160 DECAY_STEPS=12000 SWITCH_STEP=4576 ;;
+  1p) TRAIN_SAMPLES=1464320 DECAY_STEPS=24000 SWITCH_STEP=9120 ;;
+  2p) TRAIN_SAMPLES=2928640 DECAY_STEPS=24000 SWITCH_STEP=18280 ;;
   *) echo "DATA_PROP=$DATA_PROP is unknown; expected 05p, 1p or 2p" >&2 && exit 2 ;;
 esac
 CONFIG=examples/pythia/pythia-1b.yaml
@@ -20,12 +22,19 @@ if [[ "${1:-}" == "--tiny" ]]; then
   TINY=${TINY_DIR:-output/tiny/inputs}
   [[ -f $TINY/teacher.pt ]] || "$PY" examples/pythia/make_tiny.py "$TINY"
   CONFIG=examples/pythia/tiny.yaml DATA=$TINY/document TEACHER=$TINY/teacher.pt
-  TRAIN_SAMPLES=128 DECAY_STEPS=24
+  TRAIN_SAMPLES=128 DECAY_STEPS=24 SWITCH_STEP=
 fi
+# The hybrid's switch (the tiny run: 40% of its steps); the target-guided run keeps that step.
+SWITCH=distill.layer_distill_until_step=$SWITCH_STEP KEEP="[$SWITCH_STEP]"
+[[ -n $SWITCH_STEP ]] || SWITCH=distill.layer_distill_until=0.4 KEEP="[]"
+ACCUMULATION=$(awk '$1 == "gradient_accumulation_steps:" { print $2 }' "$CONFIG")
+(( ACCUMULATION % NPROC == 0 )) || {
+  echo "NPROC=$NPROC must divide the $ACCUMULATION accumulated micro-batches of a step" >&2; exit 2; }
 
 train() {
   OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$PY" -m torch.distributed.run --nproc_per_node "$NPROC" \
     -m megatron_mamba.train --config "$CONFIG" data.path="$DATA" \
     train.init_from_attention="$TEACHER" train.max_train_samples="$TRAIN_SAMPLES" \
-    train.lr_decay_steps="$DECAY_STEPS" "$@"
+    train.lr_decay_steps="$DECAY_STEPS" train.gradient_accumulation_steps=$((ACCUMULATION / NPROC)) \
+    "$@"
 }

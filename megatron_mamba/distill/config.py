@@ -21,6 +21,10 @@ class DistillConfig:
     alpha_logits_distill_loss: float = 0.0
     layer_distill_until: float | None = None
     """Hybrid: keep the layer loss for this fraction of the steps (CALD: 0.4), then 0."""
+    layer_distill_until_step: int | None = None
+    """Hybrid, as a step: keep the layer loss through this step, then 0 (CALD's switch steps
+    4576 / 9120 / 18280 are its 40th checkpoint, a little before 40%). Not with
+    layer_distill_until."""
     distill_normalization: Normalisation = "layernorm"
     distill_skip_last: int = 1
     """Blocks at the end left out of the layer loss."""
@@ -41,6 +45,14 @@ class DistillConfig:
             )
         if self.layer_distill_until is not None and not 0 <= self.layer_distill_until <= 1:
             raise ValueError(f"layer_distill_until={self.layer_distill_until} must be in [0, 1]")
+        step = self.layer_distill_until_step
+        if step is not None and (not isinstance(step, int) or step < 0):
+            raise ValueError(f"layer_distill_until_step={step!r} must be a non-negative integer")
+        if step is not None and self.layer_distill_until is not None:
+            raise ValueError(
+                f"layer_distill_until={self.layer_distill_until} and layer_distill_until_step="
+                f"{step} are both set; keep one"
+            )
         if self.distill_skip_last < 0:
             raise ValueError(f"distill_skip_last={self.distill_skip_last} must be >= 0")
         if not self.logits_temperature > 0:

@@ -18,6 +18,7 @@ from collections import defaultdict, deque
 import torch
 from megatron.core import parallel_state as ps
 
+from megatron_mamba.config_io import ConfigError
 from megatron_mamba.data.batches import TokenBatch
 from megatron_mamba.distill.aux_loss import attach_gradient, set_loss_scale
 from megatron_mamba.distill.config import DistillConfig
@@ -44,6 +45,12 @@ class Distillation:
         self.vocab_size = vocab_size
         self.total_steps = total_steps
         self.distilled = set(range(1, num_layers - cfg.distill_skip_last + 1))
+        if cfg.alpha_layer_distill_loss and not self.distilled:
+            raise ConfigError(
+                f"distill.distill_skip_last={cfg.distill_skip_last} leaves none of the "
+                f"{num_layers} blocks to the layer loss (alpha_layer_distill_loss="
+                f"{cfg.alpha_layer_distill_loss}); skip fewer than {num_layers}"
+            )
         self.alpha_layer = cfg.alpha_layer_distill_loss
         self.teacher_blocks: dict[int, torch.Tensor] = {}
         self.layer_sum, self.accumulation = 0.0, 1
@@ -82,7 +89,11 @@ class Distillation:
         self.mean.begin_step(batch, accumulation)
         cfg = self.cfg
         self.alpha_layer = layer_alpha(
-            step, self.total_steps, cfg.alpha_layer_distill_loss, cfg.layer_distill_until
+            step,
+            self.total_steps,
+            cfg.alpha_layer_distill_loss,
+            cfg.layer_distill_until,
+            cfg.layer_distill_until_step,
         )
         self.layer_sum, self.accumulation = 0.0, accumulation
         self.for_recomputation = defaultdict(deque)

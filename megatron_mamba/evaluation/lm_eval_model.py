@@ -107,6 +107,11 @@ class MegatronMambaLM(HFLM):
     def _score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         inputs, rows, positions, targets = [], [], [], []
         for row, (context, continuation) in enumerate(pairs):
+            if len(continuation) > self.max_length:  # no context left to predict its first token
+                raise ValueError(
+                    f"a continuation of {len(continuation)} tokens is longer than max_length="
+                    f"{self.max_length}; raise max_length"
+                )
             whole = (context + continuation)[-(self.max_length + 1) :]
             inputs.append(whole[:-1])
             first = len(whole) - 1 - len(continuation)

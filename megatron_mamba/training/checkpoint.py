@@ -114,9 +114,10 @@ def _step_of(path: Path) -> int | None:
     return int(number) if path.is_dir() and number.isdigit() else None
 
 
-def _prune(root: Path, saved: int, keep: int) -> None:
+def _prune(root: Path, saved: int, keep: int, protected: tuple[int, ...] = ()) -> None:
     """After saving step `saved` (which `latest` now names): remove every checkpoint of a later
-    step, then all but the newest `keep` (≥ 1) of the rest, by step number.
+    step, then all but the newest `keep` (≥ 1) of the rest, by step number, and the
+    `protected` steps.
 
     Checkpoints after `saved` are an abandoned future: left by an earlier run in the same
     directory, or by this run before it was resumed from an older checkpoint. The run that has
@@ -126,6 +127,7 @@ def _prune(root: Path, saved: int, keep: int) -> None:
     still names the abandoned run's newest)."""
     steps = {step: path for path in root.iterdir() if (step := _step_of(path)) is not None}
     kept = sorted(step for step in steps if step <= saved)[-keep:]
+    kept += [step for step in protected if step <= saved]
     for step, path in steps.items():
         if step not in kept:
             shutil.rmtree(path)
@@ -148,9 +150,11 @@ def save_checkpoint(
     progress: dict,
     keep: int,
     model_config: ModelConfig,
+    protected: tuple[int, ...] = (),
 ) -> Path:
     """Save everything needed to resume after `step` (and the model configuration, so the
-    checkpoint alone can be exported or trained from); collective over all ranks."""
+    checkpoint alone can be exported or trained from); collective over all ranks. Of the
+    earlier checkpoints the newest `keep` stay, and those of the `protected` steps."""
     final = step_dir(root, step)
     partial = final.with_name(final.name + _PARTIAL)
     if torch.distributed.get_rank() == 0:
@@ -175,7 +179,7 @@ def save_checkpoint(
             shutil.rmtree(final)
         os.replace(partial, final)
         _write_atomically(root / LATEST, final.name + "\n")
-        _prune(root, step, keep)
+        _prune(root, step, keep, protected)
     torch.distributed.barrier()
     return final
 

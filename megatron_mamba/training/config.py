@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-SchedulerType = Literal["cosine", "linear", "constant"]
+SchedulerType = Literal["cosine", "cosine_floor", "linear", "constant"]
+SCHEDULER_TYPES = ("cosine", "cosine_floor", "linear", "constant")
 MixedPrecision = Literal["no", "fp16", "bf16"]
 Trainable = Literal["all", "mamba"]
 
@@ -23,9 +24,13 @@ class TrainConfig:
     min_lr: float = 0.0
     """LR held after lr_decay_steps (cosine/linear decay end here); in [0, learning_rate]."""
     lr_scheduler_type: SchedulerType = "cosine"
+    """After a linear warmup from 0: "cosine" from learning_rate down to min_lr (megatron's),
+    "cosine_floor" transformers' cosine from learning_rate down to 0 with the LR never below
+    min_lr, warmup included (CALD's retrain_mamba_distill.py), "linear" down to min_lr, or
+    "constant"; min_lr after lr_decay_steps."""
     warmup_ratio: float = 0.0
-    """Warmup as a fraction in [0, 1) of the total steps, rounded up (as transformers does);
-    give this or warmup_steps, not both."""
+    """Warmup as a fraction in [0, 1) of the schedule's length (lr_decay_steps, or the total
+    steps), rounded up; give this or warmup_steps, not both."""
     warmup_steps: int | None = None
     """Warmup in steps; below lr_decay_steps when both are set (else the LR would fall from its
     peak to min_lr at once)."""
@@ -60,6 +65,9 @@ class TrainConfig:
     """Save a checkpoint after the last step (off for benchmarks and smoke runs)."""
     keep_last_checkpoints: int = 2
     """Complete checkpoints kept in output_dir/run_name/checkpoints (older ones are removed)."""
+    keep_checkpoint_steps: tuple[int, ...] = ()
+    """Steps also saved, whatever checkpointing_steps says, and never pruned: e.g. CALD's hybrid
+    switch step of a target-guided run, to resume it from there the seed's way."""
     exit_interval: int | None = None
     """Save a checkpoint and stop after every this many steps (megatron's --exit-interval), for
     jobs on time-limited allocations; resume with resume_from_checkpoint=latest."""
@@ -126,10 +134,10 @@ class TrainConfig:
                 f"clip_grad_norm={self.clip_grad_norm} must be non-negative and finite "
                 "(0 or null disables clipping)"
             )
-        if self.lr_scheduler_type not in ("cosine", "linear", "constant"):
+        if self.lr_scheduler_type not in SCHEDULER_TYPES:
             raise ValueError(
-                f"lr_scheduler_type {self.lr_scheduler_type!r} is unknown; "
-                "expected cosine, linear or constant"
+                f"lr_scheduler_type {self.lr_scheduler_type!r} is unknown; expected one of "
+                f"{', '.join(SCHEDULER_TYPES)}"
             )
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1)")
@@ -144,6 +152,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
+        self.keep_checkpoint_steps = tuple(self.keep_checkpoint_steps)
+        for step in self.keep_checkpoint_steps:
+            if not isinstance(step, int) or step < 1:
+                raise ValueError(f"keep_checkpoint_steps holds {step!r}; expected steps >= 1")
         if self.keep_last_checkpoints < 1:
             raise ValueError(f"keep_last_checkpoints={self.keep_last_checkpoints} must be >= 1")
         for name in (
@@ -195,11 +207,12 @@ class TrainConfig:
         self.report_to = tuple(self.report_to)
 
     def warmup(self, total_steps: int) -> int:
-        """Warmup steps; a ratio is rounded up, as transformers does, so a small one still warms
-        up (the round drops float noise: 0.29 × 100 is 28.999999999999996)."""
+        """Warmup steps. A ratio is of the schedule's length, as transformers' get_scheduler
+        takes it (CALD passes lr_decay_steps as that length), rounded up so that a small one
+        still warms up (the round drops float noise: 0.29 × 100 is 28.999999999999996)."""
         if self.warmup_steps is not None:
             return self.warmup_steps
-        return math.ceil(round(self.warmup_ratio * total_steps, 9))
+        return math.ceil(round(self.warmup_ratio * self.decay_steps(total_steps), 9))
 
     def decay_steps(self, total_steps: int) -> int:
         return self.lr_decay_steps if self.lr_decay_steps is not None else total_steps
@@ -207,6 +220,7 @@ class TrainConfig:
     def checkpoint_interval(self, total_steps: int) -> int | None:
         if self.checkpointing_steps is None:
             return None
-        if self.checkpointing_steps < 1:
-            return max(1, round(self.checkpointing_steps * total_steps))
+        if self.checkpointing_steps < 1:  # truncated, as CALD does: its 40% checkpoint of a
+            # 22880-step run is at step 40 · int(228.8) = 9120
+            return max(1, int(self.checkpointing_steps * total_steps))
         return int(self.checkpointing_steps)

@@ -1,7 +1,10 @@
 """The LR schedule: linear warmup, cosine (or linear) decay to min_lr, then held at min_lr —
-megatron-core's OptimizerParamScheduler, whose state is saved and restored with checkpoints."""
+megatron-core's OptimizerParamScheduler, whose state is saved and restored with checkpoints —
+and CALD's variant of the cosine ("cosine_floor", below)."""
 
 from __future__ import annotations
+
+import math
 
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
@@ -9,22 +12,44 @@ from megatron_mamba.config_io import ConfigError
 from megatron_mamba.training.config import TrainConfig
 
 
-def build_scheduler(optimizer, train: TrainConfig, total_steps: int) -> OptimizerParamScheduler:
-    """Step 0 has LR 0 under warmup; `scheduler.step(1)` after each optimizer step. Weight decay
+class Scheduler(OptimizerParamScheduler):
+    """megatron's scheduler with one more decay style, "cosine_floor": CALD's schedule, which
+    is transformers' warmup and cosine to 0 over lr_decay_steps with every LR raised to at least
+    min_lr (from the first step of warmup on), and min_lr afterwards. megatron's "cosine" goes
+    from learning_rate to min_lr instead, higher all along the decay."""
+
+    def get_lr(self, param_group: dict) -> float:
+        if self.lr_decay_style != "cosine_floor":
+            return super().get_lr(param_group)
+        max_lr = param_group.get("max_lr", self.max_lr)
+        min_lr = param_group.get("min_lr", self.min_lr)
+        step, warmup, decay = self.num_steps, self.lr_warmup_steps, self.lr_decay_steps
+        if step >= decay:
+            return min_lr
+        if step < warmup:
+            factor = step / warmup
+        else:
+            factor = 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / (decay - warmup)))
+        return max(max_lr * factor, min_lr)
+
+
+def build_scheduler(optimizer, train: TrainConfig, total_steps: int) -> Scheduler:
+    """Step 0 has LR 0 under warmup (min_lr under cosine_floor); `scheduler.step(1)` after each
+    optimizer step. Weight decay
     is constant; parameter groups scale it by their `wd_mult` (0 for norms and biases)."""
     warmup = train.warmup(total_steps)
     decay = train.decay_steps(total_steps)
     decays = train.lr_decay_steps is not None and train.lr_scheduler_type != "constant"
     if decays and warmup >= decay:  # warmup_steps is checked by TrainConfig; a ratio only here
         raise ConfigError(
-            f"train.warmup_ratio={train.warmup_ratio} of {total_steps} steps gives {warmup} "
-            f"warmup steps, not below train.lr_decay_steps={decay}; the LR would fall from "
-            "its peak to min_lr at once"
+            f"train.warmup_ratio={train.warmup_ratio} of train.lr_decay_steps={decay} gives "
+            f"{warmup} warmup steps, not below it; the LR would fall from its peak to min_lr at "
+            "once"
         )
     # megatron needs decay > warmup: here only a warmup as long as the run, which ends first,
     # or a constant schedule, which does not decay.
     decay = max(decay, warmup + 1)
-    return OptimizerParamScheduler(
+    return Scheduler(
         optimizer,
         init_lr=0.0,
         max_lr=train.learning_rate,

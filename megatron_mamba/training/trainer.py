@@ -21,7 +21,7 @@ from megatron.core import parallel_state as ps
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_mamba.config import RunPrecision
-from megatron_mamba.config_io import dump
+from megatron_mamba.config_io import dump, to_dict
 from megatron_mamba.data.batches import TokenBatch
 from megatron_mamba.data.chat_dataset import ChatDataset, PreferenceDataset
 from megatron_mamba.data.corpus import CorpusSamples, HFTokenizerInfo
@@ -178,6 +178,7 @@ def train(run: RunConfig) -> list[dict]:
         total,
         is_main=rt.rank == 0,
         run_name=cfg.run_name,
+        config=to_dict(run),  # shown with the run in wandb
         append=bool(cfg.resume_from_checkpoint),
     )
 
@@ -203,6 +204,7 @@ def train(run: RunConfig) -> list[dict]:
             progress,
             cfg.keep_last_checkpoints,
             model_cfg,
+            cfg.keep_checkpoint_steps,
         )
 
     records: list[dict] = []
@@ -267,7 +269,8 @@ def train(run: RunConfig) -> list[dict]:
             bad_steps.skipped(step, "fp16 gradients overflow at the minimum loss scale", saved)
         exiting = cfg.exit_interval is not None and step % cfg.exit_interval == 0
         at_end = step == total and cfg.save_at_end
-        if at_end or exiting or (interval and step % interval == 0):
+        kept = step in cfg.keep_checkpoint_steps
+        if at_end or exiting or kept or (interval and step % interval == 0):
             saved = save(step)
         if exiting:
             break

@@ -75,6 +75,19 @@ def test_pruning_keeps_the_saved_step_and_the_newest_before_it(tmp_path):
     ]
 
 
+def test_pruning_spares_the_protected_steps(tmp_path):
+    for name in ("step_00000002", "step_00000003", "step_00000004", "step_00000006"):
+        (tmp_path / name).mkdir()
+    _prune(tmp_path, 6, keep=1, protected=(3, 8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000003", "step_00000006"]
+
+
+def test_kept_steps_are_saved_off_the_cadence_and_survive(tmp_path, items):
+    overrides = {"train.checkpointing_steps": 4, "train.keep_checkpoint_steps": "[3]"}
+    run(tmp_path, items, "kept", **overrides, **{"train.keep_last_checkpoints": 1})
+    assert checkpoint_names(tmp_path / "kept") == ["latest", "step_00000003", "step_00000008"]
+
+
 MODELS = {
     # mamba1 (classic: in_proj stored as [x, z] blocks), GPTNeoX attention, tied embeddings
     "gpt-neox-MA": {},

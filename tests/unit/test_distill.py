@@ -91,6 +91,16 @@ def test_layer_alpha_schedule():
     assert [layer_alpha(s, 10, 15.0, None) for s in (1, 10)] == [15.0, 15.0]
     assert [layer_alpha(s, 10, 15.0, 0.4) for s in (1, 4, 5, 10)] == [15.0, 15.0, 0.0, 0.0]
     assert layer_alpha(1, 10, 0.0, 0.4) == 0.0
+    assert [layer_alpha(s, 10, 15.0, None, 3) for s in (3, 4)] == [15.0, 0.0]
+
+
+def test_a_layer_loss_over_no_block_is_refused(runtime):
+    from megatron_mamba.config_io import ConfigError
+
+    model = build_model(preset("tiny-gpt-neox", num_layers=2), ParallelConfig())
+    cfg = DistillConfig(teacher="t", alpha_layer_distill_loss=15.0, distill_skip_last=2)
+    with pytest.raises(ConfigError, match="distill_skip_last=2 leaves none of the 2 blocks"):
+        Distillation(model, model, cfg, 2, total_steps=1, vocab_size=256)
 
 
 @pytest.mark.parametrize(
@@ -101,6 +111,11 @@ def test_layer_alpha_schedule():
         ({"teacher": "t", "distill_normalization": "batch"}, "'batch' is unknown"),
         ({"teacher": "t", "layer_distill_until": 1.5}, r"layer_distill_until=1.5 must be in"),
         ({"teacher": "t", "logits_temperature": 0.0}, "logits_temperature=0.0 must be positive"),
+        (
+            {"teacher": "t", "layer_distill_until": 0.4, "layer_distill_until_step": 9},
+            "are both set",
+        ),
+        ({"teacher": "t", "layer_distill_until_step": -1}, "must be a non-negative integer"),
     ],
 )
 def test_bad_distill_settings_fail_clearly(fields, match):

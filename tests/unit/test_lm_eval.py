@@ -98,6 +98,14 @@ def test_log_likelihoods_are_the_native_models(checkpoints):
         assert greedy == bool((log_probs[start - 1 : -1].argmax(-1) == targets).all())
 
 
+def test_a_continuation_longer_than_max_length_is_refused(checkpoints):
+    """lm-eval's hf model refuses it too; scoring it would read the wrong positions."""
+    native, _, _ = checkpoints
+    lm = MegatronMambaLM(pretrained=str(native), device="cpu", batch_size=2, max_length=4)
+    with pytest.raises(ValueError, match="continuation of 5 tokens is longer than max_length=4"):
+        lm._loglikelihood_tokens([(None, [1, 2], [3, 4, 5, 6, 7])])
+
+
 def _greedy_text(model, vocab, tokenizer, prompt: str, steps: int) -> list[str]:
     """The decoded text after each of `steps` greedy tokens of the native model."""
     ids = tokenizer(prompt)["input_ids"]

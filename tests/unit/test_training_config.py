@@ -41,8 +41,8 @@ def test_lr_follows_warmup_then_decay_to_min_lr(style):
     for _ in range(100):
         scheduler.step(1)
         lrs.append(optimizer.param_groups[0]["lr"])
-    for step in (0, 5, 10, 11, 45, 79, 80, 81, 100):
-        expected = closed_form(step, 3e-4, 3e-5, 10, 80, style)
+    for step in (0, 5, 8, 9, 45, 79, 80, 81, 100):  # warmup: 0.1 of the 80 decay steps
+        expected = closed_form(step, 3e-4, 3e-5, 8, 80, style)
         assert lrs[step] == pytest.approx(expected, rel=1e-12, abs=1e-15), step
     # Resume: a fresh scheduler restored from the state dict continues identically.
     optimizer2 = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=0.0)
@@ -53,8 +53,36 @@ def test_lr_follows_warmup_then_decay_to_min_lr(style):
     assert optimizer2.param_groups[0]["lr"] == pytest.approx(lrs[46], rel=1e-12)
 
 
+def test_lr_of_cosine_floor_is_calds_transformers_cosine_raised_to_min_lr():
+    """CALD's retrain_mamba_distill.py: transformers' cosine schedule over lr_decay_steps with
+    int(0.03 · lr_decay_steps) warmup steps, each LR factor raised to min_lr / lr, and min_lr
+    from lr_decay_steps on."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    peak, floor, decay, total = 3e-4, 3e-5, 400, 500
+    train = TrainConfig(
+        learning_rate=peak,
+        min_lr=floor,
+        lr_scheduler_type="cosine_floor",
+        warmup_ratio=0.03,
+        lr_decay_steps=decay,
+    )
+    assert train.warmup(total) == int(0.03 * decay) == 12
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=0.0)
+    scheduler = build_scheduler(optimizer, train, total)
+    reference = get_cosine_schedule_with_warmup(
+        torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=peak), 12, decay
+    ).lr_lambdas[0]
+    for step in range(total + 1):
+        cald = max(reference(step), floor / peak) if step < decay else floor / peak
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(peak * cald, rel=1e-12), step
+        scheduler.step(1)
+    assert scheduler.state_dict()["lr_decay_style"] == "cosine_floor"
+
+
 def test_checkpoint_interval_may_be_a_fraction():
     assert TrainConfig(checkpointing_steps=0.01).checkpoint_interval(5000) == 50
+    assert TrainConfig(checkpointing_steps=0.01).checkpoint_interval(22880) == 228  # CALD's
     assert TrainConfig(checkpointing_steps=200).checkpoint_interval(5000) == 200
     assert TrainConfig().checkpoint_interval(5000) is None
 
@@ -154,12 +182,16 @@ def test_warmup_ratio_rounds_up(ratio, total, expected):
     assert TrainConfig(warmup_ratio=ratio).warmup(total) == expected
 
 
+def test_warmup_ratio_is_of_lr_decay_steps_when_set():
+    assert TrainConfig(warmup_ratio=0.03, lr_decay_steps=12000).warmup(11440) == 360
+
+
 def test_a_warmup_ratio_ending_after_lr_decay_steps_is_refused():
     from megatron_mamba.config_io import ConfigError
 
-    train = TrainConfig(warmup_ratio=0.5, lr_decay_steps=30)
+    train = TrainConfig(warmup_ratio=0.5, lr_decay_steps=1)
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=0.0)
-    with pytest.raises(ConfigError, match="warmup_ratio=0.5 of 100 steps gives 50 warmup steps"):
+    with pytest.raises(ConfigError, match="warmup_ratio=0.5 of train.lr_decay_steps=1 gives 1"):
         build_scheduler(optimizer, train, total_steps=100)
 
 
