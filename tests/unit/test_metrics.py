@@ -91,3 +91,15 @@ def test_corrupt_metrics_line_is_named(tmp_path):
     path.write_text('{"step": 1, "loss": 1}\n{oops\n')
     with pytest.raises(ValueError, match="metrics.jsonl:2 is not a JSON record"):
         read_metrics(path)
+
+
+def test_wandb_runs_offline_with_the_run_config(tmp_path, monkeypatch):
+    """No network: the run is written under the output directory, with the config and records."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    config = {"train": {"learning_rate": 0.00321}}
+    logger = MetricsLogger(tmp_path, ("wandb",), 2, is_main=True, run_name="w", config=config)
+    logger.log(1, {"loss": 2.5})
+    logger.close()
+    (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    written = run_file.read_bytes()
+    assert b"learning_rate" in written and b"0.00321" in written and b"loss" in written
