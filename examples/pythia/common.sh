@@ -1,14 +1,13 @@
 # Shared by the Pythia examples (sourced). DATA_PROP picks CALD's data proportion of the Pile:
 # 05p / 1p / 2p → max_train_samples, lr_decay_steps and the hybrid switch step of the seed.
-# NPROC GPUs (1, 2, 4, 8 or 16) split its 16 accumulated micro-batches, so the global batch stays
-# the seed's 128. `--tiny` as the first argument runs the same recipe on a tiny model and
-# stand-in data made on the spot.
+# The global batch stays the seed's 128 on any NPROC and TP/PP (train.global_batch_size).
+# `--tiny` as the first argument runs the same recipe on a tiny model and stand-in data.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 PY=${PYTHON:-python}
 NPROC=${NPROC:-1}
 DATA_PROP=${DATA_PROP:-05p}
-case $DATA_PROP in  # SWITCH_STEP: CALD's 40P, its 40th checkpoint (every int(1% of the steps))
+case $DATA_PROP in  # SWITCH_STEP: CALD's 40P (for 1p and 2p its 40th checkpoint, every int(1%))
   05p) TRAIN_SAMPLES=732160 DECAY_STEPS=12000 SWITCH_STEP=4576 ;;
   1p) TRAIN_SAMPLES=1464320 DECAY_STEPS=24000 SWITCH_STEP=9120 ;;
   2p) TRAIN_SAMPLES=2928640 DECAY_STEPS=24000 SWITCH_STEP=18280 ;;
@@ -27,14 +26,10 @@ fi
 # The hybrid's switch (the tiny run: 40% of its steps); the target-guided run keeps that step.
 SWITCH=distill.layer_distill_until_step=$SWITCH_STEP KEEP="[$SWITCH_STEP]"
 [[ -n $SWITCH_STEP ]] || SWITCH=distill.layer_distill_until=0.4 KEEP="[]"
-ACCUMULATION=$(awk '$1 == "gradient_accumulation_steps:" { print $2 }' "$CONFIG")
-(( ACCUMULATION % NPROC == 0 )) || {
-  echo "NPROC=$NPROC must divide the $ACCUMULATION accumulated micro-batches of a step" >&2; exit 2; }
 
 train() {
   OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$PY" -m torch.distributed.run --nproc_per_node "$NPROC" \
     -m megatron_mamba.train --config "$CONFIG" data.path="$DATA" \
     train.init_from_attention="$TEACHER" train.max_train_samples="$TRAIN_SAMPLES" \
-    train.lr_decay_steps="$DECAY_STEPS" train.gradient_accumulation_steps=$((ACCUMULATION / NPROC)) \
-    "$@"
+    train.lr_decay_steps="$DECAY_STEPS" "$@"
 }

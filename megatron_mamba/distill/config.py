@@ -22,8 +22,8 @@ class DistillConfig:
     layer_distill_until: float | None = None
     """Hybrid: keep the layer loss for this fraction of the steps (CALD: 0.4), then 0."""
     layer_distill_until_step: int | None = None
-    """Hybrid, as a step: keep the layer loss through this step, then 0 (CALD's switch steps
-    4576 / 9120 / 18280 are its 40th checkpoint, a little before 40%). Not with
+    """Hybrid, as a step: keep the layer loss through this step, then 0 (CALD's published switch
+    steps 4576 / 9120 / 18280; for 1p and 2p its 40th checkpoint, a little before 40%). Not with
     layer_distill_until."""
     distill_normalization: Normalisation = "layernorm"
     distill_skip_last: int = 1

@@ -51,6 +51,10 @@ class TrainConfig:
     """Micro-batch size per data-parallel rank."""
     gradient_accumulation_steps: int = 1
     """Micro-batches per step; global batch = micro × accumulation × data-parallel size."""
+    global_batch_size: int | None = None
+    """Sequences per step over all data-parallel replicas; when set, the accumulation is derived
+    from it (global / (micro × data-parallel size), which must divide it), so a recipe keeps
+    its batch on any number of GPUs and any TP/PP. Not with gradient_accumulation_steps."""
     max_train_samples: int | None = None
     """Stop after this many samples (positive; the data's end otherwise)."""
     num_train_epochs: int = 1
@@ -158,7 +162,14 @@ class TrainConfig:
                 raise ValueError(f"keep_checkpoint_steps holds {step!r}; expected steps >= 1")
         if self.keep_last_checkpoints < 1:
             raise ValueError(f"keep_last_checkpoints={self.keep_last_checkpoints} must be >= 1")
+        if self.global_batch_size is not None and self.gradient_accumulation_steps != 1:
+            raise ValueError(
+                f"global_batch_size={self.global_batch_size} and gradient_accumulation_steps="
+                f"{self.gradient_accumulation_steps} are both set; keep one (the accumulation "
+                "follows from the global batch)"
+            )
         for name in (
+            "global_batch_size",
             "exit_interval",
             "eval_interval",
             "lr_decay_steps",
@@ -213,6 +224,21 @@ class TrainConfig:
         if self.warmup_steps is not None:
             return self.warmup_steps
         return math.ceil(round(self.warmup_ratio * self.decay_steps(total_steps), 9))
+
+    def accumulation(self, data_parallel: int) -> int:
+        """Micro-batches per step on each data-parallel replica."""
+        if self.global_batch_size is None:
+            return self.gradient_accumulation_steps
+        per_step = self.per_device_train_batch_size * data_parallel
+        if self.global_batch_size % per_step:
+            from megatron_mamba.config_io import ConfigError
+
+            raise ConfigError(
+                f"train.global_batch_size={self.global_batch_size} is not a multiple of "
+                f"per_device_train_batch_size × data-parallel size = "
+                f"{self.per_device_train_batch_size} × {data_parallel}"
+            )
+        return self.global_batch_size // per_step
 
     def decay_steps(self, total_steps: int) -> int:
         return self.lr_decay_steps if self.lr_decay_steps is not None else total_steps

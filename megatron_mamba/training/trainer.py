@@ -1,13 +1,14 @@
 """The training loop: model, data, optimizer and schedule built from a RunConfig, then steps.
 
-One step = `gradient_accumulation_steps` micro-batches through megatron's pipeline schedule on
-each data-parallel replica, one optimizer step (megatron's optimizer: gradient clipping, loss
-scaling under fp16), one scheduler step. A step whose loss or (fp32/bf16) gradients are not
-finite is skipped with a warning, its update not applied; too many in a row stop the run with an
-error. Checkpoints (training/checkpoint.py) are saved every `checkpointing_steps`, at
-`exit_interval` and at the end, skipped steps included, but never of non-finite weights; a run
-resumed from one continues exactly. Nothing but corpus data's index cache is written into the
-run's directory before the model, data and checkpoint to resume have been set up.
+One step = `gradient_accumulation_steps` micro-batches (or as many as `global_batch_size` makes)
+through megatron's pipeline schedule on each data-parallel replica, one optimizer step
+(megatron's optimizer: gradient clipping, loss scaling under fp16), one scheduler step. A step
+whose loss or (fp32/bf16) gradients are not finite is skipped with a warning, its update not
+applied; too many in a row stop the run with an error (training/bad_steps.py). Checkpoints
+(training/checkpoint.py) are saved every `checkpointing_steps`, at `exit_interval`, at the
+`keep_checkpoint_steps` and at the end, skipped steps included, but never of non-finite weights;
+a run resumed from one continues exactly. Nothing but corpus data's index cache is written into
+the run's directory before the model, data and checkpoint to resume have been set up.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def train(run: RunConfig) -> list[dict]:
             run.data.valid_path, seq, model_cfg.vocab_size, max_windows=run.data.valid_windows
         )
     data = _training_data(run, model_cfg.vocab_size)
-    micro, accumulation = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
+    micro, accumulation = cfg.per_device_train_batch_size, cfg.accumulation(rt.data_parallel_size)
     order = DataOrder(
         global_batch=micro * accumulation * rt.data_parallel_size,
         dp_size=rt.data_parallel_size,

@@ -208,3 +208,14 @@ def test_init_from_attention_refuses_mixers_initialised_from_attention():
     ]
     with pytest.raises(ConfigError, match="init_from_attention copies shared tensors only"):
         load(RunConfig, None, overrides)
+
+
+def test_a_global_batch_size_sets_the_accumulation_for_any_data_parallel_size():
+    from megatron_mamba.config_io import ConfigError
+
+    train = TrainConfig(per_device_train_batch_size=8, global_batch_size=128)
+    assert [train.accumulation(dp) for dp in (1, 2, 8, 16)] == [16, 8, 2, 1]
+    with pytest.raises(ConfigError, match="global_batch_size=128 is not a multiple of"):
+        train.accumulation(3)
+    with pytest.raises(ValueError, match="are both set"):
+        TrainConfig(global_batch_size=128, gradient_accumulation_steps=4)
