@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import queue
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -212,9 +213,36 @@ def read_model_config(path: Path) -> ModelConfig:
     return build(ModelConfig, common[MODEL_CONFIG], "model")
 
 
+def _refuse_unused_tensors(path: Path, request: dict) -> None:
+    """A checkpoint tensor no rank's model asks for would be dropped without a word (e.g. Mamba
+    projection biases the run's config lacks): refuse, naming them."""
+    wanted: set[str] = {sharded.key for sharded in request.values()}
+    every_rank: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(every_rank, wanted)
+    wanted = set().union(*every_rank)
+    saved = {
+        _BLOCK.sub("", key)
+        for key in dist_checkpointing.load_tensors_metadata(str(path))
+        if not key.startswith("optimizer.")
+    }
+    unused = sorted(saved - wanted)
+    if unused:
+        shown = ", ".join(unused[:4]) + (f" and {len(unused) - 4} more" if len(unused) > 4 else "")
+        raise CheckpointError(
+            f"{path} holds weights this model has no place for: {shown}; the run's model "
+            "configuration differs from the checkpoint's (`--dry-run` prints the run's)"
+        )
+
+
+_BLOCK = re.compile(r"\.block\d+$")  # a block of a separately split fused parameter
+
+
 def load_weights(path: Path, model) -> dict:
-    """Load only the weights (at any TP/PP layout); returns the checkpoint's progress record."""
-    loaded = dist_checkpointing.load({"model": sharded_model_state(model)}, str(path))
+    """Load only the weights (at any TP/PP layout); returns the checkpoint's progress record.
+    Every weight of the checkpoint must find its place in the model."""
+    request = sharded_model_state(model)
+    _refuse_unused_tensors(path, request)
+    loaded = dist_checkpointing.load({"model": request}, str(path))
     _copy_into(model, loaded["model"])
     return dist_checkpointing.load_common_state_dict(str(path))["progress"]
 

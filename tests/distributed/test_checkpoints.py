@@ -120,6 +120,16 @@ def test_weights_load_at_another_layout(tmp_path, items, step3):
     assert single[0] < untrained_loss - 0.05  # the same first batch, now on trained weights
 
 
+def test_weights_the_model_has_no_place_for_are_refused(tmp_path, items, step3):
+    """A config without the checkpoint's conv biases would drop them silently."""
+    checkpoint, model, _ = step3
+    fresh = {**model, "train.init_from": checkpoint, "model.mamba.conv_bias": False}
+    with pytest.raises(
+        AssertionError, match=r"holds weights this model has no place for: .*conv1d.bias"
+    ):
+        run(tmp_path, items, "unused", **fresh)
+
+
 @pytest.mark.parametrize(
     "overrides,message",
     [
