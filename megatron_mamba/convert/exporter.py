@@ -2,9 +2,10 @@
 
 Attention-only models become plain GPTNeoX / Llama / Mistral directories that transformers loads
 with no custom code. Hybrids become our transformers classes (megatron_mamba.hf), with the mixers
-under CALD's or MambaInLlama's names; Llama/Mistral hybrids also get MambaInLlama's
-mamba_config.json. Tensors stream from the loaded checkpoint into safetensors shards, released as
-they are written; the directory is written under a temporary name and renamed at the end.
+under CALD's or MambaInLlama's names and the modeling_hybrid.py their config's save writes (for
+`trust_remote_code`); Llama/Mistral hybrids also get MambaInLlama's mamba_config.json. Tensors
+stream from the loaded checkpoint into safetensors shards, released as they are written; the
+directory is written under a temporary name and renamed at the end.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ _ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
 }
-_REMOTE_CODE = "modeling_hybrid.py"
 
 
 def hf_config_for(model: ModelConfig, dtype: torch.dtype, token_ids: dict | None = None):
@@ -58,11 +58,6 @@ def hf_config_for(model: ModelConfig, dtype: torch.dtype, token_ids: dict | None
     config = HYBRID_CONFIGS[kind](**kwargs, **hybrid_fields(model))
     name = config.__class__.__name__.removesuffix("Config")
     config.architectures = [f"{name}ForCausalLM"]
-    module = _REMOTE_CODE.removesuffix(".py")
-    config.auto_map = {
-        "AutoConfig": f"{module}.{name}Config",
-        "AutoModelForCausalLM": f"{module}.{name}ForCausalLM",
-    }
     return config
 
 
@@ -157,14 +152,7 @@ def load_as_transformers(checkpoint: str | Path, dtype: torch.dtype = torch.floa
 
 def _write(checkpoint, model, temporary: Path, dtype, max_shard_bytes, progress, token_ids):
     write_safetensors(temporary, hf_tensors(checkpoint, model, dtype, progress), max_shard_bytes)
-    config = hf_config_for(model, dtype, token_ids)
-    config.save_pretrained(temporary)
-    if getattr(config, "auto_map", None):
-        (temporary / _REMOTE_CODE).write_text(
-            "# The hybrid classes live in the megatron_mamba package (pip install it).\n"
-            "from megatron_mamba.hf.configuration import *  # noqa: F401,F403\n"
-            "from megatron_mamba.hf.modeling import *  # noqa: F401,F403\n"
-        )
+    hf_config_for(model, dtype, token_ids).save_pretrained(temporary)  # hybrids: + remote code
     extra = mamba_in_llama_config(model)
     if extra is not None:
         (temporary / MAMBA_IN_LLAMA_CONFIG).write_text(json.dumps(extra, indent=2) + "\n")

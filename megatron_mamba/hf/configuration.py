@@ -3,15 +3,30 @@ the Mamba settings (our MambaConfig's fields), one model type per base architect
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from huggingface_hub.dataclasses import strict
 from transformers import GPTNeoXConfig, LlamaConfig, MistralConfig
 
 from megatron_mamba.models.layer_pattern import parse_layer_pattern
 
+REMOTE_CODE = "modeling_hybrid.py"
+"""What a saved hybrid directory's auto_map names: it imports our classes from the package, so
+that `trust_remote_code=True` loads the directory in a process that has not imported them."""
+
+_REMOTE_CODE_TEXT = (
+    "# The hybrid classes live in the megatron_mamba package (pip install it).\n"
+    "from megatron_mamba.hf.configuration import *  # noqa: F401,F403\n"
+    "from megatron_mamba.hf.modeling import *  # noqa: F401,F403\n"
+)
+
 
 class _Hybrid:
     """What the hybrid configs add: `layer_pattern` (A attention, M mamba1, S mamba2) and
-    `mamba`; transformers' cache reads `layer_types` to give Mamba layers conv/SSM state."""
+    `mamba`; transformers' cache reads `layer_types` to give Mamba layers conv/SSM state.
+    Saving writes modeling_hybrid.py and points auto_map at it (a model's save_pretrained saves
+    its config, so it does too)."""
 
     def __post_init__(self, **kwargs):
         self.layer_pattern = parse_layer_pattern(self.layer_pattern or None, self.num_hidden_layers)
@@ -21,6 +36,24 @@ class _Hybrid:
     @property
     def layer_types(self) -> list[str]:
         return ["full_attention" if s == "A" else "linear_attention" for s in self.layer_pattern]
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' save, plus modeling_hybrid.py, written first so a push uploads it."""
+        name = type(self).__name__.removesuffix("Config")
+        module = REMOTE_CODE.removesuffix(".py")
+        self.auto_map = {
+            "AutoConfig": f"{module}.{name}Config",
+            "AutoModelForCausalLM": f"{module}.{name}ForCausalLM",
+        }
+        os.makedirs(save_directory, exist_ok=True)
+        (Path(save_directory) / REMOTE_CODE).write_text(_REMOTE_CODE_TEXT)
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class="AutoConfig"):
+        """Nothing. transformers registers a class it loaded as remote code, and then saving
+        copies the class's module file (here configuration.py) and names it in auto_map, which
+        then misses the model classes; save_pretrained writes modeling_hybrid.py instead."""
 
 
 @strict

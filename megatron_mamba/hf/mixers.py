@@ -1,11 +1,12 @@
 """The Mamba mixers on the transformers side, with the published projects' parameter names.
 
-Classic Mamba1 is transformers' own MambaMixer (CALD's layer). MambaInLlama's Mamba1 (x, z, B, C
-from separate projections) and Mamba2 (both layouts) run the same scan functions as our megatron
-mixers at TP=1, so an export computes exactly what was trained. Decoding keeps each layer's conv
-and SSM state in transformers' cache (the layer is a "linear_attention" layer there). Every mixer
-takes transformers' MambaMixer signature, `attention_mask` being the 2D padding mask of the new
-tokens (or None), so batched left-padded generation gives each row what it gives alone.
+Classic Mamba1 has transformers' MambaMixer's parameters (CALD's layer); it, MambaInLlama's Mamba1
+(x, z, B, C from separate projections) and Mamba2 (both layouts) run the same conv and scan
+functions as our megatron mixers at TP=1, so an export computes exactly what was trained. Decoding
+keeps each layer's conv and SSM state in transformers' cache (the layer is a "linear_attention"
+layer there) and continues from it for any number of new tokens. Every mixer takes transformers'
+MambaMixer signature, `attention_mask` being the 2D padding mask of the new tokens (or None), so
+batched left-padded generation gives each row what it gives alone.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from einops import rearrange, repeat
 from torch import nn
 from transformers.models.mamba.modeling_mamba import MambaMixer
 
+from megatron_mamba import kernels
 from megatron_mamba.config import ModelConfig
 from megatron_mamba.convert.hf_mamba_config import transformers_mamba_config
 from megatron_mamba.models.mamba1 import selective_scan_after_conv
@@ -45,6 +47,72 @@ def _conv(channels: int, d_conv: int, bias: bool) -> nn.Conv1d:
     return nn.Conv1d(channels, channels, d_conv, groups=channels, padding=d_conv - 1, bias=bias)
 
 
+class ClassicMamba1(MambaMixer, _Stateful):
+    """transformers' MambaMixer (its parameters and their names, so CALD's weights and our exports
+    load as they are) computing through our stateful conv and scan. MambaMixer itself continues
+    from its cached state only for one new token at a time (several new tokens start afresh), and
+    zeroes padding before in_proj, so a projection bias would enter the conv from padded positions;
+    here the state carries over any number of tokens and padding is zeroed after the projection."""
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__(config, layer_idx=layer_idx)
+        self.d_conv = self.conv_kernel_size
+
+    def forward(
+        self, hidden_states: torch.Tensor, cache=None, attention_mask=None, **_
+    ) -> torch.Tensor:
+        xz = rearrange(self.in_proj(hidden_states), "b l d -> b d l")
+        if cache is None and attention_mask is None:
+            fused = self._fused(xz)
+            if fused is not None:
+                return fused
+        state = self._state(cache)
+        x, z = xz.contiguous().chunk(2, dim=1)
+        x, conv_last = stateful_conv(
+            x,
+            self.conv1d.weight[:, 0],
+            self.conv1d.bias,
+            state.conv if state else None,
+            attention_mask,
+        )
+        n = self.ssm_state_size
+        dt_low, B, C = self.x_proj(rearrange(x, "b d l -> b l d")).split(
+            [self.time_step_rank, n, n], dim=-1
+        )
+        y, ssm_last = selective_scan_after_conv(
+            self,
+            x,
+            z,
+            dt_low,
+            rearrange(B, "b l n -> b n l").contiguous(),
+            rearrange(C, "b l n -> b n l").contiguous(),
+            state.ssm if state else None,
+            cache is not None,
+        )
+        if cache is not None:
+            self._store(cache, MambaState(conv_last, ssm_last))
+        return self.out_proj(rearrange(y, "b d l -> b l d"))
+
+    def _fused(self, xz: torch.Tensor) -> torch.Tensor | None:
+        """mamba_ssm's one-function mixer (what MambaMixer trains through) where it runs (CUDA),
+        for a whole unpadded sequence; None elsewhere."""
+        out = kernels.fused_mamba1_inner(
+            xz,
+            self.conv1d.weight,
+            self.conv1d.bias,
+            self.x_proj.weight,
+            self.dt_proj.weight,
+            self.out_proj.weight,
+            A=-torch.exp(self.A_log.float()),
+            D=self.D.float(),
+            delta_bias=self.dt_proj.bias.float(),
+            delta_softplus=True,
+        )
+        if out is None or self.out_proj.bias is None:
+            return out
+        return out + self.out_proj.bias
+
+
 class GroupedMamba1(_Stateful):
     """MambaInLlama's Mamba: x and B as wide as V and K, repeated per d_state group."""
 
@@ -63,11 +131,9 @@ class GroupedMamba1(_Stateful):
         self.D = nn.Parameter(torch.ones(dims.d_inner))
         self.out_proj = nn.Linear(dims.d_inner, d, bias=bias)
 
-    def forward(
-        self, hidden_states: torch.Tensor, cache_params=None, attention_mask=None
-    ) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, cache=None, attention_mask=None) -> torch.Tensor:
         n, r = self.dims.d_state, self.dims.repeat
-        state = self._state(cache_params)
+        state = self._state(cache)
         x = repeat(self.in_proj_x(hidden_states), "b l (g n) -> b (g r n) l", n=n, r=r)
         B = repeat(self.B_proj(hidden_states), "b l (g n) -> b (g r) n l", n=n, r=r)
         C = rearrange(self.C_proj(hidden_states), "b l (g n) -> b g n l", n=n).contiguous()
@@ -87,10 +153,10 @@ class GroupedMamba1(_Stateful):
             B,
             C,
             state.ssm if state else None,
-            cache_params is not None,
+            cache is not None,
         )
-        if cache_params is not None:
-            self._store(cache_params, MambaState(conv_last, ssm_last))
+        if cache is not None:
+            self._store(cache, MambaState(conv_last, ssm_last))
         return self.out_proj(rearrange(y, "b d l -> b l d"))
 
 
@@ -112,15 +178,13 @@ class Mamba2(_Stateful):
         self.norm.weight = nn.Parameter(torch.ones(dims.d_inner))
         self.out_proj = nn.Linear(dims.d_inner, dims.d_model, bias=dims.bias)
 
-    def forward(
-        self, hidden_states: torch.Tensor, cache_params=None, attention_mask=None
-    ) -> torch.Tensor:
-        keep = cache_params is not None
+    def forward(self, hidden_states: torch.Tensor, cache=None, attention_mask=None) -> torch.Tensor:
+        keep = cache is not None
         y, state = ssd_after_projection(
-            self, self.in_proj(hidden_states), self._state(cache_params), keep, attention_mask
+            self, self.in_proj(hidden_states), self._state(cache), keep, attention_mask
         )
         if keep:
-            self._store(cache_params, state)
+            self._store(cache, state)
         return self.out_proj(y)
 
 
@@ -131,4 +195,4 @@ def build_mixer(kind: str, model: ModelConfig, layer_idx: int) -> nn.Module:
     dims = mamba1_dims(model)
     if dims.grouped:
         return GroupedMamba1(dims, layer_idx)
-    return MambaMixer(transformers_mamba_config(dims, model.num_layers), layer_idx=layer_idx)
+    return ClassicMamba1(transformers_mamba_config(dims, model.num_layers), layer_idx)

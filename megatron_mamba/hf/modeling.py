@@ -23,16 +23,30 @@ from transformers import (
     MistralModel,
 )
 from transformers.cache_utils import DynamicCache
-from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXMLP, GPTNeoXPreTrainedModel
-from transformers.models.llama.modeling_llama import LlamaMLP, LlamaPreTrainedModel, LlamaRMSNorm
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.models.gpt_neox.modeling_gpt_neox import (
+    GPTNeoXAttention,
+    GPTNeoXLayer,
+    GPTNeoXMLP,
+    GPTNeoXPreTrainedModel,
+)
+from transformers.models.llama.modeling_llama import (
+    LlamaAttention,
+    LlamaDecoderLayer,
+    LlamaMLP,
+    LlamaPreTrainedModel,
+    LlamaRMSNorm,
+)
 from transformers.models.mistral.modeling_mistral import (
+    MistralAttention,
+    MistralDecoderLayer,
     MistralMLP,
     MistralPreTrainedModel,
     MistralRMSNorm,
 )
 
 from megatron_mamba.convert.hf_config import model_config_from_hf
-from megatron_mamba.hf.cache import HybridCache
+from megatron_mamba.hf.cache import HybridCache, as_hybrid_cache
 from megatron_mamba.hf.configuration import (
     GPTNeoXHybridConfig,
     LlamaHybridConfig,
@@ -41,9 +55,10 @@ from megatron_mamba.hf.configuration import (
 from megatron_mamba.hf.mixers import build_mixer
 
 
-class GPTNeoXMambaLayer(nn.Module):
+class GPTNeoXMambaLayer(GradientCheckpointingLayer):
     """CALD's GPTNeoXMambaLayer: GPTNeoX's norms, MLP and residual form around a Mamba mixer
-    (held as attention.mamba)."""
+    (held as attention.mamba). A GradientCheckpointingLayer, like transformers' own layers: it
+    checkpoints with them, and `output_hidden_states` records it (see _HybridModel)."""
 
     def __init__(self, config: GPTNeoXHybridConfig, mixer: nn.Module):
         super().__init__()
@@ -58,9 +73,7 @@ class GPTNeoXMambaLayer(nn.Module):
         self, hidden_states: torch.Tensor, layer_past=None, mamba_padding_mask=None, **_
     ) -> torch.Tensor:
         mixed = self.attention.mamba(
-            self.input_layernorm(hidden_states),
-            cache_params=layer_past,
-            attention_mask=mamba_padding_mask,
+            self.input_layernorm(hidden_states), cache=layer_past, attention_mask=mamba_padding_mask
         )
         if self.use_parallel_residual:
             return hidden_states + mixed + self.mlp(self.post_attention_layernorm(hidden_states))
@@ -68,7 +81,7 @@ class GPTNeoXMambaLayer(nn.Module):
         return mixed + self.mlp(self.post_attention_layernorm(mixed))
 
 
-class LlamaMambaLayer(nn.Module):
+class LlamaMambaLayer(GradientCheckpointingLayer):
     """MambaInLlama's MambaDecoderLayer: Llama's RMSNorms and SwiGLU MLP around a Mamba mixer."""
 
     norm_class, mlp_class = LlamaRMSNorm, LlamaMLP
@@ -90,7 +103,7 @@ class LlamaMambaLayer(nn.Module):
     ) -> torch.Tensor:
         hidden_states = hidden_states + self.mamba(
             self.input_layernorm(hidden_states),
-            cache_params=cache if cache is not None else past_key_values,
+            cache=cache if cache is not None else past_key_values,
             attention_mask=mamba_padding_mask,
         )
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
@@ -109,8 +122,11 @@ def _swap_in_mamba(model: nn.Module, config, layer_class) -> None:
 
 
 def _new_tokens_padding(attention_mask, new_tokens: int) -> torch.Tensor | None:
-    """The 2D padding mask of the tokens this forward adds, or None when none is padding."""
-    if attention_mask is None or attention_mask.dim() != 2 or bool(attention_mask.all()):
+    """The 2D padding mask of the tokens this forward adds, or None when none is padding (or the
+    mask is not a 2D padding mask)."""
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2:
+        return None
+    if bool(attention_mask.all()):
         return None
     return attention_mask[:, -new_tokens:]
 
@@ -119,7 +135,9 @@ class _HybridModel:
     """transformers' base model with the pattern's Mamba layers (`mamba_layer`) swapped in;
     uses HybridCache, which also counts past tokens for Mamba-only models. The Mamba layers get
     the padding mask of the new tokens (transformers hands layers only the attention mask it
-    builds), through the keyword arguments transformers passes on to every layer."""
+    builds), through the keyword arguments transformers passes on to every layer. Subclasses list
+    their Mamba layer with the base's decoder layer in `_can_record_outputs`, so that
+    `output_hidden_states` records every layer."""
 
     mamba_layer: type[nn.Module]
 
@@ -128,65 +146,119 @@ class _HybridModel:
         _swap_in_mamba(self, config, self.mamba_layer)
         self.post_init()
 
-    def forward(
-        self,
-        input_ids=None,
-        cache=None,
-        use_cache=None,
-        inputs_embeds=None,
-        past_key_values=None,  # the cache's name before transformers 5.24
-        **kwargs,
-    ):
-        cache = cache if cache is not None else past_key_values
+    def forward(self, *args, **kwargs):
+        """The base model's forward, taking its arguments as it does (positional ones in its
+        order, which differs between GPTNeoX and Llama). A plain DynamicCache becomes a
+        HybridCache in place (`as_hybrid_cache`)."""
+        arguments = _as_base_arguments(type(self), self, args, kwargs)
+        cache = arguments.pop("cache", None)
+        legacy = arguments.pop("past_key_values", None)  # the cache's name before transformers 5.24
+        cache = as_hybrid_cache(legacy if cache is None else cache)
+        use_cache = arguments.pop("use_cache", None)
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and cache is None:
             cache = HybridCache(config=self.config)
-        tokens = input_ids if input_ids is not None else inputs_embeds
-        padding = _new_tokens_padding(kwargs.get("attention_mask"), tokens.shape[1])
+        tokens = arguments.get("input_ids")
+        tokens = tokens if tokens is not None else arguments["inputs_embeds"]
+        padding = _new_tokens_padding(arguments.get("attention_mask"), tokens.shape[1])
         if padding is not None:
-            kwargs["mamba_padding_mask"] = padding
-        out = super().forward(
-            input_ids=input_ids,
-            use_cache=use_cache,
-            inputs_embeds=inputs_embeds,
-            **{_cache_argument(type(self)): cache},
-            **kwargs,
-        )
+            arguments["mamba_padding_mask"] = padding
+        arguments[_cache_argument(type(self))] = cache
+        out = super().forward(use_cache=use_cache, **arguments)
         if isinstance(cache, HybridCache):
             cache.tokens_seen += tokens.shape[1]
         return out
 
 
 @functools.cache
+def _base_signature(model_class: type) -> inspect.Signature:
+    """The signature of the forward of `model_class`'s transformers base model; read once."""
+    base = next(c for c in model_class.__mro__ if c.__module__.startswith("transformers."))
+    return inspect.signature(base.forward)
+
+
+def _as_base_arguments(model_class: type, model, args: tuple, kwargs: dict) -> dict:
+    """`args` and `kwargs` by name, bound as the base model's forward binds them (its **kwargs
+    merged in)."""
+    signature = _base_signature(model_class)
+    arguments = signature.bind(model, *args, **kwargs).arguments
+    arguments.pop(next(iter(signature.parameters)))  # self
+    for name, parameter in signature.parameters.items():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            arguments.update(arguments.pop(name, {}))
+    return dict(arguments)
+
+
 def _cache_argument(model_class: type) -> str:
     """The name of the cache argument of `model_class`'s transformers base model (transformers
-    5.24 renamed `past_key_values` to `cache`); read once per class."""
-    base = next(c for c in model_class.__mro__ if c.__module__.startswith("transformers."))
-    parameters = inspect.signature(base.forward).parameters
+    5.24 renamed `past_key_values` to `cache`)."""
+    parameters = _base_signature(model_class).parameters
     return "cache" if "cache" in parameters else "past_key_values"
 
 
 class _HybridForCausalLM:
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        """generate's cache as a HybridCache: the DynamicCache generate makes, or one passed in,
+        is converted in place (so a cache passed in is the one filled, and keeps what it holds).
+        Other caches (static, ...) are used as they are where the model has attention layers,
+        and refused where it has none (they would only hold keys and values)."""
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
         for name in ("cache", "past_key_values"):  # its name from transformers 5.24 on, before
-            if type(model_kwargs.get(name)) is DynamicCache:
-                model_kwargs[name] = HybridCache(config=self.config)
+            cache = model_kwargs.get(name)
+            if cache is None:
+                continue
+            if not isinstance(cache, DynamicCache) and "A" not in self.config.layer_pattern:
+                raise ValueError(
+                    f"a {type(cache).__name__} is for attention layers, and this model (layer "
+                    f"pattern {self.config.layer_pattern}) has none: leave cache_implementation "
+                    "unset (its Mamba state does not grow with the sequence)"
+                )
+            model_kwargs[name] = as_hybrid_cache(cache)
+
+    def _valid_auto_compile_criteria(self, *args, **kwargs) -> bool:
+        """Never: with a static cache on a GPU generate would compile the forward by itself, and
+        the Mamba layers (their kernels, their data-dependent padding checks) have not been tried
+        under torch.compile."""
+        return False
+
+    def create_masks_for_generate(self, attention_mask=None, **_):
+        """The 2D padding mask as it is. For a static cache generate would build the masks ahead,
+        as a dict per layer type, which transformers' GPTNeoX / Llama / Mistral models do not
+        take; from the 2D mask they build their own, and the Mamba layers get its padding (as
+        transformers does for layer types it has no mask function for)."""
+        return attention_mask
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class="AutoModel"):
+        """Nothing: these classes live in the megatron_mamba package, so save_pretrained must not
+        copy their module files (it writes the config's modeling_hybrid.py instead)."""
 
 
 class GPTNeoXHybridModel(_HybridModel, GPTNeoXModel):
     config_class = GPTNeoXHybridConfig
     mamba_layer = GPTNeoXMambaLayer
+    _can_record_outputs = {
+        "hidden_states": [GPTNeoXLayer, GPTNeoXMambaLayer],
+        "attentions": GPTNeoXAttention,
+    }
 
 
 class LlamaHybridModel(_HybridModel, LlamaModel):
     config_class = LlamaHybridConfig
     mamba_layer = LlamaMambaLayer
+    _can_record_outputs = {
+        "hidden_states": [LlamaDecoderLayer, LlamaMambaLayer],
+        "attentions": LlamaAttention,
+    }
 
 
 class MistralHybridModel(_HybridModel, MistralModel):
     config_class = MistralHybridConfig
     mamba_layer = MistralMambaLayer
+    _can_record_outputs = {
+        "hidden_states": [MistralDecoderLayer, MistralMambaLayer],
+        "attentions": MistralAttention,
+    }
 
 
 class GPTNeoXHybridForCausalLM(_HybridForCausalLM, GPTNeoXForCausalLM):

@@ -102,7 +102,9 @@ def native_twin(hf_model: torch.nn.Module, parallel: ParallelConfig | None = Non
 
 
 def tiny_hybrid(arch: str, layer_pattern: str, seed: int = 0, **mamba) -> torch.nn.Module:
-    """A tiny random transformers hybrid (our classes, built straight from a config)."""
+    """A tiny random transformers hybrid (our classes, built straight from a config), with weights
+    of O(1) effect (`strengthen`): a Mamba layer's state or padding handled wrongly moves the
+    logits far beyond a test's tolerance."""
     from megatron_mamba.hf.configuration import HYBRID_CONFIGS
 
     base = {"gpt_neox": tiny_gpt_neox, "llama": tiny_llama, "mistral": tiny_mistral}[arch]
@@ -112,5 +114,29 @@ def tiny_hybrid(arch: str, layer_pattern: str, seed: int = 0, **mamba) -> torch.
     config = HYBRID_CONFIGS[arch](**fields, layer_pattern=layer_pattern, mamba=mamba)
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    strengthen(model, seed)
     randomize_norms(model, seed)
     return model
+
+
+def strengthen(hf_model: torch.nn.Module, seed: int = 0) -> None:
+    """Weights whose outputs are O(1). With transformers' std-0.02 initialisation a Mamba mixer
+    adds ~1e-4 to the residual stream, under the tests' tolerances. Matrices get std
+    1/sqrt(fan-in); the Mamba mixers (names with "mamba") also get decays A = -exp(A_log) in
+    (-1, -0.22), steps softplus(dt bias) in (0.05, 0.31), D ~ N(0, 1) and biases ~ N(0, 0.3)."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in hf_model.named_parameters():
+            if "mamba" not in name:
+                if param.dim() == 2:
+                    param.normal_(0, param.shape[1] ** -0.5, generator=generator)
+            elif name.endswith("A_log"):
+                param.copy_(torch.rand(param.shape, generator=generator) * 1.5 - 1.5)
+            elif name.endswith(("dt_proj.bias", "dt_bias")):
+                param.copy_(torch.rand(param.shape, generator=generator) * 2 - 3)
+            elif name.endswith(".D"):
+                param.normal_(0, 1, generator=generator)
+            elif param.dim() >= 2:
+                param.normal_(0, param.shape[-1] ** -0.5, generator=generator)
+            else:
+                param.normal_(0, 0.3, generator=generator)
