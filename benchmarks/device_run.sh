@@ -10,7 +10,7 @@ set -u
 OUT=${OUT:?set OUT to the results folder}
 STEPS='
 logit_test   90  python -m pytest -q tests/gpu/test_logit_losses_gpu.py
-kernel_test  240 python -m pytest -q tests/gpu/test_kernel_parity.py tests/gpu/test_mamba_gpu.py
+kernel_test  420 python -m pytest -q tests/gpu/test_kernel_parity.py tests/gpu/test_mamba_gpu.py
 model_test   240 python -m pytest -q tests/gpu/test_models_gpu.py tests/gpu/test_hf_hybrid_gpu.py
 trainer_test 420 python -m pytest -q tests/gpu/test_trainer_gpu.py
 nccl_test    480 python -m pytest -q tests/gpu/test_nccl_parallel.py
