@@ -22,7 +22,7 @@ case ${SFT_MODE:-ce} in
   ce) ;;
   kl) teacher
     MODE=(distill.teacher="$OUT/teacher" distill.alpha_ce_loss=0 distill.alpha_logits_distill_loss=1
-      distill.logits_temperature=1) ;;
+      distill.logits_temperature=1 distill.logits_kl_reduction=batchmean) ;;
   *) echo "SFT_MODE=$SFT_MODE is unknown; expected ce or kl" >&2 && exit 2 ;;
 esac
 train sft train.run_name="$NAME" train.init_from="$INIT" data.path="$SFT_DATA" "${MODE[@]}" "$@"

@@ -29,6 +29,10 @@ class DistillConfig:
     distill_skip_last: int = 1
     """Blocks at the end left out of the layer loss."""
     logits_temperature: float = 2.0
+    logits_kl_reduction: Literal["target_mean", "batchmean"] = "target_mean"
+    """How the logits KL is averaged: over the targets that carry loss ("target_mean", CALD's
+    mean over tokens), or summed over every position of a row and averaged over the rows
+    ("batchmean": torch's kl_div reduction, MambaInLlama's, which weighs KL by the row length)."""
     teacher_precision: Literal["same", "bf16", "fp16"] = "same"
     """The teacher's weights and compute: "same" as the student's (train.mixed_precision), or
     bf16/fp16 under an fp32 student, halving the frozen teacher's memory and time; its outputs
@@ -55,6 +59,11 @@ class DistillConfig:
             )
         if self.distill_skip_last < 0:
             raise ValueError(f"distill_skip_last={self.distill_skip_last} must be >= 0")
+        if self.logits_kl_reduction not in ("target_mean", "batchmean"):
+            raise ValueError(
+                f"logits_kl_reduction {self.logits_kl_reduction!r} is unknown; expected "
+                "target_mean or batchmean"
+            )
         if not self.logits_temperature > 0:
             raise ValueError(f"logits_temperature={self.logits_temperature} must be positive")
         if self.teacher_precision not in ("same", "bf16", "fp16"):

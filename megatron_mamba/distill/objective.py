@@ -153,7 +153,11 @@ class Distillation:
             total = self.cfg.alpha_ce_loss * ce
             parts = {"ce": ce.detach().clone()}
             if with_kl:
-                kl = self.mean(batch, per_token_kl)
+                kl = (
+                    per_token_kl.float().sum() / len(batch)  # equal rows per micro-batch
+                    if self.cfg.logits_kl_reduction == "batchmean"
+                    else self.mean(batch, per_token_kl)
+                )
                 total = total + self.cfg.alpha_logits_distill_loss * kl
                 parts["logits_kl"] = kl.detach()
             return total, parts

@@ -97,3 +97,34 @@ def test_distillation_ce_and_kl_are_means_over_the_steps_targets(runtime):
     mask = batch.loss_mask
     reference = _masked_mean(ce.view(ROWS, SEQ), mask) + 0.5 * _masked_mean(kl, mask)
     _check(objective, student, batch, reference)
+
+
+def test_distillation_kl_as_batchmean_is_torchs(runtime):
+    """MambaInLlama's reduction: the KL summed over every position of a row (prompt included),
+    averaged over the step's rows, as torch's kl_div(reduction="batchmean") over [rows, ...]."""
+    student = build_model(
+        preset("tiny-gpt-neox", num_layers=2, layer_pattern="MA"), ParallelConfig()
+    )
+    teacher = build_model(preset("tiny-gpt-neox", num_layers=2), ParallelConfig())
+    teacher.requires_grad_(False)
+    cfg = DistillConfig(
+        teacher="t",
+        alpha_layer_distill_loss=0.0,
+        alpha_logits_distill_loss=0.1,
+        logits_temperature=1.0,
+        logits_kl_reduction="batchmean",
+    )
+    objective = Distillation(student, teacher, cfg, 2, total_steps=1, vocab_size=256)
+    batch = _batch()
+    s_logits = student(batch.inputs, None, None)
+    with torch.no_grad():
+        t_logits = teacher(batch.inputs, None, None)
+    ce = F.cross_entropy(s_logits.flatten(0, 1), batch.labels.flatten(), reduction="none")
+    kl = F.kl_div(
+        F.log_softmax(s_logits, -1),
+        F.log_softmax(t_logits, -1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    reference = _masked_mean(ce.view(ROWS, SEQ), batch.loss_mask) + 0.1 * kl
+    _check(objective, student, batch, reference)
