@@ -2,7 +2,7 @@
 # Stage 1: progressive hybrid distillation of Zephyr (MambaInLlama). 25% of the attention layers
 # become Mamba (initialised from attention) and only they train; then another 25%, starting from
 # the first stage's weights. STEPWISE=1 instead adds one Mamba layer per stage (even layers from
-# the bottom first, then odd ones) up to STEPS layers.
+# the bottom first, then 1, 5, 9, …, then 3, 11, …: MambaInLlama's order) up to STEPS layers.
 #   NPROC=8 bash examples/zephyr/progressive.sh [--tiny] [key=value ...]
 source "$(dirname "$0")/common.sh"
 teacher

@@ -5,7 +5,8 @@
   but every eighth (7, 15, …). Each is a superset of the one before, so a stage starts from
   the previous stage's weights.
 - Step-wise (its *_stepwise configs): one more Mamba layer per stage, even layers from the
-  bottom first (0, 2, 4, …), then odd ones (1, 3, …).
+  bottom first (0, 2, 4, …), then 1, 5, 9, …, then 3, 11, 19, …, then 7, 23, …: halving the
+  remaining attention's spacing each round, so the stages pass through the fractions' patterns.
 
     python -m megatron_mamba.convert.progressive --layers 32 --mamba-fraction 0.5 [--symbol M]
     python -m megatron_mamba.convert.progressive --layers 32 --stepwise 3
@@ -43,7 +44,13 @@ def fraction_pattern(num_layers: int, mamba_fraction: float, symbol: str = "M") 
 
 
 def stepwise_order(num_layers: int) -> list[int]:
-    return list(range(0, num_layers, 2)) + list(range(1, num_layers, 2))
+    """Layers in the order they become Mamba: those with i % 2 == 0, then i % 4 == 1, i % 8 == 3,
+    i % 16 == 7, …, each round from the bottom."""
+    order, period = [], 2
+    while len(order) < num_layers:
+        order += [i for i in range(num_layers) if i % period == period // 2 - 1]
+        period *= 2
+    return order
 
 
 def stepwise_pattern(num_layers: int, mamba_layers: int, symbol: str = "M") -> str:

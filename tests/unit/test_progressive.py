@@ -7,7 +7,7 @@ import torch
 from megatron_mamba.convert.importer import import_hf
 from megatron_mamba.convert.layouts import split_qkv
 from megatron_mamba.convert.native_files import parameter_layout, read_native, write_native
-from megatron_mamba.convert.progressive import fraction_pattern, stepwise_pattern
+from megatron_mamba.convert.progressive import fraction_pattern, stepwise_order, stepwise_pattern
 from megatron_mamba.convert.swap import swap_native
 from megatron_mamba.models.mamba_dims import mamba1_dims
 from megatron_mamba.training.checkpoint import read_model_config
@@ -82,6 +82,10 @@ def test_patterns_are_mamba_in_llamas():
     # mamba2_llama_stepwise/llama3_3_mamba2.yaml and llama3_17_mamba2.yaml
     assert _mamba_layers(stepwise_pattern(32, 3)) == [0, 2, 4]
     assert _mamba_layers(stepwise_pattern(32, 17)) == [0, 1, *range(2, 32, 2)]
+    # ... whose later stages pass through the fractions' patterns (its zephyr_* configs)
+    assert stepwise_pattern(32, 24) == fraction_pattern(32, 0.75)
+    assert stepwise_pattern(32, 28) == fraction_pattern(32, 0.875)
+    assert sorted(stepwise_order(32)) == list(range(32))
     stages = [fraction_pattern(32, f) for f in (0.25, 0.5, 0.75, 0.875)]
     for before, after in zip(stages, stages[1:], strict=False):
         assert set(_mamba_layers(before)) < set(_mamba_layers(after))
