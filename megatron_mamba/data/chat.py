@@ -73,7 +73,22 @@ def _bos(tokenizer, text: str) -> list[int]:
     return [bos] if tokenizer("", add_special_tokens=True)["input_ids"][:1] == [bos] else []
 
 
-def tokenize_chat(tokenizer, messages: list[dict], max_length: int | None = None) -> MaskedTokens:
+def with_empty_system(tokenizer, messages: list[dict]) -> list[dict]:
+    """An empty system message first where the record has none and the chat template knows the
+    role: alignment-handbook's auto_insert_empty_system_msg, with which Zephyr and MambaInLlama's
+    SFT and DPO were trained (every sequence then starts "<|system|>\n</s>\n")."""
+    if messages and messages[0].get("role") == "system":
+        return messages
+    if "system" not in (tokenizer.chat_template or ""):
+        return messages
+    return [{"role": "system", "content": ""}, *messages]
+
+
+def tokenize_chat(
+    tokenizer, messages: list[dict], max_length: int | None = None, empty_system: bool = False
+) -> MaskedTokens:
+    if empty_system:
+        messages = with_empty_system(tokenizer, messages)
     text, spans = assistant_spans(tokenizer, messages)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     mask = [
@@ -101,12 +116,12 @@ def _as_messages(prompt, response) -> list[dict]:
 
 
 def tokenize_preference(
-    tokenizer, prompt, chosen, rejected, max_length: int | None = None
+    tokenizer, prompt, chosen, rejected, max_length: int | None = None, empty_system=False
 ) -> PreferencePair:
     """A DPO pair; the masks cover only the responses' assistant tokens."""
     return PreferencePair(
-        tokenize_chat(tokenizer, _as_messages(prompt, chosen), max_length),
-        tokenize_chat(tokenizer, _as_messages(prompt, rejected), max_length),
+        tokenize_chat(tokenizer, _as_messages(prompt, chosen), max_length, empty_system),
+        tokenize_chat(tokenizer, _as_messages(prompt, rejected), max_length, empty_system),
     )
 
 

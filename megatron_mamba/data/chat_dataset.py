@@ -79,11 +79,13 @@ class _Records:
 
 
 class ChatDataset(_Records):
-    def __init__(self, path, tokenizer_dir, item_length: int, seed: int = 0, shuffle=True):
+    def __init__(
+        self, path, tokenizer_dir, item_length: int, seed=0, shuffle=True, empty_system=False
+    ):
         super().__init__(path, seed, shuffle)
         tokenizer = load_tokenizer(tokenizer_dir)
         examples = [
-            tokenize_chat(tokenizer, record["messages"], item_length)
+            tokenize_chat(tokenizer, record["messages"], item_length, empty_system)
             for record in read_jsonl(self.path, ("messages",))
         ]
         self._check_length(examples, item_length)
@@ -97,11 +99,15 @@ class ChatDataset(_Records):
 
 
 class PreferenceDataset(_Records):
-    def __init__(self, path, tokenizer_dir, item_length: int, seed: int = 0, shuffle=True):
+    def __init__(
+        self, path, tokenizer_dir, item_length: int, seed=0, shuffle=True, empty_system=False
+    ):
         super().__init__(path, seed, shuffle)
         tokenizer = load_tokenizer(tokenizer_dir)
         pairs = [
-            tokenize_preference(tokenizer, r["prompt"], r["chosen"], r["rejected"], item_length)
+            tokenize_preference(
+                tokenizer, r["prompt"], r["chosen"], r["rejected"], item_length, empty_system
+            )
             for r in read_jsonl(self.path, ("prompt", "chosen", "rejected"))
         ]
         self._check_length([p.chosen for p in pairs] + [p.rejected for p in pairs], item_length)

@@ -42,6 +42,10 @@ class DataConfig:
     template renders chat and preference records."""
     shuffle: bool = True
     """chat, preference: a new seeded permutation of the records each epoch."""
+    insert_empty_system: bool = False
+    """chat, preference: an empty system message first where a record has none and the chat
+    template knows the role (alignment-handbook's auto_insert_empty_system_msg, as Zephyr and
+    MambaInLlama's SFT and DPO trained)."""
     allow_short_bin: bool = False
     first_item: int = 0
     """Items to skip at the start of the data (non-negative), e.g. to continue a data order."""

@@ -299,7 +299,14 @@ def _training_data(run: RunConfig, vocab_size: int):
             sequence_length=data.item_length,
         )
     kind = ChatDataset if data.kind == "chat" else PreferenceDataset
-    return kind(data.path, data.tokenizer, data.item_length, run.train.seed, data.shuffle)
+    return kind(
+        data.path,
+        data.tokenizer,
+        data.item_length,
+        run.train.seed,
+        data.shuffle,
+        data.insert_empty_system,
+    )
 
 
 def _attention_only(model_cfg):

@@ -135,3 +135,18 @@ def test_a_tokenizer_that_starts_texts_with_bos_gets_exactly_one(tokenizer, temp
         assert example.input_ids[1:] == plain.input_ids
         assert example.assistant_mask[1:] == plain.assistant_mask
     assert masked_text(with_bos, example, 1) == "Blue, like the sea.<eos>\nGreen.<eos>\n"
+
+
+def test_an_empty_system_message_is_inserted_as_alignment_handbook_does(tokenizer):
+    """Zephyr's template knows the system role: a record without one gets an empty one first,
+    outside the loss; a record with one keeps it alone."""
+    turns = CONVERSATION[1:]
+    example = tokenize_chat(tokenizer, turns, empty_system=True)
+    assert tokenizer.decode(example.input_ids).startswith("<|system|>\n<eos>\n<|user|>")
+    assert masked_text(tokenizer, example, 1) == "Blue, like the sea.<eos>\nGreen.<eos>\n"
+    assert tokenize_chat(tokenizer, turns).input_ids != example.input_ids
+    given = tokenize_chat(tokenizer, CONVERSATION, empty_system=True)
+    assert given.input_ids == tokenize_chat(tokenizer, CONVERSATION).input_ids
+    pair = tokenize_preference(tokenizer, "Name a colour.", "Blue.", "No.", empty_system=True)
+    for side in (pair.chosen, pair.rejected):
+        assert tokenizer.decode(side.input_ids).startswith("<|system|>\n<eos>\n")
