@@ -82,7 +82,9 @@ def _single_process_env() -> None:
 def init_runtime(
     sizes: ParallelSizes | None = None, seed: int = 1234, timeout_minutes: int = 30
 ) -> Runtime:
-    """Initialise torch.distributed, megatron's parallel state and all RNGs; idempotent."""
+    """Initialise torch.distributed, megatron's parallel state and all RNGs; idempotent for the
+    same sizes (other sizes are refused: megatron's groups stay as first made until
+    `shutdown_runtime`)."""
     from megatron.core import parallel_state
 
     sizes = sizes or ParallelSizes()
@@ -104,6 +106,15 @@ def init_runtime(
             tensor_model_parallel_size=sizes.tensor,
             pipeline_model_parallel_size=sizes.pipeline,
             distributed_timeout_minutes=timeout_minutes,
+        )
+    existing = (
+        parallel_state.get_tensor_model_parallel_world_size(),
+        parallel_state.get_pipeline_model_parallel_world_size(),
+    )
+    if existing != (sizes.tensor, sizes.pipeline):
+        raise RuntimeError(
+            f"the runtime is already initialised with tensor × pipeline = {existing[0]} × "
+            f"{existing[1]}; {sizes.tensor} × {sizes.pipeline} needs shutdown_runtime() first"
         )
     seed_everything(seed)
     return Runtime(
