@@ -253,7 +253,7 @@ _SCHEDULE = {
     "max_lr": "train.learning_rate",
     "min_lr": "train.min_lr",
     "lr_decay_style": "train.lr_scheduler_type",
-    "lr_warmup_steps": "warmup steps (train.warmup_steps, or train.warmup_ratio of the run)",
+    "lr_warmup_steps": "warmup steps (train.warmup_steps, or train.warmup_ratio of the schedule)",
     "lr_decay_steps": "decay steps (train.lr_decay_steps, or the run's total steps when unset)",
     "start_wd": "train.weight_decay",
 }
