@@ -20,7 +20,7 @@ if [[ "${1:-}" == "--tiny" ]]; then
   TINY=$OUT/inputs
   [[ -f $TINY/zephyr-hf/config.json ]] || "$PY" examples/zephyr/make_tiny.py "$TINY"
   ZEPHYR=$TINY/zephyr-hf PSEUDO_LABELS=$TINY/chat.jsonl SFT_DATA=$TINY/chat.jsonl
-  PREFS=$TINY/prefs.jsonl LAYERS=8
+  PREFS=$TINY/prefs.jsonl LAYERS=8 SLICES=${SLICES:-4}
   TINY_ARGS=(train.mixed_precision=no train.learning_rate=3e-3 train.warmup_steps=2 train.warmup_ratio=0
     train.per_device_train_batch_size=4 train.global_batch_size=8
     train.checkpointing_steps=null train.report_to=[console,jsonl] data.item_length=64)

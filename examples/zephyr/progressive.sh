@@ -2,7 +2,9 @@
 # Stage 1: progressive hybrid distillation of Zephyr (MambaInLlama). 25% of the attention layers
 # become Mamba (initialised from attention) and only they train; then another 25%, starting from
 # the first stage's weights. STEPWISE=1 instead adds one Mamba layer per stage (even layers from
-# the bottom first, then 1, 5, 9, …, then 3, 11, …: MambaInLlama's order) up to STEPS layers.
+# the bottom first, then 1, 5, 9, …, then 3, 11, …: MambaInLlama's order) up to STEPS layers,
+# stage k training on the k-th of SLICES (32) slices of the pseudo-labels, as its
+# train_hybrid_step.py does.
 #   NPROC=8 bash examples/zephyr/progressive.sh [--tiny] [key=value ...]
 source "$(dirname "$0")/common.sh"
 teacher
@@ -11,7 +13,8 @@ stage() {  # stage NAME INIT
     data.path="$PSEUDO_LABELS" "${@:3}"
 }
 if [[ ${STEPWISE:-0} == 1 ]]; then
-  previous=""
+  previous="" slices=${SLICES:-32}
+  slice=$(($(grep -c . "$PSEUDO_LABELS") / slices))
   for ((k = 1; k <= ${STEPS:-$((LAYERS / 2))}; k++)); do
     p=$("$PY" -m megatron_mamba.convert.progressive --layers "$LAYERS" --symbol "$MIXER" --stepwise "$k")
     init=$OUT/init_step_$k
@@ -20,7 +23,8 @@ if [[ ${STEPWISE:-0} == 1 ]]; then
     else
       [[ -d $init ]] || "$PY" tools/swap_layers.py "$previous" "$init" --layer-pattern "$p" "${MAMBA[@]}"
     fi
-    stage "zephyr_step_$k" "$init" "$@"
+    stage "zephyr_step_$k" "$init" train.max_train_samples="$slice" \
+      data.first_item=$(((k - 1) % slices * slice)) "$@"
     previous=$OUT/zephyr_step_$k
   done
   exit 0
