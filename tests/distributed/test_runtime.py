@@ -1,4 +1,4 @@
-"""The runtime's parallel state: other sizes are refused until it is shut down (gloo, 2 ranks)."""
+"""The runtime's parallel state: other sizes are refused while it is up (gloo, 2 ranks)."""
 
 from pathlib import Path
 
@@ -7,5 +7,5 @@ from tests.distributed.launch import torchrun
 WORKER = Path(__file__).parent / "workers" / "runtime_sizes.py"
 
 
-def test_other_sizes_need_a_shutdown_first():
+def test_other_sizes_are_refused_while_initialised():
     assert torchrun(WORKER, 2).count("ok") == 2
