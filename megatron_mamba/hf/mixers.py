@@ -96,18 +96,7 @@ class ClassicMamba1(MambaMixer, _Stateful):
     def _fused(self, xz: torch.Tensor) -> torch.Tensor | None:
         """mamba_ssm's one-function mixer (what MambaMixer trains through) where it runs (CUDA),
         for a whole unpadded sequence; None elsewhere."""
-        out = kernels.fused_mamba1_inner(
-            xz,
-            self.conv1d.weight,
-            self.conv1d.bias,
-            self.x_proj.weight,
-            self.dt_proj.weight,
-            self.out_proj.weight,
-            A=-torch.exp(self.A_log.float()),
-            D=self.D.float(),
-            delta_bias=self.dt_proj.bias.float(),
-            delta_softplus=True,
-        )
+        out = kernels.fused_mamba1_inner(xz, self)
         if out is None or self.out_proj.bias is None:
             return out
         return out + self.out_proj.bias

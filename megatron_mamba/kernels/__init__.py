@@ -93,25 +93,27 @@ def selective_scan(u_bdl, delta_bdl, A_dn, B, C, D_d=None, z_bdl=None, **kwargs)
     return reference.selective_scan(u_bdl, delta_bdl, A_dn, B, C, D_d, z_bdl, **kwargs)
 
 
-def fused_mamba1_inner(
-    xz_bdl, conv_weight_d1k, conv_bias, x_proj_weight, dt_proj_weight, out_proj_weight, **scan
-):
+def fused_mamba1_inner(xz_bdl, mixer):
     """A classic Mamba1 mixer from in_proj's output to out_proj's (without its bias) as one
     autograd function that recomputes the conv and delta in backward (mamba_ssm's
     `mamba_inner_fn`, which transformers' MambaMixer trains through); None where it does not
     run, and the caller composes the separate kernels. xz is [b, x | z, l]; returns [b, l, h].
-    `scan` holds A, D, delta_bias and delta_softplus as `mamba_inner_fn` names them."""
+    `mixer` holds conv1d, x_proj, dt_proj, out_proj, A_log and D under MambaMixer's names (our
+    native mixer and the HF class alike)."""
     if not use_fused(xz_bdl):
         return None
     return _fused()["mamba1_inner"](
         xz_bdl,
-        conv_weight_d1k,
-        conv_bias,
-        x_proj_weight,
-        dt_proj_weight,
-        out_proj_weight,
+        mixer.conv1d.weight,
+        mixer.conv1d.bias,
+        mixer.x_proj.weight,
+        mixer.dt_proj.weight,
+        mixer.out_proj.weight,
         None,
-        **scan,
+        A=-torch.exp(mixer.A_log.float()),
+        D=mixer.D.float(),
+        delta_bias=mixer.dt_proj.bias.float(),
+        delta_softplus=True,
     )
 
 

@@ -124,18 +124,7 @@ class Mamba1Mixer(MambaMixerBase):
         None elsewhere."""
         if self.dims.grouped or self.tp > 1:
             return None
-        out = kernels.fused_mamba1_inner(
-            rearrange(proj, "s b d -> b d s"),
-            self.conv1d.weight,
-            self.conv1d.bias,
-            self.x_proj.weight,
-            self.dt_proj.weight,
-            self.out_proj.weight,
-            A=-torch.exp(self.A_log.float()),
-            D=self.D.float(),
-            delta_bias=self.dt_proj.bias.float(),
-            delta_softplus=True,
-        )
+        out = kernels.fused_mamba1_inner(rearrange(proj, "s b d -> b d s"), self)
         if out is None:
             return None
         return rearrange(out, "b s h -> s b h").contiguous(), self.out_proj.bias

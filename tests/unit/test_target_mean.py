@@ -75,19 +75,26 @@ def test_sft_loss_is_the_mean_over_the_steps_assistant_targets(runtime):
     )
 
 
-def test_distillation_ce_and_kl_are_means_over_the_steps_targets(runtime):
+def _distillation(cfg: DistillConfig):
+    """The objective over a 2-layer hybrid student and its attention teacher, the batch, and
+    the reference's inputs: student and teacher logits and the per-target CE."""
     student = build_model(
         preset("tiny-gpt-neox", num_layers=2, layer_pattern="MA"), ParallelConfig()
     )
     teacher = build_model(preset("tiny-gpt-neox", num_layers=2), ParallelConfig())
     teacher.requires_grad_(False)
-    cfg = DistillConfig(teacher="t", alpha_layer_distill_loss=0.0, alpha_logits_distill_loss=0.5)
     objective = Distillation(student, teacher, cfg, 2, total_steps=1, vocab_size=256)
     batch = _batch()
     s_logits = student(batch.inputs, None, None)
     with torch.no_grad():
         t_logits = teacher(batch.inputs, None, None)
     ce = F.cross_entropy(s_logits.flatten(0, 1), batch.labels.flatten(), reduction="none")
+    return objective, student, batch, s_logits, t_logits, ce
+
+
+def test_distillation_ce_and_kl_are_means_over_the_steps_targets(runtime):
+    cfg = DistillConfig(teacher="t", alpha_layer_distill_loss=0.0, alpha_logits_distill_loss=0.5)
+    objective, student, batch, s_logits, t_logits, ce = _distillation(cfg)
     kl = F.kl_div(
         F.log_softmax(s_logits / 2, -1),
         F.log_softmax(t_logits / 2, -1),
@@ -102,11 +109,6 @@ def test_distillation_ce_and_kl_are_means_over_the_steps_targets(runtime):
 def test_distillation_kl_as_batchmean_is_torchs(runtime):
     """MambaInLlama's reduction: the KL summed over every position of a row (prompt included),
     averaged over the step's rows, as torch's kl_div(reduction="batchmean") over [rows, ...]."""
-    student = build_model(
-        preset("tiny-gpt-neox", num_layers=2, layer_pattern="MA"), ParallelConfig()
-    )
-    teacher = build_model(preset("tiny-gpt-neox", num_layers=2), ParallelConfig())
-    teacher.requires_grad_(False)
     cfg = DistillConfig(
         teacher="t",
         alpha_layer_distill_loss=0.0,
@@ -114,12 +116,7 @@ def test_distillation_kl_as_batchmean_is_torchs(runtime):
         logits_temperature=1.0,
         logits_kl_reduction="batchmean",
     )
-    objective = Distillation(student, teacher, cfg, 2, total_steps=1, vocab_size=256)
-    batch = _batch()
-    s_logits = student(batch.inputs, None, None)
-    with torch.no_grad():
-        t_logits = teacher(batch.inputs, None, None)
-    ce = F.cross_entropy(s_logits.flatten(0, 1), batch.labels.flatten(), reduction="none")
+    objective, student, batch, s_logits, t_logits, ce = _distillation(cfg)
     kl = F.kl_div(
         F.log_softmax(s_logits, -1),
         F.log_softmax(t_logits, -1),
