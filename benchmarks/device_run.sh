@@ -22,6 +22,7 @@ distill      170 torchrun --nproc_per_node 1 benchmarks/distill_step.py --out $O
 dpo          120 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json
 optimizer    90  python benchmarks/optimizer_step.py
 overhead     240 torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode bare --out $OUT/bare.json && torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode trainer --out $OUT/t1.json
+dp_scaling   300 torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode trainer --out $OUT/dp1.json && torchrun --nproc_per_node 2 benchmarks/trainer_overhead.py --mode trainer --out $OUT/dp2.json
 '
 names=$(awk 'NF { printf "%s ", $1 }' <<< "$STEPS")
 [ $# -gt 0 ] || { echo "name one or more steps: $names" >&2; exit 2; }
