@@ -15,5 +15,6 @@ case ${EPOCHS:-1} in
   3) BETA=0.1 ;;
   *) echo "EPOCHS=$EPOCHS is unknown; expected 1 (beta 0.01) or 3 (beta 0.1)" >&2 && exit 2 ;;
 esac
+[[ -z ${TINY:-} ]] || set -- data.max_prompt_length=32 "$@"  # below the tiny item_length
 train dpo train.run_name="${NAME}_dpo_ep${EPOCHS:-1}" train.init_from="$OUT/$SFT" \
   train.num_train_epochs="${EPOCHS:-1}" dpo.beta="$BETA" data.path="$PREFS" "$@"

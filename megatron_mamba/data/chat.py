@@ -45,12 +45,15 @@ def _before_turn(tokenizer, messages: list[dict], k: int) -> str | None:
     return probe[:start] if start >= 0 else None
 
 
-def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans of its assistant turns."""
+def assistant_spans(
+    tokenizer, messages: list[dict], first: int = 0
+) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of its assistant turns (those from
+    message `first` on)."""
     text = _render(tokenizer, messages, False)
     spans = []
     for k, message in enumerate(messages):
-        if message.get("role") != "assistant":
+        if k < first or message.get("role") != "assistant":
             continue
         before = _before_turn(tokenizer, messages, k)
         through = _render(tokenizer, messages[: k + 1], False)
@@ -85,11 +88,19 @@ def with_empty_system(tokenizer, messages: list[dict]) -> list[dict]:
 
 
 def tokenize_chat(
-    tokenizer, messages: list[dict], max_length: int | None = None, empty_system: bool = False
+    tokenizer,
+    messages: list[dict],
+    max_length: int | None = None,
+    empty_system: bool = False,
+    loss_from: int = 0,
 ) -> MaskedTokens:
+    """The conversation's tokens, masked on its assistant turns from message `loss_from` on
+    (counted in `messages` as given); cut to `max_length` from the right."""
     if empty_system:
-        messages = with_empty_system(tokenizer, messages)
-    text, spans = assistant_spans(tokenizer, messages)
+        inserted = with_empty_system(tokenizer, messages)
+        loss_from += len(inserted) - len(messages)
+        messages = inserted
+    text, spans = assistant_spans(tokenizer, messages, loss_from)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     mask = [
         int(any(lo <= start < hi for lo, hi in spans)) for start, _ in encoded["offset_mapping"]
@@ -107,22 +118,71 @@ class PreferencePair:
     rejected: MaskedTokens
 
 
-def _as_messages(prompt, response) -> list[dict]:
+def _as_messages(prompt, response) -> tuple[list[dict], int]:
+    """The conversation and how many of its messages are the prompt."""
     prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     if isinstance(response, str):
-        return [*prompt, {"role": "assistant", "content": response}]
+        return [*prompt, {"role": "assistant", "content": response}], len(prompt)
     # UltraFeedback-style: the response is the whole conversation, prompt included.
-    return list(response) if response[: len(prompt)] == prompt else [*prompt, *response]
+    if response[: len(prompt)] == prompt:
+        return list(response), len(prompt)
+    return [*prompt, *response], len(prompt)
+
+
+def _prompt_length(example: MaskedTokens) -> int:
+    """Tokens before the response: up to its first masked token."""
+    mask = example.assistant_mask
+    return mask.index(1) if 1 in mask else len(mask)
+
+
+def _keep(example: MaskedTokens, start: int, prompt: int, response: int) -> MaskedTokens:
+    """The prompt's tokens from `start` on, then the response's first `response` tokens."""
+    end = prompt + response
+    ids = example.input_ids[start:prompt] + example.input_ids[prompt:end]
+    mask = example.assistant_mask[start:prompt] + example.assistant_mask[prompt:end]
+    return MaskedTokens(ids, mask)
 
 
 def tokenize_preference(
-    tokenizer, prompt, chosen, rejected, max_length: int | None = None, empty_system=False
+    tokenizer,
+    prompt,
+    chosen,
+    rejected,
+    max_length: int | None = None,
+    empty_system=False,
+    max_prompt_length: int | None = None,
 ) -> PreferencePair:
-    """A DPO pair; the masks cover only the responses' assistant tokens."""
-    return PreferencePair(
-        tokenize_chat(tokenizer, _as_messages(prompt, chosen), max_length, empty_system),
-        tokenize_chat(tokenizer, _as_messages(prompt, rejected), max_length, empty_system),
-    )
+    """A DPO pair; the masks cover only the responses' assistant tokens (not earlier assistant
+    turns of a multi-turn prompt).
+
+    Over `max_length`, without `max_prompt_length` each sequence is cut from the right. With it,
+    as TRL's DPOTrainer of MambaInLlama's and alignment-handbook's recipes (0.8, truncation_mode
+    "keep_end") does: where the prompt plus the longer response exceeds `max_length`, the prompt
+    keeps its last `max_prompt_length` tokens; if that is still too long, each response keeps its
+    first `max_length - max_prompt_length`."""
+    pair = []
+    for response in (chosen, rejected):
+        messages, prompt_messages = _as_messages(prompt, response)
+        full = tokenize_chat(tokenizer, messages, None, empty_system, loss_from=prompt_messages)
+        pair.append(full)
+    if max_length is None:
+        return PreferencePair(*pair)
+    if max_prompt_length is None:
+        return PreferencePair(
+            *(MaskedTokens(e.input_ids[:max_length], e.assistant_mask[:max_length]) for e in pair)
+        )
+    prompts = [_prompt_length(e) for e in pair]
+    longer = max(len(e.input_ids) - p for e, p in zip(pair, prompts, strict=True))
+    kept = []
+    for example, prompt_length in zip(pair, prompts, strict=True):
+        start = (
+            0 if prompt_length + longer <= max_length else max(0, prompt_length - max_prompt_length)
+        )
+        response = len(example.input_ids) - prompt_length
+        if prompt_length - start + longer > max_length:
+            response = min(response, max_length - max_prompt_length)
+        kept.append(_keep(example, start, prompt_length, response))
+    return PreferencePair(*kept)
 
 
 def read_jsonl(path: str | Path, required: tuple[str, ...]) -> Iterator[dict]:

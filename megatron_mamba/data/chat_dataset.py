@@ -21,6 +21,7 @@ import torch
 
 from megatron_mamba.data.batches import PreferenceBatch, TokenBatch
 from megatron_mamba.data.chat import pad_batch, read_jsonl, tokenize_chat, tokenize_preference
+from megatron_mamba.data.indexed import DatasetError
 from megatron_mamba.data.preprocess import load_tokenizer
 from megatron_mamba.data.pythia import DataOrder
 
@@ -67,6 +68,15 @@ class _Records:
                 items = order.first_item + epoch_permutation(pool, self.seed, epoch)[offsets]
             yield self.rows(torch.from_numpy(items))
 
+    def _check_vocabulary(self, batches: list[TokenBatch], vocab_size: int | None) -> None:
+        """Refuses token ids the model has no embedding for (a tokenizer not the model's)."""
+        largest = max(int(b.tokens.max()) for b in batches)
+        if vocab_size is not None and largest >= vocab_size:
+            raise DatasetError(
+                f"{self.path} tokenizes to id {largest}, outside the model's vocabulary of "
+                f"{vocab_size}: data.tokenizer is not this model's tokenizer"
+            )
+
     def _check_length(self, examples, item_length: int) -> None:
         if not examples:
             raise ValueError(f"{self.path} holds no records")
@@ -80,7 +90,14 @@ class _Records:
 
 class ChatDataset(_Records):
     def __init__(
-        self, path, tokenizer_dir, item_length: int, seed=0, shuffle=True, empty_system=False
+        self,
+        path,
+        tokenizer_dir,
+        item_length: int,
+        seed=0,
+        shuffle=True,
+        empty_system=False,
+        vocab_size: int | None = None,
     ):
         super().__init__(path, seed, shuffle)
         tokenizer = load_tokenizer(tokenizer_dir)
@@ -90,6 +107,7 @@ class ChatDataset(_Records):
         ]
         self._check_length(examples, item_length)
         self.data = _token_batch(examples, _pad_id(tokenizer), item_length)
+        self._check_vocabulary([self.data], vocab_size)
 
     def __len__(self) -> int:
         return len(self.data)
@@ -99,14 +117,31 @@ class ChatDataset(_Records):
 
 
 class PreferenceDataset(_Records):
+    """Pairs cut to item_length; with `max_prompt_length`, as TRL's keep_end truncation
+    (data/chat.py's tokenize_preference)."""
+
     def __init__(
-        self, path, tokenizer_dir, item_length: int, seed=0, shuffle=True, empty_system=False
+        self,
+        path,
+        tokenizer_dir,
+        item_length: int,
+        seed=0,
+        shuffle=True,
+        empty_system=False,
+        vocab_size: int | None = None,
+        max_prompt_length: int | None = None,
     ):
         super().__init__(path, seed, shuffle)
         tokenizer = load_tokenizer(tokenizer_dir)
         pairs = [
             tokenize_preference(
-                tokenizer, r["prompt"], r["chosen"], r["rejected"], item_length, empty_system
+                tokenizer,
+                r["prompt"],
+                r["chosen"],
+                r["rejected"],
+                item_length,
+                empty_system,
+                max_prompt_length,
             )
             for r in read_jsonl(self.path, ("prompt", "chosen", "rejected"))
         ]
@@ -114,6 +149,7 @@ class PreferenceDataset(_Records):
         pad = _pad_id(tokenizer)
         self.chosen = _token_batch([p.chosen for p in pairs], pad, item_length)
         self.rejected = _token_batch([p.rejected for p in pairs], pad, item_length)
+        self._check_vocabulary([self.chosen, self.rejected], vocab_size)
 
     def __len__(self) -> int:
         return len(self.chosen)

@@ -46,6 +46,11 @@ class DataConfig:
     """chat, preference: an empty system message first where a record has none and the chat
     template knows the role (alignment-handbook's auto_insert_empty_system_msg, as Zephyr and
     MambaInLlama's SFT and DPO trained)."""
+    max_prompt_length: int | None = None
+    """preference: where a prompt and its longer response exceed item_length, the prompt keeps
+    its last max_prompt_length tokens and, if still too long, the responses their first
+    item_length − max_prompt_length (TRL's DPOTrainer with truncation_mode keep_end, as
+    MambaInLlama's DPO ran it: 512 of 1024). Unset: every sequence is cut from the right."""
     allow_short_bin: bool = False
     first_item: int = 0
     """Items to skip at the start of the data (non-negative), e.g. to continue a data order."""
@@ -64,6 +69,16 @@ class DataConfig:
             raise ValueError(f"first_item={self.first_item} must be non-negative")
         if self.kind not in DATA_KINDS:
             raise ValueError(f"data kind {self.kind!r} is unknown; expected one of {DATA_KINDS}")
+        if self.max_prompt_length is not None:
+            if self.kind != "preference":
+                raise ValueError(
+                    f"max_prompt_length applies to preference data only, not kind {self.kind!r}"
+                )
+            if not 0 < self.max_prompt_length < self.item_length:
+                raise ValueError(
+                    f"max_prompt_length={self.max_prompt_length} must be positive and below "
+                    f"item_length={self.item_length}"
+                )
         if self.kind != "pythia" and not self.tokenizer:
             raise ValueError(
                 f"data.kind={self.kind} needs data.tokenizer (the directory of the tokenizer "

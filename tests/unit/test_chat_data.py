@@ -150,3 +150,56 @@ def test_an_empty_system_message_is_inserted_as_alignment_handbook_does(tokenize
     pair = tokenize_preference(tokenizer, "Name a colour.", "Blue.", "No.", empty_system=True)
     for side in (pair.chosen, pair.rejected):
         assert tokenizer.decode(side.input_ids).startswith("<|system|>\n<eos>\n")
+
+
+def test_a_multi_turn_prompt_keeps_its_assistant_turns_out_of_the_preference_loss(tokenizer):
+    """DPO compares the log-probabilities of the responses only: an assistant turn inside the
+    prompt is context, as in TRL (its prompt is everything before the last turn)."""
+    prompt = CONVERSATION[:4]  # system, user, assistant, user
+    pair = tokenize_preference(tokenizer, prompt, "Green.", "Red.", empty_system=True)
+    assert masked_text(tokenizer, pair.chosen, 1) == "Green.<eos>\n"
+    assert masked_text(tokenizer, pair.rejected, 1) == "Red.<eos>\n"
+    assert "Blue, like the sea." in masked_text(tokenizer, pair.chosen, 0)
+    as_conversations = tokenize_preference(
+        tokenizer, prompt, [*prompt, {"role": "assistant", "content": "Green."}], "Red."
+    )
+    assert as_conversations.chosen == tokenize_preference(tokenizer, prompt, "Green.", "x").chosen
+
+
+def _split(tokenizer, example):
+    """(prompt tokens, response tokens) of a pair's side, split where its mask begins."""
+    start = example.assistant_mask.index(1)
+    return example.input_ids[:start], example.input_ids[start:]
+
+
+LONG_PROMPT = " ".join(f"the {w} sea" for w in ("blue", "green", "red", "grey") * 2)
+
+
+@pytest.mark.parametrize("max_length", [200, 100, 30])
+def test_preference_truncation_keeps_the_end_of_the_prompt_as_trl(tokenizer, max_length):
+    """TRL 0.8's DPOTrainer (truncation_mode keep_end, MambaInLlama's pin): where prompt plus
+    the longer response is over max_length, the prompt keeps its last max_prompt_length tokens;
+    if still over, each response keeps its first max_length − max_prompt_length. Checked against
+    the untruncated pair's token lists."""
+    chosen, rejected = "Blue, like the sea.", "Another one? " * 4
+    full = tokenize_preference(tokenizer, LONG_PROMPT, chosen, rejected)
+    cut = tokenize_preference(tokenizer, LONG_PROMPT, chosen, rejected, max_length, False, 16)
+    prompt, responses = _split(tokenizer, full.chosen)[0], []
+    for side in (full.chosen, full.rejected):
+        assert _split(tokenizer, side)[0] == prompt
+        responses.append(_split(tokenizer, side)[1])
+    longer = max(len(r) for r in responses)
+    assert len(prompt) > 16 and 16 + longer > 30  # all three regimes occur
+    kept_prompt = prompt if len(prompt) + longer <= max_length else prompt[-16:]
+    for side, response in zip((cut.chosen, cut.rejected), responses, strict=True):
+        kept = response if len(kept_prompt) + longer <= max_length else response[: max_length - 16]
+        assert side.input_ids == kept_prompt + kept
+        assert side.assistant_mask == [0] * len(kept_prompt) + [1] * len(kept)
+    if max_length == 200:
+        assert cut == full
+    if max_length == 100:  # the prompt cut from the left, the responses whole
+        assert tokenizer.decode(cut.chosen.input_ids).endswith(
+            "<|assistant|>\n" + chosen + "<eos>\n"
+        )
+    no_prompt_limit = tokenize_preference(tokenizer, LONG_PROMPT, chosen, rejected, max_length)
+    assert no_prompt_limit.chosen.input_ids == full.chosen.input_ids[:max_length]

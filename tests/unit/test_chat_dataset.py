@@ -8,6 +8,7 @@ import torch
 
 from megatron_mamba.config_io import ConfigError, load
 from megatron_mamba.data.chat_dataset import ChatDataset, PreferenceDataset
+from megatron_mamba.data.indexed import DatasetError
 from megatron_mamba.data.preprocess import load_tokenizer
 from megatron_mamba.data.pythia import DataOrder
 from megatron_mamba.training.run_config import RunConfig
@@ -125,3 +126,48 @@ def test_bad_inputs_fail_clearly(tmp_path, tokenizer_dir):
             None,
             ["preset=tiny-llama", "data.kind=preference", "data.tokenizer=t", "data.path=p"],
         )
+
+
+def test_token_ids_outside_the_models_vocabulary_are_refused(tmp_path, tokenizer_dir):
+    """A tokenizer larger than the model's vocabulary would index past the embedding."""
+    chats = _chats(tmp_path / "chat.jsonl")
+    largest = int(ChatDataset(chats, tokenizer_dir, ITEM).data.tokens.max())
+    ChatDataset(chats, tokenizer_dir, ITEM, vocab_size=largest + 1)
+    with pytest.raises(
+        DatasetError, match=f"chat.jsonl tokenizes to id {largest}, outside .* {largest}"
+    ):
+        ChatDataset(chats, tokenizer_dir, ITEM, vocab_size=largest)
+    prefs = _write(
+        tmp_path / "p.jsonl", [{"prompt": "Say red.", "chosen": "red.", "rejected": "No."}]
+    )
+    with pytest.raises(DatasetError, match="p.jsonl tokenizes to id"):
+        PreferenceDataset(prefs, tokenizer_dir, ITEM, vocab_size=10)
+
+
+def test_preference_data_truncates_prompts_from_the_left_with_max_prompt_length(
+    tmp_path, tokenizer_dir
+):
+    prompt = "Count to " + " ".join(str(k) for k in range(30)) + "."
+    path = _write(tmp_path / "p.jsonl", [{"prompt": prompt, "chosen": "1 2.", "rejected": "No."}])
+    data = PreferenceDataset(path, tokenizer_dir, ITEM, max_prompt_length=20, shuffle=False)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    row = data.chosen.tokens[0][data.chosen.tokens[0] != tokenizer.pad_token_id]
+    text = tokenizer.decode(row)
+    assert text.endswith("29.<eos>\n<|assistant|>\n1 2.<eos>\n") and "Count to" not in text
+    for bad, why in [
+        (["data.max_prompt_length=48"], "must be positive and below item_length=48"),
+        (["data.kind=chat", "data.max_prompt_length=8"], "applies to preference data only"),
+    ]:
+        with pytest.raises(ConfigError, match=why):
+            load(
+                RunConfig,
+                None,
+                [
+                    "preset=tiny-llama",
+                    "data.kind=preference",
+                    "data.tokenizer=t",
+                    "data.path=p",
+                    "data.item_length=48",
+                    *bad,
+                ],
+            )
