@@ -7,7 +7,7 @@ from pathlib import Path
 
 from megatron_mamba.training.metrics import read_metrics
 
-# Logged per step besides the losses (fp16 adds its loss scale and whether the step was skipped).
+# Logged per step besides the losses (fp16 adds its loss scale).
 NOT_LOSSES = {
     "step",
     "time",

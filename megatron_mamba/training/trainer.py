@@ -88,8 +88,8 @@ def _across_pipeline_and_replicas(parts: dict[str, float], device) -> dict[str, 
 
 
 def train(run: RunConfig) -> list[dict]:
-    """Run training; returns the records of the steps applied (also logged on rank 0; a
-    skipped step has none)."""
+    """Run training; returns the records of its steps (also logged on rank 0), each with
+    `skipped` 1 where the update was not applied."""
     cfg = run.train
     rt = init_runtime(ParallelSizes(run.parallel.tensor, run.parallel.pipeline), seed=cfg.seed)
     if rt.device.type == "cpu" and cfg.mixed_precision != "no":
@@ -210,13 +210,18 @@ def train(run: RunConfig) -> list[dict]:
 
     records: list[dict] = []
 
-    def apply(step: int, loss: float, parts: dict, started: float) -> bool:
-        """The optimizer and scheduler step, then the step's record (kept, and logged);
-        whether the update was applied (fp16 skips a step whose gradients overflow)."""
-        lr = optimizer.param_groups[0]["lr"]
+    def update() -> tuple[bool, float | None]:
+        """The optimizer and scheduler step: whether the update was applied (fp16 skips a step
+        whose gradients overflow), and the gradient norm."""
         updated, grad_norm, _ = optimizer.step()
         if updated:
             scheduler.step(1)
+        return updated, grad_norm
+
+    def log_step(step: int, loss: float, parts: dict, started: float, lr: float, update) -> None:
+        """The step's record, kept and logged, skipped steps included (their validation, when
+        due, is not lost)."""
+        updated, grad_norm = update
         seconds = time.perf_counter() - started
         record = {
             "loss": loss,
@@ -224,10 +229,10 @@ def train(run: RunConfig) -> list[dict]:
             "lr": lr,
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
             "tokens_per_s": order.global_batch * objective.rows_per_item * seq / seconds,
+            "skipped": int(not updated),
         }
         if cfg.mixed_precision == "fp16":
             record["loss_scale"] = float(optimizer.get_loss_scale())
-            record["skipped"] = int(not updated)
         if peak is not None:
             record["mfu"] = mfu(flops_per_token, record["tokens_per_s"], peak, rt.world_size)
         validating = held_out is not None and (step % cfg.eval_interval == 0 or step == total)
@@ -235,9 +240,8 @@ def train(run: RunConfig) -> list[dict]:
             result = held_out_loss(ddp, held_out, model_cfg.vocab_size, micro, rt.device)
             record.update(valid_loss=result.loss, valid_ppl=result.perplexity)
         records.append({"step": step, **record})
-        if step % cfg.log_every == 0 or step == total or validating:
+        if step % cfg.log_every == 0 or step == total or validating or not updated:
             logger.log(step, record)
-        return updated
 
     bad_steps, saved = BadSteps(cfg.max_bad_steps, rt.rank == 0), None
     interval = cfg.checkpoint_interval(total)
@@ -261,10 +265,13 @@ def train(run: RunConfig) -> list[dict]:
         )
         parts = _across_pipeline_and_replicas(objective.parts(losses), rt.device)
         loss = objective.total(parts)
+        lr = optimizer.param_groups[0]["lr"]
         skip = why_skip(loss, ddp, cfg.mixed_precision != "fp16", rt.device)
+        updated, grad_norm = (False, None) if skip else update()
+        log_step(step, loss, parts, started, lr, (updated, grad_norm))
         if skip:
             bad_steps.skipped(step, skip, saved)
-        elif apply(step, loss, parts, started):
+        elif updated:
             bad_steps.applied()
         elif optimizer.get_loss_scale() <= MIN_LOSS_SCALE:
             bad_steps.skipped(step, "fp16 gradients overflow at the minimum loss scale", saved)
@@ -298,15 +305,10 @@ def _training_data(run: RunConfig, vocab_size: int):
             allow_short_bin=data.allow_short_bin,
             sequence_length=data.item_length,
         )
-    kind = ChatDataset if data.kind == "chat" else PreferenceDataset
-    return kind(
-        data.path,
-        data.tokenizer,
-        data.item_length,
-        run.train.seed,
-        data.shuffle,
-        data.insert_empty_system,
-    )
+    common = (data.path, data.tokenizer, data.item_length, run.train.seed, data.shuffle)
+    if data.kind == "chat":
+        return ChatDataset(*common, data.insert_empty_system, vocab_size, data.pack, data.train_on)
+    return PreferenceDataset(*common, data.insert_empty_system, vocab_size, data.max_prompt_length)
 
 
 def _attention_only(model_cfg):

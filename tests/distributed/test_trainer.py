@@ -106,7 +106,8 @@ def test_non_finite_losses_stop_the_run_with_a_clear_error(tmp_path, items, init
         AssertionError, match=r"3 consecutive steps were skipped \(step 3: a non-finite loss"
     ):
         run(tmp_path, items, "nan", **overrides)
-    assert not (tmp_path / "nan" / "metrics.jsonl").read_text()
+    got = records(tmp_path / "nan")
+    assert [(r["step"], r["skipped"]) for r in got] == [(1, 1), (2, 1), (3, 1)]
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
@@ -129,9 +130,13 @@ def test_non_finite_gradients_are_skipped_like_a_non_finite_loss(tmp_path, items
     assert "warning: step 3 skipped, its update not applied: a non-finite loss" in by_loss.stderr
     warning = "warning: step 3 skipped, its update not applied: non-finite gradients"
     assert warning in by_grad.stderr
-    got = records(tmp_path / "grad")
-    assert [r["step"] for r in got] == [1, 2, 4, 5, 6, 7, 8]
-    assert steps_and_values(got) == steps_and_values(records(tmp_path / "loss"))
+    got, by_loss_records = records(tmp_path / "grad"), records(tmp_path / "loss")
+    assert [r["step"] for r in got] == list(range(1, 9))
+    assert [r["skipped"] for r in got] == [0, 0, 1, 0, 0, 0, 0, 0]
+    applied = [r for r in got if not r["skipped"]]
+    assert steps_and_values(applied) == steps_and_values(
+        [r for r in by_loss_records if not r["skipped"]]
+    )
     assert checkpoint_is_finite(latest(tmp_path / "grad"))
 
 
@@ -146,12 +151,15 @@ def test_consecutive_non_finite_gradients_stop_the_run_keeping_a_good_checkpoint
 
 
 @pytest.mark.parametrize("stop", ["exit_interval", "max_steps"])
-def test_a_skipped_step_still_saves_and_stops(tmp_path, items, stop):
+def test_a_skipped_step_still_saves_validates_and_stops(tmp_path, items, stop):
     """A step skipped for its NaN loss still ends the run at exit_interval or at the end, with
-    its checkpoint."""
-    done = poisoned_run(tmp_path, items, "skip", "loss", "3", **{f"train.{stop}": 3})
+    its checkpoint, and is validated where validation is due."""
+    validation = {"train.eval_interval": 3, "data.valid_path": items, "data.valid_windows": 4}
+    done = poisoned_run(tmp_path, items, "skip", "loss", "3", **{f"train.{stop}": 3}, **validation)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert [r["step"] for r in records(tmp_path / "skip")] == [1, 2]
+    got = records(tmp_path / "skip")
+    assert [(r["step"], r["skipped"]) for r in got] == [(1, 0), (2, 0), (3, 1)]
+    assert "valid_loss" in got[2] and "valid_loss" not in got[1]
     assert latest(tmp_path / "skip").name == "step_00000003"
     assert "warning: step 3 skipped" in done.stderr
 
