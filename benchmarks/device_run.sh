@@ -7,7 +7,6 @@
 #
 # The steps: name, seconds allowed, command ($OUT is expanded when the step runs).
 set -u
-export TRITON_CACHE_AUTOTUNING=1  # later processes of a step reuse the first one's Triton autotuning
 OUT=${OUT:?set OUT to the results folder}
 STEPS='
 logit_test   90  python -m pytest -q tests/gpu/test_logit_losses_gpu.py

@@ -4,6 +4,7 @@
 # initialised from attention (WITH_DISTILL=0); 25 and 12.5: from the previous SFT model, its
 # newly swapped layers initialised from attention. SFT_MODE=ce trains on the chats' assistant
 # tokens; SFT_MODE=kl on the logits KL from the attention teacher (Zephyr itself here).
+# PACK=1 packs the chats into full rows and trains on every token, as MambaInLlama's SFT did.
 #   ATTN=50 NPROC=8 bash examples/zephyr/sft.sh [--tiny] [key=value ...]
 source "$(dirname "$0")/common.sh"
 ATTN=${ATTN:-50}
@@ -25,4 +26,5 @@ case ${SFT_MODE:-ce} in
       distill.logits_temperature=1 distill.logits_kl_reduction=batchmean) ;;
   *) echo "SFT_MODE=$SFT_MODE is unknown; expected ce or kl" >&2 && exit 2 ;;
 esac
+[[ ${PACK:-0} == 1 ]] && MODE+=(data.pack=true data.train_on=all)
 train sft train.run_name="$NAME" train.init_from="$INIT" data.path="$SFT_DATA" "${MODE[@]}" "$@"

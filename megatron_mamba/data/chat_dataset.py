@@ -31,9 +31,26 @@ def _pad_id(tokenizer) -> int:
     return pad if pad is not None else tokenizer.eos_token_id
 
 
-def _token_batch(examples, pad_id: int, length: int) -> TokenBatch:
+def _token_batch(examples, pad_id: int, length: int, train_on: str = "assistant") -> TokenBatch:
     padded = pad_batch(examples, pad_id, length)
+    if train_on == "all":  # every target but padding
+        return TokenBatch(padded["tokens"], padded["attention_mask"][:, 1:].float())
     return TokenBatch(padded["tokens"], padded["loss_mask"][:, :-1])
+
+
+def packed_rows(examples, length: int, train_on: str = "assistant") -> TokenBatch:
+    """The examples joined into one stream (each as tokenized, so each begins with its BOS where
+    the tokenizer adds one) and cut into rows of `length` tokens, the remainder dropped, as TRL's
+    SFT packing (alignment-handbook, MambaInLlama) builds its rows. A row's targets may cross
+    from one conversation into the next, as there; the loss mask travels with the tokens."""
+    ids = torch.tensor([t for e in examples for t in e.input_ids])
+    if train_on == "all":
+        mask = torch.ones(len(ids))
+    else:
+        mask = torch.tensor([m for e in examples for m in e.assistant_mask], dtype=torch.float32)
+    rows = len(ids) // length
+    tokens, mask = ids[: rows * length].view(rows, length), mask[: rows * length].view(rows, length)
+    return TokenBatch(tokens, mask[:, 1:].contiguous())
 
 
 def epoch_permutation(count: int, seed: int, epoch: int) -> np.ndarray:
@@ -89,6 +106,10 @@ class _Records:
 
 
 class ChatDataset(_Records):
+    """Conversations, one per row padded or cut to item_length; or, with `pack`, joined in a
+    seeded order and cut into full rows. `train_on`: "assistant" tokens carry the loss, or
+    "all" tokens (but padding)."""
+
     def __init__(
         self,
         path,
@@ -98,15 +119,32 @@ class ChatDataset(_Records):
         shuffle=True,
         empty_system=False,
         vocab_size: int | None = None,
+        pack: bool = False,
+        train_on: str = "assistant",
     ):
         super().__init__(path, seed, shuffle)
         tokenizer = load_tokenizer(tokenizer_dir)
         examples = [
-            tokenize_chat(tokenizer, record["messages"], item_length, empty_system)
+            tokenize_chat(
+                tokenizer, record["messages"], None if pack else item_length, empty_system
+            )
             for record in read_jsonl(self.path, ("messages",))
         ]
-        self._check_length(examples, item_length)
-        self.data = _token_batch(examples, _pad_id(tokenizer), item_length)
+        if pack:
+            # the records in a seeded order before joining (alignment-handbook shuffles them)
+            count = len(examples)
+            order = np.random.default_rng(seed).permutation(count) if shuffle else range(count)
+            self.data = packed_rows([examples[i] for i in order], item_length, train_on)
+            if not len(self.data):
+                raise ValueError(
+                    f"{self.path} holds {sum(len(e.input_ids) for e in examples)} tokens, less "
+                    f"than one packed row of item_length={item_length}"
+                )
+        else:
+            self._check_length(examples, item_length)
+            self.data = _token_batch(examples, _pad_id(tokenizer), item_length, train_on)
+        if not self.data.loss_mask.any():
+            raise ValueError(f"no target of {self.path} carries loss; nothing would be trained")
         self._check_vocabulary([self.data], vocab_size)
 
     def __len__(self) -> int:

@@ -46,6 +46,14 @@ class DataConfig:
     """chat, preference: an empty system message first where a record has none and the chat
     template knows the role (alignment-handbook's auto_insert_empty_system_msg, as Zephyr and
     MambaInLlama's SFT and DPO trained)."""
+    pack: bool = False
+    """chat: join the conversations (in a seeded order) into one stream cut into full rows of
+    item_length, as TRL's SFT packing in alignment-handbook's and MambaInLlama's recipes, instead
+    of one padded conversation per row (no padding computed; a row's targets may run from one
+    conversation into the next, as there)."""
+    train_on: Literal["assistant", "all"] = "assistant"
+    """chat: the targets that carry loss: "assistant" tokens, or "all" (but padding; packed SFT
+    in alignment-handbook and MambaInLlama trains on every token)."""
     max_prompt_length: int | None = None
     """preference: where a prompt and its longer response exceed item_length, the prompt keeps
     its last max_prompt_length tokens and, if still too long, the responses their first
@@ -69,6 +77,10 @@ class DataConfig:
             raise ValueError(f"first_item={self.first_item} must be non-negative")
         if self.kind not in DATA_KINDS:
             raise ValueError(f"data kind {self.kind!r} is unknown; expected one of {DATA_KINDS}")
+        if (self.pack or self.train_on != "assistant") and self.kind != "chat":
+            raise ValueError(f"pack and train_on apply to chat data only, not kind {self.kind!r}")
+        if self.train_on not in ("assistant", "all"):
+            raise ValueError(f"train_on={self.train_on!r} is unknown; expected assistant or all")
         if self.max_prompt_length is not None:
             if self.kind != "preference":
                 raise ValueError(

@@ -35,7 +35,12 @@ TINY = [
 def zephyr(tmp_path_factory):
     out = tmp_path_factory.mktemp("zephyr")
     env = {**os.environ, "PYTHON": sys.executable, "OUT": str(out), "PYTHONPATH": str(REPO)}
-    stages = [("progressive", {}), ("sft", {"ATTN": "50"}), ("sft", {"ATTN": "25"}), ("dpo", {})]
+    stages = [
+        ("progressive", {}),
+        ("sft", {"ATTN": "50"}),
+        ("sft", {"ATTN": "25", "PACK": "1"}),
+        ("dpo", {}),
+    ]
     for script, settings in stages:
         proc = subprocess.run(
             ["bash", str(EXAMPLES / f"{script}.sh"), "--tiny"],
@@ -81,9 +86,10 @@ def test_sft_learns_and_dpo_starts_from_its_reference(zephyr):
         ("zephyr_0.50_mamba_sft", "MAMAMAMA"),
         ("zephyr_0.75_mamba_sft", "MMMAMMMA"),
     ):
-        steps = records(zephyr / run)
+        steps = records(zephyr / run)  # the 25% model trains on packed rows, every token
         assert steps[-1]["loss"] < steps[0]["loss"]
         assert read_model_config(zephyr / run).layer_pattern == pattern
+    assert "pack: true" in (zephyr / "zephyr_0.75_mamba_sft" / "config.yaml").read_text()
     dpo = records(zephyr / "mamba_0_5_dpo_ep1")
     # The policy starts as its reference: every pair scores log 2 with zero rewards.
     assert dpo[0]["dpo"] == pytest.approx(math.log(2), abs=1e-6)
@@ -109,7 +115,7 @@ def _run(zephyr, config, name, nproc, *overrides):
 @pytest.mark.parametrize(
     "config,objective",
     [
-        ("dpo", ["data.path={inputs}/prefs.jsonl", "dpo.beta=0.5"]),
+        ("dpo", ["data.path={inputs}/prefs.jsonl", "dpo.beta=0.5", "data.max_prompt_length=32"]),
         (
             "sft",
             [

@@ -3,10 +3,12 @@ read in a seeded per-epoch order that a resumed run reproduces."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from megatron_mamba.config_io import ConfigError, load
+from megatron_mamba.data.chat import tokenize_chat
 from megatron_mamba.data.chat_dataset import ChatDataset, PreferenceDataset
 from megatron_mamba.data.indexed import DatasetError
 from megatron_mamba.data.preprocess import load_tokenizer
@@ -170,4 +172,41 @@ def test_preference_data_truncates_prompts_from_the_left_with_max_prompt_length(
                     "data.item_length=48",
                     *bad,
                 ],
+            )
+
+
+@pytest.mark.parametrize("train_on", ["assistant", "all"])
+def test_packed_rows_cut_the_joined_conversations(tmp_path, tokenizer_dir, train_on):
+    """pack: every conversation as tokenized, in the seeded order, joined and cut into full rows
+    (the remainder dropped); the mask travels with its tokens, shifted onto the targets."""
+    path = _chats(tmp_path / "chat.jsonl", count=12)
+    data = ChatDataset(path, tokenizer_dir, ITEM, seed=5, pack=True, train_on=train_on)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    records = [json.loads(line)["messages"] for line in path.read_text().splitlines()]
+    examples = [
+        tokenize_chat(tokenizer, records[i]) for i in np.random.default_rng(5).permutation(12)
+    ]
+    stream = [t for e in examples for t in e.input_ids]
+    mask = [m for e in examples for m in e.assistant_mask]
+    rows = len(stream) // ITEM
+    assert rows >= 3 and len(data) == rows
+    assert data.data.tokens.flatten().tolist() == stream[: rows * ITEM]
+    expected = torch.tensor(mask[: rows * ITEM], dtype=torch.float32).view(rows, ITEM)[:, 1:]
+    if train_on == "all":
+        expected = torch.ones_like(expected)
+    assert torch.equal(data.data.loss_mask, expected)
+    unpacked = ChatDataset(path, tokenizer_dir, ITEM, seed=5, train_on=train_on)
+    pad = unpacked.data.tokens[:, 1:] == tokenizer.pad_token_id
+    assert (unpacked.data.loss_mask[pad] == 0).all()
+    if train_on == "all":
+        assert (unpacked.data.loss_mask[~pad] == 1).all()
+
+
+def test_packing_needs_a_full_row_and_chat_data(tmp_path, tokenizer_dir):
+    with pytest.raises(ValueError, match="less than one packed row of item_length=100000"):
+        ChatDataset(_chats(tmp_path / "chat.jsonl"), tokenizer_dir, 100000, pack=True)
+    for bad in (["data.pack=true"], ["data.train_on=all"]):
+        with pytest.raises(ConfigError, match="apply to chat data only"):
+            load(
+                RunConfig, None, ["preset=tiny-llama", "data.kind=corpus", "data.tokenizer=t", *bad]
             )
