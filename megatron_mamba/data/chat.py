@@ -135,14 +135,6 @@ def _prompt_length(example: MaskedTokens) -> int:
     return mask.index(1) if 1 in mask else len(mask)
 
 
-def _keep(example: MaskedTokens, start: int, prompt: int, response: int) -> MaskedTokens:
-    """The prompt's tokens from `start` on, then the response's first `response` tokens."""
-    end = prompt + response
-    ids = example.input_ids[start:prompt] + example.input_ids[prompt:end]
-    mask = example.assistant_mask[start:prompt] + example.assistant_mask[prompt:end]
-    return MaskedTokens(ids, mask)
-
-
 def tokenize_preference(
     tokenizer,
     prompt,
@@ -174,14 +166,13 @@ def tokenize_preference(
     prompts = [_prompt_length(e) for e in pair]
     longer = max(len(e.input_ids) - p for e, p in zip(pair, prompts, strict=True))
     kept = []
-    for example, prompt_length in zip(pair, prompts, strict=True):
-        start = (
-            0 if prompt_length + longer <= max_length else max(0, prompt_length - max_prompt_length)
-        )
-        response = len(example.input_ids) - prompt_length
-        if prompt_length - start + longer > max_length:
-            response = min(response, max_length - max_prompt_length)
-        kept.append(_keep(example, start, prompt_length, response))
+    for example, prompt in zip(pair, prompts, strict=True):
+        start, end = 0, len(example.input_ids)
+        if prompt + longer > max_length:  # the prompt keeps its end
+            start = max(0, prompt - max_prompt_length)
+        if prompt - start + longer > max_length:  # still too long: the responses their start
+            end = min(end, prompt + max_length - max_prompt_length)
+        kept.append(MaskedTokens(example.input_ids[start:end], example.assistant_mask[start:end]))
     return PreferencePair(*kept)
 
 

@@ -38,16 +38,19 @@ def _token_batch(examples, pad_id: int, length: int, train_on: str = "assistant"
     return TokenBatch(padded["tokens"], padded["loss_mask"][:, :-1])
 
 
-def packed_rows(examples, length: int, train_on: str = "assistant") -> TokenBatch:
+def packed_rows(examples, length: int, eos_id: int, train_on: str = "assistant") -> TokenBatch:
     """The examples joined into one stream (each as tokenized, so each begins with its BOS where
-    the tokenizer adds one) and cut into rows of `length` tokens, the remainder dropped, as TRL's
-    SFT packing (alignment-handbook, MambaInLlama) builds its rows. A row's targets may cross
-    from one conversation into the next, as there; the loss mask travels with the tokens."""
-    ids = torch.tensor([t for e in examples for t in e.input_ids])
+    the tokenizer adds one, and followed by `eos_id`, TRL's concat token) and cut into rows of
+    `length` tokens, the remainder dropped, as TRL's SFT packing (alignment-handbook,
+    MambaInLlama) builds its rows. A row's targets may cross from one conversation into the
+    next, as there; the loss mask travels with the tokens (0 on the added EOS unless "all")."""
+    ids = torch.tensor([t for e in examples for t in [*e.input_ids, eos_id]])
     if train_on == "all":
         mask = torch.ones(len(ids))
     else:
-        mask = torch.tensor([m for e in examples for m in e.assistant_mask], dtype=torch.float32)
+        mask = torch.tensor(
+            [m for e in examples for m in [*e.assistant_mask, 0]], dtype=torch.float32
+        )
     rows = len(ids) // length
     tokens, mask = ids[: rows * length].view(rows, length), mask[: rows * length].view(rows, length)
     return TokenBatch(tokens, mask[:, 1:].contiguous())
@@ -94,11 +97,13 @@ class _Records:
                 f"{vocab_size}: data.tokenizer is not this model's tokenizer"
             )
 
-    def _check_length(self, examples, item_length: int) -> None:
+    def _check_length(self, examples, item_length: int, need_assistant: bool = True) -> None:
+        """Refuses no records, or (`need_assistant`: the loss is on assistant tokens) none with
+        an assistant target within item_length."""
         if not examples:
             raise ValueError(f"{self.path} holds no records")
         self.truncated += sum(len(e.input_ids) >= item_length for e in examples)
-        if all(sum(e.assistant_mask[1:item_length]) == 0 for e in examples):
+        if need_assistant and all(sum(e.assistant_mask[1:item_length]) == 0 for e in examples):
             raise ValueError(
                 f"no record of {self.path} has an assistant token within item_length="
                 f"{item_length}; nothing would be trained"
@@ -134,14 +139,17 @@ class ChatDataset(_Records):
             # the records in a seeded order before joining (alignment-handbook shuffles them)
             count = len(examples)
             order = np.random.default_rng(seed).permutation(count) if shuffle else range(count)
-            self.data = packed_rows([examples[i] for i in order], item_length, train_on)
+            if tokenizer.eos_token_id is None:
+                raise ValueError(f"data.pack joins chats with EOS; {tokenizer_dir} has none")
+            joined = [examples[i] for i in order]
+            self.data = packed_rows(joined, item_length, tokenizer.eos_token_id, train_on)
             if not len(self.data):
                 raise ValueError(
-                    f"{self.path} holds {sum(len(e.input_ids) for e in examples)} tokens, less "
-                    f"than one packed row of item_length={item_length}"
+                    f"{self.path} joins into {sum(len(e.input_ids) + 1 for e in examples)} "
+                    f"tokens, less than one packed row of item_length={item_length}"
                 )
         else:
-            self._check_length(examples, item_length)
+            self._check_length(examples, item_length, train_on == "assistant")
             self.data = _token_batch(examples, _pad_id(tokenizer), item_length, train_on)
         if not self.data.loss_mask.any():
             raise ValueError(f"no target of {self.path} carries loss; nothing would be trained")

@@ -33,6 +33,9 @@ def progress_line(step: int, total: int, values: dict[str, float], eta_seconds: 
             parts.append(f"tokens/s {value:,.0f}")
         elif key == "mfu":
             parts.append(f"mfu {value:.1%}")
+        elif key == "skipped":  # shown only where the update was not applied
+            if value:
+                parts.append("skipped")
         elif isinstance(value, float):
             parts.append(f"{key} {value:.4f}")
         else:

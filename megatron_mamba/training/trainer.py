@@ -218,10 +218,11 @@ def train(run: RunConfig) -> list[dict]:
             scheduler.step(1)
         return updated, grad_norm
 
-    def log_step(step: int, loss: float, parts: dict, started: float, lr: float, update) -> None:
+    def log_step(
+        step: int, loss: float, parts: dict, started: float, lr: float, updated: bool, grad_norm
+    ) -> None:
         """The step's record, kept and logged, skipped steps included (their validation, when
         due, is not lost)."""
-        updated, grad_norm = update
         seconds = time.perf_counter() - started
         record = {
             "loss": loss,
@@ -268,7 +269,7 @@ def train(run: RunConfig) -> list[dict]:
         lr = optimizer.param_groups[0]["lr"]
         skip = why_skip(loss, ddp, cfg.mixed_precision != "fp16", rt.device)
         updated, grad_norm = (False, None) if skip else update()
-        log_step(step, loss, parts, started, lr, (updated, grad_norm))
+        log_step(step, loss, parts, started, lr, updated, grad_norm)
         if skip:
             bad_steps.skipped(step, skip, saved)
         elif updated:

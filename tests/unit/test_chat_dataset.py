@@ -177,8 +177,9 @@ def test_preference_data_truncates_prompts_from_the_left_with_max_prompt_length(
 
 @pytest.mark.parametrize("train_on", ["assistant", "all"])
 def test_packed_rows_cut_the_joined_conversations(tmp_path, tokenizer_dir, train_on):
-    """pack: every conversation as tokenized, in the seeded order, joined and cut into full rows
-    (the remainder dropped); the mask travels with its tokens, shifted onto the targets."""
+    """pack: every conversation as tokenized and followed by EOS (TRL's ConstantLengthDataset
+    appends its concat token, EOS, to each text), in the seeded order, joined and cut into full
+    rows (the remainder dropped); the mask travels with its tokens, shifted onto the targets."""
     path = _chats(tmp_path / "chat.jsonl", count=12)
     data = ChatDataset(path, tokenizer_dir, ITEM, seed=5, pack=True, train_on=train_on)
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -186,8 +187,8 @@ def test_packed_rows_cut_the_joined_conversations(tmp_path, tokenizer_dir, train
     examples = [
         tokenize_chat(tokenizer, records[i]) for i in np.random.default_rng(5).permutation(12)
     ]
-    stream = [t for e in examples for t in e.input_ids]
-    mask = [m for e in examples for m in e.assistant_mask]
+    stream = [t for e in examples for t in [*e.input_ids, tokenizer.eos_token_id]]
+    mask = [m for e in examples for m in [*e.assistant_mask, 0]]
     rows = len(stream) // ITEM
     assert rows >= 3 and len(data) == rows
     assert data.data.tokens.flatten().tolist() == stream[: rows * ITEM]
@@ -200,6 +201,12 @@ def test_packed_rows_cut_the_joined_conversations(tmp_path, tokenizer_dir, train
     assert (unpacked.data.loss_mask[pad] == 0).all()
     if train_on == "all":
         assert (unpacked.data.loss_mask[~pad] == 1).all()
+
+
+def test_train_on_all_needs_no_assistant_token_within_item_length(tmp_path, tokenizer_dir):
+    """Every record cut before its assistant turn still trains on all its tokens."""
+    data = ChatDataset(_chats(tmp_path / "chat.jsonl"), tokenizer_dir, 4, train_on="all")
+    assert data.data.loss_mask.shape == (6, 3) and data.data.loss_mask.all()
 
 
 def test_packing_needs_a_full_row_and_chat_data(tmp_path, tokenizer_dir):

@@ -103,3 +103,10 @@ def test_wandb_runs_offline_with_the_run_config(tmp_path, monkeypatch):
     (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
     written = run_file.read_bytes()
     assert b"learning_rate" in written and b"0.00321" in written and b"loss" in written
+
+
+def test_progress_line_names_only_skipped_steps():
+    applied = progress_line(3, 10, {"loss": 2.0, "skipped": 0}, 1.0)
+    skipped = progress_line(4, 10, {"loss": float("nan"), "skipped": 1}, 1.0)
+    assert applied == "step 3/10 | loss 2.0000 | eta 0:00:01"
+    assert skipped == "step 4/10 | loss nan | skipped | eta 0:00:01"
