@@ -118,15 +118,12 @@ class PreferencePair:
     rejected: MaskedTokens
 
 
-def _as_messages(prompt, response) -> tuple[list[dict], int]:
-    """The conversation and how many of its messages are the prompt."""
+def _as_messages(prompt, response) -> list[dict]:
     prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     if isinstance(response, str):
-        return [*prompt, {"role": "assistant", "content": response}], len(prompt)
+        return [*prompt, {"role": "assistant", "content": response}]
     # UltraFeedback-style: the response is the whole conversation, prompt included.
-    if response[: len(prompt)] == prompt:
-        return list(response), len(prompt)
-    return [*prompt, *response], len(prompt)
+    return list(response) if response[: len(prompt)] == prompt else [*prompt, *response]
 
 
 def _prompt_length(example: MaskedTokens) -> int:
@@ -144,8 +141,8 @@ def tokenize_preference(
     empty_system=False,
     max_prompt_length: int | None = None,
 ) -> PreferencePair:
-    """A DPO pair; the masks cover only the responses' assistant tokens (not earlier assistant
-    turns of a multi-turn prompt).
+    """A DPO pair; the masks cover only each conversation's last message, the response, as
+    alignment-handbook splits a DPO record (earlier assistant turns are prompt).
 
     Over `max_length`, without `max_prompt_length` each sequence is cut from the right. With it,
     as TRL's DPOTrainer of MambaInLlama's and alignment-handbook's recipes (0.8, truncation_mode
@@ -154,8 +151,8 @@ def tokenize_preference(
     first `max_length - max_prompt_length`."""
     pair = []
     for response in (chosen, rejected):
-        messages, prompt_messages = _as_messages(prompt, response)
-        full = tokenize_chat(tokenizer, messages, None, empty_system, loss_from=prompt_messages)
+        messages = _as_messages(prompt, response)  # all but the last message is the prompt
+        full = tokenize_chat(tokenizer, messages, None, empty_system, loss_from=len(messages) - 1)
         pair.append(full)
     if max_length is None:
         return PreferencePair(*pair)

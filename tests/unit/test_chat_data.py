@@ -203,3 +203,16 @@ def test_preference_truncation_keeps_the_end_of_the_prompt_as_trl(tokenizer, max
         )
     no_prompt_limit = tokenize_preference(tokenizer, LONG_PROMPT, chosen, rejected, max_length)
     assert no_prompt_limit.chosen.input_ids == full.chosen.input_ids[:max_length]
+
+
+def test_only_the_last_message_of_a_multi_turn_response_carries_the_preference_loss(tokenizer):
+    """alignment-handbook's DPO takes every message but the last as the prompt."""
+    prompt = [{"role": "user", "content": "Name a colour."}]
+    chosen = [
+        {"role": "assistant", "content": "Blue, like the sea."},
+        {"role": "user", "content": "Another one?"},
+        {"role": "assistant", "content": "Green."},
+    ]
+    pair = tokenize_preference(tokenizer, prompt, chosen, "Red.")
+    assert masked_text(tokenizer, pair.chosen, 1) == "Green.<eos>\n"
+    assert "Blue, like the sea." in masked_text(tokenizer, pair.chosen, 0)
