@@ -5,15 +5,21 @@
 #
 #   source .device/setup.sh && bash benchmarks/device_run.sh logit_test distill attention
 #
-# The steps: name, seconds allowed, command ($OUT is expanded when the step runs).
+# The steps: name, seconds allowed, command ($OUT is expanded when the step runs). One call may
+# run 600 s, so name steps whose limits fit (2-GPU steps: trainer_2gpu, nccl_*, dp_scaling; on 2
+# GPUs, 2026-12-01: trainer_2gpu 176 s, nccl_logit 61 s, nccl_gpt + nccl_neox under 480 s).
 set -u
 OUT=${OUT:?set OUT to the results folder}
 STEPS='
 logit_test   90  python -m pytest -q tests/gpu/test_logit_losses_gpu.py
 kernel_test  420 python -m pytest -q tests/gpu/test_kernel_parity.py tests/gpu/test_mamba_gpu.py
 model_test   240 python -m pytest -q tests/gpu/test_models_gpu.py tests/gpu/test_hf_hybrid_gpu.py
-trainer_test 420 python -m pytest -q tests/gpu/test_trainer_gpu.py
-nccl_test    480 python -m pytest -q tests/gpu/test_nccl_parallel.py
+trainer_test 420 python -m pytest -q tests/gpu/test_trainer_gpu.py -k "not matches_the_replicated and not (resumes_exactly and 2)"
+trainer_2gpu 330 python -m pytest -q tests/gpu/test_trainer_gpu.py -k "resumes_exactly and 2 or matches_the_replicated"
+nccl_gpt     240 python -m pytest -q tests/gpu/test_nccl_parallel.py -k tp2_matches_one_gpu
+nccl_logit   120 python -m pytest -q tests/gpu/test_nccl_parallel.py -k logit_losses
+nccl_neox    420 python -m pytest -q tests/gpu/test_nccl_parallel.py -k gpt_neox_hybrid
+nccl_llama   420 python -m pytest -q tests/gpu/test_nccl_parallel.py -k llama_hybrid
 logit        60  torchrun --nproc_per_node 1 benchmarks/logit_losses.py
 attention    120 torchrun --nproc_per_node 1 benchmarks/attention_model.py
 mamba1       150 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds mamba1
