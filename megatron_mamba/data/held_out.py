@@ -24,9 +24,18 @@ class HeldOutWindows:
         first_window: int = 0,
         max_windows: int | None = None,
     ):
+        if seq_length < 1:
+            raise ValueError(f"seq_length={seq_length} must be positive")
+        if max_windows is not None and max_windows < 1:
+            raise ValueError(f"max_windows={max_windows} must be positive (None: all of them)")
         summary = check_pair(prefix, vocab_size)
         _, sizes, _, _ = read_index(Path(f"{prefix}.idx"))
-        self.tokens = np.memmap(f"{prefix}.bin", dtype=summary.dtype, mode="r")
+        # an empty .bin cannot be mapped; it has no windows, refused below
+        self.tokens = (
+            np.memmap(f"{prefix}.bin", dtype=summary.dtype, mode="r")
+            if summary.tokens
+            else np.zeros(0, dtype=summary.dtype)
+        )
         self.width = seq_length + 1
         self.items = bool(len(sizes)) and bool((sizes == self.width).all())
         self.stride = self.width if self.items else seq_length

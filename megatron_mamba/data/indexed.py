@@ -100,13 +100,21 @@ def read_index(idx_path: Path):
     return dtype, lengths, pointers, doc_index
 
 
-def _max_token(bin_path: Path, dtype, count: int) -> int:
+def _token_range(bin_path: Path, dtype, count: int) -> tuple[int, int]:
+    """(smallest, largest) token id of the first `count` tokens; a signed or float dtype can hold
+    negative ids, which are outside any vocabulary too. An empty range is (0, -1) (an empty file
+    cannot be mapped)."""
+    if not count:
+        return 0, -1
     tokens = np.memmap(bin_path, dtype=dtype, mode="r", shape=(count,))
+    signed = not np.issubdtype(dtype, np.unsignedinteger)
     if count * np.dtype(dtype).itemsize <= FULL_SCAN_BYTES:
-        return int(tokens.max()) if count else -1
+        return (int(tokens.min()) if signed else 0), int(tokens.max())
     window = (64 << 20) // np.dtype(dtype).itemsize
     starts = np.linspace(0, count - window, num=64, dtype=np.int64)
-    return int(max(tokens[s : s + window].max() for s in starts))
+    windows = [tokens[s : s + window] for s in starts]
+    low = int(min(w.min() for w in windows)) if signed else 0
+    return low, int(max(w.max() for w in windows))
 
 
 def check_pair(
@@ -137,10 +145,11 @@ def check_pair(
     usable_tokens = int(lengths[:usable].sum(dtype=np.int64))
     max_token = None
     if vocab_size is not None:
-        max_token = _max_token(bin_path, dtype, usable_tokens)
-        if max_token >= vocab_size:
+        min_token, max_token = _token_range(bin_path, dtype, usable_tokens)
+        if min_token < 0 or max_token >= vocab_size:
+            token = min_token if min_token < 0 else max_token
             raise DatasetError(
-                f"{bin_path} has token id {max_token}, outside the model's vocabulary of "
+                f"{bin_path} has token id {token}, outside the model's vocabulary of "
                 f"{vocab_size}: wrong tokenizer or corrupt file"
             )
     return IndexSummary(
@@ -157,22 +166,31 @@ def check_pair(
 def open_indexed(
     prefix: str | Path, vocab_size: int | None = None, allow_short_bin: bool = False
 ) -> tuple[IndexedDataset, IndexSummary]:
-    """megatron-core's IndexedDataset over a checked pair, with the check's summary."""
+    """megatron-core's IndexedDataset over a checked pair, with the check's summary; a pair
+    without tokens is refused here (megatron cannot map an empty .bin)."""
     summary = check_pair(prefix, vocab_size, allow_short_bin)
+    if _paths(prefix)[1].stat().st_size == 0:
+        raise DatasetError(f"{_paths(prefix)[1]} is empty: there are no tokens to read")
     return IndexedDataset(str(prefix), mmap=True), summary
 
 
 @contextmanager
-def writing_pair(output_prefix: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def writing_pair(
+    output_prefix: str | Path, overwrite: bool = False, keep_index: bool = False
+) -> Iterator[Path]:
     """A temporary prefix to write a .bin/.idx pair under: renamed to `output_prefix` when the
     block completes, removed if it raises — a final name never holds a half-written pair. An
     existing pair is refused unless `overwrite`.
 
     A replacement removes the old .idx first and renames the new .idx last, so a reader (or a
     crash) in between meets a .bin without its index, which `check_pair` refuses — never a .bin
-    described by the other pair's index."""
+    described by the other pair's index.
+
+    `keep_index`: the output's .idx is already the one the new .bin needs (the Pile's document.idx
+    next to its merged shards); it is not an existing output, and only the .bin is put in place."""
     out_idx, out_bin = _paths(output_prefix)
-    existing = [str(p) for p in (out_bin, out_idx) if p.exists() or p.is_symlink()]
+    outputs = (out_bin,) if keep_index else (out_bin, out_idx)
+    existing = [str(p) for p in outputs if p.exists() or p.is_symlink()]
     if existing and not overwrite:
         verb = "exists" if len(existing) == 1 else "exist"
         raise FileExistsError(
@@ -183,9 +201,11 @@ def writing_pair(output_prefix: str | Path, overwrite: bool = False) -> Iterator
     tmp_idx, tmp_bin = _paths(tmp_prefix)
     try:
         yield tmp_prefix
-        out_idx.unlink(missing_ok=True)
+        if not keep_index:
+            out_idx.unlink(missing_ok=True)
         os.replace(tmp_bin, out_bin)
-        os.replace(tmp_idx, out_idx)
+        if not keep_index:
+            os.replace(tmp_idx, out_idx)
     finally:
         tmp_bin.unlink(missing_ok=True)
         tmp_idx.unlink(missing_ok=True)

@@ -24,8 +24,9 @@ from megatron_mamba.data.indexed import (
 def merge_shards(
     shards: list[Path], index: Path, output_prefix: str | Path, overwrite: bool = False
 ) -> IndexSummary:
-    """Write `output_prefix`.bin (the shards in the given order) and `.idx` (a copy of `index`);
-    the result must match the index exactly, or nothing is left under the output name."""
+    """Write `output_prefix`.bin (the shards in the given order) and `.idx` (a copy of `index`,
+    or `index` itself when it already is the output's .idx); the result must match the index
+    exactly, or nothing is left under the output name."""
     missing = [str(s) for s in shards if not Path(s).is_file()]
     if missing:
         raise DatasetError(f"shard(s) not found: {', '.join(missing)}")
@@ -39,7 +40,9 @@ def merge_shards(
             f"({size / item:g} {dtype.__name__} tokens) but {index} describes {expected} tokens: "
             "a shard is missing, truncated or from another index"
         )
-    with writing_pair(output_prefix, overwrite) as tmp:
+    out_idx = Path(f"{output_prefix}.idx")
+    in_place = out_idx.is_file() and out_idx.samefile(index)
+    with writing_pair(output_prefix, overwrite, keep_index=in_place) as tmp:
         with open(f"{tmp}.bin", "wb") as out:
             for shard in shards:
                 with open(shard, "rb") as f:

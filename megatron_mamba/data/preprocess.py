@@ -47,11 +47,12 @@ def load_tokenizer(path: str | Path):
 
 
 def read_documents(paths: Iterable[Path], json_key: str = "text") -> Iterator[str]:
-    """Documents in order: one per line of .jsonl (its `json_key`), one per non-empty text line."""
+    """Documents in order: one per line of .jsonl (its `json_key`), one per non-empty text line.
+    A file that is not UTF-8 is refused by name (the codec's own error names only a byte)."""
     for path in paths:
         path = Path(path)
         with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
+            for number, line in enumerate(_utf8_lines(f, path), 1):
                 if not line.strip():
                     continue
                 if path.suffix in (".jsonl", ".json"):
@@ -69,6 +70,13 @@ def read_documents(paths: Iterable[Path], json_key: str = "text") -> Iterator[st
                     yield text
                 else:
                     yield line.rstrip("\n")
+
+
+def _utf8_lines(f, path: Path) -> Iterator[str]:
+    try:
+        yield from f
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text: {error}") from error
 
 
 def _batches(documents: Iterator[str], size: int) -> Iterator[list[str]]:
@@ -162,6 +170,9 @@ def preprocess(
                 documents += len(lengths)
                 tokens += len(flat)
                 bar.set_postfix(tokens_per_s=f"{tokens / (time.perf_counter() - start):,.0f}")
+            if not documents:  # refused, not written as an empty pair that fails later
+                names = ", ".join(map(str, inputs))
+                raise ValueError(f"input {names} holds no documents (nothing to tokenise)")
             builder.finalize(f"{tmp}.idx")
     finally:
         if pool is not None:

@@ -380,3 +380,51 @@ def test_corpus_blends_need_a_sample_count(tmp_path, tokenizer_dir):
     info = HFTokenizerInfo.from_hf(load_tokenizer(tokenizer_dir))
     with pytest.raises(ValueError, match="set train.max_train_samples"):
         CorpusSamples("0.5 a 0.5 b", info, 17, seed=0)
+
+
+def test_negative_token_ids_are_outside_the_vocabulary(tmp_path):
+    prefix = build_pair(tmp_path / "signed", [np.array([1, -5, 3])], dtype=np.int32)
+    with pytest.raises(DatasetError, match="token id -5, outside the model's vocabulary of 10"):
+        check_pair(prefix, vocab_size=10)
+
+
+def test_an_empty_pair_is_refused_with_a_clear_error(tmp_path):
+    from megatron_mamba.data.held_out import HeldOutWindows
+
+    prefix = build_pair(tmp_path / "empty", [])
+    assert check_pair(prefix, vocab_size=10).tokens == 0  # a valid (mergeable) empty pair
+    with pytest.raises(DatasetError, match=r"empty.bin is empty: there are no tokens"):
+        open_indexed(prefix)
+    with pytest.raises(DatasetError, match="has 0 held-out windows"):
+        HeldOutWindows(prefix, seq_length=4)
+
+
+@pytest.mark.parametrize(
+    "settings, match",
+    [
+        (dict(max_windows=0), "max_windows=0 must be positive"),
+        (dict(max_windows=-2), "max_windows=-2 must be positive"),
+        (dict(seq_length=0), "seq_length=0 must be positive"),
+    ],
+)
+def test_held_out_sizes_must_be_positive(small_pair, settings, match):
+    from megatron_mamba.data.held_out import HeldOutWindows
+
+    with pytest.raises(ValueError, match=match):
+        HeldOutWindows(small_pair, **{"seq_length": 4, **settings})
+
+
+def test_preprocess_refuses_input_without_documents(tmp_path, tokenizer_dir):
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n\n")
+    with pytest.raises(ValueError, match=r"in.jsonl holds no documents"):
+        preprocess([source], tokenizer_dir, tmp_path / "out", progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["in.jsonl"]
+
+
+def test_preprocess_names_a_file_that_is_not_utf8(tmp_path, tokenizer_dir):
+    source = tmp_path / "in.txt"
+    source.write_bytes(b"fine\n\xff\xfe not utf-8\n")
+    with pytest.raises(ValueError, match=r"in.txt is not UTF-8 text"):
+        preprocess([source], tokenizer_dir, tmp_path / "out", progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["in.txt"]

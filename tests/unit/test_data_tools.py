@@ -120,3 +120,20 @@ def test_outputs_are_replaced_only_with_overwrite(tmp_path, tokenizer_dir, capsy
     _one_error(capsys, merge_pythia_shards.main(merge), "already exist; pass --overwrite")
     assert merge_pythia_shards.main([*merge, "--overwrite"]) == 0
     capsys.readouterr()
+
+
+def test_pythia_shards_merge_next_to_their_index(tmp_path):
+    """The documented command: shards merged into document.bin beside the Pile's document.idx,
+    which is the output's index already, not an existing output to refuse or replace."""
+    build_pair(tmp_path / "full", [np.full(2049, i) for i in range(4)])
+    whole = (tmp_path / "full.bin").read_bytes()
+    index = (tmp_path / "full.idx").rename(tmp_path / "document.idx")
+    shards = [tmp_path / "document-00000-of-00002.bin", tmp_path / "document-00001-of-00002.bin"]
+    shards[0].write_bytes(whole[:5000])
+    shards[1].write_bytes(whole[5000:])
+    original = index.read_bytes()
+    argv = ["--shards", *map(str, shards), "--index", str(index)]
+    assert merge_pythia_shards.main([*argv, "--output-prefix", str(tmp_path / "document")]) == 0
+    assert (tmp_path / "document.bin").read_bytes() == whole
+    assert index.read_bytes() == original
+    assert not list(tmp_path.glob("*tmp*"))
