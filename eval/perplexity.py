@@ -23,16 +23,28 @@ from megatron_mamba.runtime import ParallelSizes, init_runtime
 from megatron_mamba.training.checkpoint import find_checkpoint, load_weights, read_model_config
 
 
+def _positive(text: str) -> int:
+    """A size of at least one: --max_windows 0 would read every window, --seq_length 0 would
+    divide by zero."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--checkpoint", required=True, nargs="+", help="native checkpoints or run directories"
     )
     parser.add_argument("--data", required=True, help=".bin/.idx prefix of the held-out set")
-    parser.add_argument("--seq_length", type=int, default=2048)
-    parser.add_argument("--micro_batch", type=int, default=4)
+    parser.add_argument("--seq_length", type=_positive, default=2048)
+    parser.add_argument("--micro_batch", type=_positive, default=4)
     parser.add_argument("--first_window", type=int, default=0)
-    parser.add_argument("--max_windows", type=int)
+    parser.add_argument("--max_windows", type=_positive)
     parser.add_argument("--tensor", type=int, default=1)
     parser.add_argument("--pipeline", type=int, default=1)
     parser.add_argument("--output", help="also write the results here, one JSON line each")

@@ -48,6 +48,12 @@ def main(argv=None) -> int:
     names = args.names or args.checkpoints
     if len(names) != len(args.checkpoints):
         raise SystemExit(f"--names has {len(names)} names for {len(args.checkpoints)} checkpoints")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:  # results are keyed by name: one row would replace the other
+        raise SystemExit(
+            f"two checkpoints are named {', '.join(repeated)} (--names, else the paths); "
+            "each table row needs its own name"
+        )
     missing = [path for path in args.checkpoints if not Path(path).is_dir()]
     if missing:
         raise SystemExit(f"checkpoint directory not found: {', '.join(missing)}")

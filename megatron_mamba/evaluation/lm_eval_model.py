@@ -23,7 +23,7 @@ from lm_eval.models.utils_hf import get_dtype
 
 import megatron_mamba.hf  # noqa: F401  (registers the hybrid classes with transformers' Auto*)
 from megatron_mamba.convert.exporter import hf_config_for, load_as_transformers
-from megatron_mamba.convert.hf_files import TOKENIZER_FILES
+from megatron_mamba.convert.hf_files import GENERATION_CONFIG, TOKENIZER_FILES
 from megatron_mamba.training.checkpoint import (
     CheckpointError,
     find_checkpoint,
@@ -44,9 +44,11 @@ def is_native_checkpoint(path: str | Path) -> bool:
 
 
 def _tokenizer_dir(path: Path) -> Path | None:
-    """The nearest directory at or above a checkpoint that holds tokenizer files."""
+    """The nearest directory at or above a checkpoint that holds tokenizer files (a
+    generation_config.json alone is none: an import keeps it even from a source without one)."""
+    names = [name for name in TOKENIZER_FILES if name != GENERATION_CONFIG]
     for candidate in (path, *path.parents):
-        if any((candidate / name).is_file() for name in TOKENIZER_FILES):
+        if any((candidate / name).is_file() for name in names):
             return candidate
     return None
 
@@ -64,6 +66,8 @@ class MegatronMambaLM(HFLM):
             tokenizer = str(found)
         kwargs.setdefault("backend", "causal")  # lm-eval knows only its built-in model types
         super().__init__(pretrained=pretrained, tokenizer=tokenizer, **kwargs)
+        if isinstance(self.batch_size, int) and self.batch_size < 1:  # no batch would be scored
+            raise ValueError(f"batch_size={self.batch_size}: give a positive integer or 'auto'")
 
     def _get_config(self, pretrained: str, **kwargs) -> None:
         if not is_native_checkpoint(pretrained):
@@ -92,6 +96,13 @@ class MegatronMambaLM(HFLM):
         size = override_bs or self.batch_size
         if not isinstance(size, int):  # "auto": lm-eval's own batch-size search
             return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+        for i, (strings, context, continuation) in enumerate(requests):
+            # lm-eval's hf model asserts both: without context the first continuation token has
+            # no position to be predicted from, and an empty continuation would score 0
+            for name, ids in (("context", context), ("continuation", continuation)):
+                if not ids:
+                    text = "" if strings is None else f" {strings!r}"
+                    raise ValueError(f"request {i}{text} has no {name} tokens")
         order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1] + requests[i][2]))
         results: list = [None] * len(requests)
         for start in range(0, len(order), size):

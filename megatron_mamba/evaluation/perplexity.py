@@ -61,6 +61,8 @@ def held_out_loss(
     model, windows: HeldOutWindows, vocab_size: int, micro_batch: int, device, chunk: int = 8
 ) -> HeldOutResult:
     """The model's loss over `windows` (all ranks of the model call this together)."""
+    if micro_batch < 1:
+        raise ValueError(f"micro_batch={micro_batch}: a micro-batch holds at least one window")
     dp, rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     per_round = micro_batch * dp
     used = len(windows) // per_round * per_round

@@ -106,6 +106,25 @@ def test_a_continuation_longer_than_max_length_is_refused(checkpoints):
         lm._loglikelihood_tokens([(None, [1, 2], [3, 4, 5, 6, 7])])
 
 
+def test_an_empty_context_or_continuation_is_refused(checkpoints):
+    """lm-eval's hf model asserts both are non-empty: with no context the first continuation
+    token has no position to be predicted from, and an empty continuation would score 0."""
+    native, _, _ = checkpoints
+    lm = MegatronMambaLM(pretrained=str(native), device="cpu", batch_size=2)
+    with pytest.raises(ValueError, match="request 1 has no context tokens"):
+        lm._loglikelihood_tokens([(None, [1], [3]), (None, [], [3, 4, 5])])
+    with pytest.raises(ValueError, match=r"request 0 \('a', ''\) has no continuation tokens"):
+        lm._loglikelihood_tokens([(("a", ""), [1, 2], [])])
+
+
+def test_a_batch_size_below_one_is_refused(checkpoints):
+    """A batch size of 0 failed in range() and one below 0 left every result None."""
+    native, _, _ = checkpoints
+    for size in (0, -1):
+        with pytest.raises(ValueError, match=f"batch_size={size}"):
+            MegatronMambaLM(pretrained=str(native), device="cpu", batch_size=size)
+
+
 def _greedy_text(model, vocab, tokenizer, prompt: str, steps: int) -> list[str]:
     """The decoded text after each of `steps` greedy tokens of the native model."""
     ids = tokenizer(prompt)["input_ids"]
@@ -153,6 +172,19 @@ def test_a_training_run_needs_a_tokenizer(checkpoints, tmp_path):
     assert lm.model.config.layer_pattern == "MSA"
 
 
+def test_a_generation_config_alone_is_not_a_tokenizer(checkpoints, tmp_path):
+    """An import of a model directory without a tokenizer keeps only its generation_config.json:
+    that directory must not be taken for the tokenizer's."""
+    native, _, _ = checkpoints
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for item in (native / "checkpoints").iterdir():
+        (run / "checkpoints" / item.name).symlink_to(item)
+    (run / "generation_config.json").write_text('{"eos_token_id": 0}')
+    with pytest.raises(ValueError, match="holds no tokenizer files.*tokenizer="):
+        MegatronMambaLM(pretrained=str(run), device="cpu")
+
+
 def test_run_lm_evals_writes_one_table_for_several_checkpoints(checkpoints, tmp_path, capsys):
     from eval.run_lm_evals import main
 
@@ -184,6 +216,17 @@ def test_run_lm_evals_refuses_unknown_tasks_before_loading(checkpoints, tmp_path
         main([str(native), "--tasks", "tiny_mc,no_such_task", "--include_path", str(TASKS)])
     with pytest.raises(SystemExit, match="not found"):
         main([str(tmp_path / "missing"), "--tasks", "tiny_mc"])
+
+
+def test_run_lm_evals_refuses_a_name_given_twice(tmp_path):
+    """results are keyed by name: a repeated name would drop a checkpoint's row silently."""
+    from eval.run_lm_evals import main
+
+    paths = [str(tmp_path / "one"), str(tmp_path / "two")]
+    with pytest.raises(SystemExit, match="two checkpoints are named a"):
+        main([*paths, "--names", "a", "a"])
+    with pytest.raises(SystemExit, match=f"two checkpoints are named {paths[0]}"):
+        main([paths[0], paths[0]])
 
 
 def test_cald_suite_names_are_lm_eval_tasks():

@@ -89,3 +89,20 @@ def test_too_few_windows_for_a_micro_batch_is_refused(runtime, tmp_path):
     model = build_model(preset("tiny-gpt-neox", vocab_size=VOCAB), ParallelConfig())
     with pytest.raises(ValueError, match="fewer than micro_batch"):
         held_out_loss(model, windows, VOCAB, 2, torch.device("cpu"))
+
+
+def test_a_micro_batch_below_one_is_refused(runtime, tmp_path):
+    windows = HeldOutWindows(_write(tmp_path / "d", _documents([40])), 16)
+    model = build_model(preset("tiny-gpt-neox", vocab_size=VOCAB), ParallelConfig())
+    with pytest.raises(ValueError, match="micro_batch=0"):
+        held_out_loss(model, windows, VOCAB, 0, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("option", ["--seq_length", "--micro_batch", "--max_windows"])
+def test_perplexity_cli_refuses_sizes_below_one(option, capsys):
+    """--max_windows 0 would read every window; --seq_length 0 would divide by zero."""
+    from eval.perplexity import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--checkpoint", "c", "--data", "d", option, "0"])
+    assert f"{option}: 0 is not a positive integer" in capsys.readouterr().err
