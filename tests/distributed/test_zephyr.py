@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from megatron_mamba.convert.native_files import read_native
+from megatron_mamba.convert.progressive import stepwise_pattern
 from megatron_mamba.runtime import init_runtime
 from megatron_mamba.training.checkpoint import read_model_config
 from tests.distributed.launch import REPO, torchrun
@@ -40,6 +41,7 @@ def zephyr(tmp_path_factory):
         ("sft", {"ATTN": "50"}),
         ("sft", {"ATTN": "25", "PACK": "1"}),
         ("dpo", {}),
+        ("progressive", {"STEPWISE": "1", "STEPS": "2"}),  # reuses the teacher and inputs
     ]
     for script, settings in stages:
         proc = subprocess.run(
@@ -79,6 +81,23 @@ def test_the_second_stage_starts_from_the_first(zephyr):
     assert any(n.startswith("decoder.layers.2.mixer.in_proj") for n in second)
     stage = records(zephyr / "zephyr_0.50_mamba")
     assert {"ce", "logits_kl"} <= stage[0].keys()
+
+
+def test_stepwise_stages_add_a_layer_each_on_their_own_slice(zephyr):
+    """STEPWISE=1: stage k swaps MambaInLlama's k-th layer into stage k−1's model and trains on
+    the k-th of SLICES (4 in the tiny run) slices of the pseudo-labels."""
+    first, second = zephyr / "zephyr_step_1", zephyr / "zephyr_step_2"
+    assert read_model_config(first).layer_pattern == stepwise_pattern(8, 1) == "MAAAAAAA"
+    assert read_model_config(second).layer_pattern == stepwise_pattern(8, 2) == "MAMAAAAA"
+    trained, started = _weights(first), _weights(zephyr / "init_step_2")
+    for name in _mixer_layers(trained, (0,)):
+        assert (trained[name] == started[name]).all(), name
+    slice_size = (zephyr / "inputs" / "chat.jsonl").read_text().count("\n") // 4
+    for k, run in enumerate((first, second)):
+        config = (run / "config.yaml").read_text()
+        assert f"first_item: {k * slice_size}" in config
+        assert f"max_train_samples: {slice_size}" in config
+        assert records(run)[-1]["step"] == slice_size // 8  # global batch 8
 
 
 def test_sft_learns_and_dpo_starts_from_its_reference(zephyr):
