@@ -150,11 +150,13 @@ def _patch_optimizer_literals() -> None:
     for module in (optimizer, clip_grads, utils):
         if not isinstance(module.torch, _CudaLiteralsToCpu):
             module.torch = _CudaLiteralsToCpu(torch)
-    optimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
+    optimizer.clip_grad_by_total_norm_fp32 = clip_grads_by_total_norm
 
 
-def _clip_grad_by_total_norm_fp32(parameters, max_norm, total_norm, use_decoupled_grad=False):
-    """megatron's gradient clipping minus its assertion that gradients are CUDA tensors."""
+def clip_grads_by_total_norm(parameters, max_norm, total_norm, use_decoupled_grad=False):
+    """megatron's gradient clipping minus its assertion that gradients are fp32 CUDA tensors
+    (CPU runs, and bf16 gradients without fp32 master weights). The coefficient multiplies in
+    fp32: foreach ops on CPU round a Python scalar to the gradients' dtype first."""
     if isinstance(parameters, torch.Tensor):
         parameters = [parameters]
     attribute = "decoupled_grad" if use_decoupled_grad else "grad"
@@ -162,7 +164,8 @@ def _clip_grad_by_total_norm_fp32(parameters, max_norm, total_norm, use_decouple
     grads = [g.detach() for g in grads if g is not None]
     clip_coeff = max_norm / (total_norm + 1.0e-6)
     if clip_coeff < 1.0 and grads:
-        torch._foreach_mul_(grads, clip_coeff)
+        coefficient = torch.tensor(clip_coeff, dtype=torch.float32, device=grads[0].device)
+        torch._foreach_mul_(grads, coefficient)
 
 
 def _patch_tied_embedding_copy() -> None:

@@ -291,6 +291,12 @@ def _check_adam(path: Path, before: dict, optimizer) -> None:
             )
 
 
+def saved_progress(path: Path) -> dict:
+    """The progress record a checkpoint was saved with (step, data order, numerics), read
+    without loading its tensors."""
+    return dist_checkpointing.load_common_state_dict(str(path))["progress"]
+
+
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     """Restore weights, optimizer, scheduler and RNG to resume exactly; returns the progress.
 

@@ -15,6 +15,7 @@ import torch
 from megatron.core import utils as megatron_utils
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
+from megatron_mamba.runtime.cpu_compat import clip_grads_by_total_norm
 from megatron_mamba.training.param_groups import megatron_weight_decay_overrides
 from megatron_mamba.training.run_config import RunConfig
 
@@ -26,10 +27,10 @@ MIN_LOSS_SCALE = 1.0
 
 
 def build_optimizer(model, ddp, run: RunConfig):
-    """megatron's optimizer for `ddp` (clipping, fp32 master weights under bf16/fp16, loss
-    scaling under fp16; sharded over data-parallel ranks with train.use_distributed_optimizer,
-    which `ddp` must have been wrapped for), Adam with decoupled weight decay, fused where torch
-    supports it."""
+    """megatron's optimizer for `ddp` (clipping, fp32 master weights under bf16/fp16 unless
+    train.fp32_master_weights is false, loss scaling under fp16; sharded over data-parallel
+    ranks with train.use_distributed_optimizer, which `ddp` must have been wrapped for), Adam
+    with decoupled weight decay, fused where torch supports it."""
     train = run.train
     config = OptimizerConfig(
         optimizer="adam",
@@ -40,7 +41,7 @@ def build_optimizer(model, ddp, run: RunConfig):
         adam_beta2=train.adam_beta2,
         adam_eps=train.adam_eps,
         clip_grad=train.clip_grad_norm or 0.0,
-        bf16=train.mixed_precision == "bf16",
+        bf16=train.mixed_precision == "bf16" and train.fp32_master_weights,
         fp16=train.mixed_precision == "fp16",
         initial_loss_scale=train.initial_loss_scale,
         min_loss_scale=MIN_LOSS_SCALE,
@@ -84,10 +85,11 @@ def fuse_adam(optimizer) -> None:
 
 
 def _foreach_l2_norm(chunk_size, noop_flag, tensor_lists, per_tensor, *args):
-    """amp_C.multi_tensor_l2norm's contract: (total L2 norm as a 1-element float tensor, None)."""
+    """amp_C.multi_tensor_l2norm's contract: (total L2 norm as a 1-element float tensor, None);
+    accumulated in fp32 whatever the gradients' dtype (bf16 without master weights)."""
     tensors = tensor_lists[0]
-    norms = torch._foreach_norm(tensors)
-    total = torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
+    norms = torch._foreach_norm(tensors, 2, dtype=torch.float32)
+    total = torch.linalg.vector_norm(torch.stack(norms))
     return total.reshape(1), None
 
 
@@ -101,10 +103,13 @@ def _foreach_scale(chunk_size, noop_flag, tensor_lists, scale):
 
 def use_foreach_multi_tensor_ops() -> None:
     """Replace megatron's Python-loop fallbacks (used only when neither apex nor Transformer
-    Engine is installed) with `_foreach` versions; apex's or TE's kernels are left alone."""
+    Engine is installed) with `_foreach` versions; apex's or TE's kernels are left alone.
+    Gradient clipping also takes bf16 gradients (no fp32 master weights), which megatron's
+    asserts away."""
     from megatron.core.optimizer import clip_grads
     from megatron.core.optimizer import optimizer as megatron_optimizer
 
+    megatron_optimizer.clip_grad_by_total_norm_fp32 = clip_grads_by_total_norm
     if clip_grads.l2_norm_impl is megatron_utils.local_multi_tensor_l2_norm:
         clip_grads.l2_norm_impl = _foreach_l2_norm
     if clip_grads.multi_tensor_scale_impl is megatron_utils.local_multi_tensor_scale:

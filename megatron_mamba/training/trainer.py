@@ -43,6 +43,7 @@ from megatron_mamba.training.checkpoint import (
     load_checkpoint,
     load_weights,
     save_checkpoint,
+    saved_progress,
 )
 from megatron_mamba.training.ddp import wrap_ddp
 from megatron_mamba.training.dpo import PreferenceOptimisation
@@ -92,10 +93,11 @@ def train(run: RunConfig) -> list[dict]:
     `skipped` 1 where the update was not applied."""
     cfg = run.train
     rt = init_runtime(ParallelSizes(run.parallel.tensor, run.parallel.pipeline), seed=cfg.seed)
-    if rt.device.type == "cpu" and cfg.mixed_precision != "no":
+    if rt.device.type == "cpu" and cfg.mixed_precision != "no" and cfg.fp32_master_weights:
         raise TrainingError(
             f"train.mixed_precision={cfg.mixed_precision} needs a GPU (megatron's mixed-precision "
-            "optimizer keeps CUDA tensors); on CPU use train.mixed_precision=no"
+            "optimizer keeps CUDA tensors); on CPU use train.mixed_precision=no, or bf16 with "
+            "train.fp32_master_weights=false"
         )
     if rt.device.type == "cpu" and cfg.use_distributed_optimizer:
         raise TrainingError(
@@ -129,7 +131,11 @@ def train(run: RunConfig) -> list[dict]:
         reference = _frozen_model(run, model_cfg, rt.device, run.dpo.reference or cfg.init_from)
     if cfg.trainable == "mamba":
         freeze_all_but_mamba(model)
-    ddp = wrap_ddp(model, use_distributed_optimizer=cfg.use_distributed_optimizer)
+    ddp = wrap_ddp(
+        model,
+        grad_reduce_in_fp32=cfg.fp32_master_weights,
+        use_distributed_optimizer=cfg.use_distributed_optimizer,
+    )
     optimizer = build_optimizer(model, ddp, run)
     # The schedule multiplies each loss by this before backward: fp16's dynamic loss scale.
     model.config.grad_scale_func = optimizer.scale_loss
@@ -156,7 +162,9 @@ def train(run: RunConfig) -> list[dict]:
     start = 0
     if cfg.resume_from_checkpoint:
         path = find_checkpoint(cfg.resume_from_checkpoint, checkpoints)
-        start = _resume(path, model, optimizer, scheduler, _data_order(order, cfg.seed))
+        start = _resume(
+            path, model, optimizer, scheduler, _data_order(order, cfg.seed), _numerics(cfg)
+        )
     flops_per_token = training_flops_per_token(model_cfg, seq)
     peak = peak_flops(rt.device, cfg.mixed_precision, cfg.use_tf32)
     forward_backward = get_forward_backward_func()
@@ -194,6 +202,7 @@ def train(run: RunConfig) -> list[dict]:
             )
         progress = {
             **_data_order(order, cfg.seed),
+            **_numerics(cfg),
             "consumed_samples": step * order.global_batch,
         }
         return save_checkpoint(
@@ -358,8 +367,24 @@ def _data_order(order: DataOrder, seed: int) -> dict:
     }
 
 
-def _resume(path: Path, model, optimizer, scheduler, data_order: dict) -> int:
+def _numerics(cfg) -> dict:
+    """What decides the shape of the optimizer's state (fp32 master weights or none)."""
+    return {
+        "mixed_precision": cfg.mixed_precision,
+        "fp32_master_weights": cfg.fp32_master_weights,
+    }
+
+
+def _resume(path: Path, model, optimizer, scheduler, data_order: dict, numerics: dict) -> int:
     """Restore the run's state from `path`; returns the last completed step."""
+    saved = saved_progress(path)
+    for key, value in numerics.items():  # checked first: the optimizer state would not load
+        if key in saved and saved[key] != value:  # older checkpoints lack these keys
+            raise CheckpointError(
+                f"{path} was trained with train.{key}={saved[key]}; this run has {value}, and a "
+                "resume continues the checkpoint's optimizer state (load its weights with "
+                "train.init_from to change it)"
+            )
     progress = load_checkpoint(path, model, optimizer, scheduler)
     for key, value in data_order.items():
         if key in progress and progress[key] != value:  # older checkpoints lack some keys

@@ -13,6 +13,7 @@ from megatron_mamba.training.checkpoint import _prune
 from tests.distributed.train_runs import losses, records, run, save_initial, steps_and_values
 
 KILLED_IN_SAVE = Path(__file__).parent / "workers" / "train_killed_in_save.py"
+PURE_BF16 = {"train.mixed_precision": "bf16", "train.fp32_master_weights": False}
 LAYOUTS = {"tp1": (1, {}), "tp2pp2": (4, {"parallel.tensor": 2, "parallel.pipeline": 2})}
 
 
@@ -33,6 +34,43 @@ def test_a_stopped_and_resumed_run_continues_exactly(tmp_path, items, initial, l
         tmp_path, items, "cut", nproc, **common, **{"train.resume_from_checkpoint": "latest"}
     )
     assert steps_and_values(resumed) == steps_and_values(whole)
+
+
+def saved_dtypes(checkpoint: Path) -> dict[str, set]:
+    """The dtypes of a checkpoint's floating-point tensors: weights, and optimizer state."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    metadata = dcp.FileSystemReader(str(checkpoint)).read_metadata().state_dict_metadata
+    dtypes = {"model": set(), "optimizer": set()}
+    for key, m in metadata.items():
+        if isinstance(m, TensorStorageMetadata) and m.properties.dtype.is_floating_point:
+            dtypes["optimizer" if key.startswith("optimizer.") else "model"].add(m.properties.dtype)
+    return dtypes
+
+
+def test_bf16_without_master_weights_trains_on_cpu_and_resumes_exactly(tmp_path, items, initial):
+    """train.fp32_master_weights=false: bf16 weights and Adam state, nothing in fp32; the loss
+    falls as an fp32 run's does, and a stopped run continues as the uninterrupted one."""
+    import torch
+
+    common = {**PURE_BF16, "train.init_from": initial}
+    whole = run(tmp_path, items, "whole", **common)
+    fp32 = run(tmp_path, items, "fp32", **{"train.init_from": initial})
+    assert losses(whole)[-1] < losses(whole)[0] - 0.5
+    np.testing.assert_allclose(losses(whole), losses(fp32), atol=0.02)  # measured: 0.004
+    assert saved_dtypes(latest_checkpoint(tmp_path / "whole")) == {
+        "model": {torch.bfloat16},
+        "optimizer": {torch.bfloat16},
+    }
+    run(tmp_path, items, "cut", **common, **{"train.exit_interval": 3})
+    resumed = run(tmp_path, items, "cut", **common, **{"train.resume_from_checkpoint": "latest"})
+    assert steps_and_values(resumed) == steps_and_values(whole)
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    checkpoints = run_dir / "checkpoints"
+    return checkpoints / (checkpoints / "latest").read_text().strip()
 
 
 def test_a_save_killed_before_commit_leaves_the_previous_checkpoint(tmp_path, items, initial):
@@ -140,8 +178,9 @@ def test_weights_the_model_has_no_place_for_are_refused(tmp_path, items, step3):
         ({"train.warmup_steps": 1}, r"warmup steps \(.*\) = 2; this run has 1"),
         ({"train.adam_eps": 1e-3}, r"train.adam_eps = 1e-08; this run has 0.001"),
         ({"train.seed": 7}, r"was trained with seed=\d+; this run has 7"),
+        (PURE_BF16, "was trained with train.mixed_precision=no; this run has bf16"),
     ],
-    ids=["layout", "global-batch", "learning-rate", "decay", "warmup", "adam", "seed"],
+    ids=["layout", "global-batch", "learning-rate", "decay", "warmup", "adam", "seed", "numerics"],
 )
 def test_resuming_from_a_checkpoint_that_does_not_fit_fails_clearly(
     tmp_path, items, step3, overrides, message

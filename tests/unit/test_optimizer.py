@@ -4,7 +4,7 @@ import pytest
 import torch
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
-from megatron_mamba.config import ModelConfig, ParallelConfig
+from megatron_mamba.config import ModelConfig, ParallelConfig, RunPrecision
 from megatron_mamba.models.build import build_model
 from megatron_mamba.training.ddp import wrap_ddp
 from megatron_mamba.training.optimizer import (
@@ -76,3 +76,35 @@ def test_fused_adam_steps_like_megatrons_stock_optimizer(runtime):
     assert all(g["fused"] for inner in inner_optimizers(ours) for g in inner.param_groups)
     for got, want in zip(weights, expected, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_without_master_weights_adam_updates_the_bf16_weights_as_torch_does(runtime):
+    """train.fp32_master_weights=false: megatron's optimizer over bf16 weights and a bf16
+    gradient buffer steps as torch's fused AdamW on the bf16 weights (TRL's arithmetic), with
+    the clipping norm accumulated in fp32."""
+    model = build_model(TINY, ParallelConfig(), RunPrecision("bf16"))
+    twin = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    ddp = wrap_ddp(model, grad_reduce_in_fp32=False)
+    config = OptimizerConfig(optimizer="adam", lr=1e-2, weight_decay=0.0, clip_grad=0.5)
+    config.params_dtype = torch.bfloat16
+    optimizer = megatron_optimizer(ddp, config)
+    reference = torch.optim.AdamW(twin, lr=1e-2, weight_decay=0.0, fused=True)
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        ddp.zero_grad_buffer()
+        optimizer.zero_grad()
+        grads = [torch.randn(p.shape, generator=generator).bfloat16() for p in twin]
+        for param, grad in zip(model.parameters(), grads, strict=True):
+            assert param.main_grad.dtype == torch.bfloat16
+            param.main_grad.copy_(grad)
+        ok, grad_norm, _ = optimizer.step()
+        norm = torch.cat([g.double().flatten() for g in grads]).norm().item()
+        assert ok and grad_norm == pytest.approx(norm, rel=1e-6)
+        for param, grad in zip(twin, grads, strict=True):
+            param.grad = grad * (0.5 / (grad_norm + 1e-6))
+        reference.step()
+    states = [s for inner in inner_optimizers(optimizer) for s in inner.state.values()]
+    assert {m.dtype for s in states for k, m in s.items() if k != "step"} == {torch.bfloat16}
+    for got, want in zip(model.parameters(), twin, strict=True):
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got, want.detach(), rtol=0, atol=0)

@@ -164,6 +164,18 @@ def test_clipping_may_be_disabled_and_checkpoint_steps_be_whole_floats():
         (dict(warmup_ratio=0.5, warmup_steps=3), "warmup_steps=3 and warmup_ratio=0.5 are both"),
         (dict(warmup_steps=100, lr_decay_steps=10), "warmup_steps=100 must be below lr_decay"),
         (dict(warmup_steps=10, lr_decay_steps=10), "warmup_steps=10 must be below lr_decay"),
+        (
+            dict(mixed_precision="fp16", fp32_master_weights=False),
+            "fp32_master_weights=false needs mixed_precision=bf16, not fp16",
+        ),
+        (
+            dict(mixed_precision="no", fp32_master_weights=False),
+            "fp32_master_weights=false needs mixed_precision=bf16, not no",
+        ),
+        (
+            dict(fp32_master_weights=False, use_distributed_optimizer=True),
+            "fp32_master_weights=false cannot be combined with use_distributed_optimizer=true",
+        ),
     ],
 )
 def test_warmup_settings_that_contradict_are_refused(settings, match):
