@@ -5,7 +5,8 @@ every other layer a MambaInLlama mamba1 initialised from attention), made from a
 MistralForCausalLM by our import, then exported to transformers for TRL. Both sides take the
 same batch (TRL's collated pairs: 4 prompts with chosen and rejected answers, 512 tokens a row),
 compute the sigmoid DPO loss against a frozen copy as the reference, run backward and an Adam
-step. Ours: megatron's schedule, DDP and optimizer (as the trainer runs them); TRL:
+step. Ours: megatron's schedule, DDP and optimizer (as the trainer runs them), with fp32 master
+weights and without (`train.fp32_master_weights=false`, TRL's arithmetic); TRL:
 `DPOTrainer.training_step` and its optimizer.
 
     python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json
@@ -112,8 +113,9 @@ def trl_step(export: Path, workdir: Path):
     return step, batch
 
 
-def our_step(native: Path, batch):
-    """The trainer's DPO objective on TRL's batch: megatron schedule, DDP, optimizer."""
+def our_step(native: Path, batch, fp32_master_weights: bool = True):
+    """The trainer's DPO objective on TRL's batch: megatron schedule, DDP, optimizer (with fp32
+    master weights, or Adam on the bf16 weights as train.fp32_master_weights=false runs it)."""
     from megatron.core.optimizer import OptimizerConfig
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -135,9 +137,12 @@ def our_step(native: Path, batch):
         models.append(model)
     policy, reference = models
     reference.eval().requires_grad_(False)
-    ddp = wrap_ddp(policy)
+    ddp = wrap_ddp(policy, grad_reduce_in_fp32=fp32_master_weights)
     optimizer = megatron_optimizer(
-        ddp, OptimizerConfig(optimizer="adam", lr=5e-7, bf16=True, params_dtype=torch.bfloat16)
+        ddp,
+        OptimizerConfig(
+            optimizer="adam", lr=5e-7, bf16=fp32_master_weights, params_dtype=torch.bfloat16
+        ),
     )
     tokens = batch["input_ids"].cuda()
     mask = batch["completion_mask"][:, 1:].float().cuda()
@@ -182,24 +187,32 @@ def main() -> None:
     del trl_fn  # frees TRL's models and optimizer before ours are built
     gc.collect()
     torch.cuda.empty_cache()
-    ours_fn = our_step(native, batch)
-    ours_s = median_step_seconds(ours_fn)
-    ours_fb = median_step_seconds(partial(ours_fn, optimizer_step=False))
-    ours_peak = peak_memory_gib(ours_fn)
     tokens = rows * length  # the policy's tokens per step (chosen and rejected rows)
     result = {
         "pairs": rows // 2,
         "row_tokens": length,
         "trl_step_s": trl_s,
-        "ours_step_s": ours_s,
         "trl_tokens_per_s": tokens / trl_s,
-        "ours_tokens_per_s": tokens / ours_s,
-        "speedup": trl_s / ours_s,
         "trl_forward_backward_s": trl_fb,
-        "ours_forward_backward_s": ours_fb,
         "trl_peak_gib": trl_peak,
-        "ours_peak_gib": ours_peak,
     }
+    for name, master in (("ours", True), ("ours_no_master", False)):
+        ours_fn = our_step(native, batch, fp32_master_weights=master)
+        ours_s = median_step_seconds(ours_fn)
+        result.update(
+            {
+                f"{name}_step_s": ours_s,
+                f"{name}_tokens_per_s": tokens / ours_s,
+                f"{name}_speedup": trl_s / ours_s,
+                f"{name}_forward_backward_s": median_step_seconds(
+                    partial(ours_fn, optimizer_step=False)
+                ),
+                f"{name}_peak_gib": peak_memory_gib(ours_fn),
+            }
+        )
+        del ours_fn
+        gc.collect()
+        torch.cuda.empty_cache()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -7,7 +7,9 @@ wrapped in megatron DDP (fp32 gradient buffer) with random gradients. Measured i
   Engine (torch AdamW with `foreach`, Python-loop multi-tensor helpers);
 - ours: `megatron_mamba.training.optimizer.megatron_optimizer` (fused AdamW, `_foreach` helpers);
 - bf16 AdamW: torch's fused AdamW directly on the bf16 weights, as TRL/transformers' Trainer
-  runs a bf16 model (no fp32 master weights or moments: a floor, not the same arithmetic).
+  runs a bf16 model (no fp32 master weights or moments: a floor, not the same arithmetic);
+- ours without master weights (`train.fp32_master_weights=false`): the same arithmetic as bf16
+  AdamW through megatron's optimizer, on a bf16 gradient buffer.
 
 All with clipping at 1.0 (on, as in training). Median of 10 steps after 3 warmup.
 
@@ -35,7 +37,7 @@ SHAPE = dict(
 )
 
 
-def _model_and_ddp():
+def _model_and_ddp(grad_reduce_in_fp32: bool = True):
     from megatron_mamba.config import ModelConfig, ParallelConfig, RunPrecision
     from megatron_mamba.models.build import build_model
     from megatron_mamba.training.ddp import wrap_ddp
@@ -43,7 +45,7 @@ def _model_and_ddp():
     model = build_model(
         ModelConfig(**SHAPE), ParallelConfig(), RunPrecision("bf16"), cpu_initialization=False
     )
-    ddp = wrap_ddp(model.cuda())
+    ddp = wrap_ddp(model.cuda(), grad_reduce_in_fp32=grad_reduce_in_fp32)
     for p in ddp.module.parameters():
         p.main_grad.normal_(0, 1e-3)
     return ddp
@@ -86,6 +88,10 @@ def main() -> None:
         bf16.step()
 
     results["bf16_adamw"] = median_step_seconds(bf16_step)
+    pure = _model_and_ddp(grad_reduce_in_fp32=False)
+    config.bf16 = False  # train.fp32_master_weights=false: megatron's FP32Optimizer on bf16
+    pure_step = _megatron_step(megatron_optimizer(pure, config))
+    results["ours_no_master"] = median_step_seconds(pure_step)
     report = {
         "parameters": params,
         "step_ms": {k: round(v * 1e3, 2) for k, v in results.items()},

@@ -11,14 +11,16 @@ pytestmark = pytest.mark.gpu
 
 
 def gpu_run(tmp_path, items, initial, name, precision):
+    """12 steps at `precision`: no, bf16, fp16, or bf16-pure (no fp32 master weights)."""
     args = settings(tmp_path, items, name, **{"train.init_from": initial})
-    args["train.mixed_precision"], args["train.max_steps"] = precision, 12
+    args["train.mixed_precision"], args["train.max_steps"] = precision.removesuffix("-pure"), 12
+    args["train.fp32_master_weights"] = not precision.endswith("-pure")
     args["train.use_tf32"] = False
     torchrun(TRAIN, 1, *(f"{k}={v}" for k, v in args.items()), cpu=False)
     return records(tmp_path / name)
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "bf16-pure"])
 def test_mixed_precision_follows_the_fp32_run(tmp_path, items, initial, precision):
     reference = losses(gpu_run(tmp_path, items, initial, "fp32", "no"))
     recs = gpu_run(tmp_path, items, initial, precision, precision)
