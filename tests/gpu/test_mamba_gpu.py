@@ -54,8 +54,8 @@ def _forward_and_grads(mixer, u):
     return [out, *grads]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("kind,mamba", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("kind,mamba", CASES, ids=[f"{k}_{m['layout']}" for k, m in CASES])
 def test_mixer_on_fused_kernels_matches_reference(runtime, monkeypatch, kind, mamba, dtype):
     """Both paths against the reference in float64. mamba_ssm's Triton kernels multiply in
     TF32 (bf16 inputs in bf16), so the fused path in fp32 is compared with the reference whose
