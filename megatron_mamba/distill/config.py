@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,8 +41,9 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         for name in ("alpha_ce_loss", "alpha_layer_distill_loss", "alpha_logits_distill_loss"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be non-negative")
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):  # a NaN alpha is no less than 0
+                raise ValueError(f"{name}={value} must be non-negative and finite")
         if self.distill_normalization not in NORMALISATIONS:
             raise ValueError(
                 f"distill_normalization {self.distill_normalization!r} is unknown; expected one "
@@ -64,8 +66,10 @@ class DistillConfig:
                 f"logits_kl_reduction {self.logits_kl_reduction!r} is unknown; expected "
                 "target_mean or batchmean"
             )
-        if not self.logits_temperature > 0:
-            raise ValueError(f"logits_temperature={self.logits_temperature} must be positive")
+        if not (math.isfinite(self.logits_temperature) and self.logits_temperature > 0):
+            raise ValueError(
+                f"logits_temperature={self.logits_temperature} must be positive and finite"
+            )
         if self.teacher_precision not in ("same", "bf16", "fp16"):
             raise ValueError(
                 f"teacher_precision {self.teacher_precision!r} is unknown; expected same, bf16 "

@@ -20,7 +20,7 @@ from megatron.core import parallel_state as ps
 
 from megatron_mamba.config_io import ConfigError
 from megatron_mamba.data.batches import TokenBatch
-from megatron_mamba.distill.aux_loss import attach_gradient, set_loss_scale
+from megatron_mamba.distill.aux_loss import attach_gradient, loss_scale, set_loss_scale
 from megatron_mamba.distill.config import DistillConfig
 from megatron_mamba.distill.losses import block_mse_and_gradient, ce_and_logits_kl
 from megatron_mamba.distill.schedule import layer_alpha
@@ -111,8 +111,9 @@ class Distillation:
         if self.in_step and self.alpha_layer:
             teacher = self.teacher_blocks.pop(number)
             share = self.token_share / len(self.distilled)
+            weight = self.alpha_layer * share * loss_scale()  # scaled before an fp16 cast
             mse, gradient = block_mse_and_gradient(
-                hidden, teacher, self.cfg.distill_normalization, self.alpha_layer * share
+                hidden, teacher, self.cfg.distill_normalization, weight
             )
             self.layer_sum = self.layer_sum + mse * share
             if not torch.is_grad_enabled():  # a recomputed block's first forward: see below

@@ -9,6 +9,7 @@ higher (reward accuracy), and the policy's log-probabilities.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -38,8 +39,8 @@ class DPOConfig:
     the policy's layout; None means train.init_from (the SFT model the policy starts from)."""
 
     def __post_init__(self) -> None:
-        if not self.beta > 0:
-            raise ValueError(f"dpo.beta={self.beta} must be positive")
+        if not (math.isfinite(self.beta) and self.beta > 0):
+            raise ValueError(f"dpo.beta={self.beta} must be positive and finite")
 
 
 def sequence_logps(per_token_ce: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
