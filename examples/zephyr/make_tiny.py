@@ -41,6 +41,9 @@ def main(out: Path) -> None:
         for p, a in pairs
     ]
     _write(out / "chat.jsonl", chats * 8)
+    half = len(chats) * 4  # chat.jsonl again as two pseudo-label sources, as MambaInLlama has
+    _write(out / "labels_a.jsonl", (chats * 8)[:half])
+    _write(out / "labels_b.jsonl", (chats * 8)[half:])
     rng = random.Random(0)
     preferences = []
     for i, (prompt, answer) in enumerate(pairs * 4):

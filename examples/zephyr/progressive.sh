@@ -3,18 +3,18 @@
 # become Mamba (initialised from attention) and only they train; then another 25%, starting from
 # the first stage's weights. STEPWISE=1 instead adds one Mamba layer per stage (even layers from
 # the bottom first, then 1, 5, 9, …, then 3, 11, …: MambaInLlama's order) up to STEPS layers,
-# stage k training on the k-th of SLICES (32) slices of the pseudo-labels, as its
-# train_hybrid_step.py does.
+# stage k training on its slice of the pseudo-labels: the k-th of SLICES (32) chunks of each
+# source in PSEUDO_LABELS, as its train_hybrid_step.py cuts them (data_tools/stage_slice.py).
 #   NPROC=8 bash examples/zephyr/progressive.sh [--tiny] [key=value ...]
 source "$(dirname "$0")/common.sh"
 teacher
-stage() {  # stage NAME INIT
+read -ra SOURCES <<< "$PSEUDO_LABELS"
+stage() {  # stage NAME INIT DATA [key=value ...]
   train distill train.run_name="$1" train.init_from="$2" distill.teacher="$OUT/teacher" \
-    data.path="$PSEUDO_LABELS" "${@:3}"
+    data.path="$3" "${@:4}"
 }
 if [[ ${STEPWISE:-0} == 1 ]]; then
   previous="" slices=${SLICES:-32}
-  slice=$(($(grep -c . "$PSEUDO_LABELS") / slices))
   for ((k = 1; k <= ${STEPS:-$((LAYERS / 2))}; k++)); do
     p=$("$PY" -m megatron_mamba.convert.progressive --layers "$LAYERS" --symbol "$MIXER" --stepwise "$k")
     init=$OUT/init_step_$k
@@ -23,13 +23,20 @@ if [[ ${STEPWISE:-0} == 1 ]]; then
     else
       [[ -d $init ]] || "$PY" tools/swap_layers.py "$previous" "$init" --layer-pattern "$p" "${MAMBA[@]}"
     fi
-    stage "zephyr_step_$k" "$init" train.max_train_samples="$slice" \
-      data.first_item=$(((k - 1) % slices * slice)) "$@"
+    data=$OUT/data/step_$k.jsonl
+    "$PY" data_tools/stage_slice.py "${SOURCES[@]}" --slices "$slices" \
+      --index $(((k - 1) % slices + 1)) --output "$data"
+    stage "zephyr_step_$k" "$init" "$data" "$@"
     previous=$OUT/zephyr_step_$k
   done
   exit 0
 fi
+data=${SOURCES[0]}
+if ((${#SOURCES[@]} > 1)); then  # the sources one after another (the trainer shuffles)
+  data=$OUT/data/pseudo_labels.jsonl
+  "$PY" data_tools/stage_slice.py "${SOURCES[@]}" --slices 1 --index 1 --output "$data"
+fi
 from_zephyr 0.25 "$OUT/init_0.25"
-stage zephyr_0.25_mamba "$OUT/init_0.25" "$@"
+stage zephyr_0.25_mamba "$OUT/init_0.25" "$data" "$@"
 swapped "$OUT/zephyr_0.25_mamba" 0.5 "$OUT/init_0.50"
-stage zephyr_0.50_mamba "$OUT/init_0.50" "$@"
+stage zephyr_0.50_mamba "$OUT/init_0.50" "$data" "$@"

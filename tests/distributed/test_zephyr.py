@@ -85,19 +85,23 @@ def test_the_second_stage_starts_from_the_first(zephyr):
 
 def test_stepwise_stages_add_a_layer_each_on_their_own_slice(zephyr):
     """STEPWISE=1: stage k swaps MambaInLlama's k-th layer into stage k−1's model and trains on
-    the k-th of SLICES (4 in the tiny run) slices of the pseudo-labels."""
+    the k-th of SLICES (4 in the tiny run) chunks of each pseudo-label source, concatenated."""
     first, second = zephyr / "zephyr_step_1", zephyr / "zephyr_step_2"
     assert read_model_config(first).layer_pattern == stepwise_pattern(8, 1) == "MAAAAAAA"
     assert read_model_config(second).layer_pattern == stepwise_pattern(8, 2) == "MAMAAAAA"
     trained, started = _weights(first), _weights(zephyr / "init_step_2")
     for name in _mixer_layers(trained, (0,)):
         assert (trained[name] == started[name]).all(), name
-    slice_size = (zephyr / "inputs" / "chat.jsonl").read_text().count("\n") // 4
+    sources = [(zephyr / "inputs" / f"labels_{s}.jsonl").read_text().splitlines() for s in "ab"]
     for k, run in enumerate((first, second)):
-        config = (run / "config.yaml").read_text()
-        assert f"first_item: {k * slice_size}" in config
-        assert f"max_train_samples: {slice_size}" in config
-        assert records(run)[-1]["step"] == slice_size // 8  # global batch 8
+        data = zephyr / "data" / f"step_{k + 1}.jsonl"
+        assert f"path: {data}" in (run / "config.yaml").read_text()
+        expected = []
+        for lines in sources:
+            size = -(-len(lines) // 4)  # torch.chunk's chunk size
+            expected += lines[k * size : (k + 1) * size]
+        assert data.read_text().splitlines() == expected
+        assert records(run)[-1]["step"] == len(expected) // 8  # global batch 8
 
 
 def test_sft_learns_and_dpo_starts_from_its_reference(zephyr):
