@@ -25,7 +25,7 @@ from megatron_mamba.convert.attention_to_mamba import (
     swapped_layers,
 )
 from megatron_mamba.convert.hf_files import HFCheckpoint, copy_tokenizer, output_directory
-from megatron_mamba.convert.mapping import Context, MappingError, expand, resolve, to_native
+from megatron_mamba.convert.mapping import Context, MappingError, Table, expand, resolve, to_native
 from megatron_mamba.convert.native_files import parameter_layout, write_native
 from megatron_mamba.convert.sources import source_model_config, source_token_ids
 from megatron_mamba.convert.tables import table_for
@@ -111,6 +111,8 @@ def _convert(checkpoint, source_cfg, target, temporary: Path, seed, progress, to
         tensors[name] = _checked(name, tensor, shape)
     for layer in sorted(swapped):
         tensors.update(_swapped_mixer(layer, target, entries, read, ctx, seed))
+    if target.tie_embeddings:
+        _check_tied_output(table, read)
     _refuse_unused(checkpoint, read, table.ignored)
     write_native(temporary, target, tensors, layout, token_ids)
 
@@ -138,6 +140,19 @@ def _swapped_mixer(layer, target, entries, read, ctx, seed) -> dict[str, torch.T
         for n in attention_names:
             read.used.update(h for h in entries[n].hf if h in read.available)
     return {prefix + k: v for k, v in mixer.items()}
+
+
+def _check_tied_output(table: Table, read: _Reader) -> None:
+    """A tied model saved as pytorch_model.bin still holds its output layer: it is used when it
+    is the embedding, refused when it differs (tying would drop its trained weights)."""
+    hf = {rule.native: rule.hf[0] for rule in table.globals}
+    output, embedding = hf["output_layer.weight"], hf["embedding.word_embeddings.weight"]
+    found = resolve(output, read.available, read.aliases)
+    if found is not None and not torch.equal(read(output), read(embedding)):
+        raise MappingError(
+            f"{read.checkpoint.root} has tie_word_embeddings=true but its {found} differs from "
+            f"{embedding}; expected the same tensor, or tie_word_embeddings=false"
+        )
 
 
 def _refuse_unused(checkpoint: HFCheckpoint, read: _Reader, ignored: tuple[str, ...]) -> None:

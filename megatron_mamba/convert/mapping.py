@@ -123,7 +123,17 @@ def to_native(
         entry = entries.get(name)
         if entry is None:
             raise MappingError(f"no conversion rule produces native tensor {name!r}")
-        yield name, entry.transform.to_native([read(h) for h in entry.hf], ctx)
+        tensors = [read(h) for h in entry.hf]
+        try:
+            native = entry.transform.to_native(tensors, ctx)
+        except (RuntimeError, ValueError) as error:  # shapes that do not fit the configuration
+            found = ", ".join(
+                f"{h} {tuple(t.shape)}" for h, t in zip(entry.hf, tensors, strict=True)
+            )
+            raise MappingError(
+                f"native tensor {name!r} cannot be made from {found}: {error}"
+            ) from error
+        yield name, native
 
 
 def to_hf(

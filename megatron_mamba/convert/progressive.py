@@ -27,7 +27,14 @@ _ZEPHYR = {
 }
 
 
+def _check_layers(num_layers: int) -> None:
+    """An empty pattern would print, and then fail far from here."""
+    if num_layers < 1:
+        raise ValueError(f"number of layers {num_layers} must be a positive integer")
+
+
 def fraction_pattern(num_layers: int, mamba_fraction: float, symbol: str = "M") -> str:
+    _check_layers(num_layers)
     if mamba_fraction not in _ZEPHYR:
         raise ValueError(
             f"mamba fraction {mamba_fraction} is not one of MambaInLlama's "
@@ -54,6 +61,7 @@ def stepwise_order(num_layers: int) -> list[int]:
 
 
 def stepwise_pattern(num_layers: int, mamba_layers: int, symbol: str = "M") -> str:
+    _check_layers(num_layers)
     if not 0 < mamba_layers <= num_layers:
         raise ValueError(f"stepwise stage {mamba_layers} must be in 1…{num_layers}")
     chosen = set(stepwise_order(num_layers)[:mamba_layers])

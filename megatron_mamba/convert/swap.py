@@ -50,8 +50,22 @@ def swap_native(
         target,
         lambda kind, layer: fresh_mixer(kind, target, layer, seed),
     )
+    layout = parameter_layout(target)
+    _check_kept_mixers(state, layout, source, mamba)
     token_ids = read_token_ids(source)
     with output_directory(output, overwrite) as temporary:
-        write_native(temporary, target, state, parameter_layout(target), token_ids)
+        write_native(temporary, target, state, layout, token_ids)
         copy_tokenizer(source, temporary)
     return target
+
+
+def _check_kept_mixers(state: dict, layout: dict, source: Path, mamba: dict | None) -> None:
+    """Mamba settings that reshape the source's trained Mamba layers would write tensors the
+    model cannot load, or silently drop some (e.g. conv_bias=false)."""
+    wrong = sorted(set(state) ^ set(layout))
+    wrong += sorted(n for n in set(state) & set(layout) if state[n].shape != layout[n][0])
+    if wrong:
+        raise ValueError(
+            f"the Mamba settings {mamba or {}} do not fit the Mamba layers {source} already has "
+            f"(e.g. {wrong[:3]}); expected the settings it was made with"
+        )

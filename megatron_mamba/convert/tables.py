@@ -18,7 +18,7 @@ from megatron_mamba.models.mamba_dims import mamba1_dims
 
 VOCAB = Transform(
     "vocab",
-    lambda ts, ctx: pad_vocab(ts[0], ctx.padded_vocab),
+    lambda ts, ctx: pad_vocab(ts[0], ctx.model.vocab_size, ctx.padded_vocab),
     lambda t, ctx: [t[: ctx.model.vocab_size]],
 )
 QKV = Transform(

@@ -195,6 +195,47 @@ def test_refuses_a_config_that_does_not_match_the_weights(runtime, tmp_path):
     assert not list(tmp_path.glob("native*"))
 
 
+@pytest.mark.parametrize("rows", [150, 250])
+def test_refuses_an_embedding_that_is_not_the_vocabulary(runtime, tmp_path, rows):
+    # 150 rows left tokens 150…199 at zero; 250 rows (within the padding) lost 50 on export
+    _saved("llama_tied", tmp_path / "hf")
+    weights = load_file(tmp_path / "hf" / "model.safetensors")
+    embedding = weights["model.embed_tokens.weight"]
+    weights["model.embed_tokens.weight"] = torch.randn(rows, embedding.shape[1])
+    save_file(weights, tmp_path / "hf" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(MappingError, match=f"embed_tokens.weight .*{rows} rows .*vocab_size=200"):
+        import_hf(tmp_path / "hf", tmp_path / "native", progress=False)
+    assert not list(tmp_path.glob("native*"))
+
+
+def test_refuses_key_value_heads_that_do_not_match_the_weights(runtime, tmp_path):
+    # was a bare RuntimeError from a reshape (a traceback from the command line)
+    _saved("mistral", tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, "num_key_value_heads": 4}))
+    with pytest.raises(MappingError, match=r"k_proj.weight \(32, 64\).*num_query_groups=4"):
+        import_hf(tmp_path / "hf", tmp_path / "native", progress=False)
+    assert not list(tmp_path.glob("native*"))
+
+
+def test_a_tied_checkpoint_may_also_hold_its_output_layer(runtime, tmp_path):
+    # pytorch_model.bin saves of tied models keep lm_head.weight; it was refused as unknown
+    hf = _saved("llama_tied", tmp_path / "hf")
+    weights = load_file(tmp_path / "hf" / "model.safetensors")
+    weights["lm_head.weight"] = weights["model.embed_tokens.weight"].clone()
+    save_file(weights, tmp_path / "hf" / "model.safetensors", metadata={"format": "pt"})
+    import_hf(tmp_path / "hf", tmp_path / "native", progress=False)
+    ours, _ = _native(tmp_path / "native")
+    with torch.no_grad():
+        expected = hf(_tokens()).logits
+    _close(_native_logits(ours, _tokens()), expected, 1e-5)
+    weights["lm_head.weight"] = weights["lm_head.weight"] + 1.0
+    save_file(weights, tmp_path / "hf" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(MappingError, match="tie_word_embeddings=true but its lm_head.weight"):
+        import_hf(tmp_path / "hf", tmp_path / "again", progress=False)
+    assert not list(tmp_path.glob("again*"))
+
+
 def test_refuses_a_missing_shard(runtime, tmp_path):
     _saved("llama_tied", tmp_path / "hf", max_shard_size="40KB")
     shard = sorted((tmp_path / "hf").glob("model-*.safetensors"))[1]

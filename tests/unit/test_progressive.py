@@ -68,6 +68,15 @@ def test_bad_patterns_are_refused(tmp_path, stage1, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("change", [dict(conv_bias=False), dict(d_state=8)])
+def test_settings_that_reshape_the_kept_mamba_layers_are_refused(tmp_path, stage1, change):
+    # conv_bias=false silently dropped layer 0's trained conv bias; d_state=8 wrote a
+    # checkpoint that only failed when loaded
+    with pytest.raises(ValueError, match=r"do not fit the Mamba layers .* already has"):
+        swap_native(stage1[0], tmp_path / "out", "MAMA", mamba={**MAMBA, **change})
+    assert not list(tmp_path.glob("out*"))
+
+
 def _mamba_layers(pattern):
     return [i for i, s in enumerate(pattern) if s != "A"]
 
@@ -93,3 +102,15 @@ def test_patterns_are_mamba_in_llamas():
         fraction_pattern(12, 0.875)
     with pytest.raises(ValueError, match="not one of MambaInLlama's"):
         fraction_pattern(32, 0.3)
+
+
+@pytest.mark.parametrize("layers", [0, -4])
+def test_no_layers_is_refused(layers, capsys):
+    from megatron_mamba.convert import progressive
+
+    with pytest.raises(ValueError, match=f"number of layers {layers} must be a positive"):
+        fraction_pattern(layers, 0.5)  # printed an empty pattern
+    with pytest.raises(ValueError, match=f"number of layers {layers} must be a positive"):
+        stepwise_pattern(layers, 1)
+    assert progressive.main(["--layers", str(layers), "--mamba-fraction", "0.5"]) == 1
+    assert capsys.readouterr().out == ""
