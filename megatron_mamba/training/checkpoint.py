@@ -7,8 +7,11 @@ Layout under a run's directory:
 
 A save writes `step_N.partial/`, then rank 0 renames it to `step_N/` and replaces `latest` (both
 atomic renames), and only then prunes: checkpoints of steps after N go (see `_prune`), and of the
-rest the newest `keep` stay, `step_N` among them. A crash at any point leaves the previous
-checkpoint whole and `latest` naming it; a stale `.partial` is removed by the next save.
+rest the newest `keep` stay, `step_N` among them. A checkpoint is deleted only after being
+renamed to a `.partial` name (a `step_N` saved again after a resume too, and only once the new
+one is in place). A crash at any point leaves the previous checkpoint whole and `latest` naming
+it, and no half-deleted checkpoint under a step's name; a stale `.partial` is removed by the
+next save.
 Besides the weights a checkpoint holds the optimizer (moments, fp32 master weights, loss scale),
 the LR scheduler, every rank's RNG states and the training progress, so that a resumed run
 continues exactly where it stopped.
@@ -115,6 +118,17 @@ def _step_of(path: Path) -> int | None:
     return int(number) if path.is_dir() and number.isdigit() else None
 
 
+def _set_aside(path: Path) -> Path:
+    """Rename a checkpoint to a `.partial` name (atomic) before deleting it: a crash while
+    deleting would otherwise leave a half checkpoint that still looks complete (its
+    metadata.json may outlast its tensors). The next save removes what is left."""
+    aside = path.with_name(f"{path.name}.old{_PARTIAL}")
+    if aside.exists():
+        shutil.rmtree(aside)
+    os.replace(path, aside)
+    return aside
+
+
 def _prune(root: Path, saved: int, keep: int, protected: tuple[int, ...] = ()) -> None:
     """After saving step `saved` (which `latest` now names): remove every checkpoint of a later
     step, then all but the newest `keep` (≥ 1) of the rest, by step number, and the
@@ -131,7 +145,7 @@ def _prune(root: Path, saved: int, keep: int, protected: tuple[int, ...] = ()) -
     kept += [step for step in protected if step <= saved]
     for step, path in steps.items():
         if step not in kept:
-            shutil.rmtree(path)
+            shutil.rmtree(_set_aside(path))
 
 
 def in_process_results() -> None:
@@ -176,10 +190,12 @@ def save_checkpoint(
     dist_checkpointing.save(state, str(partial))
     torch.distributed.barrier()
     if torch.distributed.get_rank() == 0:
-        if final.exists():  # the same step saved again after a resume: replaced only now
-            shutil.rmtree(final)
+        # The same step saved again after a resume: set aside, deleted once the new one is in.
+        replaced = _set_aside(final) if final.exists() else None
         os.replace(partial, final)
         _write_atomically(root / LATEST, final.name + "\n")
+        if replaced is not None:
+            shutil.rmtree(replaced)
         _prune(root, step, keep, protected)
     torch.distributed.barrier()
     return final

@@ -201,6 +201,12 @@ class TrainConfig:
                 f"warmup_steps={steps} must be below lr_decay_steps={decay} (both count "
                 "from step 0; the LR would fall from its peak to min_lr at once)"
             )
+        if self.warmup_ratio and decay is not None and decays and self.warmup(decay) >= decay:
+            raise ValueError(
+                f"warmup_ratio={self.warmup_ratio} of lr_decay_steps={decay} gives "
+                f"{self.warmup(decay)} warmup steps, not below it (rounded up); the LR would "
+                "fall from its peak to min_lr at once"
+            )
         every = self.checkpointing_steps
         if every is not None and not (0 < every < 1 or (1 <= every < math.inf and every % 1 == 0)):
             raise ValueError(

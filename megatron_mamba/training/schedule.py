@@ -8,7 +8,6 @@ import math
 
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-from megatron_mamba.config_io import ConfigError
 from megatron_mamba.training.config import TrainConfig
 
 
@@ -39,15 +38,9 @@ def build_scheduler(optimizer, train: TrainConfig, total_steps: int) -> Schedule
     is constant; parameter groups scale it by their `wd_mult` (0 for norms and biases)."""
     warmup = train.warmup(total_steps)
     decay = train.decay_steps(total_steps)
-    decays = train.lr_decay_steps is not None and train.lr_scheduler_type != "constant"
-    if decays and warmup >= decay:  # warmup_steps is checked by TrainConfig; a ratio only here
-        raise ConfigError(
-            f"train.warmup_ratio={train.warmup_ratio} of train.lr_decay_steps={decay} gives "
-            f"{warmup} warmup steps, not below it; the LR would fall from its peak to min_lr at "
-            "once"
-        )
-    # megatron needs decay > warmup: here only a warmup as long as the run, which ends first,
-    # or a constant schedule, which does not decay.
+    # TrainConfig refuses a warmup not below lr_decay_steps. megatron needs decay > warmup, so
+    # decay is raised here for a warmup as long as the run (which ends first) or a constant
+    # schedule (which does not decay).
     decay = max(decay, warmup + 1)
     return Scheduler(
         optimizer,
