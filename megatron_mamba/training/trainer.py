@@ -163,7 +163,7 @@ def train(run: RunConfig) -> list[dict]:
     if cfg.resume_from_checkpoint:
         path = find_checkpoint(cfg.resume_from_checkpoint, checkpoints)
         start = _resume(
-            path, model, optimizer, scheduler, _data_order(order, cfg.seed), _numerics(cfg)
+            path, model, optimizer, scheduler, _data_order(order, cfg.seed, run.data.item_length), _numerics(cfg)
         )
     flops_per_token = training_flops_per_token(model_cfg, seq)
     peak = peak_flops(rt.device, cfg.mixed_precision, cfg.use_tf32)
@@ -201,7 +201,7 @@ def train(run: RunConfig) -> list[dict]:
                 f"in {checkpoints}, if any, are kept)"
             )
         progress = {
-            **_data_order(order, cfg.seed),
+            **_data_order(order, cfg.seed, run.data.item_length),
             **_numerics(cfg),
             "consumed_samples": step * order.global_batch,
         }
@@ -356,7 +356,7 @@ def _initialise(model, path: Path) -> None:
         load_full_state(model, torch.load(path, map_location="cpu", weights_only=True))
 
 
-def _data_order(order: DataOrder, seed: int) -> dict:
+def _data_order(order: DataOrder, seed: int, item_length: int) -> dict:
     """What decides which items each step reads (the number of epochs does not: each epoch's
     order is its own)."""
     return {
@@ -364,6 +364,7 @@ def _data_order(order: DataOrder, seed: int) -> dict:
         "first_item": order.first_item,
         "max_train_samples": order.max_train_samples,
         "seed": seed,  # shuffles corpus and chat data
+        "item_length": item_length,  # cuts corpus and chat data into its items
     }
 
 

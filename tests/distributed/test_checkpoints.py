@@ -180,7 +180,16 @@ def test_weights_the_model_has_no_place_for_are_refused(tmp_path, items, step3):
         ({"train.seed": 7}, r"was trained with seed=\d+; this run has 7"),
         (PURE_BF16, "was trained with train.mixed_precision=no; this run has bf16"),
     ],
-    ids=["layout", "global-batch", "learning-rate", "decay", "warmup", "adam", "seed", "numerics"],
+    ids=[
+        "layout",
+        "global-batch",
+        "learning-rate",
+        "decay",
+        "warmup",
+        "adam",
+        "seed",
+        "numerics",
+    ],
 )
 def test_resuming_from_a_checkpoint_that_does_not_fit_fails_clearly(
     tmp_path, items, step3, overrides, message
@@ -190,6 +199,18 @@ def test_resuming_from_a_checkpoint_that_does_not_fit_fails_clearly(
     resume = {**model, "train.resume_from_checkpoint": checkpoint, **overrides}
     with pytest.raises(AssertionError, match=message):
         run(tmp_path, items, "misfit", nproc, **resume)
+
+
+def test_a_corpus_resume_with_another_item_length_is_refused(tmp_path, items):
+    """Corpus (and chat) data are cut into items of data.item_length: another length would read
+    other items from the checkpoint's step on (the pre-shuffled Pile refuses it by itself)."""
+    from tests.helpers.tiny_tokenizer import make_tokenizer
+
+    corpus = {"data.kind": "corpus", "data.tokenizer": make_tokenizer(tmp_path / "tok", 200)}
+    run(tmp_path, items, "corpus", **corpus, **{"train.exit_interval": 3})
+    resume = {"data.item_length": 17, "train.resume_from_checkpoint": "latest"}
+    with pytest.raises(AssertionError, match="was trained with item_length=33; this run has 17"):
+        run(tmp_path, items, "corpus", **corpus, **resume)
 
 
 def test_resuming_without_a_checkpoint_names_what_is_missing(tmp_path, items):
