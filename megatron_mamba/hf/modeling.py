@@ -4,7 +4,8 @@ pattern's Mamba layers swapped in (block norms and MLP kept, as in training).
 Attention layers are transformers' own, so a hybrid export differs from the plain architecture only
 where Mamba is. Weight names follow CALD (GPTNeoX: `gpt_neox.layers.{i}.attention.mamba.*`) and
 MambaInLlama (Llama/Mistral: `model.layers.{i}.mamba.*`). Generation uses transformers' cache:
-key/value for attention layers, conv and SSM state for Mamba layers.
+key/value for attention layers, conv and SSM state for Mamba layers. Padding and packed documents
+(restarting position_ids) reach the Mamba layers as they reach attention.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from transformers import (
     MistralModel,
 )
 from transformers.cache_utils import DynamicCache
+from transformers.masking_utils import find_packed_sequence_indices
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.models.gpt_neox.modeling_gpt_neox import (
     GPTNeoXAttention,
@@ -55,6 +57,41 @@ from megatron_mamba.hf.configuration import (
 from megatron_mamba.hf.mixers import build_mixer
 
 
+def _mix(mixer: nn.Module, hidden_states, cache, padding, documents) -> torch.Tensor:
+    """The mixer's output. Packed documents (several in one row, told apart by restarting
+    position_ids, as TRL's padding-free training and packing send them) each run as a row of their
+    own, so that no conv or SSM state passes from one to the next: the attention layers keep them
+    apart too."""
+    if documents is None:
+        return mixer(hidden_states, cache=cache, attention_mask=padding)
+    flat = documents + _row_offsets(documents)[:, None]
+    lengths = torch.bincount(flat.flatten())
+    starts = torch.cumsum(lengths, 0) - lengths
+    within = torch.arange(flat.numel(), device=flat.device).view_as(flat) - starts[flat]
+    keep = torch.arange(int(lengths.max()), device=flat.device) < lengths[:, None]
+    rows = hidden_states.new_zeros(len(lengths), keep.shape[1], hidden_states.shape[-1])
+    rows = rows.index_put((flat, within), hidden_states)
+    return mixer(rows, cache=None, attention_mask=keep.long())[flat, within]
+
+
+def _row_offsets(documents: torch.Tensor) -> torch.Tensor:
+    """Where each row's document numbers start in one numbering over the batch."""
+    counts = documents[:, -1] + 1
+    return torch.cumsum(counts, 0) - counts
+
+
+def _packed_documents(arguments: dict, cache) -> torch.Tensor | None:
+    """Each new token's document number within its row [b, l] when rows hold packed documents,
+    else None; found as transformers finds them for the attention mask (from position_ids, with no
+    attention mask and no cache)."""
+    positions = arguments.get("position_ids")
+    if positions is None or arguments.get("attention_mask") is not None or cache is not None:
+        return None
+    tokens = arguments.get("input_ids")
+    batch = (tokens if tokens is not None else arguments["inputs_embeds"]).shape[0]
+    return find_packed_sequence_indices(positions.expand(batch, -1))
+
+
 class GPTNeoXMambaLayer(GradientCheckpointingLayer):
     """CALD's GPTNeoXMambaLayer: GPTNeoX's norms, MLP and residual form around a Mamba mixer
     (held as attention.mamba). A GradientCheckpointingLayer, like transformers' own layers: it
@@ -70,10 +107,19 @@ class GPTNeoXMambaLayer(GradientCheckpointingLayer):
         self.mlp = GPTNeoXMLP(config)
 
     def forward(
-        self, hidden_states: torch.Tensor, layer_past=None, mamba_padding_mask=None, **_
+        self,
+        hidden_states: torch.Tensor,
+        layer_past=None,
+        mamba_padding_mask=None,
+        mamba_documents=None,
+        **_,
     ) -> torch.Tensor:
-        mixed = self.attention.mamba(
-            self.input_layernorm(hidden_states), cache=layer_past, attention_mask=mamba_padding_mask
+        mixed = _mix(
+            self.attention.mamba,
+            self.input_layernorm(hidden_states),
+            layer_past,
+            mamba_padding_mask,
+            mamba_documents,
         )
         if self.use_parallel_residual:
             return hidden_states + mixed + self.mlp(self.post_attention_layernorm(hidden_states))
@@ -99,12 +145,15 @@ class LlamaMambaLayer(GradientCheckpointingLayer):
         cache=None,
         past_key_values=None,  # the cache's name before transformers 5.24
         mamba_padding_mask=None,
+        mamba_documents=None,
         **_,
     ) -> torch.Tensor:
-        hidden_states = hidden_states + self.mamba(
+        hidden_states = hidden_states + _mix(
+            self.mamba,
             self.input_layernorm(hidden_states),
-            cache=cache if cache is not None else past_key_values,
-            attention_mask=mamba_padding_mask,
+            cache if cache is not None else past_key_values,
+            mamba_padding_mask,
+            mamba_documents,
         )
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
@@ -163,6 +212,9 @@ class _HybridModel:
         padding = _new_tokens_padding(arguments.get("attention_mask"), tokens.shape[1])
         if padding is not None:
             arguments["mamba_padding_mask"] = padding
+        documents = _packed_documents(arguments, cache)
+        if documents is not None:
+            arguments["mamba_documents"] = documents
         arguments[_cache_argument(type(self))] = cache
         out = super().forward(use_cache=use_cache, **arguments)
         if isinstance(cache, HybridCache):
@@ -280,9 +332,10 @@ class GPTNeoXHybridForCausalLM(_HybridForCausalLM, GPTNeoXForCausalLM):
     def lm_head(self) -> nn.Linear:
         return self.embed_out
 
-    @lm_head.setter
-    def lm_head(self, value: nn.Linear) -> None:
-        self.embed_out = value
+    def __setattr__(self, name: str, value) -> None:
+        """`lm_head = head` (resize_token_embeddings, set_output_embeddings) sets embed_out:
+        nn.Module would register a module value as a second head beside it, unread."""
+        super().__setattr__("embed_out" if name == "lm_head" else name, value)
 
 
 class LlamaHybridForCausalLM(_HybridForCausalLM, LlamaForCausalLM):
