@@ -74,6 +74,11 @@ class MambaConfig:
                 "mamba init 'attention' copies Q/K/V/O weights, which needs layout 'attention', "
                 f"got layout {self.layout!r}"
             )
+        if self.layout == "attention" and self.d_inner is not None:
+            raise ValueError(
+                f"mamba d_inner={self.d_inner} applies to layout 'classic' only; the attention "
+                "layout's d_inner is num_attention_heads · head_dim (leave d_inner unset)"
+            )
         for name in ("d_state", "d_conv", "expand", "d_inner", "dt_rank", "head_dim", "groups"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -85,11 +90,18 @@ class MambaConfig:
             )
         if not isinstance(self.chunk_size, int) or self.chunk_size < 1:
             raise ValueError(f"mamba chunk_size={self.chunk_size!r} must be a positive integer")
-        if not 0 < self.dt_min <= self.dt_max:
-            raise ValueError(f"mamba dt range ({self.dt_min}, {self.dt_max}) must be 0 < min ≤ max")
+        if not 0 < self.dt_min <= self.dt_max < math.inf:
+            raise ValueError(
+                f"mamba dt range ({self.dt_min}, {self.dt_max}) must be 0 < min ≤ max, finite"
+            )
+        for name in ("dt_init_floor", "dt_scale"):  # NaN or inf would give NaN dt weights
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"mamba {name}={getattr(self, name)} must be finite and ≥ 0")
         low, high = self.a_init_range
-        if not 0 < low <= high:
-            raise ValueError(f"mamba a_init_range {self.a_init_range} must be 0 < low ≤ high")
+        if not 0 < low <= high < math.inf:
+            raise ValueError(
+                f"mamba a_init_range {self.a_init_range} must be 0 < low ≤ high, finite"
+            )
         if not 0 < self.norm_eps < math.inf:
             raise ValueError(f"mamba norm_eps={self.norm_eps} must be positive and finite")
 
@@ -180,8 +192,21 @@ class ModelConfig:
         if self.arch == "llama" and self.parallel_residual:
             self.parallel_residual = False  # Llama blocks are always sequential
         self.layer_pattern = parse_layer_pattern(self.layer_pattern, self.num_layers)
+        if "A" in self.layer_pattern:
+            self._check_rotary_dim()
         if isinstance(self.mamba, dict):
             self.mamba = MambaConfig(**self.mamba)
+
+    def _check_rotary_dim(self) -> None:
+        """megatron and transformers rotate int(head_dim · rotary_percent) rounded up to even
+        channels: an odd count rotates one channel more than asked (or fails on an odd head) and
+        zero leaves attention without positions."""
+        rotary_dim = int(self.head_dim * self.rotary_percent)
+        if rotary_dim < 2 or rotary_dim % 2:
+            raise ValueError(
+                f"rotary_percent={self.rotary_percent} of head_dim={self.head_dim} rotates "
+                f"{rotary_dim} channels; RoPE rotates channel pairs, so it must be even and ≥ 2"
+            )
 
     @property
     def mixers(self) -> list[str]:

@@ -126,3 +126,48 @@ def test_mamba_conv_widths_of_the_gpu_kernel_are_accepted():
 def test_stage_sizes_need_a_pipeline_and_positive_counts(settings, message):
     with pytest.raises(ValueError, match=message):
         ParallelConfig(**settings)
+
+
+@pytest.mark.parametrize(
+    "items,named",
+    [(["attention", "mamba3"], "'mamba3'"), (["attention", 2], "2"), (["AM", "AM"], "'AM'")],
+)
+def test_pattern_list_names_its_bad_item(items, named):
+    with pytest.raises(ValueError, match=f"layer pattern item {named} is unknown"):
+        preset("tiny-llama", layer_pattern=items)
+
+
+@pytest.mark.parametrize(
+    "overrides,channels",
+    [
+        ({"rotary_percent": 0.3125}, 5),  # head_dim 16: one channel more would be rotated
+        ({"rotary_percent": 0.05}, 0),  # no channel rotated: attention without positions
+        ({"head_dim": 5, "rotary_percent": 1.0}, 5),  # failed at the first forward
+    ],
+)
+def test_rotary_channels_must_be_a_positive_even_count(overrides, channels):
+    with pytest.raises(ValueError, match=f"rotates {channels} channels; RoPE rotates channel"):
+        preset("tiny-gpt-neox", **overrides)
+
+
+def test_rotary_channels_do_not_matter_without_attention():
+    assert preset("tiny-gpt-neox", rotary_percent=0.05, layer_pattern="MM").rotary_percent == 0.05
+
+
+@pytest.mark.parametrize(
+    "mamba,message",
+    [
+        ({"dt_scale": float("nan")}, "mamba dt_scale=nan must be finite and ≥ 0"),
+        ({"dt_scale": -1.0}, "mamba dt_scale=-1.0 must be finite and ≥ 0"),
+        ({"dt_init_floor": float("nan")}, "mamba dt_init_floor=nan must be finite"),
+        ({"dt_max": float("inf")}, r"mamba dt range \(0.001, inf\) must be 0 < min ≤ max"),
+        ({"a_init_range": (1.0, float("inf"))}, r"mamba a_init_range \(1.0, inf\) must be"),
+        (
+            {"layout": "attention", "d_inner": 128},
+            "mamba d_inner=128 applies to layout 'classic' only",
+        ),
+    ],
+)
+def test_mamba_values_that_built_nan_or_ignored_weights_are_refused(mamba, message):
+    with pytest.raises(ValueError, match=message):
+        preset("tiny-llama", layer_pattern="MS", mamba=mamba)
