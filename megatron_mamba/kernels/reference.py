@@ -16,15 +16,21 @@ def causal_conv1d(
     bias_d: torch.Tensor | None = None,
     activation: str | None = None,
 ) -> torch.Tensor:
-    """Depthwise causal convolution over the sequence: output t sees inputs t-k+1 … t."""
-    width = weight_dk.shape[-1]
-    out = F.conv1d(x_bdl, weight_dk.unsqueeze(1), bias_d, padding=width - 1, groups=x_bdl.shape[1])
-    out = out[..., : x_bdl.shape[-1]]
-    if activation in ("silu", "swish"):
-        return F.silu(out)
-    if activation is not None:
+    """Depthwise causal convolution over the sequence: output t sees inputs t-k+1 … t.
+
+    In fp32 for half inputs, rounded once after the activation as causal_conv1d's kernel does
+    (silu on a bf16-rounded sum rounds twice); the weight may be in another dtype than x."""
+    if activation not in (None, "silu", "swish"):
         raise ValueError(f"conv activation {activation!r} is unsupported; expected silu or None")
-    return out
+    cd = _compute_dtype(x_bdl)
+    width = weight_dk.shape[-1]
+    bias = bias_d.to(cd) if bias_d is not None else None
+    x = x_bdl.to(cd)
+    out = F.conv1d(x, weight_dk.to(cd).unsqueeze(1), bias, padding=width - 1, groups=x.shape[1])
+    out = out[..., : x_bdl.shape[-1]]
+    if activation is not None:
+        out = F.silu(out)
+    return out.to(x_bdl.dtype)
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -150,8 +156,9 @@ def ssd_scan(
     states, final_state = new_states[:, :-1], new_states[:, -1]
     Y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", C, states, torch.exp(A_cumsum))
     y = rearrange(Y_diag + Y_off, "b c l h p -> b (c l) h p")[:, :length]
-    if D_h is not None:
-        y = y + x * D_h.to(cd)[:, None]
+    if D_h is not None:  # per head [h], or per channel [h, p] as mamba_ssm also takes
+        D = D_h.to(cd)
+        y = y + x * (D[:, None] if D.dim() == 1 else D)
     if z_blhp is not None:
         y = y * F.silu(z_blhp.to(cd))
     y = y.to(dtype)

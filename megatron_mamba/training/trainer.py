@@ -163,7 +163,12 @@ def train(run: RunConfig) -> list[dict]:
     if cfg.resume_from_checkpoint:
         path = find_checkpoint(cfg.resume_from_checkpoint, checkpoints)
         start = _resume(
-            path, model, optimizer, scheduler, _data_order(order, cfg.seed, run.data.item_length), _numerics(cfg)
+            path,
+            model,
+            optimizer,
+            scheduler,
+            _data_order(order, cfg.seed, run.data.item_length),
+            _numerics(cfg),
         )
     flops_per_token = training_flops_per_token(model_cfg, seq)
     peak = peak_flops(rt.device, cfg.mixed_precision, cfg.use_tf32)
