@@ -90,8 +90,10 @@ class _Records:
 
     def _check_vocabulary(self, batches: list[TokenBatch], vocab_size: int | None) -> None:
         """Refuses token ids the model has no embedding for (a tokenizer not the model's)."""
+        if vocab_size is None:
+            return
         largest = max(int(b.tokens.max()) for b in batches)
-        if vocab_size is not None and largest >= vocab_size:
+        if largest >= vocab_size:
             raise DatasetError(
                 f"{self.path} tokenizes to id {largest}, outside the model's vocabulary of "
                 f"{vocab_size}: data.tokenizer is not this model's tokenizer"
