@@ -8,18 +8,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from megatron_mamba.data.indexed import open_indexed
+from megatron_mamba.data.indexed import dataset_prefix, open_indexed
 from megatron_mamba.data.preprocess import load_tokenizer
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("prefix")
     parser.add_argument("--tokenizer")
     parser.add_argument("--sample", type=int, default=0)
     parser.add_argument("--vocab-size", type=int)
     parser.add_argument("--allow-short-bin", action="store_true")
     args = parser.parse_args(argv)
+    args.prefix = dataset_prefix(args.prefix)
     try:
         dataset, s = open_indexed(args.prefix, args.vocab_size, args.allow_short_bin)
         tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None

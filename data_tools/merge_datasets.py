@@ -13,7 +13,7 @@ from megatron_mamba.data.merge import merge_datasets
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--inputs", nargs="+", required=True, help=".bin/.idx prefixes, in order")
     parser.add_argument("--output-prefix", required=True)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output pair")

@@ -14,7 +14,7 @@ from megatron_mamba.data.merge import merge_shards
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shards", nargs="+", type=Path, required=True, help="in order")
     parser.add_argument("--index", type=Path, required=True)
     parser.add_argument("--output-prefix", required=True)

@@ -16,7 +16,7 @@ from megatron_mamba.data.preprocess import preprocess
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", nargs="+", type=Path, required=True)
     parser.add_argument("--tokenizer", required=True, help="local HF tokenizer directory")
     parser.add_argument("--output-prefix", required=True)

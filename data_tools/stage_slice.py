@@ -16,7 +16,7 @@ from megatron_mamba.data.slices import write_stage_slice
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sources", nargs="+", help="jsonl files, one record per line")
     parser.add_argument("--slices", type=int, required=True, help="chunks per source")
     parser.add_argument("--index", type=int, required=True, help="the stage's chunk, from 1")

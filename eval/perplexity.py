@@ -17,10 +17,16 @@ from pathlib import Path
 
 from megatron_mamba.config import ParallelConfig
 from megatron_mamba.data.held_out import HeldOutWindows
+from megatron_mamba.data.indexed import DatasetError, check_pair, dataset_prefix
 from megatron_mamba.evaluation.perplexity import held_out_loss
 from megatron_mamba.models.build import build_model
 from megatron_mamba.runtime import ParallelSizes, init_runtime
-from megatron_mamba.training.checkpoint import find_checkpoint, load_weights, read_model_config
+from megatron_mamba.training.checkpoint import (
+    CheckpointError,
+    find_checkpoint,
+    load_weights,
+    read_model_config,
+)
 
 
 def _positive(text: str) -> int:
@@ -36,7 +42,7 @@ def _positive(text: str) -> int:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--checkpoint", required=True, nargs="+", help="native checkpoints or run directories"
     )
@@ -53,7 +59,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    steps = [find_checkpoint(Path(c), Path(c)) for c in args.checkpoint]
+    args.data = dataset_prefix(args.data)
+    try:  # the common mistakes, before any model is built: one line, no traceback
+        check_pair(args.data)
+        steps = [find_checkpoint(Path(c), Path(c)) for c in args.checkpoint]
+    except (CheckpointError, DatasetError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     runtime = init_runtime(ParallelSizes(args.tensor, args.pipeline))
     lines = []
     for step in steps:  # one process for all: the imports and the process group once
@@ -61,9 +73,13 @@ def main(argv=None) -> int:
         model = build_model(config, ParallelConfig(tensor=args.tensor, pipeline=args.pipeline))
         model = model.to(runtime.device)
         load_weights(step, model)
-        windows = HeldOutWindows(
-            args.data, args.seq_length, config.vocab_size, args.first_window, args.max_windows
-        )
+        try:  # every rank reads the same pair, so every rank stops here alike
+            windows = HeldOutWindows(
+                args.data, args.seq_length, config.vocab_size, args.first_window, args.max_windows
+            )
+        except DatasetError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
         result = held_out_loss(model, windows, config.vocab_size, args.micro_batch, runtime.device)
         lines.append(json.dumps({"checkpoint": str(step), **result.as_dict()}))
         if runtime.rank == 0:

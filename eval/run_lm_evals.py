@@ -28,7 +28,7 @@ from megatron_mamba.evaluation.suite import (
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", nargs="+", help="native checkpoint or HF export dirs")
     parser.add_argument("--names", nargs="+", help="table row names (default: the paths)")
     parser.add_argument("--tasks", default=",".join(CALD_TASKS), help="comma-separated tasks")

@@ -13,7 +13,7 @@ from megatron_mamba.training.plots import plot
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("metrics", type=Path)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)

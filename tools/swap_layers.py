@@ -19,7 +19,7 @@ from megatron_mamba.training.checkpoint import CheckpointError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", help="native checkpoint directory (run or conversion)")
     parser.add_argument("output", help="native checkpoint directory to create")
     parser.add_argument(

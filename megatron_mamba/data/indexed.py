@@ -117,6 +117,14 @@ def _token_range(bin_path: Path, dtype, count: int) -> tuple[int, int]:
     return low, int(max(w.max() for w in windows))
 
 
+def dataset_prefix(path: str) -> str:
+    """The .bin/.idx prefix a user meant, also when they named the .bin or .idx file itself."""
+    for suffix in (".bin", ".idx"):
+        if path.endswith(suffix) and not Path(f"{path}.idx").exists():
+            return path[: -len(suffix)]
+    return path
+
+
 def check_pair(
     prefix: str | Path, vocab_size: int | None = None, allow_short_bin: bool = False
 ) -> IndexSummary:
