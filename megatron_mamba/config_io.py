@@ -182,6 +182,8 @@ def build(cls, data: dict, path: str = ""):
 def load(cls, path: str | Path | None, overrides: list[str] | None = None):
     data = {}
     if path is not None:
+        if not Path(path).is_file():
+            raise ConfigError(f"config file {path} does not exist")
         try:
             text = Path(path).read_text()
         except UnicodeDecodeError as error:

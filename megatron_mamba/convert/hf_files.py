@@ -54,6 +54,8 @@ class HFCheckpoint:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        if not self.root.is_dir():
+            raise CheckpointFilesError(f"{self.root} is not a directory (expected an HF model)")
         if not (self.root / "config.json").is_file():
             raise CheckpointFilesError(f"{self.root} has no config.json")
         self.weight_map = _weight_map(self.root)

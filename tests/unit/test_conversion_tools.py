@@ -52,3 +52,7 @@ def test_more_bad_inputs_exit_1_with_one_line(runtime, tmp_path, capsys):
     one_error(convert_native_to_hf.main([str(tmp_path / "native"), *afile]), "not a directory")
     one_error(convert_hf_to_native.main([str(tmp_path / "hf"), *afile]), "not a directory")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "hf", "native"]
+    one_error(
+        convert_hf_to_native.main([missing, str(tmp_path / "n2")]),
+        f"{missing} is not a directory (expected an HF model)",
+    )

@@ -47,6 +47,7 @@ def test_preset_overrides_are_typed_as_a_model_section():
         ),
         (["preset=tiny-llama", "parallel.first_stage_layers=1"], "error: parallel: first_stage"),
         (["preset=tiny-llama", "parallel.tensor=3"], "error: parallel: tensor-parallel size 3"),
+        (["--config", "/no/run.yaml"], "error: config file /no/run.yaml does not exist"),
     ],
 )
 def test_bad_input_is_one_error_line(capsys, args, expected):
