@@ -170,6 +170,8 @@ def train(run: RunConfig) -> list[dict]:
             _data_order(order, cfg.seed, run.data.item_length),
             _numerics(cfg),
         )
+        if start >= total and rt.rank == 0:  # a finished job launched again: nothing to redo
+            print(f"{path} is at step {start} of {total}: nothing left to train", flush=True)
     flops_per_token = training_flops_per_token(model_cfg, seq)
     peak = peak_flops(rt.device, cfg.mixed_precision, cfg.use_tf32)
     forward_backward = get_forward_backward_func()

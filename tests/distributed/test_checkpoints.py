@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 
 from megatron_mamba.training.checkpoint import _prune
-from tests.distributed.train_runs import losses, records, run, save_initial, steps_and_values
+from tests.distributed.launch import torchrun
+from tests.distributed.train_runs import (
+    TRAIN,
+    losses,
+    records,
+    run,
+    save_initial,
+    settings,
+    steps_and_values,
+)
 
 KILLED_IN_SAVE = Path(__file__).parent / "workers" / "train_killed_in_save.py"
 PURE_BF16 = {"train.mixed_precision": "bf16", "train.fp32_master_weights": False}
@@ -211,6 +220,16 @@ def test_a_corpus_resume_with_another_item_length_is_refused(tmp_path, items):
     resume = {"data.item_length": 17, "train.resume_from_checkpoint": "latest"}
     with pytest.raises(AssertionError, match="was trained with item_length=33; this run has 17"):
         run(tmp_path, items, "corpus", **corpus, **resume)
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_left(tmp_path, items):
+    """A finished job launched again (resume=latest) succeeds without training or saving."""
+    steps = {"train.max_steps": 4}
+    run(tmp_path, items, "done", **steps)
+    again = settings(tmp_path, items, "done", **steps, **{"train.resume_from_checkpoint": "latest"})
+    output = torchrun(TRAIN, 1, *(f"{k}={v}" for k, v in again.items()))
+    assert "step_00000004 is at step 4 of 4: nothing left to train" in output
+    assert [r["step"] for r in records(tmp_path / "done")] == [1, 2, 3, 4]
 
 
 def test_resuming_without_a_checkpoint_names_what_is_missing(tmp_path, items):
