@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,6 +36,19 @@ def _saved(kind, path, **save):
     randomize_norms(model)
     model.save_pretrained(path, **save)
     return model
+
+
+def _edit_config(directory: Path, **changes) -> None:
+    """Change fields of a saved HF config.json (a config that no longer fits its weights)."""
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+def _refused(directory: Path, error, match: str, output: Path) -> None:
+    """Importing `directory` fails with `error` matching `match`, writing nothing."""
+    with pytest.raises(error, match=match):
+        import_hf(directory, output, progress=False)
+    assert not list(output.parent.glob(f"{output.name}*"))
 
 
 def _native(path):
@@ -175,24 +189,19 @@ def test_refuses_an_existing_output_unless_overwrite(runtime, tmp_path):
 
 def test_refuses_an_unknown_architecture(runtime, tmp_path):
     _saved("llama_tied", tmp_path / "hf")
-    config = json.loads((tmp_path / "hf" / "config.json").read_text())
-    (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
-    with pytest.raises(ValueError, match="model_type 'gpt2' is unsupported"):
-        import_hf(tmp_path / "hf", tmp_path / "native", progress=False)
-    assert not list(tmp_path.glob("native*"))
+    _edit_config(tmp_path / "hf", model_type="gpt2")
+    _refused(tmp_path / "hf", ValueError, "model_type 'gpt2' is unsupported", tmp_path / "native")
 
 
 def test_refuses_a_config_that_does_not_match_the_weights(runtime, tmp_path):
     _saved("llama_tied", tmp_path / "hf")
-    config = json.loads((tmp_path / "hf" / "config.json").read_text())
-    (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2}))
-    with pytest.raises(MappingError, match="config does not match the weights"):
-        import_hf(tmp_path / "hf", tmp_path / "native", progress=False)
-    (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, "intermediate_size": 96}))
+    _edit_config(tmp_path / "hf", num_hidden_layers=2)
+    _refused(
+        tmp_path / "hf", MappingError, "config does not match the weights", tmp_path / "native"
+    )
+    _edit_config(tmp_path / "hf", num_hidden_layers=3, intermediate_size=96)
     shapes = r"linear_fc1.weight. has shape \(256, 64\).*expects \(192, 64\)"
-    with pytest.raises(MappingError, match=shapes):
-        import_hf(tmp_path / "hf", tmp_path / "native", progress=False)
-    assert not list(tmp_path.glob("native*"))
+    _refused(tmp_path / "hf", MappingError, shapes, tmp_path / "native")
 
 
 @pytest.mark.parametrize("rows", [150, 250])
@@ -203,19 +212,16 @@ def test_refuses_an_embedding_that_is_not_the_vocabulary(runtime, tmp_path, rows
     embedding = weights["model.embed_tokens.weight"]
     weights["model.embed_tokens.weight"] = torch.randn(rows, embedding.shape[1])
     save_file(weights, tmp_path / "hf" / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(MappingError, match=f"embed_tokens.weight .*{rows} rows .*vocab_size=200"):
-        import_hf(tmp_path / "hf", tmp_path / "native", progress=False)
-    assert not list(tmp_path.glob("native*"))
+    rows_message = f"embed_tokens.weight .*{rows} rows .*vocab_size=200"
+    _refused(tmp_path / "hf", MappingError, rows_message, tmp_path / "native")
 
 
 def test_refuses_key_value_heads_that_do_not_match_the_weights(runtime, tmp_path):
     # was a bare RuntimeError from a reshape (a traceback from the command line)
     _saved("mistral", tmp_path / "hf")
-    config = json.loads((tmp_path / "hf" / "config.json").read_text())
-    (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, "num_key_value_heads": 4}))
-    with pytest.raises(MappingError, match=r"k_proj.weight \(32, 64\).*num_query_groups=4"):
-        import_hf(tmp_path / "hf", tmp_path / "native", progress=False)
-    assert not list(tmp_path.glob("native*"))
+    _edit_config(tmp_path / "hf", num_key_value_heads=4)
+    heads = r"k_proj.weight \(32, 64\).*num_query_groups=4"
+    _refused(tmp_path / "hf", MappingError, heads, tmp_path / "native")
 
 
 def test_a_tied_checkpoint_may_also_hold_its_output_layer(runtime, tmp_path):
