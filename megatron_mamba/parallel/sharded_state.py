@@ -14,14 +14,14 @@ from megatron.core import parallel_state as ps
 from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
 
 from megatron_mamba.parallel.shards import (
+    TIED_EMBEDDING,
+    VOCAB_PARAMETERS,
     Partition,
     global_name,
     is_tied_output,
     layer_offsets,
     partition_of,
 )
-
-TIED_EMBEDDING = "embedding.word_embeddings.weight"
 
 
 def _tp() -> tuple[int, int]:
@@ -55,9 +55,6 @@ def _blockwise(key: str, param: torch.Tensor, dim: int, sizes: list[int], replic
         return torch.cat([loaded[f"block{i}"] for i in range(len(sizes))], dim=dim)
 
     return ShardedTensorFactory(key, param, build, merge, replica_id)
-
-
-VOCAB_PARAMETERS = (TIED_EMBEDDING, "output_layer.weight")
 
 
 def sharded_tensor(key: str, local: torch.Tensor, part: Partition, pipeline_copy: int = 0):

@@ -111,19 +111,90 @@ def _grad(param: torch.Tensor) -> torch.Tensor | None:
     return getattr(param, "main_grad", param.grad)
 
 
+TIED_EMBEDDING = "embedding.word_embeddings.weight"
+VOCAB_PARAMETERS = (TIED_EMBEDDING, "output_layer.weight")
+
+
+def whole_shape(param: torch.Tensor, part: Partition, size: int) -> tuple[int, ...]:
+    """The single-process shape of a rank-local parameter split over `size` TP ranks."""
+    shape = list(param.shape)
+    if part.dim is not None:
+        shape[part.dim] = sum(part.segments) if part.segments else shape[part.dim] * size
+    return tuple(shape)
+
+
+def _fit_vocab(whole: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Vocabulary rows padded for another TP size: the overlapping rows, zeros after them (as a
+    distributed checkpoint loads them)."""
+    fitted = whole.new_zeros(shape)
+    rows = min(shape[0], whole.shape[0])
+    fitted[:rows] = whole[:rows]
+    return fitted
+
+
+def _whole_for(
+    key: str, full_state: dict, param: torch.Tensor, part: Partition, size: int, vocab: int | None
+):
+    """The whole tensor `key` in the shape `param` needs, or a one-sentence error naming it.
+    `vocab`: the real (unpadded) vocabulary, which a vocabulary tensor must cover."""
+    if key not in full_state:
+        return None, f"parameter {key!r} is missing from the full state"
+    whole, shape = full_state[key], whole_shape(param, part, size)
+    if tuple(whole.shape) == shape:
+        return whole, None
+    if key in VOCAB_PARAMETERS and part.dim == 0 and tuple(whole.shape[1:]) == shape[1:]:
+        if vocab is not None and whole.shape[0] < vocab:
+            return None, (
+                f"parameter {key!r} has {whole.shape[0]} rows in the full state; the "
+                f"vocabulary has {vocab} tokens"
+            )
+        return _fit_vocab(whole, shape), None
+    found = tuple(whole.shape)
+    return None, f"parameter {key!r} has shape {found} in the full state; the model needs {shape}"
+
+
+def _pipeline_union(used: set[str], error: str | None) -> tuple[set[str], str | None]:
+    """Every pipeline stage's used keys and first error, so all stages refuse alike (and none
+    waits on a stage that gave up) when only the union of stages covers the full state."""
+    if parallel_state.get_pipeline_model_parallel_world_size() == 1:
+        return used, error
+    group = parallel_state.get_pipeline_model_parallel_group()
+    stages = [None] * torch.distributed.get_world_size(group)
+    torch.distributed.all_gather_object(stages, (used, error), group=group)
+    errors = [e for _, e in stages if e is not None]
+    return set().union(*(u for u, _ in stages)), errors[0] if errors else None
+
+
 @torch.no_grad()
 def load_full_state(model: torch.nn.Module, full_state: dict[str, torch.Tensor]) -> None:
-    """Copy whole tensors (single-process names) into this rank's shards of `model`."""
+    """Copy whole tensors (single-process names) into this rank's shards of `model`. The full
+    state must be exactly the model's (over all pipeline stages): a missing, left-over or
+    misshapen tensor means another model and is refused by name before anything is copied.
+    Vocabulary rows may differ in padding, which megatron chooses by the TP size."""
     offsets = layer_offsets(model)
     rank = parallel_state.get_tensor_model_parallel_rank()
     size = parallel_state.get_tensor_model_parallel_world_size()
+    plan, used, error = [], set(), None
     for name, param in model.named_parameters():
-        key = global_name(name, offsets)
-        if key not in full_state and is_tied_output(name, param):
-            key = "embedding.word_embeddings.weight"
-        if key not in full_state:
-            raise KeyError(f"parameter {key!r} (local {name!r}) missing from the full state")
-        param.copy_(tp_slice(full_state[key], partition_of(param), rank, size))
+        # The last stage's copy of a tied embedding is the embedding, whatever else the file has.
+        key = TIED_EMBEDDING if is_tied_output(name, param) else global_name(name, offsets)
+        part = partition_of(param)
+        vocab = getattr(model, "real_vocab_size", None)
+        whole, problem = _whole_for(key, full_state, param, part, size, vocab)
+        error = error or (problem and f"{problem} (local {name!r})")
+        plan.append((param, whole, part))
+        used.add(key)
+    used, error = _pipeline_union(used, error)
+    if error:
+        raise ValueError(error)
+    extra = sorted(set(full_state) - used)
+    if extra:
+        raise ValueError(
+            f"the full state holds {len(extra)} tensor(s) the model does not have, "
+            f"e.g. {extra[0]!r}"
+        )
+    for param, whole, part in plan:
+        param.copy_(tp_slice(whole, part, rank, size))
 
 
 def local_shards(

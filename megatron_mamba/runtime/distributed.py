@@ -56,10 +56,23 @@ class Runtime:
         return self.rank == 0
 
 
+def _local_rank() -> int:
+    """LOCAL_RANK as a GPU index: more processes per node than GPUs would otherwise fail deep in
+    CUDA ("invalid device ordinal"), or all share one GPU."""
+    value = os.environ.get("LOCAL_RANK", "0")
+    count = torch.cuda.device_count()
+    if not value.isdigit() or int(value) >= count:
+        raise RuntimeError(
+            f"LOCAL_RANK={value!r} names no GPU of the {count} on this node; start at most "
+            f"{count} processes per node (torchrun --nproc-per-node)"
+        )
+    return int(value)
+
+
 def pick_device() -> torch.device:
     """The local GPU chosen by LOCAL_RANK when CUDA is present, else the CPU."""
     if torch.cuda.is_available():
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        local_rank = _local_rank()
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
