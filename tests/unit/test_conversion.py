@@ -2,7 +2,6 @@
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,72 +9,28 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 import megatron_mamba.hf  # noqa: F401  (registers the hybrid classes with transformers' Auto*)
-from megatron_mamba.config import ParallelConfig
 from megatron_mamba.convert.exporter import export_hf
-from megatron_mamba.convert.hf_files import CheckpointFilesError
 from megatron_mamba.convert.importer import import_hf
-from megatron_mamba.convert.mapping import MappingError
-from megatron_mamba.models.build import build_model
-from megatron_mamba.training.checkpoint import load_weights, read_model_config
-from tests.helpers.hf_tiny import VOCAB, randomize_norms, tiny_gpt_neox, tiny_llama, tiny_mistral
-
-ARCHS = {
-    "gpt_neox": lambda: tiny_gpt_neox(True, layers=3),
-    "gpt_neox_sequential": lambda: tiny_gpt_neox(False, layers=3),
-    "llama_tied": lambda: tiny_llama(tied=True, layers=3),
-    "mistral": lambda: tiny_mistral(window=32, layers=3),
-}
-
-
-def _tokens(seq: int = 12) -> torch.Tensor:
-    return torch.randint(0, VOCAB, (2, seq), generator=torch.Generator().manual_seed(5))
-
-
-def _saved(kind, path, **save):
-    model = ARCHS[kind]() if isinstance(kind, str) else kind()
-    randomize_norms(model)
-    model.save_pretrained(path, **save)
-    return model
-
-
-def _edit_config(directory: Path, **changes) -> None:
-    """Change fields of a saved HF config.json (a config that no longer fits its weights)."""
-    config = json.loads((directory / "config.json").read_text())
-    (directory / "config.json").write_text(json.dumps({**config, **changes}))
-
-
-def _refused(directory: Path, error, match: str, output: Path) -> None:
-    """Importing `directory` fails with `error` matching `match`, writing nothing."""
-    with pytest.raises(error, match=match):
-        import_hf(directory, output, progress=False)
-    assert not list(output.parent.glob(f"{output.name}*"))
-
-
-def _native(path):
-    config = read_model_config(path)
-    model = build_model(config, ParallelConfig())
-    load_weights(path / "checkpoints" / "step_00000000", model)
-    return model.eval(), config
-
-
-def _native_logits(model, tokens):
-    with torch.no_grad():
-        return model(tokens, None, None)[..., :VOCAB]
-
-
-def _close(got, expected, tol):
-    rel = ((got - expected).abs().max() / expected.abs().max()).item()
-    assert rel <= tol, f"relative error {rel:.2e}"
+from megatron_mamba.training.checkpoint import read_model_config
+from tests.helpers.conversion import (
+    ARCHS,
+    assert_relative,
+    native_logits,
+    native_model,
+    sample_tokens,
+    saved,
+)
+from tests.helpers.hf_tiny import tiny_gpt_neox, tiny_llama
 
 
 @pytest.mark.parametrize("kind", ARCHS)
 def test_import_gives_transformers_logits_and_export_is_bit_exact(runtime, tmp_path, kind):
-    hf = _saved(kind, tmp_path / "hf")
+    hf = saved(kind, tmp_path / "hf")
     import_hf(tmp_path / "hf", tmp_path / "native", progress=False)
-    model, _ = _native(tmp_path / "native")
-    tokens = _tokens()
+    model, _ = native_model(tmp_path / "native")
+    tokens = sample_tokens()
     with torch.no_grad():
-        _close(_native_logits(model, tokens), hf(tokens).logits, 1e-5)
+        assert_relative(native_logits(model, tokens), hf(tokens).logits, 1e-5)
 
     export_hf(tmp_path / "native", tmp_path / "back", progress=False)
     back = AutoModelForCausalLM.from_pretrained(tmp_path / "back")
@@ -87,7 +42,7 @@ def test_import_gives_transformers_logits_and_export_is_bit_exact(runtime, tmp_p
 
 
 def test_sharded_and_bin_checkpoints_import_alike(runtime, tmp_path):
-    model = _saved("llama_tied", tmp_path / "one")
+    model = saved("llama_tied", tmp_path / "one")
     model.save_pretrained(tmp_path / "sharded", max_shard_size="40KB")
     assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
     state = load_file(tmp_path / "one" / "model.safetensors")
@@ -96,9 +51,9 @@ def test_sharded_and_bin_checkpoints_import_alike(runtime, tmp_path):
     torch.save(state, tmp_path / "bin" / "pytorch_model.bin")
     for name in ("one", "sharded", "bin"):
         import_hf(tmp_path / name, tmp_path / f"native-{name}", progress=False)
-    reference = _native_logits(_native(tmp_path / "native-one")[0], _tokens())
+    reference = native_logits(native_model(tmp_path / "native-one")[0], sample_tokens())
     for name in ("sharded", "bin"):
-        got = _native_logits(_native(tmp_path / f"native-{name}")[0], _tokens())
+        got = native_logits(native_model(tmp_path / f"native-{name}")[0], sample_tokens())
         assert torch.equal(got, reference), name
 
 
@@ -116,29 +71,29 @@ HYBRIDS = {  # a model, its pattern and Mamba settings
 @pytest.mark.parametrize("kind", HYBRIDS)
 def test_hybrid_export_loads_with_auto_classes_and_matches(runtime, tmp_path, kind):
     factory, pattern, mamba = HYBRIDS[kind]
-    _saved(factory, tmp_path / "hf")
+    saved(factory, tmp_path / "hf")
     import_hf(
         tmp_path / "hf", tmp_path / "native", layer_pattern=pattern, mamba=mamba, progress=False
     )
-    model, config = _native(tmp_path / "native")
+    model, config = native_model(tmp_path / "native")
     export_hf(tmp_path / "native", tmp_path / "export", progress=False)
 
     hybrid = AutoModelForCausalLM.from_pretrained(tmp_path / "export").eval()
     assert type(hybrid).__name__.endswith("HybridForCausalLM")
-    tokens = _tokens()
+    tokens = sample_tokens()
     with torch.no_grad():
-        _close(hybrid(tokens).logits, _native_logits(model, tokens), 1e-5)
+        assert_relative(hybrid(tokens).logits, native_logits(model, tokens), 1e-5)
 
     prompt = tokens[:1, :5]
     generated = hybrid.generate(prompt, max_new_tokens=6, do_sample=False, eos_token_id=None)
     greedy = prompt
     for _ in range(6):
-        next_token = _native_logits(model, greedy)[:, -1].argmax(-1, keepdim=True)
+        next_token = native_logits(model, greedy)[:, -1].argmax(-1, keepdim=True)
         greedy = torch.cat([greedy, next_token], dim=1)
     assert torch.equal(generated, greedy)
 
     import_hf(tmp_path / "export", tmp_path / "again", progress=False)
-    again, again_config = _native(tmp_path / "again")
+    again, again_config = native_model(tmp_path / "again")
     assert again_config.mixers == config.mixers
     first, second = model.state_dict(), again.state_dict()
     assert first.keys() == second.keys()
@@ -150,7 +105,7 @@ def test_hybrid_export_loads_with_auto_classes_and_matches(runtime, tmp_path, ki
 def test_mamba_in_llama_layout_imports(runtime, tmp_path):
     """A checkpoint in MambaInLlama's layout (Llama config + mamba_config.json, split
     projections) imports with its Mamba weights in our fused in_proj."""
-    _saved("llama_tied", tmp_path / "hf")
+    saved("llama_tied", tmp_path / "hf")
     import_hf(
         tmp_path / "hf",
         tmp_path / "native",
@@ -169,105 +124,16 @@ def test_mamba_in_llama_layout_imports(runtime, tmp_path):
     assert "model.layers.0.mamba.in_proj_x.weight" in weights
     save_file(weights, tmp_path / "theirs" / "model.safetensors")
     import_hf(tmp_path / "theirs", tmp_path / "native-theirs", progress=False)
-    ours, _ = _native(tmp_path / "native")
-    theirs, cfg = _native(tmp_path / "native-theirs")
+    ours, _ = native_model(tmp_path / "native")
+    theirs, cfg = native_model(tmp_path / "native-theirs")
     assert cfg.layer_pattern == "MAA" and cfg.mamba.layout == "attention"
-    assert torch.equal(_native_logits(ours, _tokens()), _native_logits(theirs, _tokens()))
-
-
-# Refusals: one clear error, nothing written.
-
-
-def test_refuses_an_existing_output_unless_overwrite(runtime, tmp_path):
-    _saved("llama_tied", tmp_path / "hf")
-    (tmp_path / "native").mkdir()
-    with pytest.raises(FileExistsError, match="already exists; pass --overwrite"):
-        import_hf(tmp_path / "hf", tmp_path / "native", progress=False)
-    import_hf(tmp_path / "hf", tmp_path / "native", overwrite=True, progress=False)
-    assert (tmp_path / "native" / "checkpoints" / "latest").is_file()
-
-
-def test_refuses_an_unknown_architecture(runtime, tmp_path):
-    _saved("llama_tied", tmp_path / "hf")
-    _edit_config(tmp_path / "hf", model_type="gpt2")
-    _refused(tmp_path / "hf", ValueError, "model_type 'gpt2' is unsupported", tmp_path / "native")
-
-
-def test_refuses_a_config_that_does_not_match_the_weights(runtime, tmp_path):
-    _saved("llama_tied", tmp_path / "hf")
-    _edit_config(tmp_path / "hf", num_hidden_layers=2)
-    _refused(
-        tmp_path / "hf", MappingError, "config does not match the weights", tmp_path / "native"
-    )
-    _edit_config(tmp_path / "hf", num_hidden_layers=3, intermediate_size=96)
-    shapes = r"linear_fc1.weight. has shape \(256, 64\).*expects \(192, 64\)"
-    _refused(tmp_path / "hf", MappingError, shapes, tmp_path / "native")
-
-
-@pytest.mark.parametrize("rows", [150, 250])
-def test_refuses_an_embedding_that_is_not_the_vocabulary(runtime, tmp_path, rows):
-    # 150 rows left tokens 150…199 at zero; 250 rows (within the padding) lost 50 on export
-    _saved("llama_tied", tmp_path / "hf")
-    weights = load_file(tmp_path / "hf" / "model.safetensors")
-    embedding = weights["model.embed_tokens.weight"]
-    weights["model.embed_tokens.weight"] = torch.randn(rows, embedding.shape[1])
-    save_file(weights, tmp_path / "hf" / "model.safetensors", metadata={"format": "pt"})
-    rows_message = f"embed_tokens.weight .*{rows} rows .*vocab_size=200"
-    _refused(tmp_path / "hf", MappingError, rows_message, tmp_path / "native")
-
-
-def test_refuses_key_value_heads_that_do_not_match_the_weights(runtime, tmp_path):
-    # was a bare RuntimeError from a reshape (a traceback from the command line)
-    _saved("mistral", tmp_path / "hf")
-    _edit_config(tmp_path / "hf", num_key_value_heads=4)
-    heads = r"k_proj.weight \(32, 64\).*num_query_groups=4"
-    _refused(tmp_path / "hf", MappingError, heads, tmp_path / "native")
-
-
-def test_a_tied_checkpoint_may_also_hold_its_output_layer(runtime, tmp_path):
-    # pytorch_model.bin saves of tied models keep lm_head.weight; it was refused as unknown
-    hf = _saved("llama_tied", tmp_path / "hf")
-    weights = load_file(tmp_path / "hf" / "model.safetensors")
-    weights["lm_head.weight"] = weights["model.embed_tokens.weight"].clone()
-    save_file(weights, tmp_path / "hf" / "model.safetensors", metadata={"format": "pt"})
-    import_hf(tmp_path / "hf", tmp_path / "native", progress=False)
-    ours, _ = _native(tmp_path / "native")
-    with torch.no_grad():
-        expected = hf(_tokens()).logits
-    _close(_native_logits(ours, _tokens()), expected, 1e-5)
-    weights["lm_head.weight"] = weights["lm_head.weight"] + 1.0
-    save_file(weights, tmp_path / "hf" / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(MappingError, match="tie_word_embeddings=true but its lm_head.weight"):
-        import_hf(tmp_path / "hf", tmp_path / "again", progress=False)
-    assert not list(tmp_path.glob("again*"))
-
-
-def test_refuses_a_missing_shard(runtime, tmp_path):
-    _saved("llama_tied", tmp_path / "hf", max_shard_size="40KB")
-    shard = sorted((tmp_path / "hf").glob("model-*.safetensors"))[1]
-    shard.unlink()
-    with pytest.raises(CheckpointFilesError, match=f"missing shard.*{shard.name}"):
-        import_hf(tmp_path / "hf", tmp_path / "native", progress=False)
-
-
-def test_refuses_turning_mamba_back_into_attention(runtime, tmp_path):
-    _saved("llama_tied", tmp_path / "hf")
-    import_hf(
-        tmp_path / "hf",
-        tmp_path / "native",
-        layer_pattern="MAA",
-        mamba=dict(layout="attention"),
-        progress=False,
-    )
-    export_hf(tmp_path / "native", tmp_path / "export", progress=False)
-    with pytest.raises(ValueError, match="layer 0 is mamba1 in the source checkpoint"):
-        import_hf(tmp_path / "export", tmp_path / "again", layer_pattern="AAA", progress=False)
+    assert torch.equal(native_logits(ours, sample_tokens()), native_logits(theirs, sample_tokens()))
 
 
 def test_cald_layout_imports(runtime, tmp_path):
     """CALD's student directory: a transformers MambaConfig carrying `gpt_neox_config`, weights in
     pytorch_model.bin under GPTNeoX names with the mixer at attention.mamba."""
-    hf = _saved("gpt_neox", tmp_path / "hf")
+    hf = saved("gpt_neox", tmp_path / "hf")
     mamba = dict(layout="classic", d_inner=96, dt_rank=8, d_state=8)
     import_hf(tmp_path / "hf", tmp_path / "native", layer_pattern="MMM", mamba=mamba)
     export_hf(tmp_path / "native", tmp_path / "export", progress=False)
@@ -291,10 +157,10 @@ def test_cald_layout_imports(runtime, tmp_path):
     assert "embed_out.weight" in weights
     torch.save(weights, tmp_path / "cald" / "pytorch_model.bin")
     import_hf(tmp_path / "cald", tmp_path / "native-cald", progress=False)
-    ours, _ = _native(tmp_path / "native")
-    theirs, cfg = _native(tmp_path / "native-cald")
+    ours, _ = native_model(tmp_path / "native")
+    theirs, cfg = native_model(tmp_path / "native-cald")
     assert cfg.layer_pattern == "MMM" and cfg.mamba.d_inner == 96
-    assert torch.equal(_native_logits(ours, _tokens()), _native_logits(theirs, _tokens()))
+    assert torch.equal(native_logits(ours, sample_tokens()), native_logits(theirs, sample_tokens()))
 
 
 _REMOTE_LOAD = """
@@ -314,12 +180,12 @@ def test_hybrid_export_loads_with_trust_remote_code_alone(runtime, tmp_path):
     import sys
 
     factory, pattern, mamba = HYBRIDS["mistral"]
-    _saved(factory, tmp_path / "hf")
+    saved(factory, tmp_path / "hf")
     import_hf(
         tmp_path / "hf", tmp_path / "native", layer_pattern=pattern, mamba=mamba, progress=False
     )
     export_hf(tmp_path / "native", tmp_path / "export", progress=False)
-    tokens = _tokens()
+    tokens = sample_tokens()
     torch.save(tokens, tmp_path / "tokens.pt")
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home")}
     args = [tmp_path / "export", tmp_path / "tokens.pt", tmp_path / "logits.pt"]
@@ -332,44 +198,8 @@ def test_hybrid_export_loads_with_trust_remote_code_alone(runtime, tmp_path):
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    model, _ = _native(tmp_path / "native")
-    _close(torch.load(tmp_path / "logits.pt"), _native_logits(model, tokens), 1e-5)
-
-
-# What the native model cannot compute is refused, naming the value.
-
-
-@pytest.mark.parametrize(
-    "factory, act, expected",
-    [
-        (lambda: tiny_gpt_neox(), "relu", "gelu"),
-        (lambda: tiny_gpt_neox(), "gelu_new", "gelu"),
-        (lambda: tiny_llama(), "gelu", "silu"),
-    ],
-)
-def test_refuses_an_activation_the_native_model_does_not_compute(
-    runtime, tmp_path, factory, act, expected
-):
-    model = factory()
-    model.config.hidden_act = act
-    model.save_pretrained(tmp_path / "hf")
-    with pytest.raises(
-        ValueError, match=f"hidden_act='{act}' is unsupported; expected '{expected}'"
-    ):
-        import_hf(tmp_path / "hf", tmp_path / "native", progress=False)
-    assert not list(tmp_path.glob("native*"))
-
-
-@pytest.mark.parametrize("rope_type", ["linear", "dynamic"])
-def test_refuses_gpt_neox_rope_scaling(runtime, tmp_path, rope_type):
-    model = tiny_gpt_neox()
-    model.save_pretrained(tmp_path / "hf")
-    config = json.loads((tmp_path / "hf" / "config.json").read_text())
-    config["rope_parameters"] = {**config["rope_parameters"], "rope_type": rope_type, "factor": 4.0}
-    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=f"RoPE scaling type '{rope_type}' is unsupported"):
-        import_hf(tmp_path / "hf", tmp_path / "native", progress=False)
-    assert not list(tmp_path.glob("native*"))
+    model, _ = native_model(tmp_path / "native")
+    assert_relative(torch.load(tmp_path / "logits.pt"), native_logits(model, tokens), 1e-5)
 
 
 # Token ids and MambaInLlama's mamba_config.json survive the round trip.
@@ -437,7 +267,7 @@ def test_swap_keeps_token_ids_and_a_training_checkpoint_takes_the_tokenizers(run
 def test_mamba_in_llama_config_describes_the_weights(runtime, tmp_path, pattern, mamba):
     """Our export re-imports as MambaInLlama publishes it (a plain Llama config.json next to
     mamba_config.json) with every Mamba setting that shapes the weights."""
-    _saved(lambda: tiny_llama(layers=2), tmp_path / "hf")
+    saved(lambda: tiny_llama(layers=2), tmp_path / "hf")
     mamba = dict(layout="attention", init="attention", **mamba)
     import_hf(tmp_path / "hf", tmp_path / "native", pattern, mamba=mamba, progress=False)
     export_hf(tmp_path / "native", tmp_path / "export", progress=False)
@@ -446,8 +276,8 @@ def test_mamba_in_llama_config_describes_the_weights(runtime, tmp_path, pattern,
     for name in ("mamba_config.json", "model.safetensors"):
         shutil.copy(tmp_path / "export" / name, tmp_path / "theirs")
     import_hf(tmp_path / "theirs", tmp_path / "again", progress=False)
-    ours, config = _native(tmp_path / "native")
-    theirs, again = _native(tmp_path / "again")
+    ours, config = native_model(tmp_path / "native")
+    theirs, again = native_model(tmp_path / "again")
     for key in ("dt_rank", "d_conv", "conv_bias", "chunk_size"):
         if key in mamba:
             assert getattr(again.mamba, key) == mamba[key], key
@@ -460,7 +290,7 @@ def test_mamba_in_llama_config_describes_the_weights(runtime, tmp_path, pattern,
 
 
 def test_mamba_in_llama_unequal_mamba1_biases_are_refused(runtime, tmp_path):
-    _saved(lambda: tiny_llama(layers=2), tmp_path / "hf")
+    saved(lambda: tiny_llama(layers=2), tmp_path / "hf")
     mamba = dict(layout="attention", init="attention")
     import_hf(tmp_path / "hf", tmp_path / "native", "MA", mamba=mamba, progress=False)
     export_hf(tmp_path / "native", tmp_path / "theirs", progress=False)
@@ -470,54 +300,3 @@ def test_mamba_in_llama_unequal_mamba1_biases_are_refused(runtime, tmp_path):
     (tmp_path / "theirs" / "mamba_config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="proj_x_bias=False, proj_z_bias=True, out_proj_bias="):
         import_hf(tmp_path / "theirs", tmp_path / "again", progress=False)
-
-
-# Outputs: refused unless replaceable, never left half-written.
-
-
-def test_export_refuses_a_missing_or_empty_tokenizer_directory(runtime, tmp_path):
-    _saved("llama_tied", tmp_path / "hf")
-    import_hf(tmp_path / "hf", tmp_path / "native", progress=False)
-    with pytest.raises(FileNotFoundError, match="tokenizer directory .*nope does not exist"):
-        export_hf(tmp_path / "native", tmp_path / "out", tokenizer=tmp_path / "nope")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="empty holds no tokenizer files"):
-        export_hf(tmp_path / "native", tmp_path / "out", tokenizer=tmp_path / "empty")
-    assert not list(tmp_path.glob("out*"))
-
-
-def test_a_regular_file_is_never_replaced(runtime, tmp_path):
-    _saved("llama_tied", tmp_path / "hf")
-    import_hf(tmp_path / "hf", tmp_path / "native", progress=False)
-    (tmp_path / "afile").write_text("x")
-    for convert in (
-        lambda: import_hf(tmp_path / "hf", tmp_path / "afile", overwrite=True, progress=False),
-        lambda: export_hf(tmp_path / "native", tmp_path / "afile", overwrite=True, progress=False),
-    ):
-        with pytest.raises(FileExistsError, match="afile exists and is not a directory"):
-            convert()
-        assert (tmp_path / "afile").read_text() == "x"
-        assert not list(tmp_path.glob("afile.*"))
-
-
-def test_a_failed_replacement_keeps_the_old_output_and_leaves_nothing_partial(
-    runtime, tmp_path, monkeypatch
-):
-    import os
-
-    _saved("llama_tied", tmp_path / "hf")
-    import_hf(tmp_path / "hf", tmp_path / "native", progress=False)
-    export_hf(tmp_path / "native", tmp_path / "out", progress=False)
-    before = sorted(p.name for p in (tmp_path / "out").iterdir())
-    replace = os.replace
-
-    def failing(src, dst):
-        if str(src).endswith(".partial"):
-            raise OSError(f"cannot rename {src}")
-        replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", failing)
-    with pytest.raises(OSError, match="cannot rename"):
-        export_hf(tmp_path / "native", tmp_path / "out", overwrite=True, progress=False)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "native", "out"]
