@@ -174,12 +174,12 @@ def load_full_state(model: torch.nn.Module, full_state: dict[str, torch.Tensor])
     offsets = layer_offsets(model)
     rank = parallel_state.get_tensor_model_parallel_rank()
     size = parallel_state.get_tensor_model_parallel_world_size()
+    vocab = getattr(model, "real_vocab_size", None)
     plan, used, error = [], set(), None
     for name, param in model.named_parameters():
         # The last stage's copy of a tied embedding is the embedding, whatever else the file has.
         key = TIED_EMBEDDING if is_tied_output(name, param) else global_name(name, offsets)
         part = partition_of(param)
-        vocab = getattr(model, "real_vocab_size", None)
         whole, problem = _whole_for(key, full_state, param, part, size, vocab)
         error = error or (problem and f"{problem} (local {name!r})")
         plan.append((param, whole, part))

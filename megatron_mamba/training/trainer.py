@@ -384,20 +384,21 @@ def _numerics(cfg) -> dict:
 
 
 def _resume(path: Path, model, optimizer, scheduler, data_order: dict, numerics: dict) -> int:
-    """Restore the run's state from `path`; returns the last completed step."""
+    """Restore the run's state from `path`; returns the last completed step. What the run must
+    share with the checkpoint is checked before any tensor is read (older checkpoints lack some
+    keys)."""
     saved = saved_progress(path)
-    for key, value in numerics.items():  # checked first: the optimizer state would not load
-        if key in saved and saved[key] != value:  # older checkpoints lack these keys
+    for key, value in numerics.items():
+        if key in saved and saved[key] != value:
             raise CheckpointError(
                 f"{path} was trained with train.{key}={saved[key]}; this run has {value}, and a "
                 "resume continues the checkpoint's optimizer state (load its weights with "
                 "train.init_from to change it)"
             )
-    progress = load_checkpoint(path, model, optimizer, scheduler)
     for key, value in data_order.items():
-        if key in progress and progress[key] != value:  # older checkpoints lack some keys
+        if key in saved and saved[key] != value:
             raise CheckpointError(
-                f"{path} was trained with {key}={progress[key]}; this run has {value}, so its "
+                f"{path} was trained with {key}={saved[key]}; this run has {value}, so its "
                 "data would not continue where the checkpoint stopped"
             )
-    return progress["step"]
+    return load_checkpoint(path, model, optimizer, scheduler)["step"]
