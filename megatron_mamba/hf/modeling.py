@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -57,6 +58,29 @@ from megatron_mamba.hf.configuration import (
 from megatron_mamba.hf.mixers import build_mixer
 
 
+@dataclass(frozen=True)
+class PackedDocuments:
+    """Where each token of packed rows goes when every document is a row of its own: token
+    [b, t] is row `document[b, t]`, position `position[b, t]`; `keep` masks each row's tokens.
+    Found once per forward and shared by all Mamba layers."""
+
+    document: torch.Tensor
+    position: torch.Tensor
+    keep: torch.Tensor
+
+    @classmethod
+    def of(cls, numbers: torch.Tensor) -> PackedDocuments:
+        """From each token's document number within its row [b, l]."""
+        counts = numbers[:, -1] + 1  # documents per row, numbered on across the batch
+        document = numbers + (torch.cumsum(counts, 0) - counts)[:, None]
+        lengths = torch.bincount(document.flatten())
+        starts = torch.cumsum(lengths, 0) - lengths
+        position = torch.arange(document.numel(), device=document.device).view_as(document)
+        position = position - starts[document]
+        keep = torch.arange(int(lengths.max()), device=document.device) < lengths[:, None]
+        return cls(document, position, keep)
+
+
 def _mix(mixer: nn.Module, hidden_states, cache, padding, documents) -> torch.Tensor:
     """The mixer's output. Packed documents (several in one row, told apart by restarting
     position_ids, as TRL's padding-free training and packing send them) each run as a row of their
@@ -64,32 +88,22 @@ def _mix(mixer: nn.Module, hidden_states, cache, padding, documents) -> torch.Te
     apart too."""
     if documents is None:
         return mixer(hidden_states, cache=cache, attention_mask=padding)
-    flat = documents + _row_offsets(documents)[:, None]
-    lengths = torch.bincount(flat.flatten())
-    starts = torch.cumsum(lengths, 0) - lengths
-    within = torch.arange(flat.numel(), device=flat.device).view_as(flat) - starts[flat]
-    keep = torch.arange(int(lengths.max()), device=flat.device) < lengths[:, None]
-    rows = hidden_states.new_zeros(len(lengths), keep.shape[1], hidden_states.shape[-1])
-    rows = rows.index_put((flat, within), hidden_states)
-    return mixer(rows, cache=None, attention_mask=keep.long())[flat, within]
+    index = (documents.document, documents.position)
+    rows = hidden_states.new_zeros(*documents.keep.shape, hidden_states.shape[-1])
+    rows = rows.index_put(index, hidden_states)
+    return mixer(rows, cache=None, attention_mask=documents.keep.long())[index]
 
 
-def _row_offsets(documents: torch.Tensor) -> torch.Tensor:
-    """Where each row's document numbers start in one numbering over the batch."""
-    counts = documents[:, -1] + 1
-    return torch.cumsum(counts, 0) - counts
-
-
-def _packed_documents(arguments: dict, cache) -> torch.Tensor | None:
-    """Each new token's document number within its row [b, l] when rows hold packed documents,
-    else None; found as transformers finds them for the attention mask (from position_ids, with no
-    attention mask and no cache)."""
+def _packed_documents(arguments: dict, cache) -> PackedDocuments | None:
+    """Where packed documents go when rows hold several, else None; found as transformers finds
+    them for the attention mask (from position_ids, with no attention mask and no cache)."""
     positions = arguments.get("position_ids")
     if positions is None or arguments.get("attention_mask") is not None or cache is not None:
         return None
     tokens = arguments.get("input_ids")
     batch = (tokens if tokens is not None else arguments["inputs_embeds"]).shape[0]
-    return find_packed_sequence_indices(positions.expand(batch, -1))
+    numbers = find_packed_sequence_indices(positions.expand(batch, -1))
+    return None if numbers is None else PackedDocuments.of(numbers)
 
 
 class GPTNeoXMambaLayer(GradientCheckpointingLayer):
