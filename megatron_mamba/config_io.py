@@ -122,7 +122,9 @@ def _convert(value: Any, tp, path: str):
             raise ConfigError(f"{path} must be a section (mapping), got {value!r}")
         return build(tp, value, path)
     if origin in (tuple, list):
-        if not isinstance(value, list | tuple):
+        if value is None:  # `key:` or key=null: none, as [] (a list of one None would fail)
+            value = []
+        elif not isinstance(value, list | tuple):
             value = [value]
         args = typing.get_args(tp)
         if origin is tuple and args and args[-1] is not Ellipsis:  # fixed length, e.g. a range

@@ -26,8 +26,8 @@ class TrainConfig:
     lr_scheduler_type: SchedulerType = "cosine"
     """After a linear warmup from 0: "cosine" from learning_rate down to min_lr (megatron's),
     "cosine_floor" transformers' cosine from learning_rate down to 0 with the LR never below
-    min_lr, warmup included (CALD's retrain_mamba_distill.py), "linear" down to min_lr, or
-    "constant"; min_lr after lr_decay_steps."""
+    min_lr, warmup included (CALD's retrain_mamba_distill.py), or "linear" down to min_lr;
+    min_lr after lr_decay_steps. "constant" holds learning_rate after warmup (min_lr unused)."""
     warmup_ratio: float = 0.0
     """Warmup as a fraction in [0, 1) of the schedule's length (lr_decay_steps, or the total
     steps), rounded up; give this or warmup_steps, not both."""
@@ -116,7 +116,9 @@ class TrainConfig:
     trainable: Trainable = "all"
     """"mamba" trains only the Mamba mixers, everything else frozen (MambaInLlama's stage 1)."""
     report_to: tuple[str, ...] = ("jsonl",)
-    """Metric sinks: any of console, jsonl, wandb (wandb offline unless WANDB_MODE says)."""
+    """Metric sinks: a list of any of console, jsonl, wandb (wandb offline unless WANDB_MODE
+    says). [], null or "none" (transformers' spelling) log no metrics; warnings and errors still
+    go to stderr."""
     log_every: int = 1
     """Log a record every this many steps (positive), and after the last."""
     eval_interval: int | None = None
@@ -236,9 +238,14 @@ class TrainConfig:
             )
         if self.trainable not in ("all", "mamba"):
             raise ValueError(f"trainable {self.trainable!r} is unknown; expected all or mamba")
+        if self.report_to is None or tuple(self.report_to) == ("none",):
+            self.report_to = ()
         unknown = set(self.report_to) - {"console", "jsonl", "wandb"}
         if unknown:
-            raise ValueError(f"report_to has unknown sink(s) {sorted(unknown)}")
+            raise ValueError(
+                f"report_to has unknown sink(s) {sorted(unknown)}; expected a list of console, "
+                "jsonl and/or wandb, e.g. [console, jsonl] ([] for none)"
+            )
         self.report_to = tuple(self.report_to)
 
     def warmup(self, total_steps: int) -> int:

@@ -1,7 +1,9 @@
 """Training metrics on rank 0: a console progress line, a jsonl file, and wandb.
 
 Each `log(step, values)` call writes one record {"step", "time", ...values} to every sink. wandb
-runs offline unless WANDB_MODE says otherwise, so a run never needs the network.
+runs offline unless WANDB_MODE says otherwise, so a run never needs the network. JSON has no NaN
+or infinity (strict readers such as jq or JavaScript refuse Python's bare `NaN`), so the jsonl
+file writes a non-finite value as null, and `read_metrics` reads a null back as NaN.
 """
 
 from __future__ import annotations
@@ -90,7 +92,8 @@ class MetricsLogger:
             print(progress_line(step, self.total_steps, values, eta), file=self.stream, flush=True)
         if self._file is not None:
             record = {"step": step, "time": time.time(), **values}
-            self._file.write(json.dumps(record) + "\n")
+            record = {k: None if _non_finite(v) else v for k, v in record.items()}
+            self._file.write(json.dumps(record, allow_nan=False) + "\n")
             self._file.flush()
         if self._wandb is not None:
             self._wandb.log(values, step=step)
@@ -102,8 +105,13 @@ class MetricsLogger:
             self._wandb.finish()
 
 
+def _non_finite(value) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
 def read_metrics(path: str | Path) -> list[dict]:
-    """Records of a metrics.jsonl; after a resume, later records of a step replace earlier ones."""
+    """Records of a metrics.jsonl; after a resume, later records of a step replace earlier ones.
+    A null (a non-finite value when written) reads as NaN, so that numbers stay numbers."""
     by_step: dict[int, dict] = {}
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
@@ -112,5 +120,6 @@ def read_metrics(path: str | Path) -> list[dict]:
                     record = json.loads(line)
                 except json.JSONDecodeError as error:
                     raise ValueError(f"{path}:{number} is not a JSON record") from error
+                record = {k: float("nan") if v is None else v for k, v in record.items()}
                 by_step[record["step"]] = record
     return [by_step[s] for s in sorted(by_step)]

@@ -8,8 +8,19 @@ from __future__ import annotations
 
 import torch
 
-# Dense (not sparse) 16-bit tensor-core peaks, in TFLOP/s, from the vendors' data sheets (SXM).
-PEAK_16BIT_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "A10G": 70.0}
+# Dense (not sparse) 16-bit tensor-core peaks, in TFLOP/s, from the vendors' data sheets; the
+# first key found in the device's name counts, so the PCIe / NVL cards (lower clocks and power
+# than the SXM parts, e.g. "NVIDIA H100 PCIe") come before their family's SXM value.
+PEAK_16BIT_TFLOPS = {
+    "H100 PCIe": 756.5,
+    "H100 NVL": 835.5,
+    "H200 NVL": 835.5,
+    "H200": 989.4,
+    "H100": 989.4,
+    "A100": 312.0,
+    "L40S": 362.1,
+    "A10G": 70.0,
+}
 
 
 def peak_flops(device: torch.device, mixed_precision: str, use_tf32: bool) -> float | None:
