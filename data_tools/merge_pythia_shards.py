@@ -1,6 +1,6 @@
 """Merge the pre-shuffled Pile's shards into one .bin checked against document.idx.
 
-    python data_tools/merge_pythia_shards.py --shards pile/document-000{00..19}-of-00020.bin \
+    python data_tools/merge_pythia_shards.py --shards pile/document-000{00..20}-of-00020.bin \
         --index pile/document.idx --output-prefix pile/document [--overwrite]
 """
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from megatron_mamba.data.indexed import DatasetError
+
 
 @dataclass(frozen=True)
 class MaskedTokens:
@@ -58,7 +60,7 @@ def assistant_spans(
         before = _before_turn(tokenizer, messages, k)
         through = _render(tokenizer, messages[: k + 1], False)
         if before is None or not (text.startswith(through) and through.startswith(before)):
-            raise ValueError(
+            raise DatasetError(
                 "the chat template does not render a conversation as a prefix of its "
                 f"continuation (at message {k}); assistant tokens cannot be located"
             )
@@ -174,19 +176,29 @@ def tokenize_preference(
 
 
 def read_jsonl(path: str | Path, required: tuple[str, ...]) -> Iterator[dict]:
-    """Records of a jsonl file, each checked for the `required` keys."""
+    """Records of a jsonl file, each checked for the `required` keys; faults are DatasetErrors,
+    which the trainer reports as one line naming the file and line."""
     with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number} is not valid JSON") from error
-            missing = [key for key in required if key not in record]
-            if missing:
-                raise ValueError(f"{path}:{number} lacks {', '.join(missing)}")
-            yield record
+        try:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise DatasetError(f"{path}:{number} is not valid JSON") from error
+                if not isinstance(record, dict):
+                    raise DatasetError(
+                        f"{path}:{number} is a JSON {type(record).__name__}; expected an object "
+                        f"with {', '.join(required)}"
+                    )
+                missing = [key for key in required if key not in record]
+                if missing:
+                    raise DatasetError(f"{path}:{number} lacks {', '.join(missing)}")
+                yield record
+        except UnicodeDecodeError as error:
+            # decoding runs ahead of the lines read, so no line number
+            raise DatasetError(f"{path} is not UTF-8 text: {error}") from error
 
 
 def pad_batch(

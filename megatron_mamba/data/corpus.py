@@ -3,11 +3,13 @@ with weights, train/valid/test splits, fixed-length samples and cached shuffle i
 
 megatron's dataset wants a Megatron tokenizer; it reads only the vocabulary size and the
 end-of-document id, which `HFTokenizerInfo` takes from an HF tokenizer. Every .bin/.idx pair is
-checked (header, sizes, token ids within the vocabulary) before megatron opens it.
+checked (header, sizes, token ids within the vocabulary) before megatron opens it; faults are
+DatasetErrors, which the trainer reports in one line.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ import torch
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
-from megatron_mamba.data.indexed import check_pair
+from megatron_mamba.data.indexed import DatasetError, check_pair
 from megatron_mamba.data.pythia import ordered_batches
 
 
@@ -36,7 +38,7 @@ class HFTokenizerInfo:
     @classmethod
     def from_hf(cls, tokenizer) -> HFTokenizerInfo:
         if tokenizer.eos_token_id is None:
-            raise ValueError(f"tokenizer {tokenizer.name_or_path} has no eos token for EOD")
+            raise DatasetError(f"tokenizer {tokenizer.name_or_path} has no eos token for EOD")
         return cls(vocab_size=len(tokenizer), eod=tokenizer.eos_token_id)
 
 
@@ -53,7 +55,7 @@ def _check_splits(prefix: str, documents: int, split: str, samples: tuple[int | 
     for i, wanted in enumerate(samples):
         count = round(bounds[i + 1] * documents) - round(bounds[i] * documents)
         if wanted and count == 0:
-            raise ValueError(
+            raise DatasetError(
                 f"{prefix} has {documents} documents; split {split!r} leaves its {names[i]} part "
                 f"empty, but {wanted} {names[i]} samples were asked for"
             )
@@ -97,19 +99,22 @@ def parse_blend(spec: str) -> list[tuple[str, float | None]]:
     "0.7 prefix_a 0.3 prefix_b"."""
     words = spec.split()
     if not words:
-        raise ValueError("data.path is empty; expected a .bin/.idx prefix or a weighted blend")
+        raise DatasetError("data.path is empty; expected a .bin/.idx prefix or a weighted blend")
     try:
         float(words[0])
     except ValueError:
         return [(word, None) for word in words]
     if len(words) % 2:
-        raise ValueError(f"data.path {spec!r} is not a list of weight prefix pairs")
+        raise DatasetError(f"data.path {spec!r} is not a list of weight prefix pairs")
     blend = []
     for weight, prefix in zip(words[::2], words[1::2], strict=True):
         try:
-            blend.append((prefix, float(weight)))
+            value = float(weight)
         except ValueError:
-            raise ValueError(f"data.path {spec!r}: {weight!r} is not a weight") from None
+            raise DatasetError(f"data.path {spec!r}: {weight!r} is not a weight") from None
+        if not 0 < value < math.inf:  # megatron asserts, without a message, on the rest
+            raise DatasetError(f"data.path {spec!r}: weight {weight} must be a positive number")
+        blend.append((prefix, value))
     return blend
 
 
@@ -130,7 +135,7 @@ class CorpusSamples:
         blend = parse_blend(spec)
         weighted = blend[0][1] is not None
         if weighted and samples is None:
-            raise ValueError(
+            raise DatasetError(
                 f"data.path {spec!r} is a weighted blend; megatron needs the number of samples "
                 "to draw from it: set train.max_train_samples"
             )

@@ -1,5 +1,6 @@
 """Concatenate token shards into one .bin, verified against the index that describes them all
-(the Pythia Pile ships document-0000N-of-00020.bin shards and a single document.idx).
+(the Pythia Pile ships shards document-00000-of-00020.bin … document-00020-of-00020.bin and a
+single document.idx).
 
 Inputs are checked before anything is written, so errors name the user's files, not the
 temporary ones the output is assembled under."""
@@ -7,6 +8,7 @@ temporary ones the output is assembled under."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 from pathlib import Path
 
@@ -20,6 +22,29 @@ from megatron_mamba.data.indexed import (
     writing_pair,
 )
 
+_SHARD_NAME = re.compile(r"(.*)-(\d{5})-of-(\d{5})\.bin")
+
+
+def _check_shard_set(shards: list[Path]) -> None:
+    """Shards named as EleutherAI names them (`-NNNNN-of-LLLLL.bin`, LLLLL the *last* number:
+    the Pile's are 00000 … 00020) must be the whole set in order; equal-sized shards in the wrong
+    order would pass the size check and scramble Pythia's training order."""
+    names = [_SHARD_NAME.fullmatch(Path(s).name) for s in shards]
+    if not all(names) or len({(m[1], m[3]) for m in names}) != 1:
+        return  # not one EleutherAI-style set: only the total size can be checked
+    numbers, last = [int(m[2]) for m in names], int(names[0][3])
+    if numbers != list(range(last + 1)):
+        missing = sorted(set(range(last + 1)) - set(numbers))
+        fault = (
+            f"missing {', '.join(f'{n:05}' for n in missing)}"
+            if missing
+            else "repeated or out of order"
+        )
+        raise DatasetError(
+            f"shards {', '.join(f'{n:05}' for n in numbers)} of {names[0][1]}-*-of-{last:05}.bin "
+            f"are not the set 00000 … {last:05} in order ({fault})"
+        )
+
 
 def merge_shards(
     shards: list[Path], index: Path, output_prefix: str | Path, overwrite: bool = False
@@ -30,6 +55,7 @@ def merge_shards(
     missing = [str(s) for s in shards if not Path(s).is_file()]
     if missing:
         raise DatasetError(f"shard(s) not found: {', '.join(missing)}")
+    _check_shard_set(shards)
     dtype, lengths, _, _ = read_index(Path(index))
     item = np.dtype(dtype).itemsize
     expected = int(lengths.sum(dtype=np.int64))

@@ -20,7 +20,7 @@ import numpy as np
 from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 from tqdm import tqdm
 
-from megatron_mamba.data.indexed import writing_pair
+from megatron_mamba.data.indexed import DatasetError, writing_pair
 
 _tokenizer = None
 _append_eod = True
@@ -39,11 +39,19 @@ class PreprocessStats:
 
 
 def load_tokenizer(path: str | Path):
+    """An HF tokenizer from a local directory; one that transformers cannot load is a
+    DatasetError naming the directory (transformers' own message spans several lines)."""
     from transformers import AutoTokenizer
 
     if not Path(path).is_dir():
         raise FileNotFoundError(f"tokenizer directory {path} does not exist (no downloads here)")
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as error:
+        reason = (str(error).strip() or type(error).__name__).splitlines()[0]
+        raise DatasetError(
+            f"{path} is not a tokenizer directory transformers can load: {reason}"
+        ) from error
 
 
 def read_documents(paths: Iterable[Path], json_key: str = "text") -> Iterator[str]:

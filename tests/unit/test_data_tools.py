@@ -128,7 +128,7 @@ def test_pythia_shards_merge_next_to_their_index(tmp_path):
     build_pair(tmp_path / "full", [np.full(2049, i) for i in range(4)])
     whole = (tmp_path / "full.bin").read_bytes()
     index = (tmp_path / "full.idx").rename(tmp_path / "document.idx")
-    shards = [tmp_path / "document-00000-of-00002.bin", tmp_path / "document-00001-of-00002.bin"]
+    shards = [tmp_path / "document-00000-of-00001.bin", tmp_path / "document-00001-of-00001.bin"]
     shards[0].write_bytes(whole[:5000])
     shards[1].write_bytes(whole[5000:])
     original = index.read_bytes()
