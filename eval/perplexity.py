@@ -41,6 +41,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _output_problem(output: Path) -> str | None:
+    """Why --output could not be written, known before the evaluation rather than after it."""
+    existing = next(p for p in (output, *output.parents) if p.exists())
+    if existing == output and output.is_dir():
+        return f"--output {output} is a directory; expected a file path"
+    if existing != output and not existing.is_dir():
+        return f"--output {output}: {existing} is a file, not a directory"
+    return None
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -51,8 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--micro_batch", type=_positive, default=4)
     parser.add_argument("--first_window", type=int, default=0)
     parser.add_argument("--max_windows", type=_positive)
-    parser.add_argument("--tensor", type=int, default=1)
-    parser.add_argument("--pipeline", type=int, default=1)
+    parser.add_argument("--tensor", type=_positive, default=1)
+    parser.add_argument("--pipeline", type=_positive, default=1)
     parser.add_argument("--output", help="also write the results here, one JSON line each")
     return parser.parse_args(argv)
 
@@ -63,10 +73,14 @@ def main(argv=None) -> int:
     try:  # the common mistakes, before any model is built: one line, no traceback
         check_pair(args.data)
         steps = [find_checkpoint(Path(c), Path(c)) for c in args.checkpoint]
-    except (CheckpointError, DatasetError, OSError) as error:
+        problem = args.output and _output_problem(Path(args.output))
+        if problem:
+            raise ValueError(problem)
+        # a world size that TP×PP does not divide: every rank stops here alike
+        runtime = init_runtime(ParallelSizes(args.tensor, args.pipeline))
+    except (CheckpointError, DatasetError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    runtime = init_runtime(ParallelSizes(args.tensor, args.pipeline))
     lines = []
     for step in steps:  # one process for all: the imports and the process group once
         config = read_model_config(step)
@@ -77,10 +91,12 @@ def main(argv=None) -> int:
             windows = HeldOutWindows(
                 args.data, args.seq_length, config.vocab_size, args.first_window, args.max_windows
             )
-        except DatasetError as error:
+            result = held_out_loss(
+                model, windows, config.vocab_size, args.micro_batch, runtime.device
+            )
+        except DatasetError as error:  # also: fewer windows than micro_batch × DP
             print(f"error: {error}", file=sys.stderr)
             return 1
-        result = held_out_loss(model, windows, config.vocab_size, args.micro_batch, runtime.device)
         lines.append(json.dumps({"checkpoint": str(step), **result.as_dict()}))
         if runtime.rank == 0:
             print(lines[-1], flush=True)

@@ -12,6 +12,7 @@ and HF_HUB_OFFLINE=1; or use local task YAMLs whose data are local files.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -27,6 +28,21 @@ from megatron_mamba.evaluation.suite import (
 )
 
 
+def _batch_size(text: str) -> str:
+    """Checked here: lm-eval would find a bad one only after loading the first model."""
+    if re.fullmatch(r"[1-9][0-9]*|auto(:[0-9]+(\.[0-9]*)?)?", text):
+        return text
+    raise argparse.ArgumentTypeError(f"{text} is not a positive integer, 'auto' or 'auto:N'")
+
+
+def _output_dir_problem(directory: Path) -> str | None:
+    """Why the outputs could not be written there, known before hours of evaluation."""
+    existing = next(p for p in (directory, *directory.parents) if p.exists())
+    if not existing.is_dir():
+        return f"--output_dir {directory}: {existing} is a file, not a directory"
+    return None
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", nargs="+", help="native checkpoint or HF export dirs")
@@ -34,8 +50,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tasks", default=",".join(CALD_TASKS), help="comma-separated tasks")
     parser.add_argument("--include_path", help="directory of local task YAMLs")
     parser.add_argument("--num_fewshot", type=int, default=0)
-    parser.add_argument("--batch_size", default="16", help="an integer or 'auto'")
-    parser.add_argument("--dtype", default="auto", help="float32 | bfloat16 | float16 | auto")
+    parser.add_argument("--batch_size", type=_batch_size, default="16", help="an integer or 'auto'")
+    parser.add_argument(
+        "--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16")
+    )
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--tokenizer", help="tokenizer dir for checkpoints that hold none")
     parser.add_argument("--limit", type=float, help="documents per task (testing only)")
@@ -57,9 +75,18 @@ def main(argv=None) -> int:
     missing = [path for path in args.checkpoints if not Path(path).is_dir()]
     if missing:
         raise SystemExit(f"checkpoint directory not found: {', '.join(missing)}")
+    problem = _output_dir_problem(Path(args.output_dir))
+    if problem:
+        raise SystemExit(problem)
     tasks = [task for task in args.tasks.split(",") if task]
-    manager = task_manager(args.include_path)
-    try:
+    if not tasks:
+        raise SystemExit(f"--tasks {args.tasks!r} names no task; give comma-separated task names")
+    from megatron_mamba.evaluation.lm_eval_model import check_checkpoint
+
+    try:  # every checkpoint, before the first is evaluated: a late failure loses the others
+        for path in args.checkpoints:
+            check_checkpoint(path, args.tokenizer)
+        manager = task_manager(args.include_path)
         check_tasks(tasks, manager)
     except ValueError as error:
         raise SystemExit(str(error)) from None

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"wrote {args.output}: layer pattern {config.layer_pattern}")
+    print(f"wrote {args.output}: {config.arch}, layer pattern {config.layer_pattern}")
     return 0
 
 

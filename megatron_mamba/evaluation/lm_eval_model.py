@@ -53,17 +53,32 @@ def _tokenizer_dir(path: Path) -> Path | None:
     return None
 
 
+def check_checkpoint(pretrained: str | Path, tokenizer: str | None = None) -> str | None:
+    """The tokenizer to load `pretrained` with; refuses a directory that is neither a native
+    checkpoint nor a transformers one, and a native one without tokenizer files, before any
+    model is built (lm-eval would fail later with a traceback about a missing config)."""
+    path = Path(pretrained)
+    native = is_native_checkpoint(path)
+    if path.is_dir() and not native and not (path / "config.json").is_file():
+        raise ValueError(
+            f"{path} is neither a native checkpoint (a run, import or checkpoint directory) nor "
+            "a transformers directory (config.json)"
+        )
+    if tokenizer is None and native:
+        found = _tokenizer_dir(path)
+        if found is None:
+            raise ValueError(
+                f"{path} holds no tokenizer files (an imported checkpoint keeps its "
+                "source's; a training run does not): pass tokenizer=<HF tokenizer directory>"
+            )
+        return str(found)
+    return tokenizer
+
+
 class MegatronMambaLM(HFLM):
     def __init__(self, pretrained: str, tokenizer=None, **kwargs):
         pretrained = str(pretrained)
-        if tokenizer is None and is_native_checkpoint(pretrained):
-            found = _tokenizer_dir(Path(pretrained))
-            if found is None:
-                raise ValueError(
-                    f"{pretrained} holds no tokenizer files (an imported checkpoint keeps its "
-                    "source's; a training run does not): pass tokenizer=<HF tokenizer directory>"
-                )
-            tokenizer = str(found)
+        tokenizer = check_checkpoint(pretrained, tokenizer)
         kwargs.setdefault("backend", "causal")  # lm-eval knows only its built-in model types
         super().__init__(pretrained=pretrained, tokenizer=tokenizer, **kwargs)
         if isinstance(self.batch_size, int) and self.batch_size < 1:  # no batch would be scored

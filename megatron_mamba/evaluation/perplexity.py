@@ -18,6 +18,7 @@ from megatron.core import parallel_state as ps
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_mamba.data.held_out import HeldOutWindows
+from megatron_mamba.data.indexed import DatasetError
 from megatron_mamba.models.logit_losses import cross_entropy
 
 
@@ -66,8 +67,8 @@ def held_out_loss(
     dp, rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     per_round = micro_batch * dp
     used = len(windows) // per_round * per_round
-    if used == 0:
-        raise ValueError(
+    if used == 0:  # a property of the data set (the CLIs report it as such)
+        raise DatasetError(
             f"the held-out set has {len(windows)} windows, fewer than micro_batch × data-parallel "
             f"size = {micro_batch} × {dp}"
         )

@@ -1,0 +1,164 @@
+"""Review of the evaluation and tool command lines: a user's mistake is refused with one line
+before any model is built or evaluated (not with a traceback after hours of work), and the
+swap summary names the architecture."""
+
+import numpy as np
+import pytest
+from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+from megatron_mamba.convert.importer import import_hf
+from tests.helpers.hf_tiny import VOCAB, tiny_gpt_neox
+from tests.helpers.tiny_tokenizer import make_tokenizer
+
+TASKS = "tests/assets/lm_eval_tasks"
+
+
+@pytest.fixture(scope="module")
+def natives(runtime, tmp_path_factory):
+    """Two tiny native imports: one carrying a tokenizer, one without (as a training run)."""
+    root = tmp_path_factory.mktemp("eval_tools")
+    tiny_gpt_neox(True, layers=2).save_pretrained(root / "bare")
+    import_hf(root / "bare", root / "no_tokenizer", progress=False)
+    make_tokenizer(root / "hf")
+    tiny_gpt_neox(True, layers=2).save_pretrained(root / "hf")
+    import_hf(root / "hf", root / "native", progress=False)
+    return root
+
+
+def test_swap_layers_summary_names_the_architecture(natives, tmp_path, capsys):
+    from tools import swap_layers
+
+    argv = [str(natives / "native"), str(tmp_path / "swapped"), "--layer-pattern", "MA"]
+    assert swap_layers.main([*argv, "--mamba", "layout=classic"]) == 0
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'swapped'}: gpt_neox, layer pattern MA\n"
+
+
+@pytest.fixture
+def run_lm_evals(monkeypatch):
+    """eval/run_lm_evals.main with evaluation replaced by a failure: a refusal must come first."""
+    import eval.run_lm_evals as cli
+
+    def evaluate(*args, **kwargs):
+        raise AssertionError("a checkpoint was evaluated before the refusal")
+
+    monkeypatch.setattr(cli, "evaluate", evaluate)
+    return cli.main
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--batch_size", "abc", "abc is not a positive integer, 'auto' or 'auto:N'"),
+        ("--batch_size", "0", "0 is not a positive integer"),
+        ("--batch_size", "auto:x", "auto:x is not a positive integer"),
+        ("--dtype", "bf", "invalid choice: 'bf'"),
+    ],
+)
+def test_run_lm_evals_refuses_bad_options_before_loading(
+    natives, run_lm_evals, option, value, message, capsys
+):
+    with pytest.raises(SystemExit) as exit_info:
+        run_lm_evals([str(natives / "native"), "--tasks", "tiny_mc", option, value])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_run_lm_evals_accepts_auto_batch_sizes():
+    from eval.run_lm_evals import parse_args
+
+    for value in ("auto", "auto:4", "8"):
+        assert parse_args(["c", "--batch_size", value]).batch_size == value
+
+
+def test_run_lm_evals_refuses_an_empty_task_list(natives, run_lm_evals):
+    with pytest.raises(SystemExit, match="--tasks ',' names no task"):
+        run_lm_evals([str(natives / "native"), "--tasks", ","])
+
+
+def test_run_lm_evals_refuses_an_output_dir_under_a_file(natives, run_lm_evals, tmp_path):
+    """The outputs are written after every evaluation: a file in the way lost all of them."""
+    (tmp_path / "afile").write_text("x")
+    argv = [str(natives / "native"), "--tasks", "tiny_mc", "--include_path", TASKS]
+    for output in (tmp_path / "afile", tmp_path / "afile" / "evals"):
+        with pytest.raises(SystemExit, match=f"{tmp_path / 'afile'} is a file, not a directory"):
+            run_lm_evals([*argv, "--output_dir", str(output)])
+
+
+def test_run_lm_evals_checks_every_checkpoint_before_the_first_is_evaluated(
+    natives, run_lm_evals, tmp_path
+):
+    good = str(natives / "native")
+    (tmp_path / "empty").mkdir()
+    argv = ["--tasks", "tiny_mc", "--include_path", TASKS, "--output_dir", str(tmp_path / "o")]
+    with pytest.raises(SystemExit, match="neither a native checkpoint .* nor a transformers"):
+        run_lm_evals([good, str(tmp_path / "empty"), *argv])
+    with pytest.raises(SystemExit, match="no_tokenizer holds no tokenizer files"):
+        run_lm_evals([good, str(natives / "no_tokenizer"), *argv])
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_model_refuses_a_directory_that_holds_no_model(tmp_path):
+    from megatron_mamba.evaluation.lm_eval_model import MegatronMambaLM
+
+    with pytest.raises(ValueError, match=f"{tmp_path} is neither a native checkpoint"):
+        MegatronMambaLM(pretrained=str(tmp_path), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory) -> str:
+    prefix = tmp_path_factory.mktemp("held_out") / "d"
+    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=np.uint16)
+    for length in (40, 23, 61):
+        builder.add_document(np.random.default_rng(length).integers(0, VOCAB, length), [length])
+    builder.finalize(f"{prefix}.idx")
+    return str(prefix)
+
+
+def _perplexity(natives, held_out, *options) -> int:
+    from eval.perplexity import main
+
+    argv = ["--checkpoint", str(natives / "native"), "--data", held_out, "--seq_length", "16"]
+    return main([*argv, *options])
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--micro_batch", "64"], "has 7 windows, fewer than micro_batch × data-parallel size"),
+        (["--tensor", "2"], "world size 1 is not divisible by tensor×pipeline"),
+    ],
+)
+def test_perplexity_reports_a_user_error_in_one_line(natives, held_out, options, message, capsys):
+    assert _perplexity(natives, held_out, *options) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_perplexity_refuses_sizes_below_one_for_the_parallel_layout(capsys):
+    from eval.perplexity import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--checkpoint", "c", "--data", "d", "--pipeline", "0"])
+    assert "--pipeline: 0 is not a positive integer" in capsys.readouterr().err
+
+
+def test_perplexity_refuses_an_unwritable_output_before_evaluating(
+    natives, held_out, tmp_path, monkeypatch, capsys
+):
+    """The output was written after every checkpoint's evaluation; a directory in its place
+    failed then with a traceback and left a .partial file behind."""
+    import eval.perplexity as cli
+
+    def held_out_loss(*args, **kwargs):
+        raise AssertionError("evaluated before the refusal")
+
+    monkeypatch.setattr(cli, "held_out_loss", held_out_loss)
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    for output, message in (
+        (tmp_path / "adir", "is a directory; expected a file path"),
+        (tmp_path / "afile" / "ppl.json", f"{tmp_path / 'afile'} is a file, not a directory"),
+    ):
+        assert _perplexity(natives, held_out, "--output", str(output)) == 1
+        assert message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile"]
