@@ -28,7 +28,7 @@ attention    120 torchrun --nproc_per_node 1 benchmarks/attention_model.py
 mamba1       150 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds mamba1
 mamba2       240 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds mamba2
 distill      170 torchrun --nproc_per_node 1 benchmarks/distill_step.py --out $OUT/distill_step.json
-dpo          120 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json
+dpo          240 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json
 optimizer    150 python benchmarks/optimizer_step.py --out $OUT/optimizer_step.json
 overhead     240 torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode bare --out $OUT/bare.json && torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode trainer --out $OUT/t1.json
 dp_scaling   300 torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode trainer --out $OUT/dp1.json && torchrun --nproc_per_node 2 benchmarks/trainer_overhead.py --mode trainer --out $OUT/dp2.json

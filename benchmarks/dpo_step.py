@@ -7,7 +7,9 @@ same batch (TRL's collated pairs: 4 prompts with chosen and rejected answers, 51
 compute the sigmoid DPO loss against a frozen copy as the reference, run backward and an Adam
 step. Ours: megatron's schedule, DDP and optimizer (as the trainer runs them), with fp32 master
 weights and without (`train.fp32_master_weights=false`, TRL's arithmetic); TRL:
-`DPOTrainer.training_step` and its optimizer.
+`DPOTrainer.training_step` and its optimizer. Then both with the reference's log-probabilities
+computed before training (TRL's `precompute_ref_log_probs`, our `dpo.precompute_reference`):
+the step runs the policy alone, and the pass that computes them is timed on its own.
 
     python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json
 """
@@ -72,8 +74,10 @@ def _pairs(tokenizer, count: int):
     return Dataset.from_list(rows)
 
 
-def trl_step(export: Path, workdir: Path):
-    """TRL's DPOTrainer on the export: (step function, its batch)."""
+def trl_step(export: Path, workdir: Path, precompute: bool = False):
+    """TRL's DPOTrainer on the export: (step function, its batch). `precompute`: the
+    reference's log-probabilities computed when the trainer is made, no reference model kept
+    (the policy serves, being the reference at the start)."""
     import trl
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -86,9 +90,10 @@ def trl_step(export: Path, workdir: Path):
 
     trainer = trl.DPOTrainer(
         model=load(),
-        ref_model=load().eval(),
+        ref_model=None if precompute else load().eval(),
         args=trl.DPOConfig(
             output_dir=str(workdir / "trl"),
+            precompute_ref_log_probs=precompute,
             beta=0.1,
             per_device_train_batch_size=PAIRS,
             max_length=LENGTH,
@@ -113,9 +118,11 @@ def trl_step(export: Path, workdir: Path):
     return step, batch
 
 
-def our_step(native: Path, batch, fp32_master_weights: bool = True):
+def our_step(native: Path, batch, fp32_master_weights: bool = True, precompute: bool = False):
     """The trainer's DPO objective on TRL's batch: megatron schedule, DDP, optimizer (with fp32
-    master weights, or Adam on the bf16 weights as train.fp32_master_weights=false runs it)."""
+    master weights, or Adam on the bf16 weights as train.fp32_master_weights=false runs it).
+    Returns (step function, seconds of the reference pass over the batch where `precompute`:
+    its log-probabilities are then the batch's, and the reference is freed)."""
     from megatron.core.optimizer import OptimizerConfig
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -126,6 +133,7 @@ def our_step(native: Path, batch, fp32_master_weights: bool = True):
     from megatron_mamba.training.ddp import wrap_ddp
     from megatron_mamba.training.dpo import DPOConfig, PreferenceOptimisation
     from megatron_mamba.training.optimizer import megatron_optimizer
+    from megatron_mamba.training.reference_logps import reference_logps
 
     config = read_model_config(native)
     models = []
@@ -136,6 +144,7 @@ def our_step(native: Path, batch, fp32_master_weights: bool = True):
         load_weights(find_checkpoint(native, native), model.cuda())
         models.append(model)
     policy, reference = models
+    del models  # the names below are the only references (a precomputed reference is freed)
     reference.eval().requires_grad_(False)
     ddp = wrap_ddp(policy, grad_reduce_in_fp32=fp32_master_weights)
     optimizer = megatron_optimizer(
@@ -149,6 +158,20 @@ def our_step(native: Path, batch, fp32_master_weights: bool = True):
     pairs = PreferenceBatch(
         *(TokenBatch(t, m) for t, m in zip(tokens.chunk(2), mask.chunk(2), strict=True))
     )
+    pass_s = None
+    if precompute:
+        seq = tokens.shape[1] - 1
+
+        def reference_pass():
+            return reference_logps(
+                reference, pairs, range(PAIRS), PAIRS, seq, config.vocab_size, "cuda"
+            )
+
+        pass_s = median_step_seconds(reference_pass)
+        pairs = PreferenceBatch(pairs.chosen, pairs.rejected, reference_pass())
+        del reference
+        reference = None
+        torch.cuda.empty_cache()
     objective = PreferenceOptimisation(policy, reference, DPOConfig(beta=0.1), config.vocab_size)
     schedule = get_forward_backward_func()
 
@@ -166,7 +189,7 @@ def our_step(native: Path, batch, fp32_master_weights: bool = True):
         if optimizer_step:
             optimizer.step()
 
-    return step
+    return step, pass_s
 
 
 def main() -> None:
@@ -196,14 +219,32 @@ def main() -> None:
         "trl_forward_backward_s": trl_fb,
         "trl_peak_gib": trl_peak,
     }
-    for name, master in (("ours", True), ("ours_no_master", False)):
-        ours_fn = our_step(native, batch, fp32_master_weights=master)
+    trl_pre_fn, pre_batch = trl_step(export, args.workdir, precompute=True)
+    trl_pre_s = median_step_seconds(trl_pre_fn)
+    result.update(
+        trl_precomputed_step_s=trl_pre_s,
+        trl_precomputed_tokens_per_s=tokens / trl_pre_s,
+        trl_precomputed_peak_gib=peak_memory_gib(trl_pre_fn),
+    )
+    assert pre_batch["input_ids"].shape == batch["input_ids"].shape  # the same 4 pairs
+    del trl_pre_fn
+    gc.collect()
+    torch.cuda.empty_cache()
+    sides = (
+        ("ours", True, False, trl_s),
+        ("ours_no_master", False, False, trl_s),
+        ("ours_precomputed", False, True, trl_pre_s),  # against TRL's precomputed step
+    )
+    for name, master, precompute, baseline_s in sides:
+        ours_fn, pass_s = our_step(native, batch, master, precompute)
         ours_s = median_step_seconds(ours_fn)
+        if pass_s is not None:
+            result[f"{name}_reference_pass_s"] = pass_s
         result.update(
             {
                 f"{name}_step_s": ours_s,
                 f"{name}_tokens_per_s": tokens / ours_s,
-                f"{name}_speedup": trl_s / ours_s,
+                f"{name}_speedup": baseline_s / ours_s,
                 f"{name}_forward_backward_s": median_step_seconds(
                     partial(ours_fn, optimizer_step=False)
                 ),

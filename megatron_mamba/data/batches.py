@@ -38,6 +38,10 @@ class TokenBatch:
         mask = self.loss_mask.to(device) if self.loss_mask is not None else None
         return TokenBatch(self.tokens.to(device), mask)
 
+    def rows(self, indices) -> TokenBatch:
+        mask = self.loss_mask[indices] if self.loss_mask is not None else None
+        return TokenBatch(self.tokens[indices], mask)
+
     def target_count(self) -> float:
         """How many targets carry loss: the loss mask's sum, or every target without one."""
         if self.loss_mask is None:
@@ -65,18 +69,31 @@ class PreferenceBatch:
 
     chosen: TokenBatch
     rejected: TokenBatch
+    reference: torch.Tensor | None = None
+    """[n, 2] the reference's log-probabilities of (chosen, rejected), where they were computed
+    before training (dpo.precompute_reference); None: the reference runs beside the policy."""
 
     def __len__(self) -> int:
         return len(self.chosen)
 
     def split(self, size: int) -> list[PreferenceBatch]:
+        count = -(-len(self) // size)
+        references = self.reference.split(size) if self.reference is not None else [None] * count
         return [
-            PreferenceBatch(c, r)
-            for c, r in zip(self.chosen.split(size), self.rejected.split(size), strict=True)
+            PreferenceBatch(c, r, reference)
+            for c, r, reference in zip(
+                self.chosen.split(size), self.rejected.split(size), references, strict=True
+            )
         ]
 
     def to(self, device) -> PreferenceBatch:
-        return PreferenceBatch(self.chosen.to(device), self.rejected.to(device))
+        reference = self.reference.to(device) if self.reference is not None else None
+        return PreferenceBatch(self.chosen.to(device), self.rejected.to(device), reference)
+
+    def rows(self, indices) -> PreferenceBatch:
+        """The pairs at `indices` (so that a batch serves as a dataset of its pairs)."""
+        reference = self.reference[indices] if self.reference is not None else None
+        return PreferenceBatch(self.chosen.rows(indices), self.rejected.rows(indices), reference)
 
     def stacked(self) -> TokenBatch:
         """[chosen; rejected] as one batch of 2n rows (one forward pass for both)."""

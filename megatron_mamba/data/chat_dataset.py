@@ -161,7 +161,7 @@ class ChatDataset(_Records):
         return len(self.data)
 
     def rows(self, indices) -> TokenBatch:
-        return TokenBatch(self.data.tokens[indices], self.data.loss_mask[indices])
+        return self.data.rows(indices)
 
 
 class PreferenceDataset(_Records):
@@ -198,12 +198,13 @@ class PreferenceDataset(_Records):
         self.chosen = _token_batch([p.chosen for p in pairs], pad, item_length)
         self.rejected = _token_batch([p.rejected for p in pairs], pad, item_length)
         self._check_vocabulary([self.chosen, self.rejected], vocab_size)
+        self.reference: torch.Tensor | None = None
+        """[records, 2] the reference's log-probabilities of each pair, once computed before
+        training (training/reference_logps.py); they then travel with the rows."""
 
     def __len__(self) -> int:
         return len(self.chosen)
 
     def rows(self, indices) -> PreferenceBatch:
-        return PreferenceBatch(
-            TokenBatch(self.chosen.tokens[indices], self.chosen.loss_mask[indices]),
-            TokenBatch(self.rejected.tokens[indices], self.rejected.loss_mask[indices]),
-        )
+        reference = self.reference[indices] if self.reference is not None else None
+        return PreferenceBatch(self.chosen.rows(indices), self.rejected.rows(indices), reference)

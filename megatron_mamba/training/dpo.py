@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from megatron.core import parallel_state as ps
 
-from megatron_mamba.data.batches import PreferenceBatch
+from megatron_mamba.data.batches import PreferenceBatch, TokenBatch
 from megatron_mamba.models.logit_losses import cross_entropy
 from megatron_mamba.training.paired import forward_pair
 
@@ -37,6 +38,11 @@ class DPOConfig:
     reference: str | None = None
     """The frozen reference's weights (a checkpoint directory or a file of whole tensors), in
     the policy's layout; None means train.init_from (the SFT model the policy starts from)."""
+    precompute_reference: bool = False
+    """Compute the reference's log-probabilities of every pair in one forward pass over the
+    data before the first step, then free the reference (TRL's precompute_ref_log_probs): each
+    step runs the policy alone, in less memory. The pass is paid at every (re)start; a run of
+    several epochs saves a reference forward per pair in each epoch after the first."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.beta) and self.beta > 0):
@@ -46,6 +52,11 @@ class DPOConfig:
 def sequence_logps(per_token_ce: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
     """Σ log p over each row's masked (response) targets, in fp32."""
     return -(per_token_ce.float() * loss_mask.float()).sum(-1)
+
+
+def row_logps(logits: torch.Tensor, rows: TokenBatch, vocab_size: int) -> torch.Tensor:
+    """Each row's response log-probability, over the real vocabulary whatever the TP padding."""
+    return sequence_logps(cross_entropy(logits, rows.labels, vocab_size), rows.loss_mask)
 
 
 def dpo_loss(
@@ -62,32 +73,40 @@ def dpo_loss(
 
 
 class PreferenceOptimisation:
-    """The trainer's DPO objective; the reference runs beside the policy through the pipeline."""
+    """The trainer's DPO objective; the reference runs beside the policy through the pipeline,
+    or (`reference` None) its log-probabilities come with the batch, computed before training."""
 
     detailed = True
-    micro_batch_factor = 4  # chosen and rejected rows, of the policy and of the reference
     rows_per_item = 2  # a pair is two sequences
 
     def __init__(self, policy, reference, cfg: DPOConfig, vocab_size: int):
         self.policy, self.reference, self.cfg = policy, reference, cfg
         self.vocab_size = vocab_size
+        # chosen and rejected rows of the policy, and of the reference where it runs
+        self.micro_batch_factor = 2 if reference is None else 4
 
     def begin_step(self, step: int, loss_scale: float, accumulation: int, batch=None) -> None:
         pass  # every micro-batch holds as many pairs: the mean of their means is the step's
 
     def forward_step(self, batch: PreferenceBatch, model):
         rows = batch.stacked()
-        send, outputs = forward_pair(self.policy, self.reference, rows.inputs, model)
+        if self.reference is not None:
+            send, outputs = forward_pair(self.policy, self.reference, rows.inputs, model)
+        elif batch.reference is None:
+            raise ValueError("DPO without a reference model needs its log-probabilities")
+        else:
+            send = model(rows.inputs, None, None)
+            outputs = (send,) if ps.is_pipeline_last_stage() else None
         if outputs is None:
             return send, None
         pairs = len(batch)
 
-        def logps(logits):  # over the real vocabulary, whatever the TP padding
-            per_token = cross_entropy(logits, rows.labels, self.vocab_size)
-            return sequence_logps(per_token, rows.loss_mask)
-
         def loss_func(outputs):
-            policy, reference = (logps(logits) for logits in outputs)
+            policy = row_logps(outputs[0], rows, self.vocab_size)
+            if batch.reference is None:
+                reference = row_logps(outputs[1], rows, self.vocab_size)
+            else:  # [chosen; rejected], as the rows are stacked
+                reference = batch.reference.t().reshape(-1).to(policy.dtype)
             losses, chosen, rejected = dpo_loss(
                 policy[:pairs],
                 policy[pairs:],

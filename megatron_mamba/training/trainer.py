@@ -51,6 +51,7 @@ from megatron_mamba.training.metrics import MetricsLogger
 from megatron_mamba.training.objective import LanguageModelling
 from megatron_mamba.training.optimizer import MIN_LOSS_SCALE, build_optimizer
 from megatron_mamba.training.param_groups import freeze_all_but_mamba
+from megatron_mamba.training.reference_logps import reference_logps
 from megatron_mamba.training.run_config import RunConfig
 from megatron_mamba.training.schedule import build_scheduler
 from megatron_mamba.training.throughput import mfu, peak_flops
@@ -172,6 +173,12 @@ def train(run: RunConfig) -> list[dict]:
         )
         if start >= total and rt.rank == 0:  # a finished job launched again: nothing to redo
             print(f"{path} is at step {start} of {total}: nothing left to train", flush=True)
+    if reference is not None and run.dpo.precompute_reference:
+        if start < total:
+            _precomputed(reference, data, order, micro, seq, model_cfg.vocab_size, rt)
+        reference = None  # freed: each step runs the policy alone
+        if rt.device.type == "cuda":
+            torch.cuda.empty_cache()
     flops_per_token = training_flops_per_token(model_cfg, seq)
     peak = peak_flops(rt.device, cfg.mixed_precision, cfg.use_tf32)
     forward_backward = get_forward_backward_func()
@@ -181,7 +188,7 @@ def train(run: RunConfig) -> list[dict]:
         objective = Distillation(
             model, teacher, run.distill, model_cfg.num_layers, total, model_cfg.vocab_size
         )
-    if reference is not None:
+    if run.data.kind == "preference":
         objective = PreferenceOptimisation(model, reference, run.dpo, model_cfg.vocab_size)
 
     # Set up without error: only now is anything written (a resumed run appends its metrics).
@@ -326,6 +333,16 @@ def _training_data(run: RunConfig, vocab_size: int):
     if data.kind == "chat":
         return ChatDataset(*common, data.insert_empty_system, vocab_size, data.pack, data.train_on)
     return PreferenceDataset(*common, data.insert_empty_system, vocab_size, data.max_prompt_length)
+
+
+def _precomputed(reference, data, order: DataOrder, micro: int, seq: int, vocab_size, rt) -> None:
+    """The reference's log-probabilities of the run's pairs, attached to the data."""
+    started = time.perf_counter()
+    pool = range(order.first_item, order.first_item + order.samples(len(data)))
+    data.reference = reference_logps(reference, data, pool, micro, seq, vocab_size, rt.device)
+    if rt.rank == 0:
+        seconds = time.perf_counter() - started
+        print(f"reference log-probabilities of {len(pool)} pairs in {seconds:.1f} s", flush=True)
 
 
 def _attention_only(model_cfg):

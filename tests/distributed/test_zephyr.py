@@ -157,10 +157,37 @@ def test_tp2_pp2_gives_the_single_process_losses(zephyr, config, objective):
     four = _run(
         zephyr, config, f"{config}-tp2pp2", 4, *settings, "parallel.tensor=2", "parallel.pipeline=2"
     )
-    assert len(one) == len(four) == 3
-    for key in one[0]:
-        if key in ("step", "tokens_per_s", "lr") or key not in four[0]:
+    _assert_same_losses(four, one)
+
+
+def test_a_precomputed_reference_gives_the_losses_of_the_reference_run_in_each_step(zephyr):
+    """dpo.precompute_reference: the reference's log-probabilities from one pass before the
+    first step, under TP=2×PP=2 and under DP=2 (13 pairs: the pass's last micro-batches are
+    filled up with repeats), give the losses of the reference running beside the policy."""
+    settings = [
+        f"data.path={zephyr / 'inputs' / 'prefs.jsonl'}",
+        "dpo.beta=0.5",
+        "data.max_prompt_length=32",
+        f"train.init_from={zephyr / 'zephyr_0.50_mamba_sft'}",
+        "train.max_train_samples=13",
+    ]
+    beside = _run(zephyr, "dpo", "dpo-beside", 1, *settings)
+    for name, nproc, layout in (
+        ("dpo-precomputed-tp2pp2", 4, ["parallel.tensor=2", "parallel.pipeline=2"]),
+        ("dpo-precomputed-dp2", 2, []),
+    ):
+        precomputed = _run(
+            zephyr, "dpo", name, nproc, *settings, "dpo.precompute_reference=true", *layout
+        )
+        _assert_same_losses(precomputed, beside)
+
+
+def _assert_same_losses(got: list[dict], expected: list[dict]) -> None:
+    assert len(got) == len(expected) == 3
+    assert expected[-1]["loss"] != pytest.approx(expected[0]["loss"])  # the model has moved
+    for key in expected[0]:
+        if key in ("step", "tokens_per_s", "lr") or key not in got[0]:
             continue
-        got = np.array([r[key] for r in four])
-        expected = np.array([r[key] for r in one])
-        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6, err_msg=key)
+        np.testing.assert_allclose(
+            [r[key] for r in got], [r[key] for r in expected], rtol=1e-4, atol=1e-6, err_msg=key
+        )

@@ -16,6 +16,7 @@ from megatron_mamba.data.batches import PreferenceBatch, TokenBatch
 from megatron_mamba.models.build import build_model
 from megatron_mamba.training.checkpoint import find_checkpoint, load_weights, read_model_config
 from megatron_mamba.training.dpo import DPOConfig, PreferenceOptimisation, dpo_loss
+from megatron_mamba.training.reference_logps import micro_batches, reference_logps
 from tests.helpers.hf_tiny import _GQA_SHAPE, randomize_norms
 from tests.helpers.tiny_tokenizer import make_tokenizer
 
@@ -120,6 +121,15 @@ def test_loss_equals_trl_on_the_same_pairs(runtime, tmp_path):
         outputs, loss_func = objective.forward_step(batch, policy)
         loss, ours = loss_func(outputs)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+    # dpo.precompute_reference: the reference's log-probabilities from one forward-only pass
+    # (micro-batches of 3: the second is filled up with repeats), the step with the policy alone
+    table = reference_logps(reference, batch, range(4), 3, tokens.shape[1] - 1, VOCAB, "cpu")
+    alone = PreferenceOptimisation(policy, None, DPOConfig(beta=beta), VOCAB)
+    assert (alone.micro_batch_factor, objective.micro_batch_factor) == (2, 4)
+    with torch.no_grad():
+        outputs, loss_func = alone.forward_step(PreferenceBatch(chosen, rejected, table), policy)
+        assert loss_func(outputs)[0].item() == pytest.approx(expected, rel=1e-5)
     assert abs(expected - math.log(2)) > 1e-3  # the two models differ: a real comparison
     for name, trl_name in [
         ("reward_chosen", "rewards/chosen"),
@@ -130,3 +140,28 @@ def test_loss_equals_trl_on_the_same_pairs(runtime, tmp_path):
         ("logp_rejected", "logps/rejected"),
     ]:
         assert ours[name].item() == pytest.approx(logged[trl_name], rel=1e-4, abs=1e-6), name
+
+
+@pytest.mark.parametrize(
+    "pool,micro,dp", [(range(13), 2, 2), (range(5, 17), 4, 3), (range(8), 8, 1)]
+)
+def test_reference_pass_covers_each_pair_once_in_equal_micro_batch_counts(pool, micro, dp):
+    replicas = [micro_batches(pool, micro, dp, rank) for rank in range(dp)]
+    assert len({len(batches) for batches in replicas}) == 1  # the pipelines stay in step
+    real = [int(i) for batches in replicas for indices, n in batches for i in indices[:n]]
+    assert sorted(real) == list(pool)
+    assert all(len(indices) == micro for batches in replicas for indices, _ in batches)
+
+
+def test_preference_batches_carry_the_reference_through_split_and_to():
+    tokens = torch.arange(24).view(4, 6)
+    mask = torch.ones(4, 5)
+    reference = torch.arange(8.0).view(4, 2)
+    batch = PreferenceBatch(TokenBatch(tokens, mask), TokenBatch(tokens + 1, mask), reference)
+    halves = [half.to("cpu") for half in batch.split(3)]
+    assert [len(h) for h in halves] == [3, 1]
+    assert torch.equal(torch.cat([h.reference for h in halves]), reference)
+    assert all(h.reference is None for h in PreferenceBatch(batch.chosen, batch.rejected).split(3))
+    picked = batch.rows(torch.tensor([2, 0]))
+    assert torch.equal(picked.rejected.tokens, tokens[[2, 0]] + 1)
+    assert torch.equal(picked.reference, reference[[2, 0]])
