@@ -89,15 +89,48 @@ def with_empty_system(tokenizer, messages: list[dict]) -> list[dict]:
     return [{"role": "system", "content": ""}, *messages]
 
 
+def _json_type(value) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _check_messages(messages, where: str, name: str = "messages", text: bool = False) -> None:
+    """Refuses, as a DatasetError naming `where` (the record) and `name` (its field), what the
+    chat template cannot render: anything but a non-empty list of objects with string role and
+    content (or, with `text`, a string)."""
+    if text and isinstance(messages, str):
+        return
+    expected = ("text or " if text else "") + 'a list of {"role": ..., "content": ...} objects'
+    if not isinstance(messages, list) or not messages:
+        found = "an empty list" if messages == [] else f"a JSON {_json_type(messages)}"
+        raise DatasetError(f"{where}: {name} is {found}; expected {expected}")
+    for k, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise DatasetError(
+                f"{where}: {name}[{k}] is a JSON {_json_type(message)}; expected an object "
+                "with role and content"
+            )
+        for key in ("role", "content"):
+            if key not in message:
+                raise DatasetError(f"{where}: {name}[{k}] lacks {key}")
+            if not isinstance(message[key], str):
+                raise DatasetError(
+                    f"{where}: {name}[{k}].{key} is a JSON {_json_type(message[key])}; "
+                    "expected a string"
+                )
+
+
 def tokenize_chat(
     tokenizer,
     messages: list[dict],
     max_length: int | None = None,
     empty_system: bool = False,
     loss_from: int = 0,
+    where: str = "a record",
 ) -> MaskedTokens:
     """The conversation's tokens, masked on its assistant turns from message `loss_from` on
-    (counted in `messages` as given); cut to `max_length` from the right."""
+    (counted in `messages` as given); cut to `max_length` from the right. Malformed messages
+    are a DatasetError naming `where`."""
+    _check_messages(messages, where)
     if empty_system:
         inserted = with_empty_system(tokenizer, messages)
         loss_from += len(inserted) - len(messages)
@@ -142,6 +175,7 @@ def tokenize_preference(
     max_length: int | None = None,
     empty_system=False,
     max_prompt_length: int | None = None,
+    where: str = "a record",
 ) -> PreferencePair:
     """A DPO pair; the masks cover only each conversation's last message, the response, as
     alignment-handbook splits a DPO record (earlier assistant turns are prompt).
@@ -150,12 +184,16 @@ def tokenize_preference(
     as TRL's DPOTrainer of MambaInLlama's and alignment-handbook's recipes (0.8, truncation_mode
     "keep_end") does: where the prompt plus the longer response exceeds `max_length`, the prompt
     keeps its last `max_prompt_length` tokens; if that is still too long, each response keeps its
-    first `max_length - max_prompt_length`."""
+    first `max_length - max_prompt_length`. Each of prompt, chosen and rejected is text or
+    messages; anything else is a DatasetError naming `where`."""
+    for name, value in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
+        _check_messages(value, where, name, text=True)
     pair = []
     for response in (chosen, rejected):
         messages = _as_messages(prompt, response)  # all but the last message is the prompt
-        full = tokenize_chat(tokenizer, messages, None, empty_system, loss_from=len(messages) - 1)
-        pair.append(full)
+        pair.append(
+            tokenize_chat(tokenizer, messages, None, empty_system, len(messages) - 1, where)
+        )
     if max_length is None:
         return PreferencePair(*pair)
     if max_prompt_length is None:
@@ -175,9 +213,10 @@ def tokenize_preference(
     return PreferencePair(*kept)
 
 
-def read_jsonl(path: str | Path, required: tuple[str, ...]) -> Iterator[dict]:
-    """Records of a jsonl file, each checked for the `required` keys; faults are DatasetErrors,
-    which the trainer reports as one line naming the file and line."""
+def read_jsonl(path: str | Path, required: tuple[str, ...]) -> Iterator[tuple[str, dict]]:
+    """Records of a jsonl file, each checked for the `required` keys, with where they are
+    ("path:line", for later faults); faults are DatasetErrors, which the trainer reports as one
+    line naming the file and line."""
     with open(path, encoding="utf-8") as f:
         try:
             for number, line in enumerate(f, 1):
@@ -189,13 +228,13 @@ def read_jsonl(path: str | Path, required: tuple[str, ...]) -> Iterator[dict]:
                     raise DatasetError(f"{path}:{number} is not valid JSON") from error
                 if not isinstance(record, dict):
                     raise DatasetError(
-                        f"{path}:{number} is a JSON {type(record).__name__}; expected an object "
+                        f"{path}:{number} is a JSON {_json_type(record)}; expected an object "
                         f"with {', '.join(required)}"
                     )
                 missing = [key for key in required if key not in record]
                 if missing:
                     raise DatasetError(f"{path}:{number} lacks {', '.join(missing)}")
-                yield record
+                yield f"{path}:{number}", record
         except UnicodeDecodeError as error:
             # decoding runs ahead of the lines read, so no line number
             raise DatasetError(f"{path} is not UTF-8 text: {error}") from error

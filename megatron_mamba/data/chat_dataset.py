@@ -103,10 +103,10 @@ class _Records:
         """Refuses no records, or (`need_assistant`: the loss is on assistant tokens) none with
         an assistant target within item_length."""
         if not examples:
-            raise ValueError(f"{self.path} holds no records")
+            raise DatasetError(f"{self.path} holds no records")
         self.truncated += sum(len(e.input_ids) >= item_length for e in examples)
         if need_assistant and all(sum(e.assistant_mask[1:item_length]) == 0 for e in examples):
-            raise ValueError(
+            raise DatasetError(
                 f"no record of {self.path} has an assistant token within item_length="
                 f"{item_length}; nothing would be trained"
             )
@@ -133,20 +133,24 @@ class ChatDataset(_Records):
         tokenizer = load_tokenizer(tokenizer_dir)
         examples = [
             tokenize_chat(
-                tokenizer, record["messages"], None if pack else item_length, empty_system
+                tokenizer,
+                record["messages"],
+                None if pack else item_length,
+                empty_system,
+                where=where,
             )
-            for record in read_jsonl(self.path, ("messages",))
+            for where, record in read_jsonl(self.path, ("messages",))
         ]
         if pack:
             # the records in a seeded order before joining (alignment-handbook shuffles them)
             count = len(examples)
             order = np.random.default_rng(seed).permutation(count) if shuffle else range(count)
             if tokenizer.eos_token_id is None:
-                raise ValueError(f"data.pack joins chats with EOS; {tokenizer_dir} has none")
+                raise DatasetError(f"data.pack joins chats with EOS; {tokenizer_dir} has none")
             joined = [examples[i] for i in order]
             self.data = packed_rows(joined, item_length, tokenizer.eos_token_id, train_on)
             if not len(self.data):
-                raise ValueError(
+                raise DatasetError(
                     f"{self.path} joins into {sum(len(e.input_ids) + 1 for e in examples)} "
                     f"tokens, less than one packed row of item_length={item_length}"
                 )
@@ -154,7 +158,7 @@ class ChatDataset(_Records):
             self._check_length(examples, item_length, train_on == "assistant")
             self.data = _token_batch(examples, _pad_id(tokenizer), item_length, train_on)
         if not self.data.loss_mask.any():
-            raise ValueError(f"no target of {self.path} carries loss; nothing would be trained")
+            raise DatasetError(f"no target of {self.path} carries loss; nothing would be trained")
         self._check_vocabulary([self.data], vocab_size)
 
     def __len__(self) -> int:
@@ -190,8 +194,9 @@ class PreferenceDataset(_Records):
                 item_length,
                 empty_system,
                 max_prompt_length,
+                where,
             )
-            for r in read_jsonl(self.path, ("prompt", "chosen", "rejected"))
+            for where, r in read_jsonl(self.path, ("prompt", "chosen", "rejected"))
         ]
         self._check_length([p.chosen for p in pairs] + [p.rejected for p in pairs], item_length)
         pad = _pad_id(tokenizer)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from megatron_mamba.data.chat import pad_batch, read_jsonl, tokenize_chat, tokenize_preference
+from megatron_mamba.data.indexed import DatasetError
 from megatron_mamba.data.preprocess import load_tokenizer
 from tests.helpers.tiny_tokenizer import make_tokenizer
 
@@ -76,8 +77,9 @@ def test_jsonl_records_are_checked(tmp_path):
     path = tmp_path / "prefs.jsonl"
     path.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a"}\n')
     records = read_jsonl(path, ("prompt", "chosen", "rejected"))
-    assert next(records)["chosen"] == "b"
-    with pytest.raises(ValueError, match="prefs.jsonl:2 lacks chosen, rejected"):
+    where, record = next(records)
+    assert where == f"{path}:1" and record["chosen"] == "b"
+    with pytest.raises(DatasetError, match="prefs.jsonl:2 lacks chosen, rejected"):
         next(records)
 
 

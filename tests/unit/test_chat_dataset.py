@@ -118,7 +118,7 @@ def test_bad_inputs_fail_clearly(tmp_path, tokenizer_dir):
     _write(tmp_path / "bad.jsonl", [{"text": "no messages"}])
     with pytest.raises(ValueError, match="bad.jsonl:1 lacks messages"):
         ChatDataset(tmp_path / "bad.jsonl", tokenizer_dir, ITEM)
-    with pytest.raises(ValueError, match="no record .* has an assistant token within"):
+    with pytest.raises(DatasetError, match="no record .* has an assistant token within"):
         ChatDataset(_chats(tmp_path / "chat.jsonl"), tokenizer_dir, 4)
     with pytest.raises(ConfigError, match="data.kind=chat needs data.tokenizer"):
         load(RunConfig, None, ["preset=tiny-llama", "data.kind=chat", "data.path=x.jsonl"])
@@ -210,7 +210,7 @@ def test_train_on_all_needs_no_assistant_token_within_item_length(tmp_path, toke
 
 
 def test_packing_needs_a_full_row_and_chat_data(tmp_path, tokenizer_dir):
-    with pytest.raises(ValueError, match="less than one packed row of item_length=100000"):
+    with pytest.raises(DatasetError, match="less than one packed row of item_length=100000"):
         ChatDataset(_chats(tmp_path / "chat.jsonl"), tokenizer_dir, 100000, pack=True)
     for bad in (["data.pack=true"], ["data.train_on=all"]):
         with pytest.raises(ConfigError, match="apply to chat data only"):

@@ -8,10 +8,12 @@ import pytest
 
 from data_tools import merge_pythia_shards, preprocess_data
 from megatron_mamba.data.chat import read_jsonl, tokenize_chat
+from megatron_mamba.data.chat_dataset import ChatDataset, PreferenceDataset
 from megatron_mamba.data.corpus import CorpusSamples, HFTokenizerInfo, parse_blend
 from megatron_mamba.data.indexed import DatasetError
 from megatron_mamba.data.merge import merge_shards
 from megatron_mamba.data.preprocess import load_tokenizer
+from megatron_mamba.data.pythia import DataOrder
 from tests.helpers.tiny_tokenizer import make_tokenizer
 from tests.unit.test_data import build_pair
 
@@ -152,3 +154,119 @@ def test_a_directory_that_is_no_tokenizer_is_one_error_line(tmp_path, capsys):
     assert preprocess_data.main(argv) == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {empty} is not a tokenizer directory")
+
+
+def _jsonl(path, records):
+    """Records one a line, after a blank line (so that line numbers differ from record numbers)."""
+    path.write_text("\n" + "".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+CHAT = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]
+
+
+@pytest.mark.parametrize(
+    "messages, match",
+    [
+        ("Name a colour.", r"c.jsonl:3: messages is a JSON str; expected a list of \{\"role\""),
+        ({"role": "user"}, r"c.jsonl:3: messages is a JSON dict"),
+        ([], r"c.jsonl:3: messages is an empty list"),
+        ([CHAT[0], "Blue."], r"c.jsonl:3: messages\[1\] is a JSON str; expected an object"),
+        ([CHAT[0], {"role": "assistant"}], r"c.jsonl:3: messages\[1\] lacks content"),
+        ([{"content": "Hi."}], r"c.jsonl:3: messages\[0\] lacks role"),
+        (
+            [CHAT[0], {"role": "assistant", "content": None}],
+            r"messages\[1\].content is a JSON null",
+        ),
+        ([{"role": "user", "content": ["a"]}], r"messages\[0\].content is a JSON list; expected a"),
+    ],
+)
+def test_malformed_chat_messages_name_the_file_and_line(tmp_path, tokenizer_dir, messages, match):
+    """They failed inside the chat template (a TypeError, jinja's UndefinedError) or its
+    ValueError on an empty conversation: tracebacks naming no record."""
+    path = _jsonl(tmp_path / "c.jsonl", [{"messages": CHAT}, {"messages": messages}])
+    with pytest.raises(DatasetError, match=match):
+        ChatDataset(path, tokenizer_dir, 32)
+
+
+@pytest.mark.parametrize(
+    "record, match",
+    [
+        ({"prompt": 5}, r"p.jsonl:3: prompt is a JSON int; expected text or a list"),
+        ({"chosen": None}, r"p.jsonl:3: chosen is a JSON null; expected text or a list"),
+        ({"rejected": {"role": "assistant"}}, r"p.jsonl:3: rejected is a JSON dict"),
+        ({"chosen": [*CHAT[:1], {"role": "assistant"}]}, r"p.jsonl:3: chosen\[1\] lacks content"),
+        ({"prompt": [{"role": "user", "content": 1}]}, r"p.jsonl:3: prompt\[0\].content is a JSON"),
+    ],
+)
+def test_malformed_preference_records_name_the_file_and_line(
+    tmp_path, tokenizer_dir, record, match
+):
+    """chosen and rejected (and the prompt) are text or conversations; anything else failed
+    inside the chat template or _as_messages with a traceback."""
+    good = {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "No."}
+    path = _jsonl(tmp_path / "p.jsonl", [good, {**good, **record}])
+    with pytest.raises(DatasetError, match=match):
+        PreferenceDataset(path, tokenizer_dir, 32)
+
+
+def test_chat_data_that_trains_nothing_is_a_dataset_error(tmp_path, tokenizer_dir):
+    """These were plain ValueErrors, which the trainer shows as a traceback."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(DatasetError, match="empty.jsonl holds no records"):
+        ChatDataset(empty, tokenizer_dir, 32)
+    questions = _jsonl(tmp_path / "q.jsonl", [{"messages": CHAT[:1]}] * 12)
+    with pytest.raises(DatasetError, match="no target of .*q.jsonl carries loss"):
+        ChatDataset(questions, tokenizer_dir, 8, pack=True)
+    no_eos = load_tokenizer(tokenizer_dir)
+    no_eos.eos_token = None
+    no_eos.chat_template = (
+        "{% for m in messages %}{{ m['role'] + ': ' + m['content'] }}{% endfor %}"
+    )
+    no_eos.save_pretrained(tmp_path / "no_eos")
+    chats = _jsonl(tmp_path / "c.jsonl", [{"messages": CHAT}])
+    with pytest.raises(DatasetError, match="data.pack joins chats with EOS; .*no_eos has none"):
+        ChatDataset(chats, tmp_path / "no_eos", 8, pack=True)
+
+
+@pytest.mark.parametrize(
+    "records, message",
+    [
+        ([{"messages": [CHAT[0], {"role": "assistant"}]}], "{path}:2: messages[1] lacks content"),
+        ([], "{path} holds no records"),
+    ],
+)
+def test_chat_data_faults_end_the_training_cli_in_one_line(
+    tmp_path, tokenizer_dir, capsys, monkeypatch, records, message
+):
+    """Through the config and the trainer's data loading, as a user meets them."""
+    import megatron_mamba.runtime
+    from megatron_mamba.train import main
+    from megatron_mamba.training import trainer
+
+    path = _jsonl(tmp_path / "chat.jsonl", records)
+    monkeypatch.setattr(megatron_mamba.runtime, "shutdown_runtime", lambda: None)
+    monkeypatch.setattr(trainer, "train", lambda run: trainer._training_data(run, None))
+    argv = ["preset=tiny-llama", "data.kind=chat", f"data.path={path}"]
+    assert main([*argv, f"data.tokenizer={tokenizer_dir}", "data.item_length=32"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: " + message.format(path=path)]
+
+
+@pytest.mark.parametrize(
+    "override", ["data.first_item=-1", "train.max_train_samples=0", "train.num_train_epochs=0"]
+)
+def test_data_order_values_a_user_sets_are_refused_by_the_config(override, capsys):
+    """DataOrder's own ValueErrors are for callers' bugs: the values a user can set are refused
+    first, in one line (exit 2), and data too short for them is a TrainingError (one line)."""
+    from megatron_mamba.train import main
+    from megatron_mamba.training.config import TrainConfig
+    from megatron_mamba.training.trainer import TrainingError, _total_steps
+
+    assert main(["preset=tiny-llama", override]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and override.split(".")[1] in err[0]
+    for order in (DataOrder(4, first_item=10), DataOrder(4, max_train_samples=3)):
+        with pytest.raises(TrainingError, match="no training step fits"):
+            _total_steps(TrainConfig(), order, 6)
