@@ -118,6 +118,13 @@ def _step_of(path: Path) -> int | None:
     return int(number) if path.is_dir() and number.isdigit() else None
 
 
+def saved_steps(root: Path) -> list[int]:
+    """The steps of the complete checkpoints in `root` (none where it does not exist)."""
+    if not root.is_dir():
+        return []
+    return sorted(step for path in root.iterdir() if (step := _step_of(path)) is not None)
+
+
 def _set_aside(path: Path) -> Path:
     """Rename a checkpoint to a `.partial` name (atomic) before deleting it: a crash while
     deleting would otherwise leave a half checkpoint that still looks complete (its

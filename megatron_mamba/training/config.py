@@ -113,6 +113,9 @@ class TrainConfig:
     resume_from_checkpoint: str | None = None
     """A checkpoint directory, or "latest" for the newest in output_dir/run_name/checkpoints;
     needs the same parallel layout and global batch (init_from loads weights at any layout)."""
+    overwrite_output_dir: bool = False
+    """Let a run that does not resume replace the checkpoints, metrics and config of an earlier
+    run of the same output_dir/run_name; without it such a run is refused before it starts."""
     trainable: Trainable = "all"
     """"mamba" trains only the Mamba mixers, everything else frozen (MambaInLlama's stage 1)."""
     report_to: tuple[str, ...] = ("jsonl",)

@@ -44,6 +44,7 @@ from megatron_mamba.training.checkpoint import (
     load_weights,
     save_checkpoint,
     saved_progress,
+    saved_steps,
 )
 from megatron_mamba.training.ddp import wrap_ddp
 from megatron_mamba.training.dpo import PreferenceOptimisation
@@ -93,6 +94,7 @@ def train(run: RunConfig) -> list[dict]:
     """Run training; returns the records of its steps (also logged on rank 0), each with
     `skipped` 1 where the update was not applied."""
     cfg = run.train
+    _refuse_to_replace_a_run(cfg)
     rt = init_runtime(ParallelSizes(run.parallel.tensor, run.parallel.pipeline), seed=cfg.seed)
     if rt.device.type == "cpu" and cfg.mixed_precision != "no" and cfg.fp32_master_weights:
         raise TrainingError(
@@ -308,6 +310,20 @@ def train(run: RunConfig) -> list[dict]:
             break
     logger.close()
     return records
+
+
+def _refuse_to_replace_a_run(cfg) -> None:
+    """A run that does not resume would replace an earlier run's checkpoints at its first save
+    (and its metrics and config at once): refused, unless train.overwrite_output_dir."""
+    checkpoints = Path(cfg.output_dir) / cfg.run_name / CHECKPOINTS
+    steps = saved_steps(checkpoints)
+    if steps and not (cfg.resume_from_checkpoint or cfg.overwrite_output_dir):
+        shown = ", ".join(map(str, steps[:5])) + (", …" if len(steps) > 5 else "")
+        raise TrainingError(
+            f"{checkpoints} holds an earlier run's checkpoints (steps {shown}), which this run "
+            "would replace: resume it with train.resume_from_checkpoint=latest, choose another "
+            "train.run_name, or set train.overwrite_output_dir=true"
+        )
 
 
 def _training_data(run: RunConfig, vocab_size: int):

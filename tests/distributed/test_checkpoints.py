@@ -97,12 +97,19 @@ def test_a_save_killed_before_commit_leaves_the_previous_checkpoint(tmp_path, it
     assert checkpoint_names(killed) == ["latest", "step_00000006", "step_00000008"]
 
 
-def test_a_new_run_in_an_old_directory_replaces_the_old_checkpoints(tmp_path, items):
-    """The old run's step_6 and step_8 are newer than the new run's step_4: keeping them would
-    let pruning delete step_4, which `latest` names. The new run's metrics start afresh."""
+def test_a_new_run_in_an_old_directory_is_refused_or_told_to_replace_it(tmp_path, items):
+    """Refused before anything is written, unless train.overwrite_output_dir. Replacing: the old
+    run's step_6 and step_8 are newer than the new run's step_4: keeping them would let pruning
+    delete step_4, which `latest` names. The new run's metrics start afresh."""
     run(tmp_path, items, "again", **{"train.checkpointing_steps": 2})
     assert checkpoint_names(tmp_path / "again") == ["latest", "step_00000006", "step_00000008"]
-    again = run(tmp_path, items, "again", **{"train.max_steps": 4, "train.checkpointing_steps": 2})
+    metrics = (tmp_path / "again" / "metrics.jsonl").read_text()
+    shorter = {"train.max_steps": 4, "train.checkpointing_steps": 2}
+    with pytest.raises(AssertionError, match=r"holds an earlier run's checkpoints \(steps 6, 8\)"):
+        run(tmp_path, items, "again", **shorter)
+    assert checkpoint_names(tmp_path / "again") == ["latest", "step_00000006", "step_00000008"]
+    assert (tmp_path / "again" / "metrics.jsonl").read_text() == metrics
+    again = run(tmp_path, items, "again", **shorter, **{"train.overwrite_output_dir": True})
     assert checkpoint_names(tmp_path / "again") == ["latest", "step_00000002", "step_00000004"]
     assert (tmp_path / "again" / "checkpoints" / "latest").read_text().strip() == "step_00000004"
     assert [r["step"] for r in again] == [1, 2, 3, 4]
