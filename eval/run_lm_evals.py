@@ -4,9 +4,10 @@
         --dtype bfloat16 --batch_size 32                  # CALD's suite, 0-shot
     python eval/run_lm_evals.py export/ --tasks my_task --include_path my_tasks/
 
-Writes <output_dir>/results.json (every metric lm-eval reports), table.json and table.md, and
-prints the table. Offline: with the datasets already in the HF cache, set HF_DATASETS_OFFLINE=1
-and HF_HUB_OFFLINE=1; or use local task YAMLs whose data are local files.
+Writes <output_dir>/results.json (every metric lm-eval reports), table.json and table.md, after
+each checkpoint (the rows so far), and prints the table. Offline: with the datasets already in
+the HF cache, set HF_DATASETS_OFFLINE=1 and HF_HUB_OFFLINE=1; or use local task YAMLs whose data
+are local files.
 """
 
 from __future__ import annotations
@@ -98,12 +99,11 @@ def main(argv=None) -> int:
     if args.tokenizer:
         model_args["tokenizer"] = args.tokenizer
     options = {"num_fewshot": args.num_fewshot, "limit": args.limit}
-    results = {
-        name: evaluate(Checkpoint(name, path), tasks, manager, model_args, **options)
-        for name, path in zip(names, args.checkpoints, strict=True)
-    }
-    table = comparison_table(results, tasks)
-    write_outputs(Path(args.output_dir), results, table)
+    results = {}
+    for name, path in zip(names, args.checkpoints, strict=True):
+        results[name] = evaluate(Checkpoint(name, path), tasks, manager, model_args, **options)
+        table = comparison_table(results, tasks)  # written after each: a later failure keeps it
+        write_outputs(Path(args.output_dir), results, table)
     print(to_markdown(table), end="")
     return 0
 

@@ -162,3 +162,27 @@ def test_perplexity_refuses_an_unwritable_output_before_evaluating(
         assert _perplexity(natives, held_out, "--output", str(output)) == 1
         assert message in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile"]
+
+
+def test_run_lm_evals_keeps_the_results_of_checkpoints_evaluated_before_a_failure(
+    natives, monkeypatch, tmp_path
+):
+    """The outputs are written after each checkpoint: a later one failing to load (corrupt
+    weights pass the up-front checks) does not lose the earlier ones' hours of evaluation."""
+    import json
+
+    import eval.run_lm_evals as cli
+
+    def evaluate(checkpoint, *args, **kwargs):  # lm-eval's results of the first, then a failure
+        if checkpoint.name == "second":
+            raise RuntimeError("corrupt weights")
+        return {"tiny_mc": {"acc,none": 0.75, "acc_stderr,none": 0.1}}
+
+    monkeypatch.setattr(cli, "evaluate", evaluate)
+    out = tmp_path / "o"
+    argv = [str(natives / "native")] * 2 + ["--names", "first", "second", "--tasks", "tiny_mc"]
+    argv += ["--include_path", TASKS, "--output_dir", str(out)]
+    with pytest.raises(RuntimeError, match="corrupt weights"):
+        cli.main(argv)
+    assert list(json.loads((out / "results.json").read_text())) == ["first"]
+    assert "| first | 0.750" in (out / "table.md").read_text()
