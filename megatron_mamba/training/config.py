@@ -74,7 +74,8 @@ class TrainConfig:
     switch step of a target-guided run, to resume it from there the seed's way."""
     exit_interval: int | None = None
     """Save a checkpoint and stop after every this many steps (megatron's --exit-interval), for
-    jobs on time-limited allocations; resume with resume_from_checkpoint=latest."""
+    jobs on time-limited allocations; resume with resume_from_checkpoint=latest (or give every
+    job of the chain resume_from_checkpoint=auto)."""
     mixed_precision: MixedPrecision = "bf16"
     fp32_master_weights: bool = True
     """bf16 only. false: Adam updates the bf16 weights in place, its moments and the gradients
@@ -111,8 +112,10 @@ class TrainConfig:
     whole tensors): the student takes every tensor it shares with it, its Mamba mixers start
     fresh (CALD's student from Pythia)."""
     resume_from_checkpoint: str | None = None
-    """A checkpoint directory, or "latest" for the newest in output_dir/run_name/checkpoints;
-    needs the same parallel layout and global batch (init_from loads weights at any layout)."""
+    """A checkpoint directory, or "latest" for the newest in output_dir/run_name/checkpoints,
+    or "auto": the newest where there is one, else a fresh start (megatron's --load of the save
+    directory); needs the same parallel layout and global batch (init_from loads weights at any
+    layout)."""
     overwrite_output_dir: bool = False
     """Let a run that does not resume replace the checkpoints, metrics and config of an earlier
     run of the same output_dir/run_name; without it such a run is refused before it starts."""

@@ -38,6 +38,7 @@ from megatron_mamba.runtime import ParallelSizes, init_runtime
 from megatron_mamba.training.bad_steps import BadSteps, TrainingError, all_finite, why_skip
 from megatron_mamba.training.checkpoint import (
     CHECKPOINTS,
+    LATEST,
     CheckpointError,
     find_checkpoint,
     load_checkpoint,
@@ -94,7 +95,7 @@ def train(run: RunConfig) -> list[dict]:
     """Run training; returns the records of its steps (also logged on rank 0), each with
     `skipped` 1 where the update was not applied."""
     cfg = run.train
-    _refuse_to_replace_a_run(cfg)
+    resume = _resume_spec(cfg)
     rt = init_runtime(ParallelSizes(run.parallel.tensor, run.parallel.pipeline), seed=cfg.seed)
     if rt.device.type == "cpu" and cfg.mixed_precision != "no" and cfg.fp32_master_weights:
         raise TrainingError(
@@ -119,7 +120,7 @@ def train(run: RunConfig) -> list[dict]:
     teacher = _frozen_model(
         run, _attention_only(model_cfg), rt.device, run.distill.teacher, teacher_dtype
     )
-    if cfg.init_from_attention and not cfg.resume_from_checkpoint:
+    if cfg.init_from_attention and not resume:
         same = teacher is not None and run.distill.teacher == cfg.init_from_attention
         same = same and teacher_dtype == "same"  # the student's weights in its own precision
         source = (
@@ -163,8 +164,8 @@ def train(run: RunConfig) -> list[dict]:
     output = Path(cfg.output_dir) / cfg.run_name
     checkpoints = output / CHECKPOINTS
     start = 0
-    if cfg.resume_from_checkpoint:
-        path = find_checkpoint(cfg.resume_from_checkpoint, checkpoints)
+    if resume:
+        path = find_checkpoint(resume, checkpoints)
         start = _resume(
             path,
             model,
@@ -204,7 +205,7 @@ def train(run: RunConfig) -> list[dict]:
         is_main=rt.rank == 0,
         run_name=cfg.run_name,
         config=to_dict(run),  # shown with the run in wandb
-        append=bool(cfg.resume_from_checkpoint),
+        append=bool(resume),
     )
 
     def forward_step(batches, model):
@@ -312,18 +313,24 @@ def train(run: RunConfig) -> list[dict]:
     return records
 
 
-def _refuse_to_replace_a_run(cfg) -> None:
-    """A run that does not resume would replace an earlier run's checkpoints at its first save
-    (and its metrics and config at once): refused, unless train.overwrite_output_dir."""
+def _resume_spec(cfg) -> str | None:
+    """What to resume from: resume_from_checkpoint, with "auto" as "latest" where the run has a
+    checkpoint and as nothing where it has none (one command for every job of a chain). A run
+    that does not resume would replace an earlier run's checkpoints at its first save (and its
+    metrics and config at once): refused, unless train.overwrite_output_dir."""
     checkpoints = Path(cfg.output_dir) / cfg.run_name / CHECKPOINTS
     steps = saved_steps(checkpoints)
-    if steps and not (cfg.resume_from_checkpoint or cfg.overwrite_output_dir):
+    resume = cfg.resume_from_checkpoint
+    if resume == "auto":
+        resume = LATEST if steps else None
+    if steps and not (resume or cfg.overwrite_output_dir):
         shown = ", ".join(map(str, steps[:5])) + (", …" if len(steps) > 5 else "")
         raise TrainingError(
             f"{checkpoints} holds an earlier run's checkpoints (steps {shown}), which this run "
             "would replace: resume it with train.resume_from_checkpoint=latest, choose another "
             "train.run_name, or set train.overwrite_output_dir=true"
         )
+    return resume
 
 
 def _training_data(run: RunConfig, vocab_size: int):

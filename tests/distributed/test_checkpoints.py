@@ -60,7 +60,8 @@ def saved_dtypes(checkpoint: Path) -> dict[str, set]:
 
 def test_bf16_without_master_weights_trains_on_cpu_and_resumes_exactly(tmp_path, items, initial):
     """train.fp32_master_weights=false: bf16 weights and Adam state, nothing in fp32; the loss
-    falls as an fp32 run's does, and a stopped run continues as the uninterrupted one."""
+    falls as an fp32 run's does, and a run stopped twice (a chain of three jobs launched with
+    resume_from_checkpoint=auto) continues as the uninterrupted one."""
     import torch
 
     common = {**PURE_BF16, "train.init_from": initial}
@@ -72,8 +73,11 @@ def test_bf16_without_master_weights_trains_on_cpu_and_resumes_exactly(tmp_path,
         "model": {torch.bfloat16},
         "optimizer": {torch.bfloat16},
     }
-    run(tmp_path, items, "cut", **common, **{"train.exit_interval": 3})
-    resumed = run(tmp_path, items, "cut", **common, **{"train.resume_from_checkpoint": "latest"})
+    # a job chain, every job the same command: resume=auto starts fresh, then resumes
+    chain = {**common, "train.exit_interval": 3, "train.resume_from_checkpoint": "auto"}
+    assert [r["step"] for r in run(tmp_path, items, "cut", **chain)] == [1, 2, 3]
+    run(tmp_path, items, "cut", **chain)
+    resumed = run(tmp_path, items, "cut", **chain)
     assert steps_and_values(resumed) == steps_and_values(whole)
 
 
