@@ -66,9 +66,12 @@ def _total_steps(cfg, order: DataOrder, available: int) -> int:
     num_train_epochs) must then provide; else every whole global batch of it."""
     steps = order.steps(available)
     if steps == 0:
+        limit = (
+            f" (train.max_train_samples={cfg.max_train_samples})" if cfg.max_train_samples else ""
+        )
         raise TrainingError(
-            f"no training step fits: {available} items from {order.first_item} with a global "
-            f"batch of {order.global_batch}"
+            f"no training step fits: {order.samples(available)} items{limit} from item "
+            f"{order.first_item} of {available}, with a global batch of {order.global_batch}"
         )
     if cfg.max_steps is not None and cfg.max_steps > steps:
         limit = f", max_train_samples={cfg.max_train_samples}" if cfg.max_train_samples else ""

@@ -267,6 +267,8 @@ def test_data_order_values_a_user_sets_are_refused_by_the_config(override, capsy
     assert main(["preset=tiny-llama", override]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and override.split(".")[1] in err[0]
-    for order in (DataOrder(4, first_item=10), DataOrder(4, max_train_samples=3)):
-        with pytest.raises(TrainingError, match="no training step fits"):
-            _total_steps(TrainConfig(), order, 6)
+    with pytest.raises(TrainingError, match="no training step fits: 0 items from item 10 of 6"):
+        _total_steps(TrainConfig(), DataOrder(4, first_item=10), 6)
+    short = "no training step fits: 3 items \\(train.max_train_samples=3\\) from item 0 of 6"
+    with pytest.raises(TrainingError, match=short):
+        _total_steps(TrainConfig(max_train_samples=3), DataOrder(4, max_train_samples=3), 6)
