@@ -9,6 +9,7 @@ layer spec as `core_attention`.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +72,10 @@ class SDPAttention(MegatronModule):
         # [s, b, h, d] -> [b, h, s, d]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
         dropout_p = self.dropout_p if self.training else 0.0
-        with tensor_parallel.get_cuda_rng_tracker().fork():
+        # The model-parallel RNG only where dropout draws from it: switching the CUDA generator's
+        # state costs host time and cannot be captured in a CUDA graph.
+        rng = tensor_parallel.get_cuda_rng_tracker().fork() if dropout_p else nullcontext()
+        with rng:
             out = F.scaled_dot_product_attention(
                 q,
                 k,
