@@ -117,8 +117,9 @@ class TrainConfig:
     directory); needs the same parallel layout and global batch (init_from loads weights at any
     layout)."""
     overwrite_output_dir: bool = False
-    """Let a run that does not resume replace the checkpoints, metrics and config of an earlier
-    run of the same output_dir/run_name; without it such a run is refused before it starts."""
+    """Let a run replace the checkpoints of an earlier run in its output_dir/run_name (and with
+    them that run's metrics and config) where it does not resume one of them; without it such a
+    run is refused before it starts (training/resume.py)."""
     trainable: Trainable = "all"
     """"mamba" trains only the Mamba mixers, everything else frozen (MambaInLlama's stage 1)."""
     report_to: tuple[str, ...] = ("jsonl",)

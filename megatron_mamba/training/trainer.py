@@ -38,14 +38,12 @@ from megatron_mamba.runtime import ParallelSizes, init_runtime
 from megatron_mamba.training.bad_steps import BadSteps, TrainingError, all_finite, why_skip
 from megatron_mamba.training.checkpoint import (
     CHECKPOINTS,
-    LATEST,
     CheckpointError,
     find_checkpoint,
     load_checkpoint,
     load_weights,
     save_checkpoint,
     saved_progress,
-    saved_steps,
 )
 from megatron_mamba.training.ddp import wrap_ddp
 from megatron_mamba.training.dpo import PreferenceOptimisation
@@ -54,6 +52,7 @@ from megatron_mamba.training.objective import LanguageModelling
 from megatron_mamba.training.optimizer import MIN_LOSS_SCALE, build_optimizer
 from megatron_mamba.training.param_groups import freeze_all_but_mamba
 from megatron_mamba.training.reference_logps import reference_logps
+from megatron_mamba.training.resume import agreed_resume
 from megatron_mamba.training.run_config import RunConfig
 from megatron_mamba.training.schedule import build_scheduler
 from megatron_mamba.training.throughput import mfu, peak_flops
@@ -98,8 +97,8 @@ def train(run: RunConfig) -> list[dict]:
     """Run training; returns the records of its steps (also logged on rank 0), each with
     `skipped` 1 where the update was not applied."""
     cfg = run.train
-    resume = _resume_spec(cfg)
     rt = init_runtime(ParallelSizes(run.parallel.tensor, run.parallel.pipeline), seed=cfg.seed)
+    resume = agreed_resume(cfg)
     if rt.device.type == "cpu" and cfg.mixed_precision != "no" and cfg.fp32_master_weights:
         raise TrainingError(
             f"train.mixed_precision={cfg.mixed_precision} needs a GPU (megatron's mixed-precision "
@@ -314,26 +313,6 @@ def train(run: RunConfig) -> list[dict]:
             break
     logger.close()
     return records
-
-
-def _resume_spec(cfg) -> str | None:
-    """What to resume from: resume_from_checkpoint, with "auto" as "latest" where the run has a
-    checkpoint and as nothing where it has none (one command for every job of a chain). A run
-    that does not resume would replace an earlier run's checkpoints at its first save (and its
-    metrics and config at once): refused, unless train.overwrite_output_dir."""
-    checkpoints = Path(cfg.output_dir) / cfg.run_name / CHECKPOINTS
-    steps = saved_steps(checkpoints)
-    resume = cfg.resume_from_checkpoint
-    if resume == "auto":
-        resume = LATEST if steps else None
-    if steps and not (resume or cfg.overwrite_output_dir):
-        shown = ", ".join(map(str, steps[:5])) + (", …" if len(steps) > 5 else "")
-        raise TrainingError(
-            f"{checkpoints} holds an earlier run's checkpoints (steps {shown}), which this run "
-            "would replace: resume it with train.resume_from_checkpoint=latest, choose another "
-            "train.run_name, or set train.overwrite_output_dir=true"
-        )
-    return resume
 
 
 def _training_data(run: RunConfig, vocab_size: int):

@@ -1,0 +1,61 @@
+"""Which checkpoint a run resumes from, and when a run is refused because it would replace an
+earlier run's checkpoints (training/resume.py)."""
+
+from pathlib import Path
+
+import pytest
+
+from megatron_mamba.training.bad_steps import TrainingError
+from megatron_mamba.training.config import TrainConfig
+from megatron_mamba.training.resume import resume_decision
+
+
+def _config(tmp_path: Path, **fields) -> TrainConfig:
+    return TrainConfig(output_dir=str(tmp_path), run_name="run", **fields)
+
+
+def _checkpoints(tmp_path: Path, *steps: int, latest: bool = True) -> Path:
+    root = tmp_path / "run" / "checkpoints"
+    root.mkdir(parents=True)
+    for step in steps:
+        (root / f"step_{step:08d}").mkdir()
+    (root / "step_00000099.partial").mkdir()  # an unfinished save is no checkpoint
+    if latest and steps:
+        (root / "latest").write_text(f"step_{max(steps):08d}\n")
+    return root
+
+
+def test_a_run_without_checkpoints_starts_fresh_even_with_auto(tmp_path):
+    _checkpoints(tmp_path)
+    assert resume_decision(_config(tmp_path)) is None
+    assert resume_decision(_config(tmp_path, resume_from_checkpoint="auto")) is None
+
+
+def test_auto_resumes_the_newest_checkpoint_with_or_without_latest(tmp_path):
+    assert resume_decision(_config(tmp_path / "a", resume_from_checkpoint="auto")) is None
+    _checkpoints(tmp_path / "a", 3, 6)
+    assert resume_decision(_config(tmp_path / "a", resume_from_checkpoint="auto")) == "latest"
+    root = _checkpoints(tmp_path / "b", 3, 6, latest=False)  # a crash before `latest` moved
+    chosen = resume_decision(_config(tmp_path / "b", resume_from_checkpoint="auto"))
+    assert chosen == str(root / "step_00000006")
+
+
+def test_a_fresh_run_over_checkpoints_is_refused_unless_told_to_replace_them(tmp_path):
+    _checkpoints(tmp_path, 3, 6)
+    with pytest.raises(TrainingError, match=r"steps 3, 6\), which this run would replace"):
+        resume_decision(_config(tmp_path))
+    assert resume_decision(_config(tmp_path, overwrite_output_dir=True)) is None
+
+
+def test_resuming_its_own_checkpoint_is_allowed_another_runs_is_not(tmp_path):
+    root = _checkpoints(tmp_path, 3, 6)
+    own = str(root / "step_00000003")
+    assert resume_decision(_config(tmp_path, resume_from_checkpoint=own)) == own
+    assert resume_decision(_config(tmp_path, resume_from_checkpoint="latest")) == "latest"
+    other = str(tmp_path / "teacher" / "checkpoints" / "step_00000009")
+    with pytest.raises(TrainingError, match=f"resumed from {other}, would replace"):
+        resume_decision(_config(tmp_path, resume_from_checkpoint=other))
+    allowed = _config(tmp_path, resume_from_checkpoint=other, overwrite_output_dir=True)
+    assert resume_decision(allowed) == other
+    fresh = _config(tmp_path / "elsewhere", resume_from_checkpoint=other)
+    assert resume_decision(fresh) == other  # a new run directory: nothing to replace
