@@ -27,9 +27,9 @@ fi
 SWITCH=distill.layer_distill_until_step=$SWITCH_STEP KEEP="[$SWITCH_STEP]"
 [[ -n $SWITCH_STEP ]] || SWITCH=distill.layer_distill_until=0.4 KEEP="[]"
 
-train() {
+train() {  # resume=auto: a rerun continues an interrupted run and skips a finished one
   OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$PY" -m torch.distributed.run --nproc_per_node "$NPROC" \
     -m megatron_mamba.train --config "$CONFIG" data.path="$DATA" \
     train.init_from_attention="$TEACHER" train.max_train_samples="$TRAIN_SAMPLES" \
-    train.lr_decay_steps="$DECAY_STEPS" "$@"
+    train.lr_decay_steps="$DECAY_STEPS" train.resume_from_checkpoint=auto "$@"
 }

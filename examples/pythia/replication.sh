@@ -50,7 +50,8 @@ train() {  # train RUN_NAME STEPS key=value ...
     train.run_name="$1" train.max_steps="$2" train.num_train_epochs=1000 train.output_dir="$OUT" \
     train.per_device_train_batch_size="$MICRO" train.mixed_precision="$PRECISION" \
     train.learning_rate=6e-4 train.min_lr=6e-5 train.warmup_ratio=0.03 train.clip_grad_norm=1.0 \
-    train.eval_interval=$(($2 / 5)) train.log_every=10 "train.report_to=[console,jsonl]" "${@:3}"
+    train.eval_interval=$(($2 / 5)) train.log_every=10 "train.report_to=[console,jsonl]" \
+    train.resume_from_checkpoint=auto "${@:3}"
 }
 
 step "2. the teacher: $SHAPE trained from scratch for $TEACHER_STEPS steps"

@@ -49,10 +49,10 @@ swapped() {  # swapped RUN FRACTION DIR: RUN's weights with more layers swapped,
     "${MAMBA[@]}"
 }
 
-train() {  # train CONFIG key=value ...
+train() {  # train CONFIG key=value ... (resume=auto: a rerun continues a stage, skips a finished one)
   local config=$1
   shift
   OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$PY" -m torch.distributed.run --nproc_per_node "$NPROC" \
     -m megatron_mamba.train --config "examples/zephyr/$config.yaml" train.output_dir="$OUT" \
-    data.tokenizer="$ZEPHYR" "${TINY_ARGS[@]}" "$@"
+    data.tokenizer="$ZEPHYR" train.resume_from_checkpoint=auto "${TINY_ARGS[@]}" "$@"
 }
