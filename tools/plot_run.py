@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"{', '.join(drawn)} and lr → {out}")
+    print(f"{', '.join(drawn)} → {out}")
     return 0
 
 

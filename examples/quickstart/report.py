@@ -63,7 +63,7 @@ def main() -> None:
         metrics = args.out / name / "metrics.jsonl"
         if metrics.is_file():  # a training run (the converted model has none)
             drawn = plot(metrics, args.out / f"{name}.png")
-            print(f"{name}: {', '.join(drawn)} and lr → {args.out / f'{name}.png'}")
+            print(f"{name}: {', '.join(drawn)} → {args.out / f'{name}.png'}")
 
 
 if __name__ == "__main__":

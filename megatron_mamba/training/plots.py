@@ -18,11 +18,18 @@ NOT_LOSSES = {
     "loss_scale",
     "skipped",
     "valid_ppl",
+    # DPO's rewards and log-probabilities (log-probs of hundreds would flatten the losses)
+    "reward_chosen",
+    "reward_rejected",
+    "reward_margin",
+    "reward_accuracy",
+    "logp_chosen",
+    "logp_rejected",
 }
 
 
 def plot(metrics_path: str | Path, out: str | Path) -> list[str]:
-    """Write the figure; return the loss series it drew."""
+    """Write the figure; return the series it drew: the losses, then lr where logged."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -31,7 +38,9 @@ def plot(metrics_path: str | Path, out: str | Path) -> list[str]:
     records = read_metrics(metrics_path)
     if not records:
         raise ValueError(f"{metrics_path} has no records")
-    losses = sorted({k for r in records for k in r if k not in NOT_LOSSES})
+    losses = sorted(
+        {k for r in records for k, v in r.items() if k not in NOT_LOSSES and _number(v)}
+    )
     fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     for name in losses:
         points = [(r["step"], r[name]) for r in records if name in r]
@@ -41,9 +50,14 @@ def plot(metrics_path: str | Path, out: str | Path) -> list[str]:
     lr = [(r["step"], r["lr"]) for r in records if "lr" in r]
     if lr:
         ax_lr.plot(*zip(*lr, strict=True), color="tab:gray")
+        losses = [*losses, "lr"]
     ax_lr.set_ylabel("learning rate")
     ax_lr.set_xlabel("step")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return losses
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

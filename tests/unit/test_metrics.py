@@ -78,7 +78,20 @@ def test_the_plot_draws_losses_only(tmp_path):
         logger.log(step, {**fp16, "valid_loss": 4.5, "valid_ppl": 90.0, "mfu": 0.4})
     logger.close()
     drawn = plot(tmp_path / "metrics.jsonl", tmp_path / "curves.png")
-    assert drawn == ["loss", "valid_loss"]
+    assert drawn == ["loss", "valid_loss", "lr"]
+
+
+def test_the_plot_leaves_dpo_rewards_and_text_off_the_loss_axis(tmp_path, capsys):
+    """DPO logs log-probabilities of hundreds and rewards beside its loss; a string field is
+    no series at all; lr is named only where logged."""
+    logger = MetricsLogger(tmp_path, ("jsonl",), total_steps=2)
+    for step in (1, 2):
+        dpo = {"reward_margin": 0.1, "reward_accuracy": 0.5, "logp_chosen": -190.0}
+        logger.log(step, {"loss": 0.69, "dpo": 0.69, **dpo, "note": "warm"})
+    logger.close()
+    out = tmp_path / "curves.png"
+    assert plot_run.main([str(tmp_path / "metrics.jsonl"), "--out", str(out)]) == 0
+    assert capsys.readouterr().out == f"dpo, loss → {out}\n"
 
 
 def test_plot_of_a_missing_file_fails_clearly(tmp_path, capsys):

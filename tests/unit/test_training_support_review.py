@@ -32,7 +32,7 @@ def test_non_finite_metrics_are_written_as_null_and_read_back_as_nan(tmp_path):
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert math.isnan(records[1]["loss"]) and math.isnan(records[1]["grad_norm"])
     assert records[0]["loss"] == 2.0 and records[2]["grad_norm"] == 0.25
-    assert plot(tmp_path / "metrics.jsonl", tmp_path / "curves.png") == ["loss"]
+    assert plot(tmp_path / "metrics.jsonl", tmp_path / "curves.png") == ["loss", "lr"]
 
 
 @pytest.mark.parametrize("value", ["null", "", "[]", "none"])
