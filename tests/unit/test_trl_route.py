@@ -110,11 +110,11 @@ def test_export_sft_dpo_import_and_train_natively(runtime, tmp_path):
         "train.per_device_train_batch_size": 4,
         "train.init_from": tmp_path / "back",
         "train.output_dir": tmp_path,
-        "train.run_name": "native",
+        "train.run_name": "trained",  # not "native": the import there is kept
     }
     train = REPO / "megatron_mamba" / "train.py"
     torchrun(train, 1, "--config", str(run_config), *(f"{k}={v}" for k, v in settings.items()))
-    lines = (tmp_path / "native" / "metrics.jsonl").read_text().splitlines()
+    lines = (tmp_path / "trained" / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert [r["step"] for r in records] == [1, 2]
     tokens = np.fromfile(f"{data}.bin", dtype=np.uint16)[: 4 * ITEM].astype(np.int64)
