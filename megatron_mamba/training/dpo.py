@@ -20,8 +20,7 @@ from megatron_mamba.data.batches import PreferenceBatch, TokenBatch
 from megatron_mamba.models.logit_losses import cross_entropy
 from megatron_mamba.training.paired import forward_pair
 
-LOGGED = (
-    "dpo",
+STATISTICS = (
     "reward_chosen",
     "reward_rejected",
     "reward_margin",
@@ -29,6 +28,8 @@ LOGGED = (
     "logp_chosen",
     "logp_rejected",
 )
+"""Logged beside the loss; not losses themselves."""
+LOGGED = ("dpo", *STATISTICS)
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from megatron_mamba.training.dpo import STATISTICS as DPO_STATISTICS
 from megatron_mamba.training.metrics import read_metrics
 
 # Logged per step besides the losses (fp16 adds its loss scale).
@@ -19,12 +20,7 @@ NOT_LOSSES = {
     "skipped",
     "valid_ppl",
     # DPO's rewards and log-probabilities (log-probs of hundreds would flatten the losses)
-    "reward_chosen",
-    "reward_rejected",
-    "reward_margin",
-    "reward_accuracy",
-    "logp_chosen",
-    "logp_rejected",
+    *DPO_STATISTICS,
 }
 
 
