@@ -118,11 +118,13 @@ def _step_of(path: Path) -> int | None:
     return int(number) if path.is_dir() and number.isdigit() else None
 
 
-def saved_steps(root: Path) -> list[int]:
-    """The steps of the complete checkpoints in `root` (none where it does not exist)."""
+def saved_checkpoints(root: Path) -> dict[int, Path]:
+    """The complete checkpoints in `root` by step, in step order (none where it does not
+    exist)."""
     if not root.is_dir():
-        return []
-    return sorted(step for path in root.iterdir() if (step := _step_of(path)) is not None)
+        return {}
+    found = {step: path for path in root.iterdir() if (step := _step_of(path)) is not None}
+    return dict(sorted(found.items()))
 
 
 def _set_aside(path: Path) -> Path:
@@ -147,8 +149,8 @@ def _prune(root: Path, saved: int, keep: int, protected: tuple[int, ...] = ()) -
     later ones would count as newer, and pruning would delete `saved` itself. So a run resumed
     from an older checkpoint replaces the steps after it at its first save (until then `latest`
     still names the abandoned run's newest)."""
-    steps = {step: path for path in root.iterdir() if (step := _step_of(path)) is not None}
-    kept = sorted(step for step in steps if step <= saved)[-keep:]
+    steps = saved_checkpoints(root)
+    kept = [step for step in steps if step <= saved][-keep:]
     kept += [step for step in protected if step <= saved]
     for step, path in steps.items():
         if step not in kept:

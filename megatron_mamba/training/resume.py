@@ -15,21 +15,22 @@ from pathlib import Path
 import torch
 
 from megatron_mamba.training.bad_steps import TrainingError
-from megatron_mamba.training.checkpoint import CHECKPOINTS, LATEST, saved_steps, step_dir
+from megatron_mamba.training.checkpoint import CHECKPOINTS, LATEST, saved_checkpoints
 
 
 def resume_decision(cfg) -> str | None:
     """The checkpoint to resume (a path or "latest"), or None for a fresh start."""
     output = Path(cfg.output_dir) / cfg.run_name
     checkpoints = output / CHECKPOINTS
-    steps = saved_steps(checkpoints)
+    saved = saved_checkpoints(checkpoints)
+    steps = list(saved)
     resume = cfg.resume_from_checkpoint
     if resume == "auto":
         if not steps:
             return None
         # `latest` is written after the step directory: a crash between leaves it missing
         latest = (checkpoints / LATEST).is_file()
-        resume = LATEST if latest else str(step_dir(checkpoints, steps[-1]))
+        resume = LATEST if latest else str(saved[steps[-1]])
     if not steps or cfg.overwrite_output_dir or (resume and _within(resume, output)):
         return resume
     shown = ", ".join(map(str, steps[:5])) + (", …" if len(steps) > 5 else "")
