@@ -9,7 +9,9 @@ reduction, NaN guard and metrics. Tokens/s are medians after warmup.
     torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode trainer --out $OUT/t1.json
     torchrun --nproc_per_node 2 benchmarks/trainer_overhead.py --mode trainer --out $OUT/t2.json
 
-BENCH_MICRO=8 sets micro-batch 8; BENCH_DISTRIBUTED_OPTIMIZER=1 the distributed optimizer.
+BENCH_MICRO=8 sets micro-batch 8; BENCH_DISTRIBUTED_OPTIMIZER=1 the distributed optimizer;
+BENCH_CUDA_GRAPH=1 trains with train.cuda_graph=true; BENCH_PRESET, BENCH_PATTERN and BENCH_SEQ
+another model shape and sequence length (e.g. pythia-160m, AMAMAMAMAMAM, 1024).
 """
 
 from __future__ import annotations
@@ -25,10 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SEQ, WARMUP = 2048, 4
+WARMUP = 4
+SEQ = int(os.environ.get("BENCH_SEQ", "2048"))
 MICRO = int(os.environ.get("BENCH_MICRO", "4"))
 ZERO1 = os.environ.get("BENCH_DISTRIBUTED_OPTIMIZER", "0") == "1"
-MODEL = {"layer_pattern": "AMAMAMAMAMAMAMAM"}  # Pythia-1b shape, half mamba1 (CUDA kernels)
+GRAPH = os.environ.get("BENCH_CUDA_GRAPH", "0") == "1"
+# Pythia-1b shape, half mamba1 (CUDA kernels)
+PRESET = os.environ.get("BENCH_PRESET", "pythia-1b")
+PATTERN = os.environ.get("BENCH_PATTERN", "AMAMAMAMAMAMAMAM")
 
 
 def run_config(data: Path, out: Path, steps: int, world: int):
@@ -36,8 +42,8 @@ def run_config(data: Path, out: Path, steps: int, world: int):
     from megatron_mamba.training.run_config import RunConfig
 
     overrides = {
-        "preset": "pythia-1b",
-        "model.layer_pattern": MODEL["layer_pattern"],
+        "preset": PRESET,
+        "model.layer_pattern": PATTERN,
         "data.path": str(data),
         "data.item_length": SEQ + 1,
         "train.max_steps": steps,
@@ -48,6 +54,7 @@ def run_config(data: Path, out: Path, steps: int, world: int):
         "train.report_to": "[jsonl]",
         "train.save_at_end": False,
         "train.use_distributed_optimizer": ZERO1,
+        "train.cuda_graph": GRAPH,
     }
     return load(RunConfig, None, [f"{k}={v}" for k, v in overrides.items()])
 
@@ -67,7 +74,8 @@ def trainer_tokens_per_s(steps: int) -> float:
     from megatron_mamba.training.trainer import train
 
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    root = Path(tempfile.gettempdir()) / "trainer_overhead" / f"micro{MICRO}_gpus{world}"
+    shape = f"{PRESET}_{PATTERN}_seq{SEQ}_micro{MICRO}_gpus{world}_graph{int(GRAPH)}"
+    root = Path(tempfile.gettempdir()) / "trainer_overhead" / shape
     data = root / "items"
     ready = root / "ready"
     if rank == 0:

@@ -21,7 +21,9 @@ from megatron_mamba.data.batches import TokenBatch
 class GlobalTargetMean:
     def __init__(self, device: torch.device):
         self.device = device
-        self.factor: float | None = None
+        self.factor: torch.Tensor | None = None
+        """On the device and updated in place, so that a CUDA graph of the loss reads each
+        step's value (training/cuda_graph.py); None where every target carries loss."""
 
     def begin_step(self, batch: TokenBatch | None, accumulation: int) -> None:
         """Count the step's targets (this replica's `batch`, summed over replicas). Without a
@@ -33,7 +35,11 @@ class GlobalTargetMean:
         count = torch.tensor([batch.target_count()], dtype=torch.float64, device=self.device)
         torch.distributed.all_reduce(count, group=ps.get_data_parallel_group())
         replicas = ps.get_data_parallel_world_size()
-        self.factor = accumulation * replicas / max(float(count), 1.0)
+        factor = accumulation * replicas / max(float(count), 1.0)
+        if self.factor is None:
+            self.factor = torch.tensor(factor, dtype=torch.float32, device=self.device)
+        else:
+            self.factor.fill_(factor)
 
     def __call__(self, batch: TokenBatch, per_token: torch.Tensor) -> torch.Tensor:
         """This micro-batch's share of the step's mean of `per_token` [n, L−1]."""

@@ -45,6 +45,7 @@ from megatron_mamba.training.checkpoint import (
     save_checkpoint,
     saved_progress,
 )
+from megatron_mamba.training.cuda_graph import GraphedForwardBackward, graph_refusal
 from megatron_mamba.training.ddp import wrap_ddp
 from megatron_mamba.training.dpo import PreferenceOptimisation
 from megatron_mamba.training.metrics import MetricsLogger
@@ -110,6 +111,8 @@ def train(run: RunConfig) -> list[dict]:
             "train.use_distributed_optimizer=true needs GPUs (megatron's distributed optimizer "
             "keeps its shards in CUDA buffers); on CPU leave it false"
         )
+    if cfg.cuda_graph and (refusal := graph_refusal(run, rt.device)):
+        raise TrainingError(refusal)
     torch.backends.cuda.matmul.allow_tf32 = cfg.use_tf32
     torch.backends.cudnn.allow_tf32 = cfg.use_tf32
     model_cfg = run.model_config()
@@ -187,6 +190,8 @@ def train(run: RunConfig) -> list[dict]:
     flops_per_token = training_flops_per_token(model_cfg, seq)
     peak = peak_flops(rt.device, cfg.mixed_precision, cfg.use_tf32)
     forward_backward = get_forward_backward_func()
+    if cfg.cuda_graph:
+        forward_backward = GraphedForwardBackward(forward_backward, ddp)
 
     objective = LanguageModelling(rt.device)
     if teacher is not None:

@@ -1,0 +1,147 @@
+"""A training step's micro-batches replayed from one CUDA graph of a forward + backward.
+
+At small sizes a step is bound by the host launching kernels, not by the GPU running them (a
+DPO step of a 1.2B hybrid: 100 ms of CPU against 67 ms of CUDA time; `benchmarks/
+cuda_graph_probe.py`: 2.8–5× on a 4-layer model). Captured once, a micro-batch's forward, loss
+and backward (into DDP's gradient buffer) replays as one launch. The batch is copied into static
+tensors the graph reads; every quantity that changes from step to step must live in a tensor
+updated in place (the loss's target count does), for the graph holds what it read at capture.
+
+`GraphedForwardBackward` stands in for megatron's `forward_backward_func` on one pipeline stage:
+the first steps run eagerly through megatron's schedule (which also sets up DDP's buckets), then
+one micro-batch is captured; a step whose micro-batches do not have the captured shapes runs
+eagerly. The data-parallel gradient reduction runs after the replays, outside the graph.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+
+def graph_refusal(run, device: torch.device) -> str | None:
+    """Why `train.cuda_graph=true` cannot run this configuration, or None. Only plain language
+    modelling keeps all of its per-step state in tensors (distillation's alpha schedule and
+    DPO's do not yet)."""
+    train, parallel, model = run.train, run.parallel, run.model_config()
+    objective_kept = not run.distill.teacher and run.data.kind != "preference"
+    reasons = {
+        "a GPU": device.type != "cuda",
+        "pipeline parallel size 1": parallel.pipeline != 1,
+        "tensor parallel size 1 (not yet validated on GPUs beyond one)": parallel.tensor != 1,
+        "train.mixed_precision no or bf16 (fp16's loss scale is replaced as it changes)": (
+            train.mixed_precision == "fp16"
+        ),
+        "train.recompute=none": train.recompute != "none",
+        "no dropout (megatron's RNG tracker cannot be captured)": (
+            model.hidden_dropout > 0 or model.attention_dropout > 0
+        ),
+        "the language-modelling objective (pre-training or SFT, not distillation or DPO yet)": (
+            not objective_kept
+        ),
+    }
+    needs = [need for need, missing in reasons.items() if missing]
+    if not needs:
+        return None
+    return "train.cuda_graph=true needs " + "; ".join(needs)
+
+
+class GraphedForwardBackward:
+    def __init__(self, eager_forward_backward, ddp, eager_steps: int = 2):
+        if eager_steps < 1:  # megatron's DDP learns its buckets' order in the first step
+            raise ValueError(f"eager_steps={eager_steps} must be at least 1")
+        self.eager = eager_forward_backward
+        self.ddp = ddp
+        self.eager_steps = eager_steps
+        self.steps = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static_batch = None
+        self.static_records: dict | None = None
+
+    def __call__(
+        self,
+        *,
+        forward_step_func,
+        data_iterator,
+        model,
+        num_microbatches,
+        seq_length,
+        micro_batch_size,
+    ) -> list[dict]:
+        micro_batches = list(data_iterator)
+        self.steps += 1
+        shape = _shapes(micro_batches[0]) if self.static_batch is None else self.shape
+        fits = all(_shapes(b) == shape for b in micro_batches)
+        if self.steps <= self.eager_steps or not fits:
+            return self.eager(
+                forward_step_func=forward_step_func,
+                data_iterator=iter(micro_batches),
+                model=model,
+                num_microbatches=num_microbatches,
+                seq_length=seq_length,
+                micro_batch_size=micro_batch_size,
+            )
+        if self.graph is None:
+            self._capture(forward_step_func, micro_batches[0], num_microbatches)
+        records = []
+        with self.ddp.no_sync():  # the gradients are reduced once, after the last micro-batch
+            for batch in micro_batches:
+                _copy_into(self.static_batch, batch)
+                self.graph.replay()
+                records.append({k: v.clone() for k, v in self.static_records.items()})
+        self.ddp.start_grad_sync()
+        self.ddp.config.finalize_model_grads_func([self.ddp])
+        return records
+
+    @property
+    def shape(self):
+        return _shapes(self.static_batch)
+
+    def _capture(self, forward_step_func, example, num_microbatches: int) -> None:
+        """Warm up on a side stream (as capture requires), capture, and leave the gradient
+        buffer as it was (capture itself runs nothing; the warm-up's gradients are zeroed)."""
+        self.static_batch = _to_device(example)
+        config = self.ddp.config
+
+        def forward_backward() -> dict:
+            output, loss_func = forward_step_func(iter([self.static_batch]), self.ddp)
+            loss, records = loss_func(output)
+            loss = loss / num_microbatches  # as megatron's schedule scales it
+            if config.grad_scale_func is not None:
+                loss = config.grad_scale_func(loss)
+            loss.backward()
+            return records
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), self.ddp.no_sync():
+            for _ in range(2):
+                forward_backward()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with self.ddp.no_sync(), torch.cuda.graph(self.graph):
+            self.static_records = forward_backward()
+        torch.cuda.synchronize()
+        self.ddp.zero_grad_buffer()
+
+
+def _fields(batch):
+    return [(f.name, getattr(batch, f.name)) for f in dataclasses.fields(batch)]
+
+
+def _shapes(batch):
+    return [(name, None if t is None else tuple(t.shape)) for name, t in _fields(batch)]
+
+
+def _to_device(batch):
+    """A copy of `batch` (a dataclass of tensors) in fresh CUDA tensors: the graph's inputs."""
+    return dataclasses.replace(
+        batch, **{name: None if t is None else t.cuda().clone() for name, t in _fields(batch)}
+    )
+
+
+def _copy_into(static, batch) -> None:
+    for (_, target), (_, source) in zip(_fields(static), _fields(batch), strict=True):
+        if target is not None:
+            target.copy_(source, non_blocking=True)

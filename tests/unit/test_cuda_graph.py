@@ -1,0 +1,88 @@
+"""train.cuda_graph: what it needs, said in one error before anything is built or written, and
+the step state a graph reads kept in tensors updated in place. (The graphs themselves replay on
+the GPU machine: tests/gpu/test_cuda_graph_gpu.py.)"""
+
+import pytest
+import torch
+
+from megatron_mamba.config_io import load
+from megatron_mamba.data.batches import TokenBatch
+from megatron_mamba.train import main
+from megatron_mamba.training.cuda_graph import GraphedForwardBackward, graph_refusal
+from megatron_mamba.training.run_config import RunConfig
+from megatron_mamba.training.target_mean import GlobalTargetMean
+
+CUDA = torch.device("cuda")  # a device name only: nothing is allocated on it
+
+
+def _run(*overrides: str) -> RunConfig:
+    return load(RunConfig, None, ["preset=tiny-gpt-neox", "train.cuda_graph=true", *overrides])
+
+
+def test_a_plain_gpu_run_may_use_graphs():
+    assert graph_refusal(_run(), CUDA) is None
+    assert graph_refusal(_run("train.mixed_precision=bf16"), CUDA) is None
+
+
+@pytest.mark.parametrize(
+    "overrides,need",
+    [
+        ((), "a GPU"),
+        (("parallel.pipeline=2",), "pipeline parallel size 1"),
+        (("parallel.tensor=2",), "tensor parallel size 1"),
+        (("train.mixed_precision=fp16",), "mixed_precision no or bf16"),
+        (("train.recompute=full",), "train.recompute=none"),
+        (("model.hidden_dropout=0.1",), "no dropout"),
+        (("model.attention_dropout=0.1",), "no dropout"),
+        (("distill.teacher=/t",), "the language-modelling objective"),
+        (
+            ("data.kind=preference", "data.tokenizer=/t", "dpo.reference=/r"),
+            "the language-modelling objective",
+        ),
+    ],
+)
+def test_each_missing_need_is_named(overrides, need):
+    device = torch.device("cpu") if need == "a GPU" else CUDA
+    refusal = graph_refusal(_run(*overrides), device)
+    assert refusal.startswith("train.cuda_graph=true needs ") and need in refusal
+    assert refusal.count(";") == 0  # only what is missing
+
+
+def test_every_missing_need_is_named_at_once():
+    refusal = graph_refusal(_run("parallel.pipeline=2", "train.recompute=full"), CUDA)
+    assert "pipeline parallel size 1" in refusal and "train.recompute=none" in refusal
+
+
+def test_training_on_cpu_with_graphs_stops_before_writing(capsys, monkeypatch, tmp_path, items):
+    import megatron_mamba.runtime
+
+    monkeypatch.setattr(megatron_mamba.runtime, "shutdown_runtime", lambda: None)
+    args = ["preset=tiny-gpt-neox", f"data.path={items}", "data.item_length=33"]
+    args += [f"train.output_dir={tmp_path}", "train.cuda_graph=true", "train.mixed_precision=no"]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: train.cuda_graph=true needs a GPU"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_graph_needs_an_eager_first_step():
+    with pytest.raises(ValueError, match="eager_steps=0 must be at least 1"):
+        GraphedForwardBackward(None, None, eager_steps=0)
+
+
+def test_the_step_factor_of_a_masked_loss_is_one_tensor_updated_in_place(runtime):
+    """A graph captured in one step reads the factor's storage in every later step."""
+    mean = GlobalTargetMean(runtime.device)
+    tokens = torch.zeros(2, 5, dtype=torch.long)
+    per_token = torch.ones(2, 4)
+    first = TokenBatch(tokens, torch.tensor([[1.0, 1, 0, 0], [0, 0, 0, 1]]))
+    second = TokenBatch(tokens, torch.tensor([[1.0, 1, 1, 1], [0, 1, 1, 1]]))
+    mean.begin_step(first, accumulation=2)
+    factor = mean.factor
+    assert mean(first, per_token).item() == pytest.approx(3 * 2 / 3)
+    mean.begin_step(second, accumulation=2)
+    assert mean.factor is factor
+    assert mean(second, per_token).item() == pytest.approx(7 * 2 / 7)
+    assert factor.item() == pytest.approx(2 / 7)
+    mean.begin_step(TokenBatch(tokens), accumulation=2)  # no mask: each micro-batch's mean
+    assert mean.factor is None and mean(TokenBatch(tokens), per_token).item() == 1.0
