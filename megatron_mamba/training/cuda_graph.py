@@ -20,6 +20,14 @@ import dataclasses
 import torch
 
 
+def leave_the_default_stream() -> None:
+    """Run all later GPU work on one side stream, the stream graphs are captured on: capture
+    cannot happen on the legacy default stream, and autograd accumulates a parameter's gradient
+    on the stream that was current when megatron's DDP registered its hooks (before any
+    capture), so DDP must be set up on the capturing stream."""
+    torch.cuda.set_stream(torch.cuda.Stream())
+
+
 def graph_refusal(run, device: torch.device) -> str | None:
     """Why `train.cuda_graph=true` cannot run this configuration, or None. Only plain language
     modelling keeps all of its per-step state in tensors (distillation's alpha schedule and
@@ -99,8 +107,8 @@ class GraphedForwardBackward:
         return _shapes(self.static_batch)
 
     def _capture(self, forward_step_func, example, num_microbatches: int) -> None:
-        """Warm up on a side stream (as capture requires), capture, and leave the gradient
-        buffer as it was (capture itself runs nothing; the warm-up's gradients are zeroed)."""
+        """Warm up, capture on the current (side) stream, and leave the gradient buffer as it
+        was (capture itself runs nothing; the warm-up's gradients are zeroed)."""
         self.static_batch = _to_device(example)
         config = self.ddp.config
 
@@ -113,14 +121,14 @@ class GraphedForwardBackward:
             loss.backward()
             return records
 
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), self.ddp.no_sync():
+        stream = torch.cuda.current_stream()
+        if stream == torch.cuda.default_stream():
+            raise RuntimeError("call leave_the_default_stream() before wrapping the model in DDP")
+        with self.ddp.no_sync():
             for _ in range(2):
                 forward_backward()
-        torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with self.ddp.no_sync(), torch.cuda.graph(self.graph):
+        with self.ddp.no_sync(), torch.cuda.graph(self.graph, stream=stream):
             self.static_records = forward_backward()
         torch.cuda.synchronize()
         self.ddp.zero_grad_buffer()

@@ -45,7 +45,11 @@ from megatron_mamba.training.checkpoint import (
     save_checkpoint,
     saved_progress,
 )
-from megatron_mamba.training.cuda_graph import GraphedForwardBackward, graph_refusal
+from megatron_mamba.training.cuda_graph import (
+    GraphedForwardBackward,
+    graph_refusal,
+    leave_the_default_stream,
+)
 from megatron_mamba.training.ddp import wrap_ddp
 from megatron_mamba.training.dpo import PreferenceOptimisation
 from megatron_mamba.training.metrics import MetricsLogger
@@ -111,8 +115,10 @@ def train(run: RunConfig) -> list[dict]:
             "train.use_distributed_optimizer=true needs GPUs (megatron's distributed optimizer "
             "keeps its shards in CUDA buffers); on CPU leave it false"
         )
-    if cfg.cuda_graph and (refusal := graph_refusal(run, rt.device)):
-        raise TrainingError(refusal)
+    if cfg.cuda_graph:
+        if refusal := graph_refusal(run, rt.device):
+            raise TrainingError(refusal)
+        leave_the_default_stream()
     torch.backends.cuda.matmul.allow_tf32 = cfg.use_tf32
     torch.backends.cudnn.allow_tf32 = cfg.use_tf32
     model_cfg = run.model_config()
