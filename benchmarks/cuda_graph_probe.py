@@ -58,7 +58,8 @@ def inner_case():
     d, n, r, h, length = 1024, 16, 64, 512, 2048
     xz = leaf(2, 2 * d, length)
     conv_w, conv_b = leaf(d, 1, 4, scale=0.3), leaf(d)
-    x_proj, dt_proj, out_proj = leaf(r + 2 * n, d, scale=0.03), leaf(d, r, 0.1), leaf(h, d, 0.03)
+    x_proj = leaf(r + 2 * n, d, scale=0.03)
+    dt_proj, out_proj = leaf(d, r, scale=0.1), leaf(h, d, scale=0.03)
     A = (-torch.rand(d, n, device="cuda") - 0.5).requires_grad_()
     D, bias = leaf(d, dtype=torch.float32), leaf(d, dtype=torch.float32)
     params = [xz, conv_w, conv_b, x_proj, dt_proj, out_proj, A, D, bias]
