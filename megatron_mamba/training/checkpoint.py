@@ -127,11 +127,32 @@ def saved_checkpoints(root: Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
+def restore_set_aside(root: Path) -> Path | None:
+    """Undo a save of a step that already had a checkpoint, interrupted after the old one was
+    set aside and before the new one took its name: `latest` then names a missing directory
+    while the old checkpoint, complete, waits under its set-aside name. Put it back (the run
+    resumed from it saves that step again); returns the restored path, if any. Run by one
+    process (rank 0) before a resume is decided."""
+    latest = root / LATEST
+    if not latest.is_file():
+        return None
+    final = root / latest.read_text().strip()
+    aside = _aside_name(final)
+    if final.exists() or not aside.is_dir():
+        return None
+    os.replace(aside, final)
+    return final
+
+
+def _aside_name(path: Path) -> Path:
+    return path.with_name(f"{path.name}.old{_PARTIAL}")
+
+
 def _set_aside(path: Path) -> Path:
     """Rename a checkpoint to a `.partial` name (atomic) before deleting it: a crash while
     deleting would otherwise leave a half checkpoint that still looks complete (its
     metadata.json may outlast its tensors). The next save removes what is left."""
-    aside = path.with_name(f"{path.name}.old{_PARTIAL}")
+    aside = _aside_name(path)
     if aside.exists():
         shutil.rmtree(aside)
     os.replace(path, aside)

@@ -15,13 +15,21 @@ from pathlib import Path
 import torch
 
 from megatron_mamba.training.bad_steps import TrainingError
-from megatron_mamba.training.checkpoint import CHECKPOINTS, LATEST, saved_checkpoints
+from megatron_mamba.training.checkpoint import (
+    CHECKPOINTS,
+    LATEST,
+    restore_set_aside,
+    saved_checkpoints,
+)
 
 
 def resume_decision(cfg) -> str | None:
     """The checkpoint to resume (a path or "latest"), or None for a fresh start."""
     output = Path(cfg.output_dir) / cfg.run_name
     checkpoints = output / CHECKPOINTS
+    restored = restore_set_aside(checkpoints)
+    if restored is not None:
+        print(f"{restored}: restored, its re-save had been interrupted", flush=True)
     saved = saved_checkpoints(checkpoints)
     steps = list(saved)
     resume = cfg.resume_from_checkpoint

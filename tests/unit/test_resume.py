@@ -59,3 +59,23 @@ def test_resuming_its_own_checkpoint_is_allowed_another_runs_is_not(tmp_path):
     assert resume_decision(allowed) == other
     fresh = _config(tmp_path / "elsewhere", resume_from_checkpoint=other)
     assert resume_decision(fresh) == other  # a new run directory: nothing to replace
+
+
+def test_an_interrupted_re_save_of_a_step_is_undone_before_resuming(tmp_path):
+    """A crash after step 6's old checkpoint was set aside and before its new save took the
+    name: `latest` names a missing directory; the old checkpoint is put back and resumed, where
+    `auto` would otherwise have found no step 6 (here: no checkpoint at all, a fresh start)."""
+    root = _checkpoints(tmp_path, 6)
+    (root / "step_00000006").rename(root / "step_00000006.old.partial")
+    (root / "step_00000006.old.partial" / "metadata.json").write_text("{}")
+    (root / "step_00000006.partial").mkdir()  # the new save, never renamed
+    assert resume_decision(_config(tmp_path, resume_from_checkpoint="auto")) == "latest"
+    assert (root / "step_00000006" / "metadata.json").is_file()
+    assert not (root / "step_00000006.old.partial").exists()
+
+
+def test_nothing_is_restored_where_the_named_step_exists(tmp_path):
+    root = _checkpoints(tmp_path, 6)
+    (root / "step_00000006.old.partial").mkdir()  # left by a crash while deleting it
+    assert resume_decision(_config(tmp_path, resume_from_checkpoint="auto")) == "latest"
+    assert (root / "step_00000006.old.partial").is_dir() and (root / "step_00000006").is_dir()
