@@ -10,8 +10,10 @@ weights and without (`train.fp32_master_weights=false`, TRL's arithmetic); TRL:
 `DPOTrainer.training_step` and its optimizer. Then both with the reference's log-probabilities
 computed before training (TRL's `precompute_ref_log_probs`, our `dpo.precompute_reference`):
 the step runs the policy alone, and the pass that computes them is timed on its own.
+`--graphs` adds ours without master weights, both ways, with the forward and backward replayed
+from a CUDA graph (train.cuda_graph).
 
-    python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json
+    python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json [--graphs]
 """
 
 from __future__ import annotations
@@ -118,11 +120,19 @@ def trl_step(export: Path, workdir: Path, precompute: bool = False):
     return step, batch
 
 
-def our_step(native: Path, batch, fp32_master_weights: bool = True, precompute: bool = False):
+def our_step(
+    native: Path,
+    batch,
+    fp32_master_weights: bool = True,
+    precompute: bool = False,
+    graph: bool = False,
+):
     """The trainer's DPO objective on TRL's batch: megatron schedule, DDP, optimizer (with fp32
     master weights, or Adam on the bf16 weights as train.fp32_master_weights=false runs it).
     Returns (step function, seconds of the reference pass over the batch where `precompute`:
-    its log-probabilities are then the batch's, and the reference is freed)."""
+    its log-probabilities are then the batch's, and the reference is freed). `graph`: the
+    forward and backward replayed from a CUDA graph (training/cuda_graph.py; this and later
+    work then runs on a side stream)."""
     from megatron.core.optimizer import OptimizerConfig
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -130,6 +140,7 @@ def our_step(native: Path, batch, fp32_master_weights: bool = True, precompute: 
     from megatron_mamba.data.batches import PreferenceBatch, TokenBatch
     from megatron_mamba.models.build import build_model
     from megatron_mamba.training.checkpoint import find_checkpoint, load_weights, read_model_config
+    from megatron_mamba.training.cuda_graph import GraphedForwardBackward, leave_the_default_stream
     from megatron_mamba.training.ddp import wrap_ddp
     from megatron_mamba.training.dpo import DPOConfig, PreferenceOptimisation
     from megatron_mamba.training.optimizer import megatron_optimizer
@@ -146,6 +157,8 @@ def our_step(native: Path, batch, fp32_master_weights: bool = True, precompute: 
     policy, reference = models
     del models  # the names below are the only references (a precomputed reference is freed)
     reference.eval().requires_grad_(False)
+    if graph:
+        leave_the_default_stream()
     ddp = wrap_ddp(policy, grad_reduce_in_fp32=fp32_master_weights)
     optimizer = megatron_optimizer(
         ddp,
@@ -174,6 +187,8 @@ def our_step(native: Path, batch, fp32_master_weights: bool = True, precompute: 
         torch.cuda.empty_cache()
     objective = PreferenceOptimisation(policy, reference, DPOConfig(beta=0.1), config.vocab_size)
     schedule = get_forward_backward_func()
+    if graph:
+        schedule = GraphedForwardBackward(schedule, ddp)
 
     def step(optimizer_step: bool = True):
         ddp.zero_grad_buffer()
@@ -196,6 +211,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--graphs", action="store_true", help="also ours with CUDA graphs")
     args = parser.parse_args()
     from megatron_mamba.runtime import init_runtime
 
@@ -235,8 +251,13 @@ def main() -> None:
         ("ours_no_master", False, False, trl_s),
         ("ours_precomputed", False, True, trl_pre_s),  # against TRL's precomputed step
     )
+    if args.graphs:  # last: from here on the process runs on a side stream
+        sides += (
+            ("ours_no_master_graphed", False, False, trl_s),
+            ("ours_precomputed_graphed", False, True, trl_pre_s),
+        )
     for name, master, precompute, baseline_s in sides:
-        ours_fn, pass_s = our_step(native, batch, master, precompute)
+        ours_fn, pass_s = our_step(native, batch, master, precompute, graph="graphed" in name)
         ours_s = median_step_seconds(ours_fn)
         if pass_s is not None:
             result[f"{name}_reference_pass_s"] = pass_s

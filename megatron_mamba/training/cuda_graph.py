@@ -109,7 +109,7 @@ class GraphedForwardBackward:
     def _capture(self, forward_step_func, example, num_microbatches: int) -> None:
         """Warm up, capture on the current (side) stream, and leave the gradient buffer as it
         was (capture itself runs nothing; the warm-up's gradients are zeroed)."""
-        self.static_batch = _to_device(example)
+        self.static_batch = _to_device(example, torch.device("cuda"))
         config = self.ddp.config
 
         def forward_backward() -> dict:
@@ -134,22 +134,36 @@ class GraphedForwardBackward:
         self.ddp.zero_grad_buffer()
 
 
-def _fields(batch):
-    return [(f.name, getattr(batch, f.name)) for f in dataclasses.fields(batch)]
+def _tensors(batch, prefix: str = "") -> list[tuple[str, torch.Tensor | None]]:
+    """Every tensor field of `batch`, a dataclass of tensors and nested such dataclasses (a
+    preference batch holds two token batches), by dotted name."""
+    found = []
+    for field in dataclasses.fields(batch):
+        name, value = prefix + field.name, getattr(batch, field.name)
+        if dataclasses.is_dataclass(value):
+            found += _tensors(value, name + ".")
+        else:
+            found.append((name, value))
+    return found
 
 
-def _shapes(batch):
-    return [(name, None if t is None else tuple(t.shape)) for name, t in _fields(batch)]
+def _shapes(batch) -> list[tuple[str, tuple | None]]:
+    return [(name, None if t is None else tuple(t.shape)) for name, t in _tensors(batch)]
 
 
-def _to_device(batch):
-    """A copy of `batch` (a dataclass of tensors) in fresh CUDA tensors: the graph's inputs."""
-    return dataclasses.replace(
-        batch, **{name: None if t is None else t.cuda().clone() for name, t in _fields(batch)}
-    )
+def _to_device(batch, device):
+    """A copy of `batch` in fresh tensors on `device`: the graph's inputs."""
+    copies = {}
+    for field in dataclasses.fields(batch):
+        value = getattr(batch, field.name)
+        if dataclasses.is_dataclass(value):
+            copies[field.name] = _to_device(value, device)
+        else:
+            copies[field.name] = None if value is None else value.to(device, copy=True)
+    return dataclasses.replace(batch, **copies)
 
 
 def _copy_into(static, batch) -> None:
-    for (_, target), (_, source) in zip(_fields(static), _fields(batch), strict=True):
+    for (_, target), (_, source) in zip(_tensors(static), _tensors(batch), strict=True):
         if target is not None:
             target.copy_(source, non_blocking=True)

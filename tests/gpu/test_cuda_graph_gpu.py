@@ -1,6 +1,8 @@
 """On the GPU: a step replayed from a CUDA graph gives the eager schedule's loss and gradients,
 step after step as the data and the masked loss's target count change; a micro-batch of another
-shape runs eagerly; and the trainer with train.cuda_graph=true follows the eager run."""
+shape runs eagerly; and the trainer with train.cuda_graph=true follows the eager run. DPO's
+objective (reference in the step, or its log-probabilities with the batch) replays as well; the
+trainer refuses graphs for DPO until that test has passed on the GPU machine."""
 
 import numpy as np
 import pytest
@@ -8,12 +10,13 @@ import torch
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_mamba.config import ParallelConfig
-from megatron_mamba.data.batches import TokenBatch
+from megatron_mamba.data.batches import PreferenceBatch, TokenBatch
 from megatron_mamba.models.build import build_model
 from megatron_mamba.models.presets import preset
 from megatron_mamba.runtime import init_runtime
 from megatron_mamba.training.cuda_graph import GraphedForwardBackward, leave_the_default_stream
 from megatron_mamba.training.ddp import wrap_ddp
+from megatron_mamba.training.dpo import DPOConfig, PreferenceOptimisation
 from megatron_mamba.training.objective import LanguageModelling
 from tests.distributed.launch import torchrun
 from tests.distributed.train_runs import TRAIN, losses, records, settings
@@ -39,6 +42,25 @@ def _batches(count: int, seq: int = SEQ) -> list[TokenBatch]:
             (torch.rand(ROWS, seq, generator=g) < 0.2 + 0.15 * i).float(),
         )
         for i in range(count)
+    ]
+
+
+def _pairs(count: int, with_reference: bool) -> list[PreferenceBatch]:
+    """Pairs whose responses (the masked targets) differ in length."""
+    g = torch.Generator().manual_seed(2)
+
+    def rows():
+        mask = torch.zeros(ROWS, SEQ)
+        for row in range(ROWS):
+            start = int(torch.randint(4, SEQ // 2, (1,), generator=g))
+            mask[row, start : start + int(torch.randint(1, SEQ // 2, (1,), generator=g))] = 1
+        return TokenBatch(torch.randint(0, 256, (ROWS, SEQ + 1), generator=g), mask)
+
+    return [
+        PreferenceBatch(
+            rows(), rows(), -100 * torch.rand(ROWS, 2, generator=g) if with_reference else None
+        )
+        for _ in range(count)
     ]
 
 
@@ -80,6 +102,33 @@ def test_replayed_steps_give_the_eager_losses_and_gradients(runtime):
         # mamba_ssm's backward adds some gradients atomically: equal to rounding
         torch.testing.assert_close(grads, expected_grads, rtol=1e-4, atol=1e-6, msg=f"step {step}")
     assert len({round(loss, 6) for loss, _ in eager}) == len(eager)  # the steps differ
+
+
+@pytest.mark.parametrize("precomputed", [False, True])
+def test_replayed_dpo_steps_give_the_eager_losses_and_gradients(runtime, precomputed):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    config = preset("tiny-llama", layer_pattern="MA", mamba={"layout": "attention"})
+    policy = build_model(config, ParallelConfig()).cuda().train()
+    reference = None
+    if not precomputed:
+        reference = build_model(config, ParallelConfig()).cuda().eval().requires_grad_(False)
+        reference.load_state_dict(policy.state_dict())
+        with torch.no_grad():  # a reference unlike the policy: the losses differ by step
+            for param in reference.parameters():
+                param.add_(0.05 * torch.randn_like(param))
+    ddp = wrap_ddp(policy)
+    objective = PreferenceOptimisation(policy, reference, DPOConfig(beta=0.1), vocab_size=256)
+    batches = _pairs(4, with_reference=precomputed)
+    eager = _steps(get_forward_backward_func(), ddp, objective, batches)
+    graphed_schedule = GraphedForwardBackward(get_forward_backward_func(), ddp, eager_steps=1)
+    graphed = _steps(graphed_schedule, ddp, objective, batches)
+    assert graphed_schedule.graph is not None
+    for step, ((loss, grads), (expected_loss, expected_grads)) in enumerate(
+        zip(graphed, eager, strict=True), 1
+    ):
+        assert loss == pytest.approx(expected_loss, rel=1e-6), f"step {step}"
+        torch.testing.assert_close(grads, expected_grads, rtol=1e-4, atol=1e-6, msg=f"step {step}")
+    assert eager[1][0] != eager[2][0]
 
 
 def test_training_with_graphs_follows_the_eager_run(tmp_path, items, initial):

@@ -6,9 +6,16 @@ import pytest
 import torch
 
 from megatron_mamba.config_io import load
-from megatron_mamba.data.batches import TokenBatch
+from megatron_mamba.data.batches import PreferenceBatch, TokenBatch
 from megatron_mamba.train import main
-from megatron_mamba.training.cuda_graph import GraphedForwardBackward, graph_refusal
+from megatron_mamba.training.cuda_graph import (
+    GraphedForwardBackward,
+    _copy_into,
+    _shapes,
+    _tensors,
+    _to_device,
+    graph_refusal,
+)
 from megatron_mamba.training.run_config import RunConfig
 from megatron_mamba.training.target_mean import GlobalTargetMean
 
@@ -86,3 +93,33 @@ def test_the_step_factor_of_a_masked_loss_is_one_tensor_updated_in_place(runtime
     assert factor.item() == pytest.approx(2 / 7)
     mean.begin_step(TokenBatch(tokens), accumulation=2)  # no mask: each micro-batch's mean
     assert mean.factor is None and mean(TokenBatch(tokens), per_token).item() == 1.0
+
+
+def _pairs(seed: int, with_reference: bool) -> PreferenceBatch:
+    g = torch.Generator().manual_seed(seed)
+    rows = [TokenBatch(torch.randint(0, 9, (2, 5), generator=g), torch.rand(2, 4, generator=g))]
+    rows.append(TokenBatch(torch.randint(0, 9, (2, 5), generator=g), torch.rand(2, 4, generator=g)))
+    return PreferenceBatch(*rows, torch.rand(2, 2, generator=g) if with_reference else None)
+
+
+def test_graph_inputs_are_copies_that_later_batches_are_copied_into():
+    """The graph reads fixed tensors: each micro-batch, nested ones too, lands in them."""
+    first, second = _pairs(0, True), _pairs(1, True)
+    static = _to_device(first, torch.device("cpu"))
+    names = [name for name, _ in _tensors(static)]
+    assert names == [
+        "chosen.tokens",
+        "chosen.loss_mask",
+        "rejected.tokens",
+        "rejected.loss_mask",
+        "reference",
+    ]
+    storages = [t.data_ptr() for _, t in _tensors(static)]
+    for (_, copy), (_, original) in zip(_tensors(static), _tensors(first), strict=True):
+        assert torch.equal(copy, original) and copy.data_ptr() != original.data_ptr()
+    _copy_into(static, second)
+    assert [t.data_ptr() for _, t in _tensors(static)] == storages
+    for (_, copy), (_, new) in zip(_tensors(static), _tensors(second), strict=True):
+        assert torch.equal(copy, new)
+    assert _shapes(static) == _shapes(second)
+    assert _shapes(_pairs(0, False))[-1] == ("reference", None) != _shapes(static)[-1]
