@@ -53,10 +53,13 @@ class Distillation:
             )
         self.alpha_layer = cfg.alpha_layer_distill_loss
         self.teacher_blocks: dict[int, torch.Tensor] = {}
-        self.layer_sum, self.accumulation = 0.0, 1
+        self.accumulation = 1
         self.for_recomputation: dict[int, deque] = defaultdict(deque)
         self.in_step = False  # the hooks act only on this objective's forwards (not validation)
         self.device = next(student.parameters()).device
+        # The step's layer loss, summed in place over its micro-batches (a CUDA graph of a
+        # micro-batch adds to the same storage: training/cuda_graph.py).
+        self.layer_sum = torch.zeros((), dtype=torch.float32, device=self.device)
         self.mean = GlobalTargetMean(self.device)
         sequence_parallel = student.config.sequence_parallel
         # With sequence parallelism each TP rank holds 1/TP of the tokens: its mean counts 1/TP.
@@ -95,9 +98,19 @@ class Distillation:
             cfg.layer_distill_until,
             cfg.layer_distill_until_step,
         )
-        self.layer_sum, self.accumulation = 0.0, accumulation
+        self.clear_step_totals()
+        self.accumulation = accumulation
         self.for_recomputation = defaultdict(deque)
         set_loss_scale(loss_scale / accumulation)
+
+    def clear_step_totals(self) -> None:
+        """Forget what this step's forwards have summed so far."""
+        self.layer_sum.zero_()
+
+    def graph_key(self) -> tuple:
+        """What a CUDA graph of a micro-batch holds as constants: a change (the hybrid schedule
+        dropping the layer loss) needs a new capture."""
+        return (self.alpha_layer, loss_scale())
 
     def _keep_teacher_block(self, module, inputs, output):
         if self.in_step and self.alpha_layer and module.layer_number in self.distilled:
@@ -115,7 +128,7 @@ class Distillation:
             mse, gradient = block_mse_and_gradient(
                 hidden, teacher, self.cfg.distill_normalization, weight
             )
-            self.layer_sum = self.layer_sum + mse * share
+            self.layer_sum.add_(mse.float() * share)
             if not torch.is_grad_enabled():  # a recomputed block's first forward: see below
                 self.for_recomputation[number].append(gradient)
                 return None
@@ -179,8 +192,7 @@ class Distillation:
             for name, value in record.items():
                 out[name] += float(value) / len(micro_batch_records)
         if self.alpha_layer:
-            layer = torch.as_tensor(self.layer_sum, dtype=torch.float32, device=self.device)
-            layer = (layer / self.accumulation).reshape(1)
+            layer = (self.layer_sum / self.accumulation).reshape(1)
             if self.token_share != 1:
                 torch.distributed.all_reduce(layer, group=ps.get_tensor_model_parallel_group())
             out["layer"] = float(layer)

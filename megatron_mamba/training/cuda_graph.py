@@ -56,14 +56,19 @@ def graph_refusal(run, device: torch.device) -> str | None:
 
 
 class GraphedForwardBackward:
-    def __init__(self, eager_forward_backward, ddp, eager_steps: int = 2):
+    """`objective` may say what its graph holds as constants (`graph_key()`: a new key, a new
+    capture) and forget the sums a capture's warm-up forwards added (`clear_step_totals()`)."""
+
+    def __init__(self, eager_forward_backward, ddp, eager_steps: int = 2, objective=None):
         if eager_steps < 1:  # megatron's DDP learns its buckets' order in the first step
             raise ValueError(f"eager_steps={eager_steps} must be at least 1")
         self.eager = eager_forward_backward
         self.ddp = ddp
         self.eager_steps = eager_steps
+        self.objective = objective
         self.steps = 0
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.key = None
         self.static_batch = None
         self.static_records: dict | None = None
 
@@ -90,8 +95,14 @@ class GraphedForwardBackward:
                 seq_length=seq_length,
                 micro_batch_size=micro_batch_size,
             )
+        key = self.objective.graph_key() if hasattr(self.objective, "graph_key") else ()
+        if self.graph is not None and key != self.key:
+            self.graph = None  # its memory returns to the allocator
         if self.graph is None:
             self._capture(forward_step_func, micro_batches[0], num_microbatches)
+            self.key = key
+            if hasattr(self.objective, "clear_step_totals"):
+                self.objective.clear_step_totals()
         records = []
         with self.ddp.no_sync():  # the gradients are reduced once, after the last micro-batch
             for batch in micro_batches:

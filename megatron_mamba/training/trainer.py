@@ -196,8 +196,6 @@ def train(run: RunConfig) -> list[dict]:
     flops_per_token = training_flops_per_token(model_cfg, seq)
     peak = peak_flops(rt.device, cfg.mixed_precision, cfg.use_tf32)
     forward_backward = get_forward_backward_func()
-    if cfg.cuda_graph:
-        forward_backward = GraphedForwardBackward(forward_backward, ddp)
 
     objective = LanguageModelling(rt.device)
     if teacher is not None:
@@ -206,6 +204,8 @@ def train(run: RunConfig) -> list[dict]:
         )
     if run.data.kind == "preference":
         objective = PreferenceOptimisation(model, reference, run.dpo, model_cfg.vocab_size)
+    if cfg.cuda_graph:
+        forward_backward = GraphedForwardBackward(forward_backward, ddp, objective=objective)
 
     # Set up without error: only now is anything written (a resumed run appends its metrics).
     if rt.rank == 0:

@@ -2,7 +2,8 @@
 step after step as the data and the masked loss's target count change; a micro-batch of another
 shape runs eagerly; and the trainer with train.cuda_graph=true follows the eager run. DPO's
 objective (reference in the step, or its log-probabilities with the batch) replays as well; the
-trainer refuses graphs for DPO until that test has passed on the GPU machine."""
+trainer refuses graphs for DPO until that test has passed on the GPU machine; so for
+distillation, whose graph is captured again when the hybrid schedule drops the layer loss."""
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_mamba.config import ParallelConfig
 from megatron_mamba.data.batches import PreferenceBatch, TokenBatch
+from megatron_mamba.distill.config import DistillConfig
+from megatron_mamba.distill.objective import Distillation
 from megatron_mamba.models.build import build_model
 from megatron_mamba.models.presets import preset
 from megatron_mamba.runtime import init_runtime
@@ -64,8 +67,8 @@ def _pairs(count: int, with_reference: bool) -> list[PreferenceBatch]:
     ]
 
 
-def _steps(forward_backward, ddp, objective, batches) -> list[tuple[float, torch.Tensor]]:
-    """Each step's loss and DDP's gradient buffer (no update between steps)."""
+def _steps(forward_backward, ddp, objective, batches) -> list[tuple]:
+    """Each step's loss, its parts and DDP's gradient buffer (no update between steps)."""
     results = []
     for step, batch in enumerate(batches, 1):
         ddp.zero_grad_buffer()
@@ -78,9 +81,19 @@ def _steps(forward_backward, ddp, objective, batches) -> list[tuple[float, torch
             seq_length=batch.inputs.shape[1],
             micro_batch_size=MICRO,
         )
-        loss = objective.total(objective.parts(step_records))
-        results.append((loss, ddp.buffers[0].grad_data.clone()))
+        parts = objective.parts(step_records)
+        results.append((objective.total(parts), parts, ddp.buffers[0].grad_data.clone()))
     return results
+
+
+def _same_steps(graphed, eager) -> None:
+    for step, ((loss, parts, grads), (loss_e, parts_e, grads_e)) in enumerate(
+        zip(graphed, eager, strict=True), 1
+    ):
+        assert loss == pytest.approx(loss_e, rel=1e-6), f"step {step}"
+        assert parts == pytest.approx(parts_e, rel=1e-6), f"step {step}"
+        # mamba_ssm's backward adds some gradients atomically: equal to rounding
+        torch.testing.assert_close(grads, grads_e, rtol=1e-4, atol=1e-6, msg=f"step {step}")
 
 
 def test_replayed_steps_give_the_eager_losses_and_gradients(runtime):
@@ -95,13 +108,8 @@ def test_replayed_steps_give_the_eager_losses_and_gradients(runtime):
     graphed = _steps(graphed_schedule, ddp, objective, batches)
     assert graphed_schedule.graph is not None
     assert graphed_schedule.shape[0] == ("tokens", (MICRO, SEQ + 1))
-    for step, ((loss, grads), (expected_loss, expected_grads)) in enumerate(
-        zip(graphed, eager, strict=True), 1
-    ):
-        assert loss == pytest.approx(expected_loss, rel=1e-6), f"step {step}"
-        # mamba_ssm's backward adds some gradients atomically: equal to rounding
-        torch.testing.assert_close(grads, expected_grads, rtol=1e-4, atol=1e-6, msg=f"step {step}")
-    assert len({round(loss, 6) for loss, _ in eager}) == len(eager)  # the steps differ
+    _same_steps(graphed, eager)
+    assert len({round(loss, 6) for loss, _, _ in eager}) == len(eager)  # the steps differ
 
 
 @pytest.mark.parametrize("precomputed", [False, True])
@@ -123,12 +131,37 @@ def test_replayed_dpo_steps_give_the_eager_losses_and_gradients(runtime, precomp
     graphed_schedule = GraphedForwardBackward(get_forward_backward_func(), ddp, eager_steps=1)
     graphed = _steps(graphed_schedule, ddp, objective, batches)
     assert graphed_schedule.graph is not None
-    for step, ((loss, grads), (expected_loss, expected_grads)) in enumerate(
-        zip(graphed, eager, strict=True), 1
-    ):
-        assert loss == pytest.approx(expected_loss, rel=1e-6), f"step {step}"
-        torch.testing.assert_close(grads, expected_grads, rtol=1e-4, atol=1e-6, msg=f"step {step}")
+    _same_steps(graphed, eager)
     assert eager[1][0] != eager[2][0]
+
+
+def test_replayed_distillation_steps_follow_eager_across_the_hybrid_switch(runtime):
+    """Target-guided for two steps, then CE + logits KL alone: the graph is captured for the
+    guided steps and again after the switch; every part of the loss, the layer loss's logged
+    value included, and the gradients are the eager schedule's."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    student = build_model(
+        preset("tiny-gpt-neox", num_layers=3, layer_pattern="AMS"), ParallelConfig()
+    )
+    teacher = build_model(preset("tiny-gpt-neox", num_layers=3), ParallelConfig())
+    student, teacher = student.cuda().train(), teacher.cuda().eval().requires_grad_(False)
+    ddp = wrap_ddp(student)
+    cfg = DistillConfig(
+        teacher="t",
+        alpha_layer_distill_loss=15.0,
+        alpha_logits_distill_loss=1.0,
+        layer_distill_until=0.5,
+    )
+    objective = Distillation(student, teacher, cfg, 3, total_steps=4, vocab_size=256)
+    batches = _batches(4)
+    eager = _steps(get_forward_backward_func(), ddp, objective, batches)
+    graphed_schedule = GraphedForwardBackward(
+        get_forward_backward_func(), ddp, eager_steps=1, objective=objective
+    )
+    graphed = _steps(graphed_schedule, ddp, objective, batches)
+    assert graphed_schedule.key == (0.0, 0.5)  # captured again after the switch
+    assert [("layer" in parts) for _, parts, _ in eager] == [True, True, False, False]
+    _same_steps(graphed, eager)
 
 
 def test_training_with_graphs_follows_the_eager_run(tmp_path, items, initial):

@@ -2,11 +2,19 @@
 the step state a graph reads kept in tensors updated in place. (The graphs themselves replay on
 the GPU machine: tests/gpu/test_cuda_graph_gpu.py.)"""
 
+from contextlib import contextmanager
+from types import SimpleNamespace
+
 import pytest
 import torch
 
+from megatron_mamba.config import ParallelConfig
 from megatron_mamba.config_io import load
 from megatron_mamba.data.batches import PreferenceBatch, TokenBatch
+from megatron_mamba.distill.config import DistillConfig
+from megatron_mamba.distill.objective import Distillation
+from megatron_mamba.models.build import build_model
+from megatron_mamba.models.presets import preset
 from megatron_mamba.train import main
 from megatron_mamba.training.cuda_graph import (
     GraphedForwardBackward,
@@ -123,3 +131,84 @@ def test_graph_inputs_are_copies_that_later_batches_are_copied_into():
         assert torch.equal(copy, new)
     assert _shapes(static) == _shapes(second)
     assert _shapes(_pairs(0, False))[-1] == ("reference", None) != _shapes(static)[-1]
+
+
+class _FakeDDP:
+    """What GraphedForwardBackward asks of megatron's DDP, recorded."""
+
+    def __init__(self, calls):
+        self.calls = calls
+        self.config = SimpleNamespace(finalize_model_grads_func=lambda m: calls.append("finalize"))
+
+    @contextmanager
+    def no_sync(self):
+        yield
+
+    def start_grad_sync(self):
+        self.calls.append("grad_sync")
+
+
+class _Objective:
+    def __init__(self, calls):
+        self.calls, self.key = calls, ("guided",)
+
+    def graph_key(self):
+        return self.key
+
+    def clear_step_totals(self):
+        self.calls.append("clear")
+
+
+def test_a_new_graph_key_recaptures_and_a_capture_clears_the_step_totals(monkeypatch):
+    """Off the GPU, with capture and replay stood in: the eager steps, one capture, replays,
+    a recapture when the objective's constants change (the hybrid schedule's switch)."""
+    calls: list = []
+    objective = _Objective(calls)
+    graphed = GraphedForwardBackward(
+        lambda **kw: calls.append("eager") or [], _FakeDDP(calls), 1, objective
+    )
+
+    def capture(self, forward_step_func, example, num_microbatches):
+        calls.append("capture")
+        self.static_batch = _to_device(example, torch.device("cpu"))
+        self.static_records = {"ce": torch.tensor(1.0)}
+        self.graph = SimpleNamespace(replay=lambda: calls.append("replay"))
+
+    monkeypatch.setattr(GraphedForwardBackward, "_capture", capture)
+    kwargs = dict(forward_step_func=None, model=None, seq_length=4, micro_batch_size=1)
+
+    def step(micro_batches=2, seq=5):
+        calls.clear()
+        micro = TokenBatch(torch.zeros(1, seq, dtype=torch.long))
+        graphed(data_iterator=iter([micro] * micro_batches), num_microbatches=2, **kwargs)
+        return list(calls)
+
+    assert step() == ["eager"]
+    assert step() == ["capture", "clear", "replay", "replay", "grad_sync", "finalize"]
+    assert step() == ["replay", "replay", "grad_sync", "finalize"]
+    assert step(seq=7) == ["eager"]  # another shape
+    objective.key = ("unguided",)
+    assert step()[:2] == ["capture", "clear"]
+    assert graphed.key == ("unguided",)
+
+
+def test_distillation_keys_its_graph_by_the_layer_alpha_and_sums_in_one_tensor(runtime):
+    student = build_model(preset("tiny-gpt-neox", layer_pattern="MA"), ParallelConfig())
+    teacher = build_model(preset("tiny-gpt-neox"), ParallelConfig()).requires_grad_(False)
+    cfg = DistillConfig(teacher="t", alpha_layer_distill_loss=15.0, layer_distill_until=0.5)
+    objective = Distillation(student, teacher, cfg, 2, total_steps=4, vocab_size=256)
+    total = objective.layer_sum
+    batch = TokenBatch(torch.randint(0, 256, (2, 9)))
+    keys = []
+    for step in range(1, 5):
+        objective.begin_step(step, 1.0, 2, batch)
+        keys.append(objective.graph_key())
+        objective.forward_step(batch, student)
+        assert objective.layer_sum is total
+        assert (total.item() > 0) == (step <= 2)  # the layer loss, while it is trained
+    assert keys == [(15.0, 0.5)] * 2 + [(0.0, 0.5)] * 2
+    objective.begin_step(1, 1.0, 2, batch)
+    objective.forward_step(batch, student)
+    objective.clear_step_totals()
+    assert total.item() == 0.0
+    objective.remove_hooks()
