@@ -97,7 +97,8 @@ class GraphedForwardBackward:
             )
         key = self.objective.graph_key() if hasattr(self.objective, "graph_key") else ()
         if self.graph is not None and key != self.key:
-            self.graph = None  # its memory returns to the allocator
+            # the old graph's memory returns to the allocator once nothing holds its outputs
+            self.graph, self.static_records = None, None
         if self.graph is None:
             self._capture(forward_step_func, micro_batches[0], num_microbatches)
             self.key = key
