@@ -95,7 +95,8 @@ class GraphedForwardBackward:
                 seq_length=seq_length,
                 micro_batch_size=micro_batch_size,
             )
-        key = self.objective.graph_key() if hasattr(self.objective, "graph_key") else ()
+        # what the graph holds as constants: the loss's division by the micro-batch count too
+        key = (num_microbatches, *getattr(self.objective, "graph_key", tuple)())
         if self.graph is not None and key != self.key:
             # the old graph's memory returns to the allocator once nothing holds its outputs
             self.graph, self.static_records = None, None

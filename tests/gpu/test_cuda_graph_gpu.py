@@ -159,7 +159,7 @@ def test_replayed_distillation_steps_follow_eager_across_the_hybrid_switch(runti
         get_forward_backward_func(), ddp, eager_steps=1, objective=objective
     )
     graphed = _steps(graphed_schedule, ddp, objective, batches)
-    assert graphed_schedule.key == (0.0, 0.5)  # captured again after the switch
+    assert graphed_schedule.key == (2, 0.0, 0.5)  # captured again after the switch
     assert [("layer" in parts) for _, parts, _ in eager] == [True, True, False, False]
     _same_steps(graphed, eager)
 

@@ -180,7 +180,8 @@ def test_a_new_graph_key_recaptures_and_a_capture_clears_the_step_totals(monkeyp
     def step(micro_batches=2, seq=5):
         calls.clear()
         micro = TokenBatch(torch.zeros(1, seq, dtype=torch.long))
-        graphed(data_iterator=iter([micro] * micro_batches), num_microbatches=2, **kwargs)
+        data = iter([micro] * micro_batches)
+        graphed(data_iterator=data, num_microbatches=micro_batches, **kwargs)
         return list(calls)
 
     assert step() == ["eager"]
@@ -189,7 +190,11 @@ def test_a_new_graph_key_recaptures_and_a_capture_clears_the_step_totals(monkeyp
     assert step(seq=7) == ["eager"]  # another shape
     objective.key = ("unguided",)
     assert step()[:2] == ["capture", "clear"]
-    assert graphed.key == ("unguided",)
+    assert graphed.key == (2, "unguided")
+    assert step(micro_batches=3) == ["capture", "clear"] + ["replay"] * 3 + [
+        "grad_sync",
+        "finalize",
+    ]
 
 
 def test_distillation_keys_its_graph_by_the_layer_alpha_and_sums_in_one_tensor(runtime):
