@@ -246,18 +246,18 @@ def main() -> None:
     del trl_pre_fn
     gc.collect()
     torch.cuda.empty_cache()
-    sides = (
-        ("ours", True, False, trl_s),
-        ("ours_no_master", False, False, trl_s),
-        ("ours_precomputed", False, True, trl_pre_s),  # against TRL's precomputed step
+    sides = (  # name, fp32 master weights, reference precomputed, CUDA graph, baseline
+        ("ours", True, False, False, trl_s),
+        ("ours_no_master", False, False, False, trl_s),
+        ("ours_precomputed", False, True, False, trl_pre_s),  # against TRL's precomputed step
     )
     if args.graphs:  # last: from here on the process runs on a side stream
         sides += (
-            ("ours_no_master_graphed", False, False, trl_s),
-            ("ours_precomputed_graphed", False, True, trl_pre_s),
+            ("ours_no_master_graphed", False, False, True, trl_s),
+            ("ours_precomputed_graphed", False, True, True, trl_pre_s),
         )
-    for name, master, precompute, baseline_s in sides:
-        ours_fn, pass_s = our_step(native, batch, master, precompute, graph="graphed" in name)
+    for name, master, precompute, graph, baseline_s in sides:
+        ours_fn, pass_s = our_step(native, batch, master, precompute, graph)
         ours_s = median_step_seconds(ours_fn)
         if pass_s is not None:
             result[f"{name}_reference_pass_s"] = pass_s

@@ -70,6 +70,7 @@ class GraphedForwardBackward:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.key = None
         self.static_batch = None
+        self.shape: list | None = None  # the static batch's tensor shapes
         self.static_records: dict | None = None
 
     def __call__(
@@ -84,7 +85,7 @@ class GraphedForwardBackward:
     ) -> list[dict]:
         micro_batches = list(data_iterator)
         self.steps += 1
-        shape = _shapes(micro_batches[0]) if self.static_batch is None else self.shape
+        shape = self.shape or _shapes(micro_batches[0])
         fits = all(_shapes(b) == shape for b in micro_batches)
         if self.steps <= self.eager_steps or not fits:
             return self.eager(
@@ -115,14 +116,11 @@ class GraphedForwardBackward:
         self.ddp.config.finalize_model_grads_func([self.ddp])
         return records
 
-    @property
-    def shape(self):
-        return _shapes(self.static_batch)
-
     def _capture(self, forward_step_func, example, num_microbatches: int) -> None:
         """Warm up, capture on the current (side) stream, and leave the gradient buffer as it
         was (capture itself runs nothing; the warm-up's gradients are zeroed)."""
         self.static_batch = _to_device(example, torch.device("cuda"))
+        self.shape = _shapes(self.static_batch)
         config = self.ddp.config
 
         def forward_backward() -> dict:

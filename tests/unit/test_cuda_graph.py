@@ -171,6 +171,7 @@ def test_a_new_graph_key_recaptures_and_a_capture_clears_the_step_totals(monkeyp
     def capture(self, forward_step_func, example, num_microbatches):
         calls.append("capture")
         self.static_batch = _to_device(example, torch.device("cpu"))
+        self.shape = _shapes(self.static_batch)
         self.static_records = {"ce": torch.tensor(1.0)}
         self.graph = SimpleNamespace(replay=lambda: calls.append("replay"))
 
