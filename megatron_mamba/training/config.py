@@ -102,10 +102,10 @@ class TrainConfig:
     """GPU only: replay each micro-batch's forward and backward from one CUDA graph, captured
     after two eager steps, so that the host launches one graph instead of every kernel (small
     models and short sequences are bound by those launches; training/cuda_graph.py). Needs
-    pipeline and tensor parallel size 1, mixed_precision no or bf16, recompute none, no
-    dropout, and the language-modelling objective (pre-training, SFT); otherwise the run stops
-    with one error naming what is missing. The graph keeps its activations' memory between
-    steps."""
+    pipeline and tensor parallel size 1, mixed_precision no or bf16, recompute none and no
+    dropout; otherwise the run stops with one error naming what is missing. Distillation's graph
+    is captured again when the hybrid schedule drops the layer loss. The graph keeps its
+    activations' memory between steps."""
     use_tf32: bool = True
     """Let fp32 matmuls and convolutions on GPU use TF32 tensor cores."""
     seed: int = 1234

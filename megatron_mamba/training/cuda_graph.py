@@ -29,11 +29,10 @@ def leave_the_default_stream() -> None:
 
 
 def graph_refusal(run, device: torch.device) -> str | None:
-    """Why `train.cuda_graph=true` cannot run this configuration, or None. Only plain language
-    modelling keeps all of its per-step state in tensors (distillation's alpha schedule and
-    DPO's do not yet)."""
+    """Why `train.cuda_graph=true` cannot run this configuration, or None. Every objective
+    (language modelling, distillation, DPO) keeps its per-step state in tensors or in its
+    `graph_key`."""
     train, parallel, model = run.train, run.parallel, run.model_config()
-    objective_kept = not run.distill.teacher and run.data.kind != "preference"
     reasons = {
         "a GPU": device.type != "cuda",
         "pipeline parallel size 1": parallel.pipeline != 1,
@@ -44,9 +43,6 @@ def graph_refusal(run, device: torch.device) -> str | None:
         "train.recompute=none": train.recompute != "none",
         "no dropout (megatron's RNG tracker cannot be captured)": (
             model.hidden_dropout > 0 or model.attention_dropout > 0
-        ),
-        "the language-modelling objective (pre-training or SFT, not distillation or DPO yet)": (
-            not objective_kept
         ),
     }
     needs = [need for need, missing in reasons.items() if missing]

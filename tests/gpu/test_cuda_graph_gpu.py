@@ -1,8 +1,7 @@
 """On the GPU: a step replayed from a CUDA graph gives the eager schedule's loss and gradients,
 step after step as the data and the masked loss's target count change; a micro-batch of another
-shape runs eagerly; and the trainer with train.cuda_graph=true follows the eager run. DPO's
-objective (reference in the step, or its log-probabilities with the batch) replays as well; the
-trainer refuses graphs for DPO until that test has passed on the GPU machine; so for
+shape runs eagerly; and the trainer with train.cuda_graph=true follows the eager run. So for
+DPO's objective (reference in the step, or its log-probabilities with the batch) and for
 distillation, whose graph is captured again when the hybrid schedule drops the layer loss."""
 
 import numpy as np
@@ -22,11 +21,13 @@ from megatron_mamba.training.ddp import wrap_ddp
 from megatron_mamba.training.dpo import DPOConfig, PreferenceOptimisation
 from megatron_mamba.training.objective import LanguageModelling
 from tests.distributed.launch import torchrun
-from tests.distributed.train_runs import TRAIN, losses, records, settings
+from tests.distributed.train_runs import TRAIN, losses, records, save_initial, settings
+from tests.gpu.zephyr_runs import dpo
 
 pytestmark = pytest.mark.gpu
 
 ROWS, MICRO, SEQ = 4, 2, 64
+VOCAB = {"model.vocab_size": 200}  # the vocabulary of the trainer runs' items
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +79,8 @@ def _steps(forward_backward, ddp, objective, batches) -> list[tuple]:
             data_iterator=iter(batch.split(MICRO)),
             model=ddp,
             num_microbatches=ROWS // MICRO,
-            seq_length=batch.inputs.shape[1],
-            micro_batch_size=MICRO,
+            seq_length=SEQ,  # read by pipeline schedules only
+            micro_batch_size=MICRO * objective.micro_batch_factor,
         )
         parts = objective.parts(step_records)
         results.append((objective.total(parts), parts, ddp.buffers[0].grad_data.clone()))
@@ -164,14 +165,18 @@ def test_replayed_distillation_steps_follow_eager_across_the_hybrid_switch(runti
     _same_steps(graphed, eager)
 
 
+def _train(tmp_path, items, initial, name, graph, **overrides):
+    args = settings(tmp_path, items, name, **{"train.init_from": initial})
+    args.update({"train.mixed_precision": "bf16", "train.max_steps": 8})  # all 64 items
+    args.update({"train.use_tf32": False, "train.cuda_graph": graph, **overrides})
+    args["train.gradient_accumulation_steps"] = 2
+    torchrun(TRAIN, 1, *(f"{k}={v}" for k, v in args.items()), cpu=False)
+    return records(tmp_path / name)
+
+
 def test_training_with_graphs_follows_the_eager_run(tmp_path, items, initial):
     def run(name, graph):
-        args = settings(tmp_path, items, name, **{"train.init_from": initial})
-        args.update({"train.mixed_precision": "bf16", "train.max_steps": 8})  # all 64 items
-        args.update({"train.use_tf32": False, "train.cuda_graph": graph})
-        args["train.gradient_accumulation_steps"] = 2
-        torchrun(TRAIN, 1, *(f"{k}={v}" for k, v in args.items()), cpu=False)
-        return records(tmp_path / name)
+        return _train(tmp_path, items, initial, name, graph)
 
     eager, graphed = run("eager", False), run("graphed", True)
     assert losses(eager)[-1] < losses(eager)[0] - 0.5  # it learns
@@ -179,3 +184,35 @@ def test_training_with_graphs_follows_the_eager_run(tmp_path, items, initial):
     np.testing.assert_allclose(
         [r["grad_norm"] for r in graphed], [r["grad_norm"] for r in eager], rtol=1e-2
     )
+
+
+def test_hybrid_distillation_with_graphs_follows_the_eager_run(tmp_path, items, initial):
+    """Target-guided for four steps, then unguided: the trainer's graph (captured at step 3)
+    is captured again at step 5, and every logged part of the loss is the eager run's."""
+    teacher = save_initial(tmp_path / "teacher.pt", {"preset": "tiny-gpt-neox"} | VOCAB)
+    distill = {
+        "distill.teacher": teacher,
+        "distill.alpha_layer_distill_loss": 15.0,
+        "distill.alpha_logits_distill_loss": 1.0,
+        "distill.layer_distill_until": 0.5,
+        "train.save_at_end": False,
+    }
+    eager = _train(tmp_path, items, initial, "eager", False, **distill)
+    graphed = _train(tmp_path, items, initial, "graphed", True, **distill)
+    assert ["layer" in r for r in eager] == [True] * 4 + [False] * 4
+    assert [sorted(r) for r in graphed] == [sorted(r) for r in eager]
+    for part in ("loss", "ce", "layer", "logits_kl", "grad_norm"):
+        got, expected = ([r[part] for r in rs if part in r] for rs in (graphed, eager))
+        np.testing.assert_allclose(got, expected, rtol=1e-2 if part == "grad_norm" else 1e-3)
+
+
+@pytest.mark.parametrize("precomputed", [False, True])
+def test_dpo_with_graphs_follows_the_eager_run(sft, precomputed):
+    """Four DPO steps of two micro-batches, the last two replayed from a graph."""
+    flags = ["train.use_tf32=false", f"dpo.precompute_reference={str(precomputed).lower()}"]
+    eager = dpo(sft, f"eager-{precomputed}", *flags)
+    graphed = dpo(sft, f"graphed-{precomputed}", *flags, "train.cuda_graph=true")
+    assert eager[-1]["reward_margin"] != 0  # the policy has moved
+    for key in ("loss", "dpo", "reward_margin", "logp_chosen", "logp_rejected", "grad_norm"):
+        got, expected = ([r[key] for r in rs] for rs in (graphed, eager))
+        np.testing.assert_allclose(got, expected, rtol=1e-2, atol=1e-3, err_msg=key)

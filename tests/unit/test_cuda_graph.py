@@ -49,11 +49,6 @@ def test_a_plain_gpu_run_may_use_graphs():
         (("train.recompute=full",), "train.recompute=none"),
         (("model.hidden_dropout=0.1",), "no dropout"),
         (("model.attention_dropout=0.1",), "no dropout"),
-        (("distill.teacher=/t",), "the language-modelling objective"),
-        (
-            ("data.kind=preference", "data.tokenizer=/t", "dpo.reference=/r"),
-            "the language-modelling objective",
-        ),
     ],
 )
 def test_each_missing_need_is_named(overrides, need):
@@ -61,6 +56,24 @@ def test_each_missing_need_is_named(overrides, need):
     refusal = graph_refusal(_run(*overrides), device)
     assert refusal.startswith("train.cuda_graph=true needs ") and need in refusal
     assert refusal.count(";") == 0  # only what is missing
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        (),
+        (
+            "distill.teacher=/t",
+            "distill.alpha_layer_distill_loss=15",
+            "distill.layer_distill_until=0.4",
+        ),
+        ("data.kind=preference", "data.tokenizer=/t", "dpo.reference=/r"),
+        ("train.mixed_precision=bf16",),
+    ],
+    ids=["language-modelling", "hybrid-distillation", "dpo", "bf16"],
+)
+def test_every_objective_may_run_from_graphs(overrides):
+    assert graph_refusal(_run(*overrides), CUDA) is None
 
 
 def test_every_missing_need_is_named_at_once():
