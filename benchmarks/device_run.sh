@@ -37,6 +37,7 @@ profile_attention 150 torchrun --nproc_per_node 1 benchmarks/profile_step.py --m
 profile_mamba2    240 torchrun --nproc_per_node 1 benchmarks/profile_step.py --model mamba2 --rows 40
 graph_probe  480 for c in conv selective_scan mamba_inner ssd_combined model_attention model_mamba1 model_mamba2 model_llama_hybrid; do timeout 110 torchrun --nproc_per_node 1 benchmarks/cuda_graph_probe.py --cases $c; done
 graphs       420 for model in ${GRAPH_MODELS:-pythia-160m:AMAMAMAMAMAM:1024 pythia-1b:AMAMAMAMAMAMAMAM:2048}; do IFS=: read -r p pat s <<< $model; for g in 0 1; do BENCH_PRESET=$p BENCH_PATTERN=$pat BENCH_SEQ=$s BENCH_CUDA_GRAPH=$g torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode trainer --out $OUT/graphs_${p}_$g.json; done; done
+distill_graphs 420 for model in ${GRAPH_MODELS:-pythia-160m:AMAMAMAMAMAM:1024 pythia-1b:AMAMAMAMAMAMAMAM:2048}; do IFS=: read -r p pat s <<< $model; for g in 0 1; do BENCH_PRESET=$p BENCH_PATTERN=$pat BENCH_SEQ=$s BENCH_CUDA_GRAPH=$g BENCH_TEACHER=1 torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode trainer --out $OUT/distill_graphs_${p}_$g.json; done; done
 graph_test   570 python -m pytest -q tests/gpu/test_cuda_graph_gpu.py
 graph_rest   300 python -m pytest -q tests/gpu/test_cuda_graph_gpu.py -k "replayed_dpo or distillation_with"
 overhead     240 torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode bare --out $OUT/bare.json && torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode trainer --out $OUT/t1.json

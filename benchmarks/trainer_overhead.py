@@ -11,7 +11,9 @@ reduction, NaN guard and metrics. Tokens/s are medians after warmup.
 
 BENCH_MICRO=8 sets micro-batch 8; BENCH_DISTRIBUTED_OPTIMIZER=1 the distributed optimizer;
 BENCH_CUDA_GRAPH=1 trains with train.cuda_graph=true; BENCH_PRESET, BENCH_PATTERN and BENCH_SEQ
-another model shape and sequence length (e.g. pythia-160m, AMAMAMAMAMAM, 1024).
+another model shape and sequence length (e.g. pythia-160m, AMAMAMAMAMAM, 1024); BENCH_TEACHER=1
+trains by target-guided distillation (CE + 15 · layer loss) from an attention-only teacher of
+the same shape (fresh weights; the cost of a step does not depend on them).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,12 +36,13 @@ SEQ = int(os.environ.get("BENCH_SEQ", "2048"))
 MICRO = int(os.environ.get("BENCH_MICRO", "4"))
 ZERO1 = os.environ.get("BENCH_DISTRIBUTED_OPTIMIZER", "0") == "1"
 GRAPH = os.environ.get("BENCH_CUDA_GRAPH", "0") == "1"
+TEACHER = os.environ.get("BENCH_TEACHER", "0") == "1"
 # Pythia-1b shape, half mamba1 (CUDA kernels)
 PRESET = os.environ.get("BENCH_PRESET", "pythia-1b")
 PATTERN = os.environ.get("BENCH_PATTERN", "AMAMAMAMAMAMAMAM")
 
 
-def run_config(data: Path, out: Path, steps: int, world: int):
+def run_config(data: Path, out: Path, steps: int, world: int, teacher: Path | None = None):
     from megatron_mamba.config_io import load
     from megatron_mamba.training.run_config import RunConfig
 
@@ -56,6 +61,8 @@ def run_config(data: Path, out: Path, steps: int, world: int):
         "train.use_distributed_optimizer": ZERO1,
         "train.cuda_graph": GRAPH,
     }
+    if teacher is not None:
+        overrides |= {"distill.teacher": str(teacher), "distill.alpha_layer_distill_loss": 15.0}
     return load(RunConfig, None, [f"{k}={v}" for k, v in overrides.items()])
 
 
@@ -69,22 +76,41 @@ def write_random_items(prefix: Path, count: int, vocab: int) -> None:
     builder.finalize(f"{prefix}.idx")
 
 
+def save_teacher(path: Path) -> None:
+    """An attention-only model of the benchmark's shape, saved whole by a CPU process of its
+    own (this one's runtime is the trainer's)."""
+    repo = Path(__file__).resolve().parents[1]
+    worker = repo / "tests" / "distributed" / "workers" / "save_initial.py"
+    env = {**os.environ, "PYTHONPATH": str(repo), "CUDA_VISIBLE_DEVICES": ""}
+    env |= {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
+    env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29400 + os.getpid() % 1000)}
+    pattern = "model.layer_pattern=" + "A" * len(PATTERN)
+    subprocess.run(
+        [sys.executable, str(worker), str(path), f"preset={PRESET}", pattern],
+        env=env,
+        check=True,
+    )
+
+
 def trainer_tokens_per_s(steps: int) -> float:
     from megatron_mamba.training.metrics import read_metrics
     from megatron_mamba.training.trainer import train
 
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     shape = f"{PRESET}_{PATTERN}_seq{SEQ}_micro{MICRO}_gpus{world}_graph{int(GRAPH)}"
+    shape += "_distill" if TEACHER else ""
     root = Path(tempfile.gettempdir()) / "trainer_overhead" / shape
     data = root / "items"
     ready = root / "ready"
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
         write_random_items(data, steps * MICRO * world, 50000)
+        if TEACHER:
+            save_teacher(root / "teacher.pt")
         ready.touch()
     while not ready.exists():
         time.sleep(0.5)
-    run = run_config(data, root, steps, world)
+    run = run_config(data, root, steps, world, root / "teacher.pt" if TEACHER else None)
     train(run)
     records = read_metrics(root / f"bench{world}" / "metrics.jsonl")
     return statistics.median(r["tokens_per_s"] for r in records[WARMUP:])
