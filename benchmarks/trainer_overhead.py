@@ -81,7 +81,8 @@ def save_teacher(path: Path) -> None:
     own (this one's runtime is the trainer's)."""
     repo = Path(__file__).resolve().parents[1]
     worker = repo / "tests" / "distributed" / "workers" / "save_initial.py"
-    env = {**os.environ, "PYTHONPATH": str(repo), "CUDA_VISIBLE_DEVICES": ""}
+    path = os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path, "CUDA_VISIBLE_DEVICES": ""}
     env |= {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
     env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29400 + os.getpid() % 1000)}
     pattern = "model.layer_pattern=" + "A" * len(PATTERN)
