@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -81,10 +82,14 @@ def save_teacher(path: Path) -> None:
     own (this one's runtime is the trainer's)."""
     repo = Path(__file__).resolve().parents[1]
     worker = repo / "tests" / "distributed" / "workers" / "save_initial.py"
-    path = os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])
-    env = {**os.environ, "PYTHONPATH": path, "CUDA_VISIBLE_DEVICES": ""}
-    env |= {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
-    env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29400 + os.getpid() % 1000)}
+    python_path = os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])
+    # not torchrun's rendezvous (its agent's store would take the worker for this rank)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TORCHELASTIC", "GROUP_"))}
+    env |= {"PYTHONPATH": python_path, "CUDA_VISIBLE_DEVICES": "", "MASTER_ADDR": "127.0.0.1"}
+    env |= {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        env["MASTER_PORT"] = str(s.getsockname()[1])
     pattern = "model.layer_pattern=" + "A" * len(PATTERN)
     subprocess.run(
         [sys.executable, str(worker), str(path), f"preset={PRESET}", pattern],
@@ -102,16 +107,17 @@ def trainer_tokens_per_s(steps: int) -> float:
     shape += "_distill" if TEACHER else ""
     root = Path(tempfile.gettempdir()) / "trainer_overhead" / shape
     data = root / "items"
+    teacher = root.parent / f"teacher_{PRESET}_{len(PATTERN)}.pt"  # shared by graph or not
     ready = root / "ready"
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
         write_random_items(data, steps * MICRO * world, 50000)
-        if TEACHER:
-            save_teacher(root / "teacher.pt")
+        if TEACHER and not teacher.exists():
+            save_teacher(teacher)
         ready.touch()
     while not ready.exists():
         time.sleep(0.5)
-    run = run_config(data, root, steps, world, root / "teacher.pt" if TEACHER else None)
+    run = run_config(data, root, steps, world, teacher if TEACHER else None)
     train(run)
     records = read_metrics(root / f"bench{world}" / "metrics.jsonl")
     return statistics.median(r["tokens_per_s"] for r in records[WARMUP:])
