@@ -117,17 +117,7 @@ class GraphedForwardBackward:
         was (capture itself runs nothing; the warm-up's gradients are zeroed)."""
         self.static_batch = _to_device(example, torch.device("cuda"))
         self.shape = _shapes(self.static_batch)
-        config = self.ddp.config
-
-        def forward_backward() -> dict:
-            output, loss_func = forward_step_func(iter([self.static_batch]), self.ddp)
-            loss, records = loss_func(output)
-            loss = loss / num_microbatches  # as megatron's schedule scales it
-            if config.grad_scale_func is not None:
-                loss = config.grad_scale_func(loss)
-            loss.backward()
-            return records
-
+        forward_backward = self.micro_batch_pass(forward_step_func, num_microbatches)
         stream = torch.cuda.current_stream()
         if stream == torch.cuda.default_stream():
             raise RuntimeError("call leave_the_default_stream() before wrapping the model in DDP")
@@ -139,6 +129,23 @@ class GraphedForwardBackward:
             self.static_records = forward_backward()
         torch.cuda.synchronize()
         self.ddp.zero_grad_buffer()
+
+    def micro_batch_pass(self, forward_step_func, num_microbatches: int):
+        """One micro-batch's forward, loss and backward on the static batch, as megatron's
+        schedule runs them (the loss scaled by 1/micro-batches and the loss scale); returns
+        a function that runs it and returns the micro-batch's records."""
+        config = self.ddp.config
+
+        def forward_backward() -> dict:
+            output, loss_func = forward_step_func(iter([self.static_batch]), self.ddp)
+            loss, records = loss_func(output)
+            loss = loss / num_microbatches  # as megatron's schedule scales it
+            if config.grad_scale_func is not None:
+                loss = config.grad_scale_func(loss)
+            loss.backward()
+            return records
+
+        return forward_backward
 
 
 def _tensors(batch, prefix: str = "") -> list[tuple[str, torch.Tensor | None]]:
