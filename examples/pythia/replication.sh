@@ -10,20 +10,23 @@
 #  4. held-out perplexity of the four models: OUT/report.md
 # Step counts beyond one pass over the text cycle it (train.num_train_epochs is set high enough;
 # max_steps decides the length).
-#   bash examples/pythia/replication.sh [--gpus N] [--tiny]
-# --gpus N: N data-parallel processes, bf16 (default 1); --tiny: a tiny shape on CPU, a smoke test.
+#   bash examples/pythia/replication.sh [--gpus N] [--graphs] [--tiny]
+# --gpus N: N data-parallel processes, bf16 (default 1); --graphs: train.cuda_graph=true (GPU;
+# about 2× the tokens/s of this shape, docs/scaling.md); --tiny: a tiny shape on CPU, a smoke test.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python}
 OUT=${OUT:-output/replication}
 GPUS=1 SHAPE=pythia-160m VOCAB=8192 SEQ=1024 MICRO=8 MB=${MB:-40}
 TEACHER_STEPS=${TEACHER_STEPS:-3000} STUDENT_STEPS=${STUDENT_STEPS:-1500} PRECISION=bf16
+GRAPHS=false
 while [[ $# -gt 0 ]]; do
   case $1 in
     --gpus) GPUS=${2:?--gpus needs a number}; shift 2 ;;
+    --graphs) GRAPHS=true; shift ;;
     --tiny) GPUS=0 SHAPE=tiny-gpt-neox VOCAB=512 SEQ=64 MICRO=4 MB=0.2 PRECISION=no
             TEACHER_STEPS=40 STUDENT_STEPS=20; shift ;;
-    *) echo "unknown argument $1; expected --gpus N or --tiny" >&2; exit 2 ;;
+    *) echo "unknown argument $1; expected --gpus N, --graphs or --tiny" >&2; exit 2 ;;
   esac
 done
 NPROC=$((GPUS > 0 ? GPUS : 1))
@@ -51,7 +54,7 @@ train() {  # train RUN_NAME STEPS key=value ...
     train.per_device_train_batch_size="$MICRO" train.mixed_precision="$PRECISION" \
     train.learning_rate=6e-4 train.min_lr=6e-5 train.warmup_ratio=0.03 train.clip_grad_norm=1.0 \
     train.eval_interval=$(($2 / 5)) train.log_every=10 "train.report_to=[console,jsonl]" \
-    train.resume_from_checkpoint=auto "${@:3}"
+    train.resume_from_checkpoint=auto train.cuda_graph="$GRAPHS" "${@:3}"
 }
 
 step "2. the teacher: $SHAPE trained from scratch for $TEACHER_STEPS steps"
