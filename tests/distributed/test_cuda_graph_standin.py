@@ -32,10 +32,13 @@ def _same(got: list[dict], expected: list[dict], parts) -> None:
 
 
 def test_two_replicas_reduce_after_the_replays_as_the_schedule_does(tmp_path, items, initial):
+    """Validation every three steps runs between the replays and changes none of them."""
     common = {"train.init_from": initial, **STEPS}
+    common |= {"train.eval_interval": 3, "data.valid_path": items, "data.valid_windows": 4}
     eager = run(tmp_path, items, "eager", 2, **common)
     graphed, out = standin_run(tmp_path, items, "graphed", 2, **common)
-    _same(graphed, eager, ("loss", "grad_norm"))
+    assert [r["step"] for r in eager if "valid_loss" in r] == [3, 6, 8]
+    _same(graphed, eager, ("loss", "grad_norm", "valid_loss"))
     # each replica: one capture at step 3, two micro-batches replayed in each of steps 3-8
     assert out.count("captures=1 replays=12") == 2, out
 
