@@ -77,10 +77,18 @@ class Mamba2Mixer(MambaMixerBase):
         """Mix `hidden_states` [s, b, h] continuing from `state` (None: from the start); returns
         (output, output bias) and the state after the last token (decode one token at a time)."""
         d, tp = self.dims, self.tp
+        # Batch-first between the projections wherever they do not split the sequence (no
+        # sequence parallelism): the kernels take [b, l, c], and transposing the h-wide input
+        # and output copies a fraction of what transposing in_proj's output and the norm's does.
+        batch_first = not self.config.sequence_parallel
+        if batch_first:
+            hidden_states = hidden_states.transpose(0, 1).contiguous()
         proj, _ = self.in_proj(hidden_states)
+        proj_blc = proj if batch_first else rearrange(proj, "s b c -> b s c")
+        y, new_state = None, None
         if state is None and not return_state and d.x_heads == d.heads and d.b_groups == d.c_groups:
             y = kernels.fused_mamba2_conv_scan_norm(
-                rearrange(proj, "s b c -> b s c"),
+                proj_blc,
                 self.conv1d.weight[:, 0],
                 self.conv1d.bias,
                 self.dt_bias,
@@ -92,12 +100,12 @@ class Mamba2Mixer(MambaMixerBase):
                 d.head_dim,
                 d.c_groups // tp,
             )
-            if y is not None:
-                return self.out_proj(rearrange(y, "b l c -> l b c")), None
-        y, new_state = ssd_after_projection(
-            self, rearrange(proj, "s b c -> b s c"), state, return_state
-        )
-        return self.out_proj(rearrange(y, "b l c -> l b c")), new_state
+        if y is None:
+            y, new_state = ssd_after_projection(self, proj_blc, state, return_state)
+        out, bias = self.out_proj(y if batch_first else rearrange(y, "b l c -> l b c"))
+        if batch_first:
+            out = out.transpose(0, 1).contiguous()
+        return (out, bias), new_state
 
 
 def ssd_after_projection(
