@@ -6,8 +6,9 @@
 #   source .device/setup.sh && bash benchmarks/device_run.sh logit_test distill attention
 #
 # The steps: name, seconds allowed, command ($OUT is expanded when the step runs). One call may
-# run 600 s, so name steps whose limits fit (2-GPU steps: trainer_2gpu, nccl_*, dp_scaling; on 2
-# GPUs, 2026-12-01: trainer_2gpu 176 s, nccl_logit 61 s, nccl_gpt + nccl_neox under 480 s; on one:
+# run 600 s, so name steps whose limits fit (2-GPU steps: trainer_2gpu, nccl_*, dp_scaling,
+# graph_2gpu; on 2 GPUs, 2026-12-01: trainer_2gpu 176 s, nccl_logit 61 s, nccl_gpt + nccl_neox
+# under 480 s; on one:
 # kernel_test + mamba_test reached 17 of their 19 tests in 420 s, each new Triton shape autotunes).
 set -u
 OUT=${OUT:?set OUT to the results folder}
@@ -40,6 +41,7 @@ graphs       420 for model in ${GRAPH_MODELS:-pythia-160m:AMAMAMAMAMAM:1024 pyth
 distill_graphs 420 for model in ${GRAPH_MODELS:-pythia-160m:AMAMAMAMAMAM:1024 pythia-1b:AMAMAMAMAMAMAMAM:2048}; do IFS=: read -r p pat s <<< $model; for g in 0 1; do BENCH_PRESET=$p BENCH_PATTERN=$pat BENCH_SEQ=$s BENCH_CUDA_GRAPH=$g BENCH_TEACHER=1 torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode trainer --out $OUT/distill_graphs_${p}_$g.json; done; done
 graph_test   570 python -m pytest -q tests/gpu/test_cuda_graph_gpu.py
 graph_rest   300 python -m pytest -q tests/gpu/test_cuda_graph_gpu.py -k "replayed_dpo or distillation_with"
+graph_2gpu   300 python -m pytest -q tests/gpu/test_cuda_graph_gpu.py -k two_gpus
 overhead     240 torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode bare --out $OUT/bare.json && torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode trainer --out $OUT/t1.json
 dp_scaling   300 torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode trainer --out $OUT/dp1.json && torchrun --nproc_per_node 2 benchmarks/trainer_overhead.py --mode trainer --out $OUT/dp2.json
 '

@@ -165,12 +165,14 @@ def test_replayed_distillation_steps_follow_eager_across_the_hybrid_switch(runti
     _same_steps(graphed, eager)
 
 
-def _train(tmp_path, items, initial, name, graph, **overrides):
+def _train(tmp_path, items, initial, name, graph, gpus=1, **overrides):
+    """8 bf16 steps (all 64 items) of two micro-batches of 4 // gpus rows on each GPU."""
     args = settings(tmp_path, items, name, **{"train.init_from": initial})
-    args.update({"train.mixed_precision": "bf16", "train.max_steps": 8})  # all 64 items
+    args.update({"train.mixed_precision": "bf16", "train.max_steps": 8})
     args.update({"train.use_tf32": False, "train.cuda_graph": graph, **overrides})
+    args["train.per_device_train_batch_size"] = 4 // gpus
     args["train.gradient_accumulation_steps"] = 2
-    torchrun(TRAIN, 1, *(f"{k}={v}" for k, v in args.items()), cpu=False)
+    torchrun(TRAIN, gpus, *(f"{k}={v}" for k, v in args.items()), cpu=False)
     return records(tmp_path / name)
 
 
@@ -180,6 +182,22 @@ def test_training_with_graphs_follows_the_eager_run(tmp_path, items, initial):
 
     eager, graphed = run("eager", False), run("graphed", True)
     assert losses(eager)[-1] < losses(eager)[0] - 0.5  # it learns
+    np.testing.assert_allclose(losses(graphed), losses(eager), rtol=1e-3)
+    np.testing.assert_allclose(
+        [r["grad_norm"] for r in graphed], [r["grad_norm"] for r in eager], rtol=1e-2
+    )
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["replicated", "distributed-optimizer"])
+def test_two_gpus_with_graphs_follow_the_eager_run(tmp_path, items, initial, sharded):
+    """Data parallelism: each GPU replays its micro-batches, then the gradients are reduced
+    (all-reduced, or reduce-scattered for the distributed optimizer) outside the graph."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("two GPUs are needed for data parallelism")
+    optimizer = {"train.use_distributed_optimizer": sharded}
+    eager = _train(tmp_path, items, initial, "eager", False, 2, **optimizer)
+    graphed = _train(tmp_path, items, initial, "graphed", True, 2, **optimizer)
+    assert losses(eager)[-1] < losses(eager)[0] - 0.5
     np.testing.assert_allclose(losses(graphed), losses(eager), rtol=1e-3)
     np.testing.assert_allclose(
         [r["grad_norm"] for r in graphed], [r["grad_norm"] for r in eager], rtol=1e-2
