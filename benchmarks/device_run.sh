@@ -41,7 +41,7 @@ graphs       420 for model in ${GRAPH_MODELS:-pythia-160m:AMAMAMAMAMAM:1024 pyth
 distill_graphs 420 for model in ${GRAPH_MODELS:-pythia-160m:AMAMAMAMAMAM:1024 pythia-1b:AMAMAMAMAMAMAMAM:2048}; do IFS=: read -r p pat s <<< $model; for g in 0 1; do BENCH_PRESET=$p BENCH_PATTERN=$pat BENCH_SEQ=$s BENCH_CUDA_GRAPH=$g BENCH_TEACHER=1 torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode trainer --out $OUT/distill_graphs_${p}_$g.json; done; done
 graph_test   570 python -m pytest -q tests/gpu/test_cuda_graph_gpu.py
 graph_rest   300 python -m pytest -q tests/gpu/test_cuda_graph_gpu.py -k "replayed_dpo or distillation_with"
-graph_2gpu   300 python -m pytest -q tests/gpu/test_cuda_graph_gpu.py -k two_gpus
+graph_2gpu   540 python -m pytest -q tests/gpu/test_cuda_graph_gpu.py -k two_gpus
 overhead     240 torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode bare --out $OUT/bare.json && torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode trainer --out $OUT/t1.json
 dp_scaling   300 torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode trainer --out $OUT/dp1.json && torchrun --nproc_per_node 2 benchmarks/trainer_overhead.py --mode trainer --out $OUT/dp2.json
 '
