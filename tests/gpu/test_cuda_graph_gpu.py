@@ -2,7 +2,9 @@
 step after step as the data and the masked loss's target count change; a micro-batch of another
 shape runs eagerly; and the trainer with train.cuda_graph=true follows the eager run. So for
 DPO's objective (reference in the step, or its log-probabilities with the batch) and for
-distillation, whose graph is captured again when the hybrid schedule drops the layer loss."""
+distillation, whose graph is captured again when the hybrid schedule drops the layer loss. On
+two GPUs (skipped on one): data parallelism with either optimizer, and TP=2 with and without
+sequence parallelism, with graphs against eager."""
 
 import numpy as np
 import pytest
