@@ -37,3 +37,13 @@ def peak_memory_gib(run: Callable[[], None]) -> float:
     run()
     torch.cuda.synchronize()
     return torch.cuda.max_memory_allocated() / 2**30
+
+
+def peak_reserved_gib(run: Callable[[], None]) -> float:
+    """What the allocator holds at the peak of `run`, the memory a CUDA graph's private pool
+    keeps between replays included (`max_memory_allocated` leaves out its freed blocks)."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    run()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_reserved() / 2**30

@@ -11,7 +11,8 @@ weights and without (`train.fp32_master_weights=false`, TRL's arithmetic); TRL:
 computed before training (TRL's `precompute_ref_log_probs`, our `dpo.precompute_reference`):
 the step runs the policy alone, and the pass that computes them is timed on its own.
 `--graphs` adds ours without master weights, both ways, with the forward and backward replayed
-from a CUDA graph (train.cuda_graph).
+from a CUDA graph (train.cuda_graph). Memory: the peak allocated, and the peak the allocator
+holds (`_reserved_gib`), which alone counts what a graph's private pool keeps between replays.
 
     python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json [--graphs]
 """
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import median_step_seconds, peak_memory_gib
+from benchmarks.common import median_step_seconds, peak_memory_gib, peak_reserved_gib
 
 PAIRS, LENGTH, PATTERN = 4, 512, "MA" * 8
 SHAPE = dict(
@@ -223,6 +224,7 @@ def main() -> None:
     trl_s = median_step_seconds(trl_fn)
     trl_fb = median_step_seconds(partial(trl_fn, optimizer_step=False))
     trl_peak = peak_memory_gib(trl_fn)
+    trl_reserved = peak_reserved_gib(trl_fn)
     del trl_fn  # frees TRL's models and optimizer before ours are built
     gc.collect()
     torch.cuda.empty_cache()
@@ -234,6 +236,7 @@ def main() -> None:
         "trl_tokens_per_s": tokens / trl_s,
         "trl_forward_backward_s": trl_fb,
         "trl_peak_gib": trl_peak,
+        "trl_reserved_gib": trl_reserved,
     }
     trl_pre_fn, pre_batch = trl_step(export, args.workdir, precompute=True)
     trl_pre_s = median_step_seconds(trl_pre_fn)
@@ -241,6 +244,7 @@ def main() -> None:
         trl_precomputed_step_s=trl_pre_s,
         trl_precomputed_tokens_per_s=tokens / trl_pre_s,
         trl_precomputed_peak_gib=peak_memory_gib(trl_pre_fn),
+        trl_precomputed_reserved_gib=peak_reserved_gib(trl_pre_fn),
     )
     assert pre_batch["input_ids"].shape == batch["input_ids"].shape  # the same 4 pairs
     del trl_pre_fn
@@ -270,6 +274,7 @@ def main() -> None:
                     partial(ours_fn, optimizer_step=False)
                 ),
                 f"{name}_peak_gib": peak_memory_gib(ours_fn),
+                f"{name}_reserved_gib": peak_reserved_gib(ours_fn),
             }
         )
         del ours_fn
