@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -83,13 +82,11 @@ def save_teacher(path: Path) -> None:
     repo = Path(__file__).resolve().parents[1]
     worker = repo / "tests" / "distributed" / "workers" / "save_initial.py"
     python_path = os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])
-    # not torchrun's rendezvous (its agent's store would take the worker for this rank)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TORCHELASTIC", "GROUP_"))}
-    env |= {"PYTHONPATH": python_path, "CUDA_VISIBLE_DEVICES": "", "MASTER_ADDR": "127.0.0.1"}
-    env |= {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        env["MASTER_PORT"] = str(s.getsockname()[1])
+    # none of torchrun's rendezvous (its agent's store would take the worker for this rank):
+    # init_runtime then sets up a world of one on a free port
+    torchrun_vars = ("TORCHELASTIC", "GROUP_", "RANK", "LOCAL_", "WORLD_SIZE", "MASTER_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(torchrun_vars)}
+    env |= {"PYTHONPATH": python_path, "CUDA_VISIBLE_DEVICES": ""}
     pattern = "model.layer_pattern=" + "A" * len(PATTERN)
     subprocess.run(
         [sys.executable, str(worker), str(path), f"preset={PRESET}", pattern],
