@@ -31,19 +31,15 @@ def matmul_peak_flops(n: int = 8192, dtype: torch.dtype = torch.bfloat16) -> flo
     return 2 * n**3 / seconds
 
 
+def peak_memory(run: Callable[[], None]) -> tuple[float, float]:
+    """GiB at the peak of `run`: allocated, and held by the allocator (reserved), which alone
+    counts what a CUDA graph's private pool keeps between replays."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    run()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**30, torch.cuda.max_memory_reserved() / 2**30
+
+
 def peak_memory_gib(run: Callable[[], None]) -> float:
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    run()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() / 2**30
-
-
-def peak_reserved_gib(run: Callable[[], None]) -> float:
-    """What the allocator holds at the peak of `run`, the memory a CUDA graph's private pool
-    keeps between replays included (`max_memory_allocated` leaves out its freed blocks)."""
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    run()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_reserved() / 2**30
+    return peak_memory(run)[0]

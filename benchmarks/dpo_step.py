@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import median_step_seconds, peak_memory_gib, peak_reserved_gib
+from benchmarks.common import median_step_seconds, peak_memory
 
 PAIRS, LENGTH, PATTERN = 4, 512, "MA" * 8
 SHAPE = dict(
@@ -223,8 +223,7 @@ def main() -> None:
     rows, length = batch["input_ids"].shape
     trl_s = median_step_seconds(trl_fn)
     trl_fb = median_step_seconds(partial(trl_fn, optimizer_step=False))
-    trl_peak = peak_memory_gib(trl_fn)
-    trl_reserved = peak_reserved_gib(trl_fn)
+    trl_peak, trl_reserved = peak_memory(trl_fn)
     del trl_fn  # frees TRL's models and optimizer before ours are built
     gc.collect()
     torch.cuda.empty_cache()
@@ -240,11 +239,12 @@ def main() -> None:
     }
     trl_pre_fn, pre_batch = trl_step(export, args.workdir, precompute=True)
     trl_pre_s = median_step_seconds(trl_pre_fn)
+    trl_pre_peak, trl_pre_reserved = peak_memory(trl_pre_fn)
     result.update(
         trl_precomputed_step_s=trl_pre_s,
         trl_precomputed_tokens_per_s=tokens / trl_pre_s,
-        trl_precomputed_peak_gib=peak_memory_gib(trl_pre_fn),
-        trl_precomputed_reserved_gib=peak_reserved_gib(trl_pre_fn),
+        trl_precomputed_peak_gib=trl_pre_peak,
+        trl_precomputed_reserved_gib=trl_pre_reserved,
     )
     assert pre_batch["input_ids"].shape == batch["input_ids"].shape  # the same 4 pairs
     del trl_pre_fn
@@ -263,6 +263,7 @@ def main() -> None:
     for name, master, precompute, graph, baseline_s in sides:
         ours_fn, pass_s = our_step(native, batch, master, precompute, graph)
         ours_s = median_step_seconds(ours_fn)
+        peak, reserved = peak_memory(ours_fn)
         if pass_s is not None:
             result[f"{name}_reference_pass_s"] = pass_s
         result.update(
@@ -273,8 +274,8 @@ def main() -> None:
                 f"{name}_forward_backward_s": median_step_seconds(
                     partial(ours_fn, optimizer_step=False)
                 ),
-                f"{name}_peak_gib": peak_memory_gib(ours_fn),
-                f"{name}_reserved_gib": peak_reserved_gib(ours_fn),
+                f"{name}_peak_gib": peak,
+                f"{name}_reserved_gib": reserved,
             }
         )
         del ours_fn
