@@ -113,24 +113,29 @@ class GraphedForwardBackward:
         return records
 
     def _capture(self, forward_step_func, example, num_microbatches: int) -> None:
-        """Warm up, capture on the current (side) stream, and leave the gradient buffer as it
-        was (capture itself runs nothing; the warm-up's gradients are zeroed)."""
-        self.static_batch = _to_device(example, torch.device("cuda"))
+        """Copy `example` into the static batch, warm up, capture, and leave the gradient
+        buffer as it was (capture itself runs nothing; the warm-up's gradients are zeroed)."""
+        self.static_batch = _to_device(example, next(self.ddp.parameters()).device)
         self.shape = _shapes(self.static_batch)
-        forward_backward = self.micro_batch_pass(forward_step_func, num_microbatches)
-        stream = torch.cuda.current_stream()
-        if stream == torch.cuda.default_stream():
-            raise RuntimeError("call leave_the_default_stream() before wrapping the model in DDP")
+        forward_backward = self._micro_batch_pass(forward_step_func, num_microbatches)
         with self.ddp.no_sync():
             for _ in range(2):
                 forward_backward()
-        self.graph = torch.cuda.CUDAGraph()
-        with self.ddp.no_sync(), torch.cuda.graph(self.graph, stream=stream):
-            self.static_records = forward_backward()
-        torch.cuda.synchronize()
+            self.graph, self.static_records = self._record(forward_backward)
         self.ddp.zero_grad_buffer()
 
-    def micro_batch_pass(self, forward_step_func, num_microbatches: int):
+    def _record(self, forward_backward):
+        """One pass captured on the current (side) stream: (the graph, its output records)."""
+        stream = torch.cuda.current_stream()
+        if stream == torch.cuda.default_stream():
+            raise RuntimeError("call leave_the_default_stream() before wrapping the model in DDP")
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            records = forward_backward()
+        torch.cuda.synchronize()
+        return graph, records
+
+    def _micro_batch_pass(self, forward_step_func, num_microbatches: int):
         """One micro-batch's forward, loss and backward on the static batch, as megatron's
         schedule runs them (the loss scaled by 1/micro-batches and the loss scale); returns
         a function that runs it and returns the micro-batch's records."""
