@@ -64,15 +64,10 @@ def launch(script: Path, nproc: int | None, *args, timeout: int = 600, cpu: bool
     env, argv = _environment(cpu), [str(a) for a in args]
     if cpu and _forking():
         return _forked(str(script), nproc, argv, env, timeout)
-    for _ in range(3):
-        cmd = [sys.executable, str(script), *argv]
-        if nproc is not None:
-            rendezvous = ["--master_addr=127.0.0.1", f"--master_port={free_port()}"]
-            cmd[1:1] = ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *rendezvous]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-        # the free port was taken before torchrun's agent listened on it: no worker started
-        if nproc is None or "EADDRINUSE" not in proc.stderr:
-            break
+    cmd = [sys.executable, str(script), *argv]
+    if nproc is not None:  # standalone: torchrun's agent binds a free port itself (no race)
+        cmd[1:1] = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     return Finished(proc.returncode, proc.stdout, proc.stderr)
 
 
