@@ -2,6 +2,7 @@
 
 import io
 import json
+import time
 
 import pytest
 
@@ -114,6 +115,12 @@ def test_wandb_runs_offline_with_the_run_config(tmp_path, monkeypatch):
     logger.log(1, {"loss": 2.5})
     logger.close()
     (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    wanted = (b"learning_rate", b"0.00321", b"loss")
+    # wandb's own service process writes the file; on a loaded machine it may still be
+    # flushing when finish() returns
+    deadline = time.monotonic() + 60
+    while not all(w in run_file.read_bytes() for w in wanted) and time.monotonic() < deadline:
+        time.sleep(0.5)
     written = run_file.read_bytes()
     assert b"learning_rate" in written and b"0.00321" in written and b"loss" in written
 
