@@ -16,6 +16,7 @@ STEPS='
 logit_test   90  python -m pytest -q tests/gpu/test_logit_losses_gpu.py
 kernel_test  240 python -m pytest -q --durations=5 tests/gpu/test_kernel_parity.py
 mamba_test   480 python -m pytest -q --durations=5 tests/gpu/test_mamba_gpu.py
+mamba2_test  300 python -m pytest -q --durations=5 tests/gpu/test_mamba_gpu.py -k "mamba2 or decode"
 mamba_rest   300 python -m pytest -q --durations=5 tests/gpu/test_mamba_gpu.py -k "decode or mamba2_attention-bf16"
 model_test   240 python -m pytest -q tests/gpu/test_models_gpu.py tests/gpu/test_hf_hybrid_gpu.py
 norm_test    120 python -m pytest -q tests/gpu/test_norms_gpu.py
