@@ -5,9 +5,11 @@ every other layer a MambaInLlama mamba1 initialised from attention), made from a
 MistralForCausalLM by our import, then exported to transformers for TRL. Both sides take the
 same batch (TRL's collated pairs: 4 prompts with chosen and rejected answers, 512 tokens a row),
 compute the sigmoid DPO loss against a frozen copy as the reference, run backward and an Adam
-step. Ours: megatron's schedule, DDP and optimizer (as the trainer runs them), with fp32 master
-weights and without (`train.fp32_master_weights=false`, TRL's arithmetic); TRL:
-`DPOTrainer.training_step` and its optimizer. Then both with the reference's log-probabilities
+step, both clipping the gradient norm at 1.0. Ours: megatron's schedule, DDP and optimizer (as
+the trainer runs them), with fp32 master weights and without (`train.fp32_master_weights=false`,
+TRL's arithmetic); TRL: `DPOTrainer.training_step`, then what transformers' Trainer runs per
+optimizer step (clipping, its fused AdamW, the scheduler, zero_grad). (Before 2026-12-02 TRL's
+step left out the clipping and the scheduler.) Then both with the reference's log-probabilities
 computed before training (TRL's `precompute_ref_log_probs`, our `dpo.precompute_reference`):
 the step runs the policy alone, and the pass that computes them is timed on its own.
 `--graphs` adds ours without master weights, both ways, with the forward and backward replayed
@@ -108,15 +110,20 @@ def trl_step(export: Path, workdir: Path, precompute: bool = False):
         processing_class=tokenizer,
     )
     batch = next(iter(trainer.get_train_dataloader()))
-    trainer.create_optimizer()
+    trainer.create_optimizer_and_scheduler(num_training_steps=1000)
     trainer.current_gradient_accumulation_steps = 1  # what Trainer.train would set
     model = trainer.model.train()
 
     def step(optimizer_step: bool = True):
+        """What Trainer's loop runs per optimizer step: clipping at max_grad_norm (1.0, as
+        ours), the optimizer, the scheduler and zero_grad; without `optimizer_step`, the
+        forward and backward alone."""
         trainer.training_step(model, batch)
         if optimizer_step:
+            trainer.accelerator.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
             trainer.optimizer.step()
-        trainer.optimizer.zero_grad(set_to_none=True)
+            trainer.lr_scheduler.step()
+        model.zero_grad()
 
     return step, batch
 
