@@ -19,6 +19,7 @@ mamba_test   480 python -m pytest -q --durations=5 tests/gpu/test_mamba_gpu.py
 mamba2_test  300 python -m pytest -q --durations=5 tests/gpu/test_mamba_gpu.py -k "mamba2 or decode"
 mamba_rest   300 python -m pytest -q --durations=5 tests/gpu/test_mamba_gpu.py -k "decode or mamba2_attention-bf16"
 model_test   240 python -m pytest -q tests/gpu/test_models_gpu.py tests/gpu/test_hf_hybrid_gpu.py
+adamw_test   240 python -m pytest -q tests/gpu/test_adamw_gpu.py
 norm_test    120 python -m pytest -q tests/gpu/test_norms_gpu.py
 dpo_test     300 python -m pytest -q tests/gpu/test_dpo_gpu.py
 trainer_test 420 python -m pytest -q tests/gpu/test_trainer_gpu.py -k "not matches_the_replicated and not (resumes_exactly and 2)"

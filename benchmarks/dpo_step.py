@@ -13,7 +13,8 @@ step left out the clipping and the scheduler.) Then both with the reference's lo
 computed before training (TRL's `precompute_ref_log_probs`, our `dpo.precompute_reference`):
 the step runs the policy alone, and the pass that computes them is timed on its own.
 `--graphs` adds ours without master weights, both ways, with the forward and backward replayed
-from a CUDA graph (train.cuda_graph). Memory: the peak allocated, and the peak the allocator
+from a CUDA graph (train.cuda_graph), and those again with Adam in one Triton launch
+(train.adam_kernel=one_launch). Memory: the peak allocated, and the peak the allocator
 holds (`_reserved_gib`), which alone counts what a graph's private pool keeps between replays.
 
     python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json [--graphs]
@@ -134,13 +135,14 @@ def our_step(
     fp32_master_weights: bool = True,
     precompute: bool = False,
     graph: bool = False,
+    one_launch: bool = False,
 ):
     """The trainer's DPO objective on TRL's batch: megatron schedule, DDP, optimizer (with fp32
     master weights, or Adam on the bf16 weights as train.fp32_master_weights=false runs it).
     Returns (step function, seconds of the reference pass over the batch where `precompute`:
     its log-probabilities are then the batch's, and the reference is freed). `graph`: the
     forward and backward replayed from a CUDA graph (training/cuda_graph.py; this and later
-    work then runs on a side stream)."""
+    work then runs on a side stream). `one_launch`: Adam as train.adam_kernel=one_launch."""
     from megatron.core.optimizer import OptimizerConfig
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -173,6 +175,7 @@ def our_step(
         OptimizerConfig(
             optimizer="adam", lr=5e-7, bf16=fp32_master_weights, params_dtype=torch.bfloat16
         ),
+        one_launch_adam=one_launch,
     )
     tokens = batch["input_ids"].cuda()
     mask = batch["completion_mask"][:, 1:].float().cuda()
@@ -257,18 +260,21 @@ def main() -> None:
     del trl_pre_fn
     gc.collect()
     torch.cuda.empty_cache()
-    sides = (  # name, fp32 master weights, reference precomputed, CUDA graph, baseline
-        ("ours", True, False, False, trl_s),
-        ("ours_no_master", False, False, False, trl_s),
-        ("ours_precomputed", False, True, False, trl_pre_s),  # against TRL's precomputed step
+    # name, fp32 master weights, reference precomputed, CUDA graph, one-launch Adam, baseline
+    sides = (
+        ("ours", True, False, False, False, trl_s),
+        ("ours_no_master", False, False, False, False, trl_s),
+        ("ours_precomputed", False, True, False, False, trl_pre_s),  # against TRL's precomputed
     )
     if args.graphs:  # last: from here on the process runs on a side stream
         sides += (
-            ("ours_no_master_graphed", False, False, True, trl_s),
-            ("ours_precomputed_graphed", False, True, True, trl_pre_s),
+            ("ours_no_master_graphed", False, False, True, False, trl_s),
+            ("ours_precomputed_graphed", False, True, True, False, trl_pre_s),
+            ("ours_no_master_graphed_one_launch", False, False, True, True, trl_s),
+            ("ours_precomputed_graphed_one_launch", False, True, True, True, trl_pre_s),
         )
-    for name, master, precompute, graph, baseline_s in sides:
-        ours_fn, pass_s = our_step(native, batch, master, precompute, graph)
+    for name, master, precompute, graph, one_launch, baseline_s in sides:
+        ours_fn, pass_s = our_step(native, batch, master, precompute, graph, one_launch)
         ours_s = median_step_seconds(ours_fn)
         peak, reserved = peak_memory(ours_fn)
         if pass_s is not None:

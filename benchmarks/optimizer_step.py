@@ -9,7 +9,9 @@ wrapped in megatron DDP (fp32 gradient buffer) with random gradients. Measured i
 - bf16 AdamW: torch's fused AdamW directly on the bf16 weights, as TRL/transformers' Trainer
   runs a bf16 model (no fp32 master weights or moments: a floor, not the same arithmetic);
 - ours without master weights (`train.fp32_master_weights=false`): the same arithmetic as bf16
-  AdamW through megatron's optimizer, on a bf16 gradient buffer.
+  AdamW through megatron's optimizer, on a bf16 gradient buffer;
+- `_one_launch` beside each of ours and the bf16 AdamW: the same with `train.adam_kernel=
+  one_launch` (training/adamw.py: one Triton launch per parameter group).
 
 All with clipping at 1.0 (on, as in training). Median of 10 steps after 3 warmup.
 
@@ -63,6 +65,7 @@ def main() -> None:
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
     from megatron_mamba.runtime import init_runtime
+    from megatron_mamba.training.adamw import use_one_launch_adam
     from megatron_mamba.training.optimizer import megatron_optimizer
 
     parser = argparse.ArgumentParser(description=__doc__)
@@ -78,6 +81,9 @@ def main() -> None:
     # Stock first: `megatron_optimizer` replaces megatron's fallback helpers for the process.
     results["stock"] = median_step_seconds(_megatron_step(get_megatron_optimizer(config, [ddp])))
     results["ours"] = median_step_seconds(_megatron_step(megatron_optimizer(ddp, config)))
+    one_launch = megatron_optimizer(ddp, config, one_launch_adam=True)
+    results["ours_one_launch"] = median_step_seconds(_megatron_step(one_launch))
+    del one_launch
     weights = [p for p in ddp.module.parameters()]
     for p in weights:
         p.grad = p.main_grad.bfloat16()
@@ -88,10 +94,14 @@ def main() -> None:
         bf16.step()
 
     results["bf16_adamw"] = median_step_seconds(bf16_step)
+    assert use_one_launch_adam(bf16)
+    results["bf16_adamw_one_launch"] = median_step_seconds(bf16_step)
     pure = _model_and_ddp(grad_reduce_in_fp32=False)
     config.bf16 = False  # train.fp32_master_weights=false: megatron's FP32Optimizer on bf16
     pure_step = _megatron_step(megatron_optimizer(pure, config))
     results["ours_no_master"] = median_step_seconds(pure_step)
+    pure_one_launch = megatron_optimizer(pure, config, one_launch_adam=True)
+    results["ours_no_master_one_launch"] = median_step_seconds(_megatron_step(pure_one_launch))
     report = {
         "parameters": params,
         "step_ms": {k: round(v * 1e3, 2) for k, v in results.items()},

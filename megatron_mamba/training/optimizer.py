@@ -16,6 +16,7 @@ from megatron.core import utils as megatron_utils
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
 from megatron_mamba.runtime.cpu_compat import clip_grads_by_total_norm
+from megatron_mamba.training.adamw import use_one_launch_adam
 from megatron_mamba.training.param_groups import megatron_weight_decay_overrides
 from megatron_mamba.training.run_config import RunConfig
 
@@ -50,15 +51,19 @@ def build_optimizer(model, ddp, run: RunConfig):
         use_distributed_optimizer=train.use_distributed_optimizer,
     )
     overrides = megatron_weight_decay_overrides(model, train.weight_decay_mamba_only)
-    return megatron_optimizer(ddp, config, overrides)
+    one_launch = train.adam_kernel == "one_launch"
+    return megatron_optimizer(ddp, config, overrides, one_launch_adam=one_launch)
 
 
-def megatron_optimizer(ddp, config: OptimizerConfig, overrides=None):
-    """`get_megatron_optimizer` for one DDP-wrapped model, with fused Adam and `_foreach`
-    multi-tensor helpers."""
+def megatron_optimizer(ddp, config: OptimizerConfig, overrides=None, one_launch_adam=False):
+    """`get_megatron_optimizer` for one DDP-wrapped model, with fused Adam (or, with
+    `one_launch_adam`, training/adamw.py's) and `_foreach` multi-tensor helpers."""
     use_foreach_multi_tensor_ops()
     optimizer = get_megatron_optimizer(config, [ddp], config_overrides=overrides)
     fuse_adam(optimizer)
+    if one_launch_adam:
+        for inner in inner_optimizers(optimizer):
+            use_one_launch_adam(inner)
     return optimizer
 
 

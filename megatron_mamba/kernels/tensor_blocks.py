@@ -1,0 +1,39 @@
+"""Device tables that let one kernel launch walk a list of tensors block by block.
+
+Program i of the launch updates elements [block_start[i], block_start[i] + block) of tensor
+block_tensor[i]; the tensors' addresses are rows of `pointers` (one row per list of tensors
+that are updated together, e.g. parameters, gradients and moments), their sizes `numels`. The
+tables are made again only when an address changes (new optimizer state, a checkpoint load).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class TensorBlocks:
+    def __init__(self):
+        self.key: tuple[int, ...] | None = None
+        self.pointers = self.numels = self.block_tensor = self.block_start = None
+
+    def update(self, lists: tuple[list[torch.Tensor], ...], block: int) -> None:
+        """Tables for `lists` (each as long as the first; the first gives the sizes) in blocks
+        of `block` elements, on the first tensor's device."""
+        key = (block, *(t.data_ptr() for tensors in lists for t in tensors))
+        if key == self.key:
+            return
+        first = lists[0]
+        device, count = first[0].device, len(first)
+        if any(len(tensors) != count for tensors in lists):
+            raise ValueError(f"lists of {[len(t) for t in lists]} tensors; expected {count} each")
+        numels = torch.tensor([t.numel() for t in first], dtype=torch.int64)
+        blocks = (numels + block - 1) // block
+        self.pointers = torch.tensor(key[1:], dtype=torch.int64).view(len(lists), count)
+        self.numels = numels
+        self.block_tensor = torch.arange(count).repeat_interleave(blocks).to(torch.int32)
+        first_block = torch.cumsum(blocks, 0) - blocks
+        index = torch.arange(int(blocks.sum()))
+        self.block_start = (index - first_block.repeat_interleave(blocks)) * block
+        for name in ("pointers", "numels", "block_tensor", "block_start"):
+            setattr(self, name, getattr(self, name).to(device))
+        self.key = key

@@ -1,0 +1,86 @@
+"""torch's Adam/AdamW with each parameter group stepped by one Triton launch on GPU.
+
+`use_one_launch_adam(optimizer)` turns the torch Adam(W) inside megatron's optimizer into the
+matching class below: the state is torch's own (made by its `_init_group`, as its fused kernel
+keeps it: a float32 step count on the parameter's device and moments like the parameter), so
+checkpoints move between the two freely, and every step a group the kernel does not take (CPU
+tensors, AMSGrad, maximize, a tensor learning rate, mixed dtypes) runs torch's step instead.
+The kernel: megatron_mamba/kernels/adamw.py.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from megatron_mamba.kernels.tensor_blocks import TensorBlocks
+
+
+class _OneLaunchStep:
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None:
+            return super().step(closure)
+        groups = [self._kernel_lists(group) for group in self.param_groups]
+        if any(lists is None for lists in groups):
+            return super().step()
+        from megatron_mamba.kernels import adamw
+
+        tables = self.__dict__.setdefault("_one_launch_tables", {})
+        for index, (group, lists) in enumerate(zip(self.param_groups, groups, strict=True)):
+            if not lists[0]:
+                continue
+            torch._foreach_add_(lists[4], 1)
+            beta1, beta2 = group["betas"]
+            adamw.adam_step(
+                *lists,
+                tables.setdefault(index, TensorBlocks()),
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                decoupled=group.get("decoupled_weight_decay", isinstance(self, torch.optim.AdamW)),
+            )
+        return None
+
+    def _kernel_lists(self, group) -> tuple[list, ...] | None:
+        """(params, grads, exp_avgs, exp_avg_sqs, steps) of the group's parameters with a
+        gradient, their state made where new; None where the kernel does not take the group."""
+        plain = not (group["amsgrad"] or group["maximize"] or group["differentiable"])
+        scalars = not any(isinstance(group[k], torch.Tensor) for k in ("lr", "betas", "eps"))
+        if not (plain and scalars) or not _kernel_available():
+            return None
+        lists = ([], [], [], [], [])
+        if any(p.grad is not None for p in group["params"]):
+            self._init_group(group, lists[0], lists[1], lists[2], lists[3], [], lists[4])
+        from megatron_mamba.kernels import adamw
+
+        return lists if not lists[0] or adamw.supports(*lists) else None
+
+
+class OneLaunchAdam(_OneLaunchStep, torch.optim.Adam):
+    pass
+
+
+class OneLaunchAdamW(_OneLaunchStep, torch.optim.AdamW):
+    pass
+
+
+def _kernel_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def use_one_launch_adam(optimizer: torch.optim.Optimizer) -> bool:
+    """Switch a torch Adam/AdamW to the one-launch step in place; False (and unchanged) for
+    any other optimizer."""
+    if type(optimizer) is torch.optim.AdamW:
+        optimizer.__class__ = OneLaunchAdamW
+    elif type(optimizer) is torch.optim.Adam:
+        optimizer.__class__ = OneLaunchAdam
+    else:
+        return isinstance(optimizer, _OneLaunchStep)
+    return True

@@ -1,0 +1,201 @@
+"""On the GPU: the one-launch Adam kernel against a float64 computation of torch's arithmetic
+(one step, within the storage dtype's rounding) and against torch's fused AdamW over several
+steps, and through megatron's optimizer with and without fp32 master weights."""
+
+import pytest
+import torch
+from megatron.core.optimizer import OptimizerConfig
+
+from megatron_mamba.config import ModelConfig, ParallelConfig, RunPrecision
+from megatron_mamba.kernels.adamw import BLOCK
+from megatron_mamba.models.build import build_model
+from megatron_mamba.runtime import init_runtime
+from megatron_mamba.training.adamw import use_one_launch_adam
+from megatron_mamba.training.ddp import wrap_ddp
+from megatron_mamba.training.optimizer import inner_optimizers, megatron_optimizer
+
+pytestmark = pytest.mark.gpu
+DEVICE = "cuda"
+
+# sizes below, at and above one block, and many small tensors (a model's norms and biases)
+SIZES = [(1,), (BLOCK,), (BLOCK + 3,), (3 * BLOCK - 1,), (64, 97), *[(33,)] * 40]
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    return init_runtime(seed=0)
+
+
+def _params(dtype, seed=0):
+    generator = torch.Generator(device=DEVICE).manual_seed(seed)
+    return [
+        torch.nn.Parameter(torch.randn(s, generator=generator, device=DEVICE).to(dtype))
+        for s in SIZES
+    ]
+
+
+def _groups(params, weight_decay=0.1):
+    half = len(params) // 2
+    return [
+        {"params": params[:half], "weight_decay": weight_decay},
+        {"params": params[half:], "weight_decay": 0.0},
+    ]
+
+
+def _spacing(x: torch.Tensor) -> torch.Tensor:
+    """The distance between neighbouring values of x's dtype around x, in float64."""
+    info = torch.finfo(x.dtype)  # eps: the spacing just above 1
+    _, exponent = torch.frexp(x.float().abs().clamp_min(info.tiny))
+    return torch.pow(2.0, (exponent - 1).double()) * info.eps
+
+
+def _float64_step(p, g, m, v, *, lr, betas, eps, wd, decoupled, step):
+    """torch's arithmetic in float64: (p, m, v) after the step, each with the sum of its terms'
+    magnitudes (fp32 arithmetic errs relative to those, not to a result they cancel to)."""
+    p, g, m, v = (t.double() for t in (p, g, m, v))
+    decay = lr * wd * p if decoupled else 0 * p
+    g = g if decoupled else g + wd * p
+    m_terms = (betas[0] * m, (1 - betas[0]) * g)
+    v_terms = (betas[1] * v, (1 - betas[1]) * g * g)
+    m, v = sum(m_terms), sum(v_terms)
+    denominator = v.sqrt() / (1 - betas[1] ** step) ** 0.5 + eps
+    update = lr / (1 - betas[0] ** step) * m / denominator
+    return [
+        (p - decay - update, p.abs() + decay.abs() + update.abs()),
+        (m, m_terms[0].abs() + m_terms[1].abs()),
+        (v, v_terms[0] + v_terms[1]),
+    ]
+
+
+@pytest.mark.parametrize("decoupled", [True, False], ids=["adamw", "adam"])
+@pytest.mark.parametrize(
+    "param_dtype,grad_dtype",
+    [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16)],
+    ids=["fp32", "bf16"],
+)
+def test_a_step_rounds_the_float64_update(runtime, decoupled, param_dtype, grad_dtype):
+    """From a state already three steps old (moments nonzero, the bias corrections of step 4),
+    every parameter and moment is float64's result rounded to its dtype: within one spacing of
+    that dtype, plus fp32 arithmetic's error (a few units of 2^-24 of its terms' magnitudes)."""
+    params = _params(param_dtype)
+    optimizer_class = torch.optim.AdamW if decoupled else torch.optim.Adam
+    optimizer = optimizer_class(_groups(params), lr=3e-2, betas=(0.9, 0.95), eps=1e-8)
+    assert use_one_launch_adam(optimizer)
+    generator = torch.Generator(device=DEVICE).manual_seed(1)
+
+    def new_grads():
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=generator, device=DEVICE).to(grad_dtype)
+
+    for _ in range(3):
+        new_grads()
+        optimizer.step()
+    new_grads()
+    before = {}
+    for p in params:
+        state = optimizer.state[p]
+        moments = (state["exp_avg"].clone(), state["exp_avg_sq"].clone())
+        before[p] = (p.detach().clone(), p.grad.clone(), *moments)
+    optimizer.step()
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state[p]
+            assert state["step"].item() == 4
+            expected = _float64_step(
+                *before[p],
+                lr=3e-2,
+                betas=(0.9, 0.95),
+                eps=1e-8,
+                wd=group["weight_decay"],
+                decoupled=decoupled,
+                step=4,
+            )
+            results = (p.detach(), state["exp_avg"], state["exp_avg_sq"])
+            for name, got, (want, terms) in zip("pmv", results, expected, strict=True):
+                bound = _spacing(got) + 8 * 2.0**-24 * terms
+                excess = ((got.double() - want).abs() / bound).max().item()
+                assert excess <= 1, (name, tuple(p.shape), excess)
+
+
+def test_several_steps_follow_torchs_fused_adamw(runtime):
+    """fp32 over five steps with a changing learning rate and a state reloaded midway (new
+    addresses, new block tables): torch's fused AdamW's weights and moments within rounding."""
+    reference, ours = _params(torch.float32), _params(torch.float32)
+    torch_adam = torch.optim.AdamW(_groups(reference), lr=1e-2, fused=True)
+    one_launch = torch.optim.AdamW(_groups(ours), lr=1e-2, fused=True)
+    use_one_launch_adam(one_launch)
+    generator = torch.Generator(device=DEVICE).manual_seed(2)
+    for step in range(5):
+        for a, b in zip(reference, ours, strict=True):
+            a.grad = torch.randn(a.shape, generator=generator, device=DEVICE)
+            b.grad = a.grad.clone()
+        for optimizer in (torch_adam, one_launch):
+            for group in optimizer.param_groups:
+                group["lr"] = 1e-2 / (step + 1)
+            optimizer.step()
+        if step == 2:
+            one_launch.load_state_dict(one_launch.state_dict())
+    for a, b in zip(reference, ours, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            torch.testing.assert_close(one_launch.state[b][key], torch_adam.state[a][key])
+
+
+TINY = ModelConfig(
+    arch="llama",
+    num_layers=2,
+    hidden_size=64,
+    num_attention_heads=4,
+    num_query_groups=2,
+    ffn_hidden_size=128,
+    vocab_size=256,
+    layer_pattern="MA",
+)
+
+
+LR = 1e-3
+
+
+@pytest.mark.parametrize("master", [True, False], ids=["fp32-master", "bf16-no-master"])
+def test_megatron_optimizer_with_it_follows_torchs_kernel(runtime, master):
+    """A bf16 model through megatron's optimizer (fp32 master weights, or Adam on the bf16
+    weights) with clipping, three steps: the same weights as with torch's fused kernel, within
+    two bf16 spacings at the largest size the weight may have had on the way (|w| + 3 steps of
+    at most 3·lr: roundings may differ by one at a step, and a weight may shrink since); a wrong
+    update is larger, about lr."""
+    model, twin = (
+        build_model(TINY, ParallelConfig(), RunPrecision("bf16"), cpu_initialization=False)
+        for _ in range(2)
+    )
+    model, twin = model.to(DEVICE), twin.to(DEVICE)
+    twin.load_state_dict(model.state_dict())
+    weights = []
+    for one_launch, module in ((False, model), (True, twin)):
+        ddp = wrap_ddp(module, grad_reduce_in_fp32=master)
+        config = OptimizerConfig(
+            optimizer="adam",
+            lr=LR,
+            weight_decay=0.1,
+            clip_grad=0.5,
+            bf16=master,
+            params_dtype=torch.bfloat16,
+        )
+        optimizer = megatron_optimizer(ddp, config, one_launch_adam=one_launch)
+        assert all(
+            (type(inner).__name__ == "OneLaunchAdamW") == one_launch
+            for inner in inner_optimizers(optimizer)
+        )
+        generator = torch.Generator(device=DEVICE).manual_seed(3)
+        for _ in range(3):
+            ddp.zero_grad_buffer()
+            optimizer.zero_grad()
+            for p in ddp.module.parameters():
+                p.main_grad.copy_(torch.randn(p.shape, generator=generator, device=DEVICE))
+            assert optimizer.step()[0]
+        weights.append([p.detach().clone() for p in module.parameters()])
+    names = [name for name, _ in model.named_parameters()]
+    for name, got, want in zip(names, weights[1], weights[0], strict=True):
+        largest = want.float().abs() + 3 * 3 * LR
+        excess = ((got.double() - want.double()).abs() / (2 * _spacing(largest.bfloat16()))).max()
+        excess = excess.item()
+        assert excess <= 1, (name, excess)

@@ -1,0 +1,139 @@
+"""The one-launch Adam's host side: its block tables, the class switch, and torch's step and
+state wherever the kernel does not run (the kernel itself: tests/gpu/test_adamw_gpu.py)."""
+
+import pytest
+import torch
+from megatron.core.optimizer import OptimizerConfig
+
+from megatron_mamba.config import ParallelConfig
+from megatron_mamba.kernels.tensor_blocks import TensorBlocks
+from megatron_mamba.models.build import build_model
+from megatron_mamba.training.adamw import OneLaunchAdam, OneLaunchAdamW, use_one_launch_adam
+from megatron_mamba.training.ddp import wrap_ddp
+from megatron_mamba.training.optimizer import inner_optimizers, megatron_optimizer
+from tests.unit.test_optimizer import TINY
+
+
+def test_blocks_cover_every_element_of_every_tensor_once():
+    sizes = [1, 7, 8, 9, 16, 25]
+    params = [torch.zeros(n) for n in sizes]
+    grads = [torch.zeros(n) for n in sizes]
+    blocks = TensorBlocks()
+    blocks.update((params, grads), block=8)
+    assert blocks.pointers.tolist() == [
+        [t.data_ptr() for t in params],
+        [t.data_ptr() for t in grads],
+    ]
+    assert blocks.numels.tolist() == sizes
+    covered = [torch.zeros(n, dtype=torch.int64) for n in sizes]
+    starts = blocks.block_start.tolist()
+    for tensor, start in zip(blocks.block_tensor.tolist(), starts, strict=True):
+        assert 0 <= start < sizes[tensor] and start % 8 == 0
+        covered[tensor][start : start + 8] += 1
+    assert all(bool((c == 1).all()) for c in covered)
+    assert blocks.block_tensor.numel() == sum(-(-n // 8) for n in sizes)
+
+
+def test_blocks_are_made_again_only_when_an_address_changes():
+    params = [torch.zeros(5), torch.zeros(3)]
+    blocks = TensorBlocks()
+    blocks.update((params,), block=4)
+    tables = blocks.block_start
+    blocks.update((params,), block=4)
+    assert blocks.block_start is tables
+    params[1] = torch.zeros(3)
+    blocks.update((params,), block=4)
+    assert blocks.block_start is not tables
+    assert blocks.pointers[0, 1].item() == params[1].data_ptr()
+
+
+def test_lists_of_unequal_length_are_refused():
+    with pytest.raises(ValueError, match=r"lists of \[2, 1\] tensors; expected 2 each"):
+        TensorBlocks().update(([torch.zeros(2), torch.zeros(2)], [torch.zeros(2)]), block=4)
+
+
+@pytest.mark.parametrize(
+    "torch_class,one_launch",
+    [(torch.optim.AdamW, OneLaunchAdamW), (torch.optim.Adam, OneLaunchAdam)],
+)
+def test_adam_and_adamw_switch_to_their_one_launch_classes(torch_class, one_launch):
+    optimizer = torch_class([torch.nn.Parameter(torch.zeros(2))])
+    assert use_one_launch_adam(optimizer)
+    assert type(optimizer) is one_launch and isinstance(optimizer, torch_class)
+    assert use_one_launch_adam(optimizer)  # already switched
+
+
+def test_other_optimizers_are_left_alone():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+    assert not use_one_launch_adam(optimizer)
+    assert type(optimizer) is torch.optim.SGD
+
+
+def _params(seed):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(s, generator=generator)) for s in [(30,), (4, 5), (3,)]]
+
+
+def _groups(params):
+    return [{"params": params[:2], "weight_decay": 0.1}, {"params": params[2:], "weight_decay": 0}]
+
+
+def test_off_gpu_it_steps_and_keeps_state_exactly_as_torchs_fused_adamw():
+    reference, ours = _params(0), _params(0)
+    torch_adam = torch.optim.AdamW(_groups(reference), lr=1e-2, fused=True)
+    one_launch = torch.optim.AdamW(_groups(ours), lr=1e-2, fused=True)
+    use_one_launch_adam(one_launch)
+    generator = torch.Generator().manual_seed(1)
+    for step in range(3):
+        for a, b in zip(reference, ours, strict=True):
+            a.grad = torch.randn(a.shape, generator=generator)
+            b.grad = a.grad.clone()
+        for optimizer in (torch_adam, one_launch):
+            for group in optimizer.param_groups:
+                group["lr"] = 1e-2 / (step + 1)
+            optimizer.step()
+    for a, b in zip(reference, ours, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    saved = one_launch.state_dict()
+    torch.testing.assert_close(saved, torch_adam.state_dict(), rtol=0, atol=0)
+    again = torch.optim.AdamW(_groups(_params(2)), lr=1e-2, fused=True)
+    use_one_launch_adam(again)
+    again.load_state_dict(torch_adam.state_dict())  # and back: the same state either way
+    torch.testing.assert_close(again.state_dict(), saved, rtol=0, atol=0)
+
+
+def test_megatron_optimizer_takes_it_and_steps_as_with_torchs_kernel(runtime):
+    model = build_model(TINY, ParallelConfig())
+    twin = build_model(TINY, ParallelConfig())
+    twin.load_state_dict(model.state_dict())
+    weights = []
+    for one_launch, module in ((False, model), (True, twin)):
+        ddp = wrap_ddp(module)
+        config = OptimizerConfig(optimizer="adam", lr=1e-2, weight_decay=0.1, clip_grad=0.5)
+        optimizer = megatron_optimizer(ddp, config, one_launch_adam=one_launch)
+        inner_types = {type(inner) for inner in inner_optimizers(optimizer)}
+        assert inner_types == ({OneLaunchAdamW} if one_launch else {torch.optim.AdamW})
+        generator = torch.Generator().manual_seed(7)
+        for _ in range(2):
+            ddp.zero_grad_buffer()
+            optimizer.zero_grad()
+            for p in ddp.module.parameters():
+                p.main_grad.copy_(torch.randn(p.shape, generator=generator))
+            assert optimizer.step()[0]
+        weights.append([p.detach().clone() for p in module.parameters()])
+    for got, want in zip(weights[1], weights[0], strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kernel", ["torch_fused", "one_launch"])
+def test_the_run_config_chooses_the_kernel(runtime, kernel):
+    from megatron_mamba.config_io import load
+    from megatron_mamba.training.optimizer import build_optimizer
+    from megatron_mamba.training.run_config import RunConfig
+
+    settings = ["model.layer_pattern=AM", "data.path=unused", "train.mixed_precision=no"]
+    run = load(RunConfig, None, ["preset=tiny-gpt-neox", *settings, f"train.adam_kernel={kernel}"])
+    model = build_model(run.model_config(), ParallelConfig())
+    optimizer = build_optimizer(model, wrap_ddp(model), run)
+    expected = OneLaunchAdamW if kernel == "one_launch" else torch.optim.AdamW
+    assert {type(inner) for inner in inner_optimizers(optimizer)} == {expected}
