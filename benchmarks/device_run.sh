@@ -10,6 +10,9 @@
 # graph_2gpu; on 2 GPUs, 2026-12-01: trainer_2gpu 176 s, nccl_logit 61 s, nccl_gpt + nccl_neox
 # under 480 s; on one:
 # kernel_test + mamba_test reached 17 of their 19 tests in 420 s, each new Triton shape autotunes).
+# mamba_graphs: the all-mamba2 benchmark, then the trainer on the same shape without master
+# weights, eager and with CUDA graphs (mamba1, CALD's shape: MAMBA_KIND=mamba1
+# MAMBA_PATTERN=MMMMMMMMMMMMMMMM MAMBA_OVERRIDES="model.mamba.d_inner=5120 model.mamba.dt_rank=160").
 set -u
 OUT=${OUT:?set OUT to the results folder}
 STEPS='
@@ -42,6 +45,7 @@ profile_mamba2    240 torchrun --nproc_per_node 1 benchmarks/profile_step.py --m
 graph_probe  480 for c in conv selective_scan mamba_inner ssd_combined model_attention model_mamba1 model_mamba2 model_llama_hybrid; do timeout 110 torchrun --nproc_per_node 1 benchmarks/cuda_graph_probe.py --cases $c; done
 graphs       420 for model in ${GRAPH_MODELS:-pythia-160m:AMAMAMAMAMAM:1024 pythia-1b:AMAMAMAMAMAMAMAM:2048}; do IFS=: read -r p pat s <<< $model; for g in 0 1; do BENCH_PRESET=$p BENCH_PATTERN=$pat BENCH_SEQ=$s BENCH_CUDA_GRAPH=$g torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode trainer --out $OUT/graphs_${p}_$g.json; done; done
 distill_graphs 420 for model in ${GRAPH_MODELS:-pythia-160m:AMAMAMAMAMAM:1024 pythia-1b:AMAMAMAMAMAMAMAM:2048}; do IFS=: read -r p pat s <<< $model; for g in 0 1; do BENCH_PRESET=$p BENCH_PATTERN=$pat BENCH_SEQ=$s BENCH_CUDA_GRAPH=$g BENCH_TEACHER=1 torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode trainer --out $OUT/distill_graphs_${p}_$g.json; done; done
+mamba_graphs 560 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds ${MAMBA_KIND:-mamba2} && for g in 0 1; do BENCH_PATTERN=${MAMBA_PATTERN:-SSSSSSSSSSSSSSSS} BENCH_CUDA_GRAPH=$g BENCH_OVERRIDES="train.fp32_master_weights=false ${MAMBA_OVERRIDES:-}" torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode trainer --out $OUT/mamba_graphs_$g.json; done
 graph_test   570 python -m pytest -q tests/gpu/test_cuda_graph_gpu.py
 graph_rest   300 python -m pytest -q tests/gpu/test_cuda_graph_gpu.py -k "replayed_dpo or distillation_with"
 graph_2gpu   540 python -m pytest -q tests/gpu/test_cuda_graph_gpu.py -k two_gpus

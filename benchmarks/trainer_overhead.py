@@ -13,7 +13,8 @@ BENCH_MICRO=8 sets micro-batch 8; BENCH_DISTRIBUTED_OPTIMIZER=1 the distributed 
 BENCH_CUDA_GRAPH=1 trains with train.cuda_graph=true; BENCH_PRESET, BENCH_PATTERN and BENCH_SEQ
 another model shape and sequence length (e.g. pythia-160m, AMAMAMAMAMAM, 1024); BENCH_TEACHER=1
 trains by target-guided distillation (CE + 15 · layer loss) from an attention-only teacher of
-the same shape (fresh weights; the cost of a step does not depend on them).
+the same shape (fresh weights; the cost of a step does not depend on them); BENCH_OVERRIDES more
+config overrides, space-separated (e.g. "model.mamba.d_inner=5120 train.adam_kernel=one_launch").
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ TEACHER = os.environ.get("BENCH_TEACHER", "0") == "1"
 # Pythia-1b shape, half mamba1 (CUDA kernels)
 PRESET = os.environ.get("BENCH_PRESET", "pythia-1b")
 PATTERN = os.environ.get("BENCH_PATTERN", "AMAMAMAMAMAMAMAM")
+OVERRIDES = os.environ.get("BENCH_OVERRIDES", "").split()
 
 
 def run_config(data: Path, out: Path, steps: int, world: int, teacher: Path | None = None):
@@ -63,7 +65,8 @@ def run_config(data: Path, out: Path, steps: int, world: int, teacher: Path | No
     }
     if teacher is not None:
         overrides |= {"distill.teacher": str(teacher), "distill.alpha_layer_distill_loss": 15.0}
-    return load(RunConfig, None, [f"{k}={v}" for k, v in overrides.items()])
+    settings = [f"{k}={v}" for k, v in overrides.items()] + OVERRIDES
+    return load(RunConfig, None, settings)
 
 
 def write_random_items(prefix: Path, count: int, vocab: int) -> None:
@@ -102,6 +105,7 @@ def trainer_tokens_per_s(steps: int) -> float:
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     shape = f"{PRESET}_{PATTERN}_seq{SEQ}_micro{MICRO}_gpus{world}_graph{int(GRAPH)}"
     shape += "_distill" if TEACHER else ""
+    shape += "_" + "_".join(OVERRIDES).replace("/", "-") if OVERRIDES else ""
     root = Path(tempfile.gettempdir()) / "trainer_overhead" / shape
     data = root / "items"
     teacher = root.parent / f"teacher_{PRESET}_{len(PATTERN)}.pt"  # shared by graph or not
