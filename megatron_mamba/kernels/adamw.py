@@ -27,6 +27,17 @@ _TRITON_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.
 
 
 @triton.jit
+def _address(row, t, ALIGNED: tl.constexpr):
+    """Tensor t's address from a row of the pointer table; said to be 16-byte aligned where
+    `TensorBlocks.aligned` (so that loads and stores are vectorised: Triton cannot know it of an
+    address read from memory)."""
+    address = tl.load(row + t)
+    if ALIGNED:
+        address = tl.multiple_of(address, 16)
+    return address
+
+
+@triton.jit
 def _adam_blocks(
     pointers,  # int64 [5, tensors]: param, grad, exp_avg, exp_avg_sq, step addresses
     numels,  # int64 [tensors]
@@ -42,16 +53,20 @@ def _adam_blocks(
     GRAD: tl.constexpr,
     STATE: tl.constexpr,
     DECOUPLED: tl.constexpr,
+    ALIGNED: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
     t = tl.load(block_tensor + pid)
-    offsets = tl.load(block_start + pid) + tl.arange(0, BLOCK)
-    inside = offsets < tl.load(numels + t)
-    param = tl.load(pointers + t).to(tl.pointer_type(PARAM))
-    grad = tl.load(pointers + tensors + t).to(tl.pointer_type(GRAD))
-    exp_avg = tl.load(pointers + 2 * tensors + t).to(tl.pointer_type(STATE))
-    exp_avg_sq = tl.load(pointers + 3 * tensors + t).to(tl.pointer_type(STATE))
+    offsets = tl.multiple_of(tl.load(block_start + pid), BLOCK) + tl.arange(0, BLOCK)
+    numel = tl.load(numels + t)
+    if ALIGNED:  # the mask is then the same over each 8 elements, a vector's worth
+        numel = tl.multiple_of(numel, 8)
+    inside = offsets < numel
+    param = _address(pointers, t, ALIGNED).to(tl.pointer_type(PARAM))
+    grad = _address(pointers + tensors, t, ALIGNED).to(tl.pointer_type(GRAD))
+    exp_avg = _address(pointers + 2 * tensors, t, ALIGNED).to(tl.pointer_type(STATE))
+    exp_avg_sq = _address(pointers + 3 * tensors, t, ALIGNED).to(tl.pointer_type(STATE))
     step = tl.load(tl.load(pointers + 4 * tensors + t).to(tl.pointer_type(tl.float32)))
 
     p = tl.load(param + offsets, mask=inside).to(tl.float32)
@@ -112,7 +127,7 @@ def adam_step(
 ) -> None:
     """One Adam(W) update of every tensor in place (`supports` must hold); `steps` already
     counts this step."""
-    tables.update((params, grads, exp_avgs, exp_avg_sqs, steps), BLOCK)
+    tables.update((params, grads, exp_avgs, exp_avg_sqs), BLOCK, scalars=(steps,))
     _adam_blocks[(tables.block_tensor.numel(),)](
         tables.pointers,
         tables.numels,
@@ -128,6 +143,7 @@ def adam_step(
         GRAD=_TRITON_DTYPES[grads[0].dtype],
         STATE=_TRITON_DTYPES[exp_avgs[0].dtype],
         DECOUPLED=decoupled,
+        ALIGNED=tables.aligned,
         BLOCK=BLOCK,
         num_warps=WARPS,
     )

@@ -2,8 +2,9 @@
 
 Program i of the launch updates elements [block_start[i], block_start[i] + block) of tensor
 block_tensor[i]; the tensors' addresses are rows of `pointers` (one row per list of tensors
-that are updated together, e.g. parameters, gradients and moments), their sizes `numels`. The
-tables are made again only when an address changes (new optimizer state, a checkpoint load).
+that are updated together, e.g. parameters, gradients and moments, then any per-tensor scalars
+such as step counts), their sizes `numels`. The tables are made again only when an address
+changes (new optimizer state, a checkpoint load).
 """
 
 from __future__ import annotations
@@ -15,14 +16,25 @@ class TensorBlocks:
     def __init__(self):
         self.key: tuple[int, ...] | None = None
         self.pointers = self.numels = self.block_tensor = self.block_start = None
+        self.aligned = False
+        """Whether every address of the blocked lists is a multiple of 16 bytes and every size a
+        multiple of 8 elements (so a kernel may load and store 16 bytes at a time, and mask 8
+        elements at a time)."""
 
-    def update(self, lists: tuple[list[torch.Tensor], ...], block: int) -> None:
-        """Tables for `lists` (each as long as the first; the first gives the sizes) in blocks
-        of `block` elements, on the first tensor's device."""
+    def update(
+        self,
+        blocked: tuple[list[torch.Tensor], ...],
+        block: int,
+        scalars: tuple[list[torch.Tensor], ...] = (),
+    ) -> None:
+        """Tables for the `blocked` lists (each as long as the first, the first giving the
+        sizes) in blocks of `block` elements, with rows of addresses for the `scalars` lists
+        after theirs, on the first tensor's device."""
+        lists = (*blocked, *scalars)
         key = (block, *(t.data_ptr() for tensors in lists for t in tensors))
         if key == self.key:
             return
-        first = lists[0]
+        first = blocked[0]
         device, count = first[0].device, len(first)
         if any(len(tensors) != count for tensors in lists):
             raise ValueError(f"lists of {[len(t) for t in lists]} tensors; expected {count} each")
@@ -36,4 +48,8 @@ class TensorBlocks:
         self.block_start = (index - first_block.repeat_interleave(blocks)) * block
         for name in ("pointers", "numels", "block_tensor", "block_start"):
             setattr(self, name, getattr(self, name).to(device))
+        blocked_tensors = [t for tensors in blocked for t in tensors]
+        self.aligned = all(t.numel() % 8 == 0 for t in blocked_tensors) and all(
+            t.data_ptr() % 16 == 0 for t in blocked_tensors
+        )
         self.key = key

@@ -137,3 +137,16 @@ def test_the_run_config_chooses_the_kernel(runtime, kernel):
     optimizer = build_optimizer(model, wrap_ddp(model), run)
     expected = OneLaunchAdamW if kernel == "one_launch" else torch.optim.AdamW
     assert {type(inner) for inner in inner_optimizers(optimizer)} == {expected}
+
+
+def test_alignment_needs_16_byte_addresses_and_sizes_of_8_in_the_blocked_lists_only():
+    storage = torch.zeros(64)
+    steps = [torch.zeros(()), torch.zeros(())]
+    blocks = TensorBlocks()
+    blocks.update(([storage[:8], storage[8:24]],), block=8, scalars=(steps,))
+    assert blocks.aligned  # the 0-dim step counts do not count
+    assert blocks.pointers.shape == (2, 2)
+    blocks.update(([storage[:8], storage[9:25]],), block=8, scalars=(steps,))
+    assert not blocks.aligned  # an address 4 bytes past a multiple of 16
+    blocks.update(([storage[:8], storage[8:20]],), block=8, scalars=(steps,))
+    assert not blocks.aligned  # 12 elements
