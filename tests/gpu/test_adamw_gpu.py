@@ -6,9 +6,10 @@ import pytest
 import torch
 from megatron.core.optimizer import OptimizerConfig
 
-from megatron_mamba.config import ModelConfig, ParallelConfig, RunPrecision
+from megatron_mamba.config import ParallelConfig, RunPrecision
 from megatron_mamba.kernels.adamw import BLOCK
 from megatron_mamba.models.build import build_model
+from megatron_mamba.models.presets import preset
 from megatron_mamba.runtime import init_runtime
 from megatron_mamba.training.adamw import use_one_launch_adam
 from megatron_mamba.training.ddp import wrap_ddp
@@ -146,16 +147,7 @@ def test_several_steps_follow_torchs_fused_adamw(runtime):
             torch.testing.assert_close(one_launch.state[b][key], torch_adam.state[a][key])
 
 
-TINY = ModelConfig(
-    arch="llama",
-    num_layers=2,
-    hidden_size=64,
-    num_attention_heads=4,
-    num_query_groups=2,
-    ffn_hidden_size=128,
-    vocab_size=256,
-    layer_pattern="MA",
-)
+TINY = preset("tiny-llama", layer_pattern="MA")
 
 
 LR = 1e-3
