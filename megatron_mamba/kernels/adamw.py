@@ -11,6 +11,7 @@ The arithmetic is torch's fused kernel's (aten/src/ATen/native/cuda/fused_adam_u
 fp32 whatever the storage dtype: decoupled decay `p -= lr·wd·p` (AdamW) or `g += wd·p` (Adam),
 the moments, then `p -= lr/bc1 · m / (sqrt(v)/sqrt(bc2) + eps)` with the bias corrections of each
 tensor's own step count, read on the device (no host sync). The caller increments the steps.
+The gradient may be scaled on the way in (clipping's coefficient, left to this pass).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def _adam_blocks(
     beta2,
     eps,
     weight_decay,
+    grad_scale,
     PARAM: tl.constexpr,
     GRAD: tl.constexpr,
     STATE: tl.constexpr,
@@ -70,7 +72,7 @@ def _adam_blocks(
     step = tl.load(tl.load(pointers + 4 * tensors + t).to(tl.pointer_type(tl.float32)))
 
     p = tl.load(param + offsets, mask=inside).to(tl.float32)
-    g = tl.load(grad + offsets, mask=inside).to(tl.float32)
+    g = tl.load(grad + offsets, mask=inside).to(tl.float32) * grad_scale
     m = tl.load(exp_avg + offsets, mask=inside).to(tl.float32)
     v = tl.load(exp_avg_sq + offsets, mask=inside).to(tl.float32)
     if DECOUPLED:
@@ -124,9 +126,10 @@ def adam_step(
     eps: float,
     weight_decay: float,
     decoupled: bool,
+    grad_scale: float = 1.0,
 ) -> None:
     """One Adam(W) update of every tensor in place (`supports` must hold); `steps` already
-    counts this step."""
+    counts this step. The gradients are taken times `grad_scale` (clipping's coefficient)."""
     tables.update((params, grads, exp_avgs, exp_avg_sqs), BLOCK, scalars=(steps,))
     _adam_blocks[(tables.block_tensor.numel(),)](
         tables.pointers,
@@ -139,6 +142,7 @@ def adam_step(
         float(beta2),
         float(eps),
         float(weight_decay),
+        float(grad_scale),
         PARAM=_TRITON_DTYPES[params[0].dtype],
         GRAD=_TRITON_DTYPES[grads[0].dtype],
         STATE=_TRITON_DTYPES[exp_avgs[0].dtype],

@@ -5,24 +5,32 @@ matching class below: the state is torch's own (made by its `_init_group`, as it
 keeps it: a float32 step count on the parameter's device and moments like the parameter), so
 checkpoints move between the two freely, and every step a group the kernel does not take (CPU
 tensors, AMSGrad, maximize, a tensor learning rate, mixed dtypes) runs torch's step instead.
-The kernel: megatron_mamba/kernels/adamw.py.
+Gradient clipping may leave its multiplication to the kernel (`defer_grad_scale`), which
+saves a pass over the gradients. The kernel: megatron_mamba/kernels/adamw.py.
 """
 
 from __future__ import annotations
 
+import weakref
+
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from megatron_mamba.kernels.tensor_blocks import TensorBlocks
+
+_OWNER = WeakIdKeyDictionary()
+"""Each parameter of a one-launch optimizer: a weak reference to that optimizer."""
 
 
 class _OneLaunchStep:
     @torch.no_grad()
     def step(self, closure=None):
-        if closure is not None:
+        grad_scale = self.__dict__.pop("_pending_grad_scale", 1.0)
+        groups = None if closure else [self._kernel_lists(group) for group in self.param_groups]
+        if groups is None or any(lists is None for lists in groups):
+            if grad_scale != 1.0:
+                self._scale_grads(grad_scale)
             return super().step(closure)
-        groups = [self._kernel_lists(group) for group in self.param_groups]
-        if any(lists is None for lists in groups):
-            return super().step()
         from megatron_mamba.kernels import adamw
 
         tables = self.__dict__.setdefault("_one_launch_tables", {})
@@ -40,8 +48,20 @@ class _OneLaunchStep:
                 eps=group["eps"],
                 weight_decay=group["weight_decay"],
                 decoupled=group.get("decoupled_weight_decay", isinstance(self, torch.optim.AdamW)),
+                grad_scale=grad_scale,
             )
         return None
+
+    def _scale_grads(self, scale: float) -> None:
+        """Multiply the gradients by `scale` in place, as clipping does (in fp32: foreach ops
+        on CPU would round a Python scalar to the gradients' dtype first)."""
+        by_device: dict[torch.device, list[torch.Tensor]] = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    by_device.setdefault(p.grad.device, []).append(p.grad)
+        for device, grads in by_device.items():
+            torch._foreach_mul_(grads, torch.tensor(scale, dtype=torch.float32, device=device))
 
     def _kernel_lists(self, group) -> tuple[list, ...] | None:
         """(params, grads, exp_avgs, exp_avg_sqs, steps) of the group's parameters with a
@@ -81,6 +101,31 @@ def use_one_launch_adam(optimizer: torch.optim.Optimizer) -> bool:
         optimizer.__class__ = OneLaunchAdamW
     elif type(optimizer) is torch.optim.Adam:
         optimizer.__class__ = OneLaunchAdam
-    else:
-        return isinstance(optimizer, _OneLaunchStep)
+    elif not isinstance(optimizer, _OneLaunchStep):
+        return False
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            _OWNER[p] = weakref.ref(optimizer)
     return True
+
+
+def defer_grad_scale(params: list[torch.Tensor], scale: float) -> bool:
+    """Gradient clipping's multiplication by `scale`, left to the next step of the one-launch
+    optimizers that own `params` (inside their update, instead of a pass over the gradients of
+    its own). Deferred only where such optimizers own every parameter in `params` and have no
+    other with a gradient; False otherwise, and nothing is changed."""
+    owners: dict[int, _OneLaunchStep] = {}
+    for p in params:
+        reference = _OWNER.get(p)
+        owner = reference() if reference is not None else None
+        if owner is None:
+            return False
+        owners[id(owner)] = owner
+    given = {id(p) for p in params}
+    for owner in owners.values():
+        for group in owner.param_groups:
+            if any(p.grad is not None and id(p) not in given for p in group["params"]):
+                return False
+    for owner in owners.values():
+        owner._pending_grad_scale = owner.__dict__.get("_pending_grad_scale", 1.0) * scale
+    return bool(owners)

@@ -16,7 +16,7 @@ from megatron.core import utils as megatron_utils
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
 from megatron_mamba.runtime.cpu_compat import clip_grads_by_total_norm
-from megatron_mamba.training.adamw import use_one_launch_adam
+from megatron_mamba.training.adamw import defer_grad_scale, use_one_launch_adam
 from megatron_mamba.training.param_groups import megatron_weight_decay_overrides
 from megatron_mamba.training.run_config import RunConfig
 
@@ -106,6 +106,16 @@ def _foreach_scale(chunk_size, noop_flag, tensor_lists, scale):
     torch._foreach_copy_(targets, sources)
 
 
+def _clip_grads(parameters, max_norm, total_norm, use_decoupled_grad=False):
+    """megatron's clipping by the total norm; the multiplication left to the one-launch Adam
+    where it owns the parameters (training/adamw.py), else done here."""
+    coefficient = max_norm / (total_norm + 1.0e-6)
+    params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
+    if coefficient < 1.0 and not use_decoupled_grad and defer_grad_scale(params, coefficient):
+        return
+    clip_grads_by_total_norm(params, max_norm, total_norm, use_decoupled_grad)
+
+
 def use_foreach_multi_tensor_ops() -> None:
     """Replace megatron's Python-loop fallbacks (used only when neither apex nor Transformer
     Engine is installed) with `_foreach` versions; apex's or TE's kernels are left alone.
@@ -114,7 +124,7 @@ def use_foreach_multi_tensor_ops() -> None:
     from megatron.core.optimizer import clip_grads
     from megatron.core.optimizer import optimizer as megatron_optimizer
 
-    megatron_optimizer.clip_grad_by_total_norm_fp32 = clip_grads_by_total_norm
+    megatron_optimizer.clip_grad_by_total_norm_fp32 = _clip_grads
     if clip_grads.l2_norm_impl is megatron_utils.local_multi_tensor_l2_norm:
         clip_grads.l2_norm_impl = _foreach_l2_norm
     if clip_grads.multi_tensor_scale_impl is megatron_utils.local_multi_tensor_scale:

@@ -11,7 +11,7 @@ from megatron_mamba.kernels.adamw import BLOCK
 from megatron_mamba.models.build import build_model
 from megatron_mamba.models.presets import preset
 from megatron_mamba.runtime import init_runtime
-from megatron_mamba.training.adamw import use_one_launch_adam
+from megatron_mamba.training.adamw import defer_grad_scale, use_one_launch_adam
 from megatron_mamba.training.ddp import wrap_ddp
 from megatron_mamba.training.optimizer import inner_optimizers, megatron_optimizer
 
@@ -77,11 +77,15 @@ def _float64_step(p, g, m, v, *, lr, betas, eps, wd, decoupled, step):
     ids=["fp32", "bf16"],
 )
 @pytest.mark.parametrize("aligned", [False, True], ids=["any-sizes", "aligned"])
-def test_a_step_rounds_the_float64_update(runtime, aligned, decoupled, param_dtype, grad_dtype):
+@pytest.mark.parametrize("clip", [None, 0.37], ids=["unclipped", "clipped"])
+def test_a_step_rounds_the_float64_update(
+    runtime, clip, aligned, decoupled, param_dtype, grad_dtype
+):
     """From a state already three steps old (moments nonzero, the bias corrections of step 4),
-    every parameter and moment is float64's result rounded to its dtype: within one spacing of
-    that dtype, plus fp32 arithmetic's error (16 units of 2^-24 of its terms' magnitudes, the
-    bias corrections' powers included)."""
+    with clipping's multiplication left to the kernel or none, every parameter and moment is
+    float64's result rounded to its dtype: within one spacing of that dtype, plus fp32
+    arithmetic's error (16 units of 2^-24 of its terms' magnitudes, the bias corrections'
+    powers included)."""
     params = _params(param_dtype, sizes=ALIGNED_SIZES if aligned else SIZES)
     optimizer_class = torch.optim.AdamW if decoupled else torch.optim.Adam
     optimizer = optimizer_class(_groups(params), lr=3e-2, betas=(0.9, 0.95), eps=1e-8)
@@ -100,7 +104,10 @@ def test_a_step_rounds_the_float64_update(runtime, aligned, decoupled, param_dty
     for p in params:
         state = optimizer.state[p]
         moments = (state["exp_avg"].clone(), state["exp_avg_sq"].clone())
-        before[p] = (p.detach().clone(), p.grad.clone(), *moments)
+        grad = p.grad.double() * (clip or 1.0)
+        before[p] = (p.detach().clone(), grad, *moments)
+    if clip is not None:  # clipping's multiplication left to the kernel
+        assert defer_grad_scale(params, clip)
     optimizer.step()
     assert all(t.aligned == aligned for t in optimizer._one_launch_tables.values())
     for group in optimizer.param_groups:

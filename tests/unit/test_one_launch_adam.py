@@ -8,7 +8,12 @@ from megatron.core.optimizer import OptimizerConfig
 from megatron_mamba.config import ParallelConfig
 from megatron_mamba.kernels.tensor_blocks import TensorBlocks
 from megatron_mamba.models.build import build_model
-from megatron_mamba.training.adamw import OneLaunchAdam, OneLaunchAdamW, use_one_launch_adam
+from megatron_mamba.training.adamw import (
+    OneLaunchAdam,
+    OneLaunchAdamW,
+    defer_grad_scale,
+    use_one_launch_adam,
+)
 from megatron_mamba.training.ddp import wrap_ddp
 from megatron_mamba.training.optimizer import inner_optimizers, megatron_optimizer
 from tests.unit.test_optimizer import TINY
@@ -150,3 +155,60 @@ def test_alignment_needs_16_byte_addresses_and_sizes_of_8_in_the_blocked_lists_o
     assert not blocks.aligned  # an address 4 bytes past a multiple of 16
     blocks.update(([storage[:8], storage[8:20]],), block=8, scalars=(steps,))
     assert not blocks.aligned  # 12 elements
+
+
+def test_clipping_left_to_the_step_gives_the_clipped_update():
+    """Off GPU the deferred multiplication runs before torch's step: exactly clipping's."""
+    reference, ours = _params(3), _params(3)
+    torch_adam = torch.optim.AdamW(_groups(reference), lr=1e-2, fused=True)
+    one_launch = torch.optim.AdamW(_groups(ours), lr=1e-2, fused=True)
+    use_one_launch_adam(one_launch)
+    generator = torch.Generator().manual_seed(4)
+    for _ in range(2):
+        for a, b in zip(reference, ours, strict=True):
+            a.grad = torch.randn(a.shape, generator=generator)
+            b.grad = a.grad.clone()
+        coefficient = torch.tensor(0.3, dtype=torch.float32)
+        torch._foreach_mul_([p.grad for p in reference], coefficient)
+        assert defer_grad_scale(ours, 0.3)
+        torch_adam.step()
+        one_launch.step()
+        assert "_pending_grad_scale" not in one_launch.__dict__  # used once
+    for a, b in zip(reference, ours, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+def test_clipping_is_not_deferred_unless_one_launch_optimizers_own_exactly_the_parameters():
+    owned = _params(5)
+    optimizer = torch.optim.AdamW(owned, lr=1e-2)
+    use_one_launch_adam(optimizer)
+    for p in owned:
+        p.grad = torch.ones_like(p)
+    stranger = torch.nn.Parameter(torch.zeros(3))
+    assert not defer_grad_scale([*owned, stranger], 0.5)  # one not owned
+    assert not defer_grad_scale(owned[:2], 0.5)  # the owner has another with a gradient
+    owned[2].grad = None
+    assert defer_grad_scale(owned[:2], 0.5)  # now it has not
+    assert optimizer._pending_grad_scale == 0.5
+    assert not defer_grad_scale([], 0.5)
+
+
+def test_megatron_clipping_is_left_to_the_one_launch_step(runtime, monkeypatch):
+    from megatron_mamba.training import adamw
+
+    deferred = []
+    original = adamw.defer_grad_scale
+
+    def spy(params, scale):
+        deferred.append(original(params, scale))
+        return deferred[-1]
+
+    monkeypatch.setattr("megatron_mamba.training.optimizer.defer_grad_scale", spy)
+    model = build_model(TINY, ParallelConfig())
+    ddp = wrap_ddp(model)
+    config = OptimizerConfig(optimizer="adam", lr=1e-2, clip_grad=0.5)
+    optimizer = megatron_optimizer(ddp, config, one_launch_adam=True)
+    for p in ddp.module.parameters():
+        p.main_grad.fill_(1.0)
+    assert optimizer.step()[0]
+    assert deferred == [True]
