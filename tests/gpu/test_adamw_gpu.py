@@ -7,7 +7,6 @@ import torch
 from megatron.core.optimizer import OptimizerConfig
 
 from megatron_mamba.config import ParallelConfig, RunPrecision
-from megatron_mamba.kernels.adamw import BLOCK
 from megatron_mamba.models.build import build_model
 from megatron_mamba.models.presets import preset
 from megatron_mamba.runtime import init_runtime
@@ -17,6 +16,9 @@ from megatron_mamba.training.optimizer import inner_optimizers, megatron_optimiz
 
 pytestmark = pytest.mark.gpu
 DEVICE = "cuda"
+pytest.importorskip("triton")  # collected everywhere; the kernel module needs it
+
+from megatron_mamba.kernels.adamw import BLOCK  # noqa: E402
 
 # sizes below, at and above one block, and many small tensors (a model's norms and biases);
 # the aligned ones (multiples of 8 elements in their own allocations) take the vectorised path
