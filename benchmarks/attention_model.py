@@ -1,7 +1,8 @@
 """Training-step throughput of our attention-only GPTNeoX against transformers' (sdpa), bf16.
 
 Pythia-1b shape (16 layers, hidden 2048, 8 heads), seq 2048, micro-batch 4, forward + backward +
-AdamW step for both, in the same process on one GPU. Prints a markdown row and writes JSON.
+AdamW step for both, in the same process on one GPU; ours again with that AdamW in one Triton
+launch (train.adam_kernel=one_launch). Prints a markdown row and writes JSON.
 
     torchrun --nproc_per_node 1 benchmarks/attention_model.py --out $OUT/attention_model.json
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+from functools import partial
 
 import torch
 
@@ -20,12 +22,17 @@ from megatron_mamba.models.build import build_model
 from megatron_mamba.models.presets import preset
 from megatron_mamba.models.size import training_flops_per_token
 from megatron_mamba.runtime import init_runtime
+from megatron_mamba.training.adamw import use_one_launch_adam
 
 
-def ours_step(config, tokens):
+def ours_step(config, tokens, one_launch_adam=False):
+    """Our model and the same fused AdamW as transformers' side; or with `one_launch_adam`,
+    that AdamW as train.adam_kernel=one_launch runs it (training/adamw.py)."""
     model = build_model(config, ParallelConfig(), RunPrecision("bf16"), cpu_initialization=False)
     model.cuda()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+    if one_launch_adam:
+        assert use_one_launch_adam(optimizer)
 
     def step():
         loss = model(tokens[:, :-1], None, None, labels=tokens[:, 1:]).float().mean()
@@ -99,6 +106,14 @@ def main() -> None:
     rows = [
         measure("transformers GPTNeoX (sdpa)", hf_step, config, tokens, peak, args.seq),
         measure("megatron-mamba GPTNeoX", ours_step, config, tokens, peak, args.seq),
+        measure(
+            "megatron-mamba GPTNeoX, one-launch Adam",
+            partial(ours_step, one_launch_adam=True),
+            config,
+            tokens,
+            peak,
+            args.seq,
+        ),
     ]
     base = rows[0]["tokens_per_s"]
     print(f"bf16 matmul ceiling: {peak / 1e12:.0f} TFLOP/s")

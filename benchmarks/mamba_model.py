@@ -5,7 +5,8 @@ CALD (lm/open_instruct/modeling_hybrid_mamba.py) keeps GPTNeoX's blocks (two Lay
 residual, GeLU MLP) and puts transformers' `MambaMixer` in place of attention, configured from
 mamba-2.8b-hf with only hidden_size changed: d_inner 5120, dt_rank 160, d_state 16. The mamba2 row
 uses transformers' `Mamba2Mixer` (head_dim 64, one group, d_state 128) the same way. Ours: the same
-shapes from the layer pattern "M"×16 / "S"×16. Forward + backward + fused AdamW step for each.
+shapes from the layer pattern "M"×16 / "S"×16. Forward + backward + fused AdamW step for each;
+ours again with that AdamW in one Triton launch (train.adam_kernel=one_launch).
 
     torchrun --nproc_per_node 1 benchmarks/mamba_model.py --out $OUT/mamba_model.json
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -102,9 +104,9 @@ def cald_step(config, kind, tokens):
     return model, step
 
 
-def ours_step(config, kind, tokens):
+def ours_step(config, kind, tokens, one_launch_adam=False):
     """Our model from the pattern; the same step as the attention benchmark's."""
-    return attention_model.ours_step(config, tokens)
+    return attention_model.ours_step(config, tokens, one_launch_adam)
 
 
 def measure(name, build, config, kind, tokens, seq):
@@ -140,7 +142,15 @@ def main() -> None:
         tokens = torch.randint(0, config.vocab_size, shape, device="cuda")
         base = measure(f"CALD-style ({kind})", cald_step, config, kind, tokens, args.seq)
         ours = measure(f"megatron-mamba ({kind})", ours_step, config, kind, tokens, args.seq)
-        for row in (base, ours):
+        one_launch = measure(
+            f"megatron-mamba ({kind}), one-launch Adam",
+            partial(ours_step, one_launch_adam=True),
+            config,
+            kind,
+            tokens,
+            args.seq,
+        )
+        for row in (base, ours, one_launch):
             row["speedup"] = row["tokens_per_s"] / base["tokens_per_s"]
             rows.append(row)
     print("| model | params | tokens/s | × transformers | peak GiB |\n|---|---|---|---|---|")
