@@ -32,9 +32,9 @@ nccl_logit   120 python -m pytest -q tests/gpu/test_nccl_parallel.py -k logit_lo
 nccl_neox    420 python -m pytest -q tests/gpu/test_nccl_parallel.py -k gpt_neox_hybrid
 nccl_llama   420 python -m pytest -q tests/gpu/test_nccl_parallel.py -k llama_hybrid
 logit        60  torchrun --nproc_per_node 1 benchmarks/logit_losses.py
-attention    120 torchrun --nproc_per_node 1 benchmarks/attention_model.py
-mamba1       150 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds mamba1
-mamba2       240 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds mamba2
+attention    180 torchrun --nproc_per_node 1 benchmarks/attention_model.py
+mamba1       220 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds mamba1
+mamba2       300 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds mamba2
 distill      170 torchrun --nproc_per_node 1 benchmarks/distill_step.py --out $OUT/distill_step.json
 dpo          240 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json
 dpo_graphs   330 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json --graphs
