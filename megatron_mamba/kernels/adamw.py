@@ -4,8 +4,8 @@ torch's fused AdamW walks the tensors in chunks of 65,536 elements, a few hundre
 launch; on a 1.2B bf16 model its step took 7.7 ms, one pass over 14 bytes per parameter at
 2.2 TB/s, under half of an H200's bandwidth (benchmarks/RESULTS.md, DPO and optimizer
 sections). Here one launch covers the group: each program updates BLOCK elements of one tensor,
-found through a table of (tensor, offset) per block, the tensor's addresses through tables of
-data pointers.
+found through a table of (tensor, offset) per block, the tensors themselves through their
+distances from each list's first (kernels/tensor_blocks.py).
 
 The arithmetic is torch's fused kernel's (aten/src/ATen/native/cuda/fused_adam_utils.cuh), in
 fp32 whatever the storage dtype: decoupled decay `p -= lr·wd·p` (AdamW) or `g += wd·p` (Adam),
@@ -24,23 +24,28 @@ from megatron_mamba.kernels.tensor_blocks import TensorBlocks
 
 BLOCK, WARPS = 2048, 4
 
-_TRITON_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @triton.jit
-def _address(row, t, ALIGNED: tl.constexpr):
-    """Tensor t's address from a row of the pointer table; said to be 16-byte aligned where
-    `TensorBlocks.aligned` (so that loads and stores are vectorised: Triton cannot know it of an
-    address read from memory)."""
-    address = tl.load(row + t)
+def _at(anchor, offset_row, t, local, ALIGNED: tl.constexpr):
+    """Pointers to elements `local` of tensor t of a list: its offset from the list's anchor
+    (the pointer argument), declared a multiple of 16 bytes where `TensorBlocks.aligned`."""
+    offsets = tl.load(offset_row + t) + local
     if ALIGNED:
-        address = tl.multiple_of(address, 16)
-    return address
+        VECTOR: tl.constexpr = 128 // anchor.dtype.element_ty.primitive_bitwidth
+        offsets = tl.max_contiguous(tl.multiple_of(offsets, VECTOR), VECTOR)
+    return anchor + offsets
 
 
 @triton.jit
 def _adam_blocks(
-    pointers,  # int64 [5, tensors]: param, grad, exp_avg, exp_avg_sq, step addresses
+    param,  # each list's first tensor (the anchors)
+    grad,
+    exp_avg,
+    exp_avg_sq,
+    step,
+    offsets,  # int64 [5, tensors]: each tensor's distance in elements from its list's anchor
     numels,  # int64 [tensors]
     block_tensor,  # int32 [blocks]: the tensor each program updates
     block_start,  # int64 [blocks]: the program's first element in it
@@ -51,30 +56,27 @@ def _adam_blocks(
     eps,
     weight_decay,
     grad_scale,
-    PARAM: tl.constexpr,
-    GRAD: tl.constexpr,
-    STATE: tl.constexpr,
     DECOUPLED: tl.constexpr,
     ALIGNED: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
     t = tl.load(block_tensor + pid)
-    offsets = tl.multiple_of(tl.load(block_start + pid), BLOCK) + tl.arange(0, BLOCK)
+    local = tl.multiple_of(tl.load(block_start + pid), BLOCK) + tl.arange(0, BLOCK)
     numel = tl.load(numels + t)
     if ALIGNED:  # the mask is then the same over each 8 elements, a vector's worth
         numel = tl.multiple_of(numel, 8)
-    inside = offsets < numel
-    param = _address(pointers, t, ALIGNED).to(tl.pointer_type(PARAM))
-    grad = _address(pointers + tensors, t, ALIGNED).to(tl.pointer_type(GRAD))
-    exp_avg = _address(pointers + 2 * tensors, t, ALIGNED).to(tl.pointer_type(STATE))
-    exp_avg_sq = _address(pointers + 3 * tensors, t, ALIGNED).to(tl.pointer_type(STATE))
-    step = tl.load(tl.load(pointers + 4 * tensors + t).to(tl.pointer_type(tl.float32)))
+    inside = local < numel
+    param = _at(param, offsets, t, local, ALIGNED)
+    grad = _at(grad, offsets + tensors, t, local, ALIGNED)
+    exp_avg = _at(exp_avg, offsets + 2 * tensors, t, local, ALIGNED)
+    exp_avg_sq = _at(exp_avg_sq, offsets + 3 * tensors, t, local, ALIGNED)
+    step = tl.load(step + tl.load(offsets + 4 * tensors + t))
 
-    p = tl.load(param + offsets, mask=inside).to(tl.float32)
-    g = tl.load(grad + offsets, mask=inside).to(tl.float32) * grad_scale
-    m = tl.load(exp_avg + offsets, mask=inside).to(tl.float32)
-    v = tl.load(exp_avg_sq + offsets, mask=inside).to(tl.float32)
+    p = tl.load(param, mask=inside).to(tl.float32)
+    g = tl.load(grad, mask=inside).to(tl.float32) * grad_scale
+    m = tl.load(exp_avg, mask=inside).to(tl.float32)
+    v = tl.load(exp_avg_sq, mask=inside).to(tl.float32)
     if DECOUPLED:
         p = p - lr * weight_decay * p
     else:
@@ -85,9 +87,10 @@ def _adam_blocks(
     bias_correction2 = 1 - tl.exp2(step * tl.log2(beta2))
     denominator = tl.sqrt(v) / tl.sqrt(bias_correction2) + eps
     p = p - (lr / bias_correction1) * m / denominator
-    tl.store(param + offsets, p.to(PARAM), mask=inside)  # rounded to nearest even
-    tl.store(exp_avg + offsets, m.to(STATE), mask=inside)
-    tl.store(exp_avg_sq + offsets, v.to(STATE), mask=inside)
+    # rounded to nearest even where the storage is narrower
+    tl.store(param, p.to(param.dtype.element_ty), mask=inside)
+    tl.store(exp_avg, m.to(exp_avg.dtype.element_ty), mask=inside)
+    tl.store(exp_avg_sq, v.to(exp_avg_sq.dtype.element_ty), mask=inside)
 
 
 def supports(params, grads, exp_avgs, exp_avg_sqs, steps) -> bool:
@@ -98,7 +101,7 @@ def supports(params, grads, exp_avgs, exp_avg_sqs, steps) -> bool:
         return False
     for tensors in lists:
         dtype = tensors[0].dtype
-        if dtype not in _TRITON_DTYPES or any(t.dtype != dtype for t in tensors):
+        if dtype not in DTYPES or any(t.dtype != dtype for t in tensors):
             return False
         if any(not t.is_cuda or not t.is_contiguous() for t in tensors):
             return False
@@ -132,7 +135,12 @@ def adam_step(
     counts this step. The gradients are taken times `grad_scale` (clipping's coefficient)."""
     tables.update((params, grads, exp_avgs, exp_avg_sqs), BLOCK, scalars=(steps,))
     _adam_blocks[(tables.block_tensor.numel(),)](
-        tables.pointers,
+        params[0],
+        grads[0],
+        exp_avgs[0],
+        exp_avg_sqs[0],
+        steps[0],
+        tables.offsets,
         tables.numels,
         tables.block_tensor,
         tables.block_start,
@@ -143,9 +151,6 @@ def adam_step(
         float(eps),
         float(weight_decay),
         float(grad_scale),
-        PARAM=_TRITON_DTYPES[params[0].dtype],
-        GRAD=_TRITON_DTYPES[grads[0].dtype],
-        STATE=_TRITON_DTYPES[exp_avgs[0].dtype],
         DECOUPLED=decoupled,
         ALIGNED=tables.aligned,
         BLOCK=BLOCK,

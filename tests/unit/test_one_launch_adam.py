@@ -25,9 +25,9 @@ def test_blocks_cover_every_element_of_every_tensor_once():
     grads = [torch.zeros(n) for n in sizes]
     blocks = TensorBlocks()
     blocks.update((params, grads), block=8)
-    assert blocks.pointers.tolist() == [
-        [t.data_ptr() for t in params],
-        [t.data_ptr() for t in grads],
+    assert blocks.offsets.tolist() == [
+        [(t.data_ptr() - params[0].data_ptr()) // 4 for t in params],
+        [(t.data_ptr() - grads[0].data_ptr()) // 4 for t in grads],
     ]
     assert blocks.numels.tolist() == sizes
     covered = [torch.zeros(n, dtype=torch.int64) for n in sizes]
@@ -49,7 +49,7 @@ def test_blocks_are_made_again_only_when_an_address_changes():
     params[1] = torch.zeros(3)
     blocks.update((params,), block=4)
     assert blocks.block_start is not tables
-    assert blocks.pointers[0, 1].item() == params[1].data_ptr()
+    assert blocks.offsets[0, 1].item() * 4 == params[1].data_ptr() - params[0].data_ptr()
 
 
 def test_lists_of_unequal_length_are_refused():
@@ -150,7 +150,7 @@ def test_alignment_needs_16_byte_addresses_and_sizes_of_8_in_the_blocked_lists_o
     blocks = TensorBlocks()
     blocks.update(([storage[:8], storage[8:24]],), block=8, scalars=(steps,))
     assert blocks.aligned  # the 0-dim step counts do not count
-    assert blocks.pointers.shape == (2, 2)
+    assert blocks.offsets.shape == (2, 2)
     blocks.update(([storage[:8], storage[9:25]],), block=8, scalars=(steps,))
     assert not blocks.aligned  # an address 4 bytes past a multiple of 16
     blocks.update(([storage[:8], storage[8:20]],), block=8, scalars=(steps,))
@@ -212,3 +212,11 @@ def test_megatron_clipping_is_left_to_the_one_launch_step(runtime, monkeypatch):
         p.main_grad.fill_(1.0)
     assert optimizer.step()[0]
     assert deferred == [True]
+
+
+def test_offsets_reach_views_of_one_buffer_from_their_anchor():
+    buffer = torch.zeros(40, dtype=torch.bfloat16)
+    views = [buffer[16:24], buffer[0:8], buffer[30:40]]
+    blocks = TensorBlocks()
+    blocks.update((views,), block=8)
+    assert blocks.offsets.tolist() == [[0, -16, 14]]
