@@ -23,6 +23,19 @@ def median_step_seconds(step: Callable[[], None], warmup: int = 3, iters: int = 
     return statistics.median(times)
 
 
+def interleaved_step_seconds(
+    steps: dict[str, Callable[[], None]], rounds: int, iters: int = 5
+) -> dict[str, list[float]]:
+    """Each step's median seconds per round, the steps taking turns round after round, so that
+    a machine shared with other work slows them alike (measured one after the other, a side can
+    meet a busier minute than the other)."""
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            seconds[name].append(median_step_seconds(step, warmup=1, iters=iters))
+    return seconds
+
+
 def matmul_peak_flops(n: int = 8192, dtype: torch.dtype = torch.bfloat16) -> float:
     """The bf16 matmul ceiling measured on this GPU now (the MFU denominator)."""
     a = torch.randn(n, n, device="cuda", dtype=dtype)

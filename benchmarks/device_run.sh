@@ -37,7 +37,7 @@ mamba1       220 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds m
 mamba2       300 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds mamba2
 distill      170 torchrun --nproc_per_node 1 benchmarks/distill_step.py --out $OUT/distill_step.json
 dpo          240 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json
-dpo_graphs   330 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json --graphs
+dpo_graphs   420 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json --graphs --rounds 5
 dpo_twice    440 for i in 1 2; do python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step_$i.json --graphs || exit 1; done
 optimizer    150 python benchmarks/optimizer_step.py --out $OUT/optimizer_step.json
 profile_attention 150 torchrun --nproc_per_node 1 benchmarks/profile_step.py --model attention --rows 40

@@ -17,7 +17,11 @@ from a CUDA graph (train.cuda_graph), and those again with Adam in one Triton la
 (train.adam_kernel=one_launch). Memory: the peak allocated, and the peak the allocator
 holds (`_reserved_gib`), which alone counts what a graph's private pool keeps between replays.
 
-    python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json [--graphs]
+`--rounds R` then builds TRL's two steps and our graphed ones together and times them taking
+turns for R rounds: TRL's step moves by up to 30% between runs on a shared machine, ours
+graphed by under 1%, so a ratio is only as good as the minute each side was timed in.
+
+    python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo.json [--graphs [--rounds 5]]
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ import argparse
 import gc
 import json
 import random
+import statistics
 from functools import partial
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import median_step_seconds, peak_memory
+from benchmarks.common import interleaved_step_seconds, median_step_seconds, peak_memory
 
 PAIRS, LENGTH, PATTERN = 4, 512, "MA" * 8
 SHAPE = dict(
@@ -218,12 +223,44 @@ def our_step(
     return step, pass_s
 
 
+def interleaved(native: Path, export: Path, batch, workdir: Path, rounds: int) -> dict:
+    """TRL's two steps and our graphed ones (no master weights; torch's Adam and the one-launch
+    one), all built at once and timed taking turns: each side's seconds per round, and each of
+    ours against TRL's step of its mode, round by round and the median of those ratios."""
+    trl_fn, _ = trl_step(export, workdir)
+    trl_pre_fn, _ = trl_step(export, workdir, precompute=True)
+    steps = {"trl": trl_fn, "trl_precomputed": trl_pre_fn}
+    for precompute in (False, True):
+        for one_launch in (False, True):
+            name = "ours_precomputed_graphed" if precompute else "ours_no_master_graphed"
+            name += "_one_launch" if one_launch else ""
+            steps[name], _ = our_step(native, batch, False, precompute, True, one_launch)
+    seconds = interleaved_step_seconds(steps, rounds)
+    report = {"rounds": rounds, "step_s": seconds}
+    for name, times in seconds.items():
+        if name.startswith("ours"):
+            baseline = seconds["trl_precomputed" if "precomputed" in name else "trl"]
+            ratios = [b / t for b, t in zip(baseline, times, strict=True)]
+            report[f"{name}_speedups"] = ratios
+            report[f"{name}_median_speedup"] = statistics.median(ratios)
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--graphs", action="store_true", help="also ours with CUDA graphs")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="with --graphs: then time TRL's steps and our graphed ones taking turns, this many "
+        "rounds (the ratio of each round, and their median)",
+    )
     args = parser.parse_args()
+    if args.rounds and not args.graphs:
+        parser.error(f"--rounds {args.rounds} needs --graphs")
     from megatron_mamba.runtime import init_runtime
 
     init_runtime(seed=1)
@@ -294,6 +331,8 @@ def main() -> None:
         del ours_fn
         gc.collect()
         torch.cuda.empty_cache()
+    if args.rounds:
+        result["interleaved"] = interleaved(native, export, batch, args.workdir, args.rounds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
