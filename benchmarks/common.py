@@ -36,6 +36,22 @@ def interleaved_step_seconds(
     return seconds
 
 
+def interleaved_speedups(steps: dict[str, Callable[[], None]], rounds: int) -> dict[str, dict]:
+    """The first step is the baseline: every step's seconds per round (taking turns) and its
+    speed against the baseline's in the same round, with the median of those ratios."""
+    seconds = interleaved_step_seconds(steps, rounds)
+    baseline = next(iter(seconds.values()))
+    report = {}
+    for name, times in seconds.items():
+        ratios = [b / t for b, t in zip(baseline, times, strict=True)]
+        report[name] = {
+            "step_s": times,
+            "speedups": ratios,
+            "median_speedup": statistics.median(ratios),
+        }
+    return report
+
+
 def matmul_peak_flops(n: int = 8192, dtype: torch.dtype = torch.bfloat16) -> float:
     """The bf16 matmul ceiling measured on this GPU now (the MFU denominator)."""
     a = torch.randn(n, n, device="cuda", dtype=dtype)

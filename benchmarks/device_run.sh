@@ -33,8 +33,8 @@ nccl_neox    420 python -m pytest -q tests/gpu/test_nccl_parallel.py -k gpt_neox
 nccl_llama   420 python -m pytest -q tests/gpu/test_nccl_parallel.py -k llama_hybrid
 logit        60  torchrun --nproc_per_node 1 benchmarks/logit_losses.py
 attention    180 torchrun --nproc_per_node 1 benchmarks/attention_model.py
-mamba1       220 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds mamba1
-mamba2       300 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds mamba2
+mamba1       300 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds mamba1 --rounds 3
+mamba2       300 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds mamba2 --rounds 3
 distill      170 torchrun --nproc_per_node 1 benchmarks/distill_step.py --out $OUT/distill_step.json
 dpo          240 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json
 dpo_graphs   420 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json --graphs --rounds 5
@@ -45,7 +45,7 @@ profile_mamba2    240 torchrun --nproc_per_node 1 benchmarks/profile_step.py --m
 graph_probe  480 for c in conv selective_scan mamba_inner ssd_combined model_attention model_mamba1 model_mamba2 model_llama_hybrid; do timeout 110 torchrun --nproc_per_node 1 benchmarks/cuda_graph_probe.py --cases $c; done
 graphs       420 for model in ${GRAPH_MODELS:-pythia-160m:AMAMAMAMAMAM:1024 pythia-1b:AMAMAMAMAMAMAMAM:2048}; do IFS=: read -r p pat s <<< $model; for g in 0 1; do BENCH_PRESET=$p BENCH_PATTERN=$pat BENCH_SEQ=$s BENCH_CUDA_GRAPH=$g torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode trainer --out $OUT/graphs_${p}_$g.json; done; done
 distill_graphs 420 for model in ${GRAPH_MODELS:-pythia-160m:AMAMAMAMAMAM:1024 pythia-1b:AMAMAMAMAMAMAMAM:2048}; do IFS=: read -r p pat s <<< $model; for g in 0 1; do BENCH_PRESET=$p BENCH_PATTERN=$pat BENCH_SEQ=$s BENCH_CUDA_GRAPH=$g BENCH_TEACHER=1 torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode trainer --out $OUT/distill_graphs_${p}_$g.json; done; done
-mamba_graphs 560 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds ${MAMBA_KIND:-mamba2} && for g in 0 1; do BENCH_PATTERN=${MAMBA_PATTERN:-SSSSSSSSSSSSSSSS} BENCH_CUDA_GRAPH=$g BENCH_OVERRIDES="train.fp32_master_weights=false ${MAMBA_OVERRIDES:-}" torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode trainer --out $OUT/mamba_graphs_$g.json; done
+mamba_graphs 560 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds ${MAMBA_KIND:-mamba2} --rounds 3 && for g in 0 1; do BENCH_PATTERN=${MAMBA_PATTERN:-SSSSSSSSSSSSSSSS} BENCH_CUDA_GRAPH=$g BENCH_OVERRIDES="train.fp32_master_weights=false ${MAMBA_OVERRIDES:-}" torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode trainer --out $OUT/mamba_graphs_$g.json; done
 graph_test   570 python -m pytest -q tests/gpu/test_cuda_graph_gpu.py
 graph_rest   300 python -m pytest -q tests/gpu/test_cuda_graph_gpu.py -k "replayed_dpo or distillation_with"
 graph_2gpu   540 python -m pytest -q tests/gpu/test_cuda_graph_gpu.py -k two_gpus

@@ -8,7 +8,10 @@ uses transformers' `Mamba2Mixer` (head_dim 64, one group, d_state 128) the same 
 shapes from the layer pattern "M"×16 / "S"×16. Forward + backward + fused AdamW step for each;
 ours again with that AdamW in one Triton launch (train.adam_kernel=one_launch).
 
-    torchrun --nproc_per_node 1 benchmarks/mamba_model.py --out $OUT/mamba_model.json
+`--rounds R` then builds the three sides together and times them taking turns for R rounds
+(the baseline's speed moved by 10% between sessions on this shared machine).
+
+    torchrun --nproc_per_node 1 benchmarks/mamba_model.py --out $OUT/mamba_model.json [--rounds 3]
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import attention_model
-from benchmarks.common import median_step_seconds, peak_memory_gib
+from benchmarks.common import interleaved_speedups, median_step_seconds, peak_memory_gib
 from megatron_mamba.config import ModelConfig
 from megatron_mamba.convert.hf_mamba_config import (
     transformers_mamba2_config,
@@ -132,9 +135,15 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--kinds", default="mamba1,mamba2")
     parser.add_argument("--out")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="then build the sides together and time them taking turns, this many rounds",
+    )
     args = parser.parse_args()
     init_runtime(seed=0)
-    rows = []
+    rows, interleaved = [], {}
     for kind in args.kinds.split(","):
         symbol, mamba = {"mamba1": ("M", CALD_MAMBA1), "mamba2": ("S", MAMBA2)}[kind]
         config = preset("pythia-1b", layer_pattern=symbol * 16, mamba=mamba)
@@ -153,15 +162,32 @@ def main() -> None:
         for row in (base, ours, one_launch):
             row["speedup"] = row["tokens_per_s"] / base["tokens_per_s"]
             rows.append(row)
+        if args.rounds:
+            builds = {
+                "CALD-style": cald_step,
+                "megatron-mamba": ours_step,
+                "megatron-mamba, one-launch Adam": partial(ours_step, one_launch_adam=True),
+            }
+            steps = {name: build(config, kind, tokens)[1] for name, build in builds.items()}
+            interleaved[kind] = interleaved_speedups(steps, args.rounds)
+            del steps
+            gc.collect()
+            torch.cuda.empty_cache()
     print("| model | params | tokens/s | × transformers | peak GiB |\n|---|---|---|---|---|")
     for row in rows:
         print(
             f"| {row['name']} | {row['params'] / 1e9:.2f}B | {row['tokens_per_s']:,.0f} | "
             f"{row['speedup']:.2f} | {row['peak_gib']:.1f} |"
         )
+    for kind, report in interleaved.items():
+        print(f"taking turns, {args.rounds} rounds ({kind}):")
+        print("| model | × transformers per round | median |\n|---|---|---|")
+        for name, side in report.items():
+            per_round = ", ".join(f"{r:.2f}" for r in side["speedups"])
+            print(f"| {name} | {per_round} | {side['median_speedup']:.2f} |")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"args": vars(args), "rows": rows}, f, indent=2)
+            json.dump({"args": vars(args), "rows": rows, "interleaved": interleaved}, f, indent=2)
 
 
 if __name__ == "__main__":
