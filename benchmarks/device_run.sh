@@ -32,7 +32,7 @@ nccl_logit   120 python -m pytest -q tests/gpu/test_nccl_parallel.py -k logit_lo
 nccl_neox    420 python -m pytest -q tests/gpu/test_nccl_parallel.py -k gpt_neox_hybrid
 nccl_llama   420 python -m pytest -q tests/gpu/test_nccl_parallel.py -k llama_hybrid
 logit        60  torchrun --nproc_per_node 1 benchmarks/logit_losses.py
-attention    180 torchrun --nproc_per_node 1 benchmarks/attention_model.py
+attention    240 torchrun --nproc_per_node 1 benchmarks/attention_model.py --rounds 3
 mamba1       300 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds mamba1 --rounds 3
 mamba2       300 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds mamba2 --rounds 3
 distill      170 torchrun --nproc_per_node 1 benchmarks/distill_step.py --out $OUT/distill_step.json
