@@ -21,6 +21,7 @@ from benchmarks.common import (
     matmul_peak_flops,
     median_step_seconds,
     peak_memory_gib,
+    print_speedups,
 )
 from megatron_mamba.config import ParallelConfig, RunPrecision
 from megatron_mamba.models.build import build_model
@@ -144,11 +145,7 @@ def main() -> None:
         }
         steps = {name: build(config, tokens)[1] for name, build in builds.items()}
         report["interleaved"] = interleaved_speedups(steps, args.rounds)
-        print(f"taking turns, {args.rounds} rounds:")
-        print("| model | × transformers per round | median |\n|---|---|---|")
-        for name, side in report["interleaved"].items():
-            per_round = ", ".join(f"{r:.2f}" for r in side["speedups"])
-            print(f"| {name} | {per_round} | {side['median_speedup']:.2f} |")
+        print_speedups(report["interleaved"], f"taking turns, {args.rounds} rounds")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=2)

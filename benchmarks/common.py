@@ -41,15 +41,23 @@ def interleaved_speedups(steps: dict[str, Callable[[], None]], rounds: int) -> d
     speed against the baseline's in the same round, with the median of those ratios."""
     seconds = interleaved_step_seconds(steps, rounds)
     baseline = next(iter(seconds.values()))
-    report = {}
-    for name, times in seconds.items():
-        ratios = [b / t for b, t in zip(baseline, times, strict=True)]
-        report[name] = {
-            "step_s": times,
-            "speedups": ratios,
-            "median_speedup": statistics.median(ratios),
-        }
-    return report
+    return {name: round_speedups(baseline, times) for name, times in seconds.items()}
+
+
+def print_speedups(report: dict[str, dict], title: str) -> None:
+    """A markdown table of `interleaved_speedups`' report: each side's ratio per round and the
+    median."""
+    print(f"{title}:\n| side | × baseline per round | median |\n|---|---|---|")
+    for name, side in report.items():
+        per_round = ", ".join(f"{r:.2f}" for r in side["speedups"])
+        print(f"| {name} | {per_round} | {side['median_speedup']:.2f} |")
+
+
+def round_speedups(baseline: list[float], times: list[float]) -> dict:
+    """Seconds per round against the baseline's in the same rounds: each round's ratio, and
+    their median."""
+    ratios = [b / t for b, t in zip(baseline, times, strict=True)]
+    return {"step_s": times, "speedups": ratios, "median_speedup": statistics.median(ratios)}
 
 
 def matmul_peak_flops(n: int = 8192, dtype: torch.dtype = torch.bfloat16) -> float:

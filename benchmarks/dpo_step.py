@@ -30,13 +30,17 @@ import argparse
 import gc
 import json
 import random
-import statistics
 from functools import partial
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import interleaved_step_seconds, median_step_seconds, peak_memory
+from benchmarks.common import (
+    interleaved_step_seconds,
+    median_step_seconds,
+    peak_memory,
+    round_speedups,
+)
 
 PAIRS, LENGTH, PATTERN = 4, 512, "MA" * 8
 SHAPE = dict(
@@ -240,9 +244,7 @@ def interleaved(native: Path, export: Path, batch, workdir: Path, rounds: int) -
     for name, times in seconds.items():
         if name.startswith("ours"):
             baseline = seconds["trl_precomputed" if "precomputed" in name else "trl"]
-            ratios = [b / t for b, t in zip(baseline, times, strict=True)]
-            report[f"{name}_speedups"] = ratios
-            report[f"{name}_median_speedup"] = statistics.median(ratios)
+            report[name] = round_speedups(baseline, times)
     return report
 
 

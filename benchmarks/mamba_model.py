@@ -25,7 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import attention_model
-from benchmarks.common import interleaved_speedups, median_step_seconds, peak_memory_gib
+from benchmarks.common import (
+    interleaved_speedups,
+    median_step_seconds,
+    peak_memory_gib,
+    print_speedups,
+)
 from megatron_mamba.config import ModelConfig
 from megatron_mamba.convert.hf_mamba_config import (
     transformers_mamba2_config,
@@ -180,11 +185,7 @@ def main() -> None:
             f"{row['speedup']:.2f} | {row['peak_gib']:.1f} |"
         )
     for kind, report in interleaved.items():
-        print(f"taking turns, {args.rounds} rounds ({kind}):")
-        print("| model | × transformers per round | median |\n|---|---|---|")
-        for name, side in report.items():
-            per_round = ", ".join(f"{r:.2f}" for r in side["speedups"])
-            print(f"| {name} | {per_round} | {side['median_speedup']:.2f} |")
+        print_speedups(report, f"taking turns, {args.rounds} rounds ({kind})")
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"args": vars(args), "rows": rows, "interleaved": interleaved}, f, indent=2)

@@ -105,8 +105,6 @@ def supports(params, grads, exp_avgs, exp_avg_sqs, steps) -> bool:
             return False
         if any(not t.is_cuda or not t.is_contiguous() for t in tensors):
             return False
-    if exp_avgs[0].dtype != exp_avg_sqs[0].dtype:
-        return False
     same_shapes = all(
         p.shape == g.shape == m.shape == v.shape
         for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs, strict=True)

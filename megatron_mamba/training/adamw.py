@@ -11,6 +11,7 @@ saves a pass over the gradients. The kernel: megatron_mamba/kernels/adamw.py.
 
 from __future__ import annotations
 
+import functools
 import weakref
 
 import torch
@@ -86,6 +87,7 @@ class OneLaunchAdamW(_OneLaunchStep, torch.optim.AdamW):
     pass
 
 
+@functools.cache
 def _kernel_available() -> bool:
     try:
         import triton  # noqa: F401

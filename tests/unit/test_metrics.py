@@ -122,7 +122,7 @@ def test_wandb_runs_offline_with_the_run_config(tmp_path, monkeypatch):
     while not all(w in run_file.read_bytes() for w in wanted) and time.monotonic() < deadline:
         time.sleep(0.5)
     written = run_file.read_bytes()
-    assert b"learning_rate" in written and b"0.00321" in written and b"loss" in written
+    assert all(w in written for w in wanted)
 
 
 def test_progress_line_names_only_skipped_steps():

@@ -83,16 +83,27 @@ def _groups(params):
     return [{"params": params[:2], "weight_decay": 0.1}, {"params": params[2:], "weight_decay": 0}]
 
 
-def test_off_gpu_it_steps_and_keeps_state_exactly_as_torchs_fused_adamw():
-    reference, ours = _params(0), _params(0)
+def _twins(seed):
+    """Equal parameters under torch's fused AdamW and under a one-launch one: (reference
+    parameters, ours, torch's optimizer, ours)."""
+    reference, ours = _params(seed), _params(seed)
     torch_adam = torch.optim.AdamW(_groups(reference), lr=1e-2, fused=True)
     one_launch = torch.optim.AdamW(_groups(ours), lr=1e-2, fused=True)
     use_one_launch_adam(one_launch)
+    return reference, ours, torch_adam, one_launch
+
+
+def _same_random_grads(reference, ours, generator):
+    for a, b in zip(reference, ours, strict=True):
+        a.grad = torch.randn(a.shape, generator=generator)
+        b.grad = a.grad.clone()
+
+
+def test_off_gpu_it_steps_and_keeps_state_exactly_as_torchs_fused_adamw():
+    reference, ours, torch_adam, one_launch = _twins(0)
     generator = torch.Generator().manual_seed(1)
     for step in range(3):
-        for a, b in zip(reference, ours, strict=True):
-            a.grad = torch.randn(a.shape, generator=generator)
-            b.grad = a.grad.clone()
+        _same_random_grads(reference, ours, generator)
         for optimizer in (torch_adam, one_launch):
             for group in optimizer.param_groups:
                 group["lr"] = 1e-2 / (step + 1)
@@ -159,15 +170,10 @@ def test_alignment_needs_16_byte_addresses_and_sizes_of_8_in_the_blocked_lists_o
 
 def test_clipping_left_to_the_step_gives_the_clipped_update():
     """Off GPU the deferred multiplication runs before torch's step: exactly clipping's."""
-    reference, ours = _params(3), _params(3)
-    torch_adam = torch.optim.AdamW(_groups(reference), lr=1e-2, fused=True)
-    one_launch = torch.optim.AdamW(_groups(ours), lr=1e-2, fused=True)
-    use_one_launch_adam(one_launch)
+    reference, ours, torch_adam, one_launch = _twins(3)
     generator = torch.Generator().manual_seed(4)
     for _ in range(2):
-        for a, b in zip(reference, ours, strict=True):
-            a.grad = torch.randn(a.shape, generator=generator)
-            b.grad = a.grad.clone()
+        _same_random_grads(reference, ours, generator)
         coefficient = torch.tensor(0.3, dtype=torch.float32)
         torch._foreach_mul_([p.grad for p in reference], coefficient)
         assert defer_grad_scale(ours, 0.3)
