@@ -2,7 +2,8 @@
 
 `use_one_launch_adam(optimizer)` turns the torch Adam(W) inside megatron's optimizer into the
 matching class below: the state is torch's own (made by its `_init_group`, as its fused kernel
-keeps it: a float32 step count on the parameter's device and moments like the parameter), so
+keeps it: a float32 step count on the parameter's device, moved there where torch's other
+steps kept it on the host, and moments like the parameter), so
 checkpoints move between the two freely, and every step a group the kernel does not take (CPU
 tensors, AMSGrad, maximize, a tensor learning rate, mixed dtypes) runs torch's step instead.
 Gradient clipping may leave its multiplication to the kernel (`defer_grad_scale`), which
@@ -74,9 +75,18 @@ class _OneLaunchStep:
         lists = ([], [], [], [], [])
         if any(p.grad is not None for p in group["params"]):
             self._init_group(group, lists[0], lists[1], lists[2], lists[3], [], lists[4])
+            self._counts_to_devices(lists[0], lists[4])
         from megatron_mamba.kernels import adamw
 
         return lists if not lists[0] or adamw.supports(*lists) else None
+
+    def _counts_to_devices(self, params: list, steps: list) -> None:
+        """Move step counts kept on the host (torch's layout without `fused` or `capturable`)
+        to their parameters' GPUs, where the kernel reads them: the fused layout, which torch's
+        other steps take as well."""
+        for index, (p, count) in enumerate(zip(params, steps, strict=True)):
+            if p.is_cuda and not count.is_cuda:
+                steps[index] = self.state[p]["step"] = count.to(p.device, torch.float32)
 
 
 class OneLaunchAdam(_OneLaunchStep, torch.optim.Adam):
