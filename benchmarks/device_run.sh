@@ -40,6 +40,7 @@ dpo          240 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo
 dpo_graphs   420 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json --graphs --rounds 5
 dpo_twice    440 for i in 1 2; do python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step_$i.json --graphs || exit 1; done
 optimizer    150 python benchmarks/optimizer_step.py --out $OUT/optimizer_step.json
+adamw_blocks 150 python benchmarks/adamw_blocks.py --out $OUT/adamw_blocks.json
 profile_attention 150 torchrun --nproc_per_node 1 benchmarks/profile_step.py --model attention --rows 40
 profile_mamba2    240 torchrun --nproc_per_node 1 benchmarks/profile_step.py --model mamba2 --rows 40
 graph_probe  480 for c in conv selective_scan mamba_inner ssd_combined model_attention model_mamba1 model_mamba2 model_llama_hybrid; do timeout 110 torchrun --nproc_per_node 1 benchmarks/cuda_graph_probe.py --cases $c; done

@@ -1,11 +1,12 @@
 """Adam / AdamW over every tensor of a parameter group in one Triton launch.
 
 torch's fused AdamW walks the tensors in chunks of 65,536 elements, a few hundred chunks per
-launch; on a 1.2B bf16 model its step took 7.7 ms, one pass over 14 bytes per parameter at
-2.2 TB/s, under half of an H200's bandwidth (benchmarks/RESULTS.md, DPO and optimizer
-sections). Here one launch covers the group: each program updates BLOCK elements of one tensor,
-found through a table of (tensor, offset) per block, the tensors themselves through their
-distances from each list's first (kernels/tensor_blocks.py).
+launch; on a 1.2B bf16 model its update took 6.2 ms, one pass over 14 bytes per parameter at
+2.2 TB/s, under half of an H200's bandwidth; this kernel took 3.6 ms (3.8 TB/s;
+benchmarks/RESULTS.md, optimizer section, where BLOCK and WARPS were chosen by
+benchmarks/adamw_blocks.py). One launch covers the group: each program updates BLOCK
+elements of one tensor, found through a table of (tensor, offset) per block, the tensors
+themselves through their distances from each list's first (kernels/tensor_blocks.py).
 
 The arithmetic is torch's fused kernel's (aten/src/ATen/native/cuda/fused_adam_utils.cuh), in
 fp32 whatever the storage dtype: decoupled decay `p -= lr·wd·p` (AdamW) or `g += wd·p` (Adam),
@@ -128,10 +129,14 @@ def adam_step(
     weight_decay: float,
     decoupled: bool,
     grad_scale: float = 1.0,
+    block: int = BLOCK,
+    warps: int = WARPS,
 ) -> None:
     """One Adam(W) update of every tensor in place (`supports` must hold); `steps` already
-    counts this step. The gradients are taken times `grad_scale` (clipping's coefficient)."""
-    tables.update((params, grads, exp_avgs, exp_avg_sqs), BLOCK, scalars=(steps,))
+    counts this step. The gradients are taken times `grad_scale` (clipping's coefficient).
+    `block` elements per program and `warps` per program: the defaults unless measuring
+    others (benchmarks/adamw_blocks.py)."""
+    tables.update((params, grads, exp_avgs, exp_avg_sqs), block, scalars=(steps,))
     _adam_blocks[(tables.block_tensor.numel(),)](
         params[0],
         grads[0],
@@ -151,6 +156,6 @@ def adam_step(
         float(grad_scale),
         DECOUPLED=decoupled,
         ALIGNED=tables.aligned,
-        BLOCK=BLOCK,
-        num_warps=WARPS,
+        BLOCK=block,
+        num_warps=warps,
     )
