@@ -25,7 +25,7 @@ model_test   240 python -m pytest -q tests/gpu/test_models_gpu.py tests/gpu/test
 adamw_test   240 python -m pytest -q tests/gpu/test_adamw_gpu.py
 norm_test    120 python -m pytest -q tests/gpu/test_norms_gpu.py
 dpo_test     300 python -m pytest -q tests/gpu/test_dpo_gpu.py
-trainer_test 420 python -m pytest -q tests/gpu/test_trainer_gpu.py -k "not matches_the_replicated and not (resumes_exactly and 2)"
+trainer_test 560 python -m pytest -q tests/gpu/test_trainer_gpu.py -k "not matches_the_replicated and not (resumes_exactly and 2)"
 trainer_2gpu 330 python -m pytest -q tests/gpu/test_trainer_gpu.py -k "resumes_exactly and 2 or matches_the_replicated"
 nccl_gpt     240 python -m pytest -q tests/gpu/test_nccl_parallel.py -k tp2_matches_one_gpu
 nccl_logit   120 python -m pytest -q tests/gpu/test_nccl_parallel.py -k logit_losses
