@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     try:  # every checkpoint, before the first is evaluated: a late failure loses the others
         for path in args.checkpoints:
             check_checkpoint(path, args.tokenizer)
-        manager = task_manager(args.include_path)
+        manager = task_manager(args.include_path, tuple(tasks))
         check_tasks(tasks, manager)
     except ValueError as error:
         raise SystemExit(str(error)) from None

@@ -44,7 +44,7 @@ def _evaluate(model: str, path: Path, tasks: list[str]) -> dict:
         model=model,
         model_args={"pretrained": str(path), "device": "cpu", "batch_size": 3},
         tasks=tasks,
-        task_manager=task_manager(str(TASKS)),
+        task_manager=task_manager(str(TASKS), tuple(tasks)),
     )
     return out["results"]
 
@@ -230,6 +230,20 @@ def test_run_lm_evals_refuses_a_name_given_twice(tmp_path):
 
 
 def test_cald_suite_names_are_lm_eval_tasks():
+    """With a local task among them the index is lm-eval's own as well."""
     from megatron_mamba.evaluation.suite import CALD_TASKS, check_tasks
 
-    check_tasks(list(CALD_TASKS), task_manager(None))  # raises on an unknown name
+    tasks = [*CALD_TASKS, "tiny_mc"]
+    check_tasks(tasks, task_manager(str(TASKS), tuple(tasks)))  # raises on an unknown name
+
+
+def test_local_tasks_alone_are_indexed_without_lm_evals_own():
+    from megatron_mamba.evaluation.suite import check_tasks
+
+    manager = task_manager(str(TASKS), ("tiny_mc", "tiny_ppl"))
+    check_tasks(["tiny_mc", "tiny_ppl"], manager)
+    assert "piqa" not in manager.all_tasks
+    with pytest.raises(ValueError, match="unknown lm-eval task.*no_such_task"):
+        check_tasks(
+            ["tiny_mc", "no_such_task"], task_manager(str(TASKS), ("tiny_mc", "no_such_task"))
+        )
