@@ -27,6 +27,6 @@ setup(
     extras_require={
         "gpu": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
         "zephyr": ["trl>=1.16"],  # the HF route of SFT/DPO on exported hybrids
-        "dev": ["pytest", "ruff", "trl>=1.16"],
+        "dev": ["pytest", "pytest-xdist", "ruff", "trl>=1.16"],
     },
 )

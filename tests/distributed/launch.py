@@ -45,8 +45,15 @@ class Finished:
     stderr: str
 
 
+def child_environment(**extra: str) -> dict[str, str]:
+    """This process's environment for a child that starts a world of its own, without the
+    rendezvous variables an in-process runtime left (the child would try to bind the port
+    this process's store still holds), plus `extra`."""
+    return {k: v for k, v in os.environ.items() if k not in RENDEZVOUS} | extra
+
+
 def _environment(cpu: bool) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS}
+    env = child_environment()
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     env.setdefault("OMP_NUM_THREADS", "1")
     if cpu:

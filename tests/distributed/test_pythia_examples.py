@@ -2,13 +2,12 @@
 spot): unguided has CE only, target-guided adds the layer loss throughout, hybrid for the
 first 40% of the steps; every run learns and leaves a checkpoint."""
 
-import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.distributed.launch import REPO
+from tests.distributed.launch import REPO, child_environment
 from tests.distributed.train_runs import records
 
 EXAMPLES = REPO / "examples" / "pythia"
@@ -18,8 +17,9 @@ STEPS = 32  # 128 samples × 2 epochs / global batch 8
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("pythia")
-    env = {**os.environ, "PYTHON": sys.executable, "TINY_DIR": str(out / "inputs")}
-    env["PYTHONPATH"] = str(REPO)
+    env = child_environment(
+        PYTHON=sys.executable, TINY_DIR=str(out / "inputs"), PYTHONPATH=str(REPO)
+    )
     for script in ("unguided", "target_guided", "hybrid"):
         proc = subprocess.run(
             ["bash", str(EXAMPLES / f"{script}.sh"), "--tiny", f"train.output_dir={out}"],

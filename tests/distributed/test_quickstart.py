@@ -2,11 +2,10 @@
 retrained students beat the freshly converted one on held-out text, the export loads with
 transformers and generates, and the table and loss curves are written."""
 
-import os
 import subprocess
 import sys
 
-from tests.distributed.launch import REPO
+from tests.distributed.launch import REPO, child_environment
 
 
 def _report(path):
@@ -21,9 +20,7 @@ def _report(path):
 
 def test_quickstart_end_to_end(tmp_path):
     out = tmp_path / "quickstart"
-    rendezvous = {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"}
-    env = {k: v for k, v in os.environ.items() if k not in rendezvous}
-    env.update(PYTHON=sys.executable, OUT=str(out), CUDA_VISIBLE_DEVICES="")
+    env = child_environment(PYTHON=sys.executable, OUT=str(out), CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run(
         ["bash", str(REPO / "examples" / "quickstart" / "run.sh"), "--small"],
         env=env,

@@ -3,7 +3,6 @@ Mamba, only the mixers training), SFT at 50% and 25% attention, DPO; and the SFT
 objectives under TP=2×PP=2 giving the single-process losses (gloo)."""
 
 import math
-import os
 import subprocess
 import sys
 
@@ -14,7 +13,7 @@ from megatron_mamba.convert.native_files import read_native
 from megatron_mamba.convert.progressive import stepwise_pattern
 from megatron_mamba.runtime import init_runtime
 from megatron_mamba.training.checkpoint import read_model_config
-from tests.distributed.launch import REPO, torchrun
+from tests.distributed.launch import REPO, child_environment, torchrun
 from tests.distributed.train_runs import records
 
 EXAMPLES = REPO / "examples" / "zephyr"
@@ -35,7 +34,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def zephyr(tmp_path_factory):
     out = tmp_path_factory.mktemp("zephyr")
-    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(out), "PYTHONPATH": str(REPO)}
+    env = child_environment(PYTHON=sys.executable, OUT=str(out), PYTHONPATH=str(REPO))
     stages = [
         ("progressive", {}),
         ("sft", {"ATTN": "50"}),

@@ -12,6 +12,7 @@ import megatron_mamba.hf  # noqa: F401  (registers the hybrid classes with trans
 from megatron_mamba.convert.exporter import export_hf
 from megatron_mamba.convert.importer import import_hf
 from megatron_mamba.training.checkpoint import read_model_config
+from tests.distributed.launch import child_environment
 from tests.helpers.conversion import (
     ARCHS,
     assert_relative,
@@ -175,7 +176,6 @@ with torch.no_grad():
 def test_hybrid_export_loads_with_trust_remote_code_alone(runtime, tmp_path):
     """A process that never imports megatron_mamba itself loads the export through its
     modeling_hybrid.py (transformers imports the package from there)."""
-    import os
     import subprocess
     import sys
 
@@ -187,7 +187,7 @@ def test_hybrid_export_loads_with_trust_remote_code_alone(runtime, tmp_path):
     export_hf(tmp_path / "native", tmp_path / "export", progress=False)
     tokens = sample_tokens()
     torch.save(tokens, tmp_path / "tokens.pt")
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home")}
+    env = child_environment(HF_HOME=str(tmp_path / "hf_home"))
     args = [tmp_path / "export", tmp_path / "tokens.pt", tmp_path / "logits.pt"]
     proc = subprocess.run(
         [sys.executable, "-c", _REMOTE_LOAD, *map(str, args)],

@@ -4,7 +4,6 @@ user's cache included; and the classes behave as transformers' own models do (st
 hidden states, positional arguments, save and load with trust_remote_code)."""
 
 import inspect
-import os
 import subprocess
 import sys
 import warnings
@@ -16,7 +15,7 @@ from transformers.models.mamba.modeling_mamba import MambaMixer
 
 from megatron_mamba.hf.cache import HybridCache
 from megatron_mamba.hf.mixers import ClassicMamba1
-from tests.distributed.launch import REPO
+from tests.distributed.launch import REPO, child_environment
 from tests.helpers.hf_tiny import VOCAB, tiny_hybrid
 
 HYBRIDS = {
@@ -289,7 +288,7 @@ def test_a_saved_model_loads_and_saves_again_with_trust_remote_code_alone(name, 
     torch.save(tokens, tmp_path / "tokens.pt")
     with torch.no_grad():
         expected = model(tokens).logits
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home")}
+    env = child_environment(HF_HOME=str(tmp_path / "hf_home"))
     for source, target in (("saved", "resaved"), ("resaved", None)):
         args = [tmp_path / source, tmp_path / "tokens.pt", tmp_path / f"{source}.pt"]
         args.append(tmp_path / target if target else "-")
