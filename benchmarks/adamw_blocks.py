@@ -75,12 +75,10 @@ def main() -> None:
     for dtype in (torch.bfloat16, torch.float32):
         seconds = interleaved_step_seconds(_steps(shapes, dtype), args.rounds)
         moved = 7 * elements * torch.finfo(dtype).bits // 8
+        medians = {name: statistics.median(times) for name, times in seconds.items()}
         report[str(dtype).removeprefix("torch.")] = {
-            name: {
-                "ms": round(statistics.median(times) * 1e3, 3),
-                "tb_per_s": round(moved / statistics.median(times) / 1e12, 2),
-            }
-            for name, times in seconds.items()
+            name: {"ms": round(s * 1e3, 3), "tb_per_s": round(moved / s / 1e12, 2)}
+            for name, s in medians.items()
         }
         torch.cuda.empty_cache()
     print(json.dumps(report, indent=1))
