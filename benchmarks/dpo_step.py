@@ -21,7 +21,11 @@ holds (`_reserved_gib`), which alone counts what a graph's private pool keeps be
 turns for R rounds: TRL's step moves by up to 30% between runs on a shared machine, ours
 graphed by under 1%, so a ratio is only as good as the minute each side was timed in.
 
+`--profile ROWS` instead prints the top CUDA kernels (torch.profiler) of one step of TRL's and of
+ours graphed (no master weights, the reference in the step): where the GPU time of each goes.
+
     python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo.json [--graphs [--rounds 5]]
+    python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo.json --profile 40
 """
 
 from __future__ import annotations
@@ -248,6 +252,32 @@ def interleaved(native: Path, export: Path, batch, workdir: Path, rounds: int) -
     return report
 
 
+def profile(native: Path, export: Path, batch, workdir: Path, rows: int) -> dict:
+    """Top CUDA kernels of one step of TRL's and of ours graphed; each side's CUDA total (ms)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    trl_fn, _ = trl_step(export, workdir)
+    sides = {"trl": trl_fn}
+    sides["ours_no_master_graphed"], _ = our_step(native, batch, False, False, True, True)
+    totals = {}
+    for name, step in sides.items():
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+            step()
+            torch.cuda.synchronize()
+        events = prof.key_averages()
+        kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+        totals[name] = sum(e.self_device_time_total for e in kernels) / 1000
+        print(f"=== {name}: CUDA time {totals[name]:.1f} ms")
+        print(
+            events.table(sort_by="self_device_time_total", row_limit=rows, max_name_column_width=70)
+        )
+    return {"profile_cuda_ms": totals}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, required=True)
@@ -260,6 +290,9 @@ def main() -> None:
         help="with --graphs: then time TRL's steps and our graphed ones taking turns, this many "
         "rounds (the ratio of each round, and their median)",
     )
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="ROWS", help="print the top kernels instead"
+    )
     args = parser.parse_args()
     if args.rounds and not args.graphs:
         parser.error(f"--rounds {args.rounds} needs --graphs")
@@ -269,6 +302,12 @@ def main() -> None:
     native, export = make_models(args.workdir)
     trl_fn, batch = trl_step(export, args.workdir)
     assert batch["attention_mask"].all(), "rows should be full length (no padding)"
+    if args.profile:
+        del trl_fn
+        report = profile(native, export, batch, args.workdir, args.profile)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        return
     rows, length = batch["input_ids"].shape
     trl_s = median_step_seconds(trl_fn)
     trl_fb = median_step_seconds(partial(trl_fn, optimizer_step=False))
