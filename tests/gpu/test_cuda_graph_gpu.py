@@ -252,4 +252,9 @@ def test_dpo_with_graphs_follows_the_eager_run(sft, precomputed):
     assert eager[-1]["reward_margin"] != 0  # the policy has moved
     for key in ("loss", "dpo", "reward_margin", "logp_chosen", "logp_rejected", "grad_norm"):
         got, expected = ([r[key] for r in rs] for rs in (graphed, eager))
-        np.testing.assert_allclose(got, expected, rtol=1e-2, atol=1e-3, err_msg=key)
+        # The margin, a difference of log-ratios of bf16 weights, moves by ~2e-3 between runs
+        # whose gradients differ in their last bits (measured 2026-12-02: two eager runs whose
+        # step-1 gradient norms were 11.853188 and 11.853214 gave step-2 margins of 0.0704 and
+        # 0.0725); the other quantities stay within 1%.
+        atol = 5e-3 if key == "reward_margin" else 1e-3
+        np.testing.assert_allclose(got, expected, rtol=1e-2, atol=atol, err_msg=key)
