@@ -2,8 +2,9 @@
 
 On CUDA tensors with mamba_ssm / causal_conv1d installed, their fused kernels run; everywhere else
 the pure-PyTorch references in `reference.py` do (they are also the oracle in the GPU parity tests).
-The same holds for our Triton kernel of the losses over the logits (`logit_losses.py`, whose
-reference is models/logit_losses.py). `MEGATRON_MAMBA_REFERENCE_KERNELS=1` forces the references.
+The same holds for our Triton kernels of the losses over the logits (`logit_losses.py`, whose
+reference is models/logit_losses.py) and of SwiGLU (`swiglu.py`; reference models/fused.py).
+`MEGATRON_MAMBA_REFERENCE_KERNELS=1` forces the references.
 
 Triton's autotune cache is on by default (see megatron_mamba/__init__.py).
 """
@@ -64,6 +65,24 @@ def triton_logit_losses(logits: torch.Tensor):
     if _references_forced() or not logits.is_cuda or logits.dtype == torch.float64:
         return None
     return _logit_losses_module()
+
+
+@functools.cache
+def _swiglu_module():
+    try:
+        from megatron_mamba.kernels import swiglu
+    except ImportError:  # no Triton
+        return None
+    return swiglu
+
+
+def triton_swiglu(x: torch.Tensor):
+    """The Triton SwiGLU (kernels/swiglu.py) for this fc1 output (CUDA, 16/32-bit), or None
+    where the torch version must run."""
+    if _references_forced() or not x.is_cuda or x.dtype == torch.float64:
+        return None
+    module = _swiglu_module()
+    return None if module is None else module.swiglu
 
 
 def causal_conv1d(x_bdl, weight_dk, bias_d=None, activation=None):

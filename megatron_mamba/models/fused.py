@@ -16,6 +16,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from megatron_mamba import kernels
+
 
 def _compile_on_gpu(fn: Callable) -> Callable:
     compiled = None
@@ -40,10 +42,16 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
 
 
 @_compile_on_gpu
-def swiglu(x: torch.Tensor) -> torch.Tensor:
+def torch_swiglu(x: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up, with x = [gate, up] along the last dimension (megatron's fc1 layout)."""
     gate, up = torch.chunk(x, 2, dim=-1)
     return F.silu(gate) * up
+
+
+def swiglu(x: torch.Tensor) -> torch.Tensor:
+    """`torch_swiglu`, by one Triton kernel each way on GPU (kernels/swiglu.py)."""
+    kernel = kernels.triton_swiglu(x)
+    return torch_swiglu(x) if kernel is None else kernel(x)
 
 
 @_compile_on_gpu
