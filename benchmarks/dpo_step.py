@@ -160,7 +160,7 @@ def our_step(
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from megatron_mamba.config import ParallelConfig, RunPrecision
-    from megatron_mamba.data.batches import PreferenceBatch, TokenBatch
+    from megatron_mamba.data.batches import PreferenceBatch, TokenBatch, padded_length
     from megatron_mamba.models.build import build_model
     from megatron_mamba.training.checkpoint import find_checkpoint, load_weights, read_model_config
     from megatron_mamba.training.cuda_graph import GraphedForwardBackward, leave_the_default_stream
@@ -222,7 +222,7 @@ def our_step(
             data_iterator=iter([pairs]),
             model=ddp,
             num_microbatches=1,
-            seq_length=tokens.shape[1] - 1,
+            seq_length=padded_length(tokens.shape[1] - 1, objective.input_multiple),
             micro_batch_size=PAIRS * objective.micro_batch_factor,
         )
         if optimizer_step:

@@ -8,6 +8,11 @@ from dataclasses import dataclass
 import torch
 
 
+def padded_length(length: int, multiple: int) -> int:
+    """`length` rounded up to a multiple of `multiple`."""
+    return -(-length // multiple) * multiple
+
+
 @dataclass(frozen=True)
 class TokenBatch:
     tokens: torch.Tensor
@@ -41,6 +46,23 @@ class TokenBatch:
     def rows(self, indices) -> TokenBatch:
         mask = self.loss_mask[indices] if self.loss_mask is not None else None
         return TokenBatch(self.tokens[indices], mask)
+
+    def with_inputs_padded(self, multiple: int) -> TokenBatch:
+        """These rows with inputs a multiple of `multiple` long: the last token repeated as
+        inputs whose targets carry no loss. A causal model's outputs at the real positions and
+        every masked sum stay as they were, and the kernels run on an even length (mamba_ssm's
+        scans and conv take a slower path otherwise): TRL's max_length of 1024 leaves 1023."""
+        rows, length = self.tokens.shape
+        extra = padded_length(length - 1, multiple) - (length - 1)
+        if extra == 0:
+            return self
+        mask = self.loss_mask
+        if mask is None:
+            mask = torch.ones(rows, length - 1, device=self.tokens.device)
+        return TokenBatch(
+            torch.cat([self.tokens, self.tokens[:, -1:].expand(rows, extra)], dim=1),
+            torch.cat([mask, mask.new_zeros(rows, extra)], dim=1),
+        )
 
     def target_count(self) -> float:
         """How many targets carry loss: the loss mask's sum, or every target without one."""

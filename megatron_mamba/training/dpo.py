@@ -50,6 +50,12 @@ class DPOConfig:
             raise ValueError(f"dpo.beta={self.beta} must be positive and finite")
 
 
+INPUT_MULTIPLE = 8
+"""The policy's and reference's inputs are padded to a multiple of this many tokens (their
+targets masked out): item_length, TRL's max_length, counts the last target, so 1024 would give
+1023 inputs, on which mamba_ssm's scan and conv kernels take their slower uneven path."""
+
+
 def sequence_logps(per_token_ce: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
     """Σ log p over each row's masked (response) targets, in fp32."""
     return -(per_token_ce.float() * loss_mask.float()).sum(-1)
@@ -79,6 +85,7 @@ class PreferenceOptimisation:
 
     detailed = True
     rows_per_item = 2  # a pair is two sequences
+    input_multiple = INPUT_MULTIPLE
 
     def __init__(self, policy, reference, cfg: DPOConfig, vocab_size: int):
         self.policy, self.reference, self.cfg = policy, reference, cfg
@@ -90,7 +97,7 @@ class PreferenceOptimisation:
         pass  # every micro-batch holds as many pairs: the mean of their means is the step's
 
     def forward_step(self, batch: PreferenceBatch, model):
-        rows = batch.stacked()
+        rows = batch.stacked().with_inputs_padded(self.input_multiple)
         if self.reference is not None:
             send, outputs = forward_pair(self.policy, self.reference, rows.inputs, model)
         elif batch.reference is None:

@@ -14,6 +14,7 @@ from megatron_mamba.training.target_mean import GlobalTargetMean
 class LanguageModelling:
     micro_batch_factor = 1
     rows_per_item = 1
+    input_multiple = 1  # inputs as they come (DPO pads its own)
     detailed = False
 
     def __init__(self, device: torch.device):

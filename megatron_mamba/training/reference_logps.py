@@ -14,7 +14,8 @@ import torch
 from megatron.core import parallel_state as ps
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from megatron_mamba.training.dpo import row_logps
+from megatron_mamba.data.batches import padded_length
+from megatron_mamba.training.dpo import INPUT_MULTIPLE, row_logps
 
 
 def micro_batches(pool: range, micro: int, dp: int, rank: int) -> list[tuple[torch.Tensor, int]]:
@@ -44,7 +45,7 @@ def reference_logps(
 
     def forward_step(iterator, model):
         indices, real = next(iterator)
-        rows = data.rows(indices).to(device).stacked()
+        rows = data.rows(indices).to(device).stacked().with_inputs_padded(INPUT_MULTIPLE)
         output = model(rows.inputs, None, None)
         if not ps.is_pipeline_last_stage():
             return output, None
@@ -64,7 +65,7 @@ def reference_logps(
         data_iterator=iter(batches),
         model=reference,
         num_microbatches=len(batches),
-        seq_length=seq,
+        seq_length=padded_length(seq, INPUT_MULTIPLE),
         micro_batch_size=2 * micro,
         forward_only=True,
     )

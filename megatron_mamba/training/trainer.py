@@ -23,7 +23,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_mamba.config import RunPrecision
 from megatron_mamba.config_io import dump, to_dict
-from megatron_mamba.data.batches import TokenBatch
+from megatron_mamba.data.batches import TokenBatch, padded_length
 from megatron_mamba.data.chat_dataset import ChatDataset, PreferenceDataset
 from megatron_mamba.data.corpus import CorpusSamples, HFTokenizerInfo
 from megatron_mamba.data.held_out import HeldOutWindows
@@ -300,7 +300,7 @@ def train(run: RunConfig) -> list[dict]:
             data_iterator=iter(batch.split(micro)),
             model=ddp,
             num_microbatches=accumulation,
-            seq_length=seq,
+            seq_length=padded_length(seq, objective.input_multiple),
             micro_batch_size=micro * objective.micro_batch_factor,
         )
         parts = _across_pipeline_and_replicas(objective.parts(losses), rt.device)

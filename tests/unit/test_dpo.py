@@ -12,10 +12,15 @@ import megatron_mamba.hf  # noqa: F401  (registers the hybrid classes with trans
 from megatron_mamba.config import ParallelConfig
 from megatron_mamba.convert.exporter import export_hf
 from megatron_mamba.convert.importer import import_hf
-from megatron_mamba.data.batches import PreferenceBatch, TokenBatch
+from megatron_mamba.data.batches import PreferenceBatch, TokenBatch, padded_length
 from megatron_mamba.models.build import build_model
 from megatron_mamba.training.checkpoint import find_checkpoint, load_weights, read_model_config
-from megatron_mamba.training.dpo import DPOConfig, PreferenceOptimisation, dpo_loss
+from megatron_mamba.training.dpo import (
+    INPUT_MULTIPLE,
+    DPOConfig,
+    PreferenceOptimisation,
+    dpo_loss,
+)
 from megatron_mamba.training.reference_logps import micro_batches, reference_logps
 from tests.helpers.hf_tiny import _GQA_SHAPE, randomize_norms
 from tests.helpers.tiny_tokenizer import make_tokenizer
@@ -121,6 +126,15 @@ def test_loss_equals_trl_on_the_same_pairs(runtime, tmp_path):
         outputs, loss_func = objective.forward_step(batch, policy)
         loss, ours = loss_func(outputs)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
+    # the inputs were padded to a multiple of 8 (targets masked): the same as unpadded
+    assert (tokens.shape[1] - 1) % objective.input_multiple != 0
+    objective.input_multiple = 1
+    with torch.no_grad():
+        outputs, loss_func = objective.forward_step(batch, policy)
+        unpadded = loss_func(outputs)[1]
+    for name in ("logp_chosen", "logp_rejected", "reward_margin"):
+        assert unpadded[name].item() == pytest.approx(ours[name].item(), rel=1e-5, abs=1e-6)
+    objective.input_multiple = INPUT_MULTIPLE
 
     # dpo.precompute_reference: the reference's log-probabilities from one forward-only pass
     # (micro-batches of 3: the second is filled up with repeats), the step with the policy alone
@@ -165,3 +179,19 @@ def test_preference_batches_carry_the_reference_through_split_and_to():
     picked = batch.rows(torch.tensor([2, 0]))
     assert torch.equal(picked.rejected.tokens, tokens[[2, 0]] + 1)
     assert torch.equal(picked.reference, reference[[2, 0]])
+
+
+def test_inputs_padded_to_a_multiple_carry_no_loss_on_the_added_targets():
+    tokens = torch.arange(12).view(2, 6)  # 5 inputs
+    mask = torch.tensor([[0, 1, 1, 0, 1], [1, 1, 1, 1, 1]]).float()
+    padded = TokenBatch(tokens, mask).with_inputs_padded(4)
+    assert padded.inputs.shape == (2, 8) and padded.labels.shape == padded.loss_mask.shape
+    assert torch.equal(padded.tokens[:, :6], tokens)
+    assert torch.equal(padded.tokens[:, 6:], tokens[:, -1:].expand(2, 3))
+    assert torch.equal(padded.loss_mask, torch.cat([mask, torch.zeros(2, 3)], dim=1))
+    assert padded.target_count() == TokenBatch(tokens, mask).target_count()
+    every = TokenBatch(tokens).with_inputs_padded(4)  # no mask: every real target counts
+    assert every.target_count() == 10 and every.loss_mask[:, 5:].sum() == 0
+    even = TokenBatch(tokens[:, :5], mask[:, :4])
+    assert even.with_inputs_padded(4) is even
+    assert [padded_length(n, 8) for n in (1, 8, 1023, 1024)] == [8, 8, 1024, 1024]
