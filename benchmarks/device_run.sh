@@ -24,6 +24,7 @@ mamba_rest   300 python -m pytest -q --durations=5 tests/gpu/test_mamba_gpu.py -
 model_test   240 python -m pytest -q tests/gpu/test_models_gpu.py tests/gpu/test_hf_hybrid_gpu.py
 adamw_test   240 python -m pytest -q tests/gpu/test_adamw_gpu.py
 norm_test    120 python -m pytest -q tests/gpu/test_norms_gpu.py
+swiglu_test  120 python -m pytest -q tests/gpu/test_swiglu_gpu.py
 dpo_test     300 python -m pytest -q tests/gpu/test_dpo_gpu.py
 trainer_test 560 python -m pytest -q tests/gpu/test_trainer_gpu.py -k "not matches_the_replicated and not (resumes_exactly and 2)"
 trainer_2gpu 330 python -m pytest -q tests/gpu/test_trainer_gpu.py -k "resumes_exactly and 2 or matches_the_replicated"
@@ -39,6 +40,7 @@ distill      170 torchrun --nproc_per_node 1 benchmarks/distill_step.py --out $O
 dpo          240 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json
 dpo_graphs   420 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json --graphs --rounds 5
 dpo_twice    440 for i in 1 2; do python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step_$i.json --graphs || exit 1; done
+dpo_rounds   330 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_rounds.json --graphs --rounds 5 --interleaved-only
 optimizer    150 python benchmarks/optimizer_step.py --out $OUT/optimizer_step.json
 adamw_blocks 150 python benchmarks/adamw_blocks.py --out $OUT/adamw_blocks.json
 profile_attention 150 torchrun --nproc_per_node 1 benchmarks/profile_step.py --model attention --rows 40

@@ -26,6 +26,8 @@ ours graphed (no master weights, the reference in the step): where the GPU time 
 
     python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo.json [--graphs [--rounds 5]]
     python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo.json --profile 40
+    python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo.json --graphs --rounds 5 \
+        --interleaved-only
 """
 
 from __future__ import annotations
@@ -231,15 +233,18 @@ def our_step(
     return step, pass_s
 
 
-def interleaved(native: Path, export: Path, batch, workdir: Path, rounds: int) -> dict:
+def interleaved(
+    native: Path, export: Path, batch, workdir: Path, rounds: int, adams=(False, True)
+) -> dict:
     """TRL's two steps and our graphed ones (no master weights; torch's Adam and the one-launch
-    one), all built at once and timed taking turns: each side's seconds per round, and each of
-    ours against TRL's step of its mode, round by round and the median of those ratios."""
+    one, or those of `adams`: one-launch or not), all built at once and timed taking turns: each
+    side's seconds per round, and each of ours against TRL's step of its mode, round by round
+    and the median of those ratios."""
     trl_fn, _ = trl_step(export, workdir)
     trl_pre_fn, _ = trl_step(export, workdir, precompute=True)
     steps = {"trl": trl_fn, "trl_precomputed": trl_pre_fn}
     for precompute in (False, True):
-        for one_launch in (False, True):
+        for one_launch in adams:
             name = "ours_precomputed_graphed" if precompute else "ours_no_master_graphed"
             name += "_one_launch" if one_launch else ""
             steps[name], _ = our_step(native, batch, False, precompute, True, one_launch)
@@ -333,15 +338,29 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=int, default=0, metavar="ROWS", help="print the top kernels instead"
     )
+    parser.add_argument(
+        "--interleaved-only",
+        action="store_true",
+        help="with --rounds: only the rounds, and only ours with the default (one-launch) Adam",
+    )
     args = parser.parse_args()
     if args.rounds and not args.graphs:
         parser.error(f"--rounds {args.rounds} needs --graphs")
+    if args.interleaved_only and not args.rounds:
+        parser.error("--interleaved-only needs --rounds")
     from megatron_mamba.runtime import init_runtime
 
     init_runtime(seed=1)
     native, export = make_models(args.workdir)
     trl_fn, batch = trl_step(export, args.workdir)
     assert batch["attention_mask"].all(), "rows should be full length (no padding)"
+    if args.interleaved_only:
+        del trl_fn
+        report = interleaved(native, export, batch, args.workdir, args.rounds, adams=(True,))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"interleaved": report}, indent=2) + "\n")
+        print(json.dumps({"interleaved": report}, indent=2))
+        return
     if args.profile:
         del trl_fn
         report = profile(native, export, batch, args.workdir, args.profile)
