@@ -202,16 +202,14 @@ def our_step(
         seq = tokens.shape[1] - 1
 
         def reference_pass():
-            return reference_logps(
-                reference, pairs, range(PAIRS), PAIRS, seq, config.vocab_size, "cuda"
-            )
+            return reference_logps(reference, pairs, range(PAIRS), PAIRS, seq, "cuda")
 
         pass_s = median_step_seconds(reference_pass)
         pairs = PreferenceBatch(pairs.chosen, pairs.rejected, reference_pass())
         del reference
         reference = None
         torch.cuda.empty_cache()
-    objective = PreferenceOptimisation(policy, reference, DPOConfig(beta=0.1), config.vocab_size)
+    objective = PreferenceOptimisation(policy, reference, DPOConfig(beta=0.1))
     schedule = get_forward_backward_func()
     if graph:
         schedule = GraphedForwardBackward(schedule, ddp)

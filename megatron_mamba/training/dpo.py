@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from megatron.core import parallel_state as ps
 
 from megatron_mamba.data.batches import PreferenceBatch, TokenBatch
-from megatron_mamba.models.logit_losses import cross_entropy
 from megatron_mamba.training.paired import forward_pair
 
 STATISTICS = (
@@ -61,9 +60,12 @@ def sequence_logps(per_token_ce: torch.Tensor, loss_mask: torch.Tensor) -> torch
     return -(per_token_ce.float() * loss_mask.float()).sum(-1)
 
 
-def row_logps(logits: torch.Tensor, rows: TokenBatch, vocab_size: int) -> torch.Tensor:
-    """Each row's response log-probability, over the real vocabulary whatever the TP padding."""
-    return sequence_logps(cross_entropy(logits, rows.labels, vocab_size), rows.loss_mask)
+def per_token_ce(model, rows: TokenBatch, trained: bool = True):
+    """The model's forward on `rows` with their labels: on the last pipeline stage the
+    per-target cross-entropy [n, L−1] over the real vocabulary whatever the TP padding
+    (LanguageModel's loss, from the [s, b, vocabulary] logits as they are: no [b, s] copy of
+    them either way), elsewhere the hidden states to send on."""
+    return model(rows.inputs, None, None, labels=rows.labels)
 
 
 def dpo_loss(
@@ -87,9 +89,8 @@ class PreferenceOptimisation:
     rows_per_item = 2  # a pair is two sequences
     input_multiple = INPUT_MULTIPLE
 
-    def __init__(self, policy, reference, cfg: DPOConfig, vocab_size: int):
+    def __init__(self, policy, reference, cfg: DPOConfig):
         self.policy, self.reference, self.cfg = policy, reference, cfg
-        self.vocab_size = vocab_size
         # chosen and rejected rows of the policy, and of the reference where it runs
         self.micro_batch_factor = 2 if reference is None else 4
 
@@ -98,21 +99,24 @@ class PreferenceOptimisation:
 
     def forward_step(self, batch: PreferenceBatch, model):
         rows = batch.stacked().with_inputs_padded(self.input_multiple)
+        labels = {"labels": rows.labels}
         if self.reference is not None:
-            send, outputs = forward_pair(self.policy, self.reference, rows.inputs, model)
+            send, outputs = forward_pair(
+                self.policy, self.reference, rows.inputs, model, labels, labels
+            )
         elif batch.reference is None:
             raise ValueError("DPO without a reference model needs its log-probabilities")
         else:
-            send = model(rows.inputs, None, None)
+            send = per_token_ce(model, rows)
             outputs = (send,) if ps.is_pipeline_last_stage() else None
         if outputs is None:
             return send, None
         pairs = len(batch)
 
         def loss_func(outputs):
-            policy = row_logps(outputs[0], rows, self.vocab_size)
+            policy = sequence_logps(outputs[0], rows.loss_mask)
             if batch.reference is None:
-                reference = row_logps(outputs[1], rows, self.vocab_size)
+                reference = sequence_logps(outputs[1], rows.loss_mask)
             else:  # [chosen; rejected], as the rows are stacked
                 reference = batch.reference.t().reshape(-1).to(policy.dtype)
             losses, chosen, rejected = dpo_loss(

@@ -15,7 +15,7 @@ from megatron.core import parallel_state as ps
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_mamba.data.batches import padded_length
-from megatron_mamba.training.dpo import INPUT_MULTIPLE, row_logps
+from megatron_mamba.training.dpo import INPUT_MULTIPLE, per_token_ce, sequence_logps
 
 
 def micro_batches(pool: range, micro: int, dp: int, rank: int) -> list[tuple[torch.Tensor, int]]:
@@ -33,9 +33,7 @@ def micro_batches(pool: range, micro: int, dp: int, rank: int) -> list[tuple[tor
 
 
 @torch.no_grad()
-def reference_logps(
-    reference, data, pool: range, micro: int, seq: int, vocab_size: int, device
-) -> torch.Tensor:
+def reference_logps(reference, data, pool: range, micro: int, seq: int, device) -> torch.Tensor:
     """[len(data), 2] float32: (chosen, rejected) log-probabilities under `reference` of each
     pair in `pool` (zero elsewhere), on every rank."""
     table = torch.zeros(len(data), 2, dtype=torch.float32, device=device)
@@ -46,17 +44,17 @@ def reference_logps(
     def forward_step(iterator, model):
         indices, real = next(iterator)
         rows = data.rows(indices).to(device).stacked().with_inputs_padded(INPUT_MULTIPLE)
-        output = model(rows.inputs, None, None)
+        output = per_token_ce(model, rows)
         if not ps.is_pipeline_last_stage():
             return output, None
 
-        def record(logits):
-            # every tensor-parallel rank takes part in the vocabulary-parallel log-softmax;
+        def record(ce):
+            # every tensor-parallel rank took part in the vocabulary-parallel log-softmax;
             # [chosen; rejected] → one (chosen, rejected) row per pair
-            pairs = row_logps(logits, rows, vocab_size).view(2, -1).t()
+            pairs = sequence_logps(ce, rows.loss_mask).view(2, -1).t()
             if writes:
                 table[indices[:real].to(device)] = pairs[:real]
-            return logits.new_zeros(()), {}
+            return ce.new_zeros(()), {}
 
         return output, record
 

@@ -189,7 +189,7 @@ def train(run: RunConfig) -> list[dict]:
             print(f"{path} is at step {start} of {total}: nothing left to train", flush=True)
     if reference is not None and run.dpo.precompute_reference:
         if start < total:
-            _precomputed(reference, data, order, micro, seq, model_cfg.vocab_size, rt)
+            _precomputed(reference, data, order, micro, seq, rt)
         reference = None  # freed: each step runs the policy alone
         if rt.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -203,7 +203,7 @@ def train(run: RunConfig) -> list[dict]:
             model, teacher, run.distill, model_cfg.num_layers, total, model_cfg.vocab_size
         )
     if run.data.kind == "preference":
-        objective = PreferenceOptimisation(model, reference, run.dpo, model_cfg.vocab_size)
+        objective = PreferenceOptimisation(model, reference, run.dpo)
     if cfg.cuda_graph:
         forward_backward = GraphedForwardBackward(forward_backward, ddp, objective=objective)
 
@@ -351,11 +351,11 @@ def _training_data(run: RunConfig, vocab_size: int):
     return PreferenceDataset(*common, data.insert_empty_system, vocab_size, data.max_prompt_length)
 
 
-def _precomputed(reference, data, order: DataOrder, micro: int, seq: int, vocab_size, rt) -> None:
+def _precomputed(reference, data, order: DataOrder, micro: int, seq: int, rt) -> None:
     """The reference's log-probabilities of the run's pairs, attached to the data."""
     started = time.perf_counter()
     pool = range(order.first_item, order.first_item + order.samples(len(data)))
-    data.reference = reference_logps(reference, data, pool, micro, seq, vocab_size, rt.device)
+    data.reference = reference_logps(reference, data, pool, micro, seq, rt.device)
     if rt.rank == 0:
         seconds = time.perf_counter() - started
         print(f"reference log-probabilities of {len(pool)} pairs in {seconds:.1f} s", flush=True)

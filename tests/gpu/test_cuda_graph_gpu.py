@@ -129,7 +129,7 @@ def test_replayed_dpo_steps_give_the_eager_losses_and_gradients(runtime, precomp
             for param in reference.parameters():
                 param.add_(0.05 * torch.randn_like(param))
     ddp = wrap_ddp(policy)
-    objective = PreferenceOptimisation(policy, reference, DPOConfig(beta=0.1), vocab_size=256)
+    objective = PreferenceOptimisation(policy, reference, DPOConfig(beta=0.1))
     batches = _pairs(4, with_reference=precomputed)
     eager = _steps(get_forward_backward_func(), ddp, objective, batches)
     graphed_schedule = GraphedForwardBackward(get_forward_backward_func(), ddp, eager_steps=1)

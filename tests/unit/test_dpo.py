@@ -120,7 +120,7 @@ def test_loss_equals_trl_on_the_same_pairs(runtime, tmp_path):
         TokenBatch(t, m[:, 1:].float())
         for t, m in zip(tokens.chunk(2), completion.chunk(2), strict=True)
     )
-    objective = PreferenceOptimisation(policy, reference, DPOConfig(beta=beta), VOCAB)
+    objective = PreferenceOptimisation(policy, reference, DPOConfig(beta=beta))
     batch = PreferenceBatch(chosen, rejected)
     with torch.no_grad():
         outputs, loss_func = objective.forward_step(batch, policy)
@@ -138,8 +138,8 @@ def test_loss_equals_trl_on_the_same_pairs(runtime, tmp_path):
 
     # dpo.precompute_reference: the reference's log-probabilities from one forward-only pass
     # (micro-batches of 3: the second is filled up with repeats), the step with the policy alone
-    table = reference_logps(reference, batch, range(4), 3, tokens.shape[1] - 1, VOCAB, "cpu")
-    alone = PreferenceOptimisation(policy, None, DPOConfig(beta=beta), VOCAB)
+    table = reference_logps(reference, batch, range(4), 3, tokens.shape[1] - 1, "cpu")
+    alone = PreferenceOptimisation(policy, None, DPOConfig(beta=beta))
     assert (alone.micro_batch_factor, objective.micro_batch_factor) == (2, 4)
     with torch.no_grad():
         outputs, loss_func = alone.forward_step(PreferenceBatch(chosen, rejected, table), policy)
