@@ -4,6 +4,7 @@ import pytest
 import torch
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.transformer_config import TransformerConfig
+from torch.profiler import ProfilerActivity, profile
 
 from megatron_mamba.models.linear import ColumnLinear, RowLinear
 
@@ -62,3 +63,19 @@ def test_same_output_and_gradients_as_megatrons_linear(runtime, build, ours, meg
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
     for g, w in zip(got_grads, want_grads, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_a_transposed_input_runs_as_one_product(runtime, frozen):
+    """A [b, d, l] mixer output seen as [l, b, d]: one matrix product (and a copy), not a
+    batched product over the weight expanded per position, in a frozen model (a reference or
+    teacher, whose weights take no gradient: torch's matmul then would not fold the input) as
+    in a trained one."""
+    layer = _row(RowLinear).requires_grad_(not frozen)
+    y = torch.randn(3, 16, 40).transpose(0, 2).transpose(1, 2)  # [l, b, d], not contiguous
+    assert not y.is_contiguous()
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        out, _ = layer(y)
+    names = {e.key for e in prof.key_averages()}
+    assert "aten::bmm" not in names and names & {"aten::mm", "aten::addmm"}, names
+    torch.testing.assert_close(out, y.contiguous() @ layer.weight.t())
