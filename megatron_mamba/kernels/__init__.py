@@ -85,6 +85,27 @@ def triton_swiglu(x: torch.Tensor):
     return None if module is None else module.swiglu
 
 
+@functools.cache
+def _rope_module():
+    try:
+        from megatron_mamba.kernels import rope
+    except ImportError:  # no Triton
+        return None
+    return rope
+
+
+def triton_rope(t: torch.Tensor):
+    """The Triton RoPE (kernels/rope.py) for these queries or keys (CUDA, 16/32-bit) where
+    MEGATRON_MAMBA_ROPE_KERNEL=1 (opt-in until its GPU tests have run), or None where megatron's
+    torch version must run."""
+    if os.environ.get("MEGATRON_MAMBA_ROPE_KERNEL", "0") != "1":
+        return None
+    if _references_forced() or not t.is_cuda or t.dtype == torch.float64:
+        return None
+    module = _rope_module()
+    return None if module is None else module.rope
+
+
 def causal_conv1d(x_bdl, weight_dk, bias_d=None, activation=None):
     if use_fused(x_bdl):
         # The kernel takes [b, d, l] contiguous in l, or channel-last with aligned strides.

@@ -26,6 +26,7 @@ from megatron_mamba.models.mamba_dims import mamba1_dims, mamba2_dims
 from megatron_mamba.models.mixers import mixer_spec
 from megatron_mamba.models.mlp import MLP
 from megatron_mamba.models.norms import LayerNorm, RMSNorm
+from megatron_mamba.models.rotary import use_rope_kernel
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -149,6 +150,7 @@ def build_model(
 ) -> LanguageModel:
     """This pipeline stage's part of the model; needs the runtime (parallel state) initialised."""
     validate_parallel(model, parallel)
+    use_rope_kernel()
     config = to_transformer_config(model, parallel, precision, cpu_initialization)
     offset = get_transformer_layer_offset(config)
     count = get_num_layers_to_build(config)
