@@ -12,6 +12,7 @@ Triton's autotune cache is on by default (see megatron_mamba/__init__.py).
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 
 import torch
@@ -51,59 +52,39 @@ def use_fused(t: torch.Tensor) -> bool:
 
 
 @functools.cache
-def _logit_losses_module():
+def _triton_module(name: str):
+    """Our Triton kernel module kernels/<name>.py, or None without Triton."""
     try:
-        from megatron_mamba.kernels import logit_losses
-    except ImportError:  # no Triton
+        return importlib.import_module(f"megatron_mamba.kernels.{name}")
+    except ImportError:
         return None
-    return logit_losses
+
+
+def _triton_kernel(t: torch.Tensor, module: str, entry: str | None = None):
+    """`module` (or its function `entry`) for `t` where our Triton kernels run it (CUDA, 16 or
+    32-bit, Triton installed, the references not forced); None where the torch version must."""
+    if _references_forced() or not t.is_cuda or t.dtype == torch.float64:
+        return None
+    found = _triton_module(module)
+    return found if found is None or entry is None else getattr(found, entry)
 
 
 def triton_logit_losses(logits: torch.Tensor):
-    """The Triton logit-losses module (kernels/logit_losses.py) for these logits (CUDA, 16/32-bit),
-    or None where the torch version must run."""
-    if _references_forced() or not logits.is_cuda or logits.dtype == torch.float64:
-        return None
-    return _logit_losses_module()
-
-
-@functools.cache
-def _swiglu_module():
-    try:
-        from megatron_mamba.kernels import swiglu
-    except ImportError:  # no Triton
-        return None
-    return swiglu
+    """The logit-losses module (kernels/logit_losses.py) for these logits, or None."""
+    return _triton_kernel(logits, "logit_losses")
 
 
 def triton_swiglu(x: torch.Tensor):
-    """The Triton SwiGLU (kernels/swiglu.py) for this fc1 output (CUDA, 16/32-bit), or None
-    where the torch version must run."""
-    if _references_forced() or not x.is_cuda or x.dtype == torch.float64:
-        return None
-    module = _swiglu_module()
-    return None if module is None else module.swiglu
-
-
-@functools.cache
-def _rope_module():
-    try:
-        from megatron_mamba.kernels import rope
-    except ImportError:  # no Triton
-        return None
-    return rope
+    """The SwiGLU kernel (kernels/swiglu.py) for this fc1 output, or None."""
+    return _triton_kernel(x, "swiglu", "swiglu")
 
 
 def triton_rope(t: torch.Tensor):
-    """The Triton RoPE (kernels/rope.py) for these queries or keys (CUDA, 16/32-bit) where
-    MEGATRON_MAMBA_ROPE_KERNEL=1 (opt-in until its GPU tests have run), or None where megatron's
-    torch version must run."""
+    """The RoPE kernel (kernels/rope.py) for these queries or keys where
+    MEGATRON_MAMBA_ROPE_KERNEL=1 (opt-in until its GPU tests have run), or None."""
     if os.environ.get("MEGATRON_MAMBA_ROPE_KERNEL", "0") != "1":
         return None
-    if _references_forced() or not t.is_cuda or t.dtype == torch.float64:
-        return None
-    module = _rope_module()
-    return None if module is None else module.rope
+    return _triton_kernel(t, "rope", "rope")
 
 
 def causal_conv1d(x_bdl, weight_dk, bias_d=None, activation=None):
