@@ -1,4 +1,5 @@
-"""Small elementwise fusions, compiled with torch.compile on GPU when MEGATRON_MAMBA_COMPILE=1.
+"""Small elementwise fusions, compiled with torch.compile on GPU when MEGATRON_MAMBA_COMPILE=1;
+SwiGLU runs our Triton kernel on GPU instead (kernels/swiglu.py), these torch ops elsewhere.
 
 Measured on an H200 (benchmarks/RESULTS.md), the compiled versions cost more host time per call
 than they save on the GPU at Pythia-1b size, so they are off by default.

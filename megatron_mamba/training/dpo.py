@@ -60,7 +60,7 @@ def sequence_logps(per_token_ce: torch.Tensor, loss_mask: torch.Tensor) -> torch
     return -(per_token_ce.float() * loss_mask.float()).sum(-1)
 
 
-def per_token_ce(model, rows: TokenBatch, trained: bool = True):
+def per_token_ce(model, rows: TokenBatch):
     """The model's forward on `rows` with their labels: on the last pipeline stage the
     per-target cross-entropy [n, L−1] over the real vocabulary whatever the TP padding
     (LanguageModel's loss, from the [s, b, vocabulary] logits as they are: no [b, s] copy of
