@@ -7,6 +7,12 @@ from dataclasses import dataclass
 
 import torch
 
+INPUT_MULTIPLE = 8
+"""Objectives whose losses are masked pad their inputs to a multiple of this many tokens
+(`TokenBatch.with_inputs_padded`): a chat or preference row of item_length tokens holds
+item_length − 1 inputs, and TRL's lengths (1024, 2048) would leave an odd count, on which
+mamba_ssm's scan and conv kernels take their slower uneven path."""
+
 
 def padded_length(length: int, multiple: int) -> int:
     """`length` rounded up to a multiple of `multiple`."""

@@ -31,7 +31,7 @@ from megatron_mamba.training.target_mean import GlobalTargetMean
 class Distillation:
     detailed = True
     rows_per_item = 1
-    input_multiple = 1  # inputs as they come (DPO pads its own)
+    input_multiple = 1  # inputs as they come: the layer loss is a mean over every position
 
     def __init__(
         self,

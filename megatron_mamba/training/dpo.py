@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state as ps
 
-from megatron_mamba.data.batches import PreferenceBatch, TokenBatch
+from megatron_mamba.data.batches import INPUT_MULTIPLE, PreferenceBatch, TokenBatch
 from megatron_mamba.training.paired import forward_pair
 
 STATISTICS = (
@@ -47,12 +47,6 @@ class DPOConfig:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.beta) and self.beta > 0):
             raise ValueError(f"dpo.beta={self.beta} must be positive and finite")
-
-
-INPUT_MULTIPLE = 8
-"""The policy's and reference's inputs are padded to a multiple of this many tokens (their
-targets masked out): item_length, TRL's max_length, counts the last target, so 1024 would give
-1023 inputs, on which mamba_ssm's scan and conv kernels take their slower uneven path."""
 
 
 def sequence_logps(per_token_ce: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:

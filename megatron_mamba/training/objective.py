@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import torch
 
-from megatron_mamba.data.batches import TokenBatch
+from megatron_mamba.data.batches import INPUT_MULTIPLE, TokenBatch
 from megatron_mamba.training.target_mean import GlobalTargetMean
 
 
 class LanguageModelling:
     micro_batch_factor = 1
     rows_per_item = 1
-    input_multiple = 1  # inputs as they come (DPO pads its own)
+    input_multiple = INPUT_MULTIPLE  # the loss is a masked mean: padded inputs leave it as is
     detailed = False
 
     def __init__(self, device: torch.device):
@@ -27,6 +27,7 @@ class LanguageModelling:
         self.mean.begin_step(batch, accumulation)
 
     def forward_step(self, batch: TokenBatch, model):
+        batch = batch.with_inputs_padded(self.input_multiple)
         per_token = model(batch.inputs, None, None, labels=batch.labels)
 
         def loss_func(output):

@@ -14,8 +14,8 @@ import torch
 from megatron.core import parallel_state as ps
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from megatron_mamba.data.batches import padded_length
-from megatron_mamba.training.dpo import INPUT_MULTIPLE, per_token_ce, sequence_logps
+from megatron_mamba.data.batches import INPUT_MULTIPLE, padded_length
+from megatron_mamba.training.dpo import per_token_ce, sequence_logps
 
 
 def micro_batches(pool: range, micro: int, dp: int, rank: int) -> list[tuple[torch.Tensor, int]]:

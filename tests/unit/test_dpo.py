@@ -12,15 +12,15 @@ import megatron_mamba.hf  # noqa: F401  (registers the hybrid classes with trans
 from megatron_mamba.config import ParallelConfig
 from megatron_mamba.convert.exporter import export_hf
 from megatron_mamba.convert.importer import import_hf
-from megatron_mamba.data.batches import PreferenceBatch, TokenBatch, padded_length
+from megatron_mamba.data.batches import (
+    INPUT_MULTIPLE,
+    PreferenceBatch,
+    TokenBatch,
+    padded_length,
+)
 from megatron_mamba.models.build import build_model
 from megatron_mamba.training.checkpoint import find_checkpoint, load_weights, read_model_config
-from megatron_mamba.training.dpo import (
-    INPUT_MULTIPLE,
-    DPOConfig,
-    PreferenceOptimisation,
-    dpo_loss,
-)
+from megatron_mamba.training.dpo import DPOConfig, PreferenceOptimisation, dpo_loss
 from megatron_mamba.training.reference_logps import micro_batches, reference_logps
 from tests.helpers.hf_tiny import _GQA_SHAPE, randomize_norms
 from tests.helpers.tiny_tokenizer import make_tokenizer
