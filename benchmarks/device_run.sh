@@ -48,6 +48,7 @@ optimizer    150 python benchmarks/optimizer_step.py --out $OUT/optimizer_step.j
 adamw_blocks 150 python benchmarks/adamw_blocks.py --out $OUT/adamw_blocks.json
 profile_attention 150 torchrun --nproc_per_node 1 benchmarks/profile_step.py --model attention --rows 40
 profile_mamba2    240 torchrun --nproc_per_node 1 benchmarks/profile_step.py --model mamba2 --rows 40
+profile_mamba1    240 torchrun --nproc_per_node 1 benchmarks/profile_step.py --model mamba1 --rows 40
 profile_dpo       240 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_profile.json --profile 45
 graph_probe  480 for c in conv selective_scan mamba_inner ssd_combined model_attention model_mamba1 model_mamba2 model_llama_hybrid; do timeout 110 torchrun --nproc_per_node 1 benchmarks/cuda_graph_probe.py --cases $c; done
 graphs       420 for model in ${GRAPH_MODELS:-pythia-160m:AMAMAMAMAMAM:1024 pythia-1b:AMAMAMAMAMAMAMAM:2048}; do IFS=: read -r p pat s <<< $model; for g in 0 1; do BENCH_PRESET=$p BENCH_PATTERN=$pat BENCH_SEQ=$s BENCH_CUDA_GRAPH=$g torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode trainer --out $OUT/graphs_${p}_$g.json; done; done

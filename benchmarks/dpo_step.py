@@ -47,6 +47,7 @@ from benchmarks.common import (
     peak_memory,
     round_speedups,
 )
+from benchmarks.profiling import profile_step
 
 PAIRS, LENGTH, PATTERN = 4, 512, "MA" * 8
 SHAPE = dict(
@@ -255,70 +256,17 @@ def interleaved(
     return report
 
 
-KERNEL_KINDS = (  # (kind, pattern in the kernel's name), first match wins
-    ("gemm", r"nvjet|gemm|cutlass|sm90_xmma"),
-    ("selective_scan_fwd", r"selective_scan_fwd"),
-    ("selective_scan_bwd", r"selective_scan_bwd"),
-    ("conv", r"causal_conv1d"),
-    ("attention", r"sdpa|flash|fmha|cudnn"),
-    ("copy_or_cat", r"direct_copy|CatArray|copy_kernel|bfloat16_copy"),
-    ("strided_elementwise", r"elementwise_kernel<128"),
-    ("norm", r"layer_norm|LayerNorm|GammaBeta|rms"),
-    ("logit_losses", r"logit|_losses"),
-    ("adam", r"adam|Adam"),
-    ("reduce", r"reduce_kernel|norm"),
-    ("elementwise", r"elementwise"),
-)
-
-
-def kernel_kinds(kernels) -> dict[str, float]:
-    """CUDA ms per kind of kernel (KERNEL_KINDS), the rest as "other"."""
-    import re
-
-    kinds: dict[str, float] = {}
-    for kernel in kernels:
-        kind = next((k for k, p in KERNEL_KINDS if re.search(p, kernel.key)), "other")
-        kinds[kind] = kinds.get(kind, 0.0) + kernel.self_device_time_total / 1000
-    return {k: round(v, 2) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}
-
-
 def profile(native: Path, export: Path, batch, workdir: Path, rows: int) -> dict:
-    """Top CUDA kernels of one step of TRL's and of ours (eager and graphed); each side's CUDA
-    total and its time per kind of kernel (ms). Eager sides also list their operators by shape."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
+    """One step of TRL's and of ours (eager and graphed) under torch.profiler
+    (benchmarks/profiling.py): each side's CUDA time, in total and by kind of kernel."""
     trl_fn, _ = trl_step(export, workdir)
     sides = {"trl": trl_fn}
     sides["ours_no_master"], _ = our_step(native, batch, False, False, False, True)
     sides["ours_no_master_graphed"], _ = our_step(native, batch, False, False, True, True)
-    totals = {}
-    for name, step in sides.items():
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize()
-        with profile(
-            activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU], record_shapes=True
-        ) as prof:
-            step()
-            torch.cuda.synchronize()
-        events = prof.key_averages()
-        kernels = [e for e in events if e.device_type == DeviceType.CUDA]
-        totals[name] = sum(e.self_device_time_total for e in kernels) / 1000
-        print(f"=== {name}: CUDA time {totals[name]:.1f} ms")
-        print(
-            events.table(sort_by="self_device_time_total", row_limit=rows, max_name_column_width=70)
-        )
-        totals[f"{name}_kinds"] = kernel_kinds(kernels)
-        print(f"{name} by kind of kernel (ms): " + json.dumps(totals[f"{name}_kinds"]))
-        if not name.endswith("graphed"):  # the operators that launched the kernels, by shape
-            by_shape = prof.key_averages(group_by_input_shape=True)
-            ops = [e for e in by_shape if e.device_type == DeviceType.CPU]
-            ops.sort(key=lambda e: -e.self_device_time_total)
-            for e in ops[:rows]:
-                ms = e.self_device_time_total / 1000
-                print(f"{ms:8.3f} ms {e.count:5d}× {e.key[:40]:40s} {str(e.input_shapes)[:150]}")
-    return {"profile_cuda_ms": totals}
+    return {
+        name: profile_step(name, step, rows, by_shape=not name.endswith("graphed"))
+        for name, step in sides.items()
+    }
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Top CUDA kernels of one training step of ours and of the transformers baseline (torch.profiler).
+"""One training step of ours and of the transformers baseline profiled (benchmarks/profiling.py):
+top kernels, GPU time by kind of kernel, operators by input shape.
 
 torchrun --nproc_per_node 1 benchmarks/profile_step.py [--model attention|mamba1|mamba2]
 """
@@ -9,9 +10,9 @@ import argparse
 import functools
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 from benchmarks import attention_model, mamba_model
+from benchmarks.profiling import profile_step
 from megatron_mamba.models.presets import preset
 from megatron_mamba.runtime import init_runtime
 
@@ -43,18 +44,7 @@ def main() -> None:
     tokens = torch.randint(0, config.vocab_size, (4, 2049), device="cuda")
     for name, build in builds:
         model, step = build(config, tokens=tokens)
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
-            step()
-            torch.cuda.synchronize()
-        print(f"=== {name}")
-        print(
-            prof.key_averages().table(
-                sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=60
-            )
-        )
+        profile_step(name, step, args.rows)
         del model, step
         torch.cuda.empty_cache()
 
