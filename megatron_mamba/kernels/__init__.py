@@ -3,7 +3,8 @@
 On CUDA tensors with mamba_ssm / causal_conv1d installed, their fused kernels run; everywhere else
 the pure-PyTorch references in `reference.py` do (they are also the oracle in the GPU parity tests).
 The same holds for our Triton kernels of the losses over the logits (`logit_losses.py`, whose
-reference is models/logit_losses.py) and of SwiGLU (`swiglu.py`; reference models/fused.py).
+reference is models/logit_losses.py), SwiGLU and GeLU (`swiglu.py`, `bias_gelu.py`; reference
+models/fused.py) and RoPE (`rope.py`; reference megatron's).
 `MEGATRON_MAMBA_REFERENCE_KERNELS=1` forces the references.
 
 Triton's autotune cache is on by default (see megatron_mamba/__init__.py).
@@ -79,12 +80,19 @@ def triton_swiglu(x: torch.Tensor):
     return _triton_kernel(x, "swiglu", "swiglu")
 
 
+def _pending_kernels() -> bool:
+    """Kernels whose GPU tests have not run yet are opt-in: MEGATRON_MAMBA_PENDING_KERNELS=1."""
+    return os.environ.get("MEGATRON_MAMBA_PENDING_KERNELS", "0") == "1"
+
+
 def triton_rope(t: torch.Tensor):
-    """The RoPE kernel (kernels/rope.py) for these queries or keys where
-    MEGATRON_MAMBA_ROPE_KERNEL=1 (opt-in until its GPU tests have run), or None."""
-    if os.environ.get("MEGATRON_MAMBA_ROPE_KERNEL", "0") != "1":
-        return None
-    return _triton_kernel(t, "rope", "rope")
+    """The RoPE kernel (kernels/rope.py; pending) for these queries or keys, or None."""
+    return _triton_kernel(t, "rope", "rope") if _pending_kernels() else None
+
+
+def triton_bias_gelu(x: torch.Tensor):
+    """The bias-GeLU kernel (kernels/bias_gelu.py; pending) for this fc1 output, or None."""
+    return _triton_kernel(x, "bias_gelu", "bias_gelu") if _pending_kernels() else None
 
 
 def causal_conv1d(x_bdl, weight_dk, bias_d=None, activation=None):

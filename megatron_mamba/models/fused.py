@@ -1,5 +1,6 @@
 """Small elementwise fusions, compiled with torch.compile on GPU when MEGATRON_MAMBA_COMPILE=1;
-SwiGLU runs our Triton kernel on GPU instead (kernels/swiglu.py), these torch ops elsewhere.
+SwiGLU (and, opt-in, GeLU) run our Triton kernels on GPU instead (kernels/swiglu.py,
+kernels/bias_gelu.py), these torch ops elsewhere.
 
 Measured on an H200 (benchmarks/RESULTS.md), the compiled versions cost more host time per call
 than they save on the GPU at Pythia-1b size, so they are off by default.
@@ -37,9 +38,16 @@ def _compile_on_gpu(fn: Callable) -> Callable:
 
 
 @_compile_on_gpu
-def bias_gelu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def torch_bias_gelu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """Exact (erf) GeLU of x + bias, as GPTNeoX uses."""
     return F.gelu(x + bias)
+
+
+def bias_gelu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """`torch_bias_gelu`, by one Triton kernel each way on GPU where pending kernels are on
+    (kernels/bias_gelu.py)."""
+    kernel = kernels.triton_bias_gelu(x)
+    return torch_bias_gelu(x, bias) if kernel is None else kernel(x, bias)
 
 
 @_compile_on_gpu

@@ -1,0 +1,112 @@
+"""GPTNeoX's MLP activation, exact (erf) GeLU of fc1's output plus its bias, as one Triton kernel
+each way.
+
+In torch the forward is two passes over the [tokens, ffn] activation (the bias add, then GeLU)
+and the backward two more after GeLU's own (the bias gradient re-reads the input gradient to sum
+it over tokens). Here forward reads x once and writes gelu(x + b); backward reads the output's
+gradient and x once, writes x's gradient, and sums each block of rows into a small fp32 table of
+partial bias gradients that torch adds up (so the sum is deterministic: no atomics). Arithmetic
+in fp32, one rounding. The torch version (models/fused.bias_gelu) is the reference.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK, WARPS, ROWS_PER_PROGRAM = 1024, 4, 64
+_SQRT_HALF = tl.constexpr(0.7071067811865476)
+_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
+
+
+@triton.jit
+def _forward(x_ptr, bias_ptr, out_ptr, columns, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = cols < columns
+    y = tl.load(x_ptr + row * columns + cols, mask=inside, other=0.0).to(tl.float32)
+    y += tl.load(bias_ptr + cols, mask=inside, other=0.0).to(tl.float32)
+    out = 0.5 * y * (1.0 + tl.math.erf(y * _SQRT_HALF))
+    target = out_ptr + row * columns + cols
+    tl.store(target, out.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=inside)
+
+
+@triton.jit
+def _backward(
+    grad_ptr,
+    x_ptr,
+    bias_ptr,
+    dx_ptr,
+    partial_ptr,
+    rows,
+    columns,
+    ROWS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    block = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = cols < columns
+    bias = tl.load(bias_ptr + cols, mask=inside, other=0.0).to(tl.float32)
+    bias_grad = tl.zeros((BLOCK,), dtype=tl.float32)
+    for i in range(ROWS):
+        row = block.to(tl.int64) * ROWS + i
+        here = inside & (row < rows)
+        offsets = row * columns + cols
+        y = tl.load(x_ptr + offsets, mask=here, other=0.0).to(tl.float32) + bias
+        grad = tl.load(grad_ptr + offsets, mask=here, other=0.0).to(tl.float32)
+        slope = 0.5 * (1.0 + tl.math.erf(y * _SQRT_HALF)) + y * _INV_SQRT_2PI * tl.exp(-0.5 * y * y)
+        dx = grad * slope
+        dtype = dx_ptr.dtype.element_ty
+        tl.store(dx_ptr + offsets, dx.to(dtype, fp_downcast_rounding="rtne"), mask=here)
+        bias_grad += tl.where(here, dx, 0.0)
+    tl.store(partial_ptr + block.to(tl.int64) * columns + cols, bias_grad, mask=inside)
+
+
+class _BiasGelu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous()
+        columns = x.shape[-1]
+        rows = x.numel() // columns if columns else 0
+        out = torch.empty_like(x)
+        if rows:
+            grid = (rows, triton.cdiv(columns, BLOCK))
+            _forward[grid](x, bias, out, columns, BLOCK=BLOCK, num_warps=WARPS)
+        ctx.save_for_backward(x, bias)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, bias = ctx.saved_tensors
+        grad = grad.contiguous()
+        columns = x.shape[-1]
+        rows = x.numel() // columns if columns else 0
+        dx = torch.empty_like(x)
+        blocks = triton.cdiv(rows, ROWS_PER_PROGRAM)
+        partial = torch.zeros(max(blocks, 1), columns, dtype=torch.float32, device=x.device)
+        if rows:
+            grid = (blocks, triton.cdiv(columns, BLOCK))
+            _backward[grid](
+                grad,
+                x,
+                bias,
+                dx,
+                partial,
+                rows,
+                columns,
+                ROWS=ROWS_PER_PROGRAM,
+                BLOCK=BLOCK,
+                num_warps=WARPS,
+            )
+        return dx, partial.sum(0).to(bias.dtype)
+
+
+def bias_gelu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Exact GeLU of x + bias, bias broadcast over x's last dimension."""
+    if bias.shape != (x.shape[-1],):
+        raise ValueError(
+            f"bias_gelu needs a bias as wide as x's last dimension, {x.shape[-1]}; got "
+            f"{tuple(bias.shape)}"
+        )
+    return _BiasGelu.apply(x, bias)

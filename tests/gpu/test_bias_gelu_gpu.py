@@ -1,0 +1,61 @@
+"""On the GPU: the Triton bias + GeLU (kernels/bias_gelu.py) against a float64 computation, x's
+and the bias's gradients included; one kernel each way; opt-in while pending."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+from megatron_mamba import kernels
+
+pytestmark = pytest.mark.gpu
+pytest.importorskip("triton")  # collected everywhere; the kernel module needs it
+
+from megatron_mamba.kernels.bias_gelu import ROWS_PER_PROGRAM, bias_gelu  # noqa: E402
+
+
+def _check(x, bias, grad, rel: float, bias_rel: float):
+    """Output and x's gradient elementwise within `rel` (plus 1e-5 of the largest); the bias's
+    gradient, a sum over rows, within `bias_rel` of its largest value."""
+    x, bias = x.detach().requires_grad_(), bias.detach().requires_grad_()
+    out = bias_gelu(x, bias)
+    dx, dbias = torch.autograd.grad(out, [x, bias], grad)
+    x64, b64 = x.detach().double().requires_grad_(), bias.detach().double().requires_grad_()
+    ref = F.gelu(x64 + b64)
+    rdx, rdbias = torch.autograd.grad(ref, [x64, b64], grad.double())
+    for got, want in ((out, ref), (dx, rdx)):
+        bound = rel * want.abs() + 1e-5 * want.abs().max()
+        assert ((got.double() - want).abs() <= bound).all(), (got.dtype, want.shape)
+    assert (dbias.double() - rdbias).abs().max() <= bias_rel * rdbias.abs().max()
+
+
+# GPTNeoX's [s, b, ffn]; rows not a multiple of the kernel's row block; columns not of its block
+@pytest.mark.parametrize("shape", [(256, 4, 8192), (3 * ROWS_PER_PROGRAM + 5, 1, 1500), (2, 24)])
+def test_bias_gelu_matches_float64(shape):
+    torch.manual_seed(0)
+    x = 2 * torch.randn(*shape, device="cuda", dtype=torch.float64)
+    bias = torch.randn(shape[-1], device="cuda", dtype=torch.float64)
+    grad = torch.randn(*shape, device="cuda", dtype=torch.float64)
+    _check(x.float(), bias.float(), grad.float(), 1e-5, 1e-5)
+    # bf16: one rounding of each element; the bias gradient summed in fp32, rounded once
+    _check(x.bfloat16(), bias.bfloat16(), grad.bfloat16(), 2**-8, 2**-7)
+
+
+def test_bias_gelu_is_one_kernel_each_way_and_opt_in(monkeypatch):
+    x = torch.randn(512, 1024, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    bias = torch.randn(1024, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    monkeypatch.delenv("MEGATRON_MAMBA_PENDING_KERNELS", raising=False)
+    assert kernels.triton_bias_gelu(x) is None
+    monkeypatch.setenv("MEGATRON_MAMBA_PENDING_KERNELS", "1")
+    assert kernels.triton_bias_gelu(x) is bias_gelu
+    bias_gelu(x, bias).sum().backward()  # compiled before profiling
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        bias_gelu(x, bias).sum().backward()
+        torch.cuda.synchronize()
+    names = {e.key: e.count for e in prof.key_averages()}
+    assert names.get("_forward") == 1 and names.get("_backward") == 1, names
+
+
+def test_bias_gelu_refuses_a_bias_of_another_width():
+    with pytest.raises(ValueError, match="as wide as x's last dimension, 8; got \\(7,\\)"):
+        bias_gelu(torch.ones(2, 8, device="cuda"), torch.ones(7, device="cuda"))
