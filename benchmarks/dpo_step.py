@@ -21,8 +21,8 @@ holds (`_reserved_gib`), which alone counts what a graph's private pool keeps be
 turns for R rounds: TRL's step moves by up to 30% between runs on a shared machine, ours
 graphed by under 1%, so a ratio is only as good as the minute each side was timed in.
 
-`--profile ROWS` instead prints the top CUDA kernels (torch.profiler) of one step of TRL's and of
-ours graphed (no master weights, the reference in the step): where the GPU time of each goes.
+`--profile ROWS` instead profiles one step of TRL's and of ours (no master weights, the reference
+in the step; eager and graphed) with benchmarks/profiling.py: where the GPU time of each goes.
 
     python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo.json [--graphs [--rounds 5]]
     python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo.json --profile 40
@@ -269,6 +269,13 @@ def profile(native: Path, export: Path, batch, workdir: Path, rows: int) -> dict
     }
 
 
+def _write(out: Path, report: dict) -> None:
+    """The report as JSON to `out`, and on stdout."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, required=True)
@@ -303,15 +310,11 @@ def main() -> None:
     if args.interleaved_only:
         del trl_fn
         report = interleaved(native, export, batch, args.workdir, args.rounds, adams=(True,))
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"interleaved": report}, indent=2) + "\n")
-        print(json.dumps({"interleaved": report}, indent=2))
+        _write(args.out, {"interleaved": report})
         return
     if args.profile:
         del trl_fn
-        report = profile(native, export, batch, args.workdir, args.profile)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        _write(args.out, profile(native, export, batch, args.workdir, args.profile))
         return
     rows, length = batch["input_ids"].shape
     trl_s = median_step_seconds(trl_fn)
@@ -379,9 +382,7 @@ def main() -> None:
         torch.cuda.empty_cache()
     if args.rounds:
         result["interleaved"] = interleaved(native, export, batch, args.workdir, args.rounds)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    _write(args.out, result)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ and the backward two more after GeLU's own (the bias gradient re-reads the input
 it over tokens). Here forward reads x once and writes gelu(x + b); backward reads the output's
 gradient and x once, writes x's gradient, and sums each block of rows into a small fp32 table of
 partial bias gradients that torch adds up (so the sum is deterministic: no atomics). Arithmetic
-in fp32, one rounding. The torch version (models/fused.bias_gelu) is the reference.
+in fp32, one rounding. The torch version (models/fused.torch_bias_gelu) is the reference.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ def _launch(t: torch.Tensor, angles: torch.Tensor, backward: bool) -> torch.Tens
         t = t.contiguous()
     s, b, heads, head_dim = t.shape
     out = torch.empty(t.shape, dtype=t.dtype, device=t.device)
-    block = triton.next_power_of_2(heads) * triton.next_power_of_2(head_dim)
+    block_h, block_d = triton.next_power_of_2(heads), triton.next_power_of_2(head_dim)
     _rotate[(s * b,)](
         t,
         angles,
@@ -82,9 +82,9 @@ def _launch(t: torch.Tensor, angles: torch.Tensor, backward: bool) -> torch.Tens
         t.stride(1),
         t.stride(2),
         BACKWARD=backward,
-        BLOCK_H=triton.next_power_of_2(heads),
-        BLOCK_D=triton.next_power_of_2(head_dim),
-        num_warps=4 if block <= 4096 else 8,
+        BLOCK_H=block_h,
+        BLOCK_D=block_d,
+        num_warps=4 if block_h * block_d <= 4096 else 8,
     )
     return out
 

@@ -6,8 +6,8 @@ backward, and backward joins the halves' gradients with a cat: measured on the D
 Mistral-shaped model, some 9 of its 81 ms of GPU time (benchmarks/RESULTS.md). Here forward reads
 both halves and writes silu(gate)·up; backward reads them again with the output's gradient and
 writes the [.., 2f] gradient in place of the cat; only the input is kept. Arithmetic in fp32,
-one rounding to the input's dtype. The torch version (models/fused.swiglu) is the reference and
-runs off GPU.
+one rounding to the input's dtype. The torch version (models/fused.torch_swiglu) is the
+reference and runs off GPU.
 """
 
 from __future__ import annotations

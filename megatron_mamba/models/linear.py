@@ -31,7 +31,7 @@ class _LocalProductWhenPossible:
         grad_output_buffer=None,
         **kwargs,
     ):
-        input = input if input.is_contiguous() else input.contiguous()
+        input = input.contiguous()
         if not (
             gradient_accumulation_fusion
             or allreduce_dgrad
