@@ -25,7 +25,7 @@ model_test   240 python -m pytest -q tests/gpu/test_models_gpu.py tests/gpu/test
 adamw_test   240 python -m pytest -q tests/gpu/test_adamw_gpu.py
 norm_test    120 python -m pytest -q tests/gpu/test_norms_gpu.py
 swiglu_test  120 python -m pytest -q tests/gpu/test_swiglu_gpu.py
-pending_test 200 python -m pytest -q tests/gpu/test_rope_gpu.py tests/gpu/test_bias_gelu_gpu.py
+rope_gelu_test 200 python -m pytest -q tests/gpu/test_rope_gpu.py tests/gpu/test_bias_gelu_gpu.py
 dpo_test     300 python -m pytest -q tests/gpu/test_dpo_gpu.py
 trainer_test 560 python -m pytest -q tests/gpu/test_trainer_gpu.py -k "not matches_the_replicated and not (resumes_exactly and 2)"
 trainer_2gpu 330 python -m pytest -q tests/gpu/test_trainer_gpu.py -k "resumes_exactly and 2 or matches_the_replicated"
@@ -35,7 +35,6 @@ nccl_neox    420 python -m pytest -q tests/gpu/test_nccl_parallel.py -k gpt_neox
 nccl_llama   420 python -m pytest -q tests/gpu/test_nccl_parallel.py -k llama_hybrid
 logit        60  torchrun --nproc_per_node 1 benchmarks/logit_losses.py
 attention    240 torchrun --nproc_per_node 1 benchmarks/attention_model.py --rounds 3
-attention_pending 240 MEGATRON_MAMBA_PENDING_KERNELS=1 torchrun --nproc_per_node 1 benchmarks/attention_model.py --rounds 3
 mamba1       300 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds mamba1 --rounds 3
 mamba2       300 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds mamba2 --rounds 3
 distill      170 torchrun --nproc_per_node 1 benchmarks/distill_step.py --out $OUT/distill_step.json
@@ -43,7 +42,6 @@ dpo          240 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo
 dpo_graphs   420 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json --graphs --rounds 5
 dpo_twice    440 for i in 1 2; do python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step_$i.json --graphs || exit 1; done
 dpo_rounds   330 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_rounds.json --graphs --rounds 5 --interleaved-only
-dpo_rounds_pending 330 MEGATRON_MAMBA_PENDING_KERNELS=1 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_rounds_pending.json --graphs --rounds 5 --interleaved-only
 optimizer    150 python benchmarks/optimizer_step.py --out $OUT/optimizer_step.json
 adamw_blocks 150 python benchmarks/adamw_blocks.py --out $OUT/adamw_blocks.json
 profile_attention 150 torchrun --nproc_per_node 1 benchmarks/profile_step.py --model attention --rows 40

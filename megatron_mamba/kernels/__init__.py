@@ -80,19 +80,14 @@ def triton_swiglu(x: torch.Tensor):
     return _triton_kernel(x, "swiglu", "swiglu")
 
 
-def _pending_kernels() -> bool:
-    """Kernels whose GPU tests have not run yet are opt-in: MEGATRON_MAMBA_PENDING_KERNELS=1."""
-    return os.environ.get("MEGATRON_MAMBA_PENDING_KERNELS", "0") == "1"
-
-
 def triton_rope(t: torch.Tensor):
-    """The RoPE kernel (kernels/rope.py; pending) for these queries or keys, or None."""
-    return _triton_kernel(t, "rope", "rope") if _pending_kernels() else None
+    """The RoPE kernel (kernels/rope.py) for these queries or keys, or None."""
+    return _triton_kernel(t, "rope", "rope")
 
 
 def triton_bias_gelu(x: torch.Tensor):
-    """The bias-GeLU kernel (kernels/bias_gelu.py; pending) for this fc1 output, or None."""
-    return _triton_kernel(x, "bias_gelu", "bias_gelu") if _pending_kernels() else None
+    """The bias-GeLU kernel (kernels/bias_gelu.py) for this fc1 output, or None."""
+    return _triton_kernel(x, "bias_gelu", "bias_gelu")
 
 
 def causal_conv1d(x_bdl, weight_dk, bias_d=None, activation=None):

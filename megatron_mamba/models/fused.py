@@ -44,8 +44,7 @@ def torch_bias_gelu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
 
 
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """`torch_bias_gelu`, by one Triton kernel each way on GPU where pending kernels are on
-    (kernels/bias_gelu.py)."""
+    """`torch_bias_gelu`, by one Triton kernel each way on GPU (kernels/bias_gelu.py)."""
     kernel = kernels.triton_bias_gelu(x)
     return torch_bias_gelu(x, bias) if kernel is None else kernel(x, bias)
 

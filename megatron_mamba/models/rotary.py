@@ -4,9 +4,8 @@ tensor each way.
 
 `use_rope_kernel()` points megatron's SelfAttention at `apply_rotary_pos_emb` below. It takes the
 kernel for what the kernel covers (CUDA tensors [s, b, heads, head_dim], angles [s, 1, 1, r],
-rotate-half, no mscale, no packed sequences) and megatron's own function for everything else.
-The kernel is opt-in (MEGATRON_MAMBA_PENDING_KERNELS=1) until its GPU tests have run
-(tests/gpu/test_rope_gpu.py).
+rotate-half, no mscale, no packed sequences) and megatron's own function for everything else
+(and everywhere with MEGATRON_MAMBA_REFERENCE_KERNELS=1).
 """
 
 from __future__ import annotations

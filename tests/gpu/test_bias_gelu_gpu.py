@@ -1,5 +1,5 @@
 """On the GPU: the Triton bias + GeLU (kernels/bias_gelu.py) against a float64 computation, x's
-and the bias's gradients included; one kernel each way; opt-in while pending."""
+and the bias's gradients included; one kernel each way; the route models take by default."""
 
 import pytest
 import torch
@@ -41,12 +41,12 @@ def test_bias_gelu_matches_float64(shape):
     _check(x.bfloat16(), bias.bfloat16(), grad.bfloat16(), 2**-8, 2**-7)
 
 
-def test_bias_gelu_is_one_kernel_each_way_and_opt_in(monkeypatch):
+def test_bias_gelu_is_one_kernel_each_way_and_the_default(monkeypatch):
     x = torch.randn(512, 1024, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     bias = torch.randn(1024, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    monkeypatch.delenv("MEGATRON_MAMBA_PENDING_KERNELS", raising=False)
+    monkeypatch.setenv("MEGATRON_MAMBA_REFERENCE_KERNELS", "1")
     assert kernels.triton_bias_gelu(x) is None
-    monkeypatch.setenv("MEGATRON_MAMBA_PENDING_KERNELS", "1")
+    monkeypatch.delenv("MEGATRON_MAMBA_REFERENCE_KERNELS")
     assert kernels.triton_bias_gelu(x) is bias_gelu
     bias_gelu(x, bias).sum().backward()  # compiled before profiling
     with profile(activities=[ProfilerActivity.CUDA]) as prof:

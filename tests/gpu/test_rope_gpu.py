@@ -1,6 +1,7 @@
 """On the GPU: the Triton RoPE (kernels/rope.py) against megatron's unfused RoPE in float64,
 forward and backward, partial (Pythia) and full (Llama, a key viewed out of a fused tensor); one
-kernel each way; and our models' logits with it as without it (MEGATRON_MAMBA_PENDING_KERNELS)."""
+kernel each way; and our models' logits with our kernels as with the torch references
+(MEGATRON_MAMBA_REFERENCE_KERNELS)."""
 
 import pytest
 import torch
@@ -50,11 +51,11 @@ def test_rope_matches_megatrons_in_float64(s, b, heads, head_dim, rotary, stride
             assert ((a.double() - b_).abs() <= bound).all(), (dtype, (a.double() - b_).abs().max())
 
 
-def test_rope_is_one_kernel_each_way_and_opt_in(monkeypatch):
+def test_rope_is_one_kernel_each_way_and_the_default(monkeypatch):
     t = torch.randn(32, 2, 4, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    monkeypatch.delenv("MEGATRON_MAMBA_PENDING_KERNELS", raising=False)
+    monkeypatch.setenv("MEGATRON_MAMBA_REFERENCE_KERNELS", "1")
     assert kernels.triton_rope(t) is None
-    monkeypatch.setenv("MEGATRON_MAMBA_PENDING_KERNELS", "1")
+    monkeypatch.delenv("MEGATRON_MAMBA_REFERENCE_KERNELS")
     assert kernels.triton_rope(t) is rope
     freqs = _angles(32, 64).float()
     rope(t, freqs).sum().backward()  # compiled before profiling
@@ -75,8 +76,8 @@ def test_models_give_the_same_logits_and_gradients_with_the_kernel(monkeypatch, 
     ours = ours.cuda()
     tokens = torch.randint(0, VOCAB, (2, 32), device="cuda")
     results = []
-    for flag in ("0", "1"):
-        monkeypatch.setenv("MEGATRON_MAMBA_PENDING_KERNELS", flag)
+    for references in ("1", "0"):
+        monkeypatch.setenv("MEGATRON_MAMBA_REFERENCE_KERNELS", references)
         ours.zero_grad()
         logits = ours(tokens, None, None)[..., :VOCAB]
         logits.square().mean().backward()
