@@ -44,6 +44,7 @@ dpo_twice    440 for i in 1 2; do python benchmarks/dpo_step.py --workdir /tmp/d
 dpo_rounds   330 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_rounds.json --graphs --rounds 5 --interleaved-only
 optimizer    150 python benchmarks/optimizer_step.py --out $OUT/optimizer_step.json
 adamw_blocks 150 python benchmarks/adamw_blocks.py --out $OUT/adamw_blocks.json
+gelu_tiling  120 python benchmarks/bias_gelu_tiling.py --out $OUT/bias_gelu_tiling.json
 profile_attention 150 torchrun --nproc_per_node 1 benchmarks/profile_step.py --model attention --rows 40
 profile_mamba2    240 torchrun --nproc_per_node 1 benchmarks/profile_step.py --model mamba2 --rows 40
 profile_mamba1    240 torchrun --nproc_per_node 1 benchmarks/profile_step.py --model mamba1 --rows 40

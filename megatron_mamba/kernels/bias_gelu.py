@@ -11,11 +11,25 @@ in fp32, one rounding. The torch version (models/fused.torch_bias_gelu) is the r
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
 
-BLOCK, WARPS, ROWS_PER_PROGRAM = 1024, 4, 64
+
+class Tiling(NamedTuple):
+    """Columns per program and warps, each way; rows summed per backward program (each one
+    writes a row of partial bias gradients). benchmarks/bias_gelu_tiling.py compares choices."""
+
+    block: int = 1024
+    warps: int = 4
+    backward_block: int = 1024
+    backward_warps: int = 4
+    rows_per_program: int = 64
+
+
+TILING = Tiling()
 _SQRT_HALF = tl.constexpr(0.7071067811865476)
 _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
@@ -65,28 +79,30 @@ def _backward(
 
 class _BiasGelu(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, bias: torch.Tensor, tiling: Tiling) -> torch.Tensor:
         x = x.contiguous()
         columns = x.shape[-1]
         rows = x.numel() // columns if columns else 0
         out = torch.empty_like(x)
         if rows:
-            grid = (rows, triton.cdiv(columns, BLOCK))
-            _forward[grid](x, bias, out, columns, BLOCK=BLOCK, num_warps=WARPS)
+            grid = (rows, triton.cdiv(columns, tiling.block))
+            _forward[grid](x, bias, out, columns, BLOCK=tiling.block, num_warps=tiling.warps)
         ctx.save_for_backward(x, bias)
+        ctx.tiling = tiling
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, bias = ctx.saved_tensors
+        tiling = ctx.tiling
         grad = grad.contiguous()
         columns = x.shape[-1]
         rows = x.numel() // columns if columns else 0
         dx = torch.empty_like(x)
-        blocks = triton.cdiv(rows, ROWS_PER_PROGRAM)
+        blocks = triton.cdiv(rows, tiling.rows_per_program)
         partial = torch.zeros(max(blocks, 1), columns, dtype=torch.float32, device=x.device)
         if rows:
-            grid = (blocks, triton.cdiv(columns, BLOCK))
+            grid = (blocks, triton.cdiv(columns, tiling.backward_block))
             _backward[grid](
                 grad,
                 x,
@@ -95,18 +111,18 @@ class _BiasGelu(torch.autograd.Function):
                 partial,
                 rows,
                 columns,
-                ROWS=ROWS_PER_PROGRAM,
-                BLOCK=BLOCK,
-                num_warps=WARPS,
+                ROWS=tiling.rows_per_program,
+                BLOCK=tiling.backward_block,
+                num_warps=tiling.backward_warps,
             )
-        return dx, partial.sum(0).to(bias.dtype)
+        return dx, partial.sum(0).to(bias.dtype), None
 
 
-def bias_gelu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def bias_gelu(x: torch.Tensor, bias: torch.Tensor, tiling: Tiling = TILING) -> torch.Tensor:
     """Exact GeLU of x + bias, bias broadcast over x's last dimension."""
     if bias.shape != (x.shape[-1],):
         raise ValueError(
             f"bias_gelu needs a bias as wide as x's last dimension, {x.shape[-1]}; got "
             f"{tuple(bias.shape)}"
         )
-    return _BiasGelu.apply(x, bias)
+    return _BiasGelu.apply(x, bias, tiling)

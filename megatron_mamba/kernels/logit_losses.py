@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 COLUMNS_PER_BLOCK, WARPS = 4096, 16
+SCALE_BLOCK = 2048
 STATISTICS = 8  # per row: m_s, d_s, target logit, m_a, d_a, m_b, d_b, cross
 
 
@@ -232,6 +233,51 @@ def gradients(logits, teacher, labels, first: int, real: int, lse, temperature: 
         num_warps=WARPS,
     )
     return grads
+
+
+@triton.jit
+def _scaled_rows_kernel(
+    a_ptr,
+    a_scale_ptr,
+    b_ptr,
+    b_scale_ptr,
+    out_ptr,
+    stride,
+    columns,
+    HAS_B: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = cols < columns
+    at = row * stride + cols
+    out = tl.load(a_ptr + at, mask=inside).to(tl.float32) * tl.load(a_scale_ptr + row)
+    if HAS_B:
+        out += tl.load(b_ptr + at, mask=inside).to(tl.float32) * tl.load(b_scale_ptr + row)
+    tl.store(out_ptr + at, out.to(out_ptr.dtype.element_ty), mask=inside)
+
+
+def scaled_rows(a, a_scale, b=None, b_scale=None):
+    """a · a_scale (+ b · b_scale) for gradients [rows, columns] and per-row scales [rows], in
+    fp32, rounded once to a's dtype: backward's kept gradients times each token's upstream
+    gradient in one pass (torch's broadcast product and addcmul took ~1.8 ms and two passes on
+    8192 rows of Pythia's vocabulary)."""
+    rows, columns = a.shape
+    out = torch.empty_like(a)
+    scales = [x.reshape(rows).float().contiguous() for x in (a_scale, b_scale) if x is not None]
+    _scaled_rows_kernel[(rows, triton.cdiv(columns, SCALE_BLOCK))](
+        a,
+        scales[0],
+        b if b is not None else a,
+        scales[-1],
+        out,
+        a.stride(0),
+        columns,
+        HAS_B=b is not None,
+        BLOCK=SCALE_BLOCK,
+        num_warps=4,
+    )
+    return out
 
 
 def _contiguous(logits, teacher, labels):

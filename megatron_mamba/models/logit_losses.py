@@ -50,14 +50,24 @@ class LogitLosses(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_ce, grad_kl):
         ignored, *kept = ctx.saved_tensors
-        rows = ignored.shape[0]
-        grad = torch.zeros_like(kept[0]) if grad_ce is None else None
+        terms = []  # (kept gradient, each row's upstream gradient [rows, 1])
         if grad_ce is not None:  # an ignored label's row carries no CE gradient
-            upstream = grad_ce.reshape(rows, 1).masked_fill(ignored.unsqueeze(1), 0.0)
-            grad = torch.mul(kept[0], upstream, out=torch.empty_like(kept[0]))
+            terms.append((kept[0], grad_ce.reshape(-1, 1).masked_fill(ignored[:, None], 0.0)))
         if grad_kl is not None:
-            grad.addcmul_(kept[1], grad_kl.reshape(rows, 1))
-        return grad.view(ctx.shape), None, None, None, None, None
+            terms.append((kept[1], grad_kl.reshape(-1, 1)))
+        return scaled_sum(terms).view(ctx.shape), None, None, None, None, None
+
+
+def scaled_sum(terms) -> torch.Tensor:
+    """Σ gradient · upstream over (gradient [rows, columns], upstream [rows, 1]) terms, in the
+    gradients' dtype: by one Triton pass on GPU (kernels/logit_losses.scaled_rows)."""
+    kernel = kernels.triton_logit_losses(terms[0][0])
+    if kernel is not None:
+        return kernel.scaled_rows(*(x for term in terms for x in term))
+    grad = torch.mul(*terms[0], out=torch.empty_like(terms[0][0]))
+    for kept, upstream in terms[1:]:
+        grad.addcmul_(kept, upstream)
+    return grad
 
 
 def losses_and_gradients(logits, teacher, labels, vocab_size, temperature, keep_grad, group=None):

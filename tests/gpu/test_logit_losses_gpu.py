@@ -117,3 +117,22 @@ def test_autograd_on_gpu_runs_the_kernel_and_matches_cpu():
         results.append([x.detach().cpu() for x in (ce, kl, student.grad)])
     for gpu, cpu in zip(results[1], results[0], strict=True):
         torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("terms", [1, 2])
+def test_backward_scales_rows_in_one_rounding(dtype, terms):
+    from megatron_mamba.kernels import logit_losses as kernel
+
+    torch.manual_seed(2)
+    grads = [torch.randn(ROWS, PADDED + 3, device="cuda", dtype=torch.float64) for _ in range(2)]
+    scales = [torch.randn(ROWS, 1, device="cuda", dtype=torch.float64) for _ in range(2)]
+    scales[0][5] = 0.0  # an ignored label's row
+    args = [x for pair in list(zip(grads, scales, strict=True))[:terms] for x in pair]
+    got = kernel.scaled_rows(*(x.to(dtype) if x.shape[1] > 1 else x.float() for x in args))
+    rounded = [x.to(dtype).double() if x.shape[1] > 1 else x.float().double() for x in args]
+    want = sum(rounded[i] * rounded[i + 1] for i in range(0, len(rounded), 2))
+    assert got.dtype == dtype
+    assert (got[5] == 0).all() or terms == 2
+    eps = 1e-6 if dtype == torch.float32 else 2**-8
+    torch.testing.assert_close(got.double(), want.to(dtype).double(), rtol=eps, atol=1e-6)

@@ -75,7 +75,23 @@ def test_a_transposed_input_runs_as_one_product(runtime, frozen):
     y = torch.randn(3, 16, 40).transpose(0, 2).transpose(1, 2)  # [l, b, d], not contiguous
     assert not y.is_contiguous()
     with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
-        out, _ = layer(y)
+        out, bias = layer(y)
     names = {e.key for e in prof.key_averages()}
     assert "aten::bmm" not in names and names & {"aten::mm", "aten::addmm"}, names
-    torch.testing.assert_close(out, y.contiguous() @ layer.weight.t())
+    assert bias is None  # added in the product on one rank
+    torch.testing.assert_close(out, y.contiguous() @ layer.weight.t() + layer.bias)
+
+
+def test_one_rank_adds_the_bias_in_the_product(runtime):
+    """skip_bias_add on one TP rank: the bias comes back inside the output (addmm), None beside
+    it; the values and gradients are megatron's output plus its returned bias."""
+    reference, local = _row(RowParallelLinear), _row(RowLinear)
+    with torch.no_grad():
+        reference.bias.normal_()
+    local.load_state_dict(reference.state_dict())
+    x = torch.randn(5, 3, 16)
+    want, want_bias = reference(x)
+    got, got_bias = local(x.clone().requires_grad_())
+    assert got_bias is None and want_bias is not None
+    assert "AddmmBackward0" in _autograd_nodes(got)
+    torch.testing.assert_close(got, want + want_bias, rtol=1e-6, atol=1e-6)
