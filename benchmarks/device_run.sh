@@ -20,6 +20,7 @@ logit_test   90  python -m pytest -q tests/gpu/test_logit_losses_gpu.py
 kernel_test  240 python -m pytest -q --durations=5 tests/gpu/test_kernel_parity.py
 mamba_test   480 python -m pytest -q --durations=5 tests/gpu/test_mamba_gpu.py
 mamba2_test  300 python -m pytest -q --durations=5 tests/gpu/test_mamba_gpu.py -k "mamba2 or decode"
+mamba1_fused_test 240 python -m pytest -q tests/gpu/test_mamba_gpu.py -k one_function
 mamba_rest   300 python -m pytest -q --durations=5 tests/gpu/test_mamba_gpu.py -k "decode or mamba2_attention-bf16"
 model_test   240 python -m pytest -q tests/gpu/test_models_gpu.py tests/gpu/test_hf_hybrid_gpu.py
 adamw_test   240 python -m pytest -q tests/gpu/test_adamw_gpu.py
@@ -36,8 +37,10 @@ nccl_llama   420 python -m pytest -q tests/gpu/test_nccl_parallel.py -k llama_hy
 logit        60  torchrun --nproc_per_node 1 benchmarks/logit_losses.py
 attention    240 torchrun --nproc_per_node 1 benchmarks/attention_model.py --rounds 3
 mamba1       300 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds mamba1 --rounds 3
+mamba1_pending 300 MEGATRON_MAMBA_PENDING_KERNELS=1 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds mamba1 --rounds 3
 mamba2       300 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds mamba2 --rounds 3
 distill      170 torchrun --nproc_per_node 1 benchmarks/distill_step.py --out $OUT/distill_step.json
+distill_pending 170 MEGATRON_MAMBA_PENDING_KERNELS=1 torchrun --nproc_per_node 1 benchmarks/distill_step.py --out $OUT/distill_pending.json
 dpo          240 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json
 dpo_graphs   420 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json --graphs --rounds 5
 dpo_twice    440 for i in 1 2; do python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step_$i.json --graphs || exit 1; done

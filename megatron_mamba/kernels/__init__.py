@@ -53,8 +53,8 @@ def use_fused(t: torch.Tensor) -> bool:
 
 
 @functools.cache
-def _triton_module(name: str):
-    """Our Triton kernel module kernels/<name>.py, or None without Triton."""
+def _kernel_module(name: str):
+    """Our kernel module kernels/<name>.py, or None without what it needs (Triton, mamba_ssm)."""
     try:
         return importlib.import_module(f"megatron_mamba.kernels.{name}")
     except ImportError:
@@ -66,7 +66,7 @@ def _triton_kernel(t: torch.Tensor, module: str, entry: str | None = None):
     32-bit, Triton installed, the references not forced); None where the torch version must."""
     if _references_forced() or not t.is_cuda or t.dtype == torch.float64:
         return None
-    found = _triton_module(module)
+    found = _kernel_module(module)
     return found if found is None or entry is None else getattr(found, entry)
 
 
@@ -88,6 +88,20 @@ def triton_rope(t: torch.Tensor):
 def triton_bias_gelu(x: torch.Tensor):
     """The bias-GeLU kernel (kernels/bias_gelu.py) for this fc1 output, or None."""
     return _triton_kernel(x, "bias_gelu", "bias_gelu")
+
+
+def _pending_kernels() -> bool:
+    """Kernels whose GPU tests have not run yet are opt-in: MEGATRON_MAMBA_PENDING_KERNELS=1."""
+    return os.environ.get("MEGATRON_MAMBA_PENDING_KERNELS", "0") == "1"
+
+
+def mamba1_mixer(hidden: torch.Tensor):
+    """The classic Mamba1 mixer as one function in the [channels, (b l)] layout
+    (kernels/mamba1_fused.py; pending) for this input, or None where it does not run."""
+    if not (_pending_kernels() and use_fused(hidden)):
+        return None
+    found = _kernel_module("mamba1_fused")
+    return None if found is None else found.mamba1_mixer
 
 
 def causal_conv1d(x_bdl, weight_dk, bias_d=None, activation=None):

@@ -96,6 +96,10 @@ class Mamba1Mixer(MambaMixerBase):
     ) -> tuple[tuple[torch.Tensor, torch.Tensor | None], MambaState | None]:
         """Mix `hidden_states` [s, b, h] continuing from `state` (None: from the start); returns
         (output, output bias) and the state after the last token (decode one token at a time)."""
+        if state is None and not return_state:
+            whole = self._one_function(hidden_states)
+            if whole is not None:
+                return whole, None
         proj, _ = self.in_proj(hidden_states)
         if state is None and not return_state:
             fused = self._fused_classic(proj)
@@ -116,6 +120,18 @@ class Mamba1Mixer(MambaMixerBase):
         )
         out = self.out_proj(rearrange(y, "b d l -> l b d"))
         return out, (MambaState(conv_last, ssm_last) if return_state else None)
+
+    def _one_function(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, None] | None:
+        """(output with out_proj's bias, None) of the classic layout from in_proj to out_proj as
+        one function without d_inner-wide layout copies (kernels/mamba1_fused.py), where it
+        applies: as `_fused_classic`, and where the pending kernels are on. None elsewhere."""
+        if self.dims.grouped or self.tp > 1:
+            return None
+        kernel = kernels.mamba1_mixer(hidden_states)
+        if kernel is None:
+            return None
+        out = kernel(rearrange(hidden_states, "s b h -> b s h"), self)
+        return rearrange(out, "b s h -> s b h").contiguous(), None
 
     def _fused_classic(self, proj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(output, out_proj bias) of the classic layout through mamba_ssm's one-function

@@ -62,6 +62,32 @@ def test_mixer_on_fused_kernels_matches_reference(runtime, monkeypatch, kind, ma
     matmuls also run in TF32, in bf16 with the bf16 reference: it may be at most 3× further off
     (TF32 rounding cancels badly in sums such as A_log's gradient; a fault would not stay
     within 3× of the same rounding in another computation)."""
+    _check_fused_against_reference(monkeypatch, kind, mamba, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("proj_bias", [False, True])
+def test_mamba1_one_function_matches_reference(runtime, monkeypatch, proj_bias, dtype):
+    """The classic Mamba1 mixer as one function in the [channels, (b l)] layout
+    (kernels/mamba1_fused.py, pending): the same check, and the function is what ran."""
+    monkeypatch.setenv("MEGATRON_MAMBA_PENDING_KERNELS", "1")
+    mixer = native_mixer("mamba1", tiny_model_config("classic", proj_bias=proj_bias)).cuda()
+    out, _ = mixer(torch.randn(16, 2, 64, device="cuda", requires_grad=True))
+    assert "_Mamba1MixerBackward" in _autograd_nodes(out)
+    _check_fused_against_reference(monkeypatch, "mamba1", dict(proj_bias=proj_bias), dtype)
+
+
+def _autograd_nodes(tensor: torch.Tensor) -> set[str]:
+    seen, todo = set(), [tensor.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and node.name() not in seen:
+            seen.add(node.name())
+            todo.extend(next_node for next_node, _ in node.next_functions)
+    return seen
+
+
+def _check_fused_against_reference(monkeypatch, kind, mamba, dtype):
     config = tiny_model_config(**mamba)
     mixer = native_mixer(kind, config)
     randomize(mixer)

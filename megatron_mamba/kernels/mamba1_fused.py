@@ -1,0 +1,135 @@
+"""A classic Mamba1 mixer from its input to out_proj's output as one autograd function over
+mamba_ssm's selective-scan and causal_conv1d's kernels, with every [channels, positions] tensor
+laid out as [channels, (batch · length)].
+
+mamba_ssm's `mamba_inner_fn` (what transformers' MambaMixer and CALD train through) takes in_proj's
+output as [b, channels, l] and returns [b, l, hidden]; between its matrix products it copies its
+activations from one layout to the other: the conv output for x_proj, the scan output for
+out_proj, their gradients, and, around it, in_proj's output and gradient to and from the block's
+[s, b, channels]. On Pythia-1b's all-mamba1 step these copies of d_inner-wide tensors were ~35 ms
+of ~199 (benchmarks/RESULTS.md). The kernels themselves read any batch and channel strides as long
+as positions are contiguous, and a [channels, (b l)] matrix seen as [b, channels, l] is such a
+tensor: so here in_proj writes x and z in that layout (one product with the batch-first input as
+its transposed operand), and every later product, forward and backward, reads and writes it as a
+plain matrix. The only copies left are of hidden-wide tensors: the block's input to batch-first and
+the output back (in the caller), and B and C (d_state rows) into the scan's [b, 1, n, l].
+
+As `mamba_inner_fn` does, backward recomputes the conv and delta rather than keeping them.
+`kernels.reference` and the mixer's composed path (models/mamba1.py) are the references.
+"""
+
+from __future__ import annotations
+
+import selective_scan_cuda
+import torch
+from causal_conv1d.cpp_functions import causal_conv1d_bwd_function, causal_conv1d_fwd_function
+
+
+def _as_bdl(rows: torch.Tensor, batch: int) -> torch.Tensor:
+    """[channels, (b l)] (rows contiguous) seen as [b, channels, l]; no copy."""
+    return rows.view(rows.shape[0], batch, -1).transpose(0, 1)
+
+
+def _as_rows(bdl: torch.Tensor) -> torch.Tensor:
+    """The inverse of `_as_bdl`: [b, channels, l] laid out as [channels, (b l)]; no copy (view
+    raises rather than copy if the layout is another)."""
+    return bdl.transpose(0, 1).view(bdl.shape[1], -1)
+
+
+def _selection_matrix(rows: torch.Tensor, batch: int) -> torch.Tensor:
+    """B or C rows [n, (b l)] as the scan's [b, 1, n, l] (a small copy: n = d_state rows)."""
+    return _as_bdl(rows, batch).unsqueeze(1).contiguous()
+
+
+class _Mamba1Mixer(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_b, A, D, out_w, out_b):
+        batch, length, width = hidden.shape
+        flat = hidden.reshape(batch * length, width)
+        # [2d, (b l)]: in_proj's product with the input as its transposed operand
+        xz = in_w @ flat.t() if in_b is None else torch.addmm(in_b[:, None], in_w, flat.t())
+        d_inner, rank, state = xz.shape[0] // 2, dt_w.shape[1], A.shape[1]
+        conv_w2 = conv_w.view(d_inner, -1)
+        x, z = _as_bdl(xz[:d_inner], batch), _as_bdl(xz[d_inner:], batch)
+        conv_out = causal_conv1d_fwd_function(x, conv_w2, conv_b, None, None, None, True)
+        x_dbl = x_w @ _as_rows(conv_out)  # [r + 2n, (b l)]
+        delta = _as_bdl(dt_w @ x_dbl[:rank], batch)
+        B = _selection_matrix(x_dbl[rank : rank + state], batch)
+        C = _selection_matrix(x_dbl[rank + state :], batch)
+        out, scan_state, out_z = selective_scan_cuda.fwd(conv_out, delta, A, B, C, D, z, dt_b, True)
+        y = torch.nn.functional.linear(_as_rows(out_z).t(), out_w, out_b)  # [(b l), hidden]
+        ctx.save_for_backward(
+            flat, in_w, xz, conv_w2, conv_b, x_w, x_dbl, dt_w, dt_b, A, B, C, D, scan_state, out,
+            out_w,
+        )  # fmt: skip
+        ctx.has_in_b, ctx.has_out_b = in_b is not None, out_b is not None
+        ctx.conv_shape = conv_w.shape
+        return y.view(batch, length, -1)
+
+    @staticmethod
+    def backward(ctx, dy):
+        saved = ctx.saved_tensors
+        flat, in_w, xz, conv_w2, conv_b, x_w, x_dbl, dt_w, dt_b, A, B, C, D = saved[:13]
+        scan_state, out, out_w = saved[13:]
+        batch = dy.shape[0]
+        dy = dy.reshape(-1, dy.shape[-1])  # [(b l), hidden]
+        d_inner, rank, state = xz.shape[0] // 2, dt_w.shape[1], A.shape[1]
+        x, z = _as_bdl(xz[:d_inner], batch), _as_bdl(xz[d_inner:], batch)
+        conv_out = causal_conv1d_fwd_function(x, conv_w2, conv_b, None, None, None, True)
+        delta = _as_bdl(dt_w @ x_dbl[:rank], batch)
+        dxz = torch.empty_like(xz)
+        dx, dz = _as_bdl(dxz[:d_inner], batch), _as_bdl(dxz[d_inner:], batch)
+        dout_y = _as_bdl(out_w.t() @ dy.t(), batch)
+        du, ddelta, dA, dB, dC, dD, d_dt_b, dz, out_z = selective_scan_cuda.bwd(
+            conv_out, delta, A, B, C, D, z, dt_b, dout_y, scan_state, out, dz, True, True
+        )
+        d_out_w = dy.t() @ _as_rows(out_z).t()
+        d_out_b = dy.sum(0) if ctx.has_out_b else None
+        dx_dbl = torch.empty_like(x_dbl)
+        for rows, grad in ((slice(rank, rank + state), dB), (slice(rank + state, None), dC)):
+            _as_bdl(dx_dbl[rows], batch).copy_(grad.squeeze(1))
+        ddelta = _as_rows(ddelta)
+        d_dt_w = ddelta @ x_dbl[:rank].t()
+        torch.mm(dt_w.t(), ddelta, out=dx_dbl[:rank])
+        d_x_w = dx_dbl @ _as_rows(conv_out).t()
+        _as_rows(du).addmm_(x_w.t(), dx_dbl)  # the conv output's gradient, through x_proj too
+        _, d_conv_w, d_conv_b, _ = causal_conv1d_bwd_function(
+            x, conv_w2, conv_b, du, None, None, None, dx, False, True
+        )
+        d_in_w = dxz @ flat
+        d_in_b = dxz.sum(1) if ctx.has_in_b else None
+        d_hidden = (dxz.t() @ in_w).view(batch, -1, in_w.shape[1])
+        return (
+            d_hidden,
+            d_in_w,
+            d_in_b,
+            d_conv_w.view(ctx.conv_shape),
+            d_conv_b,
+            d_x_w,
+            d_dt_w,
+            d_dt_b,
+            dA,
+            dD,
+            d_out_w,
+            d_out_b,
+        )
+
+
+def mamba1_mixer(hidden_bld: torch.Tensor, mixer) -> torch.Tensor:
+    """out_proj's output [b, l, hidden], its bias added, of a classic Mamba1 `mixer` at TP=1 (our
+    native mixer: in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj) on its input
+    [b, l, hidden]."""
+    return _Mamba1Mixer.apply(
+        hidden_bld.contiguous(),
+        mixer.in_proj.weight,
+        mixer.in_proj.bias,
+        mixer.conv1d.weight,
+        mixer.conv1d.bias,
+        mixer.x_proj.weight,
+        mixer.dt_proj.weight,
+        mixer.dt_proj.bias.float(),
+        -torch.exp(mixer.A_log.float()),
+        mixer.D.float(),
+        mixer.out_proj.weight,
+        mixer.out_proj.bias,
+    )
