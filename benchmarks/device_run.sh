@@ -37,10 +37,8 @@ nccl_llama   420 python -m pytest -q tests/gpu/test_nccl_parallel.py -k llama_hy
 logit        60  torchrun --nproc_per_node 1 benchmarks/logit_losses.py
 attention    240 torchrun --nproc_per_node 1 benchmarks/attention_model.py --rounds 3
 mamba1       300 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds mamba1 --rounds 3
-mamba1_pending 300 MEGATRON_MAMBA_PENDING_KERNELS=1 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds mamba1 --rounds 3
 mamba2       300 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds mamba2 --rounds 3
 distill      170 torchrun --nproc_per_node 1 benchmarks/distill_step.py --out $OUT/distill_step.json
-distill_pending 170 MEGATRON_MAMBA_PENDING_KERNELS=1 torchrun --nproc_per_node 1 benchmarks/distill_step.py --out $OUT/distill_pending.json
 dpo          240 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json
 dpo_graphs   420 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json --graphs --rounds 5
 dpo_twice    440 for i in 1 2; do python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step_$i.json --graphs || exit 1; done
@@ -57,6 +55,7 @@ graphs       420 for model in ${GRAPH_MODELS:-pythia-160m:AMAMAMAMAMAM:1024 pyth
 distill_graphs 420 for model in ${GRAPH_MODELS:-pythia-160m:AMAMAMAMAMAM:1024 pythia-1b:AMAMAMAMAMAMAMAM:2048}; do IFS=: read -r p pat s <<< $model; for g in 0 1; do BENCH_PRESET=$p BENCH_PATTERN=$pat BENCH_SEQ=$s BENCH_CUDA_GRAPH=$g BENCH_TEACHER=1 torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode trainer --out $OUT/distill_graphs_${p}_$g.json; done; done
 mamba_graphs 560 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds ${MAMBA_KIND:-mamba2} --rounds 3 && for g in 0 1; do BENCH_PATTERN=${MAMBA_PATTERN:-SSSSSSSSSSSSSSSS} BENCH_CUDA_GRAPH=$g BENCH_OVERRIDES="train.fp32_master_weights=false ${MAMBA_OVERRIDES:-}" torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode trainer --out $OUT/mamba_graphs_$g.json; done
 graph_test   570 python -m pytest -q tests/gpu/test_cuda_graph_gpu.py
+graph_mamba1 200 python -m pytest -q tests/gpu/test_cuda_graph_gpu.py -k replayed_steps_give
 graph_rest   300 python -m pytest -q tests/gpu/test_cuda_graph_gpu.py -k "replayed_dpo or distillation_with"
 graph_2gpu   540 python -m pytest -q tests/gpu/test_cuda_graph_gpu.py -k two_gpus
 overhead     240 torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode bare --out $OUT/bare.json && torchrun --nproc_per_node 1 benchmarks/trainer_overhead.py --mode trainer --out $OUT/t1.json

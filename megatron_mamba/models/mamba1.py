@@ -101,10 +101,6 @@ class Mamba1Mixer(MambaMixerBase):
             if whole is not None:
                 return whole, None
         proj, _ = self.in_proj(hidden_states)
-        if state is None and not return_state:
-            fused = self._fused_classic(proj)
-            if fused is not None:
-                return fused, None
         if self.dims.grouped:
             x, z, dt_low, B, C = self._grouped_inputs(hidden_states, proj)
         else:
@@ -124,7 +120,8 @@ class Mamba1Mixer(MambaMixerBase):
     def _one_function(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, None] | None:
         """(output with out_proj's bias, None) of the classic layout from in_proj to out_proj as
         one function without d_inner-wide layout copies (kernels/mamba1_fused.py), where it
-        applies: as `_fused_classic`, and where the pending kernels are on. None elsewhere."""
+        applies: on GPU, in training or prefill without a state, and at TP=1 (x_proj's product
+        is a partial sum under TP). None elsewhere."""
         if self.dims.grouped or self.tp > 1:
             return None
         kernel = kernels.mamba1_mixer(hidden_states)
@@ -132,18 +129,6 @@ class Mamba1Mixer(MambaMixerBase):
             return None
         out = kernel(rearrange(hidden_states, "s b h -> b s h"), self)
         return rearrange(out, "b s h -> s b h").contiguous(), None
-
-    def _fused_classic(self, proj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(output, out_proj bias) of the classic layout through mamba_ssm's one-function
-        conv → x_proj → dt_proj → scan → out_proj, where it applies: on GPU, in training or
-        prefill without a state, and at TP=1, as x_proj's product is a partial sum under TP.
-        None elsewhere."""
-        if self.dims.grouped or self.tp > 1:
-            return None
-        out = kernels.fused_mamba1_inner(rearrange(proj, "s b d -> b d s"), self)
-        if out is None:
-            return None
-        return rearrange(out, "b s h -> s b h").contiguous(), self.out_proj.bias
 
     def _classic_selection(self, x_bdl: torch.Tensor):
         """dt_low [b, l, r], B and C [b, n, l] from the conv output through x_proj."""

@@ -69,8 +69,7 @@ def test_mixer_on_fused_kernels_matches_reference(runtime, monkeypatch, kind, ma
 @pytest.mark.parametrize("proj_bias", [False, True])
 def test_mamba1_one_function_matches_reference(runtime, monkeypatch, proj_bias, dtype):
     """The classic Mamba1 mixer as one function in the [channels, (b l)] layout
-    (kernels/mamba1_fused.py, pending): the same check, and the function is what ran."""
-    monkeypatch.setenv("MEGATRON_MAMBA_PENDING_KERNELS", "1")
+    (kernels/mamba1_fused.py): the same check, and the function is what ran."""
     mixer = native_mixer("mamba1", tiny_model_config("classic", proj_bias=proj_bias)).cuda()
     out, _ = mixer(torch.randn(16, 2, 64, device="cuda", requires_grad=True))
     assert "_Mamba1MixerBackward" in _autograd_nodes(out)
