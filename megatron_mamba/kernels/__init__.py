@@ -90,6 +90,11 @@ def triton_bias_gelu(x: torch.Tensor):
     return _triton_kernel(x, "bias_gelu", "bias_gelu")
 
 
+def pending_kernels() -> bool:
+    """Paths whose GPU tests have not run yet are opt-in: MEGATRON_MAMBA_PENDING_KERNELS=1."""
+    return os.environ.get("MEGATRON_MAMBA_PENDING_KERNELS", "0") == "1"
+
+
 def mamba1_mixer(hidden: torch.Tensor):
     """The classic Mamba1 mixer as one function in the [channels, (b l)] layout
     (kernels/mamba1_fused.py) for this input, or None where it does not run."""

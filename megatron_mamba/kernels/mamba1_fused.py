@@ -14,6 +14,11 @@ its transposed operand), and every later product, forward and backward, reads an
 plain matrix. The only copies left are of hidden-wide tensors: the block's input to batch-first and
 the output back (in the caller), and B and C (d_state rows) into the scan's [b, 1, n, l].
 
+Under tensor parallelism each rank holds its share of the channels: x_proj's product is then a
+partial sum, all-reduced over the TP group forward (every rank's dt, B and C need the whole) and
+its gradient all-reduced backward; in_proj's input and out_proj's partial output are the
+caller's to gather and reduce, as megatron's linears would.
+
 As `mamba_inner_fn` does, backward recomputes the conv and delta rather than keeping them.
 `kernels.reference` and the mixer's composed path (models/mamba1.py) are the references.
 """
@@ -43,7 +48,9 @@ def _selection_matrix(rows: torch.Tensor, batch: int) -> torch.Tensor:
 
 class _Mamba1Mixer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_b, A, D, out_w, out_b):
+    def forward(
+        ctx, hidden, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_b, A, D, out_w, out_b, group
+    ):
         batch, length, width = hidden.shape
         flat = hidden.reshape(batch * length, width)
         # [2d, (b l)]: in_proj's product with the input as its transposed operand
@@ -53,6 +60,8 @@ class _Mamba1Mixer(torch.autograd.Function):
         x, z = _as_bdl(xz[:d_inner], batch), _as_bdl(xz[d_inner:], batch)
         conv_out = causal_conv1d_fwd_function(x, conv_w2, conv_b, None, None, None, True)
         x_dbl = x_w @ _as_rows(conv_out)  # [r + 2n, (b l)]
+        if group is not None:  # a partial sum over this rank's channels
+            torch.distributed.all_reduce(x_dbl, group=group)
         delta = _as_bdl(dt_w @ x_dbl[:rank], batch)
         B = _selection_matrix(x_dbl[rank : rank + state], batch)
         C = _selection_matrix(x_dbl[rank + state :], batch)
@@ -62,7 +71,7 @@ class _Mamba1Mixer(torch.autograd.Function):
             flat, in_w, xz, conv_w2, conv_b, x_w, x_dbl, dt_w, dt_b, A, B, C, D, scan_state, out,
             out_w,
         )  # fmt: skip
-        ctx.has_in_b, ctx.has_out_b = in_b is not None, out_b is not None
+        ctx.has_in_b, ctx.has_out_b, ctx.group = in_b is not None, out_b is not None, group
         ctx.conv_shape = conv_w.shape
         return y.view(batch, length, -1)
 
@@ -91,6 +100,8 @@ class _Mamba1Mixer(torch.autograd.Function):
         ddelta = _as_rows(ddelta)
         d_dt_w = ddelta @ x_dbl[:rank].t()
         torch.mm(dt_w.t(), ddelta, out=dx_dbl[:rank])
+        if ctx.group is not None:  # every rank's dt, B and C took the whole sum
+            torch.distributed.all_reduce(dx_dbl, group=ctx.group)
         d_x_w = dx_dbl @ _as_rows(conv_out).t()
         _as_rows(du).addmm_(x_w.t(), dx_dbl)  # the conv output's gradient, through x_proj too
         _, d_conv_w, d_conv_b, _ = causal_conv1d_bwd_function(
@@ -112,13 +123,14 @@ class _Mamba1Mixer(torch.autograd.Function):
             dD,
             d_out_w,
             d_out_b,
+            None,
         )
 
 
-def mamba1_mixer(hidden_bld: torch.Tensor, mixer) -> torch.Tensor:
-    """out_proj's output [b, l, hidden], its bias added, of a classic Mamba1 `mixer` at TP=1 (our
-    native mixer: in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj) on its input
-    [b, l, hidden]."""
+def mamba1_mixer(hidden_bld: torch.Tensor, mixer, group=None) -> torch.Tensor:
+    """out_proj's output [b, l, hidden] of a classic Mamba1 `mixer` (our native mixer: in_proj,
+    conv1d, x_proj, dt_proj, A_log, D, out_proj) on its whole input [b, l, hidden]: with out_proj's
+    bias on one rank; given a TP `group`, this rank's partial sum without it."""
     return _Mamba1Mixer.apply(
         hidden_bld.contiguous(),
         mixer.in_proj.weight,
@@ -131,5 +143,6 @@ def mamba1_mixer(hidden_bld: torch.Tensor, mixer) -> torch.Tensor:
         -torch.exp(mixer.A_log.float()),
         mixer.D.float(),
         mixer.out_proj.weight,
-        mixer.out_proj.bias,
+        mixer.out_proj.bias if group is None else None,
+        group,
     )

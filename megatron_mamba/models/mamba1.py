@@ -19,7 +19,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
-from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel import (
+    gather_from_sequence_parallel_region,
+    reduce_from_tensor_model_parallel_region,
+    reduce_scatter_to_sequence_parallel_region,
+)
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_mamba import kernels
@@ -117,18 +122,32 @@ class Mamba1Mixer(MambaMixerBase):
         out = self.out_proj(rearrange(y, "b d l -> l b d"))
         return out, (MambaState(conv_last, ssm_last) if return_state else None)
 
-    def _one_function(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, None] | None:
-        """(output with out_proj's bias, None) of the classic layout from in_proj to out_proj as
-        one function without d_inner-wide layout copies (kernels/mamba1_fused.py), where it
-        applies: on GPU, in training or prefill without a state, and at TP=1 (x_proj's product
-        is a partial sum under TP). None elsewhere."""
-        if self.dims.grouped or self.tp > 1:
+    def _one_function(self, hidden_states: torch.Tensor):
+        """(output, out_proj bias or None) of the classic layout from in_proj to out_proj as one
+        function without d_inner-wide layout copies (kernels/mamba1_fused.py), where it applies:
+        on GPU, in training or prefill without a state; under TP (the input gathered or copied
+        to every rank, the partial outputs reduced, as megatron's linears do) only with the
+        pending kernels on, until its NCCL tests run. None elsewhere."""
+        if self.dims.grouped or (self.tp > 1 and not kernels.pending_kernels()):
             return None
         kernel = kernels.mamba1_mixer(hidden_states)
         if kernel is None:
             return None
-        out = kernel(rearrange(hidden_states, "s b h -> b s h"), self)
-        return rearrange(out, "b s h -> s b h").contiguous(), None
+        if self.tp == 1:
+            out = kernel(rearrange(hidden_states, "s b h -> b s h"), self)
+            return rearrange(out, "b s h -> s b h").contiguous(), None
+        sp = self.config.sequence_parallel
+        if sp:
+            whole = gather_from_sequence_parallel_region(hidden_states)
+        else:
+            whole = sum_grad_over_tp(hidden_states)
+        whole = rearrange(whole, "s b h -> b s h").contiguous()
+        group = parallel_state.get_tensor_model_parallel_group()
+        partial = kernel(whole, self, group)
+        partial = rearrange(partial, "b s h -> s b h").contiguous()
+        if sp:
+            return reduce_scatter_to_sequence_parallel_region(partial), self.out_proj.bias
+        return reduce_from_tensor_model_parallel_region(partial), self.out_proj.bias
 
     def _classic_selection(self, x_bdl: torch.Tensor):
         """dt_low [b, l, r], B and C [b, n, l] from the conv output through x_proj."""

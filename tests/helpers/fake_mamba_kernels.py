@@ -6,6 +6,8 @@ layouts, products and gradient wiring run as they would on the GPU."""
 
 from __future__ import annotations
 
+import importlib
+import os
 import sys
 import types
 
@@ -66,3 +68,21 @@ def install(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "causal_conv1d", package)
     monkeypatch.setitem(sys.modules, "causal_conv1d.cpp_functions", conv)
     monkeypatch.delitem(sys.modules, "megatron_mamba.kernels.mamba1_fused", raising=False)
+
+
+def route_mamba1_mixer(monkeypatch) -> list[int]:
+    """Install the stand-ins and send our classic Mamba1 mixers through the one function on CPU
+    (TP > 1 included: the pending paths on). Returns a list that counts its calls."""
+    install(monkeypatch)
+    from megatron_mamba import kernels
+
+    whole = importlib.import_module("megatron_mamba.kernels.mamba1_fused").mamba1_mixer
+    calls = [0]
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return whole(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "mamba1_mixer", lambda hidden: counted)
+    monkeypatch.setitem(os.environ, "MEGATRON_MAMBA_PENDING_KERNELS", "1")
+    return calls

@@ -4,12 +4,15 @@ Usage: model_step.py KIND TP PP SP OUT_DIR [FULL_STATE]; data parallelism takes 
 world. KIND names a tiny transformers config
 (gpt_neox, gpt_neox_sequential, llama_tied), or one of them with Mamba layers (gpt_neox_hybrid:
 classic mamba1/mamba2; llama_hybrid: MambaInLlama's attention-shaped layout). Without
-FULL_STATE the run is the single-process reference and saves its initial weights.
+FULL_STATE the run is the single-process reference and saves its initial weights. A KIND ending
+in _fused runs its classic Mamba1 mixers through the one function (kernels/mamba1_fused.py) over
+stand-ins for its CUDA kernels (tests/helpers/fake_mamba_kernels.py).
 """
 
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state as ps
@@ -22,6 +25,7 @@ from megatron_mamba.models.build import build_model
 from megatron_mamba.parallel.shards import load_full_state, local_shards
 from megatron_mamba.runtime import ParallelSizes, init_runtime, shutdown_runtime
 from megatron_mamba.training.ddp import wrap_ddp
+from tests.helpers import fake_mamba_kernels
 from tests.helpers.hf_tiny import VOCAB, tiny_gpt_neox, tiny_llama
 
 kind, tp, pp, sp, out_dir = (
@@ -32,6 +36,10 @@ kind, tp, pp, sp, out_dir = (
     sys.argv[5],
 )
 full_state_path = sys.argv[6] if len(sys.argv) > 6 else None
+one_function_calls = [0]
+if kind.endswith("_fused"):
+    kind = kind.removesuffix("_fused")
+    one_function_calls = fake_mamba_kernels.route_mamba1_mixer(pytest.MonkeyPatch())
 rt = init_runtime(ParallelSizes(tensor=tp, pipeline=pp), seed=0)
 hf = {
     "gpt_neox": lambda: tiny_gpt_neox(True, layers=4),
@@ -93,6 +101,7 @@ torch.save(
         "grads": {k: (v.cpu(), tuple(p)) for k, (v, p) in local_shards(model, grads=True).items()},
         "tp_rank": ps.get_tensor_model_parallel_rank(),
         "dp_rank": ps.get_data_parallel_rank(),
+        "one_function_calls": one_function_calls[0],
     },
     Path(out_dir) / f"rank{rt.rank}.pt",
 )
