@@ -8,6 +8,7 @@ from einops import rearrange
 from megatron_mamba import kernels
 from megatron_mamba.kernels import reference
 from megatron_mamba.runtime import init_runtime
+from tests.helpers.autograd_graph import autograd_nodes
 from tests.helpers.mamba_tiny import native_mixer, randomize, tiny_model_config
 
 pytestmark = pytest.mark.gpu
@@ -72,18 +73,8 @@ def test_mamba1_one_function_matches_reference(runtime, monkeypatch, proj_bias, 
     (kernels/mamba1_fused.py): the same check, and the function is what ran."""
     mixer = native_mixer("mamba1", tiny_model_config("classic", proj_bias=proj_bias)).cuda()
     out, _ = mixer(torch.randn(16, 2, 64, device="cuda", requires_grad=True))
-    assert "_Mamba1MixerBackward" in _autograd_nodes(out)
+    assert "_Mamba1MixerBackward" in autograd_nodes(out)
     _check_fused_against_reference(monkeypatch, "mamba1", dict(proj_bias=proj_bias), dtype)
-
-
-def _autograd_nodes(tensor: torch.Tensor) -> set[str]:
-    seen, todo = set(), [tensor.grad_fn]
-    while todo:
-        node = todo.pop()
-        if node is not None and node.name() not in seen:
-            seen.add(node.name())
-            todo.extend(next_node for next_node, _ in node.next_functions)
-    return seen
 
 
 def _check_fused_against_reference(monkeypatch, kind, mamba, dtype):

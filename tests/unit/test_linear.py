@@ -7,6 +7,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from torch.profiler import ProfilerActivity, profile
 
 from megatron_mamba.models.linear import ColumnLinear, RowLinear
+from tests.helpers.autograd_graph import autograd_nodes
 
 CONFIG = TransformerConfig(
     num_layers=1, hidden_size=16, num_attention_heads=2, use_cpu_initialization=True
@@ -31,16 +32,6 @@ def _row(cls):
     )
 
 
-def _autograd_nodes(tensor: torch.Tensor) -> set[str]:
-    seen, todo = set(), [tensor.grad_fn]
-    while todo:
-        node = todo.pop()
-        if node is not None and node.name() not in seen:
-            seen.add(node.name())
-            todo.extend(next_node for next_node, _ in node.next_functions)
-    return seen
-
-
 @pytest.mark.parametrize(
     "build,ours,megatrons",
     [(_column, ColumnLinear, ColumnParallelLinear), (_row, RowLinear, RowParallelLinear)],
@@ -55,7 +46,7 @@ def test_same_output_and_gradients_as_megatrons_linear(runtime, build, ours, meg
         out, bias = module(u)
         out = out if bias is None else out + bias
         grads = torch.autograd.grad(out.square().sum(), [u, *module.parameters()])
-        results.append((out, _autograd_nodes(out), grads))
+        results.append((out, autograd_nodes(out), grads))
     (want, megatron_nodes, want_grads), (got, our_nodes, got_grads) = results
     # The product is torch's autograd node, not megatron's Python autograd function.
     megatrons_product = "LinearWithGradAccumulationAndAsyncCommunicationBackward"
@@ -93,5 +84,5 @@ def test_one_rank_adds_the_bias_in_the_product(runtime):
     want, want_bias = reference(x)
     got, got_bias = local(x.clone().requires_grad_())
     assert got_bias is None and want_bias is not None
-    assert "AddmmBackward0" in _autograd_nodes(got)
+    assert "AddmmBackward0" in autograd_nodes(got)
     torch.testing.assert_close(got, want + want_bias, rtol=1e-6, atol=1e-6)
