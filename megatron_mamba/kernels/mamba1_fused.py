@@ -46,7 +46,28 @@ def _selection_matrix(rows: torch.Tensor, batch: int) -> torch.Tensor:
     return _as_bdl(rows, batch).unsqueeze(1).contiguous()
 
 
+def _scan_and_out_proj(conv_out, delta, A, B, C, D, z, dt_b, out_w, out_b):
+    """The selective scan gated by z, then out_proj: (y [(b l), hidden], out, scan state)."""
+    out, scan_state, out_z = selective_scan_cuda.fwd(conv_out, delta, A, B, C, D, z, dt_b, True)
+    y = torch.nn.functional.linear(_as_rows(out_z).t(), out_w, out_b)
+    return y, out, scan_state
+
+
+def _scan_and_out_proj_backward(
+    dy, dz, conv_out, delta, A, B, C, D, z, dt_b, scan_state, out, out_w
+):
+    """Gradients of `_scan_and_out_proj` for dy [(b l), hidden], dz written into `dz`:
+    (du, ddelta, dA, dB, dC, dD, d dt_b, d out_w)."""
+    dout_y = _as_bdl(out_w.t() @ dy.t(), conv_out.shape[0])
+    du, ddelta, dA, dB, dC, dD, d_dt_b, _, out_z = selective_scan_cuda.bwd(
+        conv_out, delta, A, B, C, D, z, dt_b, dout_y, scan_state, out, dz, True, True
+    )
+    return du, ddelta, dA, dB, dC, dD, d_dt_b, dy.t() @ _as_rows(out_z).t()
+
+
 class _Mamba1Mixer(torch.autograd.Function):
+    """The classic layout (transformers' MambaMixer): in_proj → [x, z]; x_proj → [dt, B, C]."""
+
     @staticmethod
     def forward(
         ctx, hidden, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_b, A, D, out_w, out_b, group
@@ -54,7 +75,7 @@ class _Mamba1Mixer(torch.autograd.Function):
         batch, length, width = hidden.shape
         flat = hidden.reshape(batch * length, width)
         # [2d, (b l)]: in_proj's product with the input as its transposed operand
-        xz = in_w @ flat.t() if in_b is None else torch.addmm(in_b[:, None], in_w, flat.t())
+        xz = _rows_product(in_w, flat, in_b)
         d_inner, rank, state = xz.shape[0] // 2, dt_w.shape[1], A.shape[1]
         conv_w2 = conv_w.view(d_inner, -1)
         x, z = _as_bdl(xz[:d_inner], batch), _as_bdl(xz[d_inner:], batch)
@@ -65,8 +86,7 @@ class _Mamba1Mixer(torch.autograd.Function):
         delta = _as_bdl(dt_w @ x_dbl[:rank], batch)
         B = _selection_matrix(x_dbl[rank : rank + state], batch)
         C = _selection_matrix(x_dbl[rank + state :], batch)
-        out, scan_state, out_z = selective_scan_cuda.fwd(conv_out, delta, A, B, C, D, z, dt_b, True)
-        y = torch.nn.functional.linear(_as_rows(out_z).t(), out_w, out_b)  # [(b l), hidden]
+        y, out, scan_state = _scan_and_out_proj(conv_out, delta, A, B, C, D, z, dt_b, out_w, out_b)
         ctx.save_for_backward(
             flat, in_w, xz, conv_w2, conv_b, x_w, x_dbl, dt_w, dt_b, A, B, C, D, scan_state, out,
             out_w,
@@ -88,12 +108,9 @@ class _Mamba1Mixer(torch.autograd.Function):
         delta = _as_bdl(dt_w @ x_dbl[:rank], batch)
         dxz = torch.empty_like(xz)
         dx, dz = _as_bdl(dxz[:d_inner], batch), _as_bdl(dxz[d_inner:], batch)
-        dout_y = _as_bdl(out_w.t() @ dy.t(), batch)
-        du, ddelta, dA, dB, dC, dD, d_dt_b, dz, out_z = selective_scan_cuda.bwd(
-            conv_out, delta, A, B, C, D, z, dt_b, dout_y, scan_state, out, dz, True, True
+        du, ddelta, dA, dB, dC, dD, d_dt_b, d_out_w = _scan_and_out_proj_backward(
+            dy, dz, conv_out, delta, A, B, C, D, z, dt_b, scan_state, out, out_w
         )
-        d_out_w = dy.t() @ _as_rows(out_z).t()
-        d_out_b = dy.sum(0) if ctx.has_out_b else None
         dx_dbl = torch.empty_like(x_dbl)
         for rows, grad in ((slice(rank, rank + state), dB), (slice(rank + state, None), dC)):
             _as_bdl(dx_dbl[rows], batch).copy_(grad.squeeze(1))
@@ -107,13 +124,10 @@ class _Mamba1Mixer(torch.autograd.Function):
         _, d_conv_w, d_conv_b, _ = causal_conv1d_bwd_function(
             x, conv_w2, conv_b, du, None, None, None, dx, False, True
         )
-        d_in_w = dxz @ flat
-        d_in_b = dxz.sum(1) if ctx.has_in_b else None
-        d_hidden = (dxz.t() @ in_w).view(batch, -1, in_w.shape[1])
         return (
-            d_hidden,
-            d_in_w,
-            d_in_b,
+            (dxz.t() @ in_w).view(batch, -1, in_w.shape[1]),
+            dxz @ flat,
+            dxz.sum(1) if ctx.has_in_b else None,
             d_conv_w.view(ctx.conv_shape),
             d_conv_b,
             d_x_w,
@@ -122,27 +136,132 @@ class _Mamba1Mixer(torch.autograd.Function):
             dA,
             dD,
             d_out_w,
-            d_out_b,
+            dy.sum(0) if ctx.has_out_b else None,
             None,
         )
 
 
+class _GroupedMamba1Mixer(torch.autograd.Function):
+    """MambaInLlama's layout: in_proj → [x, z, B, C], x and B as wide as the KV projections and
+    repeated per d_state-wide group up to d_inner; dt from the block input (dt_proj_down). z and
+    C are read in place from in_proj's rows; x and B are repeated into buffers of their own."""
+
+    @staticmethod
+    def forward(
+        ctx, hidden, in_w, in_b, conv_w, conv_b, dt_down_w, dt_w, dt_b, A, D, out_w, out_b, sizes
+    ):
+        batch, length, width = hidden.shape
+        flat = hidden.reshape(batch * length, width)
+        proj = _rows_product(in_w, flat, in_b)  # [x | z | B | C, (b l)]
+        xs, zs, bs, cs, repeat = sizes
+        conv_w2 = conv_w.view(conv_w.shape[0], -1)
+        state = A.shape[1]
+        x = _as_bdl(_repeat_groups(proj[xs], repeat, state), batch)
+        conv_out = causal_conv1d_fwd_function(x, conv_w2, conv_b, None, None, None, True)
+        dt_low = dt_down_w @ flat.t()  # [r, (b l)]
+        delta = _as_bdl(dt_w @ dt_low, batch)
+        B = _groups_bgnl(_repeat_groups(proj[bs], repeat, state), batch, state).contiguous()
+        C = _groups_bgnl(proj[cs], batch, state)
+        z = _as_bdl(proj[zs], batch)
+        y, out, scan_state = _scan_and_out_proj(conv_out, delta, A, B, C, D, z, dt_b, out_w, out_b)
+        ctx.save_for_backward(
+            flat, in_w, proj, conv_w2, conv_b, dt_down_w, dt_low, dt_w, dt_b, A, B, D, scan_state,
+            out, out_w,
+        )  # fmt: skip
+        ctx.has_in_b, ctx.has_out_b, ctx.sizes = in_b is not None, out_b is not None, sizes
+        ctx.conv_shape = conv_w.shape
+        return y.view(batch, length, -1)
+
+    @staticmethod
+    def backward(ctx, dy):
+        saved = ctx.saved_tensors
+        flat, in_w, proj, conv_w2, conv_b, dt_down_w, dt_low, dt_w, dt_b, A, B, D = saved[:12]
+        scan_state, out, out_w = saved[12:]
+        xs, zs, bs, cs, repeat = ctx.sizes
+        batch, state = dy.shape[0], A.shape[1]
+        dy = dy.reshape(-1, dy.shape[-1])
+        x = _as_bdl(_repeat_groups(proj[xs], repeat, state), batch)
+        conv_out = causal_conv1d_fwd_function(x, conv_w2, conv_b, None, None, None, True)
+        delta = _as_bdl(dt_w @ dt_low, batch)
+        C, z = _groups_bgnl(proj[cs], batch, state), _as_bdl(proj[zs], batch)
+        dproj = torch.empty_like(proj)
+        du, ddelta, dA, dB, dC, dD, d_dt_b, d_out_w = _scan_and_out_proj_backward(
+            dy, _as_bdl(dproj[zs], batch), conv_out, delta, A, B, C, D, z, dt_b, scan_state, out,
+            out_w,
+        )  # fmt: skip
+        _groups_bgnl(dproj[cs], batch, state).copy_(dC)
+        groups = dB.shape[1] // repeat
+        dB = dB.view(batch, groups, repeat, state, -1).sum(2)
+        _groups_bgnl(dproj[bs], batch, state).copy_(dB)
+        dx = torch.empty_like(x)
+        _, d_conv_w, d_conv_b, _ = causal_conv1d_bwd_function(
+            x, conv_w2, conv_b, du, None, None, None, dx, False, True
+        )
+        dx = _as_rows(dx)
+        torch.sum(dx.view(groups, repeat, state, -1), 1, out=dproj[xs].view(groups, state, -1))
+        ddelta = _as_rows(ddelta)
+        d_dt_low = dt_w.t() @ ddelta  # [r, (b l)]
+        d_hidden = torch.addmm(d_dt_low.t() @ dt_down_w, dproj.t(), in_w)
+        return (
+            d_hidden.view(batch, -1, in_w.shape[1]),
+            dproj @ flat,
+            dproj.sum(1) if ctx.has_in_b else None,
+            d_conv_w.view(ctx.conv_shape),
+            d_conv_b,
+            d_dt_low @ flat,
+            ddelta @ dt_low.t(),
+            d_dt_b,
+            dA,
+            dD,
+            d_out_w,
+            dy.sum(0) if ctx.has_out_b else None,
+            None,
+        )
+
+
+def _rows_product(w: torch.Tensor, flat: torch.Tensor, bias: torch.Tensor | None):
+    """w @ flat.T (+ bias per row): a linear's output [out, (b l)] from its input [(b l), in]."""
+    return w @ flat.t() if bias is None else torch.addmm(bias[:, None], w, flat.t())
+
+
+def _repeat_groups(rows: torch.Tensor, repeat: int, state: int) -> torch.Tensor:
+    """Rows [(g n), (b l)] with each n-row group repeated in place: [(g r n), (b l)] (a copy)."""
+    groups = rows.shape[0] // state
+    expanded = rows.view(groups, 1, state, -1).expand(groups, repeat, state, -1)
+    return expanded.reshape(groups * repeat * state, -1)
+
+
+def _groups_bgnl(rows: torch.Tensor, batch: int, state: int) -> torch.Tensor:
+    """Rows [(g n), (b l)] seen as the scan's per-group B or C [b, g, n, l]; no copy."""
+    return rows.view(rows.shape[0] // state, state, batch, -1).permute(2, 0, 1, 3)
+
+
 def mamba1_mixer(hidden_bld: torch.Tensor, mixer, group=None) -> torch.Tensor:
-    """out_proj's output [b, l, hidden] of a classic Mamba1 `mixer` (our native mixer: in_proj,
-    conv1d, x_proj, dt_proj, A_log, D, out_proj) on its whole input [b, l, hidden]: with out_proj's
-    bias on one rank; given a TP `group`, this rank's partial sum without it."""
-    return _Mamba1Mixer.apply(
+    """out_proj's output [b, l, hidden] of our native Mamba1 `mixer` (in_proj, conv1d, x_proj or
+    dt_proj_down, dt_proj, A_log, D, out_proj) on its whole input [b, l, hidden]: with out_proj's
+    bias on one rank; given a TP `group` (classic layout only), this rank's partial sum without
+    it."""
+    if mixer.dims.grouped:
+        if group is not None:
+            raise ValueError("the grouped Mamba1 mixer runs as one function at TP=1 only")
+        dims = mixer.dims
+        x_end, z_end, b_end = dims.d_xb, dims.d_xb + dims.d_inner, 2 * dims.d_xb + dims.d_inner
+        sizes = (slice(0, x_end), slice(x_end, z_end), slice(z_end, b_end), slice(b_end, None))
+        function, selection, extra = _GroupedMamba1Mixer, mixer.dt_proj_down.weight, dims.repeat
+    else:
+        function, selection, extra = _Mamba1Mixer, mixer.x_proj.weight, group
+    return function.apply(
         hidden_bld.contiguous(),
         mixer.in_proj.weight,
         mixer.in_proj.bias,
         mixer.conv1d.weight,
         mixer.conv1d.bias,
-        mixer.x_proj.weight,
+        selection,
         mixer.dt_proj.weight,
         mixer.dt_proj.bias.float(),
         -torch.exp(mixer.A_log.float()),
         mixer.D.float(),
         mixer.out_proj.weight,
         mixer.out_proj.bias if group is None else None,
-        group,
+        (*sizes, extra) if mixer.dims.grouped else extra,
     )

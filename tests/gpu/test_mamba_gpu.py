@@ -66,15 +66,25 @@ def test_mixer_on_fused_kernels_matches_reference(runtime, monkeypatch, kind, ma
     _check_fused_against_reference(monkeypatch, kind, mamba, dtype)
 
 
+ONE_FUNCTION = {
+    "classic": (dict(layout="classic"), "_Mamba1MixerBackward"),
+    "classic-bias": (dict(layout="classic", proj_bias=True), "_Mamba1MixerBackward"),
+    "grouped": (dict(layout="attention", d_state=8), "_GroupedMamba1MixerBackward"),
+}
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("proj_bias", [False, True])
-def test_mamba1_one_function_matches_reference(runtime, monkeypatch, proj_bias, dtype):
-    """The classic Mamba1 mixer as one function in the [channels, (b l)] layout
-    (kernels/mamba1_fused.py): the same check, and the function is what ran."""
-    mixer = native_mixer("mamba1", tiny_model_config("classic", proj_bias=proj_bias)).cuda()
+@pytest.mark.parametrize("case", ONE_FUNCTION)
+def test_mamba1_one_function_matches_reference(runtime, monkeypatch, case, dtype):
+    """The Mamba1 mixer as one function in the [channels, (b l)] layout
+    (kernels/mamba1_fused.py; the grouped layout pending): the same check, and the function is
+    what ran."""
+    monkeypatch.setenv("MEGATRON_MAMBA_PENDING_KERNELS", "1")
+    mamba, node = ONE_FUNCTION[case]
+    mixer = native_mixer("mamba1", tiny_model_config(**mamba)).cuda()
     out, _ = mixer(torch.randn(16, 2, 64, device="cuda", requires_grad=True))
-    assert "_Mamba1MixerBackward" in autograd_nodes(out)
-    _check_fused_against_reference(monkeypatch, "mamba1", dict(proj_bias=proj_bias), dtype)
+    assert node in autograd_nodes(out)
+    _check_fused_against_reference(monkeypatch, "mamba1", mamba, dtype)
 
 
 def _check_fused_against_reference(monkeypatch, kind, mamba, dtype):

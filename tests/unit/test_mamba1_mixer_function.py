@@ -1,8 +1,8 @@
 """The classic Mamba1 mixer as one function in the [channels, (b l)] layout
 (kernels/mamba1_fused.py), run on CPU over stand-ins for its CUDA kernels that compute the
 references (tests/helpers/fake_mamba_kernels.py): its output and every gradient in float64 against
-the mixer's composed path (separate conv, x_proj, scan, out_proj on the references), with and
-without in_proj's and out_proj's biases."""
+the mixer's composed path (separate conv, x_proj, scan, out_proj on the references), classic
+and grouped (MambaInLlama's) layouts, with and without in_proj's and out_proj's biases."""
 
 import importlib
 
@@ -13,14 +13,21 @@ from einops import rearrange
 from tests.helpers import fake_mamba_kernels
 from tests.helpers.mamba_tiny import native_mixer, randomize, tiny_model_config
 
+CASES = {
+    "classic": dict(layout="classic", proj_bias=False),
+    "classic-bias": dict(layout="classic", proj_bias=True),
+    "grouped-gqa": dict(layout="attention", d_state=8),  # x and B repeated twice
+    "grouped-neox-bias": dict(layout="attention", arch="gpt_neox", proj_bias=True),
+}
 
-@pytest.mark.parametrize("bias", [False, True])
-def test_one_function_matches_the_composed_mixer(runtime, monkeypatch, bias):
+
+@pytest.mark.parametrize("case", CASES)
+def test_one_function_matches_the_composed_mixer(runtime, monkeypatch, case):
     fake_mamba_kernels.install(monkeypatch)
     one_function = importlib.import_module("megatron_mamba.kernels.mamba1_fused").mamba1_mixer
-    mixer = native_mixer("mamba1", tiny_model_config("classic", proj_bias=bias)).double()
+    mixer = native_mixer("mamba1", tiny_model_config(**CASES[case])).double()
     randomize(mixer)
-    assert (mixer.in_proj.bias is not None) == bias
+    assert (mixer.in_proj.bias is not None) == CASES[case].get("proj_bias", False)
     torch.manual_seed(0)
     hidden = torch.randn(24, 3, mixer.dims.d_model, dtype=torch.float64)
     params = list(mixer.parameters())
