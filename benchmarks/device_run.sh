@@ -45,6 +45,7 @@ dpo          240 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo
 dpo_graphs   420 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json --graphs --rounds 5
 dpo_twice    440 for i in 1 2; do python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step_$i.json --graphs || exit 1; done
 dpo_rounds   330 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_rounds.json --graphs --rounds 5 --interleaved-only
+dpo_rounds_pending 330 MEGATRON_MAMBA_PENDING_KERNELS=1 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_rounds_pending.json --graphs --rounds 5 --interleaved-only
 optimizer    150 python benchmarks/optimizer_step.py --out $OUT/optimizer_step.json
 adamw_blocks 150 python benchmarks/adamw_blocks.py --out $OUT/adamw_blocks.json
 gelu_tiling  120 python benchmarks/bias_gelu_tiling.py --out $OUT/bias_gelu_tiling.json
