@@ -4,8 +4,10 @@ On CUDA tensors with mamba_ssm / causal_conv1d installed, their fused kernels ru
 the pure-PyTorch references in `reference.py` do (they are also the oracle in the GPU parity tests).
 The same holds for our Triton kernels of the losses over the logits (`logit_losses.py`, whose
 reference is models/logit_losses.py), SwiGLU and GeLU (`swiglu.py`, `bias_gelu.py`; reference
-models/fused.py) and RoPE (`rope.py`; reference megatron's).
-`MEGATRON_MAMBA_REFERENCE_KERNELS=1` forces the references.
+models/fused.py) and RoPE (`rope.py`; reference megatron's), and of the Mamba1 mixer as one
+function over mamba_ssm's kernels (`mamba1_fused.py`; reference the mixer's composed path).
+`MEGATRON_MAMBA_REFERENCE_KERNELS=1` forces the references; paths not yet tested on a GPU are
+opt-in with `MEGATRON_MAMBA_PENDING_KERNELS=1`.
 
 Triton's autotune cache is on by default (see megatron_mamba/__init__.py).
 """
@@ -96,7 +98,7 @@ def pending_kernels() -> bool:
 
 
 def mamba1_mixer(hidden: torch.Tensor):
-    """The classic Mamba1 mixer as one function in the [channels, (b l)] layout
+    """The Mamba1 mixer as one function in the [channels, (b l)] layout
     (kernels/mamba1_fused.py) for this input, or None where it does not run."""
     if not use_fused(hidden):
         return None
