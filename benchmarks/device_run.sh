@@ -6,8 +6,8 @@
 #   source .device/setup.sh && bash benchmarks/device_run.sh logit_test distill attention
 #
 # The steps: name, seconds allowed, command ($OUT is expanded when the step runs). One call may
-# run 600 s, so name steps whose limits fit (2-GPU steps: trainer_2gpu, nccl_* (nccl_neox_fused:
-# the one-function Mamba1 mixer under TP, pending), dp_scaling,
+# run 600 s, so name steps whose limits fit (2-GPU steps: trainer_2gpu, nccl_* (nccl_*_fused:
+# the one-function Mamba1 mixers under TP, pending), dp_scaling,
 # graph_2gpu; on 2 GPUs, 2026-12-01: trainer_2gpu 176 s, nccl_logit 61 s, nccl_gpt + nccl_neox
 # under 480 s; on one:
 # kernel_test + mamba_test reached 17 of their 19 tests in 420 s, each new Triton shape autotunes).
@@ -35,6 +35,7 @@ nccl_gpt     240 python -m pytest -q tests/gpu/test_nccl_parallel.py -k tp2_matc
 nccl_logit   120 python -m pytest -q tests/gpu/test_nccl_parallel.py -k logit_losses
 nccl_neox    420 python -m pytest -q tests/gpu/test_nccl_parallel.py -k gpt_neox_hybrid
 nccl_neox_fused 420 MEGATRON_MAMBA_PENDING_KERNELS=1 python -m pytest -q tests/gpu/test_nccl_parallel.py -k gpt_neox_hybrid
+nccl_llama_fused 420 MEGATRON_MAMBA_PENDING_KERNELS=1 python -m pytest -q tests/gpu/test_nccl_parallel.py -k llama_hybrid
 nccl_llama   420 python -m pytest -q tests/gpu/test_nccl_parallel.py -k llama_hybrid
 logit        60  torchrun --nproc_per_node 1 benchmarks/logit_losses.py
 attention    240 torchrun --nproc_per_node 1 benchmarks/attention_model.py --rounds 3

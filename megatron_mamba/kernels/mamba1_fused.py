@@ -25,6 +25,9 @@ As `mamba_inner_fn` does, backward recomputes the conv and delta rather than kee
 
 from __future__ import annotations
 
+import itertools
+from typing import NamedTuple
+
 import selective_scan_cuda
 import torch
 from causal_conv1d.cpp_functions import causal_conv1d_bwd_function, causal_conv1d_fwd_function
@@ -141,19 +144,35 @@ class _Mamba1Mixer(torch.autograd.Function):
         )
 
 
+class _GroupedLayout(NamedTuple):
+    """Where x, z, B and C lie in this rank's in_proj rows; how often x and B repeat; and under
+    TP the group over which dt_proj_down's gradient is summed (None: one rank, or SP, where
+    megatron sums it as it does a norm's)."""
+
+    x: slice
+    z: slice
+    b: slice
+    c: slice
+    repeat: int
+    dt_down_group: object = None
+
+
 class _GroupedMamba1Mixer(torch.autograd.Function):
     """MambaInLlama's layout: in_proj → [x, z, B, C], x and B as wide as the KV projections and
     repeated per d_state-wide group up to d_inner; dt from the block input (dt_proj_down). z and
-    C are read in place from in_proj's rows; x and B are repeated into buffers of their own."""
+    C are read in place from in_proj's rows; x and B are repeated into buffers of their own.
+    Under TP each rank holds its groups: nothing to reduce inside but dt_proj_down's gradient
+    (its weight is whole on every rank, its gradient here a partial sum over this rank's
+    channels)."""
 
     @staticmethod
     def forward(
-        ctx, hidden, in_w, in_b, conv_w, conv_b, dt_down_w, dt_w, dt_b, A, D, out_w, out_b, sizes
+        ctx, hidden, in_w, in_b, conv_w, conv_b, dt_down_w, dt_w, dt_b, A, D, out_w, out_b, layout
     ):
         batch, length, width = hidden.shape
         flat = hidden.reshape(batch * length, width)
         proj = _rows_product(in_w, flat, in_b)  # [x | z | B | C, (b l)]
-        xs, zs, bs, cs, repeat = sizes
+        xs, zs, bs, cs, repeat, _ = layout
         conv_w2 = conv_w.view(conv_w.shape[0], -1)
         state = A.shape[1]
         x = _as_bdl(_repeat_groups(proj[xs], repeat, state), batch)
@@ -168,7 +187,7 @@ class _GroupedMamba1Mixer(torch.autograd.Function):
             flat, in_w, proj, conv_w2, conv_b, dt_down_w, dt_low, dt_w, dt_b, A, B, D, scan_state,
             out, out_w,
         )  # fmt: skip
-        ctx.has_in_b, ctx.has_out_b, ctx.sizes = in_b is not None, out_b is not None, sizes
+        ctx.has_in_b, ctx.has_out_b, ctx.layout = in_b is not None, out_b is not None, layout
         ctx.conv_shape = conv_w.shape
         return y.view(batch, length, -1)
 
@@ -177,7 +196,7 @@ class _GroupedMamba1Mixer(torch.autograd.Function):
         saved = ctx.saved_tensors
         flat, in_w, proj, conv_w2, conv_b, dt_down_w, dt_low, dt_w, dt_b, A, B, D = saved[:12]
         scan_state, out, out_w = saved[12:]
-        xs, zs, bs, cs, repeat = ctx.sizes
+        xs, zs, bs, cs, repeat, dt_down_group = ctx.layout
         batch, state = dy.shape[0], A.shape[1]
         dy = dy.reshape(-1, dy.shape[-1])
         x = _as_bdl(_repeat_groups(proj[xs], repeat, state), batch)
@@ -202,13 +221,16 @@ class _GroupedMamba1Mixer(torch.autograd.Function):
         ddelta = _as_rows(ddelta)
         d_dt_low = dt_w.t() @ ddelta  # [r, (b l)]
         d_hidden = torch.addmm(d_dt_low.t() @ dt_down_w, dproj.t(), in_w)
+        d_dt_down_w = d_dt_low @ flat
+        if dt_down_group is not None:
+            torch.distributed.all_reduce(d_dt_down_w, group=dt_down_group)
         return (
             d_hidden.view(batch, -1, in_w.shape[1]),
             dproj @ flat,
             dproj.sum(1) if ctx.has_in_b else None,
             d_conv_w.view(ctx.conv_shape),
             d_conv_b,
-            d_dt_low @ flat,
+            d_dt_down_w,
             ddelta @ dt_low.t(),
             d_dt_b,
             dA,
@@ -236,18 +258,26 @@ def _groups_bgnl(rows: torch.Tensor, batch: int, state: int) -> torch.Tensor:
     return rows.view(rows.shape[0] // state, state, batch, -1).permute(2, 0, 1, 3)
 
 
-def mamba1_mixer(hidden_bld: torch.Tensor, mixer, group=None) -> torch.Tensor:
+def mamba1_mixer(
+    hidden_bld: torch.Tensor, mixer, group=None, sequence_parallel: bool = False
+) -> torch.Tensor:
     """out_proj's output [b, l, hidden] of our native Mamba1 `mixer` (in_proj, conv1d, x_proj or
     dt_proj_down, dt_proj, A_log, D, out_proj) on its whole input [b, l, hidden]: with out_proj's
-    bias on one rank; given a TP `group` (classic layout only), this rank's partial sum without
-    it."""
+    bias on one rank; given a TP `group`, this rank's partial sum without it (the input gathered
+    or copied to every rank before, as `sequence_parallel` says)."""
     if mixer.dims.grouped:
-        if group is not None:
-            raise ValueError("the grouped Mamba1 mixer runs as one function at TP=1 only")
-        dims = mixer.dims
-        x_end, z_end, b_end = dims.d_xb, dims.d_xb + dims.d_inner, 2 * dims.d_xb + dims.d_inner
-        sizes = (slice(0, x_end), slice(x_end, z_end), slice(z_end, b_end), slice(b_end, None))
-        function, selection, extra = _GroupedMamba1Mixer, mixer.dt_proj_down.weight, dims.repeat
+        x_end, z_end, b_end, _ = itertools.accumulate(
+            n // mixer.tp for n in mixer.dims.in_proj_segments
+        )
+        extra = _GroupedLayout(
+            slice(0, x_end),
+            slice(x_end, z_end),
+            slice(z_end, b_end),
+            slice(b_end, None),
+            mixer.dims.repeat,
+            group if not sequence_parallel else None,
+        )
+        function, selection = _GroupedMamba1Mixer, mixer.dt_proj_down.weight
     else:
         function, selection, extra = _Mamba1Mixer, mixer.x_proj.weight, group
     return function.apply(
@@ -263,5 +293,5 @@ def mamba1_mixer(hidden_bld: torch.Tensor, mixer, group=None) -> torch.Tensor:
         mixer.D.float(),
         mixer.out_proj.weight,
         mixer.out_proj.bias if group is None else None,
-        (*sizes, extra) if mixer.dims.grouped else extra,
+        extra,
     )

@@ -127,11 +127,9 @@ class Mamba1Mixer(MambaMixerBase):
         function without d_inner-wide layout copies (kernels/mamba1_fused.py), where it applies:
         on GPU, in training or prefill without a state. The classic layout at TP=1 by default;
         under TP (the input gathered or copied to every rank, the partial outputs reduced, as
-        megatron's linears do) and the grouped layout (at TP=1) only with the pending kernels
-        on, until their GPU tests run. None elsewhere."""
+        megatron's linears do) and the grouped layout only with the pending kernels on, until
+        their GPU tests run. None elsewhere."""
         if (self.dims.grouped or self.tp > 1) and not kernels.pending_kernels():
-            return None
-        if self.dims.grouped and self.tp > 1:
             return None
         kernel = kernels.mamba1_mixer(hidden_states)
         if kernel is None:
@@ -146,7 +144,7 @@ class Mamba1Mixer(MambaMixerBase):
             whole = sum_grad_over_tp(hidden_states)
         whole = rearrange(whole, "s b h -> b s h").contiguous()
         group = parallel_state.get_tensor_model_parallel_group()
-        partial = kernel(whole, self, group)
+        partial = kernel(whole, self, group, sp)
         partial = rearrange(partial, "b s h -> s b h").contiguous()
         if sp:
             return reduce_scatter_to_sequence_parallel_region(partial), self.out_proj.bias

@@ -59,15 +59,17 @@ def test_parallel_matches_single_process(references, kind, tp, pp, sp):
 
 
 @pytest.mark.parametrize("tp,pp,sp", [(1, 1, False), (2, 1, False), (2, 1, True), (2, 2, False)])
-def test_one_function_mamba1_matches_single_process(references, tp, pp, sp):
-    """The hybrid's classic Mamba1 mixers as one function, its x_proj sums all-reduced inside
-    and its input and output gathered and reduced around it under TP and SP, against the
-    single-process model on the composed path."""
+@pytest.mark.parametrize("kind", ["gpt_neox_hybrid", "llama_hybrid"])
+def test_one_function_mamba1_matches_single_process(references, kind, tp, pp, sp):
+    """The hybrids' Mamba1 mixers (classic in gpt_neox_hybrid, MambaInLlama's grouped layout in
+    llama_hybrid) as one function, with its input gathered and output reduced around it under
+    TP and SP (and inside, the classic x_proj's sums, the grouped dt_proj_down's gradient),
+    against the single-process model on the composed path."""
     refs, tmp = references
-    (ref_rank,), ref_grads, ref_out = refs["gpt_neox_hybrid"]
-    last, grads, out = _run(tmp, "gpt_neox_hybrid_fused", tp, pp, sp, ref_out / "full.pt")
+    (ref_rank,), ref_grads, ref_out = refs[kind]
+    last, grads, out = _run(tmp, f"{kind}_fused", tp, pp, sp, ref_out / "full.pt")
     calls = [torch.load(p, weights_only=True)["one_function_calls"] for p in out.glob("rank*.pt")]
-    assert all(calls), calls  # every rank holds a mamba1 layer ("MASM", even at PP=2)
+    assert all(calls), calls  # every stage holds a mamba1 layer ("MASM", "SMAM")
     _assert_matches(last, grads, ref_rank, ref_grads, tp)
 
 
