@@ -1,5 +1,5 @@
 """Small elementwise fusions, compiled with torch.compile on GPU when MEGATRON_MAMBA_COMPILE=1;
-SwiGLU (and, opt-in, GeLU) run our Triton kernels on GPU instead (kernels/swiglu.py,
+SwiGLU and GPTNeoX's bias + GeLU run our Triton kernels on GPU instead (kernels/swiglu.py,
 kernels/bias_gelu.py), these torch ops elsewhere.
 
 Measured on an H200 (benchmarks/RESULTS.md), the compiled versions cost more host time per call

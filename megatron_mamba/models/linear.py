@@ -15,7 +15,6 @@ slower than the copy and one product (measured on the DPO benchmark's reference 
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 
@@ -87,5 +86,5 @@ class RowLinear(_LocalProductWhenPossible, RowParallelLinear):
             and not self.sequence_parallel
             and not self.explicit_expert_comm
             and self.config._cpu_offloading_context is None
-            and torch.distributed.get_world_size(self.tp_group) == 1
+            and self.input_size_per_partition == self.input_size  # one TP rank
         )

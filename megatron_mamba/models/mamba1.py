@@ -123,8 +123,8 @@ class Mamba1Mixer(MambaMixerBase):
         return out, (MambaState(conv_last, ssm_last) if return_state else None)
 
     def _one_function(self, hidden_states: torch.Tensor):
-        """(output, out_proj bias or None) of the classic layout from in_proj to out_proj as one
-        function without d_inner-wide layout copies (kernels/mamba1_fused.py), where it applies:
+        """(output, out_proj bias or None) of the mixer from in_proj to out_proj as one function
+        without d_inner-wide layout copies (kernels/mamba1_fused.py), where it applies:
         on GPU, in training or prefill without a state. The classic layout at TP=1 by default;
         under TP (the input gathered or copied to every rank, the partial outputs reduced, as
         megatron's linears do) and the grouped layout only with the pending kernels on, until
