@@ -32,6 +32,8 @@ import selective_scan_cuda
 import torch
 from causal_conv1d.cpp_functions import causal_conv1d_bwd_function, causal_conv1d_fwd_function
 
+from megatron_mamba.kernels import pending_kernels
+
 
 def _as_bdl(rows: torch.Tensor, batch: int) -> torch.Tensor:
     """[channels, (b l)] (rows contiguous) seen as [b, channels, l]; no copy."""
@@ -62,9 +64,16 @@ def _scan_and_out_proj_backward(
     """Gradients of `_scan_and_out_proj` for dy [(b l), hidden], dz written into `dz`:
     (du, ddelta, dA, dB, dC, dD, d dt_b, d out_w)."""
     dout_y = _as_bdl(out_w.t() @ dy.t(), conv_out.shape[0])
-    du, ddelta, dA, dB, dC, dD, d_dt_b, _, out_z = selective_scan_cuda.bwd(
-        conv_out, delta, A, B, C, D, z, dt_b, dout_y, scan_state, out, dz, True, True
-    )
+    if pending_kernels():  # the Triton backward, until its GPU tests and benchmark have run
+        from megatron_mamba.kernels.selective_scan_bwd import selective_scan_backward
+
+        du, ddelta, dA, dB, dC, dD, d_dt_b, out_z = selective_scan_backward(
+            conv_out, delta, A, B, C, D, z, dt_b, dout_y, out, dz
+        )
+    else:
+        du, ddelta, dA, dB, dC, dD, d_dt_b, _, out_z = selective_scan_cuda.bwd(
+            conv_out, delta, A, B, C, D, z, dt_b, dout_y, scan_state, out, dz, True, True
+        )
     return du, ddelta, dA, dB, dC, dD, d_dt_b, dy.t() @ _as_rows(out_z).t()
 
 

@@ -1,0 +1,104 @@
+"""Mamba1's selective-scan backward alone on one layer of Pythia-1b's all-mamba1 student (CALD's:
+batch 4, d_inner 5120, d_state 16, length 2048, bf16, in the one-function mixer's layouts):
+mamba_ssm's `selective_scan_cuda.bwd` against the Triton kernel (kernels/selective_scan_bwd.py)
+at several tilings, with each result's largest difference from mamba_ssm's relative to its
+largest value. Median milliseconds of 20 calls each.
+
+    python benchmarks/selective_scan_bwd.py --out $OUT/selective_scan_bwd.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from benchmarks.common import median_step_seconds
+
+TILINGS = [
+    (8, 16, 4),
+    (4, 16, 2),
+    (2, 16, 1),
+    (16, 16, 8),
+    (8, 32, 4),
+    (2, 32, 1),
+    (4, 8, 2),
+    (8, 8, 4),
+]
+NAMES = ("du", "ddelta", "dA", "dB", "dC", "dD", "ddelta_bias", "out_z")
+
+
+def inputs(batch: int, channels: int, state: int, length: int, groups: int):
+    """The mixer's tensors: u [b, d, l] contiguous; delta, z, the gradient and y as
+    [channels, (b l)] rows seen as [b, d, l]; B and C [b, g, n, l]; A, D, the bias fp32."""
+    cuda, bf16 = dict(device="cuda"), dict(device="cuda", dtype=torch.bfloat16)
+
+    def rows():
+        return torch.randn(channels, batch, length, **bf16).transpose(0, 1)
+
+    u = torch.randn(batch, channels, length, **bf16)
+    delta, z, grad = rows() * 0.5 - 2.0, rows(), rows() * 0.1
+    A = -torch.arange(1, state + 1, **cuda).float().repeat(channels, 1)
+    B, C = (torch.randn(batch, groups, state, length, **bf16) for _ in range(2))
+    D, bias = torch.ones(channels, **cuda), torch.rand(channels, **cuda) - 4.0
+    return u, delta, A, B, C, D, z, bias, grad
+
+
+def main() -> None:
+    import selective_scan_cuda
+
+    from megatron_mamba.kernels.selective_scan_bwd import Tiling, selective_scan_backward
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--channels", type=int, default=5120)
+    parser.add_argument("--state", type=int, default=16)
+    parser.add_argument("--length", type=int, default=2048)
+    parser.add_argument("--groups", type=int, default=1)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    u, delta, A, B, C, D, z, bias, grad = inputs(
+        args.batch, args.channels, args.state, args.length, args.groups
+    )
+    y, scan_state, _ = selective_scan_cuda.fwd(u, delta, A, B, C, D, z, bias, True)  # y ungated
+
+    def theirs():
+        dz = torch.empty_like(z)
+        return selective_scan_cuda.bwd(
+            u, delta, A, B, C, D, z, bias, grad, scan_state, y, dz, True, True
+        ), dz
+
+    (du, ddelta, dA, dB, dC, dD, dbias, _, out_z), dz = theirs()
+    reference = dict(zip(NAMES, (du, ddelta, dA, dB, dC, dD, dbias, out_z), strict=True))
+    reference["dz"] = dz
+    rows = [{"name": "mamba_ssm", "ms": median_step_seconds(theirs, iters=20) * 1e3}]
+    for channels, chunk, warps in TILINGS:
+        tiling = Tiling(channels, chunk, warps)
+
+        def ours(tiling=tiling):
+            dz = torch.empty_like(z)
+            out = selective_scan_backward(u, delta, A, B, C, D, z, bias, grad, y, dz, tiling)
+            return out, dz
+
+        got, got_dz = ours()
+        mine = dict(zip(NAMES, got, strict=True)) | {"dz": got_dz}
+        differences = {
+            name: ((mine[name].float() - ref.float()).abs().max() / ref.float().abs().max()).item()
+            for name, ref in reference.items()
+        }
+        ms = median_step_seconds(ours, iters=20) * 1e3
+        rows.append({"name": f"triton {channels}×{chunk}, {warps} warps", "ms": ms} | differences)
+        print(rows[-1], flush=True)
+    base = rows[0]["ms"]
+    print("| kernel | ms | × mamba_ssm | worst relative difference |\n|---|---|---|---|")
+    for row in rows:
+        worst = max((v for k, v in row.items() if k not in ("name", "ms")), default=0.0)
+        print(f"| {row['name']} | {row['ms']:.3f} | {base / row['ms']:.2f} | {worst:.1e} |")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"args": vars(args), "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
