@@ -1,15 +1,17 @@
 """The backward of Mamba1's selective scan (softplus delta with a bias, D, gated by silu(z)) as a
-Triton kernel, in place of mamba_ssm's `selective_scan_cuda.bwd`.
+Triton kernel, an alternative to mamba_ssm's `selective_scan_cuda.bwd`.
 
-mamba_ssm's kernel gives each thread block one channel and adds its share of dB and dC (B and C
-are shared by all channels of a group) into global memory with one atomic add per channel,
-state and position: on Pythia-1b's all-mamba1 step (d_inner 5120, d_state 16) that kernel is
-47 of ~160 ms (benchmarks/RESULTS.md). Here one program holds a block of channels × all states ×
-a chunk of positions, sums dB and dC over its channels in registers and adds one value per
-(state, position) per block; the recurrences run as associative scans over the chunk.
+Why: on Pythia-1b's all-mamba1 step (d_inner 5120, d_state 16) mamba_ssm's backward is 47 of
+~160 ms and the same kernel runs in CALD's baseline, so the mamba1 speed target (issue 4) needs a
+faster one. Where it stands (`device_run.sh scan_bwd`, benchmarks/RESULTS.md): correct (GPU tests
+against float64 autograd and mamba_ssm's), but 2.2× slower than mamba_ssm's on that shape, so it
+is off unless MEGATRON_MAMBA_TRITON_SCAN_BWD=1 (kernels/mamba1_fused.py).
 
-With a_t = exp(Δ_t A), h_t = a_t h_{t-1} + Δ_t B_t u_t, y_t = C_t·h_t + D u_t (the forward's
-`out`, saved), out_z = y · silu(z), and the upstream gradient g_y of out_z:
+One program holds a chunk of positions × a block of channels × all states, sums dB and dC over
+its channels in registers before one atomic add per (state, position), and runs the recurrences
+as associative scans over the chunk. With a_t = exp(Δ_t A), h_t = a_t h_{t-1} + Δ_t B_t u_t,
+y_t = C_t·h_t + D u_t (the forward's `out`, saved), out_z = y · silu(z), and the upstream
+gradient g_y of out_z:
   dy_t = g_y silu(z_t),  dz_t = g_y y_t silu'(z_t),
   g_t = C_t dy_t + a_{t+1} g_{t+1}            (the gradient reaching h_t; a reverse scan),
   dB_t = Σ_d g_t Δ_t u_t,  dC_t = Σ_d dy_t h_t,  du_t = Σ_n g_t Δ_t B_t + D dy_t,
@@ -29,16 +31,17 @@ _LOG2E = 1.4426950408889634
 
 
 class Tiling:
-    """Channels per program, positions per chunk, warps: the tile is channels × d_state ×
-    positions, so wider states take fewer channels (`for_state`)."""
+    """Channels per program, positions per chunk, warps. The tile is positions × channels ×
+    states with the channels and states over a warp's lanes, so each thread scans its chunk in
+    registers; one warp did best (`device_run.sh scan_bwd`, benchmarks/RESULTS.md)."""
 
-    def __init__(self, channels: int = 16, chunk: int = 32, warps: int = 8):
+    def __init__(self, channels: int = 2, chunk: int = 16, warps: int = 1):
         self.channels, self.chunk, self.warps = channels, chunk, warps
 
     @classmethod
     def for_state(cls, state: int) -> Tiling:
-        n = triton.next_power_of_2(state)
-        return cls(channels=max(1, 256 // n), chunk=32, warps=8)
+        """A warp's 32 lanes over channels × states."""
+        return cls(channels=max(1, 32 // triton.next_power_of_2(state)))
 
 
 @triton.jit

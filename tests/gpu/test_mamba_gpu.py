@@ -70,6 +70,9 @@ ONE_FUNCTION = {
     "classic": (dict(layout="classic"), "_Mamba1MixerBackward"),
     "classic-bias": (dict(layout="classic", proj_bias=True), "_Mamba1MixerBackward"),
     "grouped": (dict(layout="attention", d_state=8), "_GroupedMamba1MixerBackward"),
+    # the Triton selective-scan backward (kernels/selective_scan_bwd.py) inside both
+    "classic-triton-bwd": (dict(layout="classic"), "_Mamba1MixerBackward"),
+    "grouped-triton-bwd": (dict(layout="attention", d_state=8), "_GroupedMamba1MixerBackward"),
 }
 
 
@@ -80,6 +83,8 @@ def test_mamba1_one_function_matches_reference(runtime, monkeypatch, case, dtype
     (kernels/mamba1_fused.py; the grouped layout pending): the same check, and the function is
     what ran."""
     monkeypatch.setenv("MEGATRON_MAMBA_PENDING_KERNELS", "1")
+    if case.endswith("triton-bwd"):
+        monkeypatch.setenv("MEGATRON_MAMBA_TRITON_SCAN_BWD", "1")
     mamba, node = ONE_FUNCTION[case]
     mixer = native_mixer("mamba1", tiny_model_config(**mamba)).cuda()
     out, _ = mixer(torch.randn(16, 2, 64, device="cuda", requires_grad=True))
