@@ -22,6 +22,7 @@ kernel_test  240 python -m pytest -q --durations=5 tests/gpu/test_kernel_parity.
 mamba_test   480 python -m pytest -q --durations=5 tests/gpu/test_mamba_gpu.py
 mamba2_test  300 python -m pytest -q --durations=5 tests/gpu/test_mamba_gpu.py -k "mamba2 or decode"
 mamba1_fused_test 240 python -m pytest -q tests/gpu/test_mamba_gpu.py -k one_function
+ln_test      120 python -m pytest -q tests/gpu/test_layer_norms_gpu.py
 scan_bwd_test 200 python -m pytest -q tests/gpu/test_selective_scan_bwd_gpu.py
 scan_bwd     200 python benchmarks/selective_scan_bwd.py --out $OUT/selective_scan_bwd.json
 mamba_rest   300 python -m pytest -q --durations=5 tests/gpu/test_mamba_gpu.py -k "decode or mamba2_attention-bf16"

@@ -92,6 +92,12 @@ def triton_bias_gelu(x: torch.Tensor):
     return _triton_kernel(x, "bias_gelu", "bias_gelu")
 
 
+def triton_two_layer_norms(x: torch.Tensor):
+    """Two LayerNorms of one input as one kernel each way (kernels/layer_norms.py), or None;
+    pending until its GPU tests have run."""
+    return _triton_kernel(x, "layer_norms", "two_layer_norms") if pending_kernels() else None
+
+
 def pending_kernels() -> bool:
     """Paths whose GPU tests have not run yet are opt-in: MEGATRON_MAMBA_PENDING_KERNELS=1."""
     return os.environ.get("MEGATRON_MAMBA_PENDING_KERNELS", "0") == "1"

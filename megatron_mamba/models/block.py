@@ -21,6 +21,7 @@ from megatron.core.transformer.transformer_layer import (
 )
 
 from megatron_mamba.models.fused import add2, add3
+from megatron_mamba.models.norms import norms_of_one_input
 
 
 @dataclass
@@ -84,15 +85,21 @@ class MixerBlock(MegatronModule, BaseTransformerLayer):
                 f"{given} is not supported by MixerBlock: it runs causal mixers over whole "
                 "sequences; pass None (pad on the right) and decode with forward_stateful"
             )
+        if self.parallel_residual:  # both norms read the block's input: one pass where fused
+            mixer_in, mlp_in = norms_of_one_input(
+                hidden_states, self.input_layernorm, self.pre_mlp_layernorm
+            )
+        else:
+            mixer_in = self.input_layernorm(hidden_states)
         mixed = self.mixer(
-            self.input_layernorm(hidden_states),
+            mixer_in,
             attention_mask=attention_mask,
             rotary_pos_emb=rotary_pos_emb,
             inference_context=inference_context,
             packed_seq_params=packed_seq_params,
         )
         if self.parallel_residual:
-            mlp_out = self.mlp(self.pre_mlp_layernorm(hidden_states))
+            mlp_out = self.mlp(mlp_in)
             return add3(hidden_states, *self._combine(mixed, mlp_out)), None
         (mixed,) = self._combine(mixed)
         hidden_states = add2(hidden_states, mixed)

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron_mamba import kernels
+
 
 def _tag_sequence_parallel(module: torch.nn.Module, config: TransformerConfig) -> None:
     for param in module.parameters():
@@ -60,3 +62,19 @@ class RMSNorm(torch.nn.Module):
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * normed.to(x.dtype)
+
+
+def norms_of_one_input(
+    x: torch.Tensor, first: torch.nn.Module, second: torch.nn.Module
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first(x), second(x)): GPTNeoX's parallel residual normalises the block's input twice.
+    Two LayerNorms of one eps, x and their parameters of one dtype, go to one Triton kernel each
+    way on GPU (kernels/layer_norms.py); anything else to the norms themselves."""
+    kernel = kernels.triton_two_layer_norms(x)
+    same = isinstance(first, LayerNorm) and isinstance(second, LayerNorm)
+    if kernel is None or not same or first.eps != second.eps:
+        return first(x), second(x)
+    params = (first.weight, first.bias, second.weight, second.bias)
+    if any(p.dtype != x.dtype for p in params):
+        return first(x), second(x)
+    return kernel(x, *params, first.eps)

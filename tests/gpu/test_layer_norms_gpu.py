@@ -1,0 +1,89 @@
+"""On the GPU: two LayerNorms of one input as one Triton kernel each way (kernels/layer_norms.py)
+against torch's LayerNorm twice in float64, the input's and all four parameters' gradients
+included; one kernel each way; and GPTNeoX's logits and gradients with it as without."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+from megatron_mamba import kernels
+from megatron_mamba.runtime import init_runtime
+from tests.helpers.autograd_graph import autograd_nodes
+from tests.helpers.hf_tiny import VOCAB, native_twin, randomize_norms, tiny_gpt_neox
+
+pytestmark = pytest.mark.gpu
+pytest.importorskip("triton")  # collected everywhere; the kernel module needs it
+
+from megatron_mamba.kernels.layer_norms import ROWS_PER_PROGRAM, two_layer_norms  # noqa: E402
+
+
+def _leaves(dtype, rows, width, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    x = 3 * torch.randn(rows, width, device="cuda", generator=g) + 1
+    params = [torch.randn(width, device="cuda", generator=g) for _ in range(4)]
+    grads = [torch.randn(rows, width, device="cuda", generator=g) for _ in range(2)]
+    return [t.to(dtype) for t in (x, *params)], [t.to(dtype) for t in grads]
+
+
+# Pythia-1b's [s·b, hidden]; rows not a multiple of the backward's row block; a width not a
+# power of two (Pythia-2.8b's 2560)
+@pytest.mark.parametrize("rows, width", [(2048, 2048), (3 * ROWS_PER_PROGRAM + 5, 2560), (3, 40)])
+@pytest.mark.parametrize("dtype, rel", [(torch.float32, 1e-5), (torch.bfloat16, 2**-7)])
+@pytest.mark.parametrize("used", ["both", "first"])
+def test_two_layer_norms_match_float64(rows, width, dtype, rel, used):
+    inputs, grads = _leaves(dtype, rows, width)
+    ours = [t.detach().requires_grad_() for t in inputs]
+    truth = [t.detach().double().requires_grad_() for t in inputs]
+    y1, y2 = two_layer_norms(*ours, 1e-5)
+    r1 = F.layer_norm(truth[0], (width,), truth[1], truth[2], 1e-5)
+    r2 = F.layer_norm(truth[0], (width,), truth[3], truth[4], 1e-5)
+    if used == "both":
+        torch.autograd.backward([y1, y2], grads)
+        torch.autograd.backward([r1, r2], [g.double() for g in grads])
+    else:  # the second output unused: its gradient arrives as None
+        y1.backward(grads[0])
+        r1.backward(grads[0].double())
+    checks = [(y1, r1), (y2, r2), (ours[0].grad, truth[0].grad)]
+    for got, want in checks:
+        assert (got.double() - want).norm() <= rel * want.norm(), (got.dtype, want.shape)
+    for got, want in zip(ours[1:], truth[1:], strict=True):  # sums over rows
+        want_grad = want.grad if want.grad is not None else torch.zeros_like(want)
+        scale = want_grad.norm() + 1e-30
+        assert (got.grad.double() - want_grad).norm() <= rel * scale + 1e-30
+
+
+def test_two_layer_norms_are_one_kernel_each_way(monkeypatch):
+    (x, *params), (g1, g2) = _leaves(torch.bfloat16, 512, 2048)
+    x = x.requires_grad_()
+    monkeypatch.setenv("MEGATRON_MAMBA_PENDING_KERNELS", "1")
+    assert kernels.triton_two_layer_norms(x) is two_layer_norms
+    torch.autograd.backward(two_layer_norms(x, *params, 1e-5), [g1, g2])  # compiled first
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        torch.autograd.backward(two_layer_norms(x, *params, 1e-5), [g1, g2])
+        torch.cuda.synchronize()
+    names = {e.key: e.count for e in prof.key_averages()}
+    assert names.get("_forward") == 1 and names.get("_backward") == 1, names
+
+
+def test_gpt_neox_gives_the_same_logits_and_gradients_with_it(monkeypatch):
+    init_runtime(seed=0)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    hf = tiny_gpt_neox()
+    randomize_norms(hf)
+    ours, _ = native_twin(hf)
+    ours = ours.cuda()
+    tokens = torch.randint(0, VOCAB, (2, 32), device="cuda")
+    results = []
+    for pending in ("0", "1"):
+        monkeypatch.setenv("MEGATRON_MAMBA_PENDING_KERNELS", pending)
+        ours.zero_grad()
+        logits = ours(tokens, None, None)[..., :VOCAB]
+        assert ("_TwoLayerNormsBackward" in autograd_nodes(logits)) == (pending == "1")
+        logits.square().mean().backward()
+        grads = [p.grad.clone() for p in ours.parameters() if p.grad is not None]
+        results.append((logits.detach(), grads))
+    (want, want_grads), (got, got_grads) = results
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
