@@ -8,9 +8,12 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from megatron_mamba import kernels
-from megatron_mamba.runtime import init_runtime
 from tests.helpers.autograd_graph import autograd_nodes
-from tests.helpers.hf_tiny import VOCAB, native_twin, randomize_norms, tiny_gpt_neox
+from tests.helpers.hf_tiny import (
+    assert_same_logits_and_grads,
+    cuda_twin_logits_and_grads,
+    tiny_gpt_neox,
+)
 
 pytestmark = pytest.mark.gpu
 pytest.importorskip("triton")  # collected everywhere; the kernel module needs it
@@ -67,23 +70,8 @@ def test_two_layer_norms_are_one_kernel_each_way(monkeypatch):
 
 
 def test_gpt_neox_gives_the_same_logits_and_gradients_with_it(monkeypatch):
-    init_runtime(seed=0)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    hf = tiny_gpt_neox()
-    randomize_norms(hf)
-    ours, _ = native_twin(hf)
-    ours = ours.cuda()
-    tokens = torch.randint(0, VOCAB, (2, 32), device="cuda")
-    results = []
-    for pending in ("0", "1"):
-        monkeypatch.setenv("MEGATRON_MAMBA_PENDING_KERNELS", pending)
-        ours.zero_grad()
-        logits = ours(tokens, None, None)[..., :VOCAB]
-        assert ("_TwoLayerNormsBackward" in autograd_nodes(logits)) == (pending == "1")
-        logits.square().mean().backward()
-        grads = [p.grad.clone() for p in ours.parameters() if p.grad is not None]
-        results.append((logits.detach(), grads))
-    (want, want_grads), (got, got_grads) = results
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    for g, w in zip(got_grads, want_grads, strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+    env = "MEGATRON_MAMBA_PENDING_KERNELS"
+    runs = cuda_twin_logits_and_grads(monkeypatch, tiny_gpt_neox, env, ("0", "1"))
+    for (logits, _), fused in zip(runs, (False, True), strict=True):
+        assert ("_TwoLayerNormsBackward" in autograd_nodes(logits)) == fused
+    assert_same_logits_and_grads(runs)

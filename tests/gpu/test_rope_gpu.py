@@ -9,8 +9,12 @@ from megatron.core.models.common.embeddings.rope_utils import _apply_rotary_pos_
 from torch.profiler import ProfilerActivity, profile
 
 from megatron_mamba import kernels
-from megatron_mamba.runtime import init_runtime
-from tests.helpers.hf_tiny import VOCAB, native_twin, randomize_norms, tiny_gpt_neox, tiny_llama
+from tests.helpers.hf_tiny import (
+    assert_same_logits_and_grads,
+    cuda_twin_logits_and_grads,
+    tiny_gpt_neox,
+    tiny_llama,
+)
 
 pytestmark = pytest.mark.gpu
 pytest.importorskip("triton")  # collected everywhere; the kernel module needs it
@@ -68,22 +72,5 @@ def test_rope_is_one_kernel_each_way_and_the_default(monkeypatch):
 
 @pytest.mark.parametrize("make", [tiny_gpt_neox, tiny_llama])
 def test_models_give_the_same_logits_and_gradients_with_the_kernel(monkeypatch, make):
-    init_runtime(seed=0)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    hf = make()
-    randomize_norms(hf)
-    ours, _ = native_twin(hf)
-    ours = ours.cuda()
-    tokens = torch.randint(0, VOCAB, (2, 32), device="cuda")
-    results = []
-    for references in ("1", "0"):
-        monkeypatch.setenv("MEGATRON_MAMBA_REFERENCE_KERNELS", references)
-        ours.zero_grad()
-        logits = ours(tokens, None, None)[..., :VOCAB]
-        logits.square().mean().backward()
-        grads = [p.grad.clone() for p in ours.parameters() if p.grad is not None]
-        results.append((logits.detach(), grads))
-    (want, want_grads), (got, got_grads) = results
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    for g, w in zip(got_grads, want_grads, strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+    env = "MEGATRON_MAMBA_REFERENCE_KERNELS"
+    assert_same_logits_and_grads(cuda_twin_logits_and_grads(monkeypatch, make, env, ("1", "0")))

@@ -140,3 +140,34 @@ def strengthen(hf_model: torch.nn.Module, seed: int = 0) -> None:
                 param.normal_(0, param.shape[-1] ** -0.5, generator=generator)
             else:
                 param.normal_(0, 0.3, generator=generator)
+
+
+def cuda_twin_logits_and_grads(monkeypatch, make, env: str, values: tuple[str, str]):
+    """Our CUDA twin of a tiny transformers model (norms randomised, no TF32), run once with
+    environment variable `env` at each of `values`: [(logits, parameter gradients)] each."""
+    from megatron_mamba.runtime import init_runtime
+
+    init_runtime(seed=0)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    hf = make()
+    randomize_norms(hf)
+    ours, _ = native_twin(hf)
+    ours = ours.cuda()
+    tokens = torch.randint(0, VOCAB, (2, 32), device="cuda")
+    results = []
+    for value in values:
+        monkeypatch.setenv(env, value)
+        ours.zero_grad()
+        logits = ours(tokens, None, None)[..., :VOCAB]
+        logits.square().mean().backward()
+        grads = [p.grad.clone() for p in ours.parameters() if p.grad is not None]
+        results.append((logits, grads))
+    return results
+
+
+def assert_same_logits_and_grads(results) -> None:
+    """The two runs of `cuda_twin_logits_and_grads` agree (fp32: one rounding apart)."""
+    (want, want_grads), (got, got_grads) = results
+    torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-5, atol=1e-5)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
