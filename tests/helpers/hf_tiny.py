@@ -144,8 +144,11 @@ def strengthen(hf_model: torch.nn.Module, seed: int = 0) -> None:
 
 def cuda_twin_logits_and_grads(monkeypatch, make, env: str, values: tuple[str, str]):
     """Our CUDA twin of a tiny transformers model (norms randomised, no TF32), run once with
-    environment variable `env` at each of `values`: [(logits, parameter gradients)] each."""
+    environment variable `env` at each of `values`: [(logits, parameter gradients, the names
+    of the logits' backward nodes)] each (names taken before backward: on the GPU, a run found
+    the custom functions' nodes no longer leading on after it)."""
     from megatron_mamba.runtime import init_runtime
+    from tests.helpers.autograd_graph import autograd_nodes
 
     init_runtime(seed=0)
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -159,15 +162,16 @@ def cuda_twin_logits_and_grads(monkeypatch, make, env: str, values: tuple[str, s
         monkeypatch.setenv(env, value)
         ours.zero_grad()
         logits = ours(tokens, None, None)[..., :VOCAB]
+        nodes = autograd_nodes(logits)
         logits.square().mean().backward()
         grads = [p.grad.clone() for p in ours.parameters() if p.grad is not None]
-        results.append((logits, grads))
+        results.append((logits.detach(), grads, nodes))
     return results
 
 
 def assert_same_logits_and_grads(results) -> None:
     """The two runs of `cuda_twin_logits_and_grads` agree (fp32: one rounding apart)."""
-    (want, want_grads), (got, got_grads) = results
-    torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-5, atol=1e-5)
+    (want, want_grads, _), (got, got_grads, _) = results
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     for g, w in zip(got_grads, want_grads, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
