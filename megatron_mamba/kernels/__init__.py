@@ -4,8 +4,10 @@ On CUDA tensors with mamba_ssm / causal_conv1d installed, their fused kernels ru
 the pure-PyTorch references in `reference.py` do (they are also the oracle in the GPU parity tests).
 The same holds for our Triton kernels of the losses over the logits (`logit_losses.py`, whose
 reference is models/logit_losses.py), SwiGLU and GeLU (`swiglu.py`, `bias_gelu.py`; reference
-models/fused.py) and RoPE (`rope.py`; reference megatron's), and of the Mamba1 mixer as one
-function over mamba_ssm's kernels (`mamba1_fused.py`; reference the mixer's composed path).
+models/fused.py), RoPE (`rope.py`; reference megatron's) and GPTNeoX's two LayerNorms of one
+input (`layer_norms.py`; reference F.layer_norm twice), and of the Mamba1 mixer as one function
+over mamba_ssm's kernels (`mamba1_fused.py`; reference the mixer's composed path), with a Triton
+selective-scan backward as an option (`selective_scan_bwd.py`).
 `MEGATRON_MAMBA_REFERENCE_KERNELS=1` forces the references; paths not yet tested on a GPU are
 opt-in with `MEGATRON_MAMBA_PENDING_KERNELS=1`.
 

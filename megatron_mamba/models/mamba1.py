@@ -125,11 +125,11 @@ class Mamba1Mixer(MambaMixerBase):
     def _one_function(self, hidden_states: torch.Tensor):
         """(output, out_proj bias or None) of the mixer from in_proj to out_proj as one function
         without d_inner-wide layout copies (kernels/mamba1_fused.py), where it applies:
-        on GPU, in training or prefill without a state. The classic layout at TP=1 by default;
-        under TP (the input gathered or copied to every rank, the partial outputs reduced, as
-        megatron's linears do) and the grouped layout only with the pending kernels on, until
-        their GPU tests run. None elsewhere."""
-        if (self.dims.grouped or self.tp > 1) and not kernels.pending_kernels():
+        on GPU, in training or prefill without a state. Both layouts at TP=1 by default; under
+        TP (the input gathered or copied to every rank, the partial outputs reduced, as
+        megatron's linears do) only with the pending kernels on, until their NCCL tests run on
+        two GPUs. None elsewhere."""
+        if self.tp > 1 and not kernels.pending_kernels():
             return None
         kernel = kernels.mamba1_mixer(hidden_states)
         if kernel is None:

@@ -80,9 +80,8 @@ ONE_FUNCTION = {
 @pytest.mark.parametrize("case", ONE_FUNCTION)
 def test_mamba1_one_function_matches_reference(runtime, monkeypatch, case, dtype):
     """The Mamba1 mixer as one function in the [channels, (b l)] layout
-    (kernels/mamba1_fused.py; the grouped layout pending): the same check, and the function is
-    what ran."""
-    monkeypatch.setenv("MEGATRON_MAMBA_PENDING_KERNELS", "1")
+    (kernels/mamba1_fused.py), both layouts by default at TP=1: the same check, and the
+    function is what ran."""
     if case.endswith("triton-bwd"):
         monkeypatch.setenv("MEGATRON_MAMBA_TRITON_SCAN_BWD", "1")
     mamba, node = ONE_FUNCTION[case]

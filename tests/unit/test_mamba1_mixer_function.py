@@ -51,3 +51,14 @@ def test_one_function_matches_the_composed_mixer(runtime, monkeypatch, case):
     for name, got, want in zip(names, run(whole), run(composed), strict=True):
         scale = want.abs().max().item()
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7 * scale, msg=name)
+
+
+@pytest.mark.parametrize("case", ["classic", "grouped-gqa"])
+def test_both_layouts_take_the_function_by_default_on_one_rank(runtime, monkeypatch, case):
+    """At TP=1 both layouts go through the one function without the pending switch (their GPU
+    tests have run); the mixer's forward is what routes them."""
+    calls = fake_mamba_kernels.route_mamba1_mixer(monkeypatch)
+    monkeypatch.setenv("MEGATRON_MAMBA_PENDING_KERNELS", "0")
+    mixer = native_mixer("mamba1", tiny_model_config(**CASES[case])).double()
+    mixer(torch.randn(24, 3, mixer.dims.d_model, dtype=torch.float64))
+    assert calls[0] == 1
