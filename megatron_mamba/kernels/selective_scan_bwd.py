@@ -23,20 +23,23 @@ over them, recomputing the states of one chunk from its start.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
 
-_LOG2E = 1.4426950408889634
+_LOG2E = tl.constexpr(1.4426950408889634)  # exp(Δ A) = exp2(Δ A log2 e)
 
 
-class Tiling:
+class Tiling(NamedTuple):
     """Channels per program, positions per chunk, warps. The tile is positions × channels ×
     states with the channels and states over a warp's lanes, so each thread scans its chunk in
     registers; one warp did best (`device_run.sh scan_bwd`, benchmarks/RESULTS.md)."""
 
-    def __init__(self, channels: int = 2, chunk: int = 16, warps: int = 1):
-        self.channels, self.chunk, self.warps = channels, chunk, warps
+    channels: int = 2
+    chunk: int = 16
+    warps: int = 1
 
     @classmethod
     def for_state(cls, state: int) -> Tiling:
@@ -77,7 +80,7 @@ def _scan_backward(
     group = (block * BLOCK_D) // channels_per_group
     A = tl.load(A_ptr + d[:, None] * state + n[None, :], mask=n_ok[None, :], other=0.0)
     A = A.to(tl.float32)[None, :, :]
-    A2 = A * 1.4426950408889634  # exp(Δ A) = exp2(Δ A log2 e)
+    A2 = A * _LOG2E
     bias = tl.zeros([BLOCK_D], tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d).to(tl.float32)
@@ -106,6 +109,8 @@ def _scan_backward(
         bx = (dt * u)[:, :, None] * Bt.to(tl.float32)[:, None, :]
         a_run, h_run = tl.associative_scan((a, bx), 0, _first_order)
         h = tl.sum(tl.where(last, h_run + a_run * h[None, :, :], 0.0), 0)
+
+    tl.debug_barrier()  # the starting states stored above are read back by other threads
 
     # backward: the chunks in reverse, g carried from the next chunk's first position
     g_next = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
