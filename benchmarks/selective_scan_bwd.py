@@ -17,7 +17,6 @@ import torch
 from benchmarks.common import median_step_seconds
 
 TILINGS = [(2, 16, 1), (4, 8, 1), (4, 4, 1), (8, 4, 1), (2, 32, 1), (8, 16, 4)]
-NAMES = ("du", "ddelta", "dA", "dB", "dC", "dD", "ddelta_bias", "out_z")
 
 
 def inputs(batch: int, channels: int, state: int, length: int, groups: int):
@@ -39,7 +38,7 @@ def inputs(batch: int, channels: int, state: int, length: int, groups: int):
 def main() -> None:
     import selective_scan_cuda
 
-    from megatron_mamba.kernels.selective_scan_bwd import Tiling, selective_scan_backward
+    from megatron_mamba.kernels.selective_scan_bwd import RESULTS, Tiling, selective_scan_backward
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=4)
@@ -61,7 +60,7 @@ def main() -> None:
         ), dz
 
     (du, ddelta, dA, dB, dC, dD, dbias, _, out_z), dz = theirs()
-    reference = dict(zip(NAMES, (du, ddelta, dA, dB, dC, dD, dbias, out_z), strict=True))
+    reference = dict(zip(RESULTS, (du, ddelta, dA, dB, dC, dD, dbias, out_z), strict=True))
     reference["dz"] = dz
     rows = [{"name": "mamba_ssm", "ms": median_step_seconds(theirs, iters=20) * 1e3}]
     for channels, chunk, warps in TILINGS:
@@ -73,7 +72,7 @@ def main() -> None:
             return out, dz
 
         got, got_dz = ours()
-        mine = dict(zip(NAMES, got, strict=True)) | {"dz": got_dz}
+        mine = dict(zip(RESULTS, got, strict=True)) | {"dz": got_dz}
         differences = {
             name: ((mine[name].float() - ref.float()).abs().max() / ref.float().abs().max()).item()
             for name, ref in reference.items()

@@ -105,6 +105,12 @@ def pending_kernels() -> bool:
     return os.environ.get("MEGATRON_MAMBA_PENDING_KERNELS", "0") == "1"
 
 
+def triton_scan_backward() -> bool:
+    """The Triton selective-scan backward (kernels/selective_scan_bwd.py) in place of
+    mamba_ssm's: slower for now, so only with MEGATRON_MAMBA_TRITON_SCAN_BWD=1."""
+    return os.environ.get("MEGATRON_MAMBA_TRITON_SCAN_BWD", "0") == "1"
+
+
 def mamba1_mixer(hidden: torch.Tensor):
     """The Mamba1 mixer as one function in the [channels, (b l)] layout
     (kernels/mamba1_fused.py) for this input, or None where it does not run."""

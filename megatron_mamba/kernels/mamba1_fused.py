@@ -26,12 +26,13 @@ As `mamba_inner_fn` does, backward recomputes the conv and delta rather than kee
 from __future__ import annotations
 
 import itertools
-import os
 from typing import NamedTuple
 
 import selective_scan_cuda
 import torch
 from causal_conv1d.cpp_functions import causal_conv1d_bwd_function, causal_conv1d_fwd_function
+
+from megatron_mamba import kernels
 
 
 def _as_bdl(rows: torch.Tensor, batch: int) -> torch.Tensor:
@@ -63,7 +64,7 @@ def _scan_and_out_proj_backward(
     """Gradients of `_scan_and_out_proj` for dy [(b l), hidden], dz written into `dz`:
     (du, ddelta, dA, dB, dC, dD, d dt_b, d out_w)."""
     dout_y = _as_bdl(out_w.t() @ dy.t(), conv_out.shape[0])
-    if os.environ.get("MEGATRON_MAMBA_TRITON_SCAN_BWD") == "1":  # slower for now, see its module
+    if kernels.triton_scan_backward():
         from megatron_mamba.kernels.selective_scan_bwd import selective_scan_backward
 
         du, ddelta, dA, dB, dC, dD, d_dt_b, out_z = selective_scan_backward(

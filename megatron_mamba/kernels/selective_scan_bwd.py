@@ -190,13 +190,16 @@ def _bgnl(m: torch.Tensor) -> torch.Tensor:
     return m if m.stride(3) == 1 else m.contiguous()
 
 
+RESULTS = ("du", "ddelta", "dA", "dB", "dC", "dD", "ddelta_bias", "out_z")
+
+
 def selective_scan_backward(
     u, delta, A, B, C, D, z, delta_bias, grad, y, dz, tiling: Tiling | None = None
 ):
     """Gradients of out_z = selective_scan(u, delta, A, B, C, D, z, delta_bias,
     delta_softplus=True) for its upstream gradient `grad`, given the forward's ungated output
-    `y` (mamba_ssm's `out`); dz is written into `dz`. Returns (du, ddelta, dA, dB, dC, dD,
-    ddelta_bias, out_z) as `selective_scan_cuda.bwd(..., delta_softplus=True,
+    `y` (mamba_ssm's `out`); dz is written into `dz`. Returns `RESULTS` (du, ddelta, dA, dB, dC,
+    dD, ddelta_bias, out_z) as `selective_scan_cuda.bwd(..., delta_softplus=True,
     recompute_out_z=True)` does (dB, dC in float32 as [b, g, n, l])."""
     batch, channels, length = u.shape
     state = A.shape[1]

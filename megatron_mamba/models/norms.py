@@ -71,10 +71,13 @@ def norms_of_one_input(
     Two LayerNorms of one eps, x and their parameters of one dtype, go to one Triton kernel each
     way on GPU (kernels/layer_norms.py); anything else to the norms themselves."""
     kernel = kernels.triton_two_layer_norms(x)
-    same = isinstance(first, LayerNorm) and isinstance(second, LayerNorm)
-    if kernel is None or not same or first.eps != second.eps:
+    fits = (
+        kernel is not None
+        and isinstance(first, LayerNorm)
+        and isinstance(second, LayerNorm)
+        and first.eps == second.eps
+        and all(p.dtype == x.dtype for p in (*first.parameters(), *second.parameters()))
+    )
+    if not fits:
         return first(x), second(x)
-    params = (first.weight, first.bias, second.weight, second.bias)
-    if any(p.dtype != x.dtype for p in params):
-        return first(x), second(x)
-    return kernel(x, *params, first.eps)
+    return kernel(x, first.weight, first.bias, second.weight, second.bias, first.eps)

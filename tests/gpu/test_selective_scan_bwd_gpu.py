@@ -10,7 +10,6 @@ from megatron_mamba.kernels import reference
 pytestmark = pytest.mark.gpu
 triton = pytest.importorskip("triton")
 
-NAMES = ("du", "ddelta", "dA", "dB", "dC", "dD", "ddelta_bias", "out_z")
 # bf16: inputs and the saved y rounded, as the mixer has them; norms, not elements
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
@@ -58,14 +57,14 @@ def _relative(got, expected) -> float:
 def test_matches_autograd_through_the_float64_reference(
     dtype, batch, channels, length, state, groups, rows_layout
 ):
-    from megatron_mamba.kernels.selective_scan_bwd import selective_scan_backward
+    from megatron_mamba.kernels.selective_scan_bwd import RESULTS, selective_scan_backward
 
     args = _case(batch, channels, length, state, groups, dtype, rows_layout)
     u, delta, A, B, C, D, z, bias, grad = args
     y, expected, out_z_expected = _reference(*args)
     dz = torch.empty_like(z)
     results = selective_scan_backward(u, delta, A, B, C, D, z, bias, grad, y, dz)
-    got = dict(zip(NAMES, results, strict=True))
+    got = dict(zip(RESULTS, results, strict=True))
     got["dz"] = dz
     assert _relative(got.pop("out_z"), out_z_expected) < TOLERANCE[dtype]
     errors = {name: _relative(got[name], expected[name]) for name in expected}
@@ -74,7 +73,7 @@ def test_matches_autograd_through_the_float64_reference(
 
 def test_matches_mamba_ssms_backward_on_the_mixers_layouts():
     selective_scan_cuda = pytest.importorskip("selective_scan_cuda")
-    from megatron_mamba.kernels.selective_scan_bwd import selective_scan_backward
+    from megatron_mamba.kernels.selective_scan_bwd import RESULTS, selective_scan_backward
 
     u, delta, A, B, C, D, z, bias, grad = _case(2, 256, 1000, 16, 1, torch.bfloat16, True)
     u = u.contiguous()  # the conv's output
@@ -83,9 +82,9 @@ def test_matches_mamba_ssms_backward_on_the_mixers_layouts():
     theirs = selective_scan_cuda.bwd(
         u, delta, A, B, C, D, z, bias, grad, scan_state, y, dz_theirs, True, True
     )
-    theirs = dict(zip(NAMES, theirs[:7] + theirs[8:], strict=True)) | {"dz": dz_theirs}
+    theirs = dict(zip(RESULTS, theirs[:7] + theirs[8:], strict=True)) | {"dz": dz_theirs}
     ours = selective_scan_backward(u, delta, A, B, C, D, z, bias, grad, y, dz_ours)
-    ours = dict(zip(NAMES, ours, strict=True)) | {"dz": dz_ours}
+    ours = dict(zip(RESULTS, ours, strict=True)) | {"dz": dz_ours}
     for name, expected in theirs.items():
         assert ours[name].shape == expected.shape, name
         assert _relative(ours[name], expected.double()) < 1e-2, name
