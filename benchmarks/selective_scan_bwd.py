@@ -1,8 +1,10 @@
 """Mamba1's selective-scan backward alone on one layer of Pythia-1b's all-mamba1 student (CALD's:
 batch 4, d_inner 5120, d_state 16, length 2048, bf16, in the one-function mixer's layouts):
 mamba_ssm's `selective_scan_cuda.bwd` against the Triton kernel (kernels/selective_scan_bwd.py)
-at several tilings, with each result's largest difference from mamba_ssm's relative to its
-largest value. Median milliseconds of 20 calls each.
+at several tilings, and mamba_ssm's with B and C copied into r groups (its dB and dC are
+atomic adds of every channel into one [b, g, n, l] buffer: r copies spread them over r times as
+many addresses; dB and dC are then summed over the copies), with each result's largest
+difference from mamba_ssm's relative to its largest value. Median milliseconds of 20 calls each.
 
     python benchmarks/selective_scan_bwd.py --out $OUT/selective_scan_bwd.json
 """
@@ -46,6 +48,8 @@ def main() -> None:
     parser.add_argument("--state", type=int, default=16)
     parser.add_argument("--length", type=int, default=2048)
     parser.add_argument("--groups", type=int, default=1)
+    parser.add_argument("--replicas", default="4,16,64,256", help="copies of B and C to try")
+    parser.add_argument("--no-triton", action="store_true", help="mamba_ssm's kernel only")
     parser.add_argument("--out")
     args = parser.parse_args()
     u, delta, A, B, C, D, z, bias, grad = inputs(
@@ -63,7 +67,32 @@ def main() -> None:
     reference = dict(zip(RESULTS, (du, ddelta, dA, dB, dC, dD, dbias, out_z), strict=True))
     reference["dz"] = dz
     rows = [{"name": "mamba_ssm", "ms": median_step_seconds(theirs, iters=20) * 1e3}]
-    for channels, chunk, warps in TILINGS:
+
+    def compare(name, fn):
+        got, got_dz = fn()
+        mine = dict(zip(RESULTS, got, strict=True)) | {"dz": got_dz}
+        differences = {
+            key: ((mine[key].float() - ref.float()).abs().max() / ref.float().abs().max()).item()
+            for key, ref in reference.items()
+        }
+        rows.append({"name": name, "ms": median_step_seconds(fn, iters=20) * 1e3} | differences)
+        print(rows[-1], flush=True)
+
+    for copies in [int(r) for r in args.replicas.split(",") if r]:
+
+        def replicated(copies=copies):
+            b, g, n, length = B.shape
+            Br, Cr = (t.unsqueeze(2).expand(b, g, copies, n, length) for t in (B, C))
+            Br, Cr = (t.reshape(b, g * copies, n, length) for t in (Br, Cr))
+            dz = torch.empty_like(z)
+            out = selective_scan_cuda.bwd(
+                u, delta, A, Br, Cr, D, z, bias, grad, scan_state, y, dz, True, True
+            )
+            summed = (t.view(b, g, copies, n, length).sum(2) for t in out[3:5])
+            return (*out[:3], *summed, *out[5:7], out[8]), dz
+
+        compare(f"mamba_ssm, B and C in {copies} copies", replicated)
+    for channels, chunk, warps in [] if args.no_triton else TILINGS:
         tiling = Tiling(channels, chunk, warps)
 
         def ours(tiling=tiling):
@@ -71,15 +100,7 @@ def main() -> None:
             out = selective_scan_backward(u, delta, A, B, C, D, z, bias, grad, y, dz, tiling)
             return out, dz
 
-        got, got_dz = ours()
-        mine = dict(zip(RESULTS, got, strict=True)) | {"dz": got_dz}
-        differences = {
-            name: ((mine[name].float() - ref.float()).abs().max() / ref.float().abs().max()).item()
-            for name, ref in reference.items()
-        }
-        ms = median_step_seconds(ours, iters=20) * 1e3
-        rows.append({"name": f"triton {channels}×{chunk}, {warps} warps", "ms": ms} | differences)
-        print(rows[-1], flush=True)
+        compare(f"triton {channels}×{chunk}, {warps} warps", ours)
     base = rows[0]["ms"]
     print("| kernel | ms | × mamba_ssm | worst relative difference |\n|---|---|---|---|")
     for row in rows:

@@ -95,9 +95,8 @@ def triton_bias_gelu(x: torch.Tensor):
 
 
 def triton_two_layer_norms(x: torch.Tensor):
-    """Two LayerNorms of one input as one kernel each way (kernels/layer_norms.py), or None;
-    pending until its GPU tests have run."""
-    return _triton_kernel(x, "layer_norms", "two_layer_norms") if pending_kernels() else None
+    """Two LayerNorms of one input as one kernel each way (kernels/layer_norms.py), or None."""
+    return _triton_kernel(x, "layer_norms", "two_layer_norms")
 
 
 def pending_kernels() -> bool:

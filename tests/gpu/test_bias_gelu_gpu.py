@@ -11,7 +11,7 @@ from megatron_mamba import kernels
 pytestmark = pytest.mark.gpu
 pytest.importorskip("triton")  # collected everywhere; the kernel module needs it
 
-from megatron_mamba.kernels.bias_gelu import ROWS_PER_PROGRAM, bias_gelu  # noqa: E402
+from megatron_mamba.kernels.bias_gelu import TILING, bias_gelu  # noqa: E402
 
 
 def _check(x, bias, grad, rel: float, bias_rel: float):
@@ -30,7 +30,9 @@ def _check(x, bias, grad, rel: float, bias_rel: float):
 
 
 # GPTNeoX's [s, b, ffn]; rows not a multiple of the kernel's row block; columns not of its block
-@pytest.mark.parametrize("shape", [(256, 4, 8192), (3 * ROWS_PER_PROGRAM + 5, 1, 1500), (2, 24)])
+@pytest.mark.parametrize(
+    "shape", [(256, 4, 8192), (3 * TILING.rows_per_program + 5, 1, 1500), (2, 24)]
+)
 def test_bias_gelu_matches_float64(shape):
     torch.manual_seed(0)
     x = 2 * torch.randn(*shape, device="cuda", dtype=torch.float64)

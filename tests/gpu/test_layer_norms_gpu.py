@@ -69,8 +69,8 @@ def test_two_layer_norms_are_one_kernel_each_way(monkeypatch):
 
 
 def test_gpt_neox_gives_the_same_logits_and_gradients_with_it(monkeypatch):
-    env = "MEGATRON_MAMBA_PENDING_KERNELS"
-    runs = cuda_twin_logits_and_grads(monkeypatch, tiny_gpt_neox, env, ("0", "1"))
+    env = "MEGATRON_MAMBA_REFERENCE_KERNELS"
+    runs = cuda_twin_logits_and_grads(monkeypatch, tiny_gpt_neox, env, ("1", "0"))
     for (_, _, nodes), fused in zip(runs, (False, True), strict=True):
         assert ("_TwoLayerNormsBackward" in nodes) == fused
     assert_same_logits_and_grads(runs)

@@ -7,10 +7,12 @@ import torch
 
 def autograd_nodes(tensor: torch.Tensor) -> set[str]:
     """The names of every node in `tensor`'s backward graph (e.g. "AddmmBackward0")."""
-    seen, todo = set(), [tensor.grad_fn]
+    names, visited, todo = set(), set(), [tensor.grad_fn]
     while todo:
         node = todo.pop()
-        if node is not None and node.name() not in seen:
-            seen.add(node.name())
+        # visited by identity: two nodes of one name (two AddBackward0) lead to different places
+        if node is not None and node not in visited:
+            visited.add(node)
+            names.add(node.name())
             todo.extend(next_node for next_node, _ in node.next_functions)
-    return seen
+    return names

@@ -145,8 +145,7 @@ def strengthen(hf_model: torch.nn.Module, seed: int = 0) -> None:
 def cuda_twin_logits_and_grads(monkeypatch, make, env: str, values: tuple[str, str]):
     """Our CUDA twin of a tiny transformers model (norms randomised, no TF32), run once with
     environment variable `env` at each of `values`: [(logits, parameter gradients, the names
-    of the logits' backward nodes)] each (names taken before backward: on the GPU, a run found
-    the custom functions' nodes no longer leading on after it)."""
+    of the logits' backward nodes)] each."""
     from megatron_mamba.runtime import init_runtime
     from tests.helpers.autograd_graph import autograd_nodes
 
