@@ -49,6 +49,39 @@ def ours_step(config, tokens, one_launch_adam=False):
     return model, step
 
 
+def graphed_ours_step(config, tokens):
+    """`ours_step` with one-launch Adam, its forward and backward replayed from one CUDA graph
+    (what train.cuda_graph=true does, without the trainer's DDP and schedule): for steps whose
+    host time, launching kernels, exceeds their GPU time. Adam stays outside the graph; the
+    gradients are zeroed in place, never freed, so that the graph's writes land in them."""
+    model = build_model(config, ParallelConfig(), RunPrecision("bf16"), cpu_initialization=False)
+    model.cuda()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+    assert use_one_launch_adam(optimizer)
+
+    def forward_backward():
+        model(tokens[:, :-1], None, None, labels=tokens[:, 1:]).float().mean().backward()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up (Triton autotuning, gradients allocated) and capture
+        for _ in range(3):
+            forward_backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=False)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            forward_backward()
+    torch.cuda.current_stream().wait_stream(side)
+
+    def step():
+        graph.replay()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=False)
+
+    return model, step
+
+
 def hf_gpt_neox_config(config):
     """transformers' GPTNeoXConfig of our Pythia-shaped `config` (sdpa attention)."""
     from transformers import GPTNeoXConfig

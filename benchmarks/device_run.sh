@@ -45,6 +45,7 @@ logit        60  torchrun --nproc_per_node 1 benchmarks/logit_losses.py
 attention    240 torchrun --nproc_per_node 1 benchmarks/attention_model.py --rounds 3
 mamba1       300 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds mamba1 --rounds 3
 mamba2       300 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds mamba2 --rounds 3
+mamba_graphed 480 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds ${MAMBA_KIND:-mamba2} --rounds 3 --graphed --out $OUT/mamba_graphed.json
 distill      170 torchrun --nproc_per_node 1 benchmarks/distill_step.py --out $OUT/distill_step.json
 dpo          240 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json
 dpo_graphs   420 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json --graphs --rounds 5

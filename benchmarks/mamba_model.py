@@ -8,7 +8,11 @@ uses transformers' `Mamba2Mixer` (head_dim 64, one group, d_state 128) the same 
 shapes from the layer pattern "M"×16 / "S"×16. Forward + backward + fused AdamW step for each;
 ours again with that AdamW in one Triton launch (train.adam_kernel=one_launch).
 
-`--rounds R` then builds the three sides together and times them taking turns for R rounds
+`--graphed` adds ours (one-launch Adam) with its forward and backward replayed from a CUDA
+graph, as train.cuda_graph=true runs it (its peak memory is what the allocator reserves, the
+graph's pool included).
+
+`--rounds R` then builds the sides together and times them taking turns for R rounds
 (the baseline's speed moved by 10% between sessions on this shared machine).
 
     torchrun --nproc_per_node 1 benchmarks/mamba_model.py --out $OUT/mamba_model.json [--rounds 3]
@@ -28,7 +32,7 @@ from benchmarks import attention_model
 from benchmarks.common import (
     interleaved_speedups,
     median_step_seconds,
-    peak_memory_gib,
+    peak_memory,
     print_speedups,
 )
 from megatron_mamba.config import ModelConfig
@@ -117,11 +121,16 @@ def ours_step(config, kind, tokens, one_launch_adam=False):
     return attention_model.ours_step(config, tokens, one_launch_adam)
 
 
+def graphed_ours_step(config, kind, tokens):
+    return attention_model.graphed_ours_step(config, tokens)
+
+
 def measure(name, build, config, kind, tokens, seq):
     model, step = build(config, kind, tokens)
     params = sum(p.numel() for p in model.parameters())
     seconds = median_step_seconds(step)
-    memory = peak_memory_gib(step)
+    allocated, reserved = peak_memory(step)
+    memory = reserved if build is graphed_ours_step else allocated
     del model, step
     gc.collect()
     torch.cuda.empty_cache()
@@ -146,6 +155,7 @@ def main() -> None:
         default=0,
         help="then build the sides together and time them taking turns, this many rounds",
     )
+    parser.add_argument("--graphed", action="store_true", help="also ours with CUDA graphs")
     args = parser.parse_args()
     init_runtime(seed=0)
     rows, interleaved = [], {}
@@ -164,7 +174,21 @@ def main() -> None:
             tokens,
             args.seq,
         )
-        for row in (base, ours, one_launch):
+        graphed = (
+            [
+                measure(
+                    f"megatron-mamba ({kind}), one-launch Adam, CUDA graph",
+                    graphed_ours_step,
+                    config,
+                    kind,
+                    tokens,
+                    args.seq,
+                )
+            ]
+            if args.graphed
+            else []
+        )
+        for row in (base, ours, one_launch, *graphed):
             row["speedup"] = row["tokens_per_s"] / base["tokens_per_s"]
             rows.append(row)
         if args.rounds:
@@ -173,6 +197,8 @@ def main() -> None:
                 "megatron-mamba": ours_step,
                 "megatron-mamba, one-launch Adam": partial(ours_step, one_launch_adam=True),
             }
+            if args.graphed:
+                builds["megatron-mamba, one-launch Adam, CUDA graph"] = graphed_ours_step
             steps = {name: build(config, kind, tokens)[1] for name, build in builds.items()}
             interleaved[kind] = interleaved_speedups(steps, args.rounds)
             del steps
