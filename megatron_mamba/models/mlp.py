@@ -1,8 +1,13 @@
 """The block MLP: GeLU with biases (GPTNeoX) or SwiGLU without (Llama), tensor-parallel.
 
-Like megatron's MLP (same parameter names, column- then row-parallel), but the fc1 bias and the
-activation run as one fused kernel, and fc2's bias is returned for the block to fuse into its
-residual sum.
+Like megatron's MLP (same parameter names, column- then row-parallel). fc1's bias: on one TP rank
+without sequence parallelism it is added inside fc1's product (`addmm`'s epilogue) and torch's
+GeLU follows, as transformers runs it; the profile of the attention benchmark (benchmarks/
+RESULTS.md) had that GEMM at 350 µs a call where the product without its bias took 381 µs on
+another kernel, and torch's GeLU at 91 µs where our bias + GeLU kernel took 115. Elsewhere (TP > 1
+or SP: megatron's linear would add the bias in a pass of its own) the bias and the activation
+run as one kernel each way (kernels/bias_gelu.py). fc2's bias goes to the block's residual sum,
+or on one rank into its own product (models/linear.RowLinear).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ class MLP(MegatronModule):
         if not glu and config.activation_func is not F.gelu:
             raise ValueError("non-gated MLP supports exact GeLU only")
         ffn = config.ffn_hidden_size
+        one_rank = config.tensor_model_parallel_size == 1 and not config.sequence_parallel
         self.linear_fc1 = ColumnLinear(
             config.hidden_size,
             2 * ffn if glu else ffn,
@@ -32,7 +38,7 @@ class MLP(MegatronModule):
             init_method=config.init_method,
             bias=config.add_bias_linear,
             gather_output=False,
-            skip_bias_add=True,
+            skip_bias_add=not one_rank,  # on one rank: the bias inside the product
         )
         self.linear_fc2 = RowLinear(
             ffn,
