@@ -174,21 +174,11 @@ def main() -> None:
             tokens,
             args.seq,
         )
-        graphed = (
-            [
-                measure(
-                    f"megatron-mamba ({kind}), one-launch Adam, CUDA graph",
-                    graphed_ours_step,
-                    config,
-                    kind,
-                    tokens,
-                    args.seq,
-                )
-            ]
-            if args.graphed
-            else []
-        )
-        for row in (base, ours, one_launch, *graphed):
+        sides = [base, ours, one_launch]
+        if args.graphed:
+            name = f"megatron-mamba ({kind}), one-launch Adam, CUDA graph"
+            sides.append(measure(name, graphed_ours_step, config, kind, tokens, args.seq))
+        for row in sides:
             row["speedup"] = row["tokens_per_s"] / base["tokens_per_s"]
             rows.append(row)
         if args.rounds:
