@@ -5,6 +5,7 @@ AdamW step for both, in the same process on one GPU; ours again with that AdamW 
 launch (train.adam_kernel=one_launch). Prints a markdown row and writes JSON.
 
     torchrun --nproc_per_node 1 benchmarks/attention_model.py --out $OUT/attention.json [--rounds 3]
+        [--same-weights]
 """
 
 from __future__ import annotations
@@ -24,18 +25,23 @@ from benchmarks.common import (
     print_speedups,
 )
 from megatron_mamba.config import ParallelConfig, RunPrecision
+from megatron_mamba.convert.hf_weights import native_from_hf
 from megatron_mamba.models.build import build_model
 from megatron_mamba.models.presets import preset
 from megatron_mamba.models.size import training_flops_per_token
+from megatron_mamba.parallel.shards import load_full_state
 from megatron_mamba.runtime import init_runtime
 from megatron_mamba.training.adamw import use_one_launch_adam
 
 
-def ours_step(config, tokens, one_launch_adam=False):
+def ours_step(config, tokens, one_launch_adam=False, weights=None):
     """Our model and the same fused AdamW as transformers' side; or with `one_launch_adam`,
-    that AdamW as train.adam_kernel=one_launch runs it (training/adamw.py)."""
+    that AdamW as train.adam_kernel=one_launch runs it (training/adamw.py). `weights`: a
+    transformers state dict to start from (`--same-weights`), converted as the importer does."""
     model = build_model(config, ParallelConfig(), RunPrecision("bf16"), cpu_initialization=False)
     model.cuda()
+    if weights is not None:
+        load_full_state(model, native_from_hf(weights, config))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
     if one_launch_adam:
         assert use_one_launch_adam(optimizer)
@@ -103,10 +109,23 @@ def hf_gpt_neox_config(config):
     )
 
 
-def hf_step(config, tokens):
+def hf_weights(config) -> dict[str, torch.Tensor]:
+    """A transformers GPTNeoX's initial weights (bf16, on the GPU), for both sides to start
+    from: a GEMM's time can depend on the values it multiplies (the GPU's power draw), and
+    each side's own initialisation gives different ones."""
+    from transformers import GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    model = GPTNeoXForCausalLM(hf_gpt_neox_config(config)).to(device="cuda", dtype=torch.bfloat16)
+    return {name: t.detach().clone() for name, t in model.state_dict().items()}
+
+
+def hf_step(config, tokens, weights=None):
     from transformers import GPTNeoXForCausalLM
 
     model = GPTNeoXForCausalLM(hf_gpt_neox_config(config)).to(device="cuda", dtype=torch.bfloat16)
+    if weights is not None:
+        model.load_state_dict(weights)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
 
@@ -143,17 +162,26 @@ def main() -> None:
         default=0,
         help="then build the sides together and time them taking turns, this many rounds",
     )
+    parser.add_argument(
+        "--same-weights",
+        action="store_true",
+        help="both sides start from one transformers model's weights (ours converted)",
+    )
     args = parser.parse_args()
     init_runtime(seed=0)
     config = preset(args.preset)
     tokens = torch.randint(0, config.vocab_size, (args.micro_batch, args.seq + 1), device="cuda")
     peak = matmul_peak_flops()
+    weights = hf_weights(config) if args.same_weights else None
+    hf = partial(hf_step, weights=weights)
+    ours = partial(ours_step, weights=weights)
+    ours_one_launch = partial(ours_step, one_launch_adam=True, weights=weights)
     rows = [
-        measure("transformers GPTNeoX (sdpa)", hf_step, config, tokens, peak, args.seq),
-        measure("megatron-mamba GPTNeoX", ours_step, config, tokens, peak, args.seq),
+        measure("transformers GPTNeoX (sdpa)", hf, config, tokens, peak, args.seq),
+        measure("megatron-mamba GPTNeoX", ours, config, tokens, peak, args.seq),
         measure(
             "megatron-mamba GPTNeoX, one-launch Adam",
-            partial(ours_step, one_launch_adam=True),
+            ours_one_launch,
             config,
             tokens,
             peak,
@@ -172,9 +200,9 @@ def main() -> None:
     report = {"args": vars(args), "peak_flops": peak, "rows": rows}
     if args.rounds:
         builds = {
-            "transformers": hf_step,
-            "megatron-mamba": ours_step,
-            "megatron-mamba, one-launch Adam": partial(ours_step, one_launch_adam=True),
+            "transformers": hf,
+            "megatron-mamba": ours,
+            "megatron-mamba, one-launch Adam": ours_one_launch,
         }
         steps = {name: build(config, tokens)[1] for name, build in builds.items()}
         report["interleaved"] = interleaved_speedups(steps, args.rounds)
