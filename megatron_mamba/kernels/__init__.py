@@ -89,6 +89,11 @@ def triton_rope(t: torch.Tensor):
     return _triton_kernel(t, "rope", "rope")
 
 
+def triton_qkv_rope(mixed_qkv: torch.Tensor):
+    """RoPE on megatron's fused QKV with its split (kernels/rope.qkv_rope), or None."""
+    return _triton_kernel(mixed_qkv, "rope", "qkv_rope")
+
+
 def triton_bias_gelu(x: torch.Tensor):
     """The bias-GeLU kernel (kernels/bias_gelu.py) for this fc1 output, or None."""
     return _triton_kernel(x, "bias_gelu", "bias_gelu")

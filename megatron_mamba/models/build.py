@@ -26,7 +26,7 @@ from megatron_mamba.models.mamba_dims import mamba1_dims, mamba2_dims
 from megatron_mamba.models.mixers import mixer_spec
 from megatron_mamba.models.mlp import MLP
 from megatron_mamba.models.norms import LayerNorm, RMSNorm
-from megatron_mamba.models.rotary import use_rope_kernel
+from megatron_mamba.models.rotary import fused_qkv_rope_applies, use_rope_kernel
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -94,7 +94,7 @@ def to_transformer_config(
         )
     elif precision.recompute == "selective":
         recompute = dict(recompute_granularity="selective", recompute_modules=["core_attn"])
-    return TransformerConfig(
+    config = TransformerConfig(
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
         num_attention_heads=model.num_attention_heads,
@@ -122,6 +122,8 @@ def to_transformer_config(
         batch_p2p_sync=torch.cuda.is_available(),
         **recompute,
     )
+    config.fused_single_qkv_rope = fused_qkv_rope_applies(config)
+    return config
 
 
 def layer_specs(model: ModelConfig) -> list[ModuleSpec]:

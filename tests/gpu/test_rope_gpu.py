@@ -1,7 +1,8 @@
 """On the GPU: the Triton RoPE (kernels/rope.py) against megatron's unfused RoPE in float64,
 forward and backward, partial (Pythia) and full (Llama, a key viewed out of a fused tensor); one
-kernel each way; and our models' logits with our kernels as with the torch references
-(MEGATRON_MAMBA_REFERENCE_KERNELS)."""
+kernel each way; the same on megatron's fused QKV output (`qkv_rope`, its gradient without a
+cat) against megatron's split and RoPE; and our models' logits with our kernels as with the
+torch references (MEGATRON_MAMBA_REFERENCE_KERNELS)."""
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ from tests.helpers.hf_tiny import (
 pytestmark = pytest.mark.gpu
 pytest.importorskip("triton")  # collected everywhere; the kernel module needs it
 
-from megatron_mamba.kernels.rope import rope  # noqa: E402
+from megatron_mamba.kernels.rope import qkv_rope, rope  # noqa: E402
 
 
 def _angles(s: int, rotary: int) -> torch.Tensor:
@@ -68,6 +69,51 @@ def test_rope_is_one_kernel_each_way_and_the_default(monkeypatch):
         torch.cuda.synchronize()
     launches = [e for e in prof.key_averages() if e.key == "_rotate"]
     assert len(launches) == 1 and launches[0].count == 2
+
+
+# (s, b, groups, query heads per group, head_dim, rotary): Pythia-1b's attention, a GQA shape
+QKV_SHAPES = [(64, 2, 8, 1, 256, 64), (33, 3, 2, 4, 64, 64), (5, 1, 1, 3, 24, 8)]
+
+
+@pytest.mark.parametrize("s,b,groups,per_group,head_dim,rotary", QKV_SHAPES)
+def test_qkv_rope_matches_megatrons_split_and_rope(s, b, groups, per_group, head_dim, rotary):
+    torch.manual_seed(0)
+    width = (per_group + 2) * head_dim
+    mixed = torch.randn(s, b, groups, width, dtype=torch.float64, device="cuda")
+    freqs = _angles(s, rotary)
+    grads = [
+        torch.randn(s, b, groups * heads, head_dim, dtype=torch.float64, device="cuda")
+        for heads in (per_group, 1, 1)
+    ]
+    for dtype, rel in ((torch.float32, 1e-5), (torch.bfloat16, 2**-8)):
+        x = mixed.to(dtype).requires_grad_()
+        got = qkv_rope(x, freqs.float(), per_group)
+        torch.autograd.backward(got, [g.to(dtype) for g in grads])
+        x64 = x.detach().double().requires_grad_()
+        q, k, v = torch.split(x64, [per_group * head_dim, head_dim, head_dim], dim=3)
+        want = (
+            _apply_rotary_pos_emb_bshd(q.reshape(s, b, -1, head_dim), freqs),
+            _apply_rotary_pos_emb_bshd(k, freqs),
+            v,
+        )
+        torch.autograd.backward(want, [g.to(dtype).double() for g in grads])
+        for a, b_ in (*zip(got, want, strict=True), (x.grad, x64.grad)):
+            bound = rel * b_.abs() + 1e-5 * b_.abs().max()
+            assert ((a.double() - b_).abs() <= bound).all(), (dtype, (a.double() - b_).abs().max())
+        assert got[2].data_ptr() == x.data_ptr() + (per_group + 1) * head_dim * x.element_size()
+
+
+def test_qkv_rope_gradient_needs_no_cat():
+    x = torch.randn(64, 2, 8, 768, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    freqs = _angles(64, 64).float()
+    outputs = qkv_rope(x, freqs, 1)
+    grads = [torch.ones_like(t) for t in outputs]
+    torch.autograd.backward(qkv_rope(x, freqs, 1), grads)  # compiled before profiling
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        torch.autograd.backward(qkv_rope(x, freqs, 1), grads)
+        torch.cuda.synchronize()
+    names = {e.key: e.count for e in prof.key_averages()}
+    assert names.get("_rotate") == 4 and not any("Cat" in n for n in names), names
 
 
 @pytest.mark.parametrize("make", [tiny_gpt_neox, tiny_llama])
