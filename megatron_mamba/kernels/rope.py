@@ -179,7 +179,7 @@ class _QkvRope(torch.autograd.Function):
         keys = mixed[..., per_group * head_dim :]
         _launch(keys, angles, False, k.shape, in_groups, k, _plain(k))
         ctx.save_for_backward(angles)
-        ctx.per_group, ctx.shape = per_group, mixed.shape
+        ctx.per_group, ctx.shape, ctx.dtype = per_group, mixed.shape, mixed.dtype
         return q, k, mixed[..., (per_group + 1) * head_dim :]
 
     @staticmethod
@@ -188,8 +188,7 @@ class _QkvRope(torch.autograd.Function):
         per_group = ctx.per_group
         s, b, groups, width = ctx.shape
         head_dim = width // (per_group + 2)
-        like = next(g for g in (dq, dk, dv) if g is not None)
-        grad = like.new_empty(ctx.shape)
+        grad = torch.empty(ctx.shape, dtype=ctx.dtype, device=angles.device)
         out_groups = _Heads(*grad.stride()[:3], head_dim)
         q_part, k_part, v_part = torch.split(grad, [per_group * head_dim, head_dim, head_dim], -1)
         for g, part, heads in ((dq, q_part, per_group), (dk, k_part, 1)):
