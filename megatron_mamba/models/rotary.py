@@ -54,7 +54,8 @@ def apply_fused_qkv_rotary_pos_emb(mixed_qkv, q_freqs, k_freqs, split_sizes):
     q_width, head_dim, _ = split_sizes
     per_group = q_width // head_dim
     kernel = kernels.triton_qkv_rope(mixed_qkv)
-    if kernel is not None and q_freqs is k_freqs:
+    angles_per_position = q_freqs.shape == (mixed_qkv.shape[0], 1, 1, q_freqs.shape[-1])
+    if kernel is not None and q_freqs is k_freqs and angles_per_position:
         return kernel(mixed_qkv, q_freqs, per_group)
     query, key, value = torch.split(mixed_qkv, split_sizes, dim=3)
     query = query.reshape(*query.shape[:2], -1, head_dim)
