@@ -25,6 +25,7 @@ mamba1_fused_test 240 python -m pytest -q tests/gpu/test_mamba_gpu.py -k one_fun
 ln_test      120 python -m pytest -q tests/gpu/test_layer_norms_gpu.py
 scan_bwd_test 200 python -m pytest -q tests/gpu/test_selective_scan_bwd_gpu.py
 scan_bwd     200 python benchmarks/selective_scan_bwd.py --out $OUT/selective_scan_bwd.json
+gemm_values  90  python benchmarks/gemm_values.py --out $OUT/gemm_values.json
 scan_copies  120 python benchmarks/selective_scan_bwd.py --no-triton --replicas 2,4,8,16,32,64,128,256,512 --out $OUT/scan_copies.json
 mamba_rest   300 python -m pytest -q --durations=5 tests/gpu/test_mamba_gpu.py -k "decode or mamba2_attention-bf16"
 model_test   240 python -m pytest -q tests/gpu/test_models_gpu.py tests/gpu/test_hf_hybrid_gpu.py
