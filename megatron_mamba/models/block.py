@@ -77,10 +77,16 @@ class MixerBlock(MegatronModule, BaseTransformerLayer):
         packed_seq_params=None,
         **_unused,
     ) -> tuple[torch.Tensor, None]:
-        if attention_mask is not None or inference_context is not None:
-            # Both would be ignored: the mixers are causal over whole rows (right padding needs
-            # no mask) and decode by their own state (forward_stateful), not megatron's cache.
-            given = "attention_mask" if attention_mask is not None else "inference_context"
+        refused = {
+            "attention_mask": attention_mask,
+            "inference_context": inference_context,
+            "packed_seq_params": packed_seq_params,
+        }
+        given = next((name for name, value in refused.items() if value is not None), None)
+        if given is not None:
+            # The mixers are causal over whole rows (right padding needs no mask), decode by
+            # their own state (forward_stateful), not megatron's cache, and take no packed
+            # documents (megatron's attention would only assert on its fused-QKV RoPE path).
             raise ValueError(
                 f"{given} is not supported by MixerBlock: it runs causal mixers over whole "
                 "sequences; pass None (pad on the right) and decode with forward_stateful"

@@ -60,3 +60,11 @@ def test_an_attention_mask_is_refused_rather_than_ignored(runtime):
     mask = torch.ones(2, 1, 16, 16, dtype=torch.bool)
     with pytest.raises(ValueError, match="attention_mask is not supported by MixerBlock"):
         ours(tokens, None, mask)
+
+
+def test_packed_sequences_are_refused_by_the_block(runtime):
+    ours, _ = native_twin(tiny_gpt_neox(True))
+    block = ours.decoder.layers[0]
+    hidden = torch.randn(16, 2, 64)
+    with pytest.raises(ValueError, match="packed_seq_params is not supported by MixerBlock"):
+        block(hidden, packed_seq_params=object())
