@@ -34,10 +34,11 @@ from megatron_mamba.runtime import init_runtime
 from megatron_mamba.training.adamw import use_one_launch_adam
 
 
-def ours_step(config, tokens, one_launch_adam=False, weights=None):
-    """Our model and the same fused AdamW as transformers' side; or with `one_launch_adam`,
-    that AdamW as train.adam_kernel=one_launch runs it (training/adamw.py). `weights`: a
-    transformers state dict to start from (`--same-weights`), converted as the importer does."""
+def _ours(config, tokens, one_launch_adam, weights):
+    """Our model on the GPU, the same fused AdamW as transformers' side (or, with
+    `one_launch_adam`, that AdamW as train.adam_kernel=one_launch runs it, training/adamw.py),
+    and a function running one forward and backward. `weights`: a transformers state dict to
+    start from (`--same-weights`), converted as the importer does."""
     model = build_model(config, ParallelConfig(), RunPrecision("bf16"), cpu_initialization=False)
     model.cuda()
     if weights is not None:
@@ -46,28 +47,30 @@ def ours_step(config, tokens, one_launch_adam=False, weights=None):
     if one_launch_adam:
         assert use_one_launch_adam(optimizer)
 
+    def forward_backward():
+        model(tokens[:, :-1], None, None, labels=tokens[:, 1:]).float().mean().backward()
+
+    return model, optimizer, forward_backward
+
+
+def ours_step(config, tokens, one_launch_adam=False, weights=None):
+    """Our training step, eager (see `_ours`)."""
+    model, optimizer, forward_backward = _ours(config, tokens, one_launch_adam, weights)
+
     def step():
-        loss = model(tokens[:, :-1], None, None, labels=tokens[:, 1:]).float().mean()
-        loss.backward()
+        forward_backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     return model, step
 
 
-def graphed_ours_step(config, tokens):
+def graphed_ours_step(config, tokens, weights=None):
     """`ours_step` with one-launch Adam, its forward and backward replayed from one CUDA graph
     (what train.cuda_graph=true does, without the trainer's DDP and schedule): for steps whose
     host time, launching kernels, exceeds their GPU time. Adam stays outside the graph; the
     gradients are zeroed in place, never freed, so that the graph's writes land in them."""
-    model = build_model(config, ParallelConfig(), RunPrecision("bf16"), cpu_initialization=False)
-    model.cuda()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
-    assert use_one_launch_adam(optimizer)
-
-    def forward_backward():
-        model(tokens[:, :-1], None, None, labels=tokens[:, 1:]).float().mean().backward()
-
+    model, optimizer, forward_backward = _ours(config, tokens, True, weights)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up (Triton autotuning, gradients allocated) and capture
