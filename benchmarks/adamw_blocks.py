@@ -16,7 +16,7 @@ import statistics
 
 import torch
 
-from benchmarks.common import interleaved_step_seconds
+from benchmarks.common import interleaved_step_seconds, save_report
 from benchmarks.optimizer_step import SHAPE
 
 CONFIGS = [(1024, 4), (2048, 4), (2048, 8), (4096, 4), (4096, 8), (8192, 8), (8192, 16)]
@@ -82,8 +82,7 @@ def main() -> None:
         }
         torch.cuda.empty_cache()
     print(json.dumps(report, indent=1))
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=1)
+    save_report(args.out, report)
 
 
 if __name__ == "__main__":

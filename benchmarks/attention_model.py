@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 from functools import partial
 
 import torch
@@ -23,6 +22,7 @@ from benchmarks.common import (
     median_step_seconds,
     peak_memory_gib,
     print_speedups,
+    save_report,
 )
 from megatron_mamba.config import ParallelConfig, RunPrecision
 from megatron_mamba.convert.hf_weights import native_from_hf
@@ -210,9 +210,7 @@ def main() -> None:
         steps = {name: build(config, tokens)[1] for name, build in builds.items()}
         report["interleaved"] = interleaved_speedups(steps, args.rounds)
         print_speedups(report["interleaved"], f"taking turns, {args.rounds} rounds")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
+    save_report(args.out, report)
 
 
 if __name__ == "__main__":

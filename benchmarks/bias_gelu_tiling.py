@@ -16,7 +16,7 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import interleaved_step_seconds
+from benchmarks.common import interleaved_step_seconds, save_report
 
 ROWS, COLUMNS = 8192, 8192
 FORWARD = [(1024, 4), (2048, 4), (2048, 8), (4096, 8)]
@@ -72,8 +72,7 @@ def main() -> None:
             for name, s in medians.items()
         }
     print(json.dumps(report, indent=1))
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=1)
+    save_report(args.out, report)
 
 
 if __name__ == "__main__":

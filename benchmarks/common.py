@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -80,3 +82,9 @@ def peak_memory(run: Callable[[], None]) -> tuple[float, float]:
 
 def peak_memory_gib(run: Callable[[], None]) -> float:
     return peak_memory(run)[0]
+
+
+def save_report(path: str | Path | None, report: dict) -> None:
+    """A benchmark's report as JSON at `path` (its `--out`); nothing where no path is given."""
+    if path:
+        Path(path).write_text(json.dumps(report, indent=2) + "\n")

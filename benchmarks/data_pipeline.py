@@ -24,6 +24,7 @@ from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from benchmarks.common import save_report
 from megatron_mamba.data.preprocess import load_tokenizer, preprocess, read_documents
 from megatron_mamba.data.pythia import DataOrder, PythiaPreshuffled
 
@@ -130,9 +131,7 @@ def main() -> None:
         row["speedup"] = row["tokens_per_s"] / base
         print(f"| {row['name']} | {row['tokens_per_s']:,.0f} | {row['speedup']:.2f} |")
     print(f"\nreading Pythia batches (one DP rank of 8): {read:,.0f} tokens/s")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"preprocess": rows, "read_tokens_per_s": read}, f, indent=2)
+    save_report(args.out, {"preprocess": rows, "read_tokens_per_s": read})
 
 
 if __name__ == "__main__":

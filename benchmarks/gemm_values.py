@@ -13,12 +13,11 @@ values matter.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 
 import torch
 
-from benchmarks.common import interleaved_step_seconds
+from benchmarks.common import interleaved_step_seconds, save_report
 
 # (name, how the activations and weights are drawn)
 KINDS = {
@@ -63,9 +62,7 @@ def main() -> None:
         tflops = flops / statistics.median(times) / 1e12
         rows.append({"operands": name, "us": per_product, "tflops": tflops})
         print(f"| {name} | {', '.join(f'{t:.1f}' for t in per_product)} | {tflops:.0f} |")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"args": vars(args), "rows": rows}, f, indent=2)
+    save_report(args.out, {"args": vars(args), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 from functools import partial
 
 import torch
@@ -34,6 +33,7 @@ from benchmarks.common import (
     median_step_seconds,
     peak_memory,
     print_speedups,
+    save_report,
 )
 from megatron_mamba.config import ModelConfig
 from megatron_mamba.convert.hf_mamba_config import (
@@ -202,9 +202,7 @@ def main() -> None:
         )
     for kind, report in interleaved.items():
         print_speedups(report, f"taking turns, {args.rounds} rounds ({kind})")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"args": vars(args), "rows": rows, "interleaved": interleaved}, f, indent=2)
+    save_report(args.out, {"args": vars(args), "rows": rows, "interleaved": interleaved})
 
 
 if __name__ == "__main__":

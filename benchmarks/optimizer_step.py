@@ -25,7 +25,7 @@ import json
 
 import torch
 
-from benchmarks.common import median_step_seconds
+from benchmarks.common import median_step_seconds, save_report
 
 SHAPE = dict(
     arch="llama",
@@ -108,8 +108,7 @@ def main() -> None:
         "ours_speedup_over_stock": round(results["stock"] / results["ours"], 2),
     }
     print(json.dumps(report, indent=1))
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=1)
+    save_report(args.out, report)
 
 
 if __name__ == "__main__":

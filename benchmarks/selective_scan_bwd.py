@@ -12,11 +12,10 @@ difference from mamba_ssm's relative to its largest value. Median milliseconds o
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 
-from benchmarks.common import median_step_seconds
+from benchmarks.common import median_step_seconds, save_report
 
 TILINGS = [(2, 16, 1), (4, 8, 1), (4, 4, 1), (8, 4, 1), (2, 32, 1), (8, 16, 4)]
 
@@ -106,9 +105,7 @@ def main() -> None:
     for row in rows:
         worst = max((v for k, v in row.items() if k not in ("name", "ms")), default=0.0)
         print(f"| {row['name']} | {row['ms']:.3f} | {base / row['ms']:.2f} | {worst:.1e} |")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"args": vars(args), "rows": rows}, f, indent=2)
+    save_report(args.out, {"args": vars(args), "rows": rows})
 
 
 if __name__ == "__main__":
