@@ -19,6 +19,7 @@ import torch
 
 from benchmarks.common import interleaved_step_seconds, save_report
 
+PRODUCTS = 10  # a step: long enough for the clock to settle under the load
 # (name, how the activations and weights are drawn)
 KINDS = {
     "normal, std 1 and 0.02": (lambda t: t.normal_(0, 1), lambda t: t.normal_(0, 0.02)),
@@ -49,16 +50,16 @@ def main() -> None:
         w = draw_w(torch.empty(args.outer, args.inner, device="cuda", dtype=torch.bfloat16))
 
         def step(x=x, w=w):
-            for _ in range(10):  # long enough for the clock to settle under the load
+            for _ in range(PRODUCTS):
                 torch.mm(x, w.t())
 
         steps[name] = step
     seconds = interleaved_step_seconds(steps, args.rounds)
-    flops = 2 * args.tokens * args.inner * args.outer * 10
+    flops = 2 * args.tokens * args.inner * args.outer * PRODUCTS
     print("| operands | µs a product per round | median TFLOP/s |\n|---|---|---|")
     rows = []
     for name, times in seconds.items():
-        per_product = [t / 10 * 1e6 for t in times]
+        per_product = [t / PRODUCTS * 1e6 for t in times]
         tflops = flops / statistics.median(times) / 1e12
         rows.append({"operands": name, "us": per_product, "tflops": tflops})
         print(f"| {name} | {', '.join(f'{t:.1f}' for t in per_product)} | {tflops:.0f} |")

@@ -95,9 +95,9 @@ class _Heads(NamedTuple):
     head: int
 
 
-def _plain(t: torch.Tensor) -> _Heads:
-    """The heads of t [s, b, heads, head_dim] as one group each."""
-    return _Heads(t.stride(0), t.stride(1), t.stride(2), t.stride(2))
+def _heads_of(t: torch.Tensor, per_group: int = 1) -> _Heads:
+    """The heads of t [s, b, heads, head_dim], `per_group` to a group."""
+    return _Heads(t.stride(0), t.stride(1), t.stride(2) * per_group, t.stride(2))
 
 
 def _launch(
@@ -137,7 +137,7 @@ def _rotated(t: torch.Tensor, angles: torch.Tensor, backward: bool) -> torch.Ten
     if t.stride(-1) != 1:
         t = t.contiguous()
     out = torch.empty(t.shape, dtype=t.dtype, device=t.device)
-    return _launch(t, angles, backward, t.shape, _plain(t), out, _plain(out))
+    return _launch(t, angles, backward, t.shape, _heads_of(t), out, _heads_of(out))
 
 
 class _Rope(torch.autograd.Function):
@@ -174,10 +174,9 @@ class _QkvRope(torch.autograd.Function):
         in_groups = _Heads(strides[0], strides[1], strides[2], head_dim)
         q = mixed.new_empty(s, b, groups * per_group, head_dim)
         k = mixed.new_empty(s, b, groups, head_dim)
-        q_heads = _plain(q)._replace(group=q.stride(2) * per_group)
-        _launch(mixed, angles, False, q.shape, in_groups, q, q_heads, per_group)
+        _launch(mixed, angles, False, q.shape, in_groups, q, _heads_of(q, per_group), per_group)
         keys = mixed[..., per_group * head_dim :]
-        _launch(keys, angles, False, k.shape, in_groups, k, _plain(k))
+        _launch(keys, angles, False, k.shape, in_groups, k, _heads_of(k))
         ctx.save_for_backward(angles)
         ctx.per_group, ctx.shape, ctx.dtype = per_group, mixed.shape, mixed.dtype
         return q, k, mixed[..., (per_group + 1) * head_dim :]
@@ -196,8 +195,7 @@ class _QkvRope(torch.autograd.Function):
                 part.zero_()
                 continue
             g = g if g.stride(-1) == 1 else g.contiguous()
-            g_heads = _plain(g)._replace(group=g.stride(2) * heads)
-            _launch(g, angles, True, g.shape, g_heads, part, out_groups, heads)
+            _launch(g, angles, True, g.shape, _heads_of(g, heads), part, out_groups, heads)
         v_part.zero_() if dv is None else v_part.copy_(dv)
         return grad, None, None
 

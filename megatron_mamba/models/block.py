@@ -77,20 +77,20 @@ class MixerBlock(MegatronModule, BaseTransformerLayer):
         packed_seq_params=None,
         **_unused,
     ) -> tuple[torch.Tensor, None]:
-        refused = {
-            "attention_mask": attention_mask,
-            "inference_context": inference_context,
-            "packed_seq_params": packed_seq_params,
-        }
-        given = next((name for name, value in refused.items() if value is not None), None)
-        if given is not None:
-            # The mixers are causal over whole rows (right padding needs no mask), decode by
-            # their own state (forward_stateful), not megatron's cache, and take no packed
-            # documents (megatron's attention would only assert on its fused-QKV RoPE path).
-            raise ValueError(
-                f"{given} is not supported by MixerBlock: it runs causal mixers over whole "
-                "sequences; pass None (pad on the right) and decode with forward_stateful"
-            )
+        # The mixers are causal over whole rows (right padding needs no mask), decode by their
+        # own state (forward_stateful), not megatron's cache, and take no packed documents
+        # (megatron's attention would only assert on its fused-QKV RoPE path).
+        for given, value in (
+            ("attention_mask", attention_mask),
+            ("inference_context", inference_context),
+            ("packed_seq_params", packed_seq_params),
+        ):
+            if value is not None:
+                raise ValueError(
+                    f"{given} is not supported by MixerBlock: it runs causal mixers over "
+                    "whole sequences; pass None (pad on the right) and decode with "
+                    "forward_stateful"
+                )
         if self.parallel_residual:  # both norms read the block's input: one pass where fused
             mixer_in, mlp_in = norms_of_one_input(
                 hidden_states, self.input_layernorm, self.pre_mlp_layernorm
