@@ -32,6 +32,7 @@ model_test   240 python -m pytest -q tests/gpu/test_models_gpu.py tests/gpu/test
 adamw_test   240 python -m pytest -q tests/gpu/test_adamw_gpu.py
 norm_test    120 python -m pytest -q tests/gpu/test_norms_gpu.py
 swiglu_test  120 python -m pytest -q tests/gpu/test_swiglu_gpu.py
+residual_test 120 python -m pytest -q tests/gpu/test_residual_sum_gpu.py
 rope_gelu_test 200 python -m pytest -q tests/gpu/test_rope_gpu.py tests/gpu/test_bias_gelu_gpu.py
 dpo_test     300 python -m pytest -q tests/gpu/test_dpo_gpu.py
 trainer_test 560 python -m pytest -q tests/gpu/test_trainer_gpu.py -k "not matches_the_replicated and not (resumes_exactly and 2)"

@@ -5,7 +5,8 @@ the pure-PyTorch references in `reference.py` do (they are also the oracle in th
 The same holds for our Triton kernels of the losses over the logits (`logit_losses.py`, whose
 reference is models/logit_losses.py), SwiGLU and GeLU (`swiglu.py`, `bias_gelu.py`; reference
 models/fused.py), RoPE (`rope.py`; reference megatron's) and GPTNeoX's two LayerNorms of one
-input (`layer_norms.py`; reference F.layer_norm twice), and of the Mamba1 mixer as one function
+input (`layer_norms.py`; reference F.layer_norm twice), a block's residual sum
+(`residual_sum.py`; reference models/fused.py), and of the Mamba1 mixer as one function
 over mamba_ssm's kernels (`mamba1_fused.py`; reference the mixer's composed path), with a Triton
 selective-scan backward as an option (`selective_scan_bwd.py`).
 `MEGATRON_MAMBA_REFERENCE_KERNELS=1` forces the references; paths not yet tested on a GPU are
@@ -97,6 +98,11 @@ def triton_qkv_rope(mixed_qkv: torch.Tensor):
 def triton_bias_gelu(x: torch.Tensor):
     """The bias-GeLU kernel (kernels/bias_gelu.py) for this fc1 output, or None."""
     return _triton_kernel(x, "bias_gelu", "bias_gelu")
+
+
+def triton_residual_sum(residual: torch.Tensor):
+    """A block's residual sum as one kernel (kernels/residual_sum.py), or None."""
+    return _triton_kernel(residual, "residual_sum", "residual_sum")
 
 
 def triton_two_layer_norms(x: torch.Tensor):

@@ -20,7 +20,7 @@ from megatron.core.transformer.transformer_layer import (
     get_transformer_layer_offset,
 )
 
-from megatron_mamba.models.fused import add2, add3
+from megatron_mamba.models.fused import residual_sum
 from megatron_mamba.models.norms import norms_of_one_input
 
 
@@ -57,16 +57,23 @@ class MixerBlock(MegatronModule, BaseTransformerLayer):
         )
         self.mlp = build_module(submodules.mlp, config=config)
 
-    def _combine(self, *parts: tuple[torch.Tensor, torch.Tensor | None]) -> list[torch.Tensor]:
-        """Outputs with their biases added and dropout applied (both skipped when absent)."""
-        out = []
-        for value, bias in parts:
-            if bias is not None:
-                value = add2(value, bias)
-            if self.config.hidden_dropout > 0:
-                value = F.dropout(value, p=self.config.hidden_dropout, training=self.training)
-            out.append(value)
-        return out
+    def _add_to_residual(
+        self, residual: torch.Tensor, *outputs: tuple[torch.Tensor, torch.Tensor | None]
+    ) -> torch.Tensor:
+        """`residual` plus each output with its bias (where present), dropout applied to each
+        where configured. Without dropout the biases are added together first: one kernel on
+        GPU, and one sum over tokens for their gradient however many there are."""
+        if self.config.hidden_dropout > 0 and self.training:
+            parts = tuple(
+                F.dropout(value if bias is None else value + bias, p=self.config.hidden_dropout)
+                for value, bias in outputs
+            )
+            return residual_sum(residual, parts)
+        biases = [bias for _, bias in outputs if bias is not None]
+        bias = None
+        for one in biases:
+            bias = one if bias is None else bias + one
+        return residual_sum(residual, tuple(value for value, _ in outputs), bias)
 
     def forward(
         self,
@@ -105,9 +112,7 @@ class MixerBlock(MegatronModule, BaseTransformerLayer):
             packed_seq_params=packed_seq_params,
         )
         if self.parallel_residual:
-            mlp_out = self.mlp(mlp_in)
-            return add3(hidden_states, *self._combine(mixed, mlp_out)), None
-        (mixed,) = self._combine(mixed)
-        hidden_states = add2(hidden_states, mixed)
-        (mlp_out,) = self._combine(self.mlp(self.pre_mlp_layernorm(hidden_states)))
-        return add2(hidden_states, mlp_out), None
+            return self._add_to_residual(hidden_states, mixed, self.mlp(mlp_in)), None
+        hidden_states = self._add_to_residual(hidden_states, mixed)
+        mlp_out = self.mlp(self.pre_mlp_layernorm(hidden_states))
+        return self._add_to_residual(hidden_states, mlp_out), None

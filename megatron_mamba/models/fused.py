@@ -6,7 +6,8 @@ Measured on an H200 (benchmarks/RESULTS.md), the compiled versions cost more hos
 than they save on the GPU at Pythia-1b size, so they are off by default.
 
 megatron's linear layers add biases as separate kernels; fusing bias + activation and the block's
-residual sums into single kernels removes whole passes over the activations. On CPU the same
+residual sum with its biases (kernels/residual_sum.py) into single kernels removes whole passes
+over the activations. On CPU the same
 functions run eagerly, so the math is identical and tests need no compiler.
 """
 
@@ -62,11 +63,23 @@ def swiglu(x: torch.Tensor) -> torch.Tensor:
     return torch_swiglu(x) if kernel is None else kernel(x)
 
 
-@_compile_on_gpu
-def add3(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    return a + b + c
+def torch_residual_sum(
+    residual: torch.Tensor, parts: tuple[torch.Tensor, ...], bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`residual` + each of `parts` (+ `bias` along the last dimension where given)."""
+    out = residual
+    for part in parts:
+        out = out + part
+    return out if bias is None else out + bias
 
 
-@_compile_on_gpu
-def add2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return a + b
+def residual_sum(
+    residual: torch.Tensor, parts: tuple[torch.Tensor, ...], bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`torch_residual_sum`, by one Triton kernel on GPU (kernels/residual_sum.py), whose
+    backward sums the output's gradient over tokens once for the bias. Parts of another dtype
+    (torch would promote) take the torch version."""
+    kernel = kernels.triton_residual_sum(residual)
+    if kernel is None or any(part.dtype != residual.dtype for part in parts):
+        return torch_residual_sum(residual, parts, bias)
+    return kernel(residual, parts, bias)
