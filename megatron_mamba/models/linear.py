@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 
+from megatron_mamba import kernels
+
 
 class _LocalProductWhenPossible:
     def _forward_impl(
@@ -61,7 +63,10 @@ class RowLinear(_LocalProductWhenPossible, RowParallelLinear):
     On one TP rank, with `skip_bias_add`, the bias is added in the product (`addmm`'s epilogue,
     one rounding) and returned as None, rather than returned for the block to add: one pass over
     the [tokens, hidden] output less per linear (GPTNeoX's dense and fc2: ~1.5 ms a step on
-    Pythia-1b). With more ranks the bias must follow the all-reduce, as megatron has it."""
+    Pythia-1b). With more ranks the bias must follow the all-reduce, as megatron has it. Where
+    the block's residual sum is one kernel (kernels/residual_sum.py, on GPU) the bias is returned
+    as megatron returns it: that kernel adds it in its one pass, and with GPTNeoX's parallel
+    residual both biases' gradient is then one sum over tokens, not one per `addmm`."""
 
     def forward(self, input_):
         if not self._bias_in_product():
@@ -82,6 +87,7 @@ class RowLinear(_LocalProductWhenPossible, RowParallelLinear):
         return (
             self.bias is not None
             and self.skip_bias_add
+            and kernels.triton_residual_sum(self.bias) is None
             and self.input_is_parallel
             and not self.sequence_parallel
             and not self.explicit_expert_comm

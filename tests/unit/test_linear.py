@@ -86,3 +86,21 @@ def test_one_rank_adds_the_bias_in_the_product(runtime):
     assert got_bias is None and want_bias is not None
     assert "AddmmBackward0" in autograd_nodes(got)
     torch.testing.assert_close(got, want + want_bias, rtol=1e-6, atol=1e-6)
+
+
+def test_one_rank_returns_the_bias_where_the_residual_sum_is_one_kernel(runtime, monkeypatch):
+    """There the block's kernel adds it (and sums parallel residual's biases' gradient once):
+    megatron's output and bias, apart."""
+    monkeypatch.setattr(
+        "megatron_mamba.kernels.triton_residual_sum", lambda residual: lambda *a: None
+    )
+    reference, local = _row(RowParallelLinear), _row(RowLinear)
+    with torch.no_grad():
+        reference.bias.normal_()
+    local.load_state_dict(reference.state_dict())
+    x = torch.randn(5, 3, 16)
+    want, want_bias = reference(x)
+    got, got_bias = local(x)
+    assert got_bias is local.bias
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got_bias, want_bias, rtol=0, atol=0)
