@@ -1,0 +1,163 @@
+"""Exact GeLU on Pythia-1b's fc1 output (8192 tokens × 8192, bf16), kernels alone: torch's
+forward (`F.gelu`) and backward (`gelu_backward`, then the bias gradient's sum over tokens)
+against Triton kernels that take [rows × columns] tiles per step, the backward summing its
+columns into per-program partial bias gradients as it goes (the one pass that would replace
+torch's two). Each side launched 20 times per timing, rounds taking turns; medians, the
+bandwidth each reaches, and each candidate's largest difference from torch's result.
+
+    python benchmarks/gelu_tiles.py --out $OUT/gelu_tiles.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from benchmarks.common import interleaved_step_seconds, save_report
+
+ROWS, COLUMNS, LAUNCHES = 8192, 8192, 20
+# (rows per tile, columns per tile, warps)
+FORWARD = [(1, 2048, 8), (4, 512, 4), (8, 512, 8), (4, 1024, 8), (16, 256, 8)]
+# (rows per tile, columns per tile, warps, rows per program)
+BACKWARD = [
+    (1, 1024, 4, 64),  # the bias + GeLU kernel's tiling, one row a step
+    (4, 512, 4, 64),
+    (8, 512, 8, 64),
+    (8, 256, 4, 64),
+    (4, 1024, 8, 64),
+    (8, 512, 8, 128),
+    (16, 256, 8, 64),
+]
+_SQRT_HALF = tl.constexpr(0.7071067811865476)
+_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
+
+
+@triton.jit
+def _forward(x_ptr, out_ptr, rows, columns, TILE_R: tl.constexpr, BLOCK: tl.constexpr):
+    r = tl.program_id(0).to(tl.int64) * TILE_R + tl.arange(0, TILE_R)
+    c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = (r < rows)[:, None] & (c < columns)[None, :]
+    at = r[:, None] * columns + c[None, :]
+    x = tl.load(x_ptr + at, mask=inside, other=0.0).to(tl.float32)
+    out = 0.5 * x * (1.0 + tl.math.erf(x * _SQRT_HALF))
+    tl.store(out_ptr + at, out.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), inside)
+
+
+@triton.jit
+def _backward(
+    grad_ptr,
+    x_ptr,
+    dx_ptr,
+    partial_ptr,
+    rows,
+    columns,
+    TILE_R: tl.constexpr,
+    BLOCK: tl.constexpr,
+    PER_PROGRAM: tl.constexpr,
+):
+    program = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    column_inside = c < columns
+    bias_grad = tl.zeros((BLOCK,), dtype=tl.float32)
+    for step in range(0, PER_PROGRAM, TILE_R):
+        r = program * PER_PROGRAM + step + tl.arange(0, TILE_R)
+        inside = (r < rows)[:, None] & column_inside[None, :]
+        at = r[:, None] * columns + c[None, :]
+        x = tl.load(x_ptr + at, mask=inside, other=0.0).to(tl.float32)
+        grad = tl.load(grad_ptr + at, mask=inside, other=0.0).to(tl.float32)
+        slope = 0.5 * (1.0 + tl.math.erf(x * _SQRT_HALF)) + x * _INV_SQRT_2PI * tl.exp(-0.5 * x * x)
+        dx = grad * slope
+        tl.store(dx_ptr + at, dx.to(dx_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), inside)
+        bias_grad += tl.sum(dx, axis=0)  # zero where masked: grad loads as 0 there
+    tl.store(partial_ptr + program * columns + c, bias_grad, mask=column_inside)
+
+
+def triton_forward(x, tile_r, block, warps):
+    out = torch.empty_like(x)
+    grid = (triton.cdiv(ROWS, tile_r), triton.cdiv(COLUMNS, block))
+    _forward[grid](x, out, ROWS, COLUMNS, TILE_R=tile_r, BLOCK=block, num_warps=warps)
+    return out
+
+
+def triton_backward(grad, x, tile_r, block, warps, per_program):
+    dx = torch.empty_like(x)
+    programs = triton.cdiv(ROWS, per_program)
+    partial = torch.empty(programs, COLUMNS, dtype=torch.float32, device=x.device)
+    grid = (programs, triton.cdiv(COLUMNS, block))
+    _backward[grid](
+        grad,
+        x,
+        dx,
+        partial,
+        ROWS,
+        COLUMNS,
+        TILE_R=tile_r,
+        BLOCK=block,
+        PER_PROGRAM=per_program,
+        num_warps=warps,
+    )
+    return dx, partial.sum(0).to(x.dtype)
+
+
+def torch_backward(grad, x):
+    dx = torch.ops.aten.gelu_backward(grad, x)
+    return dx, dx.sum(0)
+
+
+def _repeated(fn):
+    def step():
+        for _ in range(LAUNCHES):
+            fn()
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    x = torch.randn(ROWS, COLUMNS, device="cuda", dtype=torch.bfloat16)
+    grad = torch.randn_like(x) * 1e-3
+    forwards = {"torch": lambda: F.gelu(x)}
+    for tiling in FORWARD:
+        forwards["triton_{}x{}_w{}".format(*tiling)] = lambda t=tiling: triton_forward(x, *t)
+    backwards = {"torch": lambda: torch_backward(grad, x)}
+    for tiling in BACKWARD:
+        name = "triton_{}x{}_w{}_rows{}".format(*tiling)
+        backwards[name] = lambda t=tiling: triton_backward(grad, x, *t)
+
+    report: dict[str, dict] = {}
+    element_bytes = x.element_size() * x.numel()
+    for way, candidates, moved in (("forward", forwards, 2), ("backward", backwards, 3)):
+        want = candidates["torch"]()
+        errors = {}
+        for name, fn in candidates.items():
+            got = fn()
+            pairs = zip(got, want, strict=True) if way == "backward" else [(got, want)]
+            errors[name] = max(
+                ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+                for a, b in pairs
+            )
+        seconds = interleaved_step_seconds(
+            {name: _repeated(fn) for name, fn in candidates.items()}, args.rounds
+        )
+        print(f"{way}:\n| kernel | µs a call | TB/s | largest difference / largest value |")
+        print("|---|---|---|---|")
+        report[way] = {}
+        for name, per_round in seconds.items():
+            us = statistics.median(per_round) / LAUNCHES * 1e6
+            tbs = moved * element_bytes / (us * 1e-6) / 1e12
+            report[way][name] = {"us": us, "tb_per_s": tbs, "relative_error": errors[name]}
+            print(f"| {name} | {us:.1f} | {tbs:.2f} | {errors[name]:.1e} |")
+    save_report(args.out, report)
+
+
+if __name__ == "__main__":
+    main()
