@@ -4,13 +4,14 @@ Pythia-1b shape (16 layers, hidden 2048, 8 heads), seq 2048, micro-batch 4, forw
 AdamW step for both, in the same process on one GPU; ours again with that AdamW in one Triton
 launch (train.adam_kernel=one_launch). Prints a markdown row and writes JSON.
 
-    torchrun --nproc_per_node 1 benchmarks/attention_model.py --out $OUT/attention.json [--rounds 3]
-        [--same-weights]
+    torchrun --nproc_per_node 1 benchmarks/attention_model.py --out $OUT/attention.json [--rounds 6]
+        [--same-weights] [--clocks]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 from functools import partial
 
@@ -24,6 +25,7 @@ from benchmarks.common import (
     print_speedups,
     save_report,
 )
+from benchmarks.gpu_clocks import ClockSampler, print_clocks
 from megatron_mamba.config import ParallelConfig, RunPrecision
 from megatron_mamba.convert.hf_weights import native_from_hf
 from megatron_mamba.models.build import build_model
@@ -170,7 +172,14 @@ def main() -> None:
         action="store_true",
         help="both sides start from one transformers model's weights (ours converted)",
     )
+    parser.add_argument(
+        "--clocks",
+        action="store_true",
+        help="with --rounds: each side's median SM clock and power (benchmarks/gpu_clocks.py)",
+    )
     args = parser.parse_args()
+    if args.clocks and not args.rounds:
+        parser.error("--clocks samples the interleaved rounds: give --rounds too")
     init_runtime(seed=0)
     config = preset(args.preset)
     tokens = torch.randint(0, config.vocab_size, (args.micro_batch, args.seq + 1), device="cuda")
@@ -208,8 +217,14 @@ def main() -> None:
             "megatron-mamba, one-launch Adam": ours_one_launch,
         }
         steps = {name: build(config, tokens)[1] for name, build in builds.items()}
-        report["interleaved"] = interleaved_speedups(steps, args.rounds)
+        with ClockSampler() if args.clocks else contextlib.nullcontext() as clocks:
+            if clocks:
+                steps = {name: clocks.tagged(name, step) for name, step in steps.items()}
+            report["interleaved"] = interleaved_speedups(steps, args.rounds)
         print_speedups(report["interleaved"], f"taking turns, {args.rounds} rounds")
+        if clocks:
+            report["clocks"] = clocks.summary()
+            print_clocks(report["clocks"])
     save_report(args.out, report)
 
 
