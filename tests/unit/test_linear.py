@@ -73,15 +73,21 @@ def test_a_transposed_input_runs_as_one_product(runtime, frozen):
     torch.testing.assert_close(out, y.contiguous() @ layer.weight.t() + layer.bias)
 
 
-def test_one_rank_adds_the_bias_in_the_product(runtime):
-    """skip_bias_add on one TP rank: the bias comes back inside the output (addmm), None beside
-    it; the values and gradients are megatron's output plus its returned bias."""
+def _row_with_megatrons_output():
+    """Our row-parallel linear with megatron's weights and a non-zero bias, an input, and
+    megatron's (output, bias) for it."""
     reference, local = _row(RowParallelLinear), _row(RowLinear)
     with torch.no_grad():
         reference.bias.normal_()
     local.load_state_dict(reference.state_dict())
     x = torch.randn(5, 3, 16)
-    want, want_bias = reference(x)
+    return local, x, *reference(x)
+
+
+def test_one_rank_adds_the_bias_in_the_product(runtime):
+    """skip_bias_add on one TP rank: the bias comes back inside the output (addmm), None beside
+    it; the values and gradients are megatron's output plus its returned bias."""
+    local, x, want, want_bias = _row_with_megatrons_output()
     got, got_bias = local(x.clone().requires_grad_())
     assert got_bias is None and want_bias is not None
     assert "AddmmBackward0" in autograd_nodes(got)
@@ -94,12 +100,7 @@ def test_one_rank_returns_the_bias_where_the_residual_sum_is_one_kernel(runtime,
     monkeypatch.setattr(
         "megatron_mamba.kernels.triton_residual_sum", lambda residual: lambda *a: None
     )
-    reference, local = _row(RowParallelLinear), _row(RowLinear)
-    with torch.no_grad():
-        reference.bias.normal_()
-    local.load_state_dict(reference.state_dict())
-    x = torch.randn(5, 3, 16)
-    want, want_bias = reference(x)
+    local, x, want, want_bias = _row_with_megatrons_output()
     got, got_bias = local(x)
     assert got_bias is local.bias
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
