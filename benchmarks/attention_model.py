@@ -5,7 +5,7 @@ AdamW step for both, in the same process on one GPU; ours again with that AdamW 
 launch (train.adam_kernel=one_launch). Prints a markdown row and writes JSON.
 
     torchrun --nproc_per_node 1 benchmarks/attention_model.py --out $OUT/attention.json [--rounds 6]
-        [--same-weights] [--clocks]
+        [--same-weights] [--clocks] [--pending]
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import os
 from functools import partial
 
 import torch
@@ -65,6 +66,32 @@ def ours_step(config, tokens, one_launch_adam=False, weights=None):
         optimizer.zero_grad(set_to_none=True)
 
     return model, step
+
+
+@contextlib.contextmanager
+def _pending_kernels():
+    """MEGATRON_MAMBA_PENDING_KERNELS=1 while inside (read by the model at each forward)."""
+    before = os.environ.get("MEGATRON_MAMBA_PENDING_KERNELS")
+    os.environ["MEGATRON_MAMBA_PENDING_KERNELS"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["MEGATRON_MAMBA_PENDING_KERNELS"]
+        else:
+            os.environ["MEGATRON_MAMBA_PENDING_KERNELS"] = before
+
+
+def pending_ours_step(config, tokens, weights=None):
+    """`ours_step` with one-launch Adam, run with the opt-in kernels (`--pending`; on this model
+    fc1 and GeLU as one function, models/linear_gelu.py): the default and the opt-in in one run."""
+    model, step = ours_step(config, tokens, one_launch_adam=True, weights=weights)
+
+    def pending_step():
+        with _pending_kernels():
+            step()
+
+    return model, pending_step
 
 
 def graphed_ours_step(config, tokens, weights=None):
@@ -173,6 +200,11 @@ def main() -> None:
         help="both sides start from one transformers model's weights (ours converted)",
     )
     parser.add_argument(
+        "--pending",
+        action="store_true",
+        help="one more side: ours with MEGATRON_MAMBA_PENDING_KERNELS=1 (the opt-in kernels)",
+    )
+    parser.add_argument(
         "--clocks",
         action="store_true",
         help="with --rounds: each side's median SM clock and power (benchmarks/gpu_clocks.py)",
@@ -188,6 +220,8 @@ def main() -> None:
     hf = partial(hf_step, weights=weights)
     ours = partial(ours_step, weights=weights)
     ours_one_launch = partial(ours_step, one_launch_adam=True, weights=weights)
+    pending_name = "megatron-mamba GPTNeoX, one-launch Adam, pending kernels"
+    ours_pending = partial(pending_ours_step, weights=weights)
     rows = [
         measure("transformers GPTNeoX (sdpa)", hf, config, tokens, peak, args.seq),
         measure("megatron-mamba GPTNeoX", ours, config, tokens, peak, args.seq),
@@ -200,6 +234,8 @@ def main() -> None:
             args.seq,
         ),
     ]
+    if args.pending:
+        rows.append(measure(pending_name, ours_pending, config, tokens, peak, args.seq))
     base = rows[0]["tokens_per_s"]
     print(f"bf16 matmul ceiling: {peak / 1e12:.0f} TFLOP/s")
     print("| model | tokens/s | × transformers | peak GiB | MFU |\n|---|---|---|---|---|")
@@ -216,6 +252,8 @@ def main() -> None:
             "megatron-mamba": ours,
             "megatron-mamba, one-launch Adam": ours_one_launch,
         }
+        if args.pending:
+            builds["megatron-mamba, one-launch Adam, pending kernels"] = ours_pending
         steps = {name: build(config, tokens)[1] for name, build in builds.items()}
         with ClockSampler() if args.clocks else contextlib.nullcontext() as clocks:
             if clocks:

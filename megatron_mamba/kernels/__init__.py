@@ -100,6 +100,12 @@ def triton_bias_gelu(x: torch.Tensor):
     return _triton_kernel(x, "bias_gelu", "bias_gelu")
 
 
+def triton_gelu_backward_and_bias_grad(y: torch.Tensor):
+    """GeLU's backward with its input's bias gradient in one kernel
+    (kernels/bias_gelu.gelu_backward_and_bias_grad) for this pre-activation, or None."""
+    return _triton_kernel(y, "bias_gelu", "gelu_backward_and_bias_grad")
+
+
 def triton_residual_sum(residual: torch.Tensor):
     """A block's residual sum as one kernel (kernels/residual_sum.py), or None."""
     return _triton_kernel(residual, "residual_sum", "residual_sum")

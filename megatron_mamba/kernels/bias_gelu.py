@@ -94,28 +94,46 @@ class _BiasGelu(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, bias = ctx.saved_tensors
-        tiling = ctx.tiling
-        grad = grad.contiguous()
-        columns = x.shape[-1]
-        rows = x.numel() // columns if columns else 0
-        dx = torch.empty_like(x)
-        blocks = triton.cdiv(rows, tiling.rows_per_program)
-        partial = torch.zeros(max(blocks, 1), columns, dtype=torch.float32, device=x.device)
-        if rows:
-            grid = (blocks, triton.cdiv(columns, tiling.backward_block))
-            _backward[grid](
-                grad,
-                x,
-                bias,
-                dx,
-                partial,
-                rows,
-                columns,
-                ROWS=tiling.rows_per_program,
-                BLOCK=tiling.backward_block,
-                num_warps=tiling.backward_warps,
-            )
-        return dx, partial.sum(0).to(bias.dtype), None
+        dx, bias_grad = _backward_and_bias_grad(grad, x, bias, ctx.tiling)
+        return dx, bias_grad.to(bias.dtype), None
+
+
+def _backward_and_bias_grad(
+    grad: torch.Tensor, x: torch.Tensor, bias: torch.Tensor, tiling: Tiling
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of gelu(x + bias) for the output's `grad`: x's, and bias's in fp32 (its
+    sum over rows, from each program's partial sums)."""
+    grad = grad.contiguous()
+    columns = x.shape[-1]
+    rows = x.numel() // columns if columns else 0
+    dx = torch.empty_like(x)
+    blocks = triton.cdiv(rows, tiling.rows_per_program)
+    partial = torch.zeros(max(blocks, 1), columns, dtype=torch.float32, device=x.device)
+    if rows:
+        grid = (blocks, triton.cdiv(columns, tiling.backward_block))
+        _backward[grid](
+            grad,
+            x,
+            bias,
+            dx,
+            partial,
+            rows,
+            columns,
+            ROWS=tiling.rows_per_program,
+            BLOCK=tiling.backward_block,
+            num_warps=tiling.backward_warps,
+        )
+    return dx, partial.sum(0)
+
+
+def gelu_backward_and_bias_grad(
+    grad: torch.Tensor, y: torch.Tensor, bias_dtype: torch.dtype, tiling: Tiling = TILING
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For y = a product plus its bias (added inside the product, `addmm`): the gradient of y
+    through exact GeLU, and the bias's gradient (that gradient's sum over rows), in one pass."""
+    y = y.contiguous()
+    dy, bias_grad = _backward_and_bias_grad(grad, y, y.new_zeros(y.shape[-1]), tiling)
+    return dy, bias_grad.to(bias_dtype)
 
 
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor, tiling: Tiling = TILING) -> torch.Tensor:

@@ -6,8 +6,10 @@ GeLU follows, as transformers runs it; the profile of the attention benchmark (b
 RESULTS.md) had that GEMM at 350 µs a call where the product without its bias took 381 µs on
 another kernel, and torch's GeLU at 91 µs where our bias + GeLU kernel took 115. Elsewhere (TP > 1
 or SP: megatron's linear would add the bias in a pass of its own) the bias and the activation
-run as one kernel each way (kernels/bias_gelu.py). fc2's bias goes to the block's residual sum,
-or on one rank into its own product (models/linear.RowLinear).
+run as one kernel each way (kernels/bias_gelu.py). With MEGATRON_MAMBA_PENDING_KERNELS=1, on one
+rank fc1 and GeLU run as one autograd function whose backward takes the bias's gradient in GeLU's
+backward kernel (models/linear_gelu.py). fc2's bias goes to the block's residual sum, or on one
+rank into its own product (models/linear.RowLinear).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import torch.nn.functional as F
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron_mamba import kernels
 from megatron_mamba.models.fused import bias_gelu, swiglu
 from megatron_mamba.models.linear import ColumnLinear, RowLinear
+from megatron_mamba.models.linear_gelu import linear_gelu
 
 
 class MLP(MegatronModule):
@@ -31,6 +35,7 @@ class MLP(MegatronModule):
             raise ValueError("non-gated MLP supports exact GeLU only")
         ffn = config.ffn_hidden_size
         one_rank = config.tensor_model_parallel_size == 1 and not config.sequence_parallel
+        self._fc1_gelu_one_function = one_rank and not glu and config.add_bias_linear
         self.linear_fc1 = ColumnLinear(
             config.hidden_size,
             2 * ffn if glu else ffn,
@@ -55,6 +60,9 @@ class MLP(MegatronModule):
                 param.partition_stride = 2
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self._fc1_gelu_one_function and kernels.pending_kernels():
+            fc1 = self.linear_fc1
+            return self.linear_fc2(linear_gelu(x, fc1.weight, fc1.bias))
         hidden, bias = self.linear_fc1(x)
         if self.config.gated_linear_unit:
             hidden = swiglu(hidden if bias is None else hidden + bias)

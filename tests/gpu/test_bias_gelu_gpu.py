@@ -61,3 +61,43 @@ def test_bias_gelu_is_one_kernel_each_way_and_the_default(monkeypatch):
 def test_bias_gelu_refuses_a_bias_of_another_width():
     with pytest.raises(ValueError, match="as wide as x's last dimension, 8; got \\(7,\\)"):
         bias_gelu(torch.ones(2, 8, device="cuda"), torch.ones(7, device="cuda"))
+
+
+@pytest.mark.parametrize(
+    "dtype,rel,bias_rel", [(torch.float32, 1e-5, 1e-5), (torch.bfloat16, 2**-7, 2**-6)]
+)
+def test_fc1_and_gelu_as_one_function_match_float64(dtype, rel, bias_rel):
+    """models/linear_gelu.py on the GPU: its backward's kernel (GeLU's backward and the bias's
+    gradient) and the products, against autograd in float64; the output's gradient through bf16
+    products is held to a rounding of the largest value."""
+    from megatron_mamba.models.linear_gelu import linear_gelu
+
+    torch.manual_seed(0)
+    x64 = torch.randn(3 * TILING.rows_per_program + 5, 2, 256, device="cuda", dtype=torch.float64)
+    w64 = torch.randn(1500, 256, device="cuda", dtype=torch.float64) / 16
+    b64 = torch.randn(1500, device="cuda", dtype=torch.float64)
+    inputs = [t.to(dtype).requires_grad_() for t in (x64, w64, b64)]
+    refs = [t.to(dtype).double().requires_grad_() for t in (x64, w64, b64)]
+    out = linear_gelu(*inputs)
+    ref = F.gelu(F.linear(*refs))
+    grad = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, inputs, grad.to(dtype))
+    want = torch.autograd.grad(ref, refs, grad)
+    for got, expected in ((out, ref), *zip(grads, want, strict=True)):
+        largest = expected.abs().max()
+        assert (got.double() - expected).abs().max() <= rel * largest, (got.shape, dtype)
+    assert (grads[2].double() - want[2]).abs().max() <= bias_rel * want[2].abs().max()
+
+
+def test_fc1_and_gelu_backward_runs_the_kernel_not_torchs_gelu_backward():
+    from megatron_mamba.models.linear_gelu import linear_gelu
+
+    x = torch.randn(512, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(1024, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    b = torch.randn(1024, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    linear_gelu(x, w, b).sum().backward()  # compiled before profiling
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        linear_gelu(x, w, b).sum().backward()
+        torch.cuda.synchronize()
+    names = {e.key: e.count for e in prof.key_averages()}
+    assert names.get("_backward") == 1 and "aten::gelu_backward" not in names, names
