@@ -1,9 +1,11 @@
 """Exact GeLU on Pythia-1b's fc1 output (8192 tokens × 8192, bf16), kernels alone: torch's
 forward (`F.gelu`) and backward (`gelu_backward`, then the bias gradient's sum over tokens)
-against Triton kernels that take [rows × columns] tiles per step, the backward summing its
-columns into per-program partial bias gradients as it goes (the one pass that would replace
-torch's two). Each side launched 20 times per timing, rounds taking turns; medians, the
-bandwidth each reaches, and each candidate's largest difference from torch's result.
+against Triton kernels that take [rows × columns] tiles per step: a GeLU forward written here,
+and the backward of kernels/bias_gelu.py at several tilings (`gelu_backward_and_bias_grad`, which
+sums columns into per-program partial bias gradients as it goes: the one pass that would replace
+torch's two, as models/linear_gelu.py uses it). Each side launched 20 times per timing, rounds
+taking turns; medians, the bandwidth each reaches, and each candidate's largest difference from
+torch's result.
 
     python benchmarks/gelu_tiles.py --out $OUT/gelu_tiles.json
 """
@@ -23,7 +25,7 @@ from benchmarks.common import interleaved_step_seconds, save_report
 ROWS, COLUMNS, LAUNCHES = 8192, 8192, 20
 # (rows per tile, columns per tile, warps)
 FORWARD = [(1, 2048, 8), (4, 512, 4), (8, 512, 8), (4, 1024, 8), (16, 256, 8)]
-# (rows per tile, columns per tile, warps, rows per program)
+# (rows per tile, columns per tile, warps, rows per program): bias_gelu's Tiling
 BACKWARD = [
     (1, 1024, 4, 64),  # the bias + GeLU kernel's tiling, one row a step
     (4, 512, 4, 64),
@@ -48,35 +50,6 @@ def _forward(x_ptr, out_ptr, rows, columns, TILE_R: tl.constexpr, BLOCK: tl.cons
     tl.store(out_ptr + at, out.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), inside)
 
 
-@triton.jit
-def _backward(
-    grad_ptr,
-    x_ptr,
-    dx_ptr,
-    partial_ptr,
-    rows,
-    columns,
-    TILE_R: tl.constexpr,
-    BLOCK: tl.constexpr,
-    PER_PROGRAM: tl.constexpr,
-):
-    program = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    column_inside = c < columns
-    bias_grad = tl.zeros((BLOCK,), dtype=tl.float32)
-    for step in range(0, PER_PROGRAM, TILE_R):
-        r = program * PER_PROGRAM + step + tl.arange(0, TILE_R)
-        inside = (r < rows)[:, None] & column_inside[None, :]
-        at = r[:, None] * columns + c[None, :]
-        x = tl.load(x_ptr + at, mask=inside, other=0.0).to(tl.float32)
-        grad = tl.load(grad_ptr + at, mask=inside, other=0.0).to(tl.float32)
-        slope = 0.5 * (1.0 + tl.math.erf(x * _SQRT_HALF)) + x * _INV_SQRT_2PI * tl.exp(-0.5 * x * x)
-        dx = grad * slope
-        tl.store(dx_ptr + at, dx.to(dx_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), inside)
-        bias_grad += tl.sum(dx, axis=0)  # zero where masked: grad loads as 0 there
-    tl.store(partial_ptr + program * columns + c, bias_grad, mask=column_inside)
-
-
 def triton_forward(x, tile_r, block, warps):
     out = torch.empty_like(x)
     grid = (triton.cdiv(ROWS, tile_r), triton.cdiv(COLUMNS, block))
@@ -84,24 +57,16 @@ def triton_forward(x, tile_r, block, warps):
     return out
 
 
-def triton_backward(grad, x, tile_r, block, warps, per_program):
-    dx = torch.empty_like(x)
-    programs = triton.cdiv(ROWS, per_program)
-    partial = torch.empty(programs, COLUMNS, dtype=torch.float32, device=x.device)
-    grid = (programs, triton.cdiv(COLUMNS, block))
-    _backward[grid](
-        grad,
-        x,
-        dx,
-        partial,
-        ROWS,
-        COLUMNS,
-        TILE_R=tile_r,
-        BLOCK=block,
-        PER_PROGRAM=per_program,
-        num_warps=warps,
+def triton_backward(grad, x, tile_rows, block, warps, per_program):
+    from megatron_mamba.kernels.bias_gelu import TILING, gelu_backward_and_bias_grad
+
+    tiling = TILING._replace(
+        backward_tile_rows=tile_rows,
+        backward_block=block,
+        backward_warps=warps,
+        rows_per_program=per_program,
     )
-    return dx, partial.sum(0).to(x.dtype)
+    return gelu_backward_and_bias_grad(grad, x, x.dtype, tiling)
 
 
 def torch_backward(grad, x):

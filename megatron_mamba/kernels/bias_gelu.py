@@ -20,13 +20,15 @@ import triton.language as tl
 
 class Tiling(NamedTuple):
     """Columns per program and warps, each way; rows summed per backward program (each one
-    writes a row of partial bias gradients). benchmarks/bias_gelu_tiling.py compares choices."""
+    writes a row of partial bias gradients), taken `backward_tile_rows` at a time (a divisor of
+    rows_per_program). benchmarks/bias_gelu_tiling.py and gelu_tiles.py compare choices."""
 
     block: int = 1024
     warps: int = 4
     backward_block: int = 1024
     backward_warps: int = 4
     rows_per_program: int = 64
+    backward_tile_rows: int = 1
 
 
 TILING = Tiling()
@@ -56,6 +58,7 @@ def _backward(
     rows,
     columns,
     ROWS: tl.constexpr,
+    TILE_ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     block = tl.program_id(0)
@@ -63,17 +66,17 @@ def _backward(
     inside = cols < columns
     bias = tl.load(bias_ptr + cols, mask=inside, other=0.0).to(tl.float32)
     bias_grad = tl.zeros((BLOCK,), dtype=tl.float32)
-    for i in range(ROWS):
-        row = block.to(tl.int64) * ROWS + i
-        here = inside & (row < rows)
-        offsets = row * columns + cols
-        y = tl.load(x_ptr + offsets, mask=here, other=0.0).to(tl.float32) + bias
+    for i in range(0, ROWS, TILE_ROWS):
+        row = block.to(tl.int64) * ROWS + i + tl.arange(0, TILE_ROWS)
+        here = (row < rows)[:, None] & inside[None, :]
+        offsets = row[:, None] * columns + cols[None, :]
+        y = tl.load(x_ptr + offsets, mask=here, other=0.0).to(tl.float32) + bias[None, :]
         grad = tl.load(grad_ptr + offsets, mask=here, other=0.0).to(tl.float32)
         slope = 0.5 * (1.0 + tl.math.erf(y * _SQRT_HALF)) + y * _INV_SQRT_2PI * tl.exp(-0.5 * y * y)
         dx = grad * slope
         dtype = dx_ptr.dtype.element_ty
         tl.store(dx_ptr + offsets, dx.to(dtype, fp_downcast_rounding="rtne"), mask=here)
-        bias_grad += tl.where(here, dx, 0.0)
+        bias_grad += tl.sum(tl.where(here, dx, 0.0), axis=0)
     tl.store(partial_ptr + block.to(tl.int64) * columns + cols, bias_grad, mask=inside)
 
 
@@ -103,6 +106,11 @@ def _backward_and_bias_grad(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The gradients of gelu(x + bias) for the output's `grad`: x's, and bias's in fp32 (its
     sum over rows, from each program's partial sums)."""
+    if tiling.rows_per_program % tiling.backward_tile_rows:
+        raise ValueError(
+            f"backward_tile_rows={tiling.backward_tile_rows} must divide "
+            f"rows_per_program={tiling.rows_per_program}"
+        )
     grad = grad.contiguous()
     columns = x.shape[-1]
     rows = x.numel() // columns if columns else 0
@@ -120,6 +128,7 @@ def _backward_and_bias_grad(
             rows,
             columns,
             ROWS=tiling.rows_per_program,
+            TILE_ROWS=tiling.backward_tile_rows,
             BLOCK=tiling.backward_block,
             num_warps=tiling.backward_warps,
         )

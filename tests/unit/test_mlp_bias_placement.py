@@ -1,5 +1,6 @@
 """Where the MLP's fc1 bias is added: inside the product on one TP rank (as transformers runs
-GPTNeoX's MLP), by the bias + GeLU function otherwise."""
+GPTNeoX's MLP), by the bias + GeLU function otherwise; with the pending kernels, on one rank, fc1
+and GeLU as one function (models/linear_gelu.py)."""
 
 import pytest
 import torch
@@ -52,3 +53,30 @@ def test_more_ranks_leave_fc1_bias_to_the_bias_gelu_function(
     assert bias is fc1.bias
     mlp(x)
     assert len(calls) == 1 and calls[0] is fc1.bias
+
+
+def _mlp(**overrides) -> MLP:
+    mlp = MLP(_config(**overrides))
+    torch.nn.init.normal_(mlp.linear_fc1.bias)
+    return mlp
+
+
+@pytest.mark.parametrize("pending", ["0", "1"])
+def test_one_rank_takes_fc1_and_gelu_as_one_function_with_the_pending_kernels(
+    runtime, monkeypatch, pending
+):
+    monkeypatch.setenv("MEGATRON_MAMBA_PENDING_KERNELS", pending)
+    mlp = _mlp()
+    x = torch.randn(5, 3, 16, requires_grad=True)
+    out, out_bias = mlp(x)
+    assert ("_LinearGeluBackward" in autograd_nodes(out)) == (pending == "1")
+    fc1, fc2 = mlp.linear_fc1, mlp.linear_fc2
+    want = F.linear(F.gelu(F.linear(x, fc1.weight, fc1.bias)), fc2.weight, fc2.bias)
+    torch.testing.assert_close(out + (0 if out_bias is None else out_bias), want)
+
+
+def test_more_ranks_keep_the_bias_gelu_function_with_the_pending_kernels(runtime, monkeypatch):
+    monkeypatch.setenv("MEGATRON_MAMBA_PENDING_KERNELS", "1")
+    mlp = _mlp(tensor_model_parallel_size=2)
+    out, _ = mlp(torch.randn(5, 3, 16, requires_grad=True))
+    assert "_LinearGeluBackward" not in autograd_nodes(out)
