@@ -61,6 +61,7 @@ optimizer    150 python benchmarks/optimizer_step.py --out $OUT/optimizer_step.j
 adamw_blocks 150 python benchmarks/adamw_blocks.py --out $OUT/adamw_blocks.json
 gelu_tiling  120 python benchmarks/bias_gelu_tiling.py --out $OUT/bias_gelu_tiling.json
 gelu_tiles   120 python benchmarks/gelu_tiles.py --out $OUT/gelu_tiles.json
+sdpa_layouts 120 python benchmarks/sdpa_layouts.py --out $OUT/sdpa_layouts.json
 profile_attention 150 torchrun --nproc_per_node 1 benchmarks/profile_step.py --model attention --rows 40
 profile_mamba2    240 torchrun --nproc_per_node 1 benchmarks/profile_step.py --model mamba2 --rows 40
 profile_mamba1    240 torchrun --nproc_per_node 1 benchmarks/profile_step.py --model mamba1 --rows 40
