@@ -5,7 +5,8 @@ the [tokens, hidden] activations (each bias add, then two sums), and backward su
 gradient over tokens once per bias although both biases get the same gradient. Here forward
 reads each input once and writes the sum (fp32 arithmetic, one rounding); the caller adds the
 two bias vectors first, so backward is one sum over tokens, and the output's gradient is every
-other input's. The torch version (models/fused.residual_sum) is the reference and runs off GPU.
+other input's. The torch version (models/fused.torch_residual_sum) is the reference and runs
+off GPU.
 """
 
 from __future__ import annotations

@@ -70,9 +70,7 @@ class MixerBlock(MegatronModule, BaseTransformerLayer):
             )
             return residual_sum(residual, parts)
         biases = [bias for _, bias in outputs if bias is not None]
-        bias = None
-        for one in biases:
-            bias = one if bias is None else bias + one
+        bias = sum(biases[1:], biases[0]) if biases else None
         return residual_sum(residual, tuple(value for value, _ in outputs), bias)
 
     def forward(

@@ -7,8 +7,8 @@ than they save on the GPU at Pythia-1b size, so they are off by default.
 
 megatron's linear layers add biases as separate kernels; fusing bias + activation and the block's
 residual sum with its biases (kernels/residual_sum.py) into single kernels removes whole passes
-over the activations. On CPU the same
-functions run eagerly, so the math is identical and tests need no compiler.
+over the activations. On CPU the same functions run eagerly, so the math is identical and tests
+need no compiler.
 """
 
 from __future__ import annotations
