@@ -66,12 +66,13 @@ def test_bias_gelu_refuses_a_bias_of_another_width():
 @pytest.mark.parametrize(
     "dtype,rel,bias_rel", [(torch.float32, 1e-5, 1e-5), (torch.bfloat16, 2**-7, 2**-6)]
 )
-def test_fc1_and_gelu_as_one_function_match_float64(dtype, rel, bias_rel):
+def test_fc1_and_gelu_as_one_function_match_float64(dtype, rel, bias_rel, monkeypatch):
     """models/linear_gelu.py on the GPU: its backward's kernel (GeLU's backward and the bias's
     gradient) and the products, against autograd in float64; the output's gradient through bf16
     products is held to a rounding of the largest value."""
     from megatron_mamba.models.linear_gelu import linear_gelu
 
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # fp32 products in fp32
     torch.manual_seed(0)
     x64 = torch.randn(3 * TILING.rows_per_program + 5, 2, 256, device="cuda", dtype=torch.float64)
     w64 = torch.randn(1500, 256, device="cuda", dtype=torch.float64) / 16
