@@ -26,7 +26,6 @@ from benchmarks.common import (
     print_speedups,
     save_report,
 )
-from benchmarks.gpu_clocks import ClockSampler, print_clocks
 from megatron_mamba.config import ParallelConfig, RunPrecision
 from megatron_mamba.convert.hf_weights import native_from_hf
 from megatron_mamba.models.build import build_model
@@ -255,14 +254,8 @@ def main() -> None:
         if args.pending:
             builds["megatron-mamba, one-launch Adam, pending kernels"] = ours_pending
         steps = {name: build(config, tokens)[1] for name, build in builds.items()}
-        with ClockSampler() if args.clocks else contextlib.nullcontext() as clocks:
-            if clocks:
-                steps = {name: clocks.tagged(name, step) for name, step in steps.items()}
-            report["interleaved"] = interleaved_speedups(steps, args.rounds)
+        report["interleaved"] = interleaved_speedups(steps, args.rounds, clocks=args.clocks)
         print_speedups(report["interleaved"], f"taking turns, {args.rounds} rounds")
-        if clocks:
-            report["clocks"] = clocks.summary()
-            print_clocks(report["clocks"])
     save_report(args.out, report)
 
 

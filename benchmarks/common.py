@@ -38,21 +38,43 @@ def interleaved_step_seconds(
     return seconds
 
 
-def interleaved_speedups(steps: dict[str, Callable[[], None]], rounds: int) -> dict[str, dict]:
+def interleaved_speedups(
+    steps: dict[str, Callable[[], None]], rounds: int, clocks: bool = False
+) -> dict[str, dict]:
     """The first step is the baseline: every step's seconds per round (taking turns) and its
-    speed against the baseline's in the same round, with the median of those ratios."""
-    seconds = interleaved_step_seconds(steps, rounds)
+    speed against the baseline's in the same round, with the median of those ratios; with
+    `clocks`, also each side's median SM clock and power meanwhile (benchmarks/gpu_clocks.py)."""
+    if not clocks:
+        seconds = interleaved_step_seconds(steps, rounds)
+    else:
+        from benchmarks.gpu_clocks import ClockSampler
+
+        with ClockSampler() as sampler:
+            tagged = {name: sampler.tagged(name, step) for name, step in steps.items()}
+            seconds = interleaved_step_seconds(tagged, rounds)
     baseline = next(iter(seconds.values()))
-    return {name: round_speedups(baseline, times) for name, times in seconds.items()}
+    report = {name: round_speedups(baseline, times) for name, times in seconds.items()}
+    if clocks:
+        for name, measured in sampler.summary().items():
+            report[name]["clock"] = measured
+    return report
 
 
 def print_speedups(report: dict[str, dict], title: str) -> None:
     """A markdown table of `interleaved_speedups`' report: each side's ratio per round and the
-    median."""
-    print(f"{title}:\n| side | × baseline per round | median |\n|---|---|---|")
+    median, and its clock and power where sampled."""
+    clocks = any("clock" in side for side in report.values())
+    extra = " median SM MHz | median W |" if clocks else ""
+    print(f"{title}:\n| side | × baseline per round | median |{extra}")
+    print("|---|---|---|" + ("---|---|" if clocks else ""))
     for name, side in report.items():
         per_round = ", ".join(f"{r:.2f}" for r in side["speedups"])
-        print(f"| {name} | {per_round} | {side['median_speedup']:.2f} |")
+        row = f"| {name} | {per_round} | {side['median_speedup']:.2f} |"
+        if clocks:
+            clock = side.get("clock", {})
+            mhz, watts = (clock.get(key, float("nan")) for key in ("sm_mhz", "watts"))
+            row += f" {mhz:.0f} | {watts:.0f} |"
+        print(row)
 
 
 def round_speedups(baseline: list[float], times: list[float]) -> dict:

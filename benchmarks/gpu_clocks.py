@@ -11,6 +11,8 @@ do not overlap).
         steps = {name: clocks.tagged(name, step) for name, step in steps.items()}
         ...  # time them
     clocks.summary()  # {side: {"sm_mhz": median, "watts": median, "samples": n}}
+
+benchmarks/common.interleaved_speedups(..., clocks=True) does this for the benchmarks' rounds.
 """
 
 from __future__ import annotations
@@ -96,9 +98,3 @@ class ClockSampler:
 
     def summary(self) -> dict[str, dict[str, float]]:
         return attribute(self.tags, list(self.samples))
-
-
-def print_clocks(summary: dict[str, dict[str, float]]) -> None:
-    print("| side | median SM clock (MHz) | median power (W) | samples |\n|---|---|---|---|")
-    for side, values in summary.items():
-        print(f"| {side} | {values['sm_mhz']:.0f} | {values['watts']:.0f} | {values['samples']} |")

@@ -156,6 +156,11 @@ def main() -> None:
         help="then build the sides together and time them taking turns, this many rounds",
     )
     parser.add_argument("--graphed", action="store_true", help="also ours with CUDA graphs")
+    parser.add_argument(
+        "--clocks",
+        action="store_true",
+        help="with --rounds: each side's median SM clock and power (benchmarks/gpu_clocks.py)",
+    )
     args = parser.parse_args()
     init_runtime(seed=0)
     rows, interleaved = [], {}
@@ -190,7 +195,7 @@ def main() -> None:
             if args.graphed:
                 builds["megatron-mamba, one-launch Adam, CUDA graph"] = graphed_ours_step
             steps = {name: build(config, kind, tokens)[1] for name, build in builds.items()}
-            interleaved[kind] = interleaved_speedups(steps, args.rounds)
+            interleaved[kind] = interleaved_speedups(steps, args.rounds, clocks=args.clocks)
             del steps
             gc.collect()
             torch.cuda.empty_cache()

@@ -43,3 +43,18 @@ def test_the_sampler_says_when_nvidia_smi_is_missing(monkeypatch):
     monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.raises(RuntimeError, match="needs nvidia-smi on PATH"):
         ClockSampler()
+
+
+def test_the_speedup_table_shows_clocks_where_sampled(capsys):
+    from benchmarks.common import print_speedups, round_speedups
+
+    report = {"theirs": round_speedups([2.0, 2.0], [2.0, 2.0])}
+    report["ours"] = round_speedups([2.0, 2.0], [1.6, 1.7])
+    report["ours"]["clock"] = {"sm_mhz": 1755.0, "watts": 690.0, "samples": 40}
+    print_speedups(report, "rounds")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "| side | × baseline per round | median | median SM MHz | median W |"
+    assert lines[3] == "| theirs | 1.00, 1.00 | 1.00 | nan | nan |"
+    assert lines[4] == "| ours | 1.25, 1.18 | 1.21 | 1755 | 690 |"
+    print_speedups({"theirs": report["theirs"]}, "rounds")
+    assert capsys.readouterr().out.splitlines()[1] == "| side | × baseline per round | median |"
