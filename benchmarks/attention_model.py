@@ -11,10 +11,10 @@ launch (train.adam_kernel=one_launch). Prints a markdown row and writes JSON.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import os
 from functools import partial
+from unittest import mock
 
 import torch
 
@@ -67,27 +67,13 @@ def ours_step(config, tokens, one_launch_adam=False, weights=None):
     return model, step
 
 
-@contextlib.contextmanager
-def _pending_kernels():
-    """MEGATRON_MAMBA_PENDING_KERNELS=1 while inside (read by the model at each forward)."""
-    before = os.environ.get("MEGATRON_MAMBA_PENDING_KERNELS")
-    os.environ["MEGATRON_MAMBA_PENDING_KERNELS"] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["MEGATRON_MAMBA_PENDING_KERNELS"]
-        else:
-            os.environ["MEGATRON_MAMBA_PENDING_KERNELS"] = before
-
-
 def pending_ours_step(config, tokens, weights=None):
     """`ours_step` with one-launch Adam, run with the opt-in kernels (`--pending`; on this model
     fc1 and GeLU as one function, models/linear_gelu.py): the default and the opt-in in one run."""
     model, step = ours_step(config, tokens, one_launch_adam=True, weights=weights)
 
-    def pending_step():
-        with _pending_kernels():
+    def pending_step():  # the model reads the switch at each forward
+        with mock.patch.dict(os.environ, {"MEGATRON_MAMBA_PENDING_KERNELS": "1"}):
             step()
 
     return model, pending_step
@@ -219,7 +205,6 @@ def main() -> None:
     hf = partial(hf_step, weights=weights)
     ours = partial(ours_step, weights=weights)
     ours_one_launch = partial(ours_step, one_launch_adam=True, weights=weights)
-    pending_name = "megatron-mamba GPTNeoX, one-launch Adam, pending kernels"
     ours_pending = partial(pending_ours_step, weights=weights)
     rows = [
         measure("transformers GPTNeoX (sdpa)", hf, config, tokens, peak, args.seq),
@@ -234,7 +219,8 @@ def main() -> None:
         ),
     ]
     if args.pending:
-        rows.append(measure(pending_name, ours_pending, config, tokens, peak, args.seq))
+        name = "megatron-mamba GPTNeoX, one-launch Adam, pending kernels"
+        rows.append(measure(name, ours_pending, config, tokens, peak, args.seq))
     base = rows[0]["tokens_per_s"]
     print(f"bf16 matmul ceiling: {peak / 1e12:.0f} TFLOP/s")
     print("| model | tokens/s | × transformers | peak GiB | MFU |\n|---|---|---|---|---|")

@@ -162,6 +162,8 @@ def main() -> None:
         help="with --rounds: each side's median SM clock and power (benchmarks/gpu_clocks.py)",
     )
     args = parser.parse_args()
+    if args.clocks and not args.rounds:
+        parser.error("--clocks samples the interleaved rounds: give --rounds too")
     init_runtime(seed=0)
     rows, interleaved = [], {}
     for kind in args.kinds.split(","):
