@@ -1,11 +1,10 @@
 """Exact GeLU on Pythia-1b's fc1 output (8192 tokens × 8192, bf16), kernels alone: torch's
 forward (`F.gelu`) and backward (`gelu_backward`, then the bias gradient's sum over tokens)
-against Triton kernels that take [rows × columns] tiles per step: a GeLU forward written here,
-and the backward of kernels/bias_gelu.py at several tilings (`gelu_backward_and_bias_grad`, which
-sums columns into per-program partial bias gradients as it goes: the one pass that would replace
-torch's two, as models/linear_gelu.py uses it). Each side launched 20 times per timing, rounds
-taking turns; medians, the bandwidth each reaches, and each candidate's largest difference from
-torch's result.
+against kernels/bias_gelu.py's Triton kernels at several [rows × columns] tilings: the forward
+(with a zero bias) and `gelu_backward_and_bias_grad` (which sums columns into per-program partial
+bias gradients as it goes: the one pass that replaces torch's two). Each side launched 20 times
+per timing, rounds taking turns; medians, the bandwidth each reaches, and each candidate's
+largest difference from torch's result.
 
     python benchmarks/gelu_tiles.py --out $OUT/gelu_tiles.json
 """
@@ -17,49 +16,34 @@ import statistics
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
 
 from benchmarks.common import interleaved_step_seconds, save_report
+from megatron_mamba.kernels.bias_gelu import TILING, bias_gelu, gelu_backward_and_bias_grad
 
 ROWS, COLUMNS, LAUNCHES = 8192, 8192, 20
 # (rows per tile, columns per tile, warps)
-FORWARD = [(1, 2048, 8), (4, 512, 4), (8, 512, 8), (4, 1024, 8), (16, 256, 8)]
-# (rows per tile, columns per tile, warps, rows per program): bias_gelu's Tiling
+FORWARD = [(1, 1024, 4), (1, 2048, 8), (2, 1024, 4), (4, 512, 4), (4, 1024, 8), (8, 512, 8)]
+# (rows per tile, columns per tile, warps, rows per program)
 BACKWARD = [
-    (1, 1024, 4, 64),  # the bias + GeLU kernel's tiling, one row a step
+    (1, 1024, 4, 64),
+    (2, 1024, 4, 64),
     (4, 512, 4, 64),
+    (4, 1024, 8, 64),
     (8, 512, 8, 64),
     (8, 256, 4, 64),
-    (4, 1024, 8, 64),
-    (8, 512, 8, 128),
-    (16, 256, 8, 64),
+    (4, 512, 4, 32),
+    (4, 512, 4, 128),
+    (16, 256, 8, 128),
 ]
-_SQRT_HALF = tl.constexpr(0.7071067811865476)
-_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 
-@triton.jit
-def _forward(x_ptr, out_ptr, rows, columns, TILE_R: tl.constexpr, BLOCK: tl.constexpr):
-    r = tl.program_id(0).to(tl.int64) * TILE_R + tl.arange(0, TILE_R)
-    c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    inside = (r < rows)[:, None] & (c < columns)[None, :]
-    at = r[:, None] * columns + c[None, :]
-    x = tl.load(x_ptr + at, mask=inside, other=0.0).to(tl.float32)
-    out = 0.5 * x * (1.0 + tl.math.erf(x * _SQRT_HALF))
-    tl.store(out_ptr + at, out.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), inside)
-
-
-def triton_forward(x, tile_r, block, warps):
-    out = torch.empty_like(x)
-    grid = (triton.cdiv(ROWS, tile_r), triton.cdiv(COLUMNS, block))
-    _forward[grid](x, out, ROWS, COLUMNS, TILE_R=tile_r, BLOCK=block, num_warps=warps)
-    return out
+def triton_forward(x, zero_bias, tile_rows, block, warps):
+    tiling = TILING._replace(tile_rows=tile_rows, block=block, warps=warps)
+    with torch.no_grad():
+        return bias_gelu(x, zero_bias, tiling)
 
 
 def triton_backward(grad, x, tile_rows, block, warps, per_program):
-    from megatron_mamba.kernels.bias_gelu import TILING, gelu_backward_and_bias_grad
-
     tiling = TILING._replace(
         backward_tile_rows=tile_rows,
         backward_block=block,
@@ -90,9 +74,11 @@ def main() -> None:
     torch.manual_seed(0)
     x = torch.randn(ROWS, COLUMNS, device="cuda", dtype=torch.bfloat16)
     grad = torch.randn_like(x) * 1e-3
+    zero_bias = x.new_zeros(COLUMNS)
     forwards = {"torch": lambda: F.gelu(x)}
     for tiling in FORWARD:
-        forwards["triton_{}x{}_w{}".format(*tiling)] = lambda t=tiling: triton_forward(x, *t)
+        name = "triton_{}x{}_w{}".format(*tiling)
+        forwards[name] = lambda t=tiling: triton_forward(x, zero_bias, *t)
     backwards = {"torch": lambda: torch_backward(grad, x)}
     for tiling in BACKWARD:
         name = "triton_{}x{}_w{}_rows{}".format(*tiling)

@@ -19,16 +19,18 @@ import triton.language as tl
 
 
 class Tiling(NamedTuple):
-    """Columns per program and warps, each way; rows summed per backward program (each one
-    writes a row of partial bias gradients), taken `backward_tile_rows` at a time (a divisor of
-    rows_per_program). benchmarks/bias_gelu_tiling.py and gelu_tiles.py compare choices."""
+    """Each way: [rows × columns] tiles and warps per program. Forward programs take one tile;
+    backward programs take `rows_per_program` rows (a multiple of `backward_tile_rows`) a tile at
+    a time and write one row of partial bias gradients. benchmarks/gelu_tiles.py compares
+    choices on an H200."""
 
     block: int = 1024
     warps: int = 4
-    backward_block: int = 1024
+    backward_block: int = 512
     backward_warps: int = 4
     rows_per_program: int = 64
-    backward_tile_rows: int = 1
+    backward_tile_rows: int = 4
+    tile_rows: int = 2
 
 
 TILING = Tiling()
@@ -37,15 +39,36 @@ _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 
 @triton.jit
-def _forward(x_ptr, bias_ptr, out_ptr, columns, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+def _forward(
+    x_ptr,
+    bias_ptr,
+    out_ptr,
+    rows,
+    columns,
+    TILE_ROWS: tl.constexpr,
+    BLOCK: tl.constexpr,
+    EVEN: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64) * TILE_ROWS + tl.arange(0, TILE_ROWS)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    inside = cols < columns
-    y = tl.load(x_ptr + row * columns + cols, mask=inside, other=0.0).to(tl.float32)
-    y += tl.load(bias_ptr + cols, mask=inside, other=0.0).to(tl.float32)
-    out = 0.5 * y * (1.0 + tl.math.erf(y * _SQRT_HALF))
-    target = out_ptr + row * columns + cols
-    tl.store(target, out.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=inside)
+    offsets = row[:, None] * columns + cols[None, :]
+    if EVEN:  # no masks: the tiles cover x exactly
+        y = (
+            tl.load(x_ptr + offsets).to(tl.float32)
+            + tl.load(bias_ptr + cols).to(tl.float32)[None, :]
+        )
+    else:
+        inside = cols < columns
+        here = (row < rows)[:, None] & inside[None, :]
+        y = tl.load(x_ptr + offsets, mask=here, other=0.0).to(tl.float32)
+        y += tl.load(bias_ptr + cols, mask=inside, other=0.0).to(tl.float32)[None, :]
+    out = (0.5 * y * (1.0 + tl.math.erf(y * _SQRT_HALF))).to(
+        out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"
+    )
+    if EVEN:
+        tl.store(out_ptr + offsets, out)
+    else:
+        tl.store(out_ptr + offsets, out, mask=here)
 
 
 @triton.jit
@@ -60,24 +83,41 @@ def _backward(
     ROWS: tl.constexpr,
     TILE_ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
+    EVEN: tl.constexpr,
 ):
     block = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     inside = cols < columns
-    bias = tl.load(bias_ptr + cols, mask=inside, other=0.0).to(tl.float32)
-    bias_grad = tl.zeros((BLOCK,), dtype=tl.float32)
+    if EVEN:
+        bias = tl.load(bias_ptr + cols).to(tl.float32)
+    else:
+        bias = tl.load(bias_ptr + cols, mask=inside, other=0.0).to(tl.float32)
+    # summed over the tile's rows once, after the loop: a sum across rows each step would be a
+    # reduction between warps each step
+    bias_grad = tl.zeros((TILE_ROWS, BLOCK), dtype=tl.float32)
     for i in range(0, ROWS, TILE_ROWS):
         row = block.to(tl.int64) * ROWS + i + tl.arange(0, TILE_ROWS)
-        here = (row < rows)[:, None] & inside[None, :]
         offsets = row[:, None] * columns + cols[None, :]
-        y = tl.load(x_ptr + offsets, mask=here, other=0.0).to(tl.float32) + bias[None, :]
-        grad = tl.load(grad_ptr + offsets, mask=here, other=0.0).to(tl.float32)
+        if EVEN:
+            y = tl.load(x_ptr + offsets).to(tl.float32)
+            grad = tl.load(grad_ptr + offsets).to(tl.float32)
+        else:
+            # outside x: grad 0, so dx 0 there and nothing added to the bias gradient
+            here = (row < rows)[:, None] & inside[None, :]
+            y = tl.load(x_ptr + offsets, mask=here, other=0.0).to(tl.float32)
+            grad = tl.load(grad_ptr + offsets, mask=here, other=0.0).to(tl.float32)
+        y += bias[None, :]
         slope = 0.5 * (1.0 + tl.math.erf(y * _SQRT_HALF)) + y * _INV_SQRT_2PI * tl.exp(-0.5 * y * y)
         dx = grad * slope
-        dtype = dx_ptr.dtype.element_ty
-        tl.store(dx_ptr + offsets, dx.to(dtype, fp_downcast_rounding="rtne"), mask=here)
-        bias_grad += tl.sum(tl.where(here, dx, 0.0), axis=0)
-    tl.store(partial_ptr + block.to(tl.int64) * columns + cols, bias_grad, mask=inside)
+        stored = dx.to(dx_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
+        if EVEN:
+            tl.store(dx_ptr + offsets, stored)
+        else:
+            tl.store(dx_ptr + offsets, stored, mask=here)
+        bias_grad += dx
+    tl.store(
+        partial_ptr + block.to(tl.int64) * columns + cols, tl.sum(bias_grad, axis=0), mask=inside
+    )
 
 
 class _BiasGelu(torch.autograd.Function):
@@ -88,8 +128,20 @@ class _BiasGelu(torch.autograd.Function):
         rows = x.numel() // columns if columns else 0
         out = torch.empty_like(x)
         if rows:
-            grid = (rows, triton.cdiv(columns, tiling.block))
-            _forward[grid](x, bias, out, columns, BLOCK=tiling.block, num_warps=tiling.warps)
+            tile_rows, block = tiling.tile_rows, tiling.block
+            grid = (triton.cdiv(rows, tile_rows), triton.cdiv(columns, block))
+            even = rows % tile_rows == 0 and columns % block == 0
+            _forward[grid](
+                x,
+                bias,
+                out,
+                rows,
+                columns,
+                TILE_ROWS=tile_rows,
+                BLOCK=block,
+                EVEN=even,
+                num_warps=tiling.warps,
+            )
         ctx.save_for_backward(x, bias)
         ctx.tiling = tiling
         return out
@@ -116,7 +168,9 @@ def _backward_and_bias_grad(
     rows = x.numel() // columns if columns else 0
     dx = torch.empty_like(x)
     blocks = triton.cdiv(rows, tiling.rows_per_program)
-    partial = torch.zeros(max(blocks, 1), columns, dtype=torch.float32, device=x.device)
+    # every program writes its row of the table
+    table = torch.empty if rows else torch.zeros
+    partial = table(max(blocks, 1), columns, dtype=torch.float32, device=x.device)
     if rows:
         grid = (blocks, triton.cdiv(columns, tiling.backward_block))
         _backward[grid](
@@ -130,6 +184,7 @@ def _backward_and_bias_grad(
             ROWS=tiling.rows_per_program,
             TILE_ROWS=tiling.backward_tile_rows,
             BLOCK=tiling.backward_block,
+            EVEN=rows % tiling.rows_per_program == 0 and columns % tiling.backward_block == 0,
             num_warps=tiling.backward_warps,
         )
     return dx, partial.sum(0)

@@ -14,11 +14,11 @@ pytest.importorskip("triton")  # collected everywhere; the kernel module needs i
 from megatron_mamba.kernels.bias_gelu import TILING, bias_gelu  # noqa: E402
 
 
-def _check(x, bias, grad, rel: float, bias_rel: float):
+def _check(x, bias, grad, rel: float, bias_rel: float, tiling=TILING):
     """Output and x's gradient elementwise within `rel` (plus 1e-5 of the largest); the bias's
     gradient, a sum over rows, within `bias_rel` of its largest value."""
     x, bias = x.detach().requires_grad_(), bias.detach().requires_grad_()
-    out = bias_gelu(x, bias)
+    out = bias_gelu(x, bias, tiling)
     dx, dbias = torch.autograd.grad(out, [x, bias], grad)
     x64, b64 = x.detach().double().requires_grad_(), bias.detach().double().requires_grad_()
     ref = F.gelu(x64 + b64)
@@ -33,14 +33,20 @@ def _check(x, bias, grad, rel: float, bias_rel: float):
 @pytest.mark.parametrize(
     "shape", [(256, 4, 8192), (3 * TILING.rows_per_program + 5, 1, 1500), (2, 24)]
 )
-def test_bias_gelu_matches_float64(shape):
+# the default [rows × columns] tiles, and one row a step each way
+@pytest.mark.parametrize(
+    "tiling",
+    [TILING, TILING._replace(tile_rows=1, backward_tile_rows=1, backward_block=1024)],
+    ids=["default", "one_row"],
+)
+def test_bias_gelu_matches_float64(shape, tiling):
     torch.manual_seed(0)
     x = 2 * torch.randn(*shape, device="cuda", dtype=torch.float64)
     bias = torch.randn(shape[-1], device="cuda", dtype=torch.float64)
     grad = torch.randn(*shape, device="cuda", dtype=torch.float64)
-    _check(x.float(), bias.float(), grad.float(), 1e-5, 1e-5)
+    _check(x.float(), bias.float(), grad.float(), 1e-5, 1e-5, tiling)
     # bf16: one rounding of each element; the bias gradient summed in fp32, rounded once
-    _check(x.bfloat16(), bias.bfloat16(), grad.bfloat16(), 2**-8, 2**-7)
+    _check(x.bfloat16(), bias.bfloat16(), grad.bfloat16(), 2**-8, 2**-7, tiling)
 
 
 def test_bias_gelu_is_one_kernel_each_way_and_the_default(monkeypatch):
