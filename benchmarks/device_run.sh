@@ -59,7 +59,6 @@ dpo_rounds   330 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo
 dpo_rounds_pending 330 MEGATRON_MAMBA_PENDING_KERNELS=1 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_rounds_pending.json --graphs --rounds 5 --interleaved-only
 optimizer    150 python benchmarks/optimizer_step.py --out $OUT/optimizer_step.json
 adamw_blocks 150 python benchmarks/adamw_blocks.py --out $OUT/adamw_blocks.json
-gelu_tiling  120 python benchmarks/bias_gelu_tiling.py --out $OUT/bias_gelu_tiling.json
 gelu_tiles   120 python benchmarks/gelu_tiles.py --out $OUT/gelu_tiles.json
 sdpa_layouts 120 python benchmarks/sdpa_layouts.py --out $OUT/sdpa_layouts.json
 profile_attention 150 torchrun --nproc_per_node 1 benchmarks/profile_step.py --model attention --rows 40
