@@ -6,9 +6,10 @@ the same objective code the trainer uses (forward + backward, no optimizer step)
 is cross-entropy; distillation adds the teacher's forward, CE + 15 · layer loss + 1 · logits KL.
 
 Then the whole training step (distillation, megatron DDP, clipping and the trainer's optimizer
-with fp32 master weights) against CALD's way of training the same objective in the same process:
-transformers' models under torch.autocast with fp32 weights, plain PyTorch loss, clipping and
-AdamW (benchmarks/cald_distill.py).
+with fp32 master weights, its Adam in one launch that also writes the bf16 weights) against
+CALD's way of training the same objective in the same process: transformers' models under
+torch.autocast with fp32 weights, plain PyTorch loss, clipping and AdamW
+(benchmarks/cald_distill.py).
 
     torchrun --nproc_per_node 1 benchmarks/distill_step.py --out $OUT/distill_step.json
 """
@@ -87,8 +88,10 @@ def main() -> None:
     guided = median_step_seconds(step_fn(objective, student, tokens))
 
     ddp = wrap_ddp(student)
-    optimizer = megatron_optimizer(
-        ddp, OptimizerConfig(lr=1e-5, bf16=True, params_dtype=torch.bfloat16, clip_grad=1.0)
+    optimizer = megatron_optimizer(  # as the trainer builds it (train.adam_kernel=one_launch)
+        ddp,
+        OptimizerConfig(lr=1e-5, bf16=True, params_dtype=torch.bfloat16, clip_grad=1.0),
+        one_launch_adam=True,
     )
     training_step = step_fn(objective, ddp, tokens, optimizer)
     ours_full, ours_memory = median_step_seconds(training_step), peak_memory_gib(training_step)

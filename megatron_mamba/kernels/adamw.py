@@ -12,7 +12,9 @@ The arithmetic is torch's fused kernel's (aten/src/ATen/native/cuda/fused_adam_u
 fp32 whatever the storage dtype: decoupled decay `p -= lr·wd·p` (AdamW) or `g += wd·p` (Adam),
 the moments, then `p -= lr/bc1 · m / (sqrt(v)/sqrt(bc2) + eps)` with the bias corrections of each
 tensor's own step count, read on the device (no host sync). The caller increments the steps.
-The gradient may be scaled on the way in (clipping's coefficient, left to this pass).
+The gradient may be scaled on the way in (clipping's coefficient, left to this pass), and the
+updated parameter also written, rounded, to a copy of another dtype (fp32 master weights' bf16
+model weights: the pass megatron's optimizer would make after the update).
 """
 
 from __future__ import annotations
@@ -45,8 +47,9 @@ def _adam_blocks(
     grad,
     exp_avg,
     exp_avg_sq,
+    copy,  # the copies' anchor where COPY, else unused
     step,
-    offsets,  # int64 [5, tensors]: each tensor's distance in elements from its list's anchor
+    offsets,  # int64 [5 or 6, tensors]: each tensor's distance in elements from its list's anchor
     numels,  # int64 [tensors]
     block_tensor,  # int32 [blocks]: the tensor each program updates
     block_start,  # int64 [blocks]: the program's first element in it
@@ -58,6 +61,7 @@ def _adam_blocks(
     weight_decay,
     grad_scale,
     DECOUPLED: tl.constexpr,
+    COPY: tl.constexpr,
     ALIGNED: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -72,7 +76,8 @@ def _adam_blocks(
     grad = _at(grad, offsets + tensors, t, local, ALIGNED)
     exp_avg = _at(exp_avg, offsets + 2 * tensors, t, local, ALIGNED)
     exp_avg_sq = _at(exp_avg_sq, offsets + 3 * tensors, t, local, ALIGNED)
-    step = tl.load(step + tl.load(offsets + 4 * tensors + t))
+    STEP_ROW: tl.constexpr = 5 if COPY else 4  # the step counts' row follows the blocked lists
+    step = tl.load(step + tl.load(offsets + STEP_ROW * tensors + t))
 
     p = tl.load(param, mask=inside).to(tl.float32)
     g = tl.load(grad, mask=inside).to(tl.float32) * grad_scale
@@ -92,12 +97,15 @@ def _adam_blocks(
     tl.store(param, p.to(param.dtype.element_ty), mask=inside)
     tl.store(exp_avg, m.to(exp_avg.dtype.element_ty), mask=inside)
     tl.store(exp_avg_sq, v.to(exp_avg_sq.dtype.element_ty), mask=inside)
+    if COPY:
+        copy = _at(copy, offsets + 4 * tensors, t, local, ALIGNED)
+        tl.store(copy, p.to(copy.dtype.element_ty, fp_downcast_rounding="rtne"), mask=inside)
 
 
-def supports(params, grads, exp_avgs, exp_avg_sqs, steps) -> bool:
+def supports(params, grads, exp_avgs, exp_avg_sqs, steps, copies=None) -> bool:
     """Whether `adam_step` takes these lists: contiguous CUDA tensors of one dtype per list among
-    float32/bf16/fp16, moments in the parameters' shapes, float32 step counts."""
-    lists = (params, grads, exp_avgs, exp_avg_sqs)
+    float32/bf16/fp16, moments (and copies) in the parameters' shapes, float32 step counts."""
+    lists = (params, grads, exp_avgs, exp_avg_sqs, *([copies] if copies is not None else []))
     if not params or any(len(tensors) != len(params) for tensors in (*lists[1:], steps)):
         return False
     for tensors in lists:
@@ -106,10 +114,7 @@ def supports(params, grads, exp_avgs, exp_avg_sqs, steps) -> bool:
             return False
         if any(not t.is_cuda or not t.is_contiguous() for t in tensors):
             return False
-    same_shapes = all(
-        p.shape == g.shape == m.shape == v.shape
-        for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs, strict=True)
-    )
+    same_shapes = all(all(t.shape == p.shape for t in ts) for p, *ts in zip(*lists, strict=True))
     steps_ok = all(s.is_cuda and s.dtype == torch.float32 and s.numel() == 1 for s in steps)
     return same_shapes and steps_ok
 
@@ -129,19 +134,23 @@ def adam_step(
     weight_decay: float,
     decoupled: bool,
     grad_scale: float = 1.0,
+    copies: list[torch.Tensor] | None = None,
     block: int = BLOCK,
     warps: int = WARPS,
 ) -> None:
     """One Adam(W) update of every tensor in place (`supports` must hold); `steps` already
     counts this step. The gradients are taken times `grad_scale` (clipping's coefficient).
-    `block` elements per program and `warps` per program: the defaults unless measuring
+    `copies`: where given, each updated parameter is also written there, rounded to the copy's
+    dtype. `block` elements per program and `warps` per program: the defaults unless measuring
     others (benchmarks/adamw_blocks.py)."""
-    tables.update((params, grads, exp_avgs, exp_avg_sqs), block, scalars=(steps,))
+    blocked = (params, grads, exp_avgs, exp_avg_sqs, *([copies] if copies is not None else []))
+    tables.update(blocked, block, scalars=(steps,))
     _adam_blocks[(tables.block_tensor.numel(),)](
         params[0],
         grads[0],
         exp_avgs[0],
         exp_avg_sqs[0],
+        params[0] if copies is None else copies[0],
         steps[0],
         tables.offsets,
         tables.numels,
@@ -155,6 +164,7 @@ def adam_step(
         float(weight_decay),
         float(grad_scale),
         DECOUPLED=decoupled,
+        COPY=copies is not None,
         ALIGNED=tables.aligned,
         BLOCK=block,
         num_warps=warps,

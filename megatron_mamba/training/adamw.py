@@ -7,7 +7,9 @@ steps kept it on the host, and moments like the parameter), so
 checkpoints move between the two freely, and every step a group the kernel does not take (CPU
 tensors, AMSGrad, maximize, a tensor learning rate, mixed dtypes) runs torch's step instead.
 Gradient clipping may leave its multiplication to the kernel (`defer_grad_scale`), which
-saves a pass over the gradients. The kernel: megatron_mamba/kernels/adamw.py.
+saves a pass over the gradients; under megatron's fp32 master weights the kernel also writes the
+bf16/fp16 model weights (`write_model_weights_in_step`), which saves megatron's copy after the
+update. The kernel: megatron_mamba/kernels/adamw.py.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class _OneLaunchStep:
     @torch.no_grad()
     def step(self, closure=None):
         grad_scale = self.__dict__.pop("_pending_grad_scale", 1.0)
+        self._model_weights_written = set()
         groups = None if closure else [self._kernel_lists(group) for group in self.param_groups]
         if groups is None or any(lists is None for lists in groups):
             if grad_scale != 1.0:
@@ -36,9 +39,16 @@ class _OneLaunchStep:
         from megatron_mamba.kernels import adamw
 
         tables = self.__dict__.setdefault("_one_launch_tables", {})
+        model_weights = self.__dict__.get("_model_weights")
         for index, (group, lists) in enumerate(zip(self.param_groups, groups, strict=True)):
             if not lists[0]:
                 continue
+            copies = None
+            if model_weights is not None:
+                models = [model_weights.get(p) for p in lists[0]]
+                copies = None if any(m is None for m in models) else [m.data for m in models]
+                if copies is not None and not adamw.supports(*lists, copies):
+                    copies = None
             torch._foreach_add_(lists[4], 1)
             beta1, beta2 = group["betas"]
             adamw.adam_step(
@@ -51,8 +61,17 @@ class _OneLaunchStep:
                 weight_decay=group["weight_decay"],
                 decoupled=group.get("decoupled_weight_decay", isinstance(self, torch.optim.AdamW)),
                 grad_scale=grad_scale,
+                copies=copies,
             )
+            if copies is not None:
+                self._model_weights_written.update(id(p) for p in lists[0])
         return None
+
+    def _took_every_copy(self, main_params: list[torch.Tensor]) -> bool:
+        """Whether the last step wrote the model weights of all these master weights (and
+        forget it: a step or a checkpoint load in between would make it stale)."""
+        written = self.__dict__.pop("_model_weights_written", set())
+        return all(id(p) in written for p in main_params)
 
     def _scale_grads(self, scale: float) -> None:
         """Multiply the gradients by `scale` in place, as clipping does (in fp32: foreach ops
@@ -141,3 +160,35 @@ def defer_grad_scale(params: list[torch.Tensor], scale: float) -> bool:
     for owner in owners.values():
         owner._pending_grad_scale = owner.__dict__.get("_pending_grad_scale", 1.0) * scale
     return bool(owners)
+
+
+def write_model_weights_in_step(optimizer) -> bool:
+    """Under megatron's fp32 master weights (`Float16OptimizerWithFloat16Params`, not the
+    distributed optimizer) with a one-launch inner optimizer: let its step write the updated
+    master weights, rounded, into the model's bf16/fp16 weights, and skip megatron's copy after
+    the update wherever that step wrote every one of them (megatron copies as before otherwise:
+    a group torch stepped, a checkpoint load). False, and nothing changed, for any other
+    optimizer."""
+    from megatron.core.optimizer.optimizer import Float16OptimizerWithFloat16Params
+
+    inner = getattr(optimizer, "optimizer", None)
+    if type(optimizer) is not Float16OptimizerWithFloat16Params:
+        return False
+    if not isinstance(inner, _OneLaunchStep) or optimizer.config.reuse_grad_buf_for_mxfp8_param_ag:
+        return False
+    model_weights = WeakIdKeyDictionary()
+    for models, mains in zip(
+        optimizer.float16_groups, optimizer.fp32_from_float16_groups, strict=True
+    ):
+        for model, main in zip(models, mains, strict=True):
+            model_weights[main] = model  # its .data read at each step, as megatron does
+    inner._model_weights = model_weights
+    copy_after_update = optimizer._copy_main_params_to_model_params
+
+    def copy_unless_written():
+        mains = [p for group in optimizer.fp32_from_float16_groups for p in group]
+        if not inner._took_every_copy(mains):
+            copy_after_update()
+
+    optimizer._copy_main_params_to_model_params = copy_unless_written
+    return True

@@ -1,6 +1,7 @@
 """On the GPU: the one-launch Adam kernel against a float64 computation of torch's arithmetic
 (one step, within the storage dtype's rounding) and against torch's fused AdamW over several
-steps, and through megatron's optimizer with and without fp32 master weights."""
+steps, and through megatron's optimizer with and without fp32 master weights (where the step
+also writes the bf16 model weights, in place of megatron's copy after the update)."""
 
 import pytest
 import torch
@@ -10,7 +11,11 @@ from megatron_mamba.config import ParallelConfig, RunPrecision
 from megatron_mamba.models.build import build_model
 from megatron_mamba.models.presets import preset
 from megatron_mamba.runtime import init_runtime
-from megatron_mamba.training.adamw import defer_grad_scale, use_one_launch_adam
+from megatron_mamba.training.adamw import (
+    defer_grad_scale,
+    use_one_launch_adam,
+    write_model_weights_in_step,
+)
 from megatron_mamba.training.ddp import wrap_ddp
 from megatron_mamba.training.optimizer import inner_optimizers, megatron_optimizer
 
@@ -191,6 +196,15 @@ def test_megatron_optimizer_with_it_follows_torchs_kernel(runtime, master):
             (type(inner).__name__ == "OneLaunchAdamW") == one_launch
             for inner in inner_optimizers(optimizer)
         )
+        copies_taken = []
+        if one_launch and master:  # the step writes the model weights: megatron copies none
+            inner = inner_optimizers(optimizer)[0]
+
+            def spy(mains, took=inner._took_every_copy, taken=copies_taken):
+                taken.append(took(mains))
+                return taken[-1]
+
+            inner._took_every_copy = spy
         generator = torch.Generator(device=DEVICE).manual_seed(3)
         for _ in range(3):
             ddp.zero_grad_buffer()
@@ -198,6 +212,7 @@ def test_megatron_optimizer_with_it_follows_torchs_kernel(runtime, master):
             for p in ddp.module.parameters():
                 p.main_grad.copy_(torch.randn(p.shape, generator=generator, device=DEVICE))
             assert optimizer.step()[0]
+        assert copies_taken == ([True] * 3 if one_launch and master else [])
         weights.append([p.detach().clone() for p in module.parameters()])
     names = [name for name, _ in model.named_parameters()]
     for name, got, want in zip(names, weights[1], weights[0], strict=True):
@@ -205,3 +220,46 @@ def test_megatron_optimizer_with_it_follows_torchs_kernel(runtime, master):
         excess = ((got.double() - want.double()).abs() / (2 * _spacing(largest.bfloat16()))).max()
         excess = excess.item()
         assert excess <= 1, (name, excess)
+
+
+def test_a_step_writes_each_updated_weight_rounded_into_its_copy():
+    params = _params(torch.float32, sizes=ALIGNED_SIZES[:5] + SIZES[:3])
+    copies = [torch.zeros_like(p, dtype=torch.bfloat16) for p in params]
+    optimizer = torch.optim.AdamW(params, lr=1e-2, fused=True)
+    use_one_launch_adam(optimizer)
+    optimizer._model_weights = dict(zip(params, copies, strict=True))  # by identity: Parameters
+    for p in params:
+        p.grad = torch.randn_like(p)
+    before = [p.detach().clone() for p in params]
+    optimizer.step()
+    assert optimizer._took_every_copy(params)
+    for p, copy, old in zip(params, copies, before, strict=True):
+        assert not torch.equal(p, old)
+        assert torch.equal(copy, p.detach().bfloat16())
+
+
+def test_under_master_weights_megatrons_copy_runs_only_where_the_step_wrote_not_all(runtime):
+    model = build_model(TINY, ParallelConfig(), RunPrecision("bf16"), cpu_initialization=False)
+    ddp = wrap_ddp(model.to(DEVICE))
+    config = OptimizerConfig(
+        optimizer="adam", lr=LR, clip_grad=0.5, bf16=True, params_dtype=torch.bfloat16
+    )
+    optimizer = megatron_optimizer(ddp, config, one_launch_adam=True)
+    assert not write_model_weights_in_step(megatron_optimizer(ddp, config))  # torch's Adam
+    inner = inner_optimizers(optimizer)[0]
+    masters = [p for group in optimizer.fp32_from_float16_groups for p in group]
+    models = [p for group in optimizer.float16_groups for p in group]
+    assert all(inner._model_weights[m] is p for m, p in zip(masters, models, strict=True))
+
+    def changed_by_the_copy(written):
+        for main in masters:
+            main.data.add_(1.0)
+        inner._model_weights_written = {id(p) for p in written}
+        before = [p.detach().clone() for p in models]
+        optimizer._copy_main_params_to_model_params()
+        assert "_model_weights_written" not in inner.__dict__  # used once
+        return [not torch.equal(p, b) for p, b in zip(models, before, strict=True)]
+
+    assert not any(changed_by_the_copy(masters))
+    assert all(changed_by_the_copy(masters[1:]))
+    assert all(changed_by_the_copy([]))

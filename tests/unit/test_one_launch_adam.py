@@ -13,6 +13,7 @@ from megatron_mamba.training.adamw import (
     OneLaunchAdamW,
     defer_grad_scale,
     use_one_launch_adam,
+    write_model_weights_in_step,
 )
 from megatron_mamba.training.ddp import wrap_ddp
 from megatron_mamba.training.optimizer import inner_optimizers, megatron_optimizer
@@ -226,3 +227,13 @@ def test_offsets_reach_views_of_one_buffer_from_their_anchor():
     blocks = TensorBlocks()
     blocks.update((views,), block=8)
     assert blocks.offsets.tolist() == [[0, -16, 14]]
+
+
+def test_without_master_weights_there_is_no_model_copy_to_take(runtime):
+    """megatron's fp32 master weights need CUDA tensors (tests/gpu/test_adamw_gpu.py runs that
+    case); an fp32 model's optimizer has no copy after the update, and keeps its own."""
+    ddp = wrap_ddp(build_model(TINY, ParallelConfig()))
+    config = OptimizerConfig(optimizer="adam", lr=1e-2)
+    optimizer = megatron_optimizer(ddp, config, one_launch_adam=True)
+    assert not write_model_weights_in_step(optimizer)
+    assert "_model_weights" not in inner_optimizers(optimizer)[0].__dict__
