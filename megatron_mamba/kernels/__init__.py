@@ -100,6 +100,11 @@ def triton_bias_gelu(x: torch.Tensor):
     return _triton_kernel(x, "bias_gelu", "bias_gelu")
 
 
+def triton_gelu(y: torch.Tensor):
+    """Exact GeLU's forward alone (kernels/bias_gelu.gelu) for this fc1 output, or None."""
+    return _triton_kernel(y, "bias_gelu", "gelu")
+
+
 def triton_gelu_backward_and_bias_grad(y: torch.Tensor):
     """GeLU's backward with its input's bias gradient in one kernel
     (kernels/bias_gelu.gelu_backward_and_bias_grad) for this pre-activation, or None."""

@@ -41,27 +41,29 @@ _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 @triton.jit
 def _forward(
     x_ptr,
-    bias_ptr,
+    bias_ptr,  # unused without HAS_BIAS
     out_ptr,
     rows,
     columns,
     TILE_ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
     EVEN: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64) * TILE_ROWS + tl.arange(0, TILE_ROWS)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     offsets = row[:, None] * columns + cols[None, :]
+    inside = cols < columns
+    here = (row < rows)[:, None] & inside[None, :]
     if EVEN:  # no masks: the tiles cover x exactly
-        y = (
-            tl.load(x_ptr + offsets).to(tl.float32)
-            + tl.load(bias_ptr + cols).to(tl.float32)[None, :]
-        )
+        y = tl.load(x_ptr + offsets).to(tl.float32)
     else:
-        inside = cols < columns
-        here = (row < rows)[:, None] & inside[None, :]
         y = tl.load(x_ptr + offsets, mask=here, other=0.0).to(tl.float32)
-        y += tl.load(bias_ptr + cols, mask=inside, other=0.0).to(tl.float32)[None, :]
+    if HAS_BIAS:
+        if EVEN:
+            y += tl.load(bias_ptr + cols).to(tl.float32)[None, :]
+        else:
+            y += tl.load(bias_ptr + cols, mask=inside, other=0.0).to(tl.float32)[None, :]
     out = (0.5 * y * (1.0 + tl.math.erf(y * _SQRT_HALF))).to(
         out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"
     )
@@ -84,13 +86,14 @@ def _backward(
     TILE_ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
     EVEN: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
 ):
     block = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     inside = cols < columns
-    if EVEN:
+    if HAS_BIAS and EVEN:
         bias = tl.load(bias_ptr + cols).to(tl.float32)
-    else:
+    elif HAS_BIAS:
         bias = tl.load(bias_ptr + cols, mask=inside, other=0.0).to(tl.float32)
     # summed over the tile's rows once, after the loop: a sum across rows each step would be a
     # reduction between warps each step
@@ -106,7 +109,8 @@ def _backward(
             here = (row < rows)[:, None] & inside[None, :]
             y = tl.load(x_ptr + offsets, mask=here, other=0.0).to(tl.float32)
             grad = tl.load(grad_ptr + offsets, mask=here, other=0.0).to(tl.float32)
-        y += bias[None, :]
+        if HAS_BIAS:
+            y += bias[None, :]
         slope = 0.5 * (1.0 + tl.math.erf(y * _SQRT_HALF)) + y * _INV_SQRT_2PI * tl.exp(-0.5 * y * y)
         dx = grad * slope
         stored = dx.to(dx_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
@@ -120,31 +124,36 @@ def _backward(
     )
 
 
+def _gelu_forward(x: torch.Tensor, bias: torch.Tensor | None, tiling: Tiling) -> torch.Tensor:
+    """gelu(x + bias), or gelu(x) without a bias, for contiguous x."""
+    columns = x.shape[-1]
+    rows = x.numel() // columns if columns else 0
+    out = torch.empty_like(x)
+    if rows:
+        tile_rows, block = tiling.tile_rows, tiling.block
+        grid = (triton.cdiv(rows, tile_rows), triton.cdiv(columns, block))
+        _forward[grid](
+            x,
+            x if bias is None else bias,
+            out,
+            rows,
+            columns,
+            TILE_ROWS=tile_rows,
+            BLOCK=block,
+            EVEN=rows % tile_rows == 0 and columns % block == 0,
+            HAS_BIAS=bias is not None,
+            num_warps=tiling.warps,
+        )
+    return out
+
+
 class _BiasGelu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, bias: torch.Tensor, tiling: Tiling) -> torch.Tensor:
         x = x.contiguous()
-        columns = x.shape[-1]
-        rows = x.numel() // columns if columns else 0
-        out = torch.empty_like(x)
-        if rows:
-            tile_rows, block = tiling.tile_rows, tiling.block
-            grid = (triton.cdiv(rows, tile_rows), triton.cdiv(columns, block))
-            even = rows % tile_rows == 0 and columns % block == 0
-            _forward[grid](
-                x,
-                bias,
-                out,
-                rows,
-                columns,
-                TILE_ROWS=tile_rows,
-                BLOCK=block,
-                EVEN=even,
-                num_warps=tiling.warps,
-            )
         ctx.save_for_backward(x, bias)
         ctx.tiling = tiling
-        return out
+        return _gelu_forward(x, bias, tiling)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -154,10 +163,10 @@ class _BiasGelu(torch.autograd.Function):
 
 
 def _backward_and_bias_grad(
-    grad: torch.Tensor, x: torch.Tensor, bias: torch.Tensor, tiling: Tiling
+    grad: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, tiling: Tiling
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The gradients of gelu(x + bias) for the output's `grad`: x's, and bias's in fp32 (its
-    sum over rows, from each program's partial sums)."""
+    """The gradients of gelu(x + bias) (of gelu(x) where bias is None) for the output's
+    `grad`: x's, and bias's in fp32 (its sum over rows, from each program's partial sums)."""
     if tiling.rows_per_program % tiling.backward_tile_rows:
         raise ValueError(
             f"backward_tile_rows={tiling.backward_tile_rows} must divide "
@@ -176,7 +185,7 @@ def _backward_and_bias_grad(
         _backward[grid](
             grad,
             x,
-            bias,
+            x if bias is None else bias,
             dx,
             partial,
             rows,
@@ -185,6 +194,7 @@ def _backward_and_bias_grad(
             TILE_ROWS=tiling.backward_tile_rows,
             BLOCK=tiling.backward_block,
             EVEN=rows % tiling.rows_per_program == 0 and columns % tiling.backward_block == 0,
+            HAS_BIAS=bias is not None,
             num_warps=tiling.backward_warps,
         )
     return dx, partial.sum(0)
@@ -196,8 +206,14 @@ def gelu_backward_and_bias_grad(
     """For y = a product plus its bias (added inside the product, `addmm`): the gradient of y
     through exact GeLU, and the bias's gradient (that gradient's sum over rows), in one pass."""
     y = y.contiguous()
-    dy, bias_grad = _backward_and_bias_grad(grad, y, y.new_zeros(y.shape[-1]), tiling)
+    dy, bias_grad = _backward_and_bias_grad(grad, y, None, tiling)
     return dy, bias_grad.to(bias_dtype)
+
+
+def gelu(y: torch.Tensor, tiling: Tiling = TILING) -> torch.Tensor:
+    """Exact GeLU of y, forward only (the fc1 + GeLU function's forward, its bias already in
+    the product; its backward is `gelu_backward_and_bias_grad`)."""
+    return _gelu_forward(y.contiguous(), None, tiling)
 
 
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor, tiling: Tiling = TILING) -> torch.Tensor:

@@ -4,9 +4,9 @@ Through autograd, backward runs torch's GeLU backward and then, for `addmm`'s bi
 result over tokens again: another read of the [tokens, ffn] gradient (0.77 ms a step of
 Pythia-1b's attention-only model on an H200, benchmarks/RESULTS.md). Here GeLU's backward and the
 bias's gradient are one kernel (kernels/bias_gelu.gelu_backward_and_bias_grad); the products are
-the ones autograd would run, and forward is unchanged (the bias inside fc1's product, torch's
-GeLU). Off GPU the same function runs torch's ops. Opt-in with MEGATRON_MAMBA_PENDING_KERNELS=1
-until the step measures faster with it.
+the ones autograd would run; forward keeps the bias inside fc1's product, and GeLU runs as
+kernels/bias_gelu.gelu. Off GPU the same function runs torch's ops. Opt-in with
+MEGATRON_MAMBA_PENDING_KERNELS=1 until the step measures faster with it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ class _LinearGelu(torch.autograd.Function):
         y = F.linear(x, weight, bias)
         ctx.save_for_backward(x, weight, y)
         ctx.bias_dtype = bias.dtype
-        return F.gelu(y)
+        kernel = kernels.triton_gelu(y)
+        return F.gelu(y) if kernel is None else kernel(y)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):

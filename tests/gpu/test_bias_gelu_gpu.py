@@ -11,7 +11,7 @@ from megatron_mamba import kernels
 pytestmark = pytest.mark.gpu
 pytest.importorskip("triton")  # collected everywhere; the kernel module needs it
 
-from megatron_mamba.kernels.bias_gelu import TILING, bias_gelu  # noqa: E402
+from megatron_mamba.kernels.bias_gelu import TILING, bias_gelu, gelu  # noqa: E402
 
 
 def _check(x, bias, grad, rel: float, bias_rel: float, tiling=TILING):
@@ -47,6 +47,18 @@ def test_bias_gelu_matches_float64(shape, tiling):
     _check(x.float(), bias.float(), grad.float(), 1e-5, 1e-5, tiling)
     # bf16: one rounding of each element; the bias gradient summed in fp32, rounded once
     _check(x.bfloat16(), bias.bfloat16(), grad.bfloat16(), 2**-8, 2**-7, tiling)
+
+
+@pytest.mark.parametrize("shape", [(256, 4, 8192), (3 * TILING.tile_rows + 1, 1500)])
+def test_gelu_without_a_bias_matches_float64(shape):
+    """The fc1 + GeLU function's forward (its bias already in the product)."""
+    torch.manual_seed(0)
+    y = 2 * torch.randn(*shape, device="cuda", dtype=torch.float64)
+    want = F.gelu(y)
+    for dtype, rel in ((torch.float32, 1e-5), (torch.bfloat16, 2**-8)):
+        expected = F.gelu(y.to(dtype).double())
+        bound = rel * expected.abs() + 1e-5 * want.abs().max()
+        assert ((gelu(y.to(dtype)).double() - expected).abs() <= bound).all(), dtype
 
 
 def test_bias_gelu_is_one_kernel_each_way_and_the_default(monkeypatch):
@@ -108,3 +120,4 @@ def test_fc1_and_gelu_backward_runs_the_kernel_not_torchs_gelu_backward():
         torch.cuda.synchronize()
     names = {e.key: e.count for e in prof.key_averages()}
     assert names.get("_backward") == 1 and "aten::gelu_backward" not in names, names
+    assert names.get("_forward") == 1 and "aten::gelu" not in names, names
