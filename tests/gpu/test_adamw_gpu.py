@@ -168,7 +168,7 @@ LR = 1e-3
 
 
 @pytest.mark.parametrize("master", [True, False], ids=["fp32-master", "bf16-no-master"])
-def test_megatron_optimizer_with_it_follows_torchs_kernel(runtime, master):
+def test_megatron_optimizer_with_it_follows_torchs_kernel(runtime, master, monkeypatch):
     """A bf16 model through megatron's optimizer (fp32 master weights, or Adam on the bf16
     weights) with clipping, three steps: the same weights as with torch's fused kernel, within
     two bf16 spacings at the largest size the weight may have had on the way (|w| + 3 steps of
@@ -180,6 +180,7 @@ def test_megatron_optimizer_with_it_follows_torchs_kernel(runtime, master):
     )
     model, twin = model.to(DEVICE), twin.to(DEVICE)
     twin.load_state_dict(model.state_dict())
+    monkeypatch.setenv("MEGATRON_MAMBA_PENDING_KERNELS", "1")  # the model weights in the step
     weights = []
     for one_launch, module in ((False, model), (True, twin)):
         ddp = wrap_ddp(module, grad_reduce_in_fp32=master)
@@ -238,7 +239,10 @@ def test_a_step_writes_each_updated_weight_rounded_into_its_copy():
         assert torch.equal(copy, p.detach().bfloat16())
 
 
-def test_under_master_weights_megatrons_copy_runs_only_where_the_step_wrote_not_all(runtime):
+def test_under_master_weights_megatrons_copy_runs_only_where_the_step_wrote_not_all(
+    runtime, monkeypatch
+):
+    monkeypatch.setenv("MEGATRON_MAMBA_PENDING_KERNELS", "1")
     model = build_model(TINY, ParallelConfig(), RunPrecision("bf16"), cpu_initialization=False)
     ddp = wrap_ddp(model.to(DEVICE))
     config = OptimizerConfig(
