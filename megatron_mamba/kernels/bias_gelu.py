@@ -7,6 +7,8 @@ it over tokens). Here forward reads x once and writes gelu(x + b); backward read
 gradient and x once, writes x's gradient, and sums each block of rows into a small fp32 table of
 partial bias gradients that torch adds up (so the sum is deterministic: no atomics). Arithmetic
 in fp32, one rounding. The torch version (models/fused.torch_bias_gelu) is the reference.
+Where fc1 has added its bias in its product (models/linear_gelu.py) the same kernels run
+without one: `gelu`, and `gelu_backward_and_bias_grad` for that bias's gradient.
 """
 
 from __future__ import annotations
