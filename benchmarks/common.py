@@ -62,18 +62,20 @@ def interleaved_speedups(
 
 def print_speedups(report: dict[str, dict], title: str) -> None:
     """A markdown table of `interleaved_speedups`' report: each side's ratio per round and the
-    median, and its clock and power where sampled."""
+    median, and where sampled its clock, power and energy a step (median power × median step
+    time: at a power limit, speed follows energy a step)."""
     clocks = any("clock" in side for side in report.values())
-    extra = " median SM MHz | median W |" if clocks else ""
+    extra = " median SM MHz | median W | J a step |" if clocks else ""
     print(f"{title}:\n| side | × baseline per round | median |{extra}")
-    print("|---|---|---|" + ("---|---|" if clocks else ""))
+    print("|---|---|---|" + ("---|---|---|" if clocks else ""))
     for name, side in report.items():
         per_round = ", ".join(f"{r:.2f}" for r in side["speedups"])
         row = f"| {name} | {per_round} | {side['median_speedup']:.2f} |"
         if clocks:
             clock = side.get("clock", {})
             mhz, watts = (clock.get(key, float("nan")) for key in ("sm_mhz", "watts"))
-            row += f" {mhz:.0f} | {watts:.0f} |"
+            joules = watts * statistics.median(side["step_s"])
+            row += f" {mhz:.0f} | {watts:.0f} | {joules:.1f} |"
         print(row)
 
 

@@ -53,8 +53,9 @@ def test_the_speedup_table_shows_clocks_where_sampled(capsys):
     report["ours"]["clock"] = {"sm_mhz": 1755.0, "watts": 690.0, "samples": 40}
     print_speedups(report, "rounds")
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1] == "| side | × baseline per round | median | median SM MHz | median W |"
-    assert lines[3] == "| theirs | 1.00, 1.00 | 1.00 | nan | nan |"
-    assert lines[4] == "| ours | 1.25, 1.18 | 1.21 | 1755 | 690 |"
+    header = "| side | × baseline per round | median | median SM MHz | median W | J a step |"
+    assert lines[1] == header
+    assert lines[3] == "| theirs | 1.00, 1.00 | 1.00 | nan | nan | nan |"
+    assert lines[4] == "| ours | 1.25, 1.18 | 1.21 | 1755 | 690 | 1138.5 |"  # 690 W × 1.65 s
     print_speedups({"theirs": report["theirs"]}, "rounds")
     assert capsys.readouterr().out.splitlines()[1] == "| side | × baseline per round | median |"
