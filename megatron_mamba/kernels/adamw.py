@@ -102,21 +102,31 @@ def _adam_blocks(
         tl.store(copy, p.to(copy.dtype.element_ty, fp_downcast_rounding="rtne"), mask=inside)
 
 
-def supports(params, grads, exp_avgs, exp_avg_sqs, steps, copies=None) -> bool:
-    """Whether `adam_step` takes these lists: contiguous CUDA tensors of one dtype per list among
-    float32/bf16/fp16, moments (and copies) in the parameters' shapes, float32 step counts."""
-    lists = (params, grads, exp_avgs, exp_avg_sqs, *([copies] if copies is not None else []))
-    if not params or any(len(tensors) != len(params) for tensors in (*lists[1:], steps)):
+def _fits(tensors: list[torch.Tensor], params: list[torch.Tensor]) -> bool:
+    """Contiguous CUDA tensors of one dtype among float32/bf16/fp16, one in each parameter's
+    shape."""
+    if len(tensors) != len(params):
         return False
-    for tensors in lists:
-        dtype = tensors[0].dtype
-        if dtype not in DTYPES or any(t.dtype != dtype for t in tensors):
-            return False
-        if any(not t.is_cuda or not t.is_contiguous() for t in tensors):
-            return False
-    same_shapes = all(all(t.shape == p.shape for t in ts) for p, *ts in zip(*lists, strict=True))
+    dtype = tensors[0].dtype
+    return dtype in DTYPES and all(
+        t.dtype == dtype and t.is_cuda and t.is_contiguous() and t.shape == p.shape
+        for t, p in zip(tensors, params, strict=True)
+    )
+
+
+def supports(params, grads, exp_avgs, exp_avg_sqs, steps) -> bool:
+    """Whether `adam_step` takes these lists: contiguous CUDA tensors of one dtype per list among
+    float32/bf16/fp16, moments in the parameters' shapes, float32 step counts."""
+    if not params or len(steps) != len(params):
+        return False
+    lists_ok = all(_fits(tensors, params) for tensors in (params, grads, exp_avgs, exp_avg_sqs))
     steps_ok = all(s.is_cuda and s.dtype == torch.float32 and s.numel() == 1 for s in steps)
-    return same_shapes and steps_ok
+    return lists_ok and steps_ok
+
+
+def takes_copies(params: list[torch.Tensor], copies: list[torch.Tensor]) -> bool:
+    """Whether `adam_step` may write these copies of `params` (which `supports` takes)."""
+    return _fits(copies, params)
 
 
 def adam_step(

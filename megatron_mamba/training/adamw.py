@@ -47,7 +47,7 @@ class _OneLaunchStep:
             if model_weights is not None:
                 models = [model_weights.get(p) for p in lists[0]]
                 copies = None if any(m is None for m in models) else [m.data for m in models]
-                if copies is not None and not adamw.supports(*lists, copies):
+                if copies is not None and not adamw.takes_copies(lists[0], copies):
                     copies = None
             torch._foreach_add_(lists[4], 1)
             beta1, beta2 = group["betas"]
@@ -184,9 +184,9 @@ def write_model_weights_in_step(optimizer) -> bool:
             model_weights[main] = model  # its .data read at each step, as megatron does
     inner._model_weights = model_weights
     copy_after_update = optimizer._copy_main_params_to_model_params
+    mains = [p for group in optimizer.fp32_from_float16_groups for p in group]  # fixed objects
 
     def copy_unless_written():
-        mains = [p for group in optimizer.fp32_from_float16_groups for p in group]
         if not inner._took_every_copy(mains):
             copy_after_update()
 

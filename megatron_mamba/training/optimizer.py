@@ -70,8 +70,8 @@ def megatron_optimizer(ddp, config: OptimizerConfig, overrides=None, one_launch_
     if one_launch_adam:
         for inner in inner_optimizers(optimizer):
             use_one_launch_adam(inner)
-        for part in getattr(optimizer, "chained_optimizers", [optimizer]):
-            if kernels.pending_kernels():  # until its GPU test has run
+        if kernels.pending_kernels():  # until its GPU test has run
+            for part in getattr(optimizer, "chained_optimizers", [optimizer]):
                 write_model_weights_in_step(part)
     return optimizer
 
