@@ -15,7 +15,6 @@ import torch
 from megatron.core import utils as megatron_utils
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
-from megatron_mamba import kernels
 from megatron_mamba.runtime.cpu_compat import clip_grads_by_total_norm
 from megatron_mamba.training.adamw import (
     defer_grad_scale,
@@ -62,17 +61,16 @@ def build_optimizer(model, ddp, run: RunConfig):
 
 def megatron_optimizer(ddp, config: OptimizerConfig, overrides=None, one_launch_adam=False):
     """`get_megatron_optimizer` for one DDP-wrapped model, with fused Adam (or, with
-    `one_launch_adam`, training/adamw.py's, which with MEGATRON_MAMBA_PENDING_KERNELS=1 also
-    writes the model weights under fp32 master weights) and `_foreach` multi-tensor helpers."""
+    `one_launch_adam`, training/adamw.py's, which under fp32 master weights also writes the
+    model weights) and `_foreach` multi-tensor helpers."""
     use_foreach_multi_tensor_ops()
     optimizer = get_megatron_optimizer(config, [ddp], config_overrides=overrides)
     fuse_adam(optimizer)
     if one_launch_adam:
         for inner in inner_optimizers(optimizer):
             use_one_launch_adam(inner)
-        if kernels.pending_kernels():  # until its GPU test has run
-            for part in getattr(optimizer, "chained_optimizers", [optimizer]):
-                write_model_weights_in_step(part)
+        for part in getattr(optimizer, "chained_optimizers", [optimizer]):
+            write_model_weights_in_step(part)
     return optimizer
 
 
