@@ -30,6 +30,7 @@ scan_copies  120 python benchmarks/selective_scan_bwd.py --no-triton --replicas 
 mamba_rest   300 python -m pytest -q --durations=5 tests/gpu/test_mamba_gpu.py -k "decode or mamba2_attention-bf16"
 model_test   240 python -m pytest -q tests/gpu/test_models_gpu.py tests/gpu/test_hf_hybrid_gpu.py
 adamw_test   240 python -m pytest -q tests/gpu/test_adamw_gpu.py
+wgrad_test   120 python -m pytest -q tests/gpu/test_weight_grad_gpu.py
 norm_test    120 python -m pytest -q tests/gpu/test_norms_gpu.py
 swiglu_test  120 python -m pytest -q tests/gpu/test_swiglu_gpu.py
 residual_test 120 python -m pytest -q tests/gpu/test_residual_sum_gpu.py
@@ -51,7 +52,7 @@ attention_pending 300 torchrun --nproc_per_node 1 benchmarks/attention_model.py 
 mamba1       300 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds mamba1 --rounds 3
 mamba2       300 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds mamba2 --rounds 3
 mamba_graphed 480 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds ${MAMBA_KIND:-mamba2} --rounds 3 --graphed --out $OUT/mamba_graphed.json
-distill      170 torchrun --nproc_per_node 1 benchmarks/distill_step.py --out $OUT/distill_step.json
+distill      200 torchrun --nproc_per_node 1 benchmarks/distill_step.py --rounds 5 --out $OUT/distill_step.json
 dpo          240 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json
 dpo_graphs   420 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json --graphs --rounds 5
 dpo_twice    440 for i in 1 2; do python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step_$i.json --graphs || exit 1; done

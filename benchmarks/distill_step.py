@@ -9,7 +9,9 @@ Then the whole training step (distillation, megatron DDP, clipping and the train
 with fp32 master weights, its Adam in one launch that also writes the bf16 weights) against
 CALD's way of training the same objective in the same process: transformers' models under
 torch.autocast with fp32 weights, plain PyTorch loss, clipping and AdamW
-(benchmarks/cald_distill.py).
+(benchmarks/cald_distill.py). With `--rounds N`, ours also takes turns for N rounds with the
+weight gradients left to autograd and DDP's hook (MEGATRON_MAMBA_WGRAD_INTO_MAIN_GRAD=0), against
+their product added straight into DDP's buffer (parallel/weight_grad.py, the default).
 
     torchrun --nproc_per_node 1 benchmarks/distill_step.py --out $OUT/distill_step.json
 """
@@ -19,14 +21,21 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 from pathlib import Path
+from unittest import mock
 
 import torch
 from megatron.core.optimizer import OptimizerConfig
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from benchmarks.cald_distill import cald_distill_step
-from benchmarks.common import median_step_seconds, peak_memory_gib
+from benchmarks.common import (
+    interleaved_speedups,
+    median_step_seconds,
+    peak_memory_gib,
+    print_speedups,
+)
 from megatron_mamba.config import ParallelConfig, RunPrecision
 from megatron_mamba.data.batches import TokenBatch
 from megatron_mamba.distill.config import DistillConfig
@@ -66,9 +75,23 @@ def step_fn(objective, student, tokens, optimizer=None):
     return step
 
 
+def _without_wgrad_path(step):
+    def unfused_step():  # the linears read the switch at each forward
+        with mock.patch.dict(os.environ, {"MEGATRON_MAMBA_WGRAD_INTO_MAIN_GRAD": "0"}):
+            step()
+
+    return unfused_step
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="then this many interleaved rounds with and without the weight-gradient path",
+    )
     args = parser.parse_args()
     init_runtime(seed=1)
     bf16 = RunPrecision("bf16")
@@ -95,6 +118,16 @@ def main() -> None:
     )
     training_step = step_fn(objective, ddp, tokens, optimizer)
     ours_full, ours_memory = median_step_seconds(training_step), peak_memory_gib(training_step)
+    wgrad = None
+    if args.rounds:
+        wgrad = interleaved_speedups(
+            {
+                "through autograd": _without_wgrad_path(training_step),
+                "into main_grad": training_step,
+            },
+            args.rounds,
+        )
+        print_speedups(wgrad, f"weight gradients, {args.rounds} rounds")
     del ddp, optimizer, objective, training_step, student, teacher
     gc.collect()
     torch.cuda.empty_cache()
@@ -110,6 +143,7 @@ def main() -> None:
         "training_tokens_per_s": {"ours": MICRO * SEQ / ours_full, "cald": MICRO * SEQ / cald_full},
         "peak_gib": {"ours": ours_memory, "cald": cald_memory},
         "speedup_over_cald": cald_full / ours_full,
+        "weight_gradient_path": wgrad,
     }
     Path(args.out).write_text(json.dumps(result) + "\n")
     print(json.dumps(result))

@@ -19,7 +19,9 @@ partial sum, all-reduced over the TP group forward (every rank's dt, B and C nee
 its gradient all-reduced backward; in_proj's input and out_proj's partial output are the
 caller's to gather and reduce, as megatron's linears would.
 
-As `mamba_inner_fn` does, backward recomputes the conv and delta rather than keeping them.
+As `mamba_inner_fn` does, backward recomputes the conv and delta rather than keeping them. The
+projections' weight gradients go straight into DDP's gradient buffer where there is one
+(parallel/weight_grad.py).
 `kernels.reference` and the mixer's composed path (models/mamba1.py) are the references.
 """
 
@@ -33,6 +35,7 @@ import torch
 from causal_conv1d.cpp_functions import causal_conv1d_bwd_function, causal_conv1d_fwd_function
 
 from megatron_mamba import kernels
+from megatron_mamba.parallel.weight_grad import weight_gradient
 
 
 def _as_bdl(rows: torch.Tensor, batch: int) -> torch.Tensor:
@@ -74,7 +77,7 @@ def _scan_and_out_proj_backward(
         du, ddelta, dA, dB, dC, dD, d_dt_b, _, out_z = selective_scan_cuda.bwd(
             conv_out, delta, A, B, C, D, z, dt_b, dout_y, scan_state, out, dz, True, True
         )
-    return du, ddelta, dA, dB, dC, dD, d_dt_b, dy.t() @ _as_rows(out_z).t()
+    return du, ddelta, dA, dB, dC, dD, d_dt_b, weight_gradient(out_w, dy.t(), _as_rows(out_z).t())
 
 
 class _Mamba1Mixer(torch.autograd.Function):
@@ -127,18 +130,18 @@ class _Mamba1Mixer(torch.autograd.Function):
         for rows, grad in ((slice(rank, rank + state), dB), (slice(rank + state, None), dC)):
             _as_bdl(dx_dbl[rows], batch).copy_(grad.squeeze(1))
         ddelta = _as_rows(ddelta)
-        d_dt_w = ddelta @ x_dbl[:rank].t()
+        d_dt_w = weight_gradient(dt_w, ddelta, x_dbl[:rank].t())
         torch.mm(dt_w.t(), ddelta, out=dx_dbl[:rank])
         if ctx.group is not None:  # every rank's dt, B and C took the whole sum
             torch.distributed.all_reduce(dx_dbl, group=ctx.group)
-        d_x_w = dx_dbl @ _as_rows(conv_out).t()
+        d_x_w = weight_gradient(x_w, dx_dbl, _as_rows(conv_out).t())
         _as_rows(du).addmm_(x_w.t(), dx_dbl)  # the conv output's gradient, through x_proj too
         _, d_conv_w, d_conv_b, _ = causal_conv1d_bwd_function(
             x, conv_w2, conv_b, du, None, None, None, dx, False, True
         )
         return (
             (dxz.t() @ in_w).view(batch, -1, in_w.shape[1]),
-            dxz @ flat,
+            weight_gradient(in_w, dxz, flat),
             dxz.sum(1) if ctx.has_in_b else None,
             d_conv_w.view(ctx.conv_shape),
             d_conv_b,
@@ -235,12 +238,12 @@ class _GroupedMamba1Mixer(torch.autograd.Function):
             torch.distributed.all_reduce(d_dt_down_w, group=dt_down_group)
         return (
             d_hidden.view(batch, -1, in_w.shape[1]),
-            dproj @ flat,
+            weight_gradient(in_w, dproj, flat),
             dproj.sum(1) if ctx.has_in_b else None,
             d_conv_w.view(ctx.conv_shape),
             d_conv_b,
             d_dt_down_w,
-            ddelta @ dt_low.t(),
+            weight_gradient(dt_w, ddelta, dt_low.t()),
             d_dt_b,
             dA,
             dD,

@@ -8,6 +8,10 @@ only the gradient, in the logits' dtype. Unlike megatron's, the loss is over the
 only: the columns megatron pads it with for TP grow with the TP size, and counting them would
 make the loss of the same weights depend on TP (and differ from transformers' and from our
 evaluation's and distillation's).
+
+The output layer is megatron's ColumnParallelLinear made our models/linear.ColumnLinear (same
+parameters, the product in `F.linear` where it communicates nothing): GPTModel builds it itself,
+with no spec to choose its class.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from __future__ import annotations
 import torch
 from megatron.core import parallel_state as ps
 from megatron.core.models.gpt import GPTModel
+from megatron.core.tensor_parallel import ColumnParallelLinear
 
+from megatron_mamba.models.linear import ColumnLinear
 from megatron_mamba.models.logit_losses import LogitLosses
 
 
@@ -24,6 +30,8 @@ class LanguageModel(GPTModel):
         """`real_vocab_size`: the model's vocabulary before megatron pads it (`vocab_size`)."""
         super().__init__(*args, **kwargs)
         self.real_vocab_size = real_vocab_size
+        if type(getattr(self, "output_layer", None)) is ColumnParallelLinear:
+            self.output_layer.__class__ = ColumnLinear
 
     def compute_language_model_loss(self, labels: torch.Tensor, logits: torch.Tensor):
         """Per-token loss [b, s] from labels [b, s] and logits [s, b, padded vocabulary / TP]."""

@@ -5,7 +5,8 @@ overlapped data-gradient all-reduce, no fused gradient accumulation: a row-paral
 SP at any TP size, a column-parallel one at TP=1), megatron-core still runs it through its Python
 autograd function, whose backward costs about 0.2 ms of host time per call. `F.linear` computes
 the same products in C++ autograd; everything else (parameters, their names and TP attributes,
-the communication around the product, checkpoint sharding) stays megatron's.
+the communication around the product, checkpoint sharding) stays megatron's. Under megatron's
+DDP the weight's gradient is added straight into its gradient buffer (parallel/weight_grad.py).
 
 An input that is not contiguous (a mixer's output transposed from [b, d, l] to [l, b, d]) is
 copied first: without gradients to take (a frozen reference or teacher, evaluation) torch's
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 
 from megatron_mamba import kernels
+from megatron_mamba.parallel import weight_grad
 
 
 class _LocalProductWhenPossible:
@@ -40,6 +42,8 @@ class _LocalProductWhenPossible:
             or sequence_parallel
             or grad_output_buffer is not None
         ):
+            if weight is getattr(self, "weight", None):  # not a tied output layer's
+                return weight_grad.linear(input, weight, bias)
             return F.linear(input, weight, bias)
         return super()._forward_impl(
             input,
