@@ -61,6 +61,8 @@ dpo_rounds_pending 330 MEGATRON_MAMBA_PENDING_KERNELS=1 python benchmarks/dpo_st
 optimizer    150 python benchmarks/optimizer_step.py --out $OUT/optimizer_step.json
 adamw_blocks 150 python benchmarks/adamw_blocks.py --out $OUT/adamw_blocks.json
 gelu_tiles   120 python benchmarks/gelu_tiles.py --out $OUT/gelu_tiles.json
+layer_mse    90  python benchmarks/layer_mse.py --out $OUT/layer_mse.json
+layer_mse_test 120 python -m pytest -q tests/gpu/test_layer_mse_gpu.py
 sdpa_layouts 120 python benchmarks/sdpa_layouts.py --out $OUT/sdpa_layouts.json
 profile_attention 150 torchrun --nproc_per_node 1 benchmarks/profile_step.py --model attention --rows 40
 profile_mamba2    240 torchrun --nproc_per_node 1 benchmarks/profile_step.py --model mamba2 --rows 40

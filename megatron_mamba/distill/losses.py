@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state as ps
 
+from megatron_mamba import kernels
 from megatron_mamba.models.logit_losses import LogitLosses
 
 Normalisation = Literal["layernorm", "rmsnorm", "none", "cosine"]
@@ -46,7 +47,11 @@ def block_mse_and_gradient(
     """`block_mse` (detached) and the gradient of weight × it with respect to `student`, in the
     student's dtype, taken at once with or without autograd around: the objective attaches the
     gradient to the block's output, so nothing of the loss's own graph (fp32 copies of both
-    normalised outputs) waits for backward, and recomputed blocks can be served too."""
+    normalised outputs) waits for backward, and recomputed blocks can be served too. On GPU
+    with layernorm, one kernel (kernels/layer_mse.py) of which this is the reference."""
+    kernel = kernels.triton_layer_mse(student, teacher) if kind == "layernorm" else None
+    if kernel is not None:
+        return kernel(student.detach(), teacher.detach(), weight)
     with torch.enable_grad():
         leaf = _at_least_fp32(student.detach()).requires_grad_()
         loss = block_mse(leaf, teacher, kind)

@@ -6,7 +6,8 @@ The same holds for our Triton kernels of the losses over the logits (`logit_loss
 reference is models/logit_losses.py), SwiGLU and GeLU (`swiglu.py`, `bias_gelu.py`; reference
 models/fused.py), RoPE (`rope.py`; reference megatron's) and GPTNeoX's two LayerNorms of one
 input (`layer_norms.py`; reference F.layer_norm twice), a block's residual sum
-(`residual_sum.py`; reference models/fused.py), and of the Mamba1 mixer as one function
+(`residual_sum.py`; reference models/fused.py), distillation's layer loss with its gradient
+(`layer_mse.py`; reference distill/losses.py), and of the Mamba1 mixer as one function
 over mamba_ssm's kernels (`mamba1_fused.py`; reference the mixer's composed path), with a Triton
 selective-scan backward as an option (`selective_scan_bwd.py`).
 `MEGATRON_MAMBA_REFERENCE_KERNELS=1` forces the references; paths not yet tested on a GPU are
@@ -109,6 +110,16 @@ def triton_gelu_backward_and_bias_grad(y: torch.Tensor):
     """GeLU's backward with its input's bias gradient in one kernel
     (kernels/bias_gelu.gelu_backward_and_bias_grad) for this pre-activation, or None."""
     return _triton_kernel(y, "bias_gelu", "gelu_backward_and_bias_grad")
+
+
+def triton_layer_mse(student: torch.Tensor, teacher: torch.Tensor):
+    """Distillation's LayerNorm-normalised layer loss with its gradient as one kernel
+    (kernels/layer_mse.layer_mse_and_gradient) for these block outputs, or None. Opt-in
+    (MEGATRON_MAMBA_PENDING_KERNELS=1) until its GPU tests have run."""
+    found = _triton_kernel(student, "layer_mse") if pending_kernels() else None
+    if found is None or not found.fits(student, teacher):
+        return None
+    return found.layer_mse_and_gradient
 
 
 def triton_residual_sum(residual: torch.Tensor):
