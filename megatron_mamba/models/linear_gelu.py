@@ -5,7 +5,8 @@ result over tokens again: another read of the [tokens, ffn] gradient (0.77 ms a 
 Pythia-1b's attention-only model on an H200, benchmarks/RESULTS.md). Here GeLU's backward and the
 bias's gradient are one kernel (kernels/bias_gelu.gelu_backward_and_bias_grad); the products are
 the ones autograd would run; forward keeps the bias inside fc1's product, and GeLU runs as
-kernels/bias_gelu.gelu. Off GPU the same function runs torch's ops. Opt-in with
+kernels/bias_gelu.gelu; the weight's gradient goes straight into DDP's buffer where there is one
+(parallel/weight_grad.py). Off GPU the same function runs torch's ops. Opt-in with
 MEGATRON_MAMBA_PENDING_KERNELS=1 until the step measures faster with it.
 """
 
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from megatron_mamba import kernels
+from megatron_mamba.parallel.weight_grad import weight_gradient
 
 
 class _LinearGelu(torch.autograd.Function):
@@ -39,7 +41,8 @@ class _LinearGelu(torch.autograd.Function):
         dx = dy @ weight if need_x else None
         dweight = None
         if need_weight:
-            dweight = dy.reshape(-1, dy.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
+            rows = dy.reshape(-1, dy.shape[-1]).t()
+            dweight = weight_gradient(weight, rows, x.reshape(-1, x.shape[-1]))
         return dx, dweight, bias_grad if need_bias else None
 
 

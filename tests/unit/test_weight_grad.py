@@ -5,9 +5,11 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from megatron_mamba.config import ParallelConfig
 from megatron_mamba.models.build import build_model
+from megatron_mamba.models.linear_gelu import linear_gelu
 from megatron_mamba.parallel import weight_grad
 from megatron_mamba.training.ddp import wrap_ddp
 from tests.unit.test_optimizer import TINY
@@ -91,3 +93,17 @@ def test_without_grad_or_without_a_buffer_it_is_torchs_linear():
     out.sum().backward()
     torch.testing.assert_close(weight.main_grad, torch.ones(2, 3).t() @ x.detach())
     torch.testing.assert_close(x.grad, torch.ones(2, 3) @ weight.detach())
+
+
+def test_fc1_and_gelu_as_one_function_adds_its_weight_gradient_to_the_buffer():
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(5, 3, 8, generator=generator, requires_grad=True)
+    weight = torch.nn.Parameter(torch.randn(16, 8, generator=generator))
+    bias = torch.nn.Parameter(torch.randn(16, generator=generator))
+    start = torch.randn(16, 8, generator=generator)
+    weight.main_grad, weight.grad_added_to_main_grad = start.clone(), False
+    linear_gelu(x, weight, bias).square().sum().backward()
+    assert weight.grad_added_to_main_grad
+    w = weight.detach().clone().requires_grad_()
+    (expected,) = torch.autograd.grad(F.gelu(F.linear(x, w, bias)).square().sum(), w)
+    torch.testing.assert_close(weight.main_grad, start + expected, rtol=1e-5, atol=1e-6)
