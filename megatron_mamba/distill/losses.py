@@ -51,7 +51,7 @@ def block_mse_and_gradient(
     with layernorm, one kernel (kernels/layer_mse.py) of which this is the reference."""
     kernel = kernels.triton_layer_mse(student, teacher) if kind == "layernorm" else None
     if kernel is not None:
-        return kernel(student.detach(), teacher.detach(), weight)
+        return kernel(student, teacher, weight)
     with torch.enable_grad():
         leaf = _at_least_fp32(student.detach()).requires_grad_()
         loss = block_mse(leaf, teacher, kind)

@@ -72,7 +72,7 @@ def layer_mse_and_gradient(
             f"{LARGEST_ROW}; got student {tuple(student.shape)} {student.dtype}, teacher "
             f"{tuple(teacher.shape)} {teacher.dtype}"
         )
-    student, teacher = student.contiguous(), teacher.contiguous()
+    student, teacher = student.detach().contiguous(), teacher.detach().contiguous()
     columns = student.shape[-1]
     rows = student.numel() // columns
     grad = torch.empty_like(student)

@@ -26,26 +26,26 @@ def enabled() -> bool:
     return os.environ.get("MEGATRON_MAMBA_WGRAD_INTO_MAIN_GRAD", "1") != "0"
 
 
+def _buffer(weight: torch.Tensor) -> torch.Tensor | None:
+    """`weight`'s DDP gradient buffer where the switch is on and megatron's DDP gave it one."""
+    main_grad = getattr(weight, "main_grad", None)
+    if not enabled() or main_grad is None or not hasattr(weight, "grad_added_to_main_grad"):
+        return None
+    return main_grad
+
+
 def takes_main_grad(weight: torch.Tensor) -> bool:
     """Whether `weight`'s gradient can go straight into its DDP buffer when taken now."""
-    return (
-        enabled()
-        and weight.requires_grad
-        and torch.is_grad_enabled()
-        and getattr(weight, "main_grad", None) is not None
-        and hasattr(weight, "grad_added_to_main_grad")
-    )
+    return weight.requires_grad and torch.is_grad_enabled() and _buffer(weight) is not None
 
 
 def weight_gradient(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """`a @ b`, the gradient of `weight`, for autograd to receive; where `weight` has a DDP
     buffer that can take the product in place, it is added there instead and autograd gets
     the stand-in."""
-    main_grad = getattr(weight, "main_grad", None)
+    main_grad = _buffer(weight)
     fits = (
-        enabled()
-        and main_grad is not None
-        and hasattr(weight, "grad_added_to_main_grad")
+        main_grad is not None
         and main_grad.shape == weight.shape
         and (main_grad.dtype == a.dtype or a.is_cuda)  # out_dtype has CUDA kernels only
     )

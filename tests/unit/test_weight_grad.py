@@ -30,9 +30,9 @@ def _backward(model) -> None:
         loss.float().mean().backward()
 
 
-def _models(config, dtype=torch.float32):
-    model = build_model(config, ParallelConfig()).to(dtype)
-    twin = build_model(config, ParallelConfig()).to(dtype)
+def _models(config):
+    model = build_model(config, ParallelConfig())
+    twin = build_model(config, ParallelConfig())
     twin.load_state_dict(model.state_dict())
     return model, twin
 
