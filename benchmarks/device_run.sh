@@ -62,7 +62,7 @@ optimizer    150 python benchmarks/optimizer_step.py --out $OUT/optimizer_step.j
 adamw_blocks 150 python benchmarks/adamw_blocks.py --out $OUT/adamw_blocks.json
 gelu_tiles   120 python benchmarks/gelu_tiles.py --out $OUT/gelu_tiles.json
 layer_mse    90  python benchmarks/layer_mse.py --out $OUT/layer_mse.json
-ssd_chunks   120 python benchmarks/ssd_chunks.py --out $OUT/ssd_chunks.json
+ssd_chunks   330 python -u benchmarks/ssd_chunks.py --out $OUT/ssd_chunks.json
 layer_mse_test 120 python -m pytest -q tests/gpu/test_layer_mse_gpu.py
 sdpa_layouts 120 python benchmarks/sdpa_layouts.py --out $OUT/sdpa_layouts.json
 profile_attention 150 torchrun --nproc_per_node 1 benchmarks/profile_step.py --model attention --rows 40

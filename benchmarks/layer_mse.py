@@ -40,11 +40,7 @@ def main() -> None:
         with mock.patch.dict(os.environ, {"MEGATRON_MAMBA_REFERENCE_KERNELS": "1"}):
             losses()
 
-    def kernel_losses():  # opt-in until its GPU tests have run
-        with mock.patch.dict(os.environ, {"MEGATRON_MAMBA_PENDING_KERNELS": "1"}):
-            losses()
-
-    sides = {"torch": torch_losses, "kernel": kernel_losses}
+    sides = {"torch": torch_losses, "kernel": losses}
     seconds = interleaved_step_seconds(sides, args.rounds)
     bytes_moved = BLOCKS * 3 * torch.Size(SHAPE).numel() * 2
     report = {}

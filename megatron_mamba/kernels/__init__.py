@@ -114,9 +114,8 @@ def triton_gelu_backward_and_bias_grad(y: torch.Tensor):
 
 def triton_layer_mse(student: torch.Tensor, teacher: torch.Tensor):
     """Distillation's LayerNorm-normalised layer loss with its gradient as one kernel
-    (kernels/layer_mse.layer_mse_and_gradient) for these block outputs, or None. Opt-in
-    (MEGATRON_MAMBA_PENDING_KERNELS=1) until its GPU tests have run."""
-    found = _triton_kernel(student, "layer_mse") if pending_kernels() else None
+    (kernels/layer_mse.layer_mse_and_gradient) for these block outputs, or None."""
+    found = _triton_kernel(student, "layer_mse")
     if found is None or not found.fits(student, teacher):
         return None
     return found.layer_mse_and_gradient

@@ -57,7 +57,6 @@ def test_a_bf16_teacher_with_an_fp32_student():
 
 @pytest.mark.parametrize("kind", ["layernorm", "rmsnorm", "cosine", "none"])
 def test_the_objectives_entry_point_follows_the_torch_path(kind, monkeypatch):
-    monkeypatch.setenv("MEGATRON_MAMBA_PENDING_KERNELS", "1")
     student, teacher = _outputs((256, 2, 1024), torch.bfloat16)
     loss, grad = block_mse_and_gradient(student, teacher, kind, weight=3.0)
     monkeypatch.setenv("MEGATRON_MAMBA_REFERENCE_KERNELS", "1")
