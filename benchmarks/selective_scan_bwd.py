@@ -1,10 +1,11 @@
 """Mamba1's selective-scan backward alone on one layer of Pythia-1b's all-mamba1 student (CALD's:
 batch 4, d_inner 5120, d_state 16, length 2048, bf16, in the one-function mixer's layouts):
-mamba_ssm's `selective_scan_cuda.bwd` against the Triton kernel (kernels/selective_scan_bwd.py)
-at several tilings, and mamba_ssm's with B and C copied into r groups (its dB and dC are
-atomic adds of every channel into one [b, g, n, l] buffer: r copies spread them over r times as
-many addresses; dB and dC are then summed over the copies), with each result's largest
-difference from mamba_ssm's relative to its largest value. Median milliseconds of 20 calls each.
+mamba_ssm's `selective_scan_cuda.bwd` against our CUDA kernel (kernels/scan_backward_cuda.py)
+and the Triton one (kernels/selective_scan_bwd.py) at several tilings, and mamba_ssm's with B
+and C copied into r groups (its dB and dC are atomic adds of every channel into one [b, g, n, l]
+buffer: r copies spread them over r times as many addresses; dB and dC are then summed over the
+copies), with each result's largest difference from mamba_ssm's relative to its largest value.
+Median milliseconds of 20 calls each.
 
     python benchmarks/selective_scan_bwd.py --out $OUT/selective_scan_bwd.json
 """
@@ -48,7 +49,8 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=2048)
     parser.add_argument("--groups", type=int, default=1)
     parser.add_argument("--replicas", default="4,16,64,256", help="copies of B and C to try")
-    parser.add_argument("--no-triton", action="store_true", help="mamba_ssm's kernel only")
+    parser.add_argument("--no-triton", action="store_true", help="without the Triton kernel")
+    parser.add_argument("--no-cuda", action="store_true", help="without our CUDA kernel")
     parser.add_argument("--out")
     args = parser.parse_args()
     u, delta, A, B, C, D, z, bias, grad = inputs(
@@ -91,6 +93,18 @@ def main() -> None:
             return (*out[:3], *summed, *out[5:7], out[8]), dz
 
         compare(f"mamba_ssm, B and C in {copies} copies", replicated)
+    from megatron_mamba.kernels import scan_backward_cuda
+
+    for threads, channels in [] if args.no_cuda else scan_backward_cuda.TILINGS:
+
+        def cuda(tiling=(threads, channels)):
+            dz = torch.empty_like(z)
+            out = scan_backward_cuda.selective_scan_backward(
+                u, delta, A, B, C, D, z, bias, grad, y, dz, scan_state, tiling
+            )
+            return out, dz
+
+        compare(f"cuda, {channels} channel(s) a block, {threads} threads each", cuda)
     for channels, chunk, warps in [] if args.no_triton else TILINGS:
         tiling = Tiling(channels, chunk, warps)
 

@@ -136,6 +136,13 @@ def pending_kernels() -> bool:
     return os.environ.get("MEGATRON_MAMBA_PENDING_KERNELS", "0") == "1"
 
 
+def cuda_scan_backward() -> bool:
+    """Our CUDA selective-scan backward (kernels/scan_backward_cuda.py: dB and dC summed over a
+    block's channels before their atomics) in place of mamba_ssm's: MEGATRON_MAMBA_CUDA_SCAN_BWD=1
+    until its GPU tests have run."""
+    return os.environ.get("MEGATRON_MAMBA_CUDA_SCAN_BWD", "0") == "1"
+
+
 def triton_scan_backward() -> bool:
     """The Triton selective-scan backward (kernels/selective_scan_bwd.py) in place of
     mamba_ssm's: slower for now, so only with MEGATRON_MAMBA_TRITON_SCAN_BWD=1."""

@@ -61,13 +61,28 @@ def _scan_and_out_proj(conv_out, delta, A, B, C, D, z, dt_b, out_w, out_b):
     return y, out, scan_state
 
 
+def _cuda_backward_fits(conv_out, delta, A, B, C, z, dout_y, out, dz) -> bool:
+    """Whether our CUDA selective-scan backward is on and takes these tensors."""
+    if not kernels.cuda_scan_backward():
+        return False
+    from megatron_mamba.kernels import scan_backward_cuda
+
+    return scan_backward_cuda.fits(conv_out, delta, A, B, C, z, dout_y, out, True, dz=dz)
+
+
 def _scan_and_out_proj_backward(
     dy, dz, conv_out, delta, A, B, C, D, z, dt_b, scan_state, out, out_w
 ):
     """Gradients of `_scan_and_out_proj` for dy [(b l), hidden], dz written into `dz`:
     (du, ddelta, dA, dB, dC, dD, d dt_b, d out_w)."""
     dout_y = _as_bdl(out_w.t() @ dy.t(), conv_out.shape[0])
-    if kernels.triton_scan_backward():
+    if _cuda_backward_fits(conv_out, delta, A, B, C, z, dout_y, out, dz):
+        from megatron_mamba.kernels import scan_backward_cuda
+
+        du, ddelta, dA, dB, dC, dD, d_dt_b, out_z = scan_backward_cuda.selective_scan_backward(
+            conv_out, delta, A, B, C, D, z, dt_b, dout_y, out, dz, scan_state
+        )
+    elif kernels.triton_scan_backward():
         from megatron_mamba.kernels.selective_scan_bwd import selective_scan_backward
 
         du, ddelta, dA, dB, dC, dD, d_dt_b, out_z = selective_scan_backward(

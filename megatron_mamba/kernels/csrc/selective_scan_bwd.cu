@@ -1,0 +1,341 @@
+// Mamba1's selective-scan backward (softplus delta with a bias, D, gated by silu(z)) with several
+// channels to a block, so that dB and dC are summed over those channels in shared memory before
+// their atomic adds. Why: at CALD's shape (batch 4, d_inner 5120, d_state 16, length 2048) the
+// 1.34 billion fp32 atomics of one channel a block take 1.7 of mamba_ssm's 2.95 ms
+// (benchmarks/scan_atomics.py); summed over 4 channels first they take 0.5 ms.
+//
+// The recurrences (a_t = exp(Δ_t A), h_t = a_t h_{t-1} + Δ_t B_t u_t, y_t = C_t·h_t + D u_t,
+// out_z = y · silu(z); g_y the gradient of out_z):
+//   dy_t = g_y silu(z_t),  dz_t = g_y y_t silu'(z_t)
+//   e_t  = a_t (C_t dy_t + e_{t+1})          (the gradient leaving h_t towards h_{t-1})
+//   dh_t = C_t dy_t + e_{t+1}
+//   dB_t += dh_t Δ_t u_t,  dC_t += h_t dy_t,  du_t += dh_t Δ_t B_t (+ D dy_t)
+//   dΔ_t += dh_t (B_t u_t + A a_t h_{t-1}),  dA += dh_t Δ_t a_t h_{t-1}
+// Each channel's chunk of kThreads × kItems positions is one warp group's: every thread holds
+// kItems consecutive positions, composes them in registers, and the group scans the threads'
+// compositions (warp shuffles, then the warps' totals through shared memory), forward for h and
+// backward for e. A sequence longer than a chunk starts each chunk from the state mamba_ssm's
+// forward saved at the previous chunk's end (chunks of 2048), and carries e across chunks.
+
+// Plain CUDA behind a C entry point (no torch headers), loaded with ctypes by
+// kernels/selective_scan_cuda.py, which builds it with nvcc once per source and GPU kind.
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace {
+
+constexpr int kWarp = 32;
+constexpr int kSavedChunk = 2048;  // mamba_ssm's forward saves a state every 2048 positions
+constexpr float kLog2e = 1.4426950408889634f;
+
+// One step h ← a h + b; `then(first, second)` applies first, then second.
+struct Step {
+  float a, b;
+};
+
+__device__ __forceinline__ Step then(Step first, Step second) {
+  return {first.a * second.a, second.a * first.b + second.b};
+}
+
+__device__ __forceinline__ Step shuffle_up(Step s, int offset) {
+  return {__shfl_up_sync(0xffffffffu, s.a, offset), __shfl_up_sync(0xffffffffu, s.b, offset)};
+}
+
+__device__ __forceinline__ Step shuffle_down(Step s, int offset) {
+  return {__shfl_down_sync(0xffffffffu, s.a, offset), __shfl_down_sync(0xffffffffu, s.b, offset)};
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+
+// kItems consecutive elements from `row` starting at `start` (zero past `length`); 16-byte loads
+// where the whole run is in bounds and aligned.
+template <typename T, int kItems>
+__device__ __forceinline__ void load(const T* row, int start, int length, float (&out)[kItems]) {
+  constexpr int kPerVector = 16 / sizeof(T);
+  const T* p = row + start;
+  if constexpr (kItems % kPerVector == 0) {
+    if (start + kItems <= length && (reinterpret_cast<uintptr_t>(p) % 16) == 0) {
+#pragma unroll
+      for (int v = 0; v < kItems / kPerVector; ++v) {
+        uint4 raw = reinterpret_cast<const uint4*>(p)[v];
+        const T* items = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+        for (int i = 0; i < kPerVector; ++i) out[v * kPerVector + i] = to_float(items[i]);
+      }
+      return;
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) out[i] = start + i < length ? to_float(p[i]) : 0.f;
+}
+
+template <typename T, int kItems>
+__device__ __forceinline__ void store(T* row, int start, int length, const float (&in)[kItems]) {
+  constexpr int kPerVector = 16 / sizeof(T);
+  T* p = row + start;
+  if constexpr (kItems % kPerVector == 0) {
+    if (start + kItems <= length && (reinterpret_cast<uintptr_t>(p) % 16) == 0) {
+#pragma unroll
+      for (int v = 0; v < kItems / kPerVector; ++v) {
+        uint4 raw;
+        T* items = reinterpret_cast<T*>(&raw);
+#pragma unroll
+        for (int i = 0; i < kPerVector; ++i) items[i] = from_float<T>(in[v * kPerVector + i]);
+        reinterpret_cast<uint4*>(p)[v] = raw;
+      }
+      return;
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kItems; ++i)
+    if (start + i < length) p[i] = from_float<T>(in[i]);
+}
+
+struct Params {
+  int batch, channels, length, state, channels_per_group, chunks, saved_chunks;
+  bool softplus;
+  // [b, d, l] tensors, contiguous in l: strides of b and d
+  const void *u, *delta, *z, *grad, *y;
+  int64_t u_b, u_d, delta_b, delta_d, z_b, z_d, grad_b, grad_d, y_b, y_d;
+  void *du, *ddelta, *dz, *out_z;
+  int64_t du_b, du_d, ddelta_b, ddelta_d, dz_b, dz_d, out_z_b, out_z_d;
+  const float* A;  // [d, n], contiguous
+  const void *B, *C;  // [b, g, n, l], contiguous in l
+  int64_t B_b, B_g, B_n, C_b, C_g, C_n;
+  const float *D, *bias;  // [d] or null
+  const float2* saved;  // mamba_ssm's forward state: [b, d, saved_chunks, n] (product, h)
+  float *dA, *dB, *dC, *dD, *dbias;  // dB, dC: [b, g, n, l] contiguous
+};
+
+// Shared memory: dB and dC of each channel, padded against bank conflicts (a thread writes
+// kItems consecutive positions), then the warps' totals and the carried e of each state.
+template <int kChunk>
+__host__ __device__ constexpr int padded(int position) { return position + position / kWarp; }
+
+template <typename T, int kThreads, int kItems, int kChannels>
+__global__ void __launch_bounds__(kThreads* kChannels)
+    scan_backward_kernel(Params p) {
+  constexpr int kChunk = kThreads * kItems;
+  constexpr int kWarps = kThreads / kWarp;  // a channel's warps
+  constexpr int kRow = padded<kChunk>(kChunk);
+  extern __shared__ float shared[];
+  float* reduce = shared;                                         // [kChannels][2][kRow]
+  Step* forward_totals = reinterpret_cast<Step*>(reduce + kChannels * 2 * kRow);  // [kChannels][kWarps]
+  Step* backward_totals = forward_totals + kChannels * kWarps;  // [kChannels][kWarps]
+  float* carried = reinterpret_cast<float*>(backward_totals + kChannels * kWarps);  // [2][kChannels][state]
+
+  const int member = threadIdx.x / kThreads;  // which of the block's channels
+  const int thread = threadIdx.x % kThreads;  // within the channel
+  const int warp = thread / kWarp, lane = threadIdx.x % kWarp;
+  const int b = blockIdx.y;
+  const int d = blockIdx.x * kChannels + member;
+  const int g = blockIdx.x * kChannels / p.channels_per_group;
+  const int state = p.state;
+
+  const T* u_row = static_cast<const T*>(p.u) + b * p.u_b + d * p.u_d;
+  const T* delta_row = static_cast<const T*>(p.delta) + b * p.delta_b + d * p.delta_d;
+  const T* z_row = static_cast<const T*>(p.z) + b * p.z_b + d * p.z_d;
+  const T* grad_row = static_cast<const T*>(p.grad) + b * p.grad_b + d * p.grad_d;
+  const T* y_row = static_cast<const T*>(p.y) + b * p.y_b + d * p.y_d;
+  T* du_row = static_cast<T*>(p.du) + b * p.du_b + d * p.du_d;
+  T* ddelta_row = static_cast<T*>(p.ddelta) + b * p.ddelta_b + d * p.ddelta_d;
+  T* dz_row = static_cast<T*>(p.dz) + b * p.dz_b + d * p.dz_d;
+  T* out_z_row = static_cast<T*>(p.out_z) + b * p.out_z_b + d * p.out_z_d;
+  const T* B_rows = static_cast<const T*>(p.B) + b * p.B_b + g * p.B_g;
+  const T* C_rows = static_cast<const T*>(p.C) + b * p.C_b + g * p.C_g;
+  float* dB_rows = p.dB + (static_cast<int64_t>(b) * (p.channels / p.channels_per_group) + g) * state * p.length;
+  float* dC_rows = p.dC + (static_cast<int64_t>(b) * (p.channels / p.channels_per_group) + g) * state * p.length;
+  const float D = p.D != nullptr ? p.D[d] : 0.f;
+  const float bias = p.bias != nullptr ? p.bias[d] : 0.f;
+  float dD = 0.f, dbias = 0.f;
+
+  for (int chunk = p.chunks - 1; chunk >= 0; --chunk) {
+    const int start = chunk * kChunk + thread * kItems;
+    float u[kItems], delta[kItems], dy[kItems], du[kItems], ddelta[kItems];
+    {
+      float z[kItems], grad[kItems], y[kItems], dz[kItems], out_z[kItems];
+      load<T, kItems>(u_row, start, p.length, u);
+      load<T, kItems>(delta_row, start, p.length, delta);
+      load<T, kItems>(z_row, start, p.length, z);
+      load<T, kItems>(grad_row, start, p.length, grad);
+      load<T, kItems>(y_row, start, p.length, y);
+#pragma unroll
+      for (int i = 0; i < kItems; ++i) {
+        const float raw = delta[i] + bias;
+        delta[i] = p.softplus ? (raw <= 20.f ? log1pf(__expf(raw)) : raw) : raw;
+        const float sigmoid_z = 1.f / (1.f + __expf(-z[i]));
+        const float silu_z = z[i] * sigmoid_z;
+        dy[i] = grad[i] * silu_z;
+        dz[i] = grad[i] * y[i] * sigmoid_z * (1.f + z[i] * (1.f - sigmoid_z));
+        out_z[i] = y[i] * silu_z;
+        dD += dy[i] * u[i];
+        du[i] = D * dy[i];
+        ddelta[i] = 0.f;
+        if (start + i >= p.length) delta[i] = 0.f, dy[i] = 0.f;  // positions past the end: a = 1, no input
+      }
+      store<T, kItems>(dz_row, start, p.length, dz);
+      store<T, kItems>(out_z_row, start, p.length, out_z);
+    }
+    const int chunk_from = chunk * kChunk;
+    const int saved_chunk = chunk_from / kSavedChunk - 1;  // the saved state this chunk starts from
+
+    for (int n = 0; n < state; ++n) {
+      const float A = p.A[d * state + n];
+      const float A2 = A * kLog2e;
+      float Bn[kItems], Cn[kItems], a[kItems], h_before[kItems];
+      load<T, kItems>(B_rows + n * p.B_n, start, p.length, Bn);
+      load<T, kItems>(C_rows + n * p.C_n, start, p.length, Cn);
+      // h forward: the thread's steps composed, scanned over the channel's threads
+      Step mine = {1.f, 0.f};
+#pragma unroll
+      for (int i = 0; i < kItems; ++i) {
+        a[i] = exp2f(delta[i] * A2);
+        mine = then(mine, {a[i], delta[i] * u[i] * Bn[i]});
+      }
+      Step inclusive = mine;
+#pragma unroll
+      for (int offset = 1; offset < kWarp; offset *= 2) {
+        const Step before = shuffle_up(inclusive, offset);
+        if (lane >= offset) inclusive = then(before, inclusive);
+      }
+      if (lane == kWarp - 1) forward_totals[member * kWarps + warp] = inclusive;
+      // e backward: steps e ← a_t e + a_t g_t from the chunk's end, composed right to left
+      Step mine_back = {1.f, 0.f};
+#pragma unroll
+      for (int i = kItems - 1; i >= 0; --i) mine_back = then(mine_back, {a[i], a[i] * Cn[i] * dy[i]});
+      Step inclusive_back = mine_back;
+#pragma unroll
+      for (int offset = 1; offset < kWarp; offset *= 2) {
+        const Step after = shuffle_down(inclusive_back, offset);
+        if (lane + offset < kWarp) inclusive_back = then(after, inclusive_back);
+      }
+      if (lane == 0) backward_totals[member * kWarps + warp] = inclusive_back;
+      __syncthreads();
+
+      float h = saved_chunk >= 0 ? p.saved[((static_cast<int64_t>(b) * p.channels + d) * p.saved_chunks + saved_chunk) * state + n].y : 0.f;
+      for (int w = 0; w < warp; ++w) {
+        const Step total = forward_totals[member * kWarps + w];
+        h = total.a * h + total.b;
+      }
+      const Step before = shuffle_up(inclusive, 1);
+      if (lane > 0) h = before.a * h + before.b;
+      float e = chunk + 1 < p.chunks ? carried[(((chunk + 1) & 1) * kChannels + member) * state + n] : 0.f;
+      for (int w = kWarps - 1; w > warp; --w) {
+        const Step total = backward_totals[member * kWarps + w];
+        e = total.a * e + total.b;
+      }
+      const Step after = shuffle_down(inclusive_back, 1);
+      if (lane < kWarp - 1) e = after.a * e + after.b;
+
+#pragma unroll
+      for (int i = 0; i < kItems; ++i) {
+        h_before[i] = h;
+        h = a[i] * h + delta[i] * u[i] * Bn[i];
+      }
+      float dA = 0.f;
+      float* dB_shared = reduce + member * 2 * kRow;
+      float* dC_shared = dB_shared + kRow;
+#pragma unroll
+      for (int i = kItems - 1; i >= 0; --i) {
+        const float dh = Cn[i] * dy[i] + e;
+        const float h_i = a[i] * h_before[i] + delta[i] * u[i] * Bn[i];
+        const float carried_back = a[i] * h_before[i];
+        e = a[i] * dh;
+        dB_shared[padded<kChunk>(thread * kItems + i)] = dh * delta[i] * u[i];
+        dC_shared[padded<kChunk>(thread * kItems + i)] = h_i * dy[i];
+        du[i] += dh * delta[i] * Bn[i];
+        ddelta[i] += dh * (u[i] * Bn[i] + A * carried_back);
+        dA += dh * delta[i] * carried_back;
+      }
+      if (thread == 0) carried[((chunk & 1) * kChannels + member) * state + n] = e;
+      dA = warp_sum(dA);
+      if (lane == 0) atomicAdd(p.dA + d * state + n, dA);
+      __syncthreads();
+
+      // dB and dC summed over the block's channels, then one atomic add per position
+      for (int index = threadIdx.x; index < 2 * kChunk; index += kThreads * kChannels) {
+        const int which = index / kChunk, position = index % kChunk;
+        float sum = 0.f;
+#pragma unroll
+        for (int m = 0; m < kChannels; ++m) sum += reduce[(m * 2 + which) * kRow + padded<kChunk>(position)];
+        const int l = chunk_from + position;
+        if (l < p.length) atomicAdd((which == 0 ? dB_rows : dC_rows) + n * p.length + l, sum);
+      }
+    }
+
+    float raw_delta[kItems];
+    load<T, kItems>(delta_row, start, p.length, raw_delta);
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {
+      if (p.softplus) ddelta[i] /= 1.f + __expf(-(raw_delta[i] + bias));  // softplus' = sigmoid
+      if (start + i < p.length) dbias += ddelta[i];
+    }
+    store<T, kItems>(du_row, start, p.length, du);
+    store<T, kItems>(ddelta_row, start, p.length, ddelta);
+  }
+  dD = warp_sum(dD);
+  dbias = warp_sum(dbias);
+  if (lane == 0) {
+    if (p.D != nullptr) atomicAdd(p.dD + d, dD);
+    if (p.bias != nullptr) atomicAdd(p.dbias + d, dbias);
+  }
+}
+
+template <typename T, int kThreads, int kItems, int kChannels>
+cudaError_t launch(const Params& p, cudaStream_t stream) {
+  constexpr int kChunk = kThreads * kItems;
+  constexpr int kWarps = kThreads / kWarp;
+  const size_t shared = (kChannels * 2 * padded<kChunk>(kChunk)) * sizeof(float) +
+                        2 * kChannels * kWarps * sizeof(Step) + 2 * kChannels * p.state * sizeof(float);
+  auto kernel = scan_backward_kernel<T, kThreads, kItems, kChannels>;
+  cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, shared);
+  if (status != cudaSuccess) return status;
+  kernel<<<dim3(p.channels / kChannels, p.batch), kThreads * kChannels, shared, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_for(const Params& p, int channels_per_block, int threads, cudaStream_t stream) {
+  if (threads == 128 && channels_per_block == 1) return launch<T, 128, 16, 1>(p, stream);
+  if (threads == 128 && channels_per_block == 2) return launch<T, 128, 16, 2>(p, stream);
+  if (threads == 256 && channels_per_block == 1) return launch<T, 256, 8, 1>(p, stream);
+  if (threads == 256 && channels_per_block == 2) return launch<T, 256, 8, 2>(p, stream);
+  if (threads == 256 && channels_per_block == 4) return launch<T, 256, 8, 4>(p, stream);
+  return cudaErrorInvalidConfiguration;
+}
+
+}  // namespace
+
+// Gradients of out_z = selective_scan(u, delta, A, B, C, D, z, bias, softplus) for `grad`, given
+// the forward's ungated output `y` and saved states, into the buffers `p` names (dA, dB, dC, dD,
+// dbias zeroed by the caller, float32). `dtype`: 0 float32, 1 bfloat16 (u, delta, z, grad, y, B,
+// C and the outputs alike). Tilings: (threads a channel, channels a block) in (128, 1), (128, 2),
+// (256, 1), (256, 2), (256, 4). Returns a cudaError_t.
+extern "C" int megatron_mamba_scan_backward(const Params* p, int dtype, int threads, int channels_per_block,
+                                            void* stream) {
+  auto s = static_cast<cudaStream_t>(stream);
+  if (dtype == 0) return launch_for<float>(*p, channels_per_block, threads, s);
+  if (dtype == 1) return launch_for<__nv_bfloat16>(*p, channels_per_block, threads, s);
+  return cudaErrorInvalidValue;
+}
+
+extern "C" const char* megatron_mamba_error_string(int error) {
+  return cudaGetErrorString(static_cast<cudaError_t>(error));
+}
