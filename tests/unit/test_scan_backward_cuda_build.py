@@ -1,0 +1,39 @@
+"""The CUDA selective-scan backward's build cache (kernels/scan_backward_cuda.py): keyed by the
+source and the GPU kind, and a failed build leaves nothing behind. (The kernel itself runs in
+tests/gpu/test_scan_backward_cuda_gpu.py.)"""
+
+import pytest
+
+from megatron_mamba.kernels import scan_backward_cuda
+
+
+@pytest.fixture
+def source(tmp_path, monkeypatch):
+    path = tmp_path / "kernel.cu"
+    path.write_text("// one\n")
+    monkeypatch.setattr(scan_backward_cuda, "SOURCE", path)
+    monkeypatch.setenv("MEGATRON_MAMBA_KERNEL_CACHE", str(tmp_path / "cache"))
+    return path
+
+
+def test_the_cached_library_is_named_by_source_and_gpu_kind(source, tmp_path):
+    hopper = scan_backward_cuda.library_path((9, 0))
+    assert hopper.parent == tmp_path / "cache" and hopper.name.endswith("-sm_90a.so")
+    assert scan_backward_cuda.library_path((8, 0)).name.endswith("-sm_80.so")
+    source.write_text("// two\n")
+    assert scan_backward_cuda.library_path((9, 0)) != hopper
+
+
+def test_a_failed_build_says_so_and_leaves_nothing(source, tmp_path, monkeypatch):
+    monkeypatch.setattr(scan_backward_cuda, "_nvcc", lambda: "false")
+    with pytest.raises(RuntimeError, match="nvcc failed on .*kernel.cu"):
+        scan_backward_cuda.build((9, 0))
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_a_built_library_is_not_built_again(source, monkeypatch):
+    target = scan_backward_cuda.library_path((9, 0))
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"built")
+    monkeypatch.setattr(scan_backward_cuda, "_nvcc", lambda: pytest.fail("rebuilt"))
+    assert scan_backward_cuda.build((9, 0)) == target
