@@ -37,3 +37,15 @@ def test_a_built_library_is_not_built_again(source, monkeypatch):
     target.write_bytes(b"built")
     monkeypatch.setattr(scan_backward_cuda, "_nvcc", lambda: pytest.fail("rebuilt"))
     assert scan_backward_cuda.build((9, 0)) == target
+
+
+def test_the_real_source_builds_and_exports_its_entry_points(tmp_path, monkeypatch):
+    """Compiles (no GPU needed) where nvcc is installed: both C entry points must be exported."""
+    try:
+        scan_backward_cuda._nvcc()
+    except RuntimeError:
+        pytest.skip("no nvcc here")
+    monkeypatch.setenv("MEGATRON_MAMBA_KERNEL_CACHE", str(tmp_path))
+    library = scan_backward_cuda._library((9, 0))
+    assert library.megatron_mamba_error_string(2) == b"out of memory"
+    assert library.megatron_mamba_scan_backward is not None

@@ -328,11 +328,13 @@ cudaError_t launch_for(const Params& p, int channels_per_block, int threads, cud
 // dbias zeroed by the caller, float32). `dtype`: 0 float32, 1 bfloat16 (u, delta, z, grad, y, B,
 // C and the outputs alike). Tilings: (threads a channel, channels a block) in (128, 1), (128, 2),
 // (256, 1), (256, 2), (256, 4). Returns a cudaError_t.
-extern "C" int megatron_mamba_scan_backward(const Params* p, int dtype, int threads, int channels_per_block,
+// (`params` is a Params; void here so that the symbol keeps external linkage.)
+extern "C" int megatron_mamba_scan_backward(const void* params, int dtype, int threads, int channels_per_block,
                                             void* stream) {
+  const Params& p = *static_cast<const Params*>(params);
   auto s = static_cast<cudaStream_t>(stream);
-  if (dtype == 0) return launch_for<float>(*p, channels_per_block, threads, s);
-  if (dtype == 1) return launch_for<__nv_bfloat16>(*p, channels_per_block, threads, s);
+  if (dtype == 0) return launch_for<float>(p, channels_per_block, threads, s);
+  if (dtype == 1) return launch_for<__nv_bfloat16>(p, channels_per_block, threads, s);
   return cudaErrorInvalidValue;
 }
 
