@@ -27,7 +27,10 @@ import torch
 SOURCE = Path(__file__).parent / "csrc" / "selective_scan_bwd.cu"
 RESULTS = ("du", "ddelta", "dA", "dB", "dC", "dD", "ddelta_bias", "out_z")
 TILINGS = ((128, 1), (128, 2), (256, 1), (256, 2), (256, 4))  # (threads a channel, channels)
-DEFAULT_TILING = (256, 2)
+# MEGATRON_MAMBA_SCAN_BWD_TILING="threads,channels" overrides the default (benchmarks use it)
+DEFAULT_TILING = tuple(
+    int(v) for v in os.environ.get("MEGATRON_MAMBA_SCAN_BWD_TILING", "256,2").split(",")
+)
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 _SAVED_CHUNK = 2048  # mamba_ssm's forward saves the scan state every 2048 positions
 
