@@ -4,7 +4,10 @@ an alternative to mamba_ssm's `selective_scan_cuda.bwd` with the same results.
 Why: mamba_ssm's kernel gives each channel its own block and adds every channel's dB and dC into
 [b, g, n, l] with one fp32 atomic each; at CALD's shape those atomics alone take 1.7 of its 2.95
 ms (benchmarks/scan_atomics.py). Summing a block's channels in shared memory first divides them
-by the channels a block holds.
+by the channels a block holds. Correct (tests/gpu/test_scan_backward_cuda_gpu.py), but slower
+than mamba_ssm's so far (best 3.9 against 2.9 ms a layer, `device_run.sh scan_cuda`): its own
+scan work costs more than the atomics it saves, so it runs only with
+MEGATRON_MAMBA_CUDA_SCAN_BWD=1 (kernels/mamba1_fused.py).
 
 The CUDA source has no torch headers: it is built once per source and GPU kind with nvcc into a
 cache (MEGATRON_MAMBA_KERNEL_CACHE, default ~/.cache/megatron_mamba) and loaded with ctypes, so
@@ -27,10 +30,7 @@ import torch
 SOURCE = Path(__file__).parent / "csrc" / "selective_scan_bwd.cu"
 RESULTS = ("du", "ddelta", "dA", "dB", "dC", "dD", "ddelta_bias", "out_z")
 TILINGS = ((128, 1), (128, 2), (256, 1), (256, 2), (256, 4))  # (threads a channel, channels)
-# MEGATRON_MAMBA_SCAN_BWD_TILING="threads,channels" overrides the default (benchmarks use it)
-DEFAULT_TILING = tuple(
-    int(v) for v in os.environ.get("MEGATRON_MAMBA_SCAN_BWD_TILING", "256,2").split(",")
-)
+DEFAULT_TILING = (256, 2)
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 _SAVED_CHUNK = 2048  # mamba_ssm's forward saves the scan state every 2048 positions
 

@@ -3,6 +3,9 @@
 // their atomic adds. Why: at CALD's shape (batch 4, d_inner 5120, d_state 16, length 2048) the
 // 1.34 billion fp32 atomics of one channel a block take 1.7 of mamba_ssm's 2.95 ms
 // (benchmarks/scan_atomics.py); summed over 4 channels first they take 0.5 ms.
+// Where it stands (device_run.sh scan_cuda, benchmarks/RESULTS.md): correct, but its own scan
+// work costs more than mamba_ssm's (5.0 ms at one channel a block against mamba_ssm's 2.9, 3.9 at
+// two channels of 256 threads), so it is off by default.
 //
 // The recurrences (a_t = exp(Δ_t A), h_t = a_t h_{t-1} + Δ_t B_t u_t, y_t = C_t·h_t + D u_t,
 // out_z = y · silu(z); g_y the gradient of out_z):
@@ -124,48 +127,21 @@ struct Params {
   float *dA, *dB, *dC, *dD, *dbias;  // dB, dC: [b, g, n, l] contiguous
 };
 
-// Shared memory, per block: dB and dC of each channel for two states, padded against bank
-// conflicts (a thread writes kItems consecutive positions); the warps' totals for two states;
-// the carried e of each state for two chunks; each thread's dA of each state.
+// Shared memory: dB and dC of each channel, padded against bank conflicts (a thread writes
+// kItems consecutive positions), then the warps' totals and the carried e of each state.
 __host__ __device__ constexpr int padded(int position) { return position + position / kWarp; }
 
-template <int kThreads, int kItems, int kChannels>
-struct Layout {
-  static constexpr int kChunk = kThreads * kItems, kWarps = kThreads / kWarp, kRow = padded(kChunk);
-  static constexpr size_t kReduce = 2 * kChannels * 2 * kRow * sizeof(float);
-  static constexpr size_t kTotals = 2 * 2 * kChannels * kWarps * sizeof(float2);
-  static size_t bytes(int state) {
-    return kReduce + kTotals + (2 * kChannels * state + kChannels * state * kThreads) * sizeof(float);
-  }
-};
-
-// dB and dC of state n (one [channels][2][row] buffer) summed over the block's channels, then one
-// atomic add per position.
-template <int kChunk, int kChannels>
-__device__ __forceinline__ void send_sums(const float* buffer, float* dB_rows, float* dC_rows, int n,
-                                          int chunk_from, int length) {
-  constexpr int kRow = padded(kChunk);
-  for (int index = threadIdx.x; index < 2 * kChunk; index += blockDim.x) {
-    const int which = index / kChunk, position = index % kChunk;
-    float sum = 0.f;
-#pragma unroll
-    for (int m = 0; m < kChannels; ++m) sum += buffer[(m * 2 + which) * kRow + padded(position)];
-    const int l = chunk_from + position;
-    if (l < length) atomicAdd((which == 0 ? dB_rows : dC_rows) + static_cast<int64_t>(n) * length + l, sum);
-  }
-}
-
-template <typename T, int kThreads, int kItems, int kChannels, int kMinBlocks>
-__global__ void __launch_bounds__(kThreads* kChannels, kMinBlocks)
+template <typename T, int kThreads, int kItems, int kChannels>
+__global__ void __launch_bounds__(kThreads* kChannels)
     scan_backward_kernel(Params p) {
-  using L = Layout<kThreads, kItems, kChannels>;
-  constexpr int kChunk = L::kChunk, kWarps = L::kWarps, kRow = L::kRow;
-  extern __shared__ float4 shared_words[];
-  float* reduce = reinterpret_cast<float*>(shared_words);  // [2 states][kChannels][2][kRow]
-  Step* totals = reinterpret_cast<Step*>(reinterpret_cast<char*>(shared_words) + L::kReduce);
-  // totals: [2 states][forward, backward][kChannels][kWarps]
-  float* carried = reinterpret_cast<float*>(reinterpret_cast<char*>(totals) + L::kTotals);  // [2][kChannels][state]
-  float* dA_partial = carried + 2 * kChannels * p.state;  // [kChannels][state][kThreads]
+  constexpr int kChunk = kThreads * kItems;
+  constexpr int kWarps = kThreads / kWarp;  // a channel's warps
+  constexpr int kRow = padded(kChunk);
+  extern __shared__ float shared[];
+  float* reduce = shared;                                         // [kChannels][2][kRow]
+  Step* forward_totals = reinterpret_cast<Step*>(reduce + kChannels * 2 * kRow);  // [kChannels][kWarps]
+  Step* backward_totals = forward_totals + kChannels * kWarps;  // [kChannels][kWarps]
+  float* carried = reinterpret_cast<float*>(backward_totals + kChannels * kWarps);  // [2][kChannels][state]
 
   const int member = threadIdx.x / kThreads;  // which of the block's channels
   const int thread = threadIdx.x % kThreads;  // within the channel
@@ -222,110 +198,89 @@ __global__ void __launch_bounds__(kThreads* kChannels, kMinBlocks)
     const int chunk_from = chunk * kChunk;
     const int saved_chunk = chunk_from / kSavedChunk - 1;  // the saved state this chunk starts from
 
-    // Per state: compose, scan within warps, publish the warps' totals; one barrier; then the
-    // previous state's dB and dC (summed over the block's channels) go out as atomics while
-    // this state finishes. Totals and dB/dC buffers alternate by state parity.
-    float Bn[kItems], Cn[kItems];
-    load<T, kItems>(B_rows, start, p.length, Bn);
-    load<T, kItems>(C_rows, start, p.length, Cn);
     for (int n = 0; n < state; ++n) {
-      const int parity = n & 1;
       const float A = p.A[d * state + n];
       const float A2 = A * kLog2e;
-      float a[kItems], bu[kItems];
+      float Bn[kItems], Cn[kItems], a[kItems], h_before[kItems];
+      load<T, kItems>(B_rows + n * p.B_n, start, p.length, Bn);
+      load<T, kItems>(C_rows + n * p.C_n, start, p.length, Cn);
       // h forward: the thread's steps composed, scanned over the channel's threads
       Step mine = {1.f, 0.f};
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
         a[i] = exp2f(delta[i] * A2);
-        bu[i] = delta[i] * u[i] * Bn[i];
-        mine = then(mine, {a[i], bu[i]});
+        mine = then(mine, {a[i], delta[i] * u[i] * Bn[i]});
       }
+      Step inclusive = mine;
+#pragma unroll
+      for (int offset = 1; offset < kWarp; offset *= 2) {
+        const Step before = shuffle_up(inclusive, offset);
+        if (lane >= offset) inclusive = then(before, inclusive);
+      }
+      if (lane == kWarp - 1) forward_totals[member * kWarps + warp] = inclusive;
       // e backward: steps e ← a_t e + a_t g_t from the chunk's end, composed right to left
       Step mine_back = {1.f, 0.f};
 #pragma unroll
       for (int i = kItems - 1; i >= 0; --i) mine_back = then(mine_back, {a[i], a[i] * Cn[i] * dy[i]});
-      Step inclusive = mine, inclusive_back = mine_back;
+      Step inclusive_back = mine_back;
 #pragma unroll
       for (int offset = 1; offset < kWarp; offset *= 2) {
-        const Step before = shuffle_up(inclusive, offset);
         const Step after = shuffle_down(inclusive_back, offset);
-        if (lane >= offset) inclusive = then(before, inclusive);
         if (lane + offset < kWarp) inclusive_back = then(after, inclusive_back);
       }
-      Step* forward_totals = totals + (parity * 2 * kChannels + member) * kWarps;
-      Step* backward_totals = forward_totals + kChannels * kWarps;
-      if (lane == kWarp - 1) forward_totals[warp] = inclusive;
-      if (lane == 0) backward_totals[warp] = inclusive_back;
-      const Step before = shuffle_up(inclusive, 1);
-      const Step after = shuffle_down(inclusive_back, 1);
-      float h = saved_chunk >= 0 ? p.saved[((static_cast<int64_t>(b) * p.channels + d) * p.saved_chunks + saved_chunk) * state + n].y : 0.f;
-      float e = chunk + 1 < p.chunks ? carried[(((chunk + 1) & 1) * kChannels + member) * state + n] : 0.f;
+      if (lane == 0) backward_totals[member * kWarps + warp] = inclusive_back;
       __syncthreads();
 
-      if (n > 0) send_sums<kChunk, kChannels>(reduce + (1 - parity) * kChannels * 2 * kRow, dB_rows, dC_rows, n - 1, chunk_from, p.length);
-      // the next state's B and C on their way while this one finishes
-      float B_next[kItems], C_next[kItems];
-      if (n + 1 < state) {
-        load<T, kItems>(B_rows + (n + 1) * p.B_n, start, p.length, B_next);
-        load<T, kItems>(C_rows + (n + 1) * p.C_n, start, p.length, C_next);
+      float h = saved_chunk >= 0 ? p.saved[((static_cast<int64_t>(b) * p.channels + d) * p.saved_chunks + saved_chunk) * state + n].y : 0.f;
+      for (int w = 0; w < warp; ++w) {
+        const Step total = forward_totals[member * kWarps + w];
+        h = total.a * h + total.b;
       }
-#pragma unroll
-      for (int w = 0; w < kWarps - 1; ++w) {
-        if (w < warp) {
-          const Step total = forward_totals[w];
-          h = total.a * h + total.b;
-        }
-      }
+      const Step before = shuffle_up(inclusive, 1);
       if (lane > 0) h = before.a * h + before.b;
-#pragma unroll
-      for (int w = kWarps - 1; w > 0; --w) {
-        if (w > warp) {
-          const Step total = backward_totals[w];
-          e = total.a * e + total.b;
-        }
+      float e = chunk + 1 < p.chunks ? carried[(((chunk + 1) & 1) * kChannels + member) * state + n] : 0.f;
+      for (int w = kWarps - 1; w > warp; --w) {
+        const Step total = backward_totals[member * kWarps + w];
+        e = total.a * e + total.b;
       }
+      const Step after = shuffle_down(inclusive_back, 1);
       if (lane < kWarp - 1) e = after.a * e + after.b;
 
-      float h_before[kItems];
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
         h_before[i] = h;
-        h = a[i] * h + bu[i];
+        h = a[i] * h + delta[i] * u[i] * Bn[i];
       }
       float dA = 0.f;
-      float* dB_shared = reduce + (parity * kChannels + member) * 2 * kRow;
+      float* dB_shared = reduce + member * 2 * kRow;
       float* dC_shared = dB_shared + kRow;
 #pragma unroll
       for (int i = kItems - 1; i >= 0; --i) {
         const float dh = Cn[i] * dy[i] + e;
+        const float h_i = a[i] * h_before[i] + delta[i] * u[i] * Bn[i];
         const float carried_back = a[i] * h_before[i];
         e = a[i] * dh;
         dB_shared[padded(thread * kItems + i)] = dh * delta[i] * u[i];
-        dC_shared[padded(thread * kItems + i)] = (carried_back + bu[i]) * dy[i];
+        dC_shared[padded(thread * kItems + i)] = h_i * dy[i];
         du[i] += dh * delta[i] * Bn[i];
         ddelta[i] += dh * (u[i] * Bn[i] + A * carried_back);
         dA += dh * delta[i] * carried_back;
       }
       if (thread == 0) carried[((chunk & 1) * kChannels + member) * state + n] = e;
-      dA_partial[(member * state + n) * kThreads + thread] = dA;
-      if (n + 1 < state) {
-#pragma unroll
-        for (int i = 0; i < kItems; ++i) Bn[i] = B_next[i], Cn[i] = C_next[i];
-      }
-    }
-    __syncthreads();
-    send_sums<kChunk, kChannels>(reduce + ((state - 1) & 1) * kChannels * 2 * kRow, dB_rows, dC_rows, state - 1, chunk_from, p.length);
-    // dA: each channel's first warp sums its threads' partials, state by state
-    if (warp == 0) {
-      for (int n = 0; n < state; ++n) {
+      dA = warp_sum(dA);
+      if (lane == 0) atomicAdd(p.dA + d * state + n, dA);
+      __syncthreads();
+
+      // dB and dC summed over the block's channels, then one atomic add per position
+      for (int index = threadIdx.x; index < 2 * kChunk; index += kThreads * kChannels) {
+        const int which = index / kChunk, position = index % kChunk;
         float sum = 0.f;
-        for (int t = lane; t < kThreads; t += kWarp) sum += dA_partial[(member * state + n) * kThreads + t];
-        sum = warp_sum(sum);
-        if (lane == 0) atomicAdd(p.dA + d * state + n, sum);
+#pragma unroll
+        for (int m = 0; m < kChannels; ++m) sum += reduce[(m * 2 + which) * kRow + padded(position)];
+        const int l = chunk_from + position;
+        if (l < p.length) atomicAdd((which == 0 ? dB_rows : dC_rows) + n * p.length + l, sum);
       }
     }
-    __syncthreads();  // the partials and buffers are free for the next chunk
 
     float raw_delta[kItems];
     load<T, kItems>(delta_row, start, p.length, raw_delta);
@@ -345,10 +300,13 @@ __global__ void __launch_bounds__(kThreads* kChannels, kMinBlocks)
   }
 }
 
-template <typename T, int kThreads, int kItems, int kChannels, int kMinBlocks>
+template <typename T, int kThreads, int kItems, int kChannels>
 cudaError_t launch(const Params& p, cudaStream_t stream) {
-  const size_t shared = Layout<kThreads, kItems, kChannels>::bytes(p.state);
-  auto kernel = scan_backward_kernel<T, kThreads, kItems, kChannels, kMinBlocks>;
+  constexpr int kChunk = kThreads * kItems;
+  constexpr int kWarps = kThreads / kWarp;
+  const size_t shared = (kChannels * 2 * padded(kChunk)) * sizeof(float) +
+                        2 * kChannels * kWarps * sizeof(Step) + 2 * kChannels * p.state * sizeof(float);
+  auto kernel = scan_backward_kernel<T, kThreads, kItems, kChannels>;
   cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, shared);
   if (status != cudaSuccess) return status;
   kernel<<<dim3(p.channels / kChannels, p.batch), kThreads * kChannels, shared, stream>>>(p);
@@ -357,11 +315,11 @@ cudaError_t launch(const Params& p, cudaStream_t stream) {
 
 template <typename T>
 cudaError_t launch_for(const Params& p, int channels_per_block, int threads, cudaStream_t stream) {
-  if (threads == 128 && channels_per_block == 1) return launch<T, 128, 16, 1, 2>(p, stream);
-  if (threads == 128 && channels_per_block == 2) return launch<T, 128, 16, 2, 1>(p, stream);
-  if (threads == 256 && channels_per_block == 1) return launch<T, 256, 8, 1, 2>(p, stream);
-  if (threads == 256 && channels_per_block == 2) return launch<T, 256, 8, 2, 1>(p, stream);
-  if (threads == 256 && channels_per_block == 4) return launch<T, 256, 8, 4, 1>(p, stream);
+  if (threads == 128 && channels_per_block == 1) return launch<T, 128, 16, 1>(p, stream);
+  if (threads == 128 && channels_per_block == 2) return launch<T, 128, 16, 2>(p, stream);
+  if (threads == 256 && channels_per_block == 1) return launch<T, 256, 8, 1>(p, stream);
+  if (threads == 256 && channels_per_block == 2) return launch<T, 256, 8, 2>(p, stream);
+  if (threads == 256 && channels_per_block == 4) return launch<T, 256, 8, 4>(p, stream);
   return cudaErrorInvalidConfiguration;
 }
 
