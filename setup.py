@@ -8,6 +8,7 @@ setup(
     description="Turn pretrained Transformers into Mamba or hybrid Mamba models on megatron-core",
     python_requires=">=3.10",
     packages=find_packages(include=["megatron_mamba", "megatron_mamba.*"]),
+    package_data={"megatron_mamba.kernels": ["csrc/*.cu"]},  # built with nvcc at first use
     install_requires=[
         "megatron-core>=0.16,<0.17",
         "torch>=2.6",
