@@ -254,7 +254,10 @@ __global__ void __launch_bounds__(kThreads* kChannels, kMinBlocks)
         h = a[i] * h + delta[i] * u[i] * Bn[i];
       }
       float dA = 0.f;
-      float* dB_shared = reduce + member * 2 * kRow;
+      // a thread's kItems positions never straddle a padding word (kItems divides the warp
+      // width), so they are constant offsets from the first one's address
+      static_assert(kWarp % kItems == 0, "a thread's positions must share one padded row");
+      float* dB_shared = reduce + member * 2 * kRow + padded(thread * kItems);
       float* dC_shared = dB_shared + kRow;
 #pragma unroll
       for (int i = kItems - 1; i >= 0; --i) {
@@ -262,8 +265,8 @@ __global__ void __launch_bounds__(kThreads* kChannels, kMinBlocks)
         const float h_i = a[i] * h_before[i] + delta[i] * u[i] * Bn[i];
         const float carried_back = a[i] * h_before[i];
         e = a[i] * dh;
-        dB_shared[padded(thread * kItems + i)] = dh * delta[i] * u[i];
-        dC_shared[padded(thread * kItems + i)] = h_i * dy[i];
+        dB_shared[i] = dh * delta[i] * u[i];
+        dC_shared[i] = h_i * dy[i];
         du[i] += dh * delta[i] * Bn[i];
         ddelta[i] += dh * (u[i] * Bn[i] + A * carried_back);
         dA += dh * delta[i] * carried_back;
