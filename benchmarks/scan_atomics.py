@@ -60,13 +60,10 @@ def atomics_only(batch, channels, state, length, summed, block=2048, warps=4, sc
 def main() -> None:
     import selective_scan_cuda
 
-    from benchmarks.selective_scan_bwd import inputs
+    from benchmarks.selective_scan_bwd import add_shape_arguments, inputs
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--channels", type=int, default=5120)
-    parser.add_argument("--state", type=int, default=16)
-    parser.add_argument("--length", type=int, default=2048)
+    add_shape_arguments(parser)
     parser.add_argument("--out")
     args = parser.parse_args()
     u, delta, A, B, C, D, z, bias, grad = inputs(

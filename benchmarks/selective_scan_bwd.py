@@ -37,16 +37,21 @@ def inputs(batch: int, channels: int, state: int, length: int, groups: int):
     return u, delta, A, B, C, D, z, bias, grad
 
 
+def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
+    """One layer's shape, CALD's by default."""
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--channels", type=int, default=5120)
+    parser.add_argument("--state", type=int, default=16)
+    parser.add_argument("--length", type=int, default=2048)
+
+
 def main() -> None:
     import selective_scan_cuda
 
     from megatron_mamba.kernels.selective_scan_bwd import RESULTS, Tiling, selective_scan_backward
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--channels", type=int, default=5120)
-    parser.add_argument("--state", type=int, default=16)
-    parser.add_argument("--length", type=int, default=2048)
+    add_shape_arguments(parser)
     parser.add_argument("--groups", type=int, default=1)
     parser.add_argument("--replicas", default="4,16,64,256", help="copies of B and C to try")
     parser.add_argument("--no-triton", action="store_true", help="without the Triton kernel")
