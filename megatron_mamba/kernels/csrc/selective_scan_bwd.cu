@@ -172,9 +172,11 @@ __global__ void __launch_bounds__(kThreads* kChannels, kMinBlocks)
 
   for (int chunk = p.chunks - 1; chunk >= 0; --chunk) {
     const int start = chunk * kChunk + thread * kItems;
-    float u[kItems], delta[kItems], dy[kItems], du[kItems], ddelta[kItems];
+    // Over the states, each position accumulates Σ_n dh B and Σ_n A dh a h_{t-1}: du and dΔ
+    // follow from them once (du = Δ Σ dh B + D dy, dΔ = u Σ dh B + Σ A dh a h_{t-1}).
+    float delta[kItems], delta_u[kItems], dy[kItems], sum_dh_B[kItems], sum_dh_Ah[kItems];
     {
-      float z[kItems], grad[kItems], y[kItems], dz[kItems], out_z[kItems];
+      float u[kItems], z[kItems], grad[kItems], y[kItems], dz[kItems], out_z[kItems];
       load<T, kItems>(u_row, start, p.length, u);
       load<T, kItems>(delta_row, start, p.length, delta);
       load<T, kItems>(z_row, start, p.length, z);
@@ -190,9 +192,9 @@ __global__ void __launch_bounds__(kThreads* kChannels, kMinBlocks)
         dz[i] = grad[i] * y[i] * sigmoid_z * (1.f + z[i] * (1.f - sigmoid_z));
         out_z[i] = y[i] * silu_z;
         dD += dy[i] * u[i];
-        du[i] = D * dy[i];
-        ddelta[i] = 0.f;
+        sum_dh_B[i] = 0.f, sum_dh_Ah[i] = 0.f;
         if (start + i >= p.length) delta[i] = 0.f, dy[i] = 0.f;  // positions past the end: a = 1, no input
+        delta_u[i] = delta[i] * u[i];
       }
       store<T, kItems>(dz_row, start, p.length, dz);
       store<T, kItems>(out_z_row, start, p.length, out_z);
@@ -211,7 +213,7 @@ __global__ void __launch_bounds__(kThreads* kChannels, kMinBlocks)
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
         a[i] = exp2f(delta[i] * A2);
-        mine = then(mine, {a[i], delta[i] * u[i] * Bn[i]});
+        mine = then(mine, {a[i], delta_u[i] * Bn[i]});
       }
       Step inclusive = mine;
 #pragma unroll
@@ -251,7 +253,7 @@ __global__ void __launch_bounds__(kThreads* kChannels, kMinBlocks)
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
         h_before[i] = h;
-        h = a[i] * h + delta[i] * u[i] * Bn[i];
+        h = a[i] * h + delta_u[i] * Bn[i];
       }
       float dA = 0.f;
       // a thread's kItems positions never straddle a padding word (kItems divides the warp
@@ -262,14 +264,14 @@ __global__ void __launch_bounds__(kThreads* kChannels, kMinBlocks)
 #pragma unroll
       for (int i = kItems - 1; i >= 0; --i) {
         const float dh = Cn[i] * dy[i] + e;
-        const float h_i = a[i] * h_before[i] + delta[i] * u[i] * Bn[i];
-        const float carried_back = a[i] * h_before[i];
+        const float carried_back = a[i] * h_before[i];  // a_t h_{t-1}
         e = a[i] * dh;
-        dB_shared[i] = dh * delta[i] * u[i];
-        dC_shared[i] = h_i * dy[i];
-        du[i] += dh * delta[i] * Bn[i];
-        ddelta[i] += dh * (u[i] * Bn[i] + A * carried_back);
-        dA += dh * delta[i] * carried_back;
+        dB_shared[i] = dh * delta_u[i];
+        dC_shared[i] = (carried_back + delta_u[i] * Bn[i]) * dy[i];  // h_t dy_t
+        sum_dh_B[i] += dh * Bn[i];
+        const float q = dh * carried_back;
+        sum_dh_Ah[i] += A * q;
+        dA += delta[i] * q;
       }
       if (thread == 0) carried[((chunk & 1) * kChannels + member) * state + n] = e;
       dA = warp_sum(dA);
@@ -297,10 +299,13 @@ __global__ void __launch_bounds__(kThreads* kChannels, kMinBlocks)
       }
     }
 
-    float raw_delta[kItems];
+    float u[kItems], raw_delta[kItems], du[kItems], ddelta[kItems];
+    load<T, kItems>(u_row, start, p.length, u);
     load<T, kItems>(delta_row, start, p.length, raw_delta);
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
+      du[i] = D * dy[i] + delta[i] * sum_dh_B[i];
+      ddelta[i] = u[i] * sum_dh_B[i] + sum_dh_Ah[i];
       if (p.softplus) ddelta[i] /= 1.f + __expf(-(raw_delta[i] + bias));  // softplus' = sigmoid
       if (start + i < p.length) dbias += ddelta[i];
     }
