@@ -46,6 +46,6 @@ def test_the_real_source_builds_and_exports_its_entry_points(tmp_path, monkeypat
     except RuntimeError:
         pytest.skip("no nvcc here")
     monkeypatch.setenv("MEGATRON_MAMBA_KERNEL_CACHE", str(tmp_path))
-    library = scan_backward_cuda._library((9, 0))
+    library = scan_backward_cuda._library((8, 0))  # an architecture every nvcc ≥ 11 knows
     assert library.megatron_mamba_error_string(2) == b"out of memory"
     assert library.megatron_mamba_scan_backward is not None
