@@ -23,10 +23,8 @@ mamba_test   480 python -m pytest -q --durations=5 tests/gpu/test_mamba_gpu.py
 mamba2_test  300 python -m pytest -q --durations=5 tests/gpu/test_mamba_gpu.py -k "mamba2 or decode"
 mamba1_fused_test 240 python -m pytest -q tests/gpu/test_mamba_gpu.py -k one_function
 ln_test      120 python -m pytest -q tests/gpu/test_layer_norms_gpu.py
-scan_bwd_test 200 python -m pytest -q tests/gpu/test_selective_scan_bwd_gpu.py
-scan_bwd     200 python benchmarks/selective_scan_bwd.py --out $OUT/selective_scan_bwd.json
 gemm_values  90  python benchmarks/gemm_values.py --out $OUT/gemm_values.json
-scan_copies  120 python benchmarks/selective_scan_bwd.py --no-triton --no-cuda --replicas 2,4,8,16,32,64,128,256,512 --out $OUT/scan_copies.json
+scan_copies  120 python benchmarks/selective_scan_bwd.py --no-cuda --replicas 2,4,8,16,32,64,128,256,512 --out $OUT/scan_copies.json
 mamba_rest   300 python -m pytest -q --durations=5 tests/gpu/test_mamba_gpu.py -k "decode or mamba2_attention-bf16"
 model_test   240 python -m pytest -q tests/gpu/test_models_gpu.py tests/gpu/test_hf_hybrid_gpu.py
 adamw_test   240 python -m pytest -q tests/gpu/test_adamw_gpu.py
@@ -63,7 +61,7 @@ adamw_blocks 150 python benchmarks/adamw_blocks.py --out $OUT/adamw_blocks.json
 gelu_tiles   120 python benchmarks/gelu_tiles.py --out $OUT/gelu_tiles.json
 layer_mse    90  python benchmarks/layer_mse.py --out $OUT/layer_mse.json
 scan_cuda_test 240 python -m pytest -q tests/gpu/test_scan_backward_cuda_gpu.py
-scan_cuda    200 python -u benchmarks/selective_scan_bwd.py --no-triton --replicas "" --out $OUT/scan_cuda.json
+scan_cuda    200 python -u benchmarks/selective_scan_bwd.py --replicas "" --out $OUT/scan_cuda.json
 scan_atomics 150 python -u benchmarks/scan_atomics.py --out $OUT/scan_atomics.json
 ssd_chunks   330 python -u benchmarks/ssd_chunks.py --out $OUT/ssd_chunks.json
 layer_mse_test 120 python -m pytest -q tests/gpu/test_layer_mse_gpu.py

@@ -1,11 +1,10 @@
 """Mamba1's selective-scan backward alone on one layer of Pythia-1b's all-mamba1 student (CALD's:
 batch 4, d_inner 5120, d_state 16, length 2048, bf16, in the one-function mixer's layouts):
 mamba_ssm's `selective_scan_cuda.bwd` against our CUDA kernel (kernels/scan_backward_cuda.py)
-and the Triton one (kernels/selective_scan_bwd.py) at several tilings, and mamba_ssm's with B
-and C copied into r groups (its dB and dC are atomic adds of every channel into one [b, g, n, l]
-buffer: r copies spread them over r times as many addresses; dB and dC are then summed over the
-copies), with each result's largest difference from mamba_ssm's relative to its largest value.
-Median milliseconds of 20 calls each.
+at each of its tilings, and mamba_ssm's with B and C copied into r groups (its dB and dC are
+atomic adds of every channel into one [b, g, n, l] buffer: r copies spread them over r times as
+many addresses; dB and dC are then summed over the copies), with each result's largest
+difference from mamba_ssm's relative to its largest value. Median milliseconds of 20 calls each.
 
     python benchmarks/selective_scan_bwd.py --out $OUT/selective_scan_bwd.json
 """
@@ -17,8 +16,6 @@ import argparse
 import torch
 
 from benchmarks.common import median_step_seconds, save_report
-
-TILINGS = [(2, 16, 1), (4, 8, 1), (4, 4, 1), (8, 4, 1), (2, 32, 1), (8, 16, 4)]
 
 
 def inputs(batch: int, channels: int, state: int, length: int, groups: int):
@@ -48,13 +45,13 @@ def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
 def main() -> None:
     import selective_scan_cuda
 
-    from megatron_mamba.kernels.selective_scan_bwd import RESULTS, Tiling, selective_scan_backward
+    from megatron_mamba.kernels import scan_backward_cuda
+    from megatron_mamba.kernels.scan_backward_cuda import RESULTS
 
     parser = argparse.ArgumentParser()
     add_shape_arguments(parser)
     parser.add_argument("--groups", type=int, default=1)
     parser.add_argument("--replicas", default="4,16,64,256", help="copies of B and C to try")
-    parser.add_argument("--no-triton", action="store_true", help="without the Triton kernel")
     parser.add_argument("--no-cuda", action="store_true", help="without our CUDA kernel")
     parser.add_argument("--out")
     args = parser.parse_args()
@@ -98,8 +95,6 @@ def main() -> None:
             return (*out[:3], *summed, *out[5:7], out[8]), dz
 
         compare(f"mamba_ssm, B and C in {copies} copies", replicated)
-    from megatron_mamba.kernels import scan_backward_cuda
-
     for threads, channels in [] if args.no_cuda else scan_backward_cuda.TILINGS:
 
         def cuda(tiling=(threads, channels)):
@@ -110,15 +105,6 @@ def main() -> None:
             return out, dz
 
         compare(f"cuda, {channels} channel(s) a block, {threads} threads each", cuda)
-    for channels, chunk, warps in [] if args.no_triton else TILINGS:
-        tiling = Tiling(channels, chunk, warps)
-
-        def ours(tiling=tiling):
-            dz = torch.empty_like(z)
-            out = selective_scan_backward(u, delta, A, B, C, D, z, bias, grad, y, dz, tiling)
-            return out, dz
-
-        compare(f"triton {channels}×{chunk}, {warps} warps", ours)
     base = rows[0]["ms"]
     print("| kernel | ms | × mamba_ssm | worst relative difference |\n|---|---|---|---|")
     for row in rows:

@@ -8,8 +8,8 @@ models/fused.py), RoPE (`rope.py`; reference megatron's) and GPTNeoX's two Layer
 input (`layer_norms.py`; reference F.layer_norm twice), a block's residual sum
 (`residual_sum.py`; reference models/fused.py), distillation's layer loss with its gradient
 (`layer_mse.py`; reference distill/losses.py), and of the Mamba1 mixer as one function
-over mamba_ssm's kernels (`mamba1_fused.py`; reference the mixer's composed path), with a Triton
-and a CUDA selective-scan backward as options (`selective_scan_bwd.py`, `scan_backward_cuda.py`).
+over mamba_ssm's kernels (`mamba1_fused.py`; reference the mixer's composed path), with a CUDA
+selective-scan backward as an option (`scan_backward_cuda.py`).
 `MEGATRON_MAMBA_REFERENCE_KERNELS=1` forces the references; paths not yet tested on a GPU are
 opt-in with `MEGATRON_MAMBA_PENDING_KERNELS=1`.
 
@@ -141,12 +141,6 @@ def cuda_scan_backward() -> bool:
     block's channels before their atomics) in place of mamba_ssm's: GPU-tested but slower for now
     (3.9 against 2.9 ms a layer), so only with MEGATRON_MAMBA_CUDA_SCAN_BWD=1."""
     return os.environ.get("MEGATRON_MAMBA_CUDA_SCAN_BWD", "0") == "1"
-
-
-def triton_scan_backward() -> bool:
-    """The Triton selective-scan backward (kernels/selective_scan_bwd.py) in place of
-    mamba_ssm's: slower for now, so only with MEGATRON_MAMBA_TRITON_SCAN_BWD=1."""
-    return os.environ.get("MEGATRON_MAMBA_TRITON_SCAN_BWD", "0") == "1"
 
 
 def mamba1_mixer(hidden: torch.Tensor):

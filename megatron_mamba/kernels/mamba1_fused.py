@@ -82,12 +82,6 @@ def _scan_and_out_proj_backward(
         du, ddelta, dA, dB, dC, dD, d_dt_b, out_z = scan_backward_cuda.selective_scan_backward(
             conv_out, delta, A, B, C, D, z, dt_b, dout_y, out, dz, scan_state
         )
-    elif kernels.triton_scan_backward():
-        from megatron_mamba.kernels.selective_scan_bwd import selective_scan_backward
-
-        du, ddelta, dA, dB, dC, dD, d_dt_b, out_z = selective_scan_backward(
-            conv_out, delta, A, B, C, D, z, dt_b, dout_y, out, dz
-        )
     else:
         du, ddelta, dA, dB, dC, dD, d_dt_b, _, out_z = selective_scan_cuda.bwd(
             conv_out, delta, A, B, C, D, z, dt_b, dout_y, scan_state, out, dz, True, True

@@ -70,9 +70,9 @@ ONE_FUNCTION = {
     "classic": (dict(layout="classic"), "_Mamba1MixerBackward"),
     "classic-bias": (dict(layout="classic", proj_bias=True), "_Mamba1MixerBackward"),
     "grouped": (dict(layout="attention", d_state=8), "_GroupedMamba1MixerBackward"),
-    # the Triton selective-scan backward (kernels/selective_scan_bwd.py) inside both
-    "classic-triton-bwd": (dict(layout="classic"), "_Mamba1MixerBackward"),
-    "grouped-triton-bwd": (dict(layout="attention", d_state=8), "_GroupedMamba1MixerBackward"),
+    # our CUDA selective-scan backward (kernels/scan_backward_cuda.py) inside both
+    "classic-cuda-bwd": (dict(layout="classic"), "_Mamba1MixerBackward"),
+    "grouped-cuda-bwd": (dict(layout="attention", d_state=8), "_GroupedMamba1MixerBackward"),
 }
 
 
@@ -82,13 +82,24 @@ def test_mamba1_one_function_matches_reference(runtime, monkeypatch, case, dtype
     """The Mamba1 mixer as one function in the [channels, (b l)] layout
     (kernels/mamba1_fused.py), both layouts by default at TP=1: the same check, and the
     function is what ran."""
-    if case.endswith("triton-bwd"):
-        monkeypatch.setenv("MEGATRON_MAMBA_TRITON_SCAN_BWD", "1")
+    calls = []
+    if case.endswith("cuda-bwd"):
+        from megatron_mamba.kernels import scan_backward_cuda
+
+        monkeypatch.setenv("MEGATRON_MAMBA_CUDA_SCAN_BWD", "1")
+        ours = scan_backward_cuda.selective_scan_backward
+
+        def counted(*args, **kwargs):
+            calls.append(1)
+            return ours(*args, **kwargs)
+
+        monkeypatch.setattr(scan_backward_cuda, "selective_scan_backward", counted)
     mamba, node = ONE_FUNCTION[case]
     mixer = native_mixer("mamba1", tiny_model_config(**mamba)).cuda()
     out, _ = mixer(torch.randn(16, 2, 64, device="cuda", requires_grad=True))
     assert node in autograd_nodes(out)
     _check_fused_against_reference(monkeypatch, "mamba1", mamba, dtype)
+    assert bool(calls) == case.endswith("cuda-bwd")  # the backward asked for is what ran
 
 
 def _check_fused_against_reference(monkeypatch, kind, mamba, dtype):

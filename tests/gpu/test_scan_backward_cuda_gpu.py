@@ -6,9 +6,47 @@ forward's saved states)."""
 import pytest
 import torch
 
-from tests.gpu.test_selective_scan_bwd_gpu import TOLERANCE, _case, _reference, _relative
+from megatron_mamba.kernels import reference
 
 pytestmark = pytest.mark.gpu
+
+# bf16: inputs and the saved y rounded, as the mixer has them; norms, not elements
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+
+
+def _case(batch, channels, length, state, groups, dtype, rows_layout, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    cuda = dict(device="cuda", generator=g)
+
+    def bdl(scale=1.0, shift=0.0):
+        if rows_layout:  # [channels, (b l)] seen as [b, d, l], as the one-function mixer holds it
+            t = torch.randn(channels, batch, length, **cuda).transpose(0, 1)
+        else:
+            t = torch.randn(batch, channels, length, **cuda)
+        return (t * scale + shift).to(dtype)
+
+    u, delta, z, grad = bdl(), bdl(0.5, -1.0), bdl(), bdl()
+    A = -torch.rand(channels, state, **cuda) - 0.5
+    B, C = (torch.randn(batch, groups, state, length, **cuda).to(dtype) for _ in range(2))
+    D, bias = torch.randn(channels, **cuda), torch.randn(channels, **cuda) * 0.3
+    return u, delta, A, B, C, D, z, bias, grad
+
+
+def _reference(u, delta, A, B, C, D, z, bias, grad):
+    """(y ungated in the input dtype, {name: float64 gradient}, out_z float64)."""
+    leaves = [t.detach().double().requires_grad_(True) for t in (u, delta, A, B, C, D, z, bias)]
+    uu, dd, AA, BB, CC, DD, zz, bb = leaves
+    kw = dict(delta_bias_d=bb, delta_softplus=True)
+    out_z = reference.selective_scan(uu, dd, AA, BB, CC, DD, zz, **kw)
+    y = reference.selective_scan(uu, dd, AA, BB, CC, DD, None, **kw).detach()
+    out_z.backward(grad.double())
+    names = ("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias")
+    grads = dict(zip(names, (t.grad for t in (uu, dd, AA, BB, CC, DD, zz, bb)), strict=True))
+    return y.to(u.dtype), grads, out_z.detach()
+
+
+def _relative(got, expected) -> float:
+    return float((got.double() - expected).norm() / expected.norm())
 
 
 def _ours(args, y, saved=None, tiling=None):
