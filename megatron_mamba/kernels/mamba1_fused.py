@@ -35,6 +35,7 @@ import torch
 from causal_conv1d.cpp_functions import causal_conv1d_bwd_function, causal_conv1d_fwd_function
 
 from megatron_mamba import kernels
+from megatron_mamba.kernels import scan_backward_cuda
 from megatron_mamba.parallel.weight_grad import weight_gradient
 
 
@@ -61,24 +62,16 @@ def _scan_and_out_proj(conv_out, delta, A, B, C, D, z, dt_b, out_w, out_b):
     return y, out, scan_state
 
 
-def _cuda_backward_fits(conv_out, delta, A, B, C, z, dout_y, out, dz) -> bool:
-    """Whether our CUDA selective-scan backward is on and takes these tensors."""
-    if not kernels.cuda_scan_backward():
-        return False
-    from megatron_mamba.kernels import scan_backward_cuda
-
-    return scan_backward_cuda.fits(conv_out, delta, A, B, C, z, dout_y, out, True, dz=dz)
-
-
 def _scan_and_out_proj_backward(
     dy, dz, conv_out, delta, A, B, C, D, z, dt_b, scan_state, out, out_w
 ):
     """Gradients of `_scan_and_out_proj` for dy [(b l), hidden], dz written into `dz`:
     (du, ddelta, dA, dB, dC, dD, d dt_b, d out_w)."""
     dout_y = _as_bdl(out_w.t() @ dy.t(), conv_out.shape[0])
-    if _cuda_backward_fits(conv_out, delta, A, B, C, z, dout_y, out, dz):
-        from megatron_mamba.kernels import scan_backward_cuda
-
+    ours = kernels.cuda_scan_backward() and scan_backward_cuda.fits(
+        conv_out, delta, A, B, C, z, dout_y, out, scan_state, dz=dz
+    )
+    if ours:
         du, ddelta, dA, dB, dC, dD, d_dt_b, out_z = scan_backward_cuda.selective_scan_backward(
             conv_out, delta, A, B, C, D, z, dt_b, dout_y, out, dz, scan_state
         )

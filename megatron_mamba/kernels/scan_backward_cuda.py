@@ -117,7 +117,7 @@ def fits(u, delta, A, B, C, z, grad, y, saved, tiling=DEFAULT_TILING, dz=None) -
     whole blocks of channels within one group, the forward's states for sequences past 2048."""
     bdl = (u, delta, z, grad, y) + ((dz,) if dz is not None else ())
     dtype = u.dtype
-    channels, groups = u.shape[1], _bgnl(B).shape[1]
+    channels, groups = u.shape[1], B.shape[1] if B.dim() == 4 else 1
     return (
         u.is_cuda
         and dtype in _DTYPES

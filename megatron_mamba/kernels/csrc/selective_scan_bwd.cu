@@ -137,6 +137,7 @@ template <typename T, int kThreads, int kItems, int kChannels, int kMinBlocks>
 __global__ void __launch_bounds__(kThreads* kChannels, kMinBlocks)
     scan_backward_kernel(Params p) {
   constexpr int kChunk = kThreads * kItems;
+  static_assert(kChunk == kSavedChunk, "chunks start from the forward's saved states");
   constexpr int kWarps = kThreads / kWarp;  // a channel's warps
   constexpr int kRow = padded(kChunk);
   extern __shared__ float shared[];
@@ -164,8 +165,9 @@ __global__ void __launch_bounds__(kThreads* kChannels, kMinBlocks)
   T* out_z_row = static_cast<T*>(p.out_z) + b * p.out_z_b + d * p.out_z_d;
   const T* B_rows = static_cast<const T*>(p.B) + b * p.B_b + g * p.B_g;
   const T* C_rows = static_cast<const T*>(p.C) + b * p.C_b + g * p.C_g;
-  float* dB_rows = p.dB + (static_cast<int64_t>(b) * (p.channels / p.channels_per_group) + g) * state * p.length;
-  float* dC_rows = p.dC + (static_cast<int64_t>(b) * (p.channels / p.channels_per_group) + g) * state * p.length;
+  const int64_t group_rows = (static_cast<int64_t>(b) * (p.channels / p.channels_per_group) + g) * state * p.length;
+  float* dB_rows = p.dB + group_rows;
+  float* dC_rows = p.dC + group_rows;
   const float D = p.D != nullptr ? p.D[d] : 0.f;
   const float bias = p.bias != nullptr ? p.bias[d] : 0.f;
   float dD = 0.f, dbias = 0.f;
