@@ -57,6 +57,14 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// 2^x with one MUFU instruction, results below 2^-126 flushed to zero (exp2f would add a
+// subnormal fix-up around it; a decay that small is zero for the scan either way).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 
@@ -127,9 +135,11 @@ struct Params {
   float *dA, *dB, *dC, *dD, *dbias;  // dB, dC: [b, g, n, l] contiguous
 };
 
-// Shared memory: dB and dC of each channel, padded against bank conflicts (a thread writes
-// kItems consecutive positions), then the warps' totals and the carried e of each state.
-__host__ __device__ constexpr int padded(int position) { return position + position / kWarp; }
+// Shared memory: dB and dC of each channel, then the warps' totals and the carried e of each
+// state. Four words of padding every 32 positions: a thread writes its kItems consecutive
+// positions (a multiple of 4) as 16-byte stores, and the eight threads of one store phase then
+// fall on distinct banks; the readers take 32 consecutive positions, one bank each.
+__host__ __device__ constexpr int padded(int position) { return position + position / kWarp * 4; }
 
 // kMinBlocks: blocks an SM must hold, which caps the registers (3 × 128 threads: 168 each,
 // 4.5 ms against 5.0 at 224 registers and 2 blocks).
@@ -203,20 +213,39 @@ __global__ void __launch_bounds__(kThreads* kChannels, kMinBlocks)
     }
     const int chunk_from = chunk * kChunk;
     const int saved_chunk = chunk_from / kSavedChunk - 1;  // the saved state this chunk starts from
+    const float2* saved =
+        saved_chunk >= 0 ? p.saved + ((static_cast<int64_t>(b) * p.channels + d) * p.saved_chunks + saved_chunk) * state
+                         : nullptr;
+    const float* A_row = p.A + d * state;
+    const T* B_row = B_rows;  // state n's rows, advanced with n
+    const T* C_row = C_rows;
+    float* dB_row = dB_rows + chunk_from;
+    float* dC_row = dC_rows + chunk_from;
+    // a thread's kItems positions never straddle a padding gap (kItems divides the warp width)
+    static_assert(kWarp % kItems == 0 && kItems % 4 == 0, "a thread's positions: whole 16-byte runs of one row");
+    float4* dB_shared = reinterpret_cast<float4*>(reduce + member * 2 * kRow + padded(thread * kItems));
+    float4* dC_shared = reinterpret_cast<float4*>(reinterpret_cast<float*>(dB_shared) + kRow);
 
-    for (int n = 0; n < state; ++n) {
-      const float A = p.A[d * state + n];
+    for (int n = 0; n < state; ++n, B_row += p.B_n, C_row += p.C_n, dB_row += p.length, dC_row += p.length) {
+      const float A = A_row[n];
       const float A2 = A * kLog2e;
-      float Bn[kItems], Cn[kItems], a[kItems], h_before[kItems];
-      load<T, kItems>(B_rows + n * p.B_n, start, p.length, Bn);
-      load<T, kItems>(C_rows + n * p.C_n, start, p.length, Cn);
+      // per position: the decay a, the input Δ u B and the output gradient C dy
+      float Bn[kItems], a[kItems], input[kItems], g[kItems];
+      {
+        float Cn[kItems];
+        load<T, kItems>(B_row, start, p.length, Bn);
+        load<T, kItems>(C_row, start, p.length, Cn);
+#pragma unroll
+        for (int i = 0; i < kItems; ++i) {
+          a[i] = fast_exp2(delta[i] * A2);
+          input[i] = delta_u[i] * Bn[i];
+          g[i] = Cn[i] * dy[i];
+        }
+      }
       // h forward: the thread's steps composed, scanned over the channel's threads
       Step mine = {1.f, 0.f};
 #pragma unroll
-      for (int i = 0; i < kItems; ++i) {
-        a[i] = exp2f(delta[i] * A2);
-        mine = then(mine, {a[i], delta_u[i] * Bn[i]});
-      }
+      for (int i = 0; i < kItems; ++i) mine = then(mine, {a[i], input[i]});
       Step inclusive = mine;
 #pragma unroll
       for (int offset = 1; offset < kWarp; offset *= 2) {
@@ -227,7 +256,7 @@ __global__ void __launch_bounds__(kThreads* kChannels, kMinBlocks)
       // e backward: steps e ← a_t e + a_t g_t from the chunk's end, composed right to left
       Step mine_back = {1.f, 0.f};
 #pragma unroll
-      for (int i = kItems - 1; i >= 0; --i) mine_back = then(mine_back, {a[i], a[i] * Cn[i] * dy[i]});
+      for (int i = kItems - 1; i >= 0; --i) mine_back = then(mine_back, {a[i], a[i] * g[i]});
       Step inclusive_back = mine_back;
 #pragma unroll
       for (int offset = 1; offset < kWarp; offset *= 2) {
@@ -237,43 +266,49 @@ __global__ void __launch_bounds__(kThreads* kChannels, kMinBlocks)
       if (lane == 0) backward_totals[member * kWarps + warp] = inclusive_back;
       __syncthreads();
 
-      float h = saved_chunk >= 0 ? p.saved[((static_cast<int64_t>(b) * p.channels + d) * p.saved_chunks + saved_chunk) * state + n].y : 0.f;
-      for (int w = 0; w < warp; ++w) {
-        const Step total = forward_totals[member * kWarps + w];
-        h = total.a * h + total.b;
+      // the state entering this thread's first position, and e entering its last
+      float h = saved != nullptr ? saved[n].y : 0.f;
+#pragma unroll
+      for (int w = 0; w < kWarps - 1; ++w) {
+        if (w < warp) {
+          const Step total = forward_totals[member * kWarps + w];
+          h = total.a * h + total.b;
+        }
       }
       const Step before = shuffle_up(inclusive, 1);
       if (lane > 0) h = before.a * h + before.b;
       float e = chunk + 1 < p.chunks ? carried[(((chunk + 1) & 1) * kChannels + member) * state + n] : 0.f;
-      for (int w = kWarps - 1; w > warp; --w) {
-        const Step total = backward_totals[member * kWarps + w];
-        e = total.a * e + total.b;
+#pragma unroll
+      for (int w = kWarps - 1; w > 0; --w) {
+        if (w > warp) {
+          const Step total = backward_totals[member * kWarps + w];
+          e = total.a * e + total.b;
+        }
       }
       const Step after = shuffle_down(inclusive_back, 1);
       if (lane < kWarp - 1) e = after.a * e + after.b;
 
+      float hs[kItems + 1];  // hs[i] = h_{t-1}, hs[i + 1] = h_t of position i
+      hs[0] = h;
 #pragma unroll
-      for (int i = 0; i < kItems; ++i) {
-        h_before[i] = h;
-        h = a[i] * h + delta_u[i] * Bn[i];
-      }
-      float dA = 0.f;
-      // a thread's kItems positions never straddle a padding word (kItems divides the warp
-      // width), so they are constant offsets from the first one's address
-      static_assert(kWarp % kItems == 0, "a thread's positions must share one padded row");
-      float* dB_shared = reduce + member * 2 * kRow + padded(thread * kItems);
-      float* dC_shared = dB_shared + kRow;
+      for (int i = 0; i < kItems; ++i) hs[i + 1] = a[i] * hs[i] + input[i];
+      float dA = 0.f, dB[kItems], dC[kItems];
 #pragma unroll
       for (int i = kItems - 1; i >= 0; --i) {
-        const float dh = Cn[i] * dy[i] + e;
-        const float carried_back = a[i] * h_before[i];  // a_t h_{t-1}
+        const float dh = g[i] + e;
+        const float carried_back = a[i] * hs[i];  // a_t h_{t-1}
         e = a[i] * dh;
-        dB_shared[i] = dh * delta_u[i];
-        dC_shared[i] = (carried_back + delta_u[i] * Bn[i]) * dy[i];  // h_t dy_t
+        dB[i] = dh * delta_u[i];
+        dC[i] = hs[i + 1] * dy[i];
         sum_dh_B[i] += dh * Bn[i];
         const float q = dh * carried_back;
         sum_dh_Ah[i] += A * q;
         dA += delta[i] * q;
+      }
+#pragma unroll
+      for (int v = 0; v < kItems / 4; ++v) {
+        dB_shared[v] = make_float4(dB[4 * v], dB[4 * v + 1], dB[4 * v + 2], dB[4 * v + 3]);
+        dC_shared[v] = make_float4(dC[4 * v], dC[4 * v + 1], dC[4 * v + 2], dC[4 * v + 3]);
       }
       if (thread == 0) carried[((chunk & 1) * kChannels + member) * state + n] = e;
       dA = warp_sum(dA);
@@ -283,8 +318,6 @@ __global__ void __launch_bounds__(kThreads* kChannels, kMinBlocks)
       // dB and dC summed over the block's channels, then one atomic add per position; the
       // positions a thread sends are fixed at compile time, so the loop unrolls into plain adds
       constexpr int kPerThread = kChunk / (kThreads * kChannels);
-      float* dB_row = dB_rows + static_cast<int64_t>(n) * p.length + chunk_from;
-      float* dC_row = dC_rows + static_cast<int64_t>(n) * p.length + chunk_from;
 #pragma unroll
       for (int j = 0; j < kPerThread; ++j) {
         const int position = threadIdx.x + j * kThreads * kChannels;
