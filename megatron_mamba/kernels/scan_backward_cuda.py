@@ -3,11 +3,11 @@ an alternative to mamba_ssm's `selective_scan_cuda.bwd` with the same results.
 
 Why: mamba_ssm's kernel gives each channel its own block and adds every channel's dB and dC into
 [b, g, n, l] with one fp32 atomic each; at CALD's shape those atomics alone take 1.7 of its 2.95
-ms (benchmarks/scan_atomics.py). Summing a block's channels in shared memory first divides them
-by the channels a block holds. Correct (tests/gpu/test_scan_backward_cuda_gpu.py), but slower
-than mamba_ssm's so far (best 3.9 against 2.9 ms a layer, `device_run.sh scan_cuda`): its own
-scan work costs more than the atomics it saves, so it runs only with
-MEGATRON_MAMBA_CUDA_SCAN_BWD=1 (kernels/mamba1_fused.py).
+ms (benchmarks/scan_atomics.py). Summing a block's channels in shared memory first divides them,
+and the scan itself is leaner (one-instruction exp2, 16-byte shared stores, h_t reused): 2.59
+against mamba_ssm's 2.96 ms a layer (`device_run.sh scan_cuda`), correct against float64 and
+mamba_ssm (tests/gpu/test_scan_backward_cuda_gpu.py). The default in kernels/mamba1_fused.py
+(MEGATRON_MAMBA_CUDA_SCAN_BWD=0 keeps mamba_ssm's; so does a machine without nvcc).
 
 The CUDA source has no torch headers: it is built once per source and GPU kind with nvcc into a
 cache (MEGATRON_MAMBA_KERNEL_CACHE, default ~/.cache/megatron_mamba) and loaded with ctypes, so
@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -106,6 +107,18 @@ def _library(capability: tuple[int, int]) -> ctypes.CDLL:
     return library
 
 
+@functools.cache
+def available(capability: tuple[int, int]) -> bool:
+    """Whether the library builds and loads for this GPU kind. Where it cannot (no nvcc, a failed
+    build), says why once, and callers keep mamba_ssm's backward."""
+    try:
+        _library(capability)
+    except (RuntimeError, OSError) as error:
+        warnings.warn(f"using mamba_ssm's selective-scan backward: {error}", stacklevel=2)
+        return False
+    return True
+
+
 def _bgnl(m: torch.Tensor) -> torch.Tensor:
     """B or C as [b, g, n, l] (a shared [b, n, l] as one group), contiguous in l."""
     m = m.unsqueeze(1) if m.dim() == 3 else m
@@ -113,8 +126,9 @@ def _bgnl(m: torch.Tensor) -> torch.Tensor:
 
 
 def fits(u, delta, A, B, C, z, grad, y, saved, tiling=DEFAULT_TILING, dz=None) -> bool:
-    """Whether the kernel takes these tensors: float32 or bf16 alike, [b, d, l] contiguous in l,
-    whole blocks of channels within one group, the forward's states for sequences past 2048."""
+    """Whether the kernel takes these tensors (float32 or bf16 alike, [b, d, l] contiguous in l,
+    whole blocks of channels within one group, the forward's states for sequences past 2048) and
+    can be built for their GPU."""
     bdl = (u, delta, z, grad, y) + ((dz,) if dz is not None else ())
     dtype = u.dtype
     channels, groups = u.shape[1], B.shape[1] if B.dim() == 4 else 1
@@ -129,6 +143,7 @@ def fits(u, delta, A, B, C, z, grad, y, saved, tiling=DEFAULT_TILING, dz=None) -
         and channels % groups == 0
         and (channels // groups) % tiling[1] == 0
         and (u.shape[2] <= _SAVED_CHUNK or saved is not None)
+        and available(torch.cuda.get_device_capability(u.device))
     )
 
 

@@ -82,18 +82,18 @@ def test_mamba1_one_function_matches_reference(runtime, monkeypatch, case, dtype
     """The Mamba1 mixer as one function in the [channels, (b l)] layout
     (kernels/mamba1_fused.py), both layouts by default at TP=1: the same check, and the
     function is what ran."""
+    from megatron_mamba.kernels import scan_backward_cuda
+
     calls = []
-    if case.endswith("cuda-bwd"):
-        from megatron_mamba.kernels import scan_backward_cuda
+    # our CUDA backward is the default; the other cases keep mamba_ssm's
+    monkeypatch.setenv("MEGATRON_MAMBA_CUDA_SCAN_BWD", "1" if case.endswith("cuda-bwd") else "0")
+    ours = scan_backward_cuda.selective_scan_backward
 
-        monkeypatch.setenv("MEGATRON_MAMBA_CUDA_SCAN_BWD", "1")
-        ours = scan_backward_cuda.selective_scan_backward
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return ours(*args, **kwargs)
 
-        def counted(*args, **kwargs):
-            calls.append(1)
-            return ours(*args, **kwargs)
-
-        monkeypatch.setattr(scan_backward_cuda, "selective_scan_backward", counted)
+    monkeypatch.setattr(scan_backward_cuda, "selective_scan_backward", counted)
     mamba, node = ONE_FUNCTION[case]
     mixer = native_mixer("mamba1", tiny_model_config(**mamba)).cuda()
     out, _ = mixer(torch.randn(16, 2, 64, device="cuda", requires_grad=True))

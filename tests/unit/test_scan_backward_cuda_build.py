@@ -49,3 +49,15 @@ def test_the_real_source_builds_and_exports_its_entry_points(tmp_path, monkeypat
     library = scan_backward_cuda._library((8, 0))  # an architecture every nvcc ≥ 11 knows
     assert library.megatron_mamba_error_string(2) == b"out of memory"
     assert library.megatron_mamba_scan_backward is not None
+
+
+def test_without_nvcc_it_is_unavailable_and_says_why(source, monkeypatch):
+    def missing():
+        raise RuntimeError("the CUDA selective-scan backward needs nvcc")
+
+    monkeypatch.setattr(scan_backward_cuda, "_nvcc", missing)
+    scan_backward_cuda._library.cache_clear()
+    scan_backward_cuda.available.cache_clear()
+    with pytest.warns(UserWarning, match="using mamba_ssm's selective-scan backward: .*needs nvcc"):
+        assert not scan_backward_cuda.available((7, 5))
+    scan_backward_cuda.available.cache_clear()
