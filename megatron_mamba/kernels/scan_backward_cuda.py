@@ -17,6 +17,7 @@ no torch ABI is involved and a prebuilt library can travel with a checkout.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import functools
 import hashlib
 import os
@@ -79,11 +80,20 @@ def library_path(capability: tuple[int, int]) -> Path:
 
 def build(capability: tuple[int, int]) -> Path:
     """Compiles the source for this GPU kind unless the cache has it (written whole or not at
-    all)."""
+    all). The ranks of one machine that all start it at once take turns on a lock file: one
+    compiles (~8 s), the others find its result."""
     target = library_path(capability)
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(target.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not target.exists():
+            _compile(target)
+    return target
+
+
+def _compile(target: Path) -> None:
     arch = target.stem.rsplit("sm_", 1)[1]
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         built = Path(scratch) / target.name
@@ -95,7 +105,6 @@ def build(capability: tuple[int, int]) -> Path:
         if result.returncode != 0:
             raise RuntimeError(f"nvcc failed on {SOURCE}:\n{result.stderr[-4000:]}")
         os.replace(built, target)
-    return target
 
 
 @functools.cache

@@ -2,6 +2,8 @@
 source and the GPU kind, and a failed build leaves nothing behind. (The kernel itself runs in
 tests/gpu/test_scan_backward_cuda_gpu.py.)"""
 
+import concurrent.futures
+
 import pytest
 
 from megatron_mamba.kernels import scan_backward_cuda
@@ -28,7 +30,25 @@ def test_a_failed_build_says_so_and_leaves_nothing(source, tmp_path, monkeypatch
     monkeypatch.setattr(scan_backward_cuda, "_nvcc", lambda: "false")
     with pytest.raises(RuntimeError, match="nvcc failed on .*kernel.cu"):
         scan_backward_cuda.build((9, 0))
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert [f.name for f in (tmp_path / "cache").iterdir() if f.suffix != ".lock"] == []
+
+
+def test_ranks_building_at_once_compile_once(source, tmp_path, monkeypatch):
+    """Eight ranks of one machine starting together: one nvcc run, every rank gets the library."""
+    calls = tmp_path / "calls"
+    nvcc = tmp_path / "nvcc"
+    nvcc.write_text(
+        '#!/bin/sh\necho run >> "$CALLS"\nsleep 0.3\n'
+        'while [ "$1" != "-o" ]; do shift; done\necho built > "$2"\n'
+    )
+    nvcc.chmod(0o755)
+    monkeypatch.setenv("CALLS", str(calls))
+    monkeypatch.setattr(scan_backward_cuda, "_nvcc", lambda: str(nvcc))
+    with concurrent.futures.ThreadPoolExecutor(8) as ranks:
+        built = list(ranks.map(lambda _: scan_backward_cuda.build((9, 0)), range(8)))
+    assert calls.read_text().splitlines() == ["run"]
+    assert set(built) == {scan_backward_cuda.library_path((9, 0))}
+    assert built[0].read_text() == "built\n"
 
 
 def test_a_built_library_is_not_built_again(source, monkeypatch):
