@@ -181,6 +181,11 @@ __global__ void __launch_bounds__(kThreads* kChannels, kMinBlocks)
   const float D = p.D != nullptr ? p.D[d] : 0.f;
   const float bias = p.bias != nullptr ? p.bias[d] : 0.f;
   float dD = 0.f, dbias = 0.f;
+  const float* A_row = p.A + d * state;
+  // a thread's kItems positions never straddle a padding gap (kItems divides the warp width)
+  static_assert(kWarp % kItems == 0 && kItems % 4 == 0, "a thread's positions: whole 16-byte runs of one row");
+  float4* dB_shared = reinterpret_cast<float4*>(reduce + member * 2 * kRow + padded(thread * kItems));
+  float4* dC_shared = reinterpret_cast<float4*>(reinterpret_cast<float*>(dB_shared) + kRow);
 
   for (int chunk = p.chunks - 1; chunk >= 0; --chunk) {
     const int start = chunk * kChunk + thread * kItems;
@@ -216,15 +221,10 @@ __global__ void __launch_bounds__(kThreads* kChannels, kMinBlocks)
     const float2* saved =
         saved_chunk >= 0 ? p.saved + ((static_cast<int64_t>(b) * p.channels + d) * p.saved_chunks + saved_chunk) * state
                          : nullptr;
-    const float* A_row = p.A + d * state;
     const T* B_row = B_rows;  // state n's rows, advanced with n
     const T* C_row = C_rows;
     float* dB_row = dB_rows + chunk_from;
     float* dC_row = dC_rows + chunk_from;
-    // a thread's kItems positions never straddle a padding gap (kItems divides the warp width)
-    static_assert(kWarp % kItems == 0 && kItems % 4 == 0, "a thread's positions: whole 16-byte runs of one row");
-    float4* dB_shared = reinterpret_cast<float4*>(reduce + member * 2 * kRow + padded(thread * kItems));
-    float4* dC_shared = reinterpret_cast<float4*>(reinterpret_cast<float*>(dB_shared) + kRow);
 
     for (int n = 0; n < state; ++n, B_row += p.B_n, C_row += p.C_n, dB_row += p.length, dC_row += p.length) {
       const float A = A_row[n];
