@@ -51,6 +51,8 @@ mamba1       300 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds m
 mamba2       300 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds mamba2 --rounds 3
 mamba_graphed 480 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds ${MAMBA_KIND:-mamba2} --rounds 3 --graphed --out $OUT/mamba_graphed.json
 distill      200 torchrun --nproc_per_node 1 benchmarks/distill_step.py --rounds 5 --out $OUT/distill_step.json
+profile_distill 300 torchrun --nproc_per_node 1 benchmarks/distill_step.py --graphs --profile 40 --out $OUT/distill_profile.json
+distill_graphed 240 torchrun --nproc_per_node 1 benchmarks/distill_step.py --graphs --out $OUT/distill_graphed.json
 dpo          240 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json
 dpo_graphs   420 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json --graphs --rounds 5
 dpo_twice    440 for i in 1 2; do python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step_$i.json --graphs || exit 1; done

@@ -14,6 +14,10 @@ weight gradients left to autograd and DDP's hook (MEGATRON_MAMBA_WGRAD_INTO_MAIN
 their product added straight into DDP's buffer (parallel/weight_grad.py, the default).
 
     torchrun --nproc_per_node 1 benchmarks/distill_step.py --out $OUT/distill_step.json
+
+`--graphs` also times ours with `train.cuda_graph=true`'s forward + backward (training/
+cuda_graph.py); `--profile ROWS` also profiles one whole training step of each side
+(benchmarks/profiling.py).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from benchmarks.common import (
     peak_memory_gib,
     print_speedups,
 )
+from benchmarks.profiling import profile_step
 from megatron_mamba.config import ParallelConfig, RunPrecision
 from megatron_mamba.data.batches import TokenBatch
 from megatron_mamba.distill.config import DistillConfig
@@ -43,6 +48,7 @@ from megatron_mamba.distill.objective import Distillation
 from megatron_mamba.models.build import build_model
 from megatron_mamba.models.presets import preset
 from megatron_mamba.runtime import init_runtime
+from megatron_mamba.training.cuda_graph import GraphedForwardBackward, leave_the_default_stream
 from megatron_mamba.training.ddp import wrap_ddp
 from megatron_mamba.training.objective import LanguageModelling
 from megatron_mamba.training.optimizer import megatron_optimizer
@@ -51,8 +57,8 @@ SEQ, MICRO = 2048, 4
 CALD_MAMBA1 = {"layout": "classic", "d_inner": 5120, "dt_rank": 160, "d_state": 16}
 
 
-def step_fn(objective, student, tokens, optimizer=None):
-    schedule = get_forward_backward_func()
+def step_fn(objective, student, tokens, optimizer=None, schedule=None):
+    schedule = schedule or get_forward_backward_func()
 
     def step():
         if optimizer is not None:
@@ -92,8 +98,21 @@ def main() -> None:
         default=0,
         help="then this many interleaved rounds with and without the weight-gradient path",
     )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        help="also profile one whole training step of each side, printing this many rows",
+    )
+    parser.add_argument(
+        "--graphs",
+        action="store_true",
+        help="also ours with train.cuda_graph=true (forward + backward replayed from a graph)",
+    )
     args = parser.parse_args()
     init_runtime(seed=1)
+    if args.graphs:  # as the trainer does: DDP set up on the stream graphs are captured on
+        leave_the_default_stream()
     bf16 = RunPrecision("bf16")
     cfg = preset("pythia-1b", layer_pattern="M" * 16, mamba=CALD_MAMBA1)
     student = build_model(cfg, ParallelConfig(), bf16, cpu_initialization=False).cuda()
@@ -118,6 +137,19 @@ def main() -> None:
     )
     training_step = step_fn(objective, ddp, tokens, optimizer)
     ours_full, ours_memory = median_step_seconds(training_step), peak_memory_gib(training_step)
+    profiles = {}
+    if args.profile:
+        profiles["ours"] = profile_step("ours", training_step, args.profile)
+    graphed_full = None
+    if args.graphs:
+        graphed = GraphedForwardBackward(get_forward_backward_func(), ddp, objective=objective)
+        graphed_step = step_fn(objective, ddp, tokens, optimizer, schedule=graphed)
+        graphed_full = median_step_seconds(graphed_step)
+        if args.profile:
+            profiles["ours, graphed"] = profile_step(
+                "ours, graphed", graphed_step, args.profile, by_shape=False
+            )
+        del graphed, graphed_step
     wgrad = None
     if args.rounds:
         wgrad = interleaved_speedups(
@@ -133,6 +165,8 @@ def main() -> None:
     torch.cuda.empty_cache()
     _, _, cald_step = cald_distill_step(cfg, tokens.tokens)
     cald_full, cald_memory = median_step_seconds(cald_step), peak_memory_gib(cald_step)
+    if args.profile:
+        profiles["cald"] = profile_step("CALD's way", cald_step, args.profile)
     result = {
         "student_only_s": alone,
         "distillation_s": guided,
@@ -143,7 +177,10 @@ def main() -> None:
         "training_tokens_per_s": {"ours": MICRO * SEQ / ours_full, "cald": MICRO * SEQ / cald_full},
         "peak_gib": {"ours": ours_memory, "cald": cald_memory},
         "speedup_over_cald": cald_full / ours_full,
+        "graphed_step_s": graphed_full,
+        "graphed_speedup_over_cald": cald_full / graphed_full if graphed_full else None,
         "weight_gradient_path": wgrad,
+        "profiles": profiles or None,
     }
     Path(args.out).write_text(json.dumps(result) + "\n")
     print(json.dumps(result))

@@ -15,7 +15,7 @@ from torch.profiler import ProfilerActivity, profile
 KERNEL_KINDS = (  # (kind, pattern in the kernel's name), first match wins
     ("gemm", r"nvjet|gemm|cutlass|sm90_xmma"),
     ("selective_scan_fwd", r"selective_scan_fwd"),
-    ("selective_scan_bwd", r"selective_scan_bwd"),
+    ("selective_scan_bwd", r"selective_scan_bwd|scan_backward_kernel"),
     ("conv", r"causal_conv1d"),
     ("attention", r"sdpa|flash|fmha|cudnn"),
     ("copy_or_cat", r"direct_copy|CatArray|copy_kernel|bfloat16_copy"),

@@ -9,9 +9,9 @@ only: the columns megatron pads it with for TP grow with the TP size, and counti
 make the loss of the same weights depend on TP (and differ from transformers' and from our
 evaluation's and distillation's).
 
-The output layer is megatron's ColumnParallelLinear made our models/linear.ColumnLinear (same
-parameters, the product in `F.linear` where it communicates nothing): GPTModel builds it itself,
-with no spec to choose its class.
+The output layer is megatron's ColumnParallelLinear made our models/linear.OutputLinear (same
+parameters, the product in `F.linear` where it communicates nothing, the logits then laid out
+batch-first): GPTModel builds it itself, with no spec to choose its class.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from megatron.core import parallel_state as ps
 from megatron.core.models.gpt import GPTModel
 from megatron.core.tensor_parallel import ColumnParallelLinear
 
-from megatron_mamba.models.linear import ColumnLinear
+from megatron_mamba.models.linear import OutputLinear
 from megatron_mamba.models.logit_losses import LogitLosses
 
 
@@ -31,10 +31,14 @@ class LanguageModel(GPTModel):
         super().__init__(*args, **kwargs)
         self.real_vocab_size = real_vocab_size
         if type(getattr(self, "output_layer", None)) is ColumnParallelLinear:
-            self.output_layer.__class__ = ColumnLinear
+            self.output_layer.__class__ = OutputLinear
 
     def compute_language_model_loss(self, labels: torch.Tensor, logits: torch.Tensor):
-        """Per-token loss [b, s] from labels [b, s] and logits [s, b, padded vocabulary / TP]."""
+        """Per-token loss [b, s] from labels [b, s] and logits [s, b, padded vocabulary / TP],
+        in whichever order the logits are stored (batch-first from OutputLinear)."""
         group = ps.get_tensor_model_parallel_group()
-        loss, _ = LogitLosses.apply(logits, None, labels.t(), self.real_vocab_size, 1.0, group)
+        vocab = self.real_vocab_size
+        if logits.transpose(0, 1).is_contiguous():
+            return LogitLosses.apply(logits.transpose(0, 1), None, labels, vocab, 1.0, group)[0]
+        loss, _ = LogitLosses.apply(logits, None, labels.t(), vocab, 1.0, group)
         return loss.t().contiguous()

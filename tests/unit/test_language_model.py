@@ -6,6 +6,7 @@ import pytest
 import torch
 from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 from megatron.core.transformer.transformer_config import TransformerConfig
+from torch.profiler import ProfilerActivity, profile
 
 from megatron_mamba.config import ParallelConfig
 from megatron_mamba.models.build import build_model
@@ -13,18 +14,24 @@ from megatron_mamba.models.norms import LayerNorm
 from megatron_mamba.models.presets import preset
 
 
-def test_loss_is_megatrons_cross_entropy_over_the_real_vocabulary(runtime):
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_loss_is_megatrons_cross_entropy_over_the_real_vocabulary(runtime, batch_first):
     """200 real entries padded to 256: the padding is neither in the loss nor given gradient, so
-    the loss does not depend on how far TP pads the vocabulary."""
+    the loss does not depend on how far TP pads the vocabulary. The logits [s, b, vocabulary]
+    stored sequence-first, or batch-first as the output layer writes them."""
     model = build_model(replace(preset("tiny-gpt-neox"), vocab_size=200), ParallelConfig())
     assert model.vocab_size == 256
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(7, 3, 256, generator=generator, dtype=torch.float64).bfloat16()
+    if batch_first:
+        logits = logits.transpose(0, 1).contiguous().transpose(0, 1)
     labels = torch.randint(0, 200, (3, 7), generator=generator)
     results = []
     for compute in (
         model.compute_language_model_loss,
-        lambda y, x: vocab_parallel_cross_entropy(x[..., :200].float(), y.t().contiguous()).t(),
+        lambda y, x: vocab_parallel_cross_entropy(
+            x[..., :200].float().contiguous(), y.t().contiguous()
+        ).t(),
     ):
         x = logits.clone().requires_grad_()
         loss = compute(labels, x)
@@ -36,6 +43,36 @@ def test_loss_is_megatrons_cross_entropy_over_the_real_vocabulary(runtime):
     torch.testing.assert_close(ours, megatrons, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(our_grad, megatron_grad)
     assert (our_grad[..., 200:] == 0).all()
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_logits_are_computed_batch_first_with_no_copy(runtime, tied):
+    """GPTModel returns [b, s, vocabulary] logits (`transpose(0, 1).contiguous()` of the output
+    layer's [s, b, vocabulary]): the output layer stores them batch-first, so neither that nor
+    the backward copies a vocabulary-wide tensor; values and gradients are the product's."""
+    cfg = replace(preset("tiny-llama"), tie_embeddings=tied)
+    model = build_model(cfg, ParallelConfig())
+    tokens = torch.randint(0, cfg.vocab_size, (2, 9))
+    vocabulary = model.vocab_size
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        logits = model(tokens, None, None)
+        logits.backward(torch.randn(2, 9, vocabulary))
+    copies = [
+        e.input_shapes
+        for e in prof.key_averages(group_by_input_shape=True)
+        if e.key in ("aten::copy_", "aten::clone", "aten::contiguous")
+        and any(shape and shape[-1] == vocabulary for shape in e.input_shapes)
+    ]
+    assert copies == []
+    assert logits.shape == (2, 9, vocabulary) and logits.is_contiguous()
+    hidden = torch.randn(9, 2, cfg.hidden_size, requires_grad=True)
+    weight = model.shared_embedding_or_output_weight() if tied else model.output_layer.weight
+    out, _ = model.output_layer(hidden, weight=weight if tied else None)
+    assert out.shape == (9, 2, vocabulary) and out.transpose(0, 1).is_contiguous()
+    want = hidden.detach() @ weight.detach().t()
+    torch.testing.assert_close(out, want)
+    (grad,) = torch.autograd.grad(out.sum(), hidden)
+    torch.testing.assert_close(grad, weight.detach().sum(0).expand_as(grad))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
