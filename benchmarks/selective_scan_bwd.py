@@ -95,16 +95,20 @@ def main() -> None:
             return (*out[:3], *summed, *out[5:7], out[8]), dz
 
         compare(f"mamba_ssm, B and C in {copies} copies", replicated)
-    for threads, channels in [] if args.no_cuda else scan_backward_cuda.TILINGS:
+    for threads, channels, states in [] if args.no_cuda else scan_backward_cuda.TILINGS:
 
-        def cuda(tiling=(threads, channels)):
+        def cuda(tiling=(threads, channels, states)):
             dz = torch.empty_like(z)
             out = scan_backward_cuda.selective_scan_backward(
                 u, delta, A, B, C, D, z, bias, grad, y, dz, scan_state, tiling
             )
             return out, dz
 
-        compare(f"cuda, {channels} channel(s) a block, {threads} threads each", cuda)
+        compare(
+            f"cuda, {channels} channel(s) a block, {threads} threads each, "
+            f"{states} state(s) a pass",
+            cuda,
+        )
     base = rows[0]["ms"]
     print("| kernel | ms | × mamba_ssm | worst relative difference |\n|---|---|---|---|")
     for row in rows:

@@ -31,8 +31,11 @@ import torch
 
 SOURCE = Path(__file__).parent / "csrc" / "selective_scan_bwd.cu"
 RESULTS = ("du", "ddelta", "dA", "dB", "dC", "dD", "ddelta_bias", "out_z")
-TILINGS = ((128, 1), (128, 2), (256, 1), (256, 2), (256, 4))  # (threads a channel, channels)
-DEFAULT_TILING = (256, 2)
+# (threads a channel, channels a block, states a pass); two states a pass need an even d_state
+TILINGS = (
+    (128, 1, 1), (128, 2, 1), (256, 1, 1), (256, 2, 1), (256, 4, 1), (256, 1, 2), (256, 2, 2)
+)  # fmt: skip
+DEFAULT_TILING = (256, 2, 1)
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 _SAVED_CHUNK = 2048  # mamba_ssm's forward saves the scan state every 2048 positions
 
@@ -111,7 +114,8 @@ def _compile(target: Path) -> None:
 def _library(capability: tuple[int, int]) -> ctypes.CDLL:
     library = ctypes.CDLL(str(build(capability)))
     library.megatron_mamba_scan_backward.restype = ctypes.c_int
-    library.megatron_mamba_scan_backward.argtypes = [ctypes.POINTER(_Params), _i32, _i32, _i32, _p]
+    # params, dtype, threads a channel, channels a block, states a pass, stream
+    library.megatron_mamba_scan_backward.argtypes = [ctypes.POINTER(_Params), *[_i32] * 4, _p]
     library.megatron_mamba_error_string.restype = ctypes.c_char_p
     return library
 
@@ -136,8 +140,8 @@ def _bgnl(m: torch.Tensor) -> torch.Tensor:
 
 def fits(u, delta, A, B, C, z, grad, y, saved, tiling=DEFAULT_TILING, dz=None) -> bool:
     """Whether the kernel takes these tensors (float32 or bf16 alike, [b, d, l] contiguous in l,
-    whole blocks of channels within one group, the forward's states for sequences past 2048) and
-    can be built for their GPU."""
+    whole blocks of channels within one group, whole passes of states, the forward's states for
+    sequences past 2048) and can be built for their GPU."""
     bdl = (u, delta, z, grad, y) + ((dz,) if dz is not None else ())
     dtype = u.dtype
     channels, groups = u.shape[1], B.shape[1] if B.dim() == 4 else 1
@@ -151,6 +155,7 @@ def fits(u, delta, A, B, C, z, grad, y, saved, tiling=DEFAULT_TILING, dz=None) -
         and tiling in TILINGS
         and channels % groups == 0
         and (channels // groups) % tiling[1] == 0
+        and A.shape[1] % tiling[2] == 0
         and (u.shape[2] <= _SAVED_CHUNK or saved is not None)
         and available(torch.cuda.get_device_capability(u.device))
     )
@@ -169,8 +174,8 @@ def selective_scan_backward(
         raise ValueError(
             f"the CUDA selective-scan backward cannot take u {tuple(u.shape)} {u.dtype}, B "
             f"{tuple(B.shape)} {B.dtype}, tiling {tiling}: expected float32 or bfloat16 [b, d, l] "
-            f"tensors contiguous in l, channels a group divisible by {tiling[1]}, tiling in "
-            f"{TILINGS}"
+            f"tensors contiguous in l, channels a group divisible by {tiling[1]}, d_state "
+            f"({A.shape[1]}) divisible by {tiling[2]}, tiling in {TILINGS}"
         )
     batch, channels, length = u.shape
     state, groups = A.shape[1], B.shape[1]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from megatron_mamba.kernels import reference
+from megatron_mamba.kernels.scan_backward_cuda import TILINGS
 
 pytestmark = pytest.mark.gpu
 
@@ -64,7 +65,7 @@ def _ours(args, y, saved=None, tiling=None):
     return dict(zip(RESULTS, results, strict=True)) | {"dz": dz}
 
 
-@pytest.mark.parametrize("tiling", [(128, 1), (128, 2), (256, 1), (256, 2), (256, 4)])
+@pytest.mark.parametrize("tiling", TILINGS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(
     "batch, channels, length, state, groups, rows_layout",
@@ -74,6 +75,10 @@ def test_matches_autograd_through_the_float64_reference(
     tiling, dtype, batch, channels, length, state, groups, rows_layout
 ):
     args = _case(batch, channels, length, state, groups, dtype, rows_layout)
+    if state % tiling[2]:
+        with pytest.raises(ValueError, match="d_state"):
+            _ours(args, torch.zeros_like(args[0]), tiling=tiling)
+        return
     y, expected, out_z_expected = _reference(*args)
     got = _ours(args, y, tiling=tiling)
     assert _relative(got.pop("out_z"), out_z_expected) < TOLERANCE[dtype]

@@ -5,7 +5,9 @@
 // (benchmarks/scan_atomics.py); summed over 4 channels first they take 0.5 ms.
 // Where it stands (device_run.sh scan_cuda, benchmarks/RESULTS.md): 2.59 ms against mamba_ssm's
 // 2.96 at two channels of 256 threads, with a scan as lean as mamba_ssm's (one-instruction exp2,
-// 16-byte shared stores, h_t reused for dC).
+// 16-byte shared stores, h_t reused for dC). Tilings with two states a pass (twice the independent
+// shuffle chains, half the barriers, 214 registers at 1 × 256 or 128 with a few spills at 2 × 256)
+// are there to be measured against it (benchmarks/selective_scan_bwd.py); not yet GPU-run.
 //
 // The recurrences (a_t = exp(Δ_t A), h_t = a_t h_{t-1} + Δ_t B_t u_t, y_t = C_t·h_t + D u_t,
 // out_z = y · silu(z); g_y the gradient of out_z):
@@ -135,26 +137,38 @@ struct Params {
   float *dA, *dB, *dC, *dD, *dbias;  // dB, dC: [b, g, n, l] contiguous
 };
 
-// Shared memory: dB and dC of each channel, then the warps' totals and the carried e of each
-// state. Four words of padding every 32 positions: a thread writes its kItems consecutive
-// positions (a multiple of 4) as 16-byte stores, and the eight threads of one store phase then
-// fall on distinct banks; the readers take 32 consecutive positions, one bank each.
+// Shared memory: dB and dC of each channel and state of a pass, then the warps' totals and the
+// carried e of each state. Four words of padding every 32 positions: a thread writes its kItems
+// consecutive positions (a multiple of 4) as 16-byte stores, and the eight threads of one store
+// phase then fall on distinct banks; the readers take 32 consecutive positions, one bank each.
 __host__ __device__ constexpr int padded(int position) { return position + position / kWarp * 4; }
 
-// kMinBlocks: blocks an SM must hold, which caps the registers (3 × 128 threads: 168 each,
-// 4.5 ms against 5.0 at 224 registers and 2 blocks).
-template <typename T, int kThreads, int kItems, int kChannels, int kMinBlocks>
+// A warp's sums of two values at once: lanes 0-15 end with the first's total (lane 0 holds it),
+// lanes 16-31 with the second's (lane 16): 5 shuffles instead of 10.
+__device__ __forceinline__ float warp_sum_pair(float first, float second, int lane) {
+  const bool low = lane < kWarp / 2;
+  float v = (low ? first : second) + __shfl_xor_sync(0xffffffffu, low ? second : first, kWarp / 2);
+#pragma unroll
+  for (int offset = kWarp / 4; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// kPass: states scanned together (1 or 2), each pass's shuffle chains interleaved and its two
+// barriers shared. kMinBlocks: blocks an SM must hold, which caps the registers (3 × 128
+// threads: 168 each, 4.5 ms against 5.0 at 224 registers and 2 blocks).
+template <typename T, int kThreads, int kItems, int kChannels, int kPass, int kMinBlocks>
 __global__ void __launch_bounds__(kThreads* kChannels, kMinBlocks)
     scan_backward_kernel(Params p) {
   constexpr int kChunk = kThreads * kItems;
   static_assert(kChunk == kSavedChunk, "chunks start from the forward's saved states");
+  static_assert(kPass == 1 || kPass == 2, "one or two states a pass");
   constexpr int kWarps = kThreads / kWarp;  // a channel's warps
   constexpr int kRow = padded(kChunk);
   extern __shared__ float shared[];
-  float* reduce = shared;                                         // [kChannels][2][kRow]
-  Step* forward_totals = reinterpret_cast<Step*>(reduce + kChannels * 2 * kRow);  // [kChannels][kWarps]
-  Step* backward_totals = forward_totals + kChannels * kWarps;  // [kChannels][kWarps]
-  float* carried = reinterpret_cast<float*>(backward_totals + kChannels * kWarps);  // [2][kChannels][state]
+  float* reduce = shared;  // [kChannels][kPass][2][kRow]
+  Step* forward_totals = reinterpret_cast<Step*>(reduce + kChannels * kPass * 2 * kRow);  // [kChannels][kPass][kWarps]
+  Step* backward_totals = forward_totals + kChannels * kPass * kWarps;  // [kChannels][kPass][kWarps]
+  float* carried = reinterpret_cast<float*>(backward_totals + kChannels * kPass * kWarps);  // [2][kChannels][state]
 
   const int member = threadIdx.x / kThreads;  // which of the block's channels
   const int thread = threadIdx.x % kThreads;  // within the channel
@@ -184,8 +198,9 @@ __global__ void __launch_bounds__(kThreads* kChannels, kMinBlocks)
   const float* A_row = p.A + d * state;
   // a thread's kItems positions never straddle a padding gap (kItems divides the warp width)
   static_assert(kWarp % kItems == 0 && kItems % 4 == 0, "a thread's positions: whole 16-byte runs of one row");
-  float4* dB_shared = reinterpret_cast<float4*>(reduce + member * 2 * kRow + padded(thread * kItems));
-  float4* dC_shared = reinterpret_cast<float4*>(reinterpret_cast<float*>(dB_shared) + kRow);
+  // state s of a pass: its dB at dB_shared + s * kStateStride, its dC kRow floats further
+  float4* dB_shared = reinterpret_cast<float4*>(reduce + member * kPass * 2 * kRow + padded(thread * kItems));
+  constexpr int kStateStride = 2 * kRow / 4, kCStride = kRow / 4;  // in float4s
 
   for (int chunk = p.chunks - 1; chunk >= 0; --chunk) {
     const int start = chunk * kChunk + thread * kItems;
@@ -221,98 +236,127 @@ __global__ void __launch_bounds__(kThreads* kChannels, kMinBlocks)
     const float2* saved =
         saved_chunk >= 0 ? p.saved + ((static_cast<int64_t>(b) * p.channels + d) * p.saved_chunks + saved_chunk) * state
                          : nullptr;
-    const T* B_row = B_rows;  // state n's rows, advanced with n
+    const T* B_row = B_rows;  // the pass's first state's rows, advanced with n
     const T* C_row = C_rows;
     float* dB_row = dB_rows + chunk_from;
     float* dC_row = dC_rows + chunk_from;
 
-    for (int n = 0; n < state; ++n, B_row += p.B_n, C_row += p.C_n, dB_row += p.length, dC_row += p.length) {
-      const float A = A_row[n];
-      const float A2 = A * kLog2e;
-      // per position: the decay a, the input Δ u B and the output gradient C dy
-      float Bn[kItems], a[kItems], input[kItems], g[kItems];
-      {
+    for (int n = 0; n < state; n += kPass, B_row += kPass * p.B_n, C_row += kPass * p.C_n,
+             dB_row += kPass * p.length, dC_row += kPass * p.length) {
+      // per state and position: the decay a, the input Δ u B and the output gradient C dy
+      float A[kPass], Bn[kPass][kItems], a[kPass][kItems], input[kPass][kItems], g[kPass][kItems];
+#pragma unroll
+      for (int s = 0; s < kPass; ++s) {
+        A[s] = A_row[n + s];
+        const float A2 = A[s] * kLog2e;
         float Cn[kItems];
-        load<T, kItems>(B_row, start, p.length, Bn);
-        load<T, kItems>(C_row, start, p.length, Cn);
+        load<T, kItems>(B_row + s * p.B_n, start, p.length, Bn[s]);
+        load<T, kItems>(C_row + s * p.C_n, start, p.length, Cn);
 #pragma unroll
         for (int i = 0; i < kItems; ++i) {
-          a[i] = fast_exp2(delta[i] * A2);
-          input[i] = delta_u[i] * Bn[i];
-          g[i] = Cn[i] * dy[i];
+          a[s][i] = fast_exp2(delta[i] * A2);
+          input[s][i] = delta_u[i] * Bn[s][i];
+          g[s][i] = Cn[i] * dy[i];
         }
       }
-      // h forward: the thread's steps composed, scanned over the channel's threads
-      Step mine = {1.f, 0.f};
+      // h forward: the thread's steps composed, scanned over the channel's threads; e backward:
+      // steps e ← a_t e + a_t g_t from the chunk's end, composed right to left
+      Step inclusive[kPass], inclusive_back[kPass];
 #pragma unroll
-      for (int i = 0; i < kItems; ++i) mine = then(mine, {a[i], input[i]});
-      Step inclusive = mine;
+      for (int s = 0; s < kPass; ++s) {
+        inclusive[s] = {1.f, 0.f};
+#pragma unroll
+        for (int i = 0; i < kItems; ++i) inclusive[s] = then(inclusive[s], {a[s][i], input[s][i]});
+      }
 #pragma unroll
       for (int offset = 1; offset < kWarp; offset *= 2) {
-        const Step before = shuffle_up(inclusive, offset);
-        if (lane >= offset) inclusive = then(before, inclusive);
-      }
-      if (lane == kWarp - 1) forward_totals[member * kWarps + warp] = inclusive;
-      // e backward: steps e ← a_t e + a_t g_t from the chunk's end, composed right to left
-      Step mine_back = {1.f, 0.f};
 #pragma unroll
-      for (int i = kItems - 1; i >= 0; --i) mine_back = then(mine_back, {a[i], a[i] * g[i]});
-      Step inclusive_back = mine_back;
+        for (int s = 0; s < kPass; ++s) {
+          const Step before = shuffle_up(inclusive[s], offset);
+          if (lane >= offset) inclusive[s] = then(before, inclusive[s]);
+        }
+      }
+#pragma unroll
+      for (int s = 0; s < kPass; ++s)
+        if (lane == kWarp - 1) forward_totals[(member * kPass + s) * kWarps + warp] = inclusive[s];
+#pragma unroll
+      for (int s = 0; s < kPass; ++s) {
+        inclusive_back[s] = {1.f, 0.f};
+#pragma unroll
+        for (int i = kItems - 1; i >= 0; --i)
+          inclusive_back[s] = then(inclusive_back[s], {a[s][i], a[s][i] * g[s][i]});
+      }
 #pragma unroll
       for (int offset = 1; offset < kWarp; offset *= 2) {
-        const Step after = shuffle_down(inclusive_back, offset);
-        if (lane + offset < kWarp) inclusive_back = then(after, inclusive_back);
+#pragma unroll
+        for (int s = 0; s < kPass; ++s) {
+          const Step after = shuffle_down(inclusive_back[s], offset);
+          if (lane + offset < kWarp) inclusive_back[s] = then(after, inclusive_back[s]);
+        }
       }
-      if (lane == 0) backward_totals[member * kWarps + warp] = inclusive_back;
+#pragma unroll
+      for (int s = 0; s < kPass; ++s)
+        if (lane == 0) backward_totals[(member * kPass + s) * kWarps + warp] = inclusive_back[s];
       __syncthreads();
 
-      // the state entering this thread's first position, and e entering its last
-      float h = saved != nullptr ? saved[n].y : 0.f;
+      float dA[kPass];
 #pragma unroll
-      for (int w = 0; w < kWarps - 1; ++w) {
-        if (w < warp) {
-          const Step total = forward_totals[member * kWarps + w];
-          h = total.a * h + total.b;
-        }
-      }
-      const Step before = shuffle_up(inclusive, 1);
-      if (lane > 0) h = before.a * h + before.b;
-      float e = chunk + 1 < p.chunks ? carried[(((chunk + 1) & 1) * kChannels + member) * state + n] : 0.f;
+      for (int s = 0; s < kPass; ++s) {
+        // the state entering this thread's first position, and e entering its last
+        float h = saved != nullptr ? saved[n + s].y : 0.f;
 #pragma unroll
-      for (int w = kWarps - 1; w > 0; --w) {
-        if (w > warp) {
-          const Step total = backward_totals[member * kWarps + w];
-          e = total.a * e + total.b;
+        for (int w = 0; w < kWarps - 1; ++w) {
+          if (w < warp) {
+            const Step total = forward_totals[(member * kPass + s) * kWarps + w];
+            h = total.a * h + total.b;
+          }
         }
-      }
-      const Step after = shuffle_down(inclusive_back, 1);
-      if (lane < kWarp - 1) e = after.a * e + after.b;
+        const Step before = shuffle_up(inclusive[s], 1);
+        if (lane > 0) h = before.a * h + before.b;
+        float e = chunk + 1 < p.chunks ? carried[(((chunk + 1) & 1) * kChannels + member) * state + n + s] : 0.f;
+#pragma unroll
+        for (int w = kWarps - 1; w > 0; --w) {
+          if (w > warp) {
+            const Step total = backward_totals[(member * kPass + s) * kWarps + w];
+            e = total.a * e + total.b;
+          }
+        }
+        const Step after = shuffle_down(inclusive_back[s], 1);
+        if (lane < kWarp - 1) e = after.a * e + after.b;
 
-      float hs[kItems + 1];  // hs[i] = h_{t-1}, hs[i + 1] = h_t of position i
-      hs[0] = h;
+        float hs[kItems + 1];  // hs[i] = h_{t-1}, hs[i + 1] = h_t of position i
+        hs[0] = h;
 #pragma unroll
-      for (int i = 0; i < kItems; ++i) hs[i + 1] = a[i] * hs[i] + input[i];
-      float dA = 0.f, dB[kItems], dC[kItems];
+        for (int i = 0; i < kItems; ++i) hs[i + 1] = a[s][i] * hs[i] + input[s][i];
+        float dB[kItems], dC[kItems];
+        dA[s] = 0.f;
 #pragma unroll
-      for (int i = kItems - 1; i >= 0; --i) {
-        const float dh = g[i] + e;
-        const float carried_back = a[i] * hs[i];  // a_t h_{t-1}
-        e = a[i] * dh;
-        dB[i] = dh * delta_u[i];
-        dC[i] = hs[i + 1] * dy[i];
-        sum_dh_B[i] += dh * Bn[i];
-        const float q = dh * carried_back;
-        sum_dh_Ah[i] += A * q;
-        dA += delta[i] * q;
+        for (int i = kItems - 1; i >= 0; --i) {
+          const float dh = g[s][i] + e;
+          const float carried_back = a[s][i] * hs[i];  // a_t h_{t-1}
+          e = a[s][i] * dh;
+          dB[i] = dh * delta_u[i];
+          dC[i] = hs[i + 1] * dy[i];
+          sum_dh_B[i] += dh * Bn[s][i];
+          const float q = dh * carried_back;
+          sum_dh_Ah[i] += A[s] * q;
+          dA[s] += delta[i] * q;
+        }
+        float4* dB_state = dB_shared + s * kStateStride;
+#pragma unroll
+        for (int v = 0; v < kItems / 4; ++v) {
+          dB_state[v] = make_float4(dB[4 * v], dB[4 * v + 1], dB[4 * v + 2], dB[4 * v + 3]);
+          dB_state[kCStride + v] = make_float4(dC[4 * v], dC[4 * v + 1], dC[4 * v + 2], dC[4 * v + 3]);
+        }
+        if (thread == 0) carried[((chunk & 1) * kChannels + member) * state + n + s] = e;
       }
-#pragma unroll
-      for (int v = 0; v < kItems / 4; ++v) {
-        dB_shared[v] = make_float4(dB[4 * v], dB[4 * v + 1], dB[4 * v + 2], dB[4 * v + 3]);
-        dC_shared[v] = make_float4(dC[4 * v], dC[4 * v + 1], dC[4 * v + 2], dC[4 * v + 3]);
+      if constexpr (kPass == 1) {
+        const float total = warp_sum(dA[0]);
+        if (lane == 0) atomicAdd(p.dA + d * state + n, total);
+      } else {
+        const float total = warp_sum_pair(dA[0], dA[1], lane);
+        if (lane % (kWarp / 2) == 0) atomicAdd(p.dA + d * state + n + lane / (kWarp / 2), total);
       }
-      if (thread == 0) carried[((chunk & 1) * kChannels + member) * state + n] = e;
-      dA = warp_sum(dA);
-      if (lane == 0) atomicAdd(p.dA + d * state + n, dA);
       __syncthreads();
 
       // dB and dC summed over the block's channels, then one atomic add per position; the
@@ -321,15 +365,18 @@ __global__ void __launch_bounds__(kThreads* kChannels, kMinBlocks)
 #pragma unroll
       for (int j = 0; j < kPerThread; ++j) {
         const int position = threadIdx.x + j * kThreads * kChannels;
-        float sum_B = 0.f, sum_C = 0.f;
 #pragma unroll
-        for (int m = 0; m < kChannels; ++m) {
-          sum_B += reduce[m * 2 * kRow + padded(position)];
-          sum_C += reduce[(m * 2 + 1) * kRow + padded(position)];
-        }
-        if (chunk_from + position < p.length) {
-          atomicAdd(dB_row + position, sum_B);
-          atomicAdd(dC_row + position, sum_C);
+        for (int s = 0; s < kPass; ++s) {
+          float sum_B = 0.f, sum_C = 0.f;
+#pragma unroll
+          for (int m = 0; m < kChannels; ++m) {
+            sum_B += reduce[((m * kPass + s) * 2) * kRow + padded(position)];
+            sum_C += reduce[((m * kPass + s) * 2 + 1) * kRow + padded(position)];
+          }
+          if (chunk_from + position < p.length) {
+            atomicAdd(dB_row + s * p.length + position, sum_B);
+            atomicAdd(dC_row + s * p.length + position, sum_C);
+          }
         }
       }
     }
@@ -355,13 +402,13 @@ __global__ void __launch_bounds__(kThreads* kChannels, kMinBlocks)
   }
 }
 
-template <typename T, int kThreads, int kItems, int kChannels, int kMinBlocks>
+template <typename T, int kThreads, int kItems, int kChannels, int kPass, int kMinBlocks>
 cudaError_t launch(const Params& p, cudaStream_t stream) {
   constexpr int kChunk = kThreads * kItems;
   constexpr int kWarps = kThreads / kWarp;
-  const size_t shared = (kChannels * 2 * padded(kChunk)) * sizeof(float) +
-                        2 * kChannels * kWarps * sizeof(Step) + 2 * kChannels * p.state * sizeof(float);
-  auto kernel = scan_backward_kernel<T, kThreads, kItems, kChannels, kMinBlocks>;
+  const size_t shared = (kChannels * kPass * 2 * padded(kChunk)) * sizeof(float) +
+                        2 * kChannels * kPass * kWarps * sizeof(Step) + 2 * kChannels * p.state * sizeof(float);
+  auto kernel = scan_backward_kernel<T, kThreads, kItems, kChannels, kPass, kMinBlocks>;
   cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, shared);
   if (status != cudaSuccess) return status;
   kernel<<<dim3(p.channels / kChannels, p.batch), kThreads * kChannels, shared, stream>>>(p);
@@ -369,12 +416,19 @@ cudaError_t launch(const Params& p, cudaStream_t stream) {
 }
 
 template <typename T>
-cudaError_t launch_for(const Params& p, int channels_per_block, int threads, cudaStream_t stream) {
-  if (threads == 128 && channels_per_block == 1) return launch<T, 128, 16, 1, 3>(p, stream);
-  if (threads == 128 && channels_per_block == 2) return launch<T, 128, 16, 2, 1>(p, stream);
-  if (threads == 256 && channels_per_block == 1) return launch<T, 256, 8, 1, 2>(p, stream);
-  if (threads == 256 && channels_per_block == 2) return launch<T, 256, 8, 2, 1>(p, stream);
-  if (threads == 256 && channels_per_block == 4) return launch<T, 256, 8, 4, 1>(p, stream);
+cudaError_t launch_for(const Params& p, int threads, int channels_per_block, int states_per_pass,
+                       cudaStream_t stream) {
+  if (states_per_pass == 1) {
+    if (threads == 128 && channels_per_block == 1) return launch<T, 128, 16, 1, 1, 3>(p, stream);
+    if (threads == 128 && channels_per_block == 2) return launch<T, 128, 16, 2, 1, 1>(p, stream);
+    if (threads == 256 && channels_per_block == 1) return launch<T, 256, 8, 1, 1, 2>(p, stream);
+    if (threads == 256 && channels_per_block == 2) return launch<T, 256, 8, 2, 1, 1>(p, stream);
+    if (threads == 256 && channels_per_block == 4) return launch<T, 256, 8, 4, 1, 1>(p, stream);
+  }
+  if (states_per_pass == 2 && p.state % 2 == 0) {
+    if (threads == 256 && channels_per_block == 1) return launch<T, 256, 8, 1, 2, 1>(p, stream);
+    if (threads == 256 && channels_per_block == 2) return launch<T, 256, 8, 2, 2, 1>(p, stream);
+  }
   return cudaErrorInvalidConfiguration;
 }
 
@@ -383,15 +437,16 @@ cudaError_t launch_for(const Params& p, int channels_per_block, int threads, cud
 // Gradients of out_z = selective_scan(u, delta, A, B, C, D, z, bias, softplus) for `grad`, given
 // the forward's ungated output `y` and saved states, into the buffers `p` names (dA, dB, dC, dD,
 // dbias zeroed by the caller, float32). `dtype`: 0 float32, 1 bfloat16 (u, delta, z, grad, y, B,
-// C and the outputs alike). Tilings: (threads a channel, channels a block) in (128, 1), (128, 2),
-// (256, 1), (256, 2), (256, 4). Returns a cudaError_t.
+// C and the outputs alike). Tilings (threads a channel, channels a block, states a pass): (128, 1,
+// 1), (128, 2, 1), (256, 1, 1), (256, 2, 1), (256, 4, 1), and with an even state size (256, 1, 2),
+// (256, 2, 2). Returns a cudaError_t.
 // (`params` is a Params; void here so that the symbol keeps external linkage.)
 extern "C" int megatron_mamba_scan_backward(const void* params, int dtype, int threads, int channels_per_block,
-                                            void* stream) {
+                                            int states_per_pass, void* stream) {
   const Params& p = *static_cast<const Params*>(params);
   auto s = static_cast<cudaStream_t>(stream);
-  if (dtype == 0) return launch_for<float>(p, channels_per_block, threads, s);
-  if (dtype == 1) return launch_for<__nv_bfloat16>(p, channels_per_block, threads, s);
+  if (dtype == 0) return launch_for<float>(p, threads, channels_per_block, states_per_pass, s);
+  if (dtype == 1) return launch_for<__nv_bfloat16>(p, threads, channels_per_block, states_per_pass, s);
   return cudaErrorInvalidValue;
 }
 
