@@ -53,6 +53,8 @@ mamba_graphed 480 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds 
 distill      200 torchrun --nproc_per_node 1 benchmarks/distill_step.py --rounds 5 --out $OUT/distill_step.json
 profile_distill 300 torchrun --nproc_per_node 1 benchmarks/distill_step.py --graphs --profile 40 --out $OUT/distill_profile.json
 distill_graphed 240 torchrun --nproc_per_node 1 benchmarks/distill_step.py --graphs --out $OUT/distill_graphed.json
+distill_graphed_pending 240 MEGATRON_MAMBA_PENDING_KERNELS=1 torchrun --nproc_per_node 1 benchmarks/distill_step.py --graphs --out $OUT/distill_graphed_pending.json
+batch_first_test 240 python -m pytest -q tests/gpu/test_layer_norms_gpu.py tests/gpu/test_residual_sum_gpu.py tests/gpu/test_mamba_gpu.py -k "batch_first or in_place or one_function"
 dpo          240 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json
 dpo_graphs   420 python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step.json --graphs --rounds 5
 dpo_twice    440 for i in 1 2; do python benchmarks/dpo_step.py --workdir /tmp/dpo --out $OUT/dpo_step_$i.json --graphs || exit 1; done

@@ -9,6 +9,11 @@ dx = rstd (g − mean(g) − x̂ mean(g x̂)); each program sums its rows' dy x�
 partial weight and bias gradients that torch adds up (deterministic: no atomics). Forward reads x
 once and writes both outputs. fp32 arithmetic, one rounding per output; torch's
 F.layer_norm, applied twice, is the reference.
+
+The first output may be written batch-first (a [s, b, h] view of [b, s, h] storage) and its
+gradient read in whatever [s, b, h] strides it comes back in: the one-function Mamba1 mixer
+(kernels/mamba1_fused.py) reads its input and returns its input's gradient batch-first, and the
+layout is then no copy of its own either way.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from megatron_mamba.kernels.row_layout import rows_in_place
 
 ROWS_PER_PROGRAM = 32  # backward: rows summed per row of partial weight gradients
 
@@ -29,9 +36,19 @@ def _affine(normed, w_ptr, b_ptr, y_ptr, cols, inside):
 
 
 @triton.jit
+def _row_start(row, columns, batch, stride_s, stride_b, STRIDED: tl.constexpr):
+    """Where row `row` of a [s, b, h] tensor (rows in (s, b) order) starts: `row · columns`
+    where the tensor is contiguous, else from its s and b strides."""
+    if STRIDED:
+        return (row // batch) * stride_s + (row % batch) * stride_b
+    return row * columns
+
+
+@triton.jit
 def _forward(
     x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, y1_ptr, y2_ptr, mean_ptr, rstd_ptr, columns, eps,
-    BLOCK: tl.constexpr,
+    batch, y1_s, y1_b,
+    BLOCK: tl.constexpr, Y1_STRIDED: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
@@ -41,7 +58,8 @@ def _forward(
     centred = tl.where(inside, x - mean, 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, 0) / columns + eps)
     normed = centred * rstd
-    _affine(normed, w1_ptr, b1_ptr, y1_ptr + row * columns, cols, inside)
+    y1_row = _row_start(row, columns, batch, y1_s, y1_b, Y1_STRIDED)
+    _affine(normed, w1_ptr, b1_ptr, y1_ptr + y1_row, cols, inside)
     _affine(normed, w2_ptr, b2_ptr, y2_ptr + row * columns, cols, inside)
     tl.store(mean_ptr + row, mean)
     tl.store(rstd_ptr + row, rstd)
@@ -50,8 +68,8 @@ def _forward(
 @triton.jit
 def _backward(
     x_ptr, dy1_ptr, dy2_ptr, w1_ptr, w2_ptr, mean_ptr, rstd_ptr, dx_ptr, partial_ptr,
-    rows, columns,
-    ROWS: tl.constexpr, BLOCK: tl.constexpr,
+    rows, columns, batch, dy1_s, dy1_b,
+    ROWS: tl.constexpr, BLOCK: tl.constexpr, DY1_STRIDED: tl.constexpr,
 ):  # fmt: skip
     block = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
@@ -67,7 +85,8 @@ def _backward(
         here = inside & (row < rows)
         at = row * columns + cols
         x = tl.load(x_ptr + at, mask=here, other=0.0).to(tl.float32)
-        dy1 = tl.load(dy1_ptr + at, mask=here, other=0.0).to(tl.float32)
+        dy1_at = _row_start(row, columns, batch, dy1_s, dy1_b, DY1_STRIDED) + cols
+        dy1 = tl.load(dy1_ptr + dy1_at, mask=here, other=0.0).to(tl.float32)
         dy2 = tl.load(dy2_ptr + at, mask=here, other=0.0).to(tl.float32)
         mean = tl.load(mean_ptr + row, mask=row < rows, other=0.0)
         rstd = tl.load(rstd_ptr + row, mask=row < rows, other=0.0)
@@ -93,18 +112,25 @@ def _warps(block: int) -> int:
 
 class _TwoLayerNorms(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w1, b1, w2, b2, eps: float):
+    def forward(ctx, x, w1, b1, w2, b2, eps: float, first_batch_first: bool):
         x = x.contiguous()
         columns = x.shape[-1]
         rows = x.numel() // columns
-        y1, y2 = torch.empty_like(x), torch.empty_like(x)
+        first_batch_first = first_batch_first and x.dim() == 3
+        y1_rows = (1, 0, 0)  # batch, strides of s and b: unused where y1 is contiguous
+        if first_batch_first:
+            y1 = x.new_empty(x.shape[1], x.shape[0], columns).transpose(0, 1)
+            y1_rows = (x.shape[1], y1.stride(0), y1.stride(1))
+        else:
+            y1 = torch.empty_like(x)
+        y2 = torch.empty_like(x)
         mean = torch.empty(rows, dtype=torch.float32, device=x.device)
         rstd = torch.empty_like(mean)
         block = triton.next_power_of_2(columns)
         if rows:
             _forward[(rows,)](
-                x, w1, b1, w2, b2, y1, y2, mean, rstd, columns, eps,
-                BLOCK=block, num_warps=_warps(block),
+                x, w1, b1, w2, b2, y1, y2, mean, rstd, columns, eps, *y1_rows,
+                BLOCK=block, Y1_STRIDED=first_batch_first, num_warps=_warps(block),
             )  # fmt: skip
         ctx.save_for_backward(x, w1, w2, mean, rstd)
         return y1, y2
@@ -114,7 +140,8 @@ class _TwoLayerNorms(torch.autograd.Function):
         x, w1, w2, mean, rstd = ctx.saved_tensors
         columns = x.shape[-1]
         rows = x.numel() // columns
-        dy1 = torch.zeros_like(x) if dy1 is None else dy1.contiguous()
+        dy1 = torch.zeros_like(x) if dy1 is None else dy1
+        dy1, strided, batch, dy1_s, dy1_b = rows_in_place(dy1)
         dy2 = torch.zeros_like(x) if dy2 is None else dy2.contiguous()
         dx = torch.empty_like(x)
         blocks = max(1, triton.cdiv(rows, ROWS_PER_PROGRAM))
@@ -122,16 +149,20 @@ class _TwoLayerNorms(torch.autograd.Function):
         block = triton.next_power_of_2(columns)
         if rows:
             _backward[(blocks,)](
-                x, dy1, dy2, w1, w2, mean, rstd, dx, partial, rows, columns,
-                ROWS=ROWS_PER_PROGRAM, BLOCK=block, num_warps=_warps(block),
+                x, dy1, dy2, w1, w2, mean, rstd, dx, partial, rows, columns, batch, dy1_s, dy1_b,
+                ROWS=ROWS_PER_PROGRAM, BLOCK=block, DY1_STRIDED=strided,
+                num_warps=_warps(block),
             )  # fmt: skip
         dw1, db1, dw2, db2 = partial.sum(0).to(w1.dtype).unbind(0)
-        return dx, dw1, db1, dw2, db2, None
+        return dx, dw1, db1, dw2, db2, None, None
 
 
-def two_layer_norms(x, w1, b1, w2, b2, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def two_layer_norms(
+    x, w1, b1, w2, b2, eps: float, first_batch_first: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(layer_norm(x, w1, b1), layer_norm(x, w2, b2)) over x's last dimension, weights and
-    biases all of x's width."""
+    biases all of x's width; with `first_batch_first`, a [s, b, h] x's first output is stored
+    batch-first."""
     width = x.shape[-1]
     for name, p in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)):
         if p.shape != (width,):
@@ -139,4 +170,4 @@ def two_layer_norms(x, w1, b1, w2, b2, eps: float) -> tuple[torch.Tensor, torch.
                 f"two_layer_norms needs {name} as wide as x's last dimension, {width}; got "
                 f"{tuple(p.shape)}"
             )
-    return _TwoLayerNorms.apply(x, w1, b1, w2, b2, eps)
+    return _TwoLayerNorms.apply(x, w1, b1, w2, b2, eps, first_batch_first)

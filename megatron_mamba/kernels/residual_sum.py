@@ -6,7 +6,8 @@ gradient over tokens once per bias although both biases get the same gradient. H
 reads each input once and writes the sum (fp32 arithmetic, one rounding); the caller adds the
 two bias vectors first, so backward is one sum over tokens, and the output's gradient is every
 other input's. The torch version (models/fused.torch_residual_sum) is the reference and runs
-off GPU.
+off GPU. A part that is a [s, b, h] view of other storage with contiguous rows (the one-function
+Mamba1 mixer's output, computed batch-first) is read in place rather than copied first.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from megatron_mamba.kernels.row_layout import rows_in_place
 
 BLOCK, WARPS = 2048, 8
 
@@ -26,8 +29,15 @@ def _forward(
     bias_ptr,
     out_ptr,
     columns,
+    batch,
+    first_s,
+    first_b,
+    second_s,
+    second_b,
     HAS_SECOND: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    FIRST_STRIDED: tl.constexpr,
+    SECOND_STRIDED: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -35,9 +45,15 @@ def _forward(
     inside = cols < columns
     at = row * columns + cols
     total = tl.load(residual_ptr + at, mask=inside, other=0.0).to(tl.float32)
-    total += tl.load(first_ptr + at, mask=inside, other=0.0).to(tl.float32)
+    first_at = at
+    if FIRST_STRIDED:  # rows in (s, b) order, from the part's own strides
+        first_at = (row // batch) * first_s + (row % batch) * first_b + cols
+    total += tl.load(first_ptr + first_at, mask=inside, other=0.0).to(tl.float32)
     if HAS_SECOND:
-        total += tl.load(second_ptr + at, mask=inside, other=0.0).to(tl.float32)
+        second_at = at
+        if SECOND_STRIDED:
+            second_at = (row // batch) * second_s + (row % batch) * second_b + cols
+        total += tl.load(second_ptr + second_at, mask=inside, other=0.0).to(tl.float32)
     if HAS_BIAS:
         total += tl.load(bias_ptr + cols, mask=inside, other=0.0).to(tl.float32)
     dtype = out_ptr.dtype.element_ty
@@ -48,7 +64,7 @@ class _ResidualSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, residual: torch.Tensor, bias: torch.Tensor | None, *parts: torch.Tensor):
         residual = residual.contiguous()
-        first, *rest = (p.contiguous() for p in parts)
+        first, *rest = (rows_in_place(p) for p in parts)
         second = rest[0] if rest else first
         out = torch.empty_like(residual)
         columns = residual.shape[-1]
@@ -57,13 +73,20 @@ class _ResidualSum(torch.autograd.Function):
             grid = (rows, triton.cdiv(columns, BLOCK))
             _forward[grid](
                 residual,
-                first,
-                second,
-                first if bias is None else bias.contiguous(),
+                first.tensor,
+                second.tensor,
+                first.tensor if bias is None else bias.contiguous(),
                 out,
                 columns,
+                residual.shape[1] if residual.dim() == 3 else 1,
+                first.stride_s,
+                first.stride_b,
+                second.stride_s,
+                second.stride_b,
                 HAS_SECOND=bool(rest),
                 HAS_BIAS=bias is not None,
+                FIRST_STRIDED=first.strided,
+                SECOND_STRIDED=second.strided,
                 BLOCK=BLOCK,
                 num_warps=WARPS,
             )

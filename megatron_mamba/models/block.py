@@ -97,8 +97,13 @@ class MixerBlock(MegatronModule, BaseTransformerLayer):
                     "forward_stateful"
                 )
         if self.parallel_residual:  # both norms read the block's input: one pass where fused
+            # a mixer that reads its input batch-first may have it written so
+            wants_batch_first = getattr(self.mixer, "wants_batch_first", None)
             mixer_in, mlp_in = norms_of_one_input(
-                hidden_states, self.input_layernorm, self.pre_mlp_layernorm
+                hidden_states,
+                self.input_layernorm,
+                self.pre_mlp_layernorm,
+                first_batch_first=bool(wants_batch_first and wants_batch_first(hidden_states)),
             )
         else:
             mixer_in = self.input_layernorm(hidden_states)

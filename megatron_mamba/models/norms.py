@@ -65,11 +65,16 @@ class RMSNorm(torch.nn.Module):
 
 
 def norms_of_one_input(
-    x: torch.Tensor, first: torch.nn.Module, second: torch.nn.Module
+    x: torch.Tensor,
+    first: torch.nn.Module,
+    second: torch.nn.Module,
+    first_batch_first: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(first(x), second(x)): GPTNeoX's parallel residual normalises the block's input twice.
     Two LayerNorms of one eps, x and their parameters of one dtype, go to one Triton kernel each
-    way on GPU (kernels/layer_norms.py); anything else to the norms themselves."""
+    way on GPU (kernels/layer_norms.py); anything else to the norms themselves.
+    `first_batch_first`: the kernel stores first(x) [s, b, h] batch-first, for a mixer that reads
+    it so (the values are the same either way)."""
     kernel = kernels.triton_two_layer_norms(x)
     fits = (
         kernel is not None
@@ -80,4 +85,12 @@ def norms_of_one_input(
     )
     if not fits:
         return first(x), second(x)
-    return kernel(x, first.weight, first.bias, second.weight, second.bias, first.eps)
+    return kernel(
+        x,
+        first.weight,
+        first.bias,
+        second.weight,
+        second.bias,
+        first.eps,
+        first_batch_first=first_batch_first,
+    )

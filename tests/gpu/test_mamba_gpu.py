@@ -145,3 +145,40 @@ def test_decode_on_gpu_matches_full_forward(runtime):
             pieces.append(out)
     assert rel_err(torch.cat(pieces), full) <= 1e-3  # chunked vs stepwise SSD, TF32 inside
     assert rearrange(full, "l b d -> b l d").isfinite().all()
+
+
+def test_a_parallel_residual_block_hands_the_one_function_mixer_batch_first(runtime, monkeypatch):
+    """With the pending kernels, GPTNeoX's two LayerNorms write the one-function Mamba1 mixer's
+    input batch-first (and read its gradient so) and the residual sum reads the mixer's output
+    in place: the same logits and gradients (fp32), and three copy kernels fewer a layer."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from megatron_mamba.config import ParallelConfig
+    from megatron_mamba.models.build import build_model
+    from megatron_mamba.models.presets import preset
+
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    cfg = preset("tiny-gpt-neox", layer_pattern="MM", mamba={"layout": "classic"})
+    model = build_model(cfg, ParallelConfig()).cuda()
+    tokens = torch.randint(0, cfg.vocab_size, (3, 40), device="cuda")
+
+    def step():
+        model.zero_grad()
+        logits = model(tokens, None, None)
+        logits.square().mean().backward()
+        return logits.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    results = []
+    for pending in ("0", "1"):
+        monkeypatch.setenv("MEGATRON_MAMBA_PENDING_KERNELS", pending)
+        step()  # kernels compiled before profiling
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            logits, grads = step()
+            torch.cuda.synchronize()
+        copies = sum(e.count for e in prof.key_averages() if "copy" in e.key.lower())
+        results.append((logits, grads, copies))
+    (want, want_grads, copies_before), (got, got_grads, copies_after) = results
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+    assert copies_after <= copies_before - 3 * cfg.num_layers, (copies_before, copies_after)

@@ -81,3 +81,28 @@ def test_residual_sum_refuses_parts_unlike_the_residual():
         residual_sum(residual, (residual, residual, residual))
     with pytest.raises(ValueError, match=r"bias of shape \(8,\), got \(4,\)"):
         residual_sum(residual, (residual,), torch.ones(4, device="cuda"))
+
+
+@pytest.mark.parametrize("strided", ["first", "both"])
+def test_parts_stored_batch_first_are_read_in_place(monkeypatch, strided):
+    """With the pending kernels, a [s, b, h] part stored batch-first (the one-function Mamba1
+    mixer's output) is read where it lies: the same sum bit for bit as from contiguous parts,
+    and no copy kernel."""
+    monkeypatch.setenv("MEGATRON_MAMBA_PENDING_KERNELS", "1")
+    residual, addends, bias = _inputs((37, 3, 2048), 2, True, torch.bfloat16)
+
+    def batch_first(t):
+        return t.transpose(0, 1).contiguous().transpose(0, 1)
+
+    viewed = tuple(
+        batch_first(t) if strided == "both" or i == 0 else t for i, t in enumerate(addends)
+    )
+    assert not viewed[0].is_contiguous()
+    want = residual_sum(residual, addends, bias)
+    residual_sum(residual, viewed, bias)  # compiled before profiling
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        got = residual_sum(residual, viewed, bias)
+        torch.cuda.synchronize()
+    names = [e.key for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    assert names == ["_forward"], names
+    assert torch.equal(got, want)

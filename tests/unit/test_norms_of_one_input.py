@@ -15,13 +15,16 @@ CONFIG = TransformerConfig(num_layers=1, hidden_size=8, num_attention_heads=1)
 
 @pytest.fixture
 def kernel_calls(monkeypatch):
-    """The kernel as torch's layer_norm twice, counting its calls."""
+    """The kernel as torch's layer_norm twice, recording each call's `first_batch_first`."""
     calls = []
 
-    def two_layer_norms(x, w1, b1, w2, b2, eps):
-        calls.append(eps)
+    def two_layer_norms(x, w1, b1, w2, b2, eps, first_batch_first=False):
+        calls.append(first_batch_first)
         width = x.shape[-1:]
-        return F.layer_norm(x, width, w1, b1, eps), F.layer_norm(x, width, w2, b2, eps)
+        first = F.layer_norm(x, width, w1, b1, eps)
+        if first_batch_first:  # as the kernel stores it
+            first = first.transpose(0, 1).contiguous().transpose(0, 1)
+        return first, F.layer_norm(x, width, w2, b2, eps)
 
     monkeypatch.setattr(kernels, "triton_two_layer_norms", lambda x: two_layer_norms)
     return calls
@@ -75,3 +78,27 @@ def test_gpt_neox_blocks_send_both_norms_at_once_with_the_parallel_residual(
         want = hf(tokens).logits
     assert len(kernel_calls) == (config.num_layers if parallel_residual else 0)
     torch.testing.assert_close(logits, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_mixer_that_reads_its_input_batch_first_has_it_written_so(
+    runtime, kernel_calls, monkeypatch
+):
+    """GPTNeoX's parallel-residual blocks ask the mixer (`wants_batch_first`; on GPU the
+    one-function Mamba1 mixer's, with the pending kernels) and pass the answer to the
+    two-LayerNorm kernel; the model's output is the same either way."""
+    from megatron_mamba.config import ParallelConfig
+    from megatron_mamba.models.build import build_model
+    from megatron_mamba.models.mamba1 import Mamba1Mixer
+    from megatron_mamba.models.presets import preset
+
+    cfg = preset("tiny-gpt-neox", layer_pattern="MA", mamba={"layout": "classic"})
+    model = build_model(cfg, ParallelConfig())
+    tokens = torch.randint(0, cfg.vocab_size, (2, 8))
+    outputs = []
+    for wanted in (False, True):
+        monkeypatch.setattr(Mamba1Mixer, "wants_batch_first", lambda self, x, w=wanted: w)
+        kernel_calls.clear()
+        with torch.no_grad():
+            outputs.append(model(tokens, None, None))
+        assert kernel_calls == [wanted, False]  # the Mamba1 block's, then the attention block's
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)
