@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from megatron_mamba.kernels.row_layout import rows_in_place
+from megatron_mamba.kernels.row_layout import row_start, rows_in_place
 
 ROWS_PER_PROGRAM = 32  # backward: rows summed per row of partial weight gradients
 
@@ -33,15 +33,6 @@ def _affine(normed, w_ptr, b_ptr, y_ptr, cols, inside):
     b = tl.load(b_ptr + cols, mask=inside, other=0.0).to(tl.float32)
     y = (normed * w + b).to(y_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
     tl.store(y_ptr + cols, y, mask=inside)
-
-
-@triton.jit
-def _row_start(row, columns, batch, stride_s, stride_b, STRIDED: tl.constexpr):
-    """Where row `row` of a [s, b, h] tensor (rows in (s, b) order) starts: `row · columns`
-    where the tensor is contiguous, else from its s and b strides."""
-    if STRIDED:
-        return (row // batch) * stride_s + (row % batch) * stride_b
-    return row * columns
 
 
 @triton.jit
@@ -58,7 +49,7 @@ def _forward(
     centred = tl.where(inside, x - mean, 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, 0) / columns + eps)
     normed = centred * rstd
-    y1_row = _row_start(row, columns, batch, y1_s, y1_b, Y1_STRIDED)
+    y1_row = row_start(row, columns, batch, y1_s, y1_b, Y1_STRIDED)
     _affine(normed, w1_ptr, b1_ptr, y1_ptr + y1_row, cols, inside)
     _affine(normed, w2_ptr, b2_ptr, y2_ptr + row * columns, cols, inside)
     tl.store(mean_ptr + row, mean)
@@ -85,7 +76,7 @@ def _backward(
         here = inside & (row < rows)
         at = row * columns + cols
         x = tl.load(x_ptr + at, mask=here, other=0.0).to(tl.float32)
-        dy1_at = _row_start(row, columns, batch, dy1_s, dy1_b, DY1_STRIDED) + cols
+        dy1_at = row_start(row, columns, batch, dy1_s, dy1_b, DY1_STRIDED) + cols
         dy1 = tl.load(dy1_ptr + dy1_at, mask=here, other=0.0).to(tl.float32)
         dy2 = tl.load(dy2_ptr + at, mask=here, other=0.0).to(tl.float32)
         mean = tl.load(mean_ptr + row, mask=row < rows, other=0.0)

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from megatron_mamba.kernels.row_layout import rows_in_place
+from megatron_mamba.kernels.row_layout import row_start, rows_in_place
 
 BLOCK, WARPS = 2048, 8
 
@@ -45,14 +45,10 @@ def _forward(
     inside = cols < columns
     at = row * columns + cols
     total = tl.load(residual_ptr + at, mask=inside, other=0.0).to(tl.float32)
-    first_at = at
-    if FIRST_STRIDED:  # rows in (s, b) order, from the part's own strides
-        first_at = (row // batch) * first_s + (row % batch) * first_b + cols
+    first_at = row_start(row, columns, batch, first_s, first_b, FIRST_STRIDED) + cols
     total += tl.load(first_ptr + first_at, mask=inside, other=0.0).to(tl.float32)
     if HAS_SECOND:
-        second_at = at
-        if SECOND_STRIDED:
-            second_at = (row // batch) * second_s + (row % batch) * second_b + cols
+        second_at = row_start(row, columns, batch, second_s, second_b, SECOND_STRIDED) + cols
         total += tl.load(second_ptr + second_at, mask=inside, other=0.0).to(tl.float32)
     if HAS_BIAS:
         total += tl.load(bias_ptr + cols, mask=inside, other=0.0).to(tl.float32)

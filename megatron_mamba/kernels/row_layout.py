@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import triton
+import triton.language as tl
 
 from megatron_mamba import kernels
 
@@ -23,10 +25,18 @@ class Rows(NamedTuple):
 
 
 def rows_in_place(t: torch.Tensor) -> Rows:
-    """`t` itself where it is contiguous, or a [s, b, h] tensor with contiguous rows (with the
-    pending kernels on, until the kernels' GPU tests run); else a contiguous copy."""
-    if t.is_contiguous() or not kernels.pending_kernels():
+    """A [s, b, h] `t` with contiguous rows as it is (with the pending kernels on, until the
+    kernels' GPU tests run); anything else contiguous (itself where it already is)."""
+    in_place = not t.is_contiguous() and t.dim() == 3 and t.stride(2) == 1
+    if not (in_place and kernels.pending_kernels()):
         return Rows(t.contiguous(), False, 1, 0, 0)
-    if t.dim() == 3 and t.stride(2) == 1:
-        return Rows(t, True, t.shape[1], t.stride(0), t.stride(1))
-    return Rows(t.contiguous(), False, 1, 0, 0)
+    return Rows(t, True, t.shape[1], t.stride(0), t.stride(1))
+
+
+@triton.jit
+def row_start(row, columns, batch, stride_s, stride_b, STRIDED: tl.constexpr):
+    """Where row `row` of a [s, b, h] tensor (rows in (s, b) order) starts: `row · columns`
+    where the tensor is contiguous, else from its s and b strides (`Rows`)."""
+    if STRIDED:
+        return (row // batch) * stride_s + (row % batch) * stride_b
+    return row * columns

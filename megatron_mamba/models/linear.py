@@ -36,11 +36,8 @@ class _LocalProductWhenPossible:
         **kwargs,
     ):
         input = input.contiguous()
-        if not (
-            gradient_accumulation_fusion
-            or allreduce_dgrad
-            or sequence_parallel
-            or grad_output_buffer is not None
+        if self._is_local(
+            gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, grad_output_buffer
         ):
             if weight is getattr(self, "weight", None):  # not a tied output layer's
                 return weight_grad.linear(input, weight, bias)
@@ -54,6 +51,22 @@ class _LocalProductWhenPossible:
             sequence_parallel=sequence_parallel,
             grad_output_buffer=grad_output_buffer,
             **kwargs,
+        )
+
+    @staticmethod
+    def _is_local(
+        gradient_accumulation_fusion=False,
+        allreduce_dgrad=False,
+        sequence_parallel=False,
+        grad_output_buffer=None,
+        **_,
+    ) -> bool:
+        """Whether `_forward_impl` with these arguments communicates nothing in its product."""
+        return not (
+            gradient_accumulation_fusion
+            or allreduce_dgrad
+            or sequence_parallel
+            or grad_output_buffer is not None
         )
 
 
@@ -70,11 +83,7 @@ class OutputLinear(ColumnLinear):
     the gradient back)."""
 
     def _forward_impl(self, input, weight, bias=None, **kwargs):
-        local = not any(
-            kwargs.get(name)
-            for name in ("gradient_accumulation_fusion", "allreduce_dgrad", "sequence_parallel")
-        )
-        if not (local and kwargs.get("grad_output_buffer") is None and input.dim() == 3):
+        if not (self._is_local(**kwargs) and input.dim() == 3):
             return super()._forward_impl(input, weight, bias, **kwargs)
         return super()._forward_impl(input.transpose(0, 1), weight, bias, **kwargs).transpose(0, 1)
 
