@@ -17,7 +17,7 @@ their product added straight into DDP's buffer (parallel/weight_grad.py, the def
 
 `--graphs` also times ours with `train.cuda_graph=true`'s forward + backward (training/
 cuda_graph.py); `--profile ROWS` also profiles one whole training step of each side
-(benchmarks/profiling.py).
+(benchmarks/profiling.py), and the host's Python time in ours' optimizer step.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from benchmarks.common import (
     peak_memory_gib,
     print_speedups,
 )
-from benchmarks.profiling import profile_step
+from benchmarks.profiling import host_profiled, profile_step
 from megatron_mamba.config import ParallelConfig, RunPrecision
 from megatron_mamba.data.batches import TokenBatch
 from megatron_mamba.distill.config import DistillConfig
@@ -149,6 +149,8 @@ def main() -> None:
             profiles["ours, graphed"] = profile_step(
                 "ours, graphed", graphed_step, args.profile, by_shape=False
             )
+            with host_profiled(optimizer, "step", args.profile):
+                graphed_step()
         del graphed, graphed_step
     wgrad = None
     if args.rounds:
