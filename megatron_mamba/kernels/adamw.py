@@ -129,6 +129,23 @@ def takes_copies(params: list[torch.Tensor], copies: list[torch.Tensor]) -> bool
     return _fits(copies, params)
 
 
+def block_tables(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    steps: list[torch.Tensor],
+    tables: TensorBlocks,
+    *,
+    copies: list[torch.Tensor] | None = None,
+    block: int = BLOCK,
+) -> None:
+    """Bring `adam_step`'s tables up to date for these lists (where no address moved, a check
+    of each); separate so that a caller may do it ahead of the step."""
+    blocked = (params, grads, exp_avgs, exp_avg_sqs, *([copies] if copies is not None else []))
+    tables.update(blocked, block, scalars=(steps,))
+
+
 def adam_step(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
@@ -147,14 +164,17 @@ def adam_step(
     copies: list[torch.Tensor] | None = None,
     block: int = BLOCK,
     warps: int = WARPS,
+    tables_ready: bool = False,
 ) -> None:
     """One Adam(W) update of every tensor in place (`supports` must hold); `steps` already
     counts this step. The gradients are taken times `grad_scale` (clipping's coefficient).
     `copies`: where given, each updated parameter is also written there, rounded to the copy's
     dtype. `block` elements per program and `warps` per program: the defaults unless measuring
-    others (benchmarks/adamw_blocks.py)."""
-    blocked = (params, grads, exp_avgs, exp_avg_sqs, *([copies] if copies is not None else []))
-    tables.update(blocked, block, scalars=(steps,))
+    others (benchmarks/adamw_blocks.py). `tables_ready`: `block_tables` has been called on
+    these lists since they last changed (skips its check of every address)."""
+    if not tables_ready:
+        lists = (params, grads, exp_avgs, exp_avg_sqs, steps)
+        block_tables(*lists, tables, copies=copies, block=block)
     _adam_blocks[(tables.block_tensor.numel(),)](
         params[0],
         grads[0],

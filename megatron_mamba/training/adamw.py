@@ -22,8 +22,15 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from megatron_mamba.kernels.tensor_blocks import TensorBlocks
 
-_OWNER = WeakIdKeyDictionary()
-"""Each parameter of a one-launch optimizer: a weak reference to that optimizer."""
+_OWNER: dict[int, tuple[weakref.ref, weakref.ref]] = {}
+"""Each parameter of a one-launch optimizer, by id: weak references to the parameter and to that
+optimizer (a plain dict: clipping looks every parameter up each step, after its wait for the
+gradient norm, and a WeakIdKeyDictionary lookup costs microseconds)."""
+
+
+def _owner(param: torch.Tensor) -> _OneLaunchStep | None:
+    entry = _OWNER.get(id(param))
+    return entry[1]() if entry is not None and entry[0]() is param else None
 
 
 class _OneLaunchStep:
@@ -31,15 +38,56 @@ class _OneLaunchStep:
     def step(self, closure=None):
         grad_scale = self.__dict__.pop("_pending_grad_scale", 1.0)
         self._model_weights_written = set()
-        groups = None if closure else [self._kernel_lists(group) for group in self.param_groups]
-        if groups is None or any(lists is None for lists in groups):
+        plan = self.__dict__.pop("_planned_step", None)
+        if closure is None and (plan is None or not plan.holds(self)):
+            plan = self._plan()
+        if closure is not None or plan is None:
             if grad_scale != 1.0:
                 self._scale_grads(grad_scale)
             return super().step(closure)
         from megatron_mamba.kernels import adamw
 
+        for group, lists, tables, copies in plan.groups:
+            torch._foreach_add_(lists[4], 1)
+            beta1, beta2 = group["betas"]
+            adamw.adam_step(
+                *lists,
+                tables,
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                decoupled=group.get("decoupled_weight_decay", isinstance(self, torch.optim.AdamW)),
+                grad_scale=grad_scale,
+                copies=copies,
+                tables_ready=True,
+            )
+            if copies is not None:
+                self._model_weights_written.update(id(p) for p in lists[0])
+        return None
+
+    def plan_step(self) -> None:
+        """Gather the next step's lists and tables now, once the gradients are in place:
+        megatron's `prepare_grads` calls this (`plan_before_clipping`), so that the host work
+        runs while the GPU is still busy, not after clipping has waited for the gradient norm
+        (about 3 ms of an idle GPU a step on a 1B model, benchmarks/RESULTS.md)."""
+        self._planned_step = self._plan()
+
+    def load_state_dict(self, state_dict):
+        self.__dict__.pop("_planned_step", None)  # planned with the state being replaced
+        super().load_state_dict(state_dict)
+
+    def _plan(self) -> _StepPlan | None:
+        """The step's launches; None where the kernel does not take some group."""
+        groups = [self._kernel_lists(group) for group in self.param_groups]
+        if any(lists is None for lists in groups):
+            return None
+        from megatron_mamba.kernels import adamw
+
         tables = self.__dict__.setdefault("_one_launch_tables", {})
         model_weights = self.__dict__.get("_model_weights")
+        planned = []
         for index, (group, lists) in enumerate(zip(self.param_groups, groups, strict=True)):
             if not lists[0]:
                 continue
@@ -49,23 +97,10 @@ class _OneLaunchStep:
                 copies = None if any(m is None for m in models) else [m.data for m in models]
                 if copies is not None and not adamw.takes_copies(lists[0], copies):
                     copies = None
-            torch._foreach_add_(lists[4], 1)
-            beta1, beta2 = group["betas"]
-            adamw.adam_step(
-                *lists,
-                tables.setdefault(index, TensorBlocks()),
-                lr=group["lr"],
-                beta1=beta1,
-                beta2=beta2,
-                eps=group["eps"],
-                weight_decay=group["weight_decay"],
-                decoupled=group.get("decoupled_weight_decay", isinstance(self, torch.optim.AdamW)),
-                grad_scale=grad_scale,
-                copies=copies,
-            )
-            if copies is not None:
-                self._model_weights_written.update(id(p) for p in lists[0])
-        return None
+            blocks = tables.setdefault(index, TensorBlocks())
+            adamw.block_tables(*lists, blocks, copies=copies)
+            planned.append((group, lists, blocks, copies))
+        return _StepPlan(planned, [p.grad for group in self.param_groups for p in group["params"]])
 
     def _took_every_copy(self, main_params: list[torch.Tensor]) -> bool:
         """Whether the last step wrote the model weights of all these master weights (and
@@ -108,6 +143,21 @@ class _OneLaunchStep:
                 steps[index] = self.state[p]["step"] = count.to(p.device, torch.float32)
 
 
+class _StepPlan:
+    """One step's launches, each (group, kernel lists, block tables, model-weight copies or
+    None), and every parameter's gradient when planned: the plan holds while each parameter
+    still has that gradient (the same tensor, or still none)."""
+
+    def __init__(self, groups: list[tuple], grads: list[torch.Tensor | None]):
+        self.groups, self.grads = groups, grads
+
+    def holds(self, optimizer: torch.optim.Optimizer) -> bool:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        return len(params) == len(self.grads) and all(
+            p.grad is grad for p, grad in zip(params, self.grads, strict=True)
+        )
+
+
 class OneLaunchAdam(_OneLaunchStep, torch.optim.Adam):
     pass
 
@@ -134,9 +184,11 @@ def use_one_launch_adam(optimizer: torch.optim.Optimizer) -> bool:
         optimizer.__class__ = OneLaunchAdam
     elif not isinstance(optimizer, _OneLaunchStep):
         return False
+    for key in [key for key, (param, _) in _OWNER.items() if param() is None]:
+        del _OWNER[key]
     for group in optimizer.param_groups:
         for p in group["params"]:
-            _OWNER[p] = weakref.ref(optimizer)
+            _OWNER[id(p)] = (weakref.ref(p), weakref.ref(optimizer))
     return True
 
 
@@ -147,8 +199,7 @@ def defer_grad_scale(params: list[torch.Tensor], scale: float) -> bool:
     other with a gradient; False otherwise, and nothing is changed."""
     owners: dict[int, _OneLaunchStep] = {}
     for p in params:
-        reference = _OWNER.get(p)
-        owner = reference() if reference is not None else None
+        owner = _owner(p)
         if owner is None:
             return False
         owners[id(owner)] = owner
@@ -191,4 +242,23 @@ def write_model_weights_in_step(optimizer) -> bool:
             copy_after_update()
 
     optimizer._copy_main_params_to_model_params = copy_unless_written
+    return True
+
+
+def plan_before_clipping(optimizer) -> bool:
+    """Where megatron's optimizer (or a part of a chained one) wraps a one-launch optimizer,
+    have its `prepare_grads` (which puts the gradients in place, before clipping waits on the
+    GPU for their norm) also plan the inner step (`_OneLaunchStep.plan_step`). False, and
+    nothing changed, for any other optimizer."""
+    inner = getattr(optimizer, "optimizer", None)
+    if not isinstance(inner, _OneLaunchStep) or "prepare_grads" in vars(optimizer):
+        return False
+    prepare_grads = optimizer.prepare_grads
+
+    def prepare_grads_and_plan() -> bool:
+        found_inf = prepare_grads()
+        inner.plan_step()
+        return found_inf
+
+    optimizer.prepare_grads = prepare_grads_and_plan
     return True

@@ -18,6 +18,7 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron_mamba.runtime.cpu_compat import clip_grads_by_total_norm
 from megatron_mamba.training.adamw import (
     defer_grad_scale,
+    plan_before_clipping,
     use_one_launch_adam,
     write_model_weights_in_step,
 )
@@ -71,6 +72,7 @@ def megatron_optimizer(ddp, config: OptimizerConfig, overrides=None, one_launch_
             use_one_launch_adam(inner)
         for part in getattr(optimizer, "chained_optimizers", [optimizer]):
             write_model_weights_in_step(part)
+            plan_before_clipping(part)
     return optimizer
 
 
