@@ -125,12 +125,8 @@ class Mamba1Mixer(MambaMixerBase):
     def wants_batch_first(self, hidden_states: torch.Tensor) -> bool:
         """Whether the mixer would rather have `hidden_states` [s, b, h] stored batch-first:
         the one-function mixer at TP=1 reads it so (a copy otherwise, ~45 µs a layer at
-        Pythia-1b's shape; with the pending kernels, until their GPU tests run)."""
-        return (
-            kernels.pending_kernels()
-            and self.tp == 1
-            and kernels.mamba1_mixer(hidden_states) is not None
-        )
+        Pythia-1b's shape)."""
+        return self.tp == 1 and kernels.mamba1_mixer(hidden_states) is not None
 
     def _one_function(self, hidden_states: torch.Tensor):
         """(output, out_proj bias or None) of the mixer from in_proj to out_proj as one function
@@ -147,8 +143,7 @@ class Mamba1Mixer(MambaMixerBase):
         if self.tp == 1:
             out = kernel(rearrange(hidden_states, "s b h -> b s h"), self)
             out = rearrange(out, "b s h -> s b h")
-            # the block's residual sum reads it in place with the pending kernels
-            return (out if kernels.pending_kernels() else out.contiguous()), None
+            return out, None  # batch-first storage: the block's residual sum reads it in place
         sp = self.config.sequence_parallel
         if sp:
             whole = gather_from_sequence_parallel_region(hidden_states)

@@ -17,6 +17,7 @@ from tests.helpers.hf_tiny import (
 pytestmark = pytest.mark.gpu
 pytest.importorskip("triton")  # collected everywhere; the kernel module needs it
 
+from megatron_mamba.kernels import layer_norms, row_layout  # noqa: E402
 from megatron_mamba.kernels.layer_norms import ROWS_PER_PROGRAM, two_layer_norms  # noqa: E402
 
 
@@ -57,10 +58,10 @@ def test_two_layer_norms_match_float64(rows, width, dtype, rel, used):
 
 @pytest.mark.parametrize("dtype, rel", [(torch.float32, 1e-5), (torch.bfloat16, 2**-7)])
 def test_the_first_output_batch_first_and_its_gradient_read_in_place(monkeypatch, dtype, rel):
-    """With the pending kernels, the first output of a [s, b, h] input stored batch-first (for
-    the one-function Mamba1 mixer) and its gradient read in the strides it comes back in (that
-    mixer's, batch-first): the float64 results, and no more copy kernels than with contiguous
-    tensors (without the pending kernels the gradient is copied first)."""
+    """The first output of a [s, b, h] input stored batch-first (for the one-function Mamba1
+    mixer) and its gradient read in the strides it comes back in (that mixer's, batch-first):
+    the float64 results, and no more copy kernels than with contiguous tensors (fewer than
+    with the gradient copied first, as before `row_layout.rows_in_place`)."""
     s, b, width = 37, 3, 2048
     inputs, grads = _leaves(dtype, s * b, width)
     inputs[0] = inputs[0].view(s, b, width)
@@ -69,8 +70,8 @@ def test_the_first_output_batch_first_and_its_gradient_read_in_place(monkeypatch
     ours = [t.detach().requires_grad_() for t in inputs]
     truth = [t.detach().double().requires_grad_() for t in inputs]
 
-    def copy_kernels(pending: str, batch_first: bool) -> int:
-        monkeypatch.setenv("MEGATRON_MAMBA_PENDING_KERNELS", pending)
+    def copy_kernels(batch_first: bool, rows=row_layout.rows_in_place) -> int:
+        monkeypatch.setattr(layer_norms, "rows_in_place", rows)
         grad1 = dy1 if batch_first else dy1.contiguous()
         y1, y2 = two_layer_norms(*ours, 1e-5, first_batch_first=batch_first)
         torch.autograd.backward([y1, y2], [grad1, dy2])  # compiled before profiling
@@ -80,8 +81,8 @@ def test_the_first_output_batch_first_and_its_gradient_read_in_place(monkeypatch
             torch.cuda.synchronize()
         return sum(e.count for e in prof.key_averages() if "copy" in e.key.lower())
 
-    assert copy_kernels("1", True) == copy_kernels("1", False) < copy_kernels("0", True)
-    monkeypatch.setenv("MEGATRON_MAMBA_PENDING_KERNELS", "1")
+    copied = copy_kernels(True, rows=row_layout.copied_rows)
+    assert copy_kernels(True) == copy_kernels(False) < copied
     ours[0].grad = None
     y1, y2 = two_layer_norms(*ours, 1e-5, first_batch_first=True)
     assert y1.shape == (s, b, width) and y1.transpose(0, 1).is_contiguous()

@@ -148,13 +148,16 @@ def test_decode_on_gpu_matches_full_forward(runtime):
 
 
 def test_a_parallel_residual_block_hands_the_one_function_mixer_batch_first(runtime, monkeypatch):
-    """With the pending kernels, GPTNeoX's two LayerNorms write the one-function Mamba1 mixer's
-    input batch-first (and read its gradient so) and the residual sum reads the mixer's output
-    in place: the same logits and gradients (fp32), and three copy kernels fewer a layer."""
+    """GPTNeoX's two LayerNorms write the one-function Mamba1 mixer's input batch-first (and
+    read its gradient so) and the residual sum reads the mixer's output in place: the same
+    logits and gradients (fp32) as with the copies this saves, and three copy kernels fewer a
+    layer."""
     from torch.profiler import ProfilerActivity, profile
 
     from megatron_mamba.config import ParallelConfig
+    from megatron_mamba.kernels import layer_norms, residual_sum, row_layout
     from megatron_mamba.models.build import build_model
+    from megatron_mamba.models.mamba1 import Mamba1Mixer
     from megatron_mamba.models.presets import preset
 
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
@@ -169,8 +172,14 @@ def test_a_parallel_residual_block_hands_the_one_function_mixer_batch_first(runt
         return logits.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     results = []
-    for pending in ("0", "1"):
-        monkeypatch.setenv("MEGATRON_MAMBA_PENDING_KERNELS", pending)
+    handing_off = Mamba1Mixer.wants_batch_first
+    for handed_off in (False, True):  # first as before: the mixer's input and output copied
+        monkeypatch.setattr(
+            Mamba1Mixer, "wants_batch_first", handing_off if handed_off else lambda self, x: False
+        )
+        rows = row_layout.rows_in_place if handed_off else row_layout.copied_rows
+        for module in (layer_norms, residual_sum):
+            monkeypatch.setattr(module, "rows_in_place", rows)
         step()  # kernels compiled before profiling
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             logits, grads = step()

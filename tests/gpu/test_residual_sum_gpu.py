@@ -85,10 +85,8 @@ def test_residual_sum_refuses_parts_unlike_the_residual():
 
 @pytest.mark.parametrize("strided", ["first", "both"])
 def test_parts_stored_batch_first_are_read_in_place(monkeypatch, strided):
-    """With the pending kernels, a [s, b, h] part stored batch-first (the one-function Mamba1
-    mixer's output) is read where it lies: the same sum bit for bit as from contiguous parts,
-    and no copy kernel."""
-    monkeypatch.setenv("MEGATRON_MAMBA_PENDING_KERNELS", "1")
+    """A [s, b, h] part stored batch-first (the one-function Mamba1 mixer's output) is read
+    where it lies: the same sum bit for bit as from contiguous parts, and no copy kernel."""
     residual, addends, bias = _inputs((37, 3, 2048), 2, True, torch.bfloat16)
 
     def batch_first(t):

@@ -84,7 +84,7 @@ def test_a_mixer_that_reads_its_input_batch_first_has_it_written_so(
     runtime, kernel_calls, monkeypatch
 ):
     """GPTNeoX's parallel-residual blocks ask the mixer (`wants_batch_first`; on GPU the
-    one-function Mamba1 mixer's, with the pending kernels) and pass the answer to the
+    one-function Mamba1 mixer's at TP=1) and pass the answer to the
     two-LayerNorm kernel; the model's output is the same either way."""
     from megatron_mamba.config import ParallelConfig
     from megatron_mamba.models.build import build_model
