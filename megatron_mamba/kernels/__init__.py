@@ -138,7 +138,7 @@ def pending_kernels() -> bool:
 
 def cuda_scan_backward() -> bool:
     """Our CUDA selective-scan backward (kernels/scan_backward_cuda.py: dB and dC summed over a
-    block's channels before their atomics) in place of mamba_ssm's: 2.59 against 2.96 ms a layer
+    block's channels before their atomics) in place of mamba_ssm's: 2.56 against 2.96 ms a layer
     at CALD's shape, so the default; MEGATRON_MAMBA_CUDA_SCAN_BWD=0 keeps mamba_ssm's."""
     return os.environ.get("MEGATRON_MAMBA_CUDA_SCAN_BWD", "1") == "1"
 
