@@ -130,20 +130,16 @@ def takes_copies(params: list[torch.Tensor], copies: list[torch.Tensor]) -> bool
 
 
 def block_tables(
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
-    exp_avgs: list[torch.Tensor],
-    exp_avg_sqs: list[torch.Tensor],
-    steps: list[torch.Tensor],
+    lists: tuple[list[torch.Tensor], ...],
     tables: TensorBlocks,
-    *,
     copies: list[torch.Tensor] | None = None,
     block: int = BLOCK,
 ) -> None:
-    """Bring `adam_step`'s tables up to date for these lists (where no address moved, a check
-    of each); separate so that a caller may do it ahead of the step."""
-    blocked = (params, grads, exp_avgs, exp_avg_sqs, *([copies] if copies is not None else []))
-    tables.update(blocked, block, scalars=(steps,))
+    """Bring `adam_step`'s tables up to date for its `lists` (params, grads, exp_avgs,
+    exp_avg_sqs, steps) and `copies` (where no address moved, a check of each); separate so
+    that a caller may do it ahead of the step."""
+    *blocked, steps = lists
+    tables.update((*blocked, *([copies] if copies is not None else [])), block, scalars=(steps,))
 
 
 def adam_step(
@@ -173,8 +169,7 @@ def adam_step(
     others (benchmarks/adamw_blocks.py). `tables_ready`: `block_tables` has been called on
     these lists since they last changed (skips its check of every address)."""
     if not tables_ready:
-        lists = (params, grads, exp_avgs, exp_avg_sqs, steps)
-        block_tables(*lists, tables, copies=copies, block=block)
+        block_tables((params, grads, exp_avgs, exp_avg_sqs, steps), tables, copies, block)
     _adam_blocks[(tables.block_tensor.numel(),)](
         params[0],
         grads[0],

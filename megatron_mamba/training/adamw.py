@@ -38,10 +38,8 @@ class _OneLaunchStep:
     def step(self, closure=None):
         grad_scale = self.__dict__.pop("_pending_grad_scale", 1.0)
         self._model_weights_written = set()
-        plan = self.__dict__.pop("_planned_step", None)
-        if closure is None and (plan is None or not plan.holds(self)):
-            plan = self._plan()
-        if closure is not None or plan is None:
+        plan = None if closure else self._current_plan()
+        if plan is None:
             if grad_scale != 1.0:
                 self._scale_grads(grad_scale)
             return super().step(closure)
@@ -78,6 +76,11 @@ class _OneLaunchStep:
         self.__dict__.pop("_planned_step", None)  # planned with the state being replaced
         super().load_state_dict(state_dict)
 
+    def _current_plan(self) -> _StepPlan | None:
+        """The plan made before clipping where it still holds, else one made now."""
+        plan = self.__dict__.pop("_planned_step", None)
+        return plan if plan is not None and plan.holds(self) else self._plan()
+
     def _plan(self) -> _StepPlan | None:
         """The step's launches; None where the kernel does not take some group."""
         groups = [self._kernel_lists(group) for group in self.param_groups]
@@ -98,7 +101,7 @@ class _OneLaunchStep:
                 if copies is not None and not adamw.takes_copies(lists[0], copies):
                     copies = None
             blocks = tables.setdefault(index, TensorBlocks())
-            adamw.block_tables(*lists, blocks, copies=copies)
+            adamw.block_tables(lists, blocks, copies)
             planned.append((group, lists, blocks, copies))
         return _StepPlan(planned, [p.grad for group in self.param_groups for p in group["params"]])
 

@@ -34,7 +34,7 @@ class RecordingKernel(types.ModuleType):
     def takes_copies(self, params, copies):
         return True
 
-    def block_tables(self, *lists, copies=None):
+    def block_tables(self, lists, tables, copies=None):
         self.events.append("tables")
 
     def adam_step(self, params, grads, exp_avgs, exp_avg_sqs, steps, tables, **kw):

@@ -3,11 +3,11 @@
 // their atomic adds. Why: at CALD's shape (batch 4, d_inner 5120, d_state 16, length 2048) the
 // 1.34 billion fp32 atomics of one channel a block take 1.7 of mamba_ssm's 2.95 ms
 // (benchmarks/scan_atomics.py); summed over 4 channels first they take 0.5 ms.
-// Where it stands (device_run.sh scan_cuda, benchmarks/RESULTS.md): 2.59 ms against mamba_ssm's
+// Where it stands (device_run.sh scan_cuda, benchmarks/RESULTS.md): 2.56 ms against mamba_ssm's
 // 2.96 at two channels of 256 threads, with a scan as lean as mamba_ssm's (one-instruction exp2,
 // 16-byte shared stores, h_t reused for dC). Tilings with two states a pass (twice the independent
-// shuffle chains, half the barriers, 214 registers at 1 × 256 or 128 with a few spills at 2 × 256)
-// are there to be measured against it (benchmarks/selective_scan_bwd.py); not yet GPU-run.
+// shuffle chains, half the barriers) measured slower: 214 registers at 1 × 256 (3.71 ms), 128 with
+// spills at 2 × 256 (2.80 ms).
 //
 // The recurrences (a_t = exp(Δ_t A), h_t = a_t h_{t-1} + Δ_t B_t u_t, y_t = C_t·h_t + D u_t,
 // out_z = y · silu(z); g_y the gradient of out_z):
