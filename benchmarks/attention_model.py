@@ -2,10 +2,12 @@
 
 Pythia-1b shape (16 layers, hidden 2048, 8 heads), seq 2048, micro-batch 4, forward + backward +
 AdamW step for both, in the same process on one GPU; ours again with that AdamW in one Triton
-launch (train.adam_kernel=one_launch). Prints a markdown row and writes JSON.
+launch (train.adam_kernel=one_launch), and with `--graphed` that one with its forward and backward
+replayed from a CUDA graph, as train.cuda_graph=true runs it (its peak memory is what the
+allocator reserves, the graph's pool included). Prints a markdown row and writes JSON.
 
     torchrun --nproc_per_node 1 benchmarks/attention_model.py --out $OUT/attention.json [--rounds 6]
-        [--same-weights] [--clocks] [--pending]
+        [--same-weights] [--clocks] [--pending] [--graphed]
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from benchmarks.common import (
     interleaved_speedups,
     matmul_peak_flops,
     median_step_seconds,
-    peak_memory_gib,
+    peak_memory,
     print_speedups,
     save_report,
 )
@@ -158,7 +160,8 @@ def hf_step(config, tokens, weights=None):
 def measure(name, build, config, tokens, peak, seq):
     model, step = build(config, tokens)
     seconds = median_step_seconds(step)
-    memory = peak_memory_gib(step)
+    allocated, reserved = peak_memory(step)
+    memory = reserved if build.func is graphed_ours_step else allocated
     tokens_per_s = tokens.shape[0] * seq / seconds
     mfu = tokens_per_s * training_flops_per_token(config, seq) / peak
     del model, step
@@ -189,6 +192,7 @@ def main() -> None:
         action="store_true",
         help="one more side: ours with MEGATRON_MAMBA_PENDING_KERNELS=1 (the opt-in kernels)",
     )
+    parser.add_argument("--graphed", action="store_true", help="also ours with CUDA graphs")
     parser.add_argument(
         "--clocks",
         action="store_true",
@@ -206,6 +210,7 @@ def main() -> None:
     ours = partial(ours_step, weights=weights)
     ours_one_launch = partial(ours_step, one_launch_adam=True, weights=weights)
     ours_pending = partial(pending_ours_step, weights=weights)
+    ours_graphed = partial(graphed_ours_step, weights=weights)
     rows = [
         measure("transformers GPTNeoX (sdpa)", hf, config, tokens, peak, args.seq),
         measure("megatron-mamba GPTNeoX", ours, config, tokens, peak, args.seq),
@@ -221,6 +226,9 @@ def main() -> None:
     if args.pending:
         name = "megatron-mamba GPTNeoX, one-launch Adam, pending kernels"
         rows.append(measure(name, ours_pending, config, tokens, peak, args.seq))
+    if args.graphed:
+        name = "megatron-mamba GPTNeoX, one-launch Adam, CUDA graph"
+        rows.append(measure(name, ours_graphed, config, tokens, peak, args.seq))
     base = rows[0]["tokens_per_s"]
     print(f"bf16 matmul ceiling: {peak / 1e12:.0f} TFLOP/s")
     print("| model | tokens/s | × transformers | peak GiB | MFU |\n|---|---|---|---|---|")
@@ -239,6 +247,8 @@ def main() -> None:
         }
         if args.pending:
             builds["megatron-mamba, one-launch Adam, pending kernels"] = ours_pending
+        if args.graphed:
+            builds["megatron-mamba, one-launch Adam, CUDA graph"] = ours_graphed
         steps = {name: build(config, tokens)[1] for name, build in builds.items()}
         report["interleaved"] = interleaved_speedups(steps, args.rounds, clocks=args.clocks)
         print_speedups(report["interleaved"], f"taking turns, {args.rounds} rounds")

@@ -47,6 +47,7 @@ attention    240 torchrun --nproc_per_node 1 benchmarks/attention_model.py --rou
 attention_same 240 torchrun --nproc_per_node 1 benchmarks/attention_model.py --rounds 3 --same-weights
 attention_clocks 240 torchrun --nproc_per_node 1 benchmarks/attention_model.py --rounds 6 --clocks --out $OUT/attention_clocks.json
 attention_pending 300 torchrun --nproc_per_node 1 benchmarks/attention_model.py --rounds 6 --pending --clocks --out $OUT/attention_pending.json
+attention_graphed 360 torchrun --nproc_per_node 1 benchmarks/attention_model.py --rounds 6 --graphed --clocks --out $OUT/attention_graphed.json
 mamba1       300 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds mamba1 --rounds 3
 mamba2       300 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds mamba2 --rounds 3
 mamba_graphed 480 torchrun --nproc_per_node 1 benchmarks/mamba_model.py --kinds ${MAMBA_KIND:-mamba2} --rounds 3 --graphed --out $OUT/mamba_graphed.json
