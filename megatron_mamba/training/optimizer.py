@@ -11,6 +11,9 @@ are torch's `_foreach` kernels, which compute the same values.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from megatron.core import utils as megatron_utils
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
@@ -74,6 +77,30 @@ def megatron_optimizer(ddp, config: OptimizerConfig, overrides=None, one_launch_
             write_model_weights_in_step(part)
             plan_before_clipping(part)
     return optimizer
+
+
+@contextmanager
+def grads_prepared_now(optimizer) -> Iterator[None]:
+    """Run megatron's `prepare_grads` now, and have the `optimizer.step()` made inside this
+    block use its result instead of preparing again. The trainer enters it as soon as backward
+    is queued: preparing (and the one-launch Adam's planning inside it) is host work, which then
+    overlaps the GPU's backward instead of leaving the GPU idle after the trainer's loss and NaN
+    checks have waited for it. Leaving the block drops an unused result (a skipped step)."""
+    prepare = optimizer.prepare_grads
+    had_own = "prepare_grads" in vars(optimizer)  # e.g. set by plan_before_clipping
+    prepared = [prepare()]
+
+    def once_prepared() -> bool:
+        return prepared.pop() if prepared else prepare()
+
+    optimizer.prepare_grads = once_prepared
+    try:
+        yield
+    finally:
+        if had_own:
+            optimizer.prepare_grads = prepare
+        else:
+            del optimizer.prepare_grads
 
 
 def inner_optimizers(optimizer) -> list[torch.optim.Optimizer]:

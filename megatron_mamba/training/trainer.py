@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -54,7 +55,11 @@ from megatron_mamba.training.ddp import wrap_ddp
 from megatron_mamba.training.dpo import PreferenceOptimisation
 from megatron_mamba.training.metrics import MetricsLogger
 from megatron_mamba.training.objective import LanguageModelling
-from megatron_mamba.training.optimizer import MIN_LOSS_SCALE, build_optimizer
+from megatron_mamba.training.optimizer import (
+    MIN_LOSS_SCALE,
+    build_optimizer,
+    grads_prepared_now,
+)
 from megatron_mamba.training.param_groups import freeze_all_but_mamba
 from megatron_mamba.training.reference_logps import reference_logps
 from megatron_mamba.training.resume import agreed_resume
@@ -303,11 +308,14 @@ def train(run: RunConfig) -> list[dict]:
             seq_length=padded_length(seq, objective.input_multiple),
             micro_batch_size=micro * objective.micro_batch_factor,
         )
-        parts = _across_pipeline_and_replicas(objective.parts(losses), rt.device)
-        loss = objective.total(parts)
-        lr = optimizer.param_groups[0]["lr"]
-        skip = why_skip(loss, ddp, cfg.mixed_precision != "fp16", rt.device)
-        updated, grad_norm = (False, None) if skip else update()
+        # fp16's preparation waits on the GPU (its overflow check) and updates the loss scale,
+        # so it stays inside the step; bf16/fp32 prepare while the GPU still runs backward.
+        with nullcontext() if cfg.mixed_precision == "fp16" else grads_prepared_now(optimizer):
+            parts = _across_pipeline_and_replicas(objective.parts(losses), rt.device)
+            loss = objective.total(parts)
+            lr = optimizer.param_groups[0]["lr"]
+            skip = why_skip(loss, ddp, cfg.mixed_precision != "fp16", rt.device)
+            updated, grad_norm = (False, None) if skip else update()
         log_step(step, loss, parts, started, lr, updated, grad_norm)
         if skip:
             bad_steps.skipped(step, skip, saved)

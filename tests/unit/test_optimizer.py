@@ -10,6 +10,7 @@ from megatron_mamba.training.ddp import wrap_ddp
 from megatron_mamba.training.optimizer import (
     _foreach_l2_norm,
     _foreach_scale,
+    grads_prepared_now,
     inner_optimizers,
     megatron_optimizer,
 )
@@ -48,8 +49,9 @@ def test_scale_copies_into_targets_of_another_dtype(scale):
         torch.testing.assert_close(target, (source * scale).bfloat16(), rtol=0, atol=0)
 
 
-def _run(model, build, steps: int = 3) -> list[torch.Tensor]:
-    """`steps` optimizer steps on fixed gradients; the weights after them."""
+def _run(model, build, steps: int = 3, step=None) -> list[torch.Tensor]:
+    """`steps` optimizer steps on fixed gradients (each by `step(optimizer)`, default
+    `optimizer.step()`); the weights after them."""
     ddp = wrap_ddp(model)
     config = OptimizerConfig(optimizer="adam", lr=1e-2, weight_decay=0.1, clip_grad=0.5)
     optimizer = build(ddp, config)
@@ -59,7 +61,7 @@ def _run(model, build, steps: int = 3) -> list[torch.Tensor]:
         optimizer.zero_grad()
         for p in ddp.module.parameters():
             p.main_grad.copy_(torch.randn(p.shape, generator=generator))
-        ok, grad_norm, _ = optimizer.step()
+        ok, grad_norm, _ = (step or type(optimizer).step)(optimizer)
         assert ok and grad_norm > 0.5  # clipping is active
     return optimizer, [p.detach().clone() for p in ddp.module.parameters()]
 
@@ -108,3 +110,58 @@ def test_without_master_weights_adam_updates_the_bf16_weights_as_torch_does(runt
     for got, want in zip(model.parameters(), twin, strict=True):
         assert got.dtype == torch.bfloat16
         torch.testing.assert_close(got, want.detach(), rtol=0, atol=0)
+
+
+def test_a_step_with_its_grads_prepared_first_prepares_once_and_updates_alike(runtime):
+    """The trainer prepares the gradients before its loss checks (`grads_prepared_now`); the
+    step inside then uses that preparation (one `prepare_grads` a step, not two) and gives the
+    weights of a plain step."""
+    model = build_model(TINY, ParallelConfig())
+    twin = build_model(TINY, ParallelConfig())
+    twin.load_state_dict(model.state_dict())
+    _, expected = _run(model, megatron_optimizer)
+    preparations = []
+
+    def counting_preparations(ddp, config):
+        optimizer = megatron_optimizer(ddp, config)
+        prepare = optimizer.prepare_grads
+        optimizer.prepare_grads = lambda: preparations.append(1) or prepare()
+        return optimizer
+
+    def step_prepared_first(optimizer):
+        counting = optimizer.prepare_grads
+        with grads_prepared_now(optimizer):
+            prepared = len(preparations)
+            result = optimizer.step()
+            assert len(preparations) == prepared  # the step used the preparation made on entry
+        assert optimizer.prepare_grads is counting
+        return result
+
+    _, weights = _run(twin, counting_preparations, step=step_prepared_first)
+    assert len(preparations) == 3  # one a step
+    for got, want in zip(weights, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+class _Preparing:
+    """Counts its preparations; `prepare_grads` a method of the class, as megatron's."""
+
+    def __init__(self):
+        self.count = 0
+
+    def prepare_grads(self) -> bool:
+        self.count += 1
+        return self.count == 1  # the first preparation "finds an inf"
+
+
+def test_an_unused_preparation_is_dropped_when_the_block_is_left():
+    """A skipped step leaves the block without stepping: the next step prepares afresh, and
+    the optimizer's own `prepare_grads` is back."""
+    optimizer = _Preparing()
+    with grads_prepared_now(optimizer):
+        assert optimizer.count == 1 and "prepare_grads" in vars(optimizer)
+    assert "prepare_grads" not in vars(optimizer)
+    assert optimizer.prepare_grads() is False and optimizer.count == 2
+    with grads_prepared_now(optimizer):
+        assert optimizer.prepare_grads() is False and optimizer.count == 3  # prepared on entry
+        assert optimizer.prepare_grads() is False and optimizer.count == 4  # then afresh
