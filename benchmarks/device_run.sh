@@ -37,6 +37,7 @@ dpo_test     300 python -m pytest -q tests/gpu/test_dpo_gpu.py
 trainer_test 560 python -m pytest -q tests/gpu/test_trainer_gpu.py -k "not matches_the_replicated and not (resumes_exactly and 2)"
 trainer_2gpu 330 python -m pytest -q tests/gpu/test_trainer_gpu.py -k "resumes_exactly and 2 or matches_the_replicated"
 trainer_bf16 300 python -m pytest -q tests/gpu/test_trainer_gpu.py -k "bf16 or (resumes_exactly and 1)"
+batches_test 60  python -m pytest -q tests/gpu/test_batches_gpu.py
 nccl_gpt     240 python -m pytest -q tests/gpu/test_nccl_parallel.py -k tp2_matches_one_gpu
 nccl_logit   120 python -m pytest -q tests/gpu/test_nccl_parallel.py -k logit_losses
 nccl_neox    420 python -m pytest -q tests/gpu/test_nccl_parallel.py -k gpt_neox_hybrid

@@ -14,6 +14,10 @@ item_length − 1 inputs, and TRL's lengths (1024, 2048) would leave an odd coun
 mamba_ssm's scan and conv kernels take their slower uneven path."""
 
 
+def _to(tensor: torch.Tensor, device) -> torch.Tensor:
+    return tensor.to(device, non_blocking=True)
+
+
 def padded_length(length: int, multiple: int) -> int:
     """`length` rounded up to a multiple of `multiple`."""
     return -(-length // multiple) * multiple
@@ -46,8 +50,13 @@ class TokenBatch:
         ]
 
     def to(self, device) -> TokenBatch:
-        mask = self.loss_mask.to(device) if self.loss_mask is not None else None
-        return TokenBatch(self.tokens.to(device), mask)
+        """These rows on `device`. The copies do not wait for the GPU: a blocking copy to
+        a GPU waits for every kernel queued before it, so each micro-batch would stall the host
+        until the previous one's backward (or the optimizer step) had run, and the GPU would
+        then idle while the host launched the forward; a copy from ordinary host memory is
+        staged before the call returns, so the rows may change after it."""
+        mask = _to(self.loss_mask, device) if self.loss_mask is not None else None
+        return TokenBatch(_to(self.tokens, device), mask)
 
     def rows(self, indices) -> TokenBatch:
         mask = self.loss_mask[indices] if self.loss_mask is not None else None
@@ -115,7 +124,8 @@ class PreferenceBatch:
         ]
 
     def to(self, device) -> PreferenceBatch:
-        reference = self.reference.to(device) if self.reference is not None else None
+        """These pairs on `device`, copied without waiting for the GPU (`TokenBatch.to`)."""
+        reference = _to(self.reference, device) if self.reference is not None else None
         return PreferenceBatch(self.chosen.to(device), self.rejected.to(device), reference)
 
     def rows(self, indices) -> PreferenceBatch:
