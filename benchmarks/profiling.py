@@ -4,12 +4,12 @@ layout or an unexpected batched product shows (benchmarks/RESULTS.md, DPO sectio
 
 from __future__ import annotations
 
-import contextlib
 import cProfile
 import json
 import pstats
 import re
 from collections.abc import Callable
+from unittest import mock
 
 import torch
 from torch.autograd import DeviceType
@@ -91,12 +91,11 @@ def _device_ms(event) -> float:
     return event.self_device_time_total / 1000
 
 
-@contextlib.contextmanager
 def host_profiled(owner, method: str, rows: int):
-    """Within the block, each call of `owner.method` runs under cProfile after the GPU has
+    """A block within which each call of `owner.method` runs under cProfile after the GPU has
     caught up, and prints its Python time by function: what the host does while the GPU waits
     for its next launch (a gap after a host sync)."""
-    original, own = getattr(owner, method), method in vars(owner)
+    original = getattr(owner, method)
 
     def profiled(*args, **kwargs):
         torch.cuda.synchronize()
@@ -106,11 +105,4 @@ def host_profiled(owner, method: str, rows: int):
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(rows)
         return result
 
-    setattr(owner, method, profiled)
-    try:
-        yield
-    finally:
-        if own:
-            setattr(owner, method, original)
-        else:
-            delattr(owner, method)
+    return mock.patch.object(owner, method, profiled)
