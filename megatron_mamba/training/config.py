@@ -133,6 +133,10 @@ class TrainConfig:
     """Let a run replace the checkpoints of an earlier run in its output_dir/run_name (and with
     them that run's metrics and config) where it does not resume one of them; without it such a
     run is refused before it starts (training/resume.py)."""
+    resume_with_changes: bool = False
+    """Let a run resume its own checkpoints though its objective, data or starting point
+    differs from the config.yaml they were trained with (training/resume.DEFINING); without it
+    such a resume is refused, naming the differences."""
     trainable: Trainable = "all"
     """"mamba" trains only the Mamba mixers, everything else frozen (MambaInLlama's stage 1)."""
     report_to: tuple[str, ...] = ("jsonl",)

@@ -6,6 +6,14 @@ for every job of an exit_interval chain). A run would replace the checkpoints al
 output_dir/run_name at its first save, and with them its metrics and config: it is refused
 unless it resumes one of them or train.overwrite_output_dir says to replace them. Ranks listing
 a shared filesystem may see it at different moments, so rank 0 decides and tells the others.
+
+A run resuming its own checkpoints must also be the same run: one that names the same run_name
+but another model, data, starting point or teacher (a recipe's variant launched under a shared
+name) would otherwise continue the earlier training under its own settings, or find it finished
+and do nothing. Those settings are compared with the config.yaml the run wrote, and a difference
+is refused unless train.resume_with_changes says to continue with the new ones. The losses'
+weights may change (CALD's hybrid run turns the layer loss off and resumes); such changes are
+printed.
 """
 
 from __future__ import annotations
@@ -13,7 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import yaml
 
+from megatron_mamba.config_io import to_dict
 from megatron_mamba.training.bad_steps import TrainingError
 from megatron_mamba.training.checkpoint import (
     CHECKPOINTS,
@@ -63,12 +73,96 @@ def _within(resume: str, output: Path) -> bool:
     return path == run or run in path.parents
 
 
-def agreed_resume(cfg) -> str | None:
-    """resume_decision on rank 0, its answer (or its refusal) on every rank."""
+# The settings that make a run what it is; a resumed run must keep them (a section's name
+# stands for all its keys). Lengths, schedules, logging and the layout may change on resume, and
+# the losses' weights (NOTED) with a line saying so.
+DEFINING = (
+    "preset",
+    "model",
+    "train.init_from",
+    "train.init_from_attention",
+    "train.trainable",
+    "data.kind",
+    "data.path",
+    "data.tokenizer",
+    "data.pack",
+    "data.train_on",
+    "data.max_prompt_length",
+    "distill.teacher",
+    "dpo.reference",
+)
+NOTED = ("distill", "dpo")
+
+
+def changed_settings(saved: dict, current: dict, among=DEFINING) -> list[str]:
+    """The settings under `among` whose values differ, as "key: saved → current" (keys either
+    config lacks, e.g. written by an older version, are not compared)."""
+    before, now = _flat(saved), _flat(current)
+    changed = []
+    for key in sorted(before.keys() & now.keys()):
+        if _under(key, among) and _resolved(before[key]) != _resolved(now[key]):
+            changed.append(f"{key}: {_shown(before[key])} → {_shown(now[key])}")
+    return changed
+
+
+def refuse_changed_run(run, resume: str) -> None:
+    """Raise if `run` would resume its own checkpoints with other defining settings than the
+    config.yaml they were trained with; print the losses' changed weights (module docstring)."""
+    output = Path(run.train.output_dir) / run.train.run_name
+    saved_config = output / "config.yaml"
+    if not _within(resume, output) or not saved_config.is_file():
+        return
+    saved, current = yaml.safe_load(saved_config.read_text()) or {}, to_dict(run)
+    changed = changed_settings(saved, current)
+    if changed and not run.train.resume_with_changes:
+        raise TrainingError(
+            f"{output} was trained with other settings than this run's ({'; '.join(changed)}), "
+            "so resuming it would continue that training under these: choose another "
+            "train.run_name, start it over (train.resume_from_checkpoint=null "
+            "train.overwrite_output_dir=true), or continue it with these settings "
+            "(train.resume_with_changes=true)"
+        )
+    noted = [c for c in changed_settings(saved, current, NOTED) if c not in changed]
+    if changed or noted:
+        print(f"{output} resumes with changed settings: {'; '.join(changed + noted)}", flush=True)
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _resolved(value):
+    """An existing path as its absolute form (a relaunch may spell it otherwise)."""
+    if isinstance(value, str) and value and Path(value).exists():
+        return str(Path(value).resolve())
+    return value
+
+
+def _under(key: str, sections) -> bool:
+    return any(key == d or key.startswith(f"{d}.") for d in sections)
+
+
+def _shown(value) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def agreed_resume(run) -> str | None:
+    """resume_decision on rank 0 (and, resuming its own run, refuse_changed_run), its answer
+    (or its refusal) on every rank."""
     decision: list = [None]
     if torch.distributed.get_rank() == 0:
         try:
-            decision[0] = (True, resume_decision(cfg))
+            resume = resume_decision(run.train)
+            if resume:
+                refuse_changed_run(run, resume)
+            decision[0] = (True, resume)
         except TrainingError as error:
             decision[0] = (False, str(error))
     torch.distributed.broadcast_object_list(decision, src=0)

@@ -108,7 +108,7 @@ def train(run: RunConfig) -> list[dict]:
     `skipped` 1 where the update was not applied."""
     cfg = run.train
     rt = init_runtime(ParallelSizes(run.parallel.tensor, run.parallel.pipeline), seed=cfg.seed)
-    resume = agreed_resume(cfg)
+    resume = agreed_resume(run)
     if rt.device.type == "cpu" and cfg.mixed_precision != "no" and cfg.fp32_master_weights:
         raise TrainingError(
             f"train.mixed_precision={cfg.mixed_precision} needs a GPU (megatron's mixed-precision "

@@ -221,6 +221,19 @@ def test_resuming_from_a_checkpoint_that_does_not_fit_fails_clearly(
         run(tmp_path, items, "misfit", nproc, **resume)
 
 
+def test_a_variant_resuming_under_the_runs_name_is_refused_and_writes_nothing(items, step3):
+    """A run that names step3's run but starts from other weights would continue its training
+    as if it were its own (training/resume.refuse_changed_run)."""
+    checkpoint, model, _ = step3
+    run_dir = checkpoint.parents[1]
+    before = checkpoint_names(run_dir), (run_dir / "config.yaml").read_text()
+    variant = {**model, "train.init_from": checkpoint, "train.resume_from_checkpoint": "latest"}
+    refusal = r"was trained with other settings than this run's \(train.init_from: null → "
+    with pytest.raises(AssertionError, match=refusal):
+        run(run_dir.parent, items, "src", **variant)
+    assert (checkpoint_names(run_dir), (run_dir / "config.yaml").read_text()) == before
+
+
 def test_a_corpus_resume_with_another_item_length_is_refused(tmp_path, items):
     """Corpus (and chat) data are cut into items of data.item_length: another length would read
     other items from the checkpoint's step on (the pre-shuffled Pile refuses it by itself)."""

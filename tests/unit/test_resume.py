@@ -79,3 +79,77 @@ def test_nothing_is_restored_where_the_named_step_exists(tmp_path):
     (root / "step_00000006.old.partial").mkdir()  # left by a crash while deleting it
     assert resume_decision(_config(tmp_path, resume_from_checkpoint="auto")) == "latest"
     assert (root / "step_00000006.old.partial").is_dir() and (root / "step_00000006").is_dir()
+
+
+def _run(tmp_path: Path, **sections):
+    """A whole run's config over the tiny GPTNeoX, its config.yaml written as a run writes it."""
+    from megatron_mamba.training.run_config import RunConfig
+
+    train = _config(tmp_path, resume_from_checkpoint="latest", **sections.pop("train", {}))
+    return RunConfig(preset="tiny-gpt-neox", train=train, **sections)
+
+
+def _trained(tmp_path: Path, run) -> None:
+    from megatron_mamba.config_io import dump
+
+    _checkpoints(tmp_path, 3)
+    (tmp_path / "run" / "config.yaml").write_text(dump(run))
+
+
+def test_a_resume_under_another_objective_data_or_start_is_refused_naming_each(tmp_path):
+    """A recipe's variant launched under the run's name (here: packed chats, from other
+    weights, with a teacher) would continue the earlier training under its own settings."""
+    from megatron_mamba.distill.config import DistillConfig
+    from megatron_mamba.training.resume import refuse_changed_run
+    from megatron_mamba.training.run_config import DataConfig
+
+    chat = {"kind": "chat", "path": "chats.jsonl", "tokenizer": "tokenizer"}
+    _trained(tmp_path, _run(tmp_path, data=DataConfig(**chat)))
+    init = tmp_path / "weights.pt"
+    init.write_bytes(b"")
+    teacher = str(tmp_path / "teacher.pt")
+    variant = _run(
+        tmp_path,
+        data=DataConfig(**chat, pack=True, train_on="all"),
+        distill=DistillConfig(teacher=teacher),
+        train={"init_from": str(init)},
+    )
+    with pytest.raises(TrainingError) as refused:
+        refuse_changed_run(variant, "latest")
+    message = str(refused.value)
+    for change in (
+        "data.pack: false → true",
+        "data.train_on: assistant → all",
+        f"distill.teacher: null → {teacher}",
+        f"train.init_from: null → {init}",
+    ):
+        assert change in message
+    assert "train.resume_with_changes=true" in message
+    allowed = _run(tmp_path, data=DataConfig(**chat, pack=True, train_on="all"))
+    allowed.train.resume_with_changes = True
+    refuse_changed_run(allowed, "latest")  # told to: continues
+
+
+def test_the_losses_weights_may_change_on_resume_and_are_printed(tmp_path, capsys):
+    """CALD's hybrid run: target-guided, then resumed with the layer loss off."""
+    from megatron_mamba.distill.config import DistillConfig
+    from megatron_mamba.training.resume import refuse_changed_run
+
+    guided = DistillConfig(teacher="teacher.pt", alpha_layer_distill_loss=15.0)
+    _trained(tmp_path, _run(tmp_path, distill=guided))
+    unguided = DistillConfig(teacher="teacher.pt", alpha_layer_distill_loss=0.0)
+    refuse_changed_run(_run(tmp_path, distill=unguided, train={"max_steps": 9}), "latest")
+    assert "distill.alpha_layer_distill_loss: 15.0 → 0.0" in capsys.readouterr().out
+    refuse_changed_run(_run(tmp_path, distill=guided, train={"max_steps": 9}), "latest")
+    assert capsys.readouterr().out == ""  # a longer run of the same settings: nothing to say
+
+
+def test_another_runs_checkpoint_or_a_run_without_config_is_not_compared(tmp_path):
+    from megatron_mamba.training.resume import refuse_changed_run
+    from megatron_mamba.training.run_config import DataConfig
+
+    _trained(tmp_path, _run(tmp_path))
+    variant = _run(tmp_path, data=DataConfig(path="other"))
+    refuse_changed_run(variant, str(tmp_path / "teacher" / "checkpoints" / "step_00000009"))
+    (tmp_path / "run" / "config.yaml").unlink()
+    refuse_changed_run(variant, "latest")
