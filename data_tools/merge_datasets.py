@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from megatron_mamba.data.indexed import dataset_prefix, output_prefix
 from megatron_mamba.data.merge import merge_datasets
 
 
@@ -19,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output pair")
     args = parser.parse_args(argv)
     try:
+        args.output_prefix = output_prefix(args.output_prefix)
+        args.inputs = [dataset_prefix(prefix) for prefix in args.inputs]
         summary = merge_datasets(args.inputs, args.output_prefix, args.overwrite)
     except (OSError, ValueError) as error:  # DatasetError is a ValueError
         print(f"error: {error}", file=sys.stderr)

@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from megatron_mamba.data.indexed import output_prefix
 from megatron_mamba.data.merge import merge_shards
 
 
@@ -21,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output pair")
     args = parser.parse_args(argv)
     try:
+        args.output_prefix = output_prefix(args.output_prefix)
         summary = merge_shards(args.shards, args.index, args.output_prefix, args.overwrite)
     except (OSError, ValueError) as error:  # DatasetError is a ValueError
         print(f"error: {error}", file=sys.stderr)

@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from megatron_mamba.data.indexed import output_prefix
 from megatron_mamba.data.preprocess import preprocess
 
 
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output pair")
     args = parser.parse_args(argv)
     try:
+        args.output_prefix = output_prefix(args.output_prefix)
         stats = preprocess(
             args.input,
             args.tokenizer,

@@ -125,6 +125,19 @@ def dataset_prefix(path: str) -> str:
     return path
 
 
+def output_prefix(path: str) -> str:
+    """The prefix a pair is to be written at: naming the .bin or .idx file stands for its
+    prefix; a directory is refused (it would write the hidden files `dir/.bin` and `dir/.idx`)."""
+    prefix = path[: -len(".bin")] if path.endswith((".bin", ".idx")) else path
+    if not prefix or prefix.endswith(("/", os.sep)) or Path(prefix).is_dir():
+        example = Path(prefix or ".") / "corpus"
+        raise DatasetError(
+            f"output prefix {path} names a directory; expected a file prefix such as {example} "
+            f"(writes {example}.bin and {example}.idx)"
+        )
+    return prefix
+
+
 def check_pair(
     prefix: str | Path, vocab_size: int | None = None, allow_short_bin: bool = False
 ) -> IndexSummary:

@@ -3,11 +3,13 @@
 MambaInLlama's train_hybrid_step.py gives progressive stage k (0-based) the k-th of
 `total_progressive_step` chunks of *each* source (torch.chunk: chunks of ceil(n / count) records,
 the last one shorter) and concatenates them, so every stage sees every source in proportion.
-Here the sources are jsonl files and the chunks are their non-empty lines, kept byte for byte.
+Here the sources are jsonl files and the chunks are their non-empty lines, kept byte for byte
+(each checked to be JSON first, so that a bad line is named in its source, not in the slice).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -32,8 +34,16 @@ def chunk_bounds(records: int, count: int, index: int) -> tuple[int, int]:
 
 def _records(path: Path) -> list[bytes]:
     if not path.is_file():
-        raise FileNotFoundError(f"data file {path} does not exist")
-    records = [line for line in path.read_bytes().splitlines() if line.strip()]
+        raise FileNotFoundError(f"data file {path} does not exist (expected a jsonl file)")
+    records = []
+    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            json.loads(line)
+        except ValueError as error:  # UnicodeDecodeError included
+            raise ValueError(f"{path}:{number} is not a JSON record ({error})") from None
+        records.append(line)
     if not records:
         raise ValueError(f"{path} holds no records")
     return records
@@ -47,13 +57,21 @@ def write_stage_slice(
     returns the records taken from each source."""
     if not sources:
         raise ValueError("no source files given")
+    if index < 1:
+        raise ValueError(f"--index={index} must be at least 1 (the stages count from 1)")
+    output = Path(output)
+    for source in map(Path, sources):
+        if output.exists() and source.exists() and output.samefile(source):
+            raise ValueError(
+                f"the output {output} is the source {source}: its slice would replace it; "
+                "write the slice to another file"
+            )
     taken, pieces = [], []
     for source in map(Path, sources):
         records = _records(source)
         start, stop = chunk_bounds(len(records), count, index - 1)
         pieces.extend(records[start:stop])
         taken.append(stop - start)
-    output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.")
     try:

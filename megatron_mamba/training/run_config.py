@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from megatron_mamba.config import ModelConfig, ParallelConfig
 from megatron_mamba.config_io import ConfigError, build
+from megatron_mamba.data.indexed import dataset_prefix
 from megatron_mamba.distill.config import DistillConfig
 from megatron_mamba.models.build import validate_parallel
 from megatron_mamba.models.presets import preset_fields
@@ -91,6 +92,12 @@ class DataConfig:
                     f"max_prompt_length={self.max_prompt_length} must be positive and below "
                     f"item_length={self.item_length}"
                 )
+        # a .bin or .idx named stands for its prefix (in a corpus blend, each one named)
+        if self.kind == "corpus" and len(self.path.split()) > 1:
+            self.path = " ".join(map(dataset_prefix, self.path.split()))
+        elif self.kind in ("pythia", "corpus"):
+            self.path = dataset_prefix(self.path)
+        self.valid_path = dataset_prefix(self.valid_path)
         if self.kind != "pythia" and not self.tokenizer:
             raise ValueError(
                 f"data.kind={self.kind} needs data.tokenizer (the directory of the tokenizer "

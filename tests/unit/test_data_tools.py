@@ -137,3 +137,30 @@ def test_pythia_shards_merge_next_to_their_index(tmp_path):
     assert (tmp_path / "document.bin").read_bytes() == whole
     assert index.read_bytes() == original
     assert not list(tmp_path.glob("*tmp*"))
+
+
+def test_a_pairs_bin_or_idx_file_stands_for_its_prefix_and_a_directory_is_refused(
+    tmp_path, tokenizer_dir, capsys
+):
+    from data_tools import merge_datasets
+    from megatron_mamba.data.indexed import open_indexed
+    from megatron_mamba.training.run_config import DataConfig
+
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus_lines()[:3]))
+    tools = ["--input", str(source), "--tokenizer", str(tokenizer_dir), "--output-prefix"]
+    assert preprocess_data.main([*tools, str(tmp_path / "c.bin")]) == 0
+    assert "→ " + str(tmp_path / "c") + ".bin/.idx" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.glob("c*")) == ["c.bin", "c.idx"]
+    merged = tmp_path / "cc.idx"
+    inputs = [str(tmp_path / "c.bin"), str(tmp_path / "c.idx")]
+    assert merge_datasets.main(["--inputs", *inputs, "--output-prefix", str(merged)]) == 0
+    assert capsys.readouterr().out.endswith(f"→ {tmp_path / 'cc'}.bin/.idx\n")
+    assert open_indexed(tmp_path / "cc")[1].documents == 6
+    for directory in (f"{tmp_path}/", str(tmp_path), f"{tmp_path}/.bin"):
+        code = preprocess_data.main([*tools, directory])
+        _one_error(capsys, code, f"output prefix {directory} names a directory")
+    assert not list(tmp_path.glob(".*"))
+    corpus = DataConfig(kind="corpus", path=f"0.5 {tmp_path}/c.bin 0.5 {merged}", tokenizer="t")
+    assert corpus.path == f"0.5 {tmp_path}/c 0.5 {tmp_path}/cc"
+    assert DataConfig(path=f"{tmp_path}/c.idx", valid_path=str(merged)).valid_path.endswith("cc")

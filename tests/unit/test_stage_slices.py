@@ -54,7 +54,7 @@ def test_each_stage_takes_its_slice_of_every_source_in_order(tmp_path):
     "args,message",
     [
         (["--slices", "0", "--index", "1"], "number of slices must be at least 1, not 0"),
-        (["--slices", "4", "--index", "0"], "slice 0 of 4 does not exist"),
+        (["--slices", "4", "--index", "0"], "--index=0 must be at least 1 (the stages count"),
         (["--slices", "4", "--index", "5"], "slice 5 of 4 does not exist"),
         (["--slices", "20", "--index", "11"], r"slice 11 of 20 does not exist for 10 records"),
     ],
@@ -82,3 +82,18 @@ def test_missing_and_empty_sources_are_named(tmp_path, capsys):
     assert "none.jsonl does not exist" in capsys.readouterr().err
     assert stage_slice([str(empty), "--slices", "1", "--index", "1", "--output", out]) == 1
     assert "empty.jsonl holds no records" in capsys.readouterr().err
+
+
+def test_a_slice_written_over_its_source_or_from_a_bad_line_is_refused(tmp_path, capsys):
+    source, lines = _source(tmp_path / "a.jsonl", "a", 10)
+    before = source.read_text()
+    args = ["--slices", "2", "--index", "1", "--output"]
+    assert stage_slice([str(source), *args, str(tmp_path / "." / "a.jsonl")]) == 1
+    assert f"is the source {source}: its slice would replace it" in capsys.readouterr().err
+    assert source.read_text() == before
+    broken = tmp_path / "b.jsonl"
+    broken.write_text(lines[0] + "\n\n{not json\n")
+    out = tmp_path / "out.jsonl"
+    assert stage_slice([str(source), str(broken), *args, str(out)]) == 1
+    assert f"{broken}:3 is not a JSON record" in capsys.readouterr().err
+    assert not out.exists()
