@@ -30,7 +30,12 @@ import numpy as np
 import torch
 from megatron.core import dist_checkpointing
 from megatron.core import parallel_state as ps
-from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core.dist_checkpointing.dict_utils import nested_values
+from megatron.core.dist_checkpointing.mapping import (
+    ShardedObject,
+    ShardedTensor,
+    ShardedTensorFactory,
+)
 from megatron.core.dist_checkpointing.strategies import filesystem_async
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
@@ -259,25 +264,54 @@ def read_model_config(path: Path) -> ModelConfig:
     return build(ModelConfig, common[MODEL_CONFIG], "model")
 
 
-def _refuse_unused_tensors(path: Path, request: dict) -> None:
+def _refuse_unfitting_tensors(path: Path, request: dict) -> None:
     """A checkpoint tensor no rank's model asks for would be dropped without a word (e.g. Mamba
-    projection biases the run's config lacks): refuse, naming them."""
+    projection biases the run's config lacks), and one of another shape (e.g. another d_state)
+    would fail deep in the loader: refuse either, naming them, on every rank alike."""
+    metadata = dist_checkpointing.load_tensors_metadata(str(path))
     wanted: set[str] = {sharded.key for sharded in request.values()}
+    misshapen = {}  # by the parameter's name (a fused parameter's first unfitting block)
+    for sharded in request.values():
+        for tensor in _built(sharded):
+            stored = metadata.get(tensor.key)
+            # vocabulary rows are padded by the TP size and may differ
+            if stored is None or tensor.allow_shape_mismatch:
+                continue
+            if tuple(stored.global_shape) != tuple(tensor.global_shape):
+                misshapen.setdefault(
+                    sharded.key,
+                    f"{sharded.key} {tuple(stored.global_shape)} in it, "
+                    f"{tuple(tensor.global_shape)} in this model",
+                )
+    misshapen = list(misshapen.values())
     every_rank: list = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(every_rank, wanted)
-    wanted = set().union(*every_rank)
-    saved = {
-        _BLOCK.sub("", key)
-        for key in dist_checkpointing.load_tensors_metadata(str(path))
-        if not key.startswith("optimizer.")
-    }
+    torch.distributed.all_gather_object(every_rank, (wanted, misshapen))
+    wanted = set().union(*(w for w, _ in every_rank))
+    misshapen = sorted(set().union(*(m for _, m in every_rank)))
+    saved = {_BLOCK.sub("", key) for key in metadata if not key.startswith("optimizer.")}
     unused = sorted(saved - wanted)
+    differs = (
+        "the run's model configuration differs from the checkpoint's (`--dry-run` prints the run's)"
+    )
     if unused:
-        shown = ", ".join(unused[:4]) + (f" and {len(unused) - 4} more" if len(unused) > 4 else "")
         raise CheckpointError(
-            f"{path} holds weights this model has no place for: {shown}; the run's model "
-            "configuration differs from the checkpoint's (`--dry-run` prints the run's)"
+            f"{path} holds weights this model has no place for: {_some(unused)}; {differs}"
         )
+    if misshapen:
+        raise CheckpointError(
+            f"{path} holds weights of other shapes than this model's: {_some(misshapen)}; {differs}"
+        )
+
+
+def _built(sharded) -> list[ShardedTensor]:
+    """The ShardedTensors a request entry stands for (a factory's blocks built)."""
+    if isinstance(sharded, ShardedTensorFactory):
+        return [t for t in nested_values(sharded.build()) if isinstance(t, ShardedTensor)]
+    return [sharded] if isinstance(sharded, ShardedTensor) else []
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
 
 
 _BLOCK = re.compile(r"\.block\d+$")  # a block of a separately split fused parameter
@@ -287,7 +321,7 @@ def load_weights(path: Path, model) -> dict:
     """Load only the weights (at any TP/PP layout); returns the checkpoint's progress record.
     Every weight of the checkpoint must find its place in the model."""
     request = sharded_model_state(model)
-    _refuse_unused_tensors(path, request)
+    _refuse_unfitting_tensors(path, request)
     loaded = dist_checkpointing.load({"model": request}, str(path))
     _copy_into(model, loaded["model"])
     return dist_checkpointing.load_common_state_dict(str(path))["progress"]

@@ -14,6 +14,7 @@ the run's directory before the model, data and checkpoint to resume have been se
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -400,8 +401,11 @@ def _initialise(model, path: Path) -> None:
     """Start from a checkpoint's weights (any layout) or a file of whole tensors."""
     if path.is_dir():
         load_weights(find_checkpoint(path, path), model)
-    else:
+        return
+    try:
         load_full_state(model, torch.load(path, map_location="cpu", weights_only=True))
+    except (ValueError, RuntimeError, pickle.UnpicklingError) as error:  # not this model's
+        raise CheckpointError(f"{path} does not fit this model: {error}") from None
 
 
 def _data_order(order: DataOrder, seed: int, item_length: int) -> dict:

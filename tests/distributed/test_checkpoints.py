@@ -178,14 +178,39 @@ def test_weights_load_at_another_layout(tmp_path, items, step3):
     assert single[0] < untrained_loss - 0.05  # the same first batch, now on trained weights
 
 
-def test_weights_the_model_has_no_place_for_are_refused(tmp_path, items, step3):
-    """A config without the checkpoint's conv biases would drop them silently."""
+@pytest.mark.parametrize(
+    "overrides,message",
+    [  # a config without the checkpoint's conv biases would drop them silently
+        (
+            {"model.mamba.conv_bias": False},
+            "holds weights this model has no place for: .*conv1d.bias",
+        ),
+        (
+            {"model.mamba.d_conv": 2},
+            r"holds weights of other shapes than this model's: "
+            r"decoder.layers.0.mixer.conv1d.weight \(\d+, 1, 4\) in it, "
+            r"\(\d+, 1, 2\) in this model",
+        ),
+    ],
+    ids=["unused", "shape"],
+)
+def test_weights_that_do_not_fit_the_model_are_refused_in_one_line(
+    tmp_path, items, step3, overrides, message
+):
     checkpoint, model, _ = step3
-    fresh = {**model, "train.init_from": checkpoint, "model.mamba.conv_bias": False}
-    with pytest.raises(
-        AssertionError, match=r"holds weights this model has no place for: .*conv1d.bias"
-    ):
-        run(tmp_path, items, "unused", **fresh)
+    fresh = {**model, "train.init_from": checkpoint, **overrides}
+    with pytest.raises(AssertionError, match=message) as refused:
+        run(tmp_path, items, "unfit", **fresh)
+    assert "Traceback" not in str(refused.value)  # one line, not a stack
+
+
+def test_a_file_of_whole_tensors_of_another_model_is_refused_in_one_line(tmp_path, items):
+    other = save_initial(
+        tmp_path / "other.pt", {"preset": "tiny-gpt-neox", "model.vocab_size": 200}
+    )
+    with pytest.raises(AssertionError, match=f"{other} does not fit this model: ") as refused:
+        run(tmp_path, items, "unfit", **{"train.init_from": other, "model.mamba.d_conv": 2})
+    assert "Traceback" not in str(refused.value)
 
 
 @pytest.mark.parametrize(
