@@ -18,6 +18,10 @@ from megatron_mamba.convert.hf_config import model_config_from_hf
 from megatron_mamba.convert.hf_files import TOKEN_ID_KEYS
 
 MAMBA_IN_LLAMA_CONFIG = "mamba_config.json"
+# Keys that shape the weights: where config.json lacks one, transformers fills in its own
+# default (GPTNeoX's are GPT-NeoX-20B's), and the import would fail later on something else.
+_SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+_CALD_KEYS = ("intermediate_size", "state_size", "conv_kernel", "time_step_rank")
 _MAMBA1_BIASES = ("proj_x_bias", "proj_z_bias", "out_proj_bias")
 
 
@@ -58,7 +62,9 @@ def _mamba_in_llama(base, mamba: dict) -> ModelConfig:
     return model_config_from_hf(base, layer_pattern=pattern, mamba=settings)
 
 
-def _cald(config: dict) -> ModelConfig:
+def _cald(config: dict, path: Path) -> ModelConfig:
+    _require(config, _CALD_KEYS, path)
+    _require(config["gpt_neox_config"], _SHAPE_KEYS, path, within="gpt_neox_config")
     settings = dict(
         layout="classic",
         d_inner=config["intermediate_size"],
@@ -73,17 +79,40 @@ def _cald(config: dict) -> ModelConfig:
     return model_config_from_hf(base, layer_pattern="M" * base.num_hidden_layers, mamba=settings)
 
 
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (expected a transformers config file)")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as error:  # UnicodeDecodeError included
+        raise ValueError(f"{path} is not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a {type(data).__name__}; expected a JSON object")
+    return data
+
+
+def _require(config: dict, keys: tuple[str, ...], path: Path, within: str = "") -> None:
+    missing = [key for key in keys if key not in config] if isinstance(config, dict) else keys
+    if missing:
+        where = f"{path} ({within})" if within else str(path)
+        raise ValueError(
+            f"{where} lacks {', '.join(missing)}; these shape the weights, and "
+            "transformers would fill in defaults that are not this checkpoint's"
+        )
+
+
 def source_model_config(root: str | Path) -> ModelConfig:
     """The configuration of the weights in `root` (a transformers checkpoint directory)."""
     import megatron_mamba.hf  # noqa: F401  (registers the hybrid types with AutoConfig)
 
     root = Path(root)
-    raw = json.loads((root / "config.json").read_text())
+    raw = _read_json(root / "config.json")
     if "gpt_neox_config" in raw:
-        return _cald(raw)
+        return _cald(raw, root / "config.json")
+    _require(raw, _SHAPE_KEYS, root / "config.json")
     config = AutoConfig.from_pretrained(root)
     if (root / MAMBA_IN_LLAMA_CONFIG).is_file() and config.model_type in ("llama", "mistral"):
-        return _mamba_in_llama(config, json.loads((root / MAMBA_IN_LLAMA_CONFIG).read_text()))
+        return _mamba_in_llama(config, _read_json(root / MAMBA_IN_LLAMA_CONFIG))
     return model_config_from_hf(config)
 
 

@@ -24,7 +24,7 @@ from megatron.core import parallel_state as ps
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_mamba.config import RunPrecision
-from megatron_mamba.config_io import dump, to_dict
+from megatron_mamba.config_io import ConfigError, dump, to_dict
 from megatron_mamba.data.batches import TokenBatch, padded_length
 from megatron_mamba.data.chat_dataset import ChatDataset, PreferenceDataset
 from megatron_mamba.data.corpus import CorpusSamples, HFTokenizerInfo
@@ -337,6 +337,9 @@ def train(run: RunConfig) -> list[dict]:
 
 def _training_data(run: RunConfig, vocab_size: int):
     data = run.data
+    if not data.path.strip():
+        expected = "a .jsonl file" if data.kind in ("chat", "preference") else "a .bin/.idx prefix"
+        raise ConfigError(f"data.path is not set; data.kind={data.kind} expects {expected}")
     if data.kind == "corpus":
         eod = HFTokenizerInfo.from_hf(load_tokenizer(data.tokenizer)).eod
         return CorpusSamples(

@@ -281,6 +281,12 @@ def test_resuming_a_finished_run_says_there_is_nothing_left(tmp_path, items):
     assert [r["step"] for r in records(tmp_path / "done")] == [1, 2, 3, 4]
 
 
+def test_a_run_without_data_path_names_the_setting(tmp_path, items):
+    with pytest.raises(AssertionError, match="data.path is not set; data.kind=pythia expects a"):
+        run(tmp_path, items, "nodata", **{"data.path": "''"})  # as if unset
+    assert not (tmp_path / "nodata").exists()
+
+
 def test_resuming_without_a_checkpoint_names_what_is_missing(tmp_path, items):
     with pytest.raises(AssertionError, match=r"no checkpoint to resume: .*latest does not exist"):
         run(tmp_path, items, "none", **{"train.resume_from_checkpoint": "latest"})

@@ -38,7 +38,8 @@ def zephyr(tmp_path_factory):
     stages = [
         ("progressive", {}),
         ("sft", {"ATTN": "50"}),
-        ("sft", {"ATTN": "25", "PACK": "1"}),
+        ("sft", {"ATTN": "50", "PACK": "1"}),  # a variant: its own run, not the one above
+        ("sft", {"ATTN": "25", "PACK": "1"}),  # continues the packed variant
         ("dpo", {}),
         ("progressive", {"STEPWISE": "1", "STEPS": "2"}),  # reuses the teacher and inputs
     ]
@@ -64,7 +65,7 @@ def _mixer_layers(state, layers):
 
 
 def test_stage_one_trains_only_the_mamba_mixers(zephyr):
-    start, trained = _weights(zephyr / "init_0.25"), _weights(zephyr / "zephyr_0.25_mamba")
+    start, trained = _weights(zephyr / "init_0.25_mamba"), _weights(zephyr / "zephyr_0.25_mamba")
     assert read_model_config(zephyr / "zephyr_0.25_mamba").layer_pattern == "MAAAMAAA"
     mamba = _mixer_layers(start, (0, 4))
     assert mamba and all(not (start[n] == trained[n]).all() for n in mamba if "A_log" not in n)
@@ -73,8 +74,8 @@ def test_stage_one_trains_only_the_mamba_mixers(zephyr):
 
 
 def test_the_second_stage_starts_from_the_first(zephyr):
-    first, second = _weights(zephyr / "zephyr_0.25_mamba"), _weights(zephyr / "init_0.50")
-    assert read_model_config(zephyr / "init_0.50").layer_pattern == "MAMAMAMA"
+    first, second = _weights(zephyr / "zephyr_0.25_mamba"), _weights(zephyr / "init_0.50_mamba")
+    assert read_model_config(zephyr / "init_0.50_mamba").layer_pattern == "MAMAMAMA"
     for name in _mixer_layers(first, (0, 4)) | _mixer_layers(first, (1, 3, 5, 7)):
         assert (first[name] == second[name]).all(), name
     assert any(n.startswith("decoder.layers.2.mixer.in_proj") for n in second)
@@ -85,10 +86,10 @@ def test_the_second_stage_starts_from_the_first(zephyr):
 def test_stepwise_stages_add_a_layer_each_on_their_own_slice(zephyr):
     """STEPWISE=1: stage k swaps MambaInLlama's k-th layer into stage k−1's model and trains on
     the k-th of SLICES (4 in the tiny run) chunks of each pseudo-label source, concatenated."""
-    first, second = zephyr / "zephyr_step_1", zephyr / "zephyr_step_2"
+    first, second = zephyr / "zephyr_step_1_mamba", zephyr / "zephyr_step_2_mamba"
     assert read_model_config(first).layer_pattern == stepwise_pattern(8, 1) == "MAAAAAAA"
     assert read_model_config(second).layer_pattern == stepwise_pattern(8, 2) == "MAMAAAAA"
-    trained, started = _weights(first), _weights(zephyr / "init_step_2")
+    trained, started = _weights(first), _weights(zephyr / "init_step_2_mamba")
     for name in _mixer_layers(trained, (0,)):
         assert (trained[name] == started[name]).all(), name
     sources = [(zephyr / "inputs" / f"labels_{s}.jsonl").read_text().splitlines() for s in "ab"]
@@ -103,15 +104,18 @@ def test_stepwise_stages_add_a_layer_each_on_their_own_slice(zephyr):
         assert records(run)[-1]["step"] == len(expected) // 8  # global batch 8
 
 
-def test_sft_learns_and_dpo_starts_from_its_reference(zephyr):
-    for run, pattern in (
-        ("zephyr_0.50_mamba_sft", "MAMAMAMA"),
-        ("zephyr_0.75_mamba_sft", "MMMAMMMA"),
+def test_sft_variants_learn_each_in_its_own_run_and_dpo_starts_from_its_reference(zephyr):
+    for run, pattern, packed in (
+        ("zephyr_0.50_mamba_sft", "MAMAMAMA", False),
+        ("zephyr_0.50_mamba_sft_packed", "MAMAMAMA", True),
+        ("zephyr_0.75_mamba_sft_packed", "MMMAMMMA", True),
     ):
-        steps = records(zephyr / run)  # the 25% model trains on packed rows, every token
+        steps = records(zephyr / run)  # packed: full rows, every token
         assert steps[-1]["loss"] < steps[0]["loss"]
         assert read_model_config(zephyr / run).layer_pattern == pattern
-    assert "pack: true" in (zephyr / "zephyr_0.75_mamba_sft" / "config.yaml").read_text()
+        config = (zephyr / run / "config.yaml").read_text()
+        assert f"pack: {str(packed).lower()}" in config
+    assert f"init_from: {zephyr / 'init_0.75_mamba_sft_packed'}" in config
     dpo = records(zephyr / "mamba_0_5_dpo_ep1")
     # The policy starts as its reference: every pair scores log 2 with zero rewards.
     assert dpo[0]["dpo"] == pytest.approx(math.log(2), abs=1e-6)

@@ -56,3 +56,28 @@ def test_more_bad_inputs_exit_1_with_one_line(runtime, tmp_path, capsys):
         convert_hf_to_native.main([missing, str(tmp_path / "n2")]),
         f"{missing} is not a directory (expected an HF model)",
     )
+
+
+def test_a_config_json_that_is_broken_or_lacks_a_shape_key_is_named(runtime, tmp_path, capsys):
+    """transformers would fill a missing key with its default (GPTNeoX's are GPT-NeoX-20B's)
+    and the import would fail later on something else."""
+    import json
+
+    hf = tmp_path / "hf"
+    tiny_gpt_neox(True, layers=2).save_pretrained(hf)
+    capsys.readouterr()
+    config = json.loads((hf / "config.json").read_text())
+    cald = {"model_type": "mamba", "intermediate_size": 64, "state_size": 4, "conv_kernel": 4}
+    for broken, expected in (
+        ({k: v for k, v in config.items() if k != "num_attention_heads"}, "num_attention_heads"),
+        ("{not json", "is not valid JSON"),
+        ([1, 2], "holds a list; expected a JSON object"),
+        ({**cald, "gpt_neox_config": config}, "lacks time_step_rank"),
+        ({**cald, "time_step_rank": 4, "gpt_neox_config": {}}, "(gpt_neox_config) lacks hidden"),
+    ):
+        text = broken if isinstance(broken, str) else json.dumps(broken)
+        (hf / "config.json").write_text(text)
+        assert convert_hf_to_native.main([str(hf), str(tmp_path / "native")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {hf / 'config.json'}") and expected in err, err
+        assert err.count("\n") == 1 and not (tmp_path / "native").exists()
