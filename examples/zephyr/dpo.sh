@@ -4,10 +4,11 @@
 #   ATTN=50 EPOCHS=1 NPROC=8 bash examples/zephyr/dpo.sh [--tiny] [key=value ...]
 source "$(dirname "$0")/common.sh"
 ATTN=${ATTN:-50}
+V=$(sft_variant)  # the SFT variant to start from (WITH_DISTILL, SFT_MODE, PACK as for sft.sh)
 case $ATTN in
-  50) SFT=zephyr_0.50_mamba_sft NAME=mamba_0_5 ;;
-  25) SFT=zephyr_0.75_mamba_sft NAME=mamba_0_75 ;;
-  12.5) SFT=zephyr_0.875_mamba_sft NAME=mamba_0_875 ;;
+  50) SFT=zephyr_0.50_${KIND}_sft$V NAME=${KIND}_0_5$V ;;
+  25) SFT=zephyr_0.75_${KIND}_sft$V NAME=${KIND}_0_75$V ;;
+  12.5) SFT=zephyr_0.875_${KIND}_sft$V NAME=${KIND}_0_875$V ;;
   *) echo "ATTN=$ATTN is unknown; expected 50, 25 or 12.5" >&2 && exit 2 ;;
 esac
 case ${EPOCHS:-1} in

@@ -47,6 +47,12 @@ def target_config(
         mamba=build(MambaConfig, settings, "mamba"),
     )
     swapped_layers(source, target)  # refuses turning Mamba back into attention
+    if mamba and set(target.mixers) == {"attention"}:
+        given = ", ".join(f"{k}={v}" for k, v in mamba.items())
+        raise ValueError(
+            f"the Mamba settings {given} apply to no layer: the layer pattern "
+            f"{target.layer_pattern} is all attention; give --layer-pattern with M or S layers"
+        )
     return target
 
 

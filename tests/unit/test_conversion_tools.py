@@ -56,6 +56,13 @@ def test_more_bad_inputs_exit_1_with_one_line(runtime, tmp_path, capsys):
         convert_hf_to_native.main([missing, str(tmp_path / "n2")]),
         f"{missing} is not a directory (expected an HF model)",
     )
+    one_error(
+        convert_hf_to_native.main(
+            [str(tmp_path / "hf"), str(tmp_path / "n3"), "--mamba", "d_state=8"]
+        ),
+        "the Mamba settings d_state=8 apply to no layer: the layer pattern AA is all attention",
+    )
+    assert not (tmp_path / "n3").exists()
 
 
 def test_a_config_json_that_is_broken_or_lacks_a_shape_key_is_named(runtime, tmp_path, capsys):
