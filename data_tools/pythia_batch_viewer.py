@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.step < 0:
             raise ValueError(f"--step {args.step} must be non-negative")
+        if args.rows < 1:
+            raise ValueError(f"--rows {args.rows} must be at least 1")
         items = DataOrder(args.global_batch).items(args.step, dp_rank=0)
         tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
         data = PythiaPreshuffled(

@@ -69,7 +69,8 @@ def check_checkpoint(pretrained: str | Path, tokenizer: str | None = None) -> st
         if found is None:
             raise ValueError(
                 f"{path} holds no tokenizer files (an imported checkpoint keeps its "
-                "source's; a training run does not): pass tokenizer=<HF tokenizer directory>"
+                "source's; a training run does not): give its HF tokenizer directory "
+                "(run_lm_evals.py --tokenizer, or tokenizer= in lm-eval's --model_args)"
             )
         return str(found)
     return tokenizer

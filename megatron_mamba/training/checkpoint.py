@@ -247,6 +247,8 @@ def find_checkpoint(spec: str | Path, root: Path) -> Path:
     else:
         if str(spec) == LATEST:
             raise CheckpointError(f"no checkpoint to resume: {root / LATEST} does not exist")
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
     if not (path / "metadata.json").is_file():
         raise CheckpointError(
             f"{path} is not a complete checkpoint (expected a megatron-core distributed "

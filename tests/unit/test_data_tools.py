@@ -88,6 +88,7 @@ def test_more_bad_inputs_exit_1_with_one_line(tmp_path, tokenizer_dir, capsys):
     viewer = [prefix, "--step", "0"]
     _one_error(capsys, pythia_batch_viewer.main([*viewer, "--global-batch", "0"]), "global batch 0")
     _one_error(capsys, pythia_batch_viewer.main([*viewer, "--step", "-1"]), "--step -1")
+    _one_error(capsys, pythia_batch_viewer.main([*viewer, "--rows", "0"]), "--rows 0 must be at")
     _one_error(capsys, pythia_batch_viewer.main([*viewer, "--tokenizer", missing]), missing)
     _one_error(capsys, inspect_data.main([prefix, "--tokenizer", missing]), missing)
     source = tmp_path / "in.jsonl"

@@ -19,7 +19,7 @@ def test_perplexity_missing_checkpoint_or_data_is_one_line(tmp_path, capsys):
 
     data = build_pair(tmp_path / "held_out", [np.arange(40)])
     assert main(["--checkpoint", str(tmp_path / "nope"), "--data", str(data)]) == 1
-    assert "nope is not a complete checkpoint" in _error_line(capsys)
+    assert f"checkpoint {tmp_path / 'nope'} does not exist" in _error_line(capsys)
     assert main(["--checkpoint", str(tmp_path / "nope"), "--data", str(tmp_path / "absent")]) == 1
     assert "absent.idx does not exist" in _error_line(capsys)
 
@@ -29,7 +29,7 @@ def test_perplexity_accepts_the_bin_file_as_data(tmp_path, capsys):
 
     data = build_pair(tmp_path / "held_out", [np.arange(40)])
     assert main(["--checkpoint", str(tmp_path / "nope"), "--data", f"{data}.bin"]) == 1
-    assert "not a complete checkpoint" in _error_line(capsys)  # the data passed its check
+    assert "nope does not exist" in _error_line(capsys)  # the data passed its check
 
 
 def test_data_tools_accept_the_bin_or_idx_file(tmp_path, capsys):
