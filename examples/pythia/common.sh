@@ -3,8 +3,10 @@
 # The global batch stays the seed's 128 on any NPROC and TP/PP (train.global_batch_size).
 # `--tiny` as the first argument runs the same recipe on a tiny model and stand-in data.
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-PY=${PYTHON:-python}
+# Paths given (OUT, inputs, key=value) are the caller's; the repo's own files are under REPO.
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+PY=${PYTHON:-$([[ -x "$REPO/.venv/bin/python" ]] && echo "$REPO/.venv/bin/python" || echo python)}
 NPROC=${NPROC:-1}
 DATA_PROP=${DATA_PROP:-05p}
 case $DATA_PROP in  # SWITCH_STEP: CALD's 40P (for 1p and 2p its 40th checkpoint, every int(1%))
@@ -13,14 +15,14 @@ case $DATA_PROP in  # SWITCH_STEP: CALD's 40P (for 1p and 2p its 40th checkpoint
   2p) TRAIN_SAMPLES=2928640 DECAY_STEPS=24000 SWITCH_STEP=18280 ;;
   *) echo "DATA_PROP=$DATA_PROP is unknown; expected 05p, 1p or 2p" >&2 && exit 2 ;;
 esac
-CONFIG=examples/pythia/pythia-1b.yaml
+CONFIG="$REPO/examples/pythia/pythia-1b.yaml"
 DATA=${DATA:-data/pile_pythia/document}       # the pre-shuffled Pile (data_tools/merge_pythia_shards.py)
 TEACHER=${TEACHER:-checkpoints/pythia-1b}     # Pythia-1b imported to a native checkpoint
 if [[ "${1:-}" == "--tiny" ]]; then
   shift
   TINY=${TINY_DIR:-output/tiny/inputs}
-  [[ -f $TINY/teacher.pt ]] || "$PY" examples/pythia/make_tiny.py "$TINY"
-  CONFIG=examples/pythia/tiny.yaml DATA=$TINY/document TEACHER=$TINY/teacher.pt
+  [[ -f $TINY/teacher.pt ]] || "$PY" "$REPO/examples/pythia/make_tiny.py" "$TINY"
+  CONFIG="$REPO/examples/pythia/tiny.yaml" DATA=$TINY/document TEACHER=$TINY/teacher.pt
   TRAIN_SAMPLES=128 DECAY_STEPS=24 SWITCH_STEP=
 fi
 # The hybrid's switch (the tiny run: 40% of its steps); the target-guided run keeps that step.

@@ -14,8 +14,10 @@
 # --gpus N: N data-parallel processes, bf16 (default 1); --graphs: train.cuda_graph=true (GPU;
 # about 2× the tokens/s of this shape, docs/scaling.md); --tiny: a tiny shape on CPU, a smoke test.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-PY=${PYTHON:-python}
+# Paths given (OUT, inputs, key=value) are the caller's; the repo's own files are under REPO.
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+PY=${PYTHON:-$([[ -x "$REPO/.venv/bin/python" ]] && echo "$REPO/.venv/bin/python" || echo python)}
 OUT=${OUT:-output/replication}
 GPUS=1 SHAPE=pythia-160m VOCAB=8192 SEQ=1024 MICRO=8 MB=${MB:-40}
 TEACHER_STEPS=${TEACHER_STEPS:-3000} STUDENT_STEPS=${STUDENT_STEPS:-1500} PRECISION=bf16
@@ -39,9 +41,9 @@ step "1. corpus and tokenizer from this machine's text"
 roots=$("$PY" -c 'import sysconfig as s; print(s.get_paths()["stdlib"], s.get_paths()["purelib"])')
 text_roots=() && for root in $roots; do text_roots+=(--text-root "$root"); done
 [[ -f $IN/train.idx ]] || {
-  "$PY" examples/quickstart/prepare.py "$IN" --vocab-size "$VOCAB" --max-mb "$MB" "${text_roots[@]}"
+  "$PY" "$REPO/examples/quickstart/prepare.py" "$IN" --vocab-size "$VOCAB" --max-mb "$MB" "${text_roots[@]}"
   for part in train held_out; do
-    "$PY" data_tools/preprocess_data.py --input "$IN/$part.jsonl" --tokenizer "$IN/tokenizer" \
+    "$PY" "$REPO/data_tools/preprocess_data.py" --input "$IN/$part.jsonl" --tokenizer "$IN/tokenizer" \
       --output-prefix "$IN/$part" --workers 4
   done
 }
@@ -77,7 +79,7 @@ MODELS=(teacher unguided target_guided hybrid)
 step "4. held-out perplexity"
 paths=() && for name in "${MODELS[@]}"; do paths+=("$OUT/$name"); done
 rm -f "$OUT/eval/perplexity.jsonl"
-"$PY" eval/perplexity.py --checkpoint "${paths[@]}" --data "$IN/held_out" --seq_length "$SEQ" \
+"$PY" "$REPO/eval/perplexity.py" --checkpoint "${paths[@]}" --data "$IN/held_out" --seq_length "$SEQ" \
   --output "$OUT/eval/perplexity.jsonl"
-"$PY" examples/quickstart/report.py "$OUT" "${MODELS[@]}"
+"$PY" "$REPO/examples/quickstart/report.py" "$OUT" "${MODELS[@]}"
 echo "done in $((SECONDS / 60))m$((SECONDS % 60))s; everything is in $OUT"

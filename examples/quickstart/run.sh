@@ -12,8 +12,10 @@
 # kernels). --small trains for fewer steps (what CI runs). OUT (default output/quickstart) is
 # made anew on each run.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-PY=${PYTHON:-.venv/bin/python}
+# Paths given (OUT, inputs, key=value) are the caller's; the repo's own files are under REPO.
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+PY=${PYTHON:-$([[ -x "$REPO/.venv/bin/python" ]] && echo "$REPO/.venv/bin/python" || echo python)}
 OUT=${OUT:-output/quickstart}
 GPUS=0 TEACHER=(train.num_train_epochs=4) STUDENT=(train.num_train_epochs=2)
 while [[ $# -gt 0 ]]; do
@@ -38,15 +40,15 @@ export HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:
 step() { echo -e "\n=== [$((SECONDS / 60))m$((SECONDS % 60))s] $*"; }
 
 step "1. corpus, tokenizer and lm-eval tasks from the repo's text"
-"$PY" examples/quickstart/prepare.py "$IN" | grep -v "^$"
+"$PY" "$REPO/examples/quickstart/prepare.py" "$IN" | grep -v "^$"
 for part in train held_out; do
-  "$PY" data_tools/preprocess_data.py --input "$IN/$part.jsonl" --tokenizer "$IN/tokenizer" \
+  "$PY" "$REPO/data_tools/preprocess_data.py" --input "$IN/$part.jsonl" --tokenizer "$IN/tokenizer" \
     --output-prefix "$IN/$part" 2> >(grep -v batches >&2)
 done
 
 train() {  # train CONFIG key=value ...
   "$PY" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m megatron_mamba.train \
-    --config "examples/quickstart/$1.yaml" "${@:2}" parallel.tensor="$TP" \
+    --config "$REPO/examples/quickstart/$1.yaml" "${@:2}" parallel.tensor="$TP" \
     train.output_dir="$OUT" train.mixed_precision="$PRECISION" data.path="$IN/train" \
     data.tokenizer="$IN/tokenizer" data.valid_path="$IN/held_out" train.eval_interval=50
 }
@@ -55,7 +57,7 @@ step "2. the teacher: a tiny GPTNeoX trained from scratch (TP=$TP over $NPROC pr
 train teacher "${TEACHER[@]}"
 
 step "3. the hybrid student: the teacher with layers 1 and 3 swapped for mamba1 and mamba2"
-"$PY" tools/swap_layers.py "$OUT/teacher" "$OUT/converted" --layer-pattern AMAS \
+"$PY" "$REPO/tools/swap_layers.py" "$OUT/teacher" "$OUT/converted" --layer-pattern AMAS \
   --mamba layout=attention --mamba init=attention
 
 step "4. the student retrained: target-guided, and hybrid (guided for the first 40% of steps)"
@@ -68,17 +70,17 @@ done
 MODELS=(teacher converted target_guided hybrid)
 step "5. evaluation: held-out perplexity, then lm-eval on the local tasks"
 paths=() && for name in "${MODELS[@]}"; do paths+=("$OUT/$name"); done
-"$PY" eval/perplexity.py --checkpoint "${paths[@]}" --data "$IN/held_out" --seq_length 64 \
+"$PY" "$REPO/eval/perplexity.py" --checkpoint "${paths[@]}" --data "$IN/held_out" --seq_length 64 \
   --output "$OUT/eval/perplexity.jsonl"
-"$PY" eval/run_lm_evals.py "${paths[@]}" --names "${MODELS[@]}" \
+"$PY" "$REPO/eval/run_lm_evals.py" "${paths[@]}" --names "${MODELS[@]}" \
   --tasks quickstart_mc,quickstart_ppl --include_path "$IN/tasks" --tokenizer "$IN/tokenizer" \
   --dtype float32 --device "$DEVICE" --output_dir "$OUT/eval" > "$OUT/eval/lm_eval.log" 2>&1 \
   || { tail -20 "$OUT/eval/lm_eval.log" >&2; exit 1; }
 
 step "6. the hybrid student exported to transformers and generating"
-"$PY" tools/convert_native_to_hf.py "$OUT/hybrid" "$OUT/hybrid-hf" --tokenizer "$IN/tokenizer"
-"$PY" examples/quickstart/generate.py "$OUT/hybrid-hf"
+"$PY" "$REPO/tools/convert_native_to_hf.py" "$OUT/hybrid" "$OUT/hybrid-hf" --tokenizer "$IN/tokenizer"
+"$PY" "$REPO/examples/quickstart/generate.py" "$OUT/hybrid-hf"
 
 step "7. comparison and loss curves"
-"$PY" examples/quickstart/report.py "$OUT" "${MODELS[@]}"
+"$PY" "$REPO/examples/quickstart/report.py" "$OUT" "${MODELS[@]}"
 echo "done in $((SECONDS / 60))m$((SECONDS % 60))s; everything is in $OUT"

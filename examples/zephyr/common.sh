@@ -8,8 +8,10 @@
 # variants never resume or skip each other's runs; a stage's starting weights are rebuilt when the
 # run they come from has saved since.
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-PY=${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python)}
+# Paths given (OUT, inputs, key=value) are the caller's; the repo's own files are under REPO.
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+PY=${PYTHON:-$([[ -x "$REPO/.venv/bin/python" ]] && echo "$REPO/.venv/bin/python" || echo python)}
 NPROC=${NPROC:-1}
 OUT=${OUT:-output/zephyr}
 ZEPHYR=${ZEPHYR:-checkpoints/zephyr-7b-beta}
@@ -28,7 +30,7 @@ if [[ "${1:-}" == "--tiny" ]]; then
   shift
   TINY=$OUT/inputs
   [[ -f $TINY/zephyr-hf/config.json && -f $TINY/labels_b.jsonl ]] ||
-    "$PY" examples/zephyr/make_tiny.py "$TINY"
+    "$PY" "$REPO/examples/zephyr/make_tiny.py" "$TINY"
   ZEPHYR=$TINY/zephyr-hf PSEUDO_LABELS="$TINY/labels_a.jsonl $TINY/labels_b.jsonl"
   SFT_DATA=$TINY/chat.jsonl
   PREFS=$TINY/prefs.jsonl LAYERS=8 SLICES=${SLICES:-4}
@@ -44,17 +46,17 @@ pattern() {  # pattern MAMBA_FRACTION → the layer pattern of MambaInLlama's st
 }
 
 teacher() {  # the attention-only teacher as a native checkpoint (once)
-  [[ -d $OUT/teacher ]] || "$PY" tools/convert_hf_to_native.py "$ZEPHYR" "$OUT/teacher"
+  [[ -d $OUT/teacher ]] || "$PY" "$REPO/tools/convert_hf_to_native.py" "$ZEPHYR" "$OUT/teacher"
 }
 
 from_zephyr() {  # from_zephyr PATTERN DIR: Zephyr with that layer pattern, Mamba from attention
-  [[ -d $2 && ! $ZEPHYR/config.json -nt $2 ]] || "$PY" tools/convert_hf_to_native.py "$ZEPHYR" \
+  [[ -d $2 && ! $ZEPHYR/config.json -nt $2 ]] || "$PY" "$REPO/tools/convert_hf_to_native.py" "$ZEPHYR" \
     "$2" --layer-pattern "$1" "${MAMBA[@]}" --overwrite
 }
 
 swapped() {  # swapped RUN PATTERN DIR: RUN's weights with more layers swapped, from attention
   # (again whenever RUN has saved since DIR was made: a stage trained over)
-  [[ -d $3 && ! $1/checkpoints/latest -nt $3 ]] || "$PY" tools/swap_layers.py "$1" "$3" \
+  [[ -d $3 && ! $1/checkpoints/latest -nt $3 ]] || "$PY" "$REPO/tools/swap_layers.py" "$1" "$3" \
     --layer-pattern "$2" "${MAMBA[@]}" --overwrite
 }
 
@@ -70,6 +72,6 @@ train() {  # train CONFIG key=value ... (resume=auto: a rerun continues a stage,
   local config=$1
   shift
   OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$PY" -m torch.distributed.run --nproc_per_node "$NPROC" \
-    -m megatron_mamba.train --config "examples/zephyr/$config.yaml" train.output_dir="$OUT" \
+    -m megatron_mamba.train --config "$REPO/examples/zephyr/$config.yaml" train.output_dir="$OUT" \
     data.tokenizer="$ZEPHYR" train.resume_from_checkpoint=auto "${TINY_ARGS[@]}" "$@"
 }

@@ -21,7 +21,7 @@ if [[ ${STEPWISE:-0} == 1 ]]; then
     init=$OUT/init_step_${k}_$KIND
     if [[ -z $previous ]]; then from_zephyr "$p" "$init"; else swapped "$previous" "$p" "$init"; fi
     data=$OUT/data/step_$k.jsonl
-    "$PY" data_tools/stage_slice.py "${SOURCES[@]}" --slices "$slices" \
+    "$PY" "$REPO/data_tools/stage_slice.py" "${SOURCES[@]}" --slices "$slices" \
       --index $(((k - 1) % slices + 1)) --output "$data"
     stage "zephyr_step_${k}_$KIND" "$init" "$data" "$@"
     previous=$OUT/zephyr_step_${k}_$KIND
@@ -31,7 +31,7 @@ fi
 data=${SOURCES[0]}
 if ((${#SOURCES[@]} > 1)); then  # the sources one after another (the trainer shuffles)
   data=$OUT/data/pseudo_labels.jsonl
-  "$PY" data_tools/stage_slice.py "${SOURCES[@]}" --slices 1 --index 1 --output "$data"
+  "$PY" "$REPO/data_tools/stage_slice.py" "${SOURCES[@]}" --slices 1 --index 1 --output "$data"
 fi
 from_zephyr "$(pattern 0.25)" "$OUT/init_0.25_$KIND"
 stage "zephyr_0.25_$KIND" "$OUT/init_0.25_$KIND" "$data" "$@"

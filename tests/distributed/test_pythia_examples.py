@@ -1,6 +1,7 @@
 """The Pythia example scripts end to end with `--tiny` (tiny model, stand-in data made on the
-spot): unguided has CE only, target-guided adds the layer loss throughout, hybrid for the
-first 40% of the steps; every run learns and leaves a checkpoint."""
+spot), launched from outside the repo with relative paths: unguided has CE only, target-guided
+adds the layer loss throughout, hybrid for the first 40% of the steps; every run learns and
+leaves a checkpoint where the caller said."""
 
 import subprocess
 import sys
@@ -17,13 +18,15 @@ STEPS = 32  # 128 samples × 2 epochs / global batch 8
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("pythia")
-    env = child_environment(
-        PYTHON=sys.executable, TINY_DIR=str(out / "inputs"), PYTHONPATH=str(REPO)
-    )
+    # Launched from another directory, relative paths given are the caller's, and the
+    # scripts find the package themselves.
+    env = child_environment(PYTHON=sys.executable, TINY_DIR="inputs")
+    env.pop("PYTHONPATH", None)
     for script in ("unguided", "target_guided", "hybrid"):
         proc = subprocess.run(
-            ["bash", str(EXAMPLES / f"{script}.sh"), "--tiny", f"train.output_dir={out}"],
+            ["bash", str(EXAMPLES / f"{script}.sh"), "--tiny", "train.output_dir=."],
             env=env,
+            cwd=out,
             capture_output=True,
             text=True,
             timeout=600,
