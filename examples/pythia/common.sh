@@ -8,6 +8,8 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-$([[ -x "$REPO/.venv/bin/python" ]] && echo "$REPO/.venv/bin/python" || echo python)}
 NPROC=${NPROC:-1}
+# One process runs without torchrun, so that an error is its one line, not torchrun's report too.
+LAUNCH=() && ((NPROC == 1)) || LAUNCH=(-m torch.distributed.run --nproc_per_node "$NPROC")
 DATA_PROP=${DATA_PROP:-05p}
 case $DATA_PROP in  # SWITCH_STEP: CALD's 40P (for 1p and 2p its 40th checkpoint, every int(1%))
   05p) TRAIN_SAMPLES=732160 DECAY_STEPS=12000 SWITCH_STEP=4576 ;;
@@ -30,8 +32,8 @@ SWITCH=distill.layer_distill_until_step=$SWITCH_STEP KEEP="[$SWITCH_STEP]"
 [[ -n $SWITCH_STEP ]] || SWITCH=distill.layer_distill_until=0.4 KEEP="[]"
 
 train() {  # resume=auto: a rerun continues an interrupted run and skips a finished one
-  OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$PY" -m torch.distributed.run --nproc_per_node "$NPROC" \
-    -m megatron_mamba.train --config "$CONFIG" data.path="$DATA" \
+  OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$PY" "${LAUNCH[@]}" -m megatron_mamba.train \
+    --config "$CONFIG" data.path="$DATA" \
     train.init_from_attention="$TEACHER" train.max_train_samples="$TRAIN_SAMPLES" \
     train.lr_decay_steps="$DECAY_STEPS" train.resume_from_checkpoint=auto "$@"
 }

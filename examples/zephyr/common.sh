@@ -13,6 +13,8 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-$([[ -x "$REPO/.venv/bin/python" ]] && echo "$REPO/.venv/bin/python" || echo python)}
 NPROC=${NPROC:-1}
+# One process runs without torchrun, so that an error is its one line, not torchrun's report too.
+LAUNCH=() && ((NPROC == 1)) || LAUNCH=(-m torch.distributed.run --nproc_per_node "$NPROC")
 OUT=${OUT:-output/zephyr}
 ZEPHYR=${ZEPHYR:-checkpoints/zephyr-7b-beta}
 PSEUDO_LABELS=${PSEUDO_LABELS:-data/zephyr/pseudo_labels.jsonl}
@@ -71,7 +73,7 @@ sft_variant() {  # the suffix naming an SFT run (and the DPO run after it) by it
 train() {  # train CONFIG key=value ... (resume=auto: a rerun continues a stage, skips a finished one)
   local config=$1
   shift
-  OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$PY" -m torch.distributed.run --nproc_per_node "$NPROC" \
-    -m megatron_mamba.train --config "$REPO/examples/zephyr/$config.yaml" train.output_dir="$OUT" \
-    data.tokenizer="$ZEPHYR" train.resume_from_checkpoint=auto "${TINY_ARGS[@]}" "$@"
+  OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$PY" "${LAUNCH[@]}" -m megatron_mamba.train \
+    --config "$REPO/examples/zephyr/$config.yaml" train.output_dir="$OUT" data.tokenizer="$ZEPHYR" \
+    train.resume_from_checkpoint=auto "${TINY_ARGS[@]}" "$@"
 }

@@ -225,7 +225,10 @@ def read_jsonl(path: str | Path, required: tuple[str, ...]) -> Iterator[tuple[st
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as error:
-                    raise DatasetError(f"{path}:{number} is not valid JSON") from error
+                    raise DatasetError(
+                        f"{path}:{number} is not valid JSON (expected jsonl: one JSON object a "
+                        "line; convert a Hugging Face dataset with its to_json)"
+                    ) from error
                 if not isinstance(record, dict):
                     raise DatasetError(
                         f"{path}:{number} is a JSON {_json_type(record)}; expected an object "
@@ -237,7 +240,10 @@ def read_jsonl(path: str | Path, required: tuple[str, ...]) -> Iterator[tuple[st
                 yield f"{path}:{number}", record
         except UnicodeDecodeError as error:
             # decoding runs ahead of the lines read, so no line number
-            raise DatasetError(f"{path} is not UTF-8 text: {error}") from error
+            raise DatasetError(
+                f"{path} is not UTF-8 text: {error} (expected jsonl: one JSON object a line; "
+                "convert a Hugging Face dataset, e.g. parquet, with its to_json)"
+            ) from error
 
 
 def pad_batch(

@@ -43,6 +43,11 @@ def load_tokenizer(path: str | Path):
     DatasetError naming the directory (transformers' own message spans several lines)."""
     from transformers import AutoTokenizer
 
+    if Path(path).is_file():
+        raise DatasetError(
+            f"tokenizer {path} is a file; expected the directory holding it (with its "
+            "tokenizer_config.json), as save_pretrained writes it"
+        )
     if not Path(path).is_dir():
         raise FileNotFoundError(f"tokenizer directory {path} does not exist (no downloads here)")
     try:
@@ -147,7 +152,11 @@ def preprocess(
     """Tokenise `inputs` into `output_prefix`.bin/.idx; an existing pair is replaced only with
     `overwrite`."""
     inputs = [Path(path) for path in inputs]
+    if workers < 1:
+        raise ValueError(f"workers={workers} must be at least 1")
     for path in inputs:
+        if path.is_dir():
+            raise ValueError(f"input {path} is a directory; expected jsonl or text files")
         if not path.is_file():
             raise FileNotFoundError(f"input file {path} does not exist")
     tokenizer = load_tokenizer(tokenizer_path)

@@ -96,7 +96,8 @@ def test_chat_records_that_are_not_objects_are_dataset_errors(tmp_path, line, ma
 def test_a_chat_file_that_is_not_utf8_is_named(tmp_path):
     path = tmp_path / "c.jsonl"
     path.write_bytes(b'{"messages": []}\n{"messages": "\xff\xfe"}\n')
-    with pytest.raises(DatasetError, match=r"c.jsonl is not UTF-8 text"):
+    expected = r"c.jsonl is not UTF-8 text.*expected jsonl: one JSON object a line"
+    with pytest.raises(DatasetError, match=expected):
         list(read_jsonl(path, ("messages",)))
 
 

@@ -91,11 +91,16 @@ def test_more_bad_inputs_exit_1_with_one_line(tmp_path, tokenizer_dir, capsys):
     _one_error(capsys, pythia_batch_viewer.main([*viewer, "--rows", "0"]), "--rows 0 must be at")
     _one_error(capsys, pythia_batch_viewer.main([*viewer, "--tokenizer", missing]), missing)
     _one_error(capsys, inspect_data.main([prefix, "--tokenizer", missing]), missing)
+    afile = str(tokenizer_dir / "tokenizer.json")
+    _one_error(capsys, inspect_data.main([prefix, "--tokenizer", afile]), f"{afile} is a file")
     source = tmp_path / "in.jsonl"
     source.write_text('{"text": "fine"}\n{"text": 5}\n')
     out = str(tmp_path / "out")
     argv = ["--input", str(source), "--tokenizer", str(tokenizer_dir), "--output-prefix", out]
     _one_error(capsys, preprocess_data.main(argv), f"{source}:2 has 'text' of type int")
+    _one_error(capsys, preprocess_data.main([*argv, "--workers", "0"]), "workers=0 must be at")
+    argv[1] = str(tmp_path)
+    _one_error(capsys, preprocess_data.main(argv), f"input {tmp_path} is a directory; expected")
 
 
 def test_outputs_are_replaced_only_with_overwrite(tmp_path, tokenizer_dir, capsys):
