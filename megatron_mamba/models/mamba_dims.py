@@ -88,10 +88,21 @@ class Mamba2Dims:
         return (self.d_inner, *self.conv_segments, self.heads)
 
     def check_tensor_parallel(self, tp: int) -> None:
-        for name in ("heads", "x_heads", "b_groups", "c_groups"):
+        for name, setting in _SPLIT_BY_TP.items():
             value = getattr(self, name)
             if value % tp:
-                raise ValueError(f"tensor-parallel size {tp} does not divide mamba2 {name}={value}")
+                raise ValueError(
+                    f"tensor-parallel size {tp} does not divide mamba2's {value} {setting}"
+                )
+
+
+# What each split count of Mamba2Dims comes from, in the user's settings.
+_SPLIT_BY_TP = {
+    "heads": "heads (d_inner / mamba.head_dim; the attention heads in the attention layout)",
+    "x_heads": "x heads (the key/value heads in the attention layout)",
+    "b_groups": "B groups (mamba.groups; the key/value heads in the attention layout)",
+    "c_groups": "C groups (mamba.groups; the attention heads in the attention layout)",
+}
 
 
 def _bias(model: ModelConfig) -> bool:

@@ -171,7 +171,7 @@ def test_mixer_sizes_follow_the_layouts():
 @pytest.mark.parametrize(
     "mamba,kind,tp,match",
     [
-        (dict(layout="attention"), "mamba2", 4, "x_heads=2"),
+        (dict(layout="attention"), "mamba2", 4, "divide mamba2.s 2 x heads \\(the key/value"),
         (dict(layout="attention", d_state=24), "mamba1", 1, "d_state=24 does not divide"),
         (dict(layout="attention", d_state=32), "mamba1", 2, "x/B groups"),
         (dict(layout="classic", head_dim=48), "mamba2", 1, "head_dim=48"),
