@@ -23,6 +23,7 @@ from megatron_mamba.evaluation.suite import (
     check_tasks,
     comparison_table,
     evaluate,
+    load_task_data,
     task_manager,
     to_markdown,
     write_outputs,
@@ -89,6 +90,7 @@ def main(argv=None) -> int:
             check_checkpoint(path, args.tokenizer)
         manager = task_manager(args.include_path, tuple(tasks))
         check_tasks(tasks, manager)
+        load_task_data(tasks, manager)
     except ValueError as error:
         raise SystemExit(str(error)) from None
 

@@ -64,6 +64,23 @@ def check_tasks(tasks: list[str], manager) -> None:
         )
 
 
+def load_task_data(tasks: list[str], manager) -> None:
+    """Build the tasks, loading their datasets, before any model is loaded: a dataset that is
+    neither local nor cached, with no network, then fails here in one line rather than in a
+    long traceback once the first model is loaded."""
+    from lm_eval.tasks import get_task_dict
+
+    try:
+        get_task_dict(tasks, manager)
+    except Exception as error:  # datasets' and the hub's errors share no base class
+        reason = (str(error).strip() or type(error).__name__).splitlines()[0]
+        raise ValueError(
+            f"the data of lm-eval task(s) {', '.join(tasks)} could not be loaded "
+            f"({type(error).__name__}: {reason}); with no network a task's dataset must be local "
+            "or already in the Hugging Face datasets cache"
+        ) from None
+
+
 def headline(metrics: dict) -> tuple[str, float] | None:
     """(metric, value) shown for one task's lm-eval results, filter suffix removed."""
     values = {

@@ -218,6 +218,44 @@ def test_run_lm_evals_refuses_unknown_tasks_before_loading(checkpoints, tmp_path
         main([str(tmp_path / "missing"), "--tasks", "tiny_mc"])
 
 
+def test_run_lm_evals_refuses_a_task_whose_data_cannot_be_loaded_before_loading(
+    checkpoints, tmp_path, monkeypatch
+):
+    """Offline, a dataset neither local nor cached fails before the first model loads."""
+    from eval.run_lm_evals import main
+    from megatron_mamba.evaluation import lm_eval_model
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(lm_eval_model.MegatronMambaLM, "__init__", no_model)
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "unreachable.yaml").write_text(
+        (TASKS / "tiny_mc.yaml")
+        .read_text()
+        .replace("task: tiny_mc", "task: unreachable")
+        .replace(
+            "custom_dataset: !function local_data.load\ndataset_kwargs:\n  file: tiny_mc.jsonl",
+            f"dataset_path: json\ndataset_kwargs:\n  data_files: {tmp_path / 'absent.jsonl'}",
+        )
+    )
+    native, _, _ = checkpoints
+    out = str(tmp_path / "evals")
+    argv = [
+        str(native),
+        "--tasks",
+        "unreachable",
+        "--include_path",
+        str(tasks),
+        "--output_dir",
+        out,
+    ]
+    with pytest.raises(SystemExit, match=r"the data of lm-eval task\(s\) unreachable could not be"):
+        main(argv)
+    assert not (tmp_path / "evals").exists()
+
+
 def test_run_lm_evals_refuses_a_name_given_twice(tmp_path):
     """results are keyed by name: a repeated name would drop a checkpoint's row silently."""
     from eval.run_lm_evals import main
