@@ -135,7 +135,12 @@ def train(run: RunConfig) -> list[dict]:
         _initialise(model, Path(cfg.init_from))
     teacher_dtype = run.distill.teacher_precision
     teacher = _frozen_model(
-        run, _attention_only(model_cfg), rt.device, run.distill.teacher, teacher_dtype
+        run,
+        _attention_only(model_cfg),
+        rt.device,
+        run.distill.teacher,
+        teacher_dtype,
+        "distill.teacher",
     )
     if cfg.init_from_attention and not resume:
         same = teacher is not None and run.distill.teacher == cfg.init_from_attention
@@ -143,13 +148,25 @@ def train(run: RunConfig) -> list[dict]:
         source = (
             teacher
             if same
-            else _frozen_model(run, _attention_only(model_cfg), rt.device, cfg.init_from_attention)
+            else _frozen_model(
+                run,
+                _attention_only(model_cfg),
+                rt.device,
+                cfg.init_from_attention,
+                setting="train.init_from_attention",
+            )
         )
         _copy_shared(source, model)
         del source
     reference = None
     if run.data.kind == "preference":  # DPO: the frozen reference is the policy's start
-        reference = _frozen_model(run, model_cfg, rt.device, run.dpo.reference or cfg.init_from)
+        reference = _frozen_model(
+            run,
+            model_cfg,
+            rt.device,
+            run.dpo.reference or cfg.init_from,
+            setting="dpo.reference" if run.dpo.reference else "train.init_from",
+        )
     if cfg.trainable == "mamba":
         freeze_all_but_mamba(model)
     ddp = wrap_ddp(
@@ -377,14 +394,24 @@ def _attention_only(model_cfg):
     return dataclasses.replace(model_cfg, layer_pattern="A" * model_cfg.num_layers)
 
 
-def _frozen_model(run: RunConfig, config, device, weights: str | None, dtype: str = "same"):
+def _frozen_model(
+    run: RunConfig, config, device, weights: str | None, dtype: str = "same", setting: str = ""
+):
     """A frozen model of `config` in the student's layout (a teacher, or DPO's reference), with
-    `weights` loaded, in the student's precision or `dtype`; None without weights."""
+    `weights` loaded, in the student's precision or `dtype`; None without weights. Weights that
+    do not fit are refused naming the `setting` they came from."""
     if not weights:
         return None
     precision = RunPrecision(_DTYPE[run.train.mixed_precision] if dtype == "same" else dtype)
     model = build_model(config, run.parallel, precision).to(device)
-    _initialise(model, Path(weights))
+    try:
+        _initialise(model, Path(weights))
+    except CheckpointError as error:
+        if not setting:
+            raise
+        attention_only = set(config.mixers) == {"attention"}
+        expected = " (expected the attention-only model)" if attention_only else ""
+        raise CheckpointError(f"{setting}={weights}{expected}: {error}") from None
     model.eval()
     model.requires_grad_(False)
     return model

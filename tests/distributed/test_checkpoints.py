@@ -204,6 +204,15 @@ def test_weights_that_do_not_fit_the_model_are_refused_in_one_line(
     assert "Traceback" not in str(refused.value)  # one line, not a stack
 
 
+def test_a_teacher_with_mamba_layers_is_refused_naming_the_setting(tmp_path, items, step3):
+    """The teacher is built attention-only; a hybrid's checkpoint has mixers it has no place for."""
+    checkpoint, model, _ = step3
+    teacher = {**model, "distill.teacher": checkpoint, "train.max_steps": 1}
+    refusal = f"distill.teacher={checkpoint} \\(expected the attention-only model\\): "
+    with pytest.raises(AssertionError, match=refusal + ".*has no place for: .*mixer"):
+        run(tmp_path, items, "hybrid-teacher", **teacher)
+
+
 def test_a_file_of_whole_tensors_of_another_model_is_refused_in_one_line(tmp_path, items):
     other = save_initial(
         tmp_path / "other.pt", {"preset": "tiny-gpt-neox", "model.vocab_size": 200}
