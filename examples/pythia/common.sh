@@ -1,7 +1,7 @@
 # Shared by the Pythia examples (sourced). DATA_PROP picks CALD's data proportion of the Pile:
 # 05p / 1p / 2p → max_train_samples, lr_decay_steps and the hybrid switch step of the seed.
 # The global batch stays the seed's 128 on any NPROC and TP/PP (train.global_batch_size).
-# `--tiny` as the first argument runs the same recipe on a tiny model and stand-in data.
+# `--tiny` among the arguments runs the same recipe on a tiny model and stand-in data.
 set -euo pipefail
 # Paths given (OUT, inputs, key=value) are the caller's; the repo's own files are under REPO.
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -20,8 +20,10 @@ esac
 CONFIG="$REPO/examples/pythia/pythia-1b.yaml"
 DATA=${DATA:-data/pile_pythia/document}       # the pre-shuffled Pile (data_tools/merge_pythia_shards.py)
 TEACHER=${TEACHER:-checkpoints/pythia-1b}     # Pythia-1b imported to a native checkpoint
-if [[ "${1:-}" == "--tiny" ]]; then
-  shift
+ARGS=() TINY_RUN=0  # --tiny, wherever it is among the arguments; the rest are key=value
+for arg in "$@"; do [[ $arg == --tiny ]] && TINY_RUN=1 || ARGS+=("$arg"); done
+set -- ${ARGS[@]+"${ARGS[@]}"}
+if ((TINY_RUN)); then
   TINY=${TINY_DIR:-output/tiny/inputs}
   [[ -f $TINY/teacher.pt ]] || "$PY" "$REPO/examples/pythia/make_tiny.py" "$TINY"
   CONFIG="$REPO/examples/pythia/tiny.yaml" DATA=$TINY/document TEACHER=$TINY/teacher.pt

@@ -121,14 +121,20 @@ class RunConfig:
     """Used when data.kind is preference."""
 
     def __post_init__(self) -> None:
-        init_from = self.train.init_from
-        if init_from and not Path(init_from).exists():
-            raise ConfigError(f"train.init_from={init_from} does not exist")
-        if init_from and Path(init_from).is_dir():
-            try:
-                find_checkpoint(init_from, Path(init_from))
-            except CheckpointError as error:
-                raise ConfigError(f"train.init_from: {error}") from None
+        weights = {  # where a run reads weights: each must be there before anything starts
+            "train.init_from": self.train.init_from,
+            "train.init_from_attention": self.train.init_from_attention,
+            "distill.teacher": self.distill.teacher,
+            "dpo.reference": self.dpo.reference,
+        }
+        for setting, path in weights.items():
+            if path and not Path(path).exists():
+                raise ConfigError(f"{setting}={path} does not exist")
+            if path and Path(path).is_dir():
+                try:
+                    find_checkpoint(path, Path(path))
+                except CheckpointError as error:
+                    raise ConfigError(f"{setting}: {error}") from None
         model = self.model_config()  # fail early, naming the bad model field
         try:  # and a layout the model cannot be split into, before any process starts
             validate_parallel(model, self.parallel)

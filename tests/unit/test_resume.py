@@ -108,6 +108,7 @@ def test_a_resume_under_another_objective_data_or_start_is_refused_naming_each(t
     init = tmp_path / "weights.pt"
     init.write_bytes(b"")
     teacher = str(tmp_path / "teacher.pt")
+    Path(teacher).write_bytes(b"")
     variant = _run(
         tmp_path,
         data=DataConfig(**chat, pack=True, train_on="all"),
@@ -135,9 +136,11 @@ def test_the_losses_weights_may_change_on_resume_and_are_printed(tmp_path, capsy
     from megatron_mamba.distill.config import DistillConfig
     from megatron_mamba.training.resume import refuse_changed_run
 
-    guided = DistillConfig(teacher="teacher.pt", alpha_layer_distill_loss=15.0)
+    teacher = tmp_path / "teacher.pt"
+    teacher.write_bytes(b"")
+    guided = DistillConfig(teacher=str(teacher), alpha_layer_distill_loss=15.0)
     _trained(tmp_path, _run(tmp_path, distill=guided))
-    unguided = DistillConfig(teacher="teacher.pt", alpha_layer_distill_loss=0.0)
+    unguided = DistillConfig(teacher=str(teacher), alpha_layer_distill_loss=0.0)
     refuse_changed_run(_run(tmp_path, distill=unguided, train={"max_steps": 9}), "latest")
     assert "distill.alpha_layer_distill_loss: 15.0 → 0.0" in capsys.readouterr().out
     refuse_changed_run(_run(tmp_path, distill=guided, train={"max_steps": 9}), "latest")

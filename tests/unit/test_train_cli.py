@@ -61,6 +61,24 @@ def test_init_from_a_directory_that_is_no_checkpoint(capsys, tmp_path):
         assert "is not a complete checkpoint" in one_error(capsys)
 
 
+@pytest.mark.parametrize(
+    "setting", ["train.init_from", "train.init_from_attention", "distill.teacher", "dpo.reference"]
+)
+def test_weights_that_are_missing_or_an_hf_directory_are_named_before_the_run(
+    capsys, tmp_path, setting
+):
+    base = ["--dry-run", "preset=tiny-gpt-neox"]
+    missing = tmp_path / "missing"
+    assert main([*base, f"{setting}={missing}"]) == 2
+    assert one_error(capsys) == f"error: {setting}={missing} does not exist"
+    (tmp_path / "config.json").write_text("{}")
+    assert main([*base, f"{setting}={tmp_path}"]) == 2
+    assert one_error(capsys) == (
+        f"error: {setting}: {tmp_path} is a transformers directory, not a native checkpoint: "
+        "import it first (tools/convert_hf_to_native.py)"
+    )
+
+
 def test_yaml_errors_name_the_file_and_line(capsys, tmp_path):
     broken, twice = tmp_path / "broken.yaml", tmp_path / "twice.yaml"
     broken.write_text("train:\n  learning_rate: [1\n")
