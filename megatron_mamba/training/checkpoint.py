@@ -277,7 +277,7 @@ def _refuse_unfitting_tensors(path: Path, request: dict) -> None:
     would fail deep in the loader: refuse either, naming them, on every rank alike."""
     metadata = dist_checkpointing.load_tensors_metadata(str(path))
     wanted: set[str] = {sharded.key for sharded in request.values()}
-    misshapen = {}  # by the parameter's name (a fused parameter's first unfitting block)
+    by_parameter = {}  # a fused parameter: its first unfitting block
     for sharded in request.values():
         for tensor in _built(sharded):
             stored = metadata.get(tensor.key)
@@ -285,12 +285,12 @@ def _refuse_unfitting_tensors(path: Path, request: dict) -> None:
             if stored is None or tensor.allow_shape_mismatch:
                 continue
             if tuple(stored.global_shape) != tuple(tensor.global_shape):
-                misshapen.setdefault(
+                by_parameter.setdefault(
                     sharded.key,
                     f"{sharded.key} {tuple(stored.global_shape)} in it, "
                     f"{tuple(tensor.global_shape)} in this model",
                 )
-    misshapen = list(misshapen.values())
+    misshapen = list(by_parameter.values())
     every_rank: list = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(every_rank, (wanted, misshapen))
     wanted = set().union(*(w for w, _ in every_rank))
