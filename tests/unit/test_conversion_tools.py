@@ -26,7 +26,9 @@ def test_round_trip_through_the_command_lines(runtime, tmp_path, capsys):
     assert convert_hf_to_native.main([*argv, "--overwrite", "--tensor-parallel", "3"]) == 1
     assert "tensor-parallel size 3" in capsys.readouterr().err
     assert convert_native_to_hf.main([str(tmp_path / "hf"), str(tmp_path / "x")]) == 1
-    assert "not a complete checkpoint" in capsys.readouterr().err
+    assert "hf is a transformers directory, not a native checkpoint: import it first" in (
+        capsys.readouterr().err
+    )
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
 
 

@@ -28,6 +28,7 @@ from megatron_mamba.training.run_config import RunConfig
 from megatron_mamba.training.target_mean import GlobalTargetMean
 
 CUDA = torch.device("cuda")  # a device name only: nothing is allocated on it
+WEIGHTS = __file__  # a file that exists, for settings a run checks before it starts
 
 
 def _run(*overrides: str) -> RunConfig:
@@ -63,11 +64,11 @@ def test_each_missing_need_is_named(overrides, need):
     [
         (),
         (
-            "distill.teacher=/t",
+            f"distill.teacher={WEIGHTS}",
             "distill.alpha_layer_distill_loss=15",
             "distill.layer_distill_until=0.4",
         ),
-        ("data.kind=preference", "data.tokenizer=/t", "dpo.reference=/r"),
+        ("data.kind=preference", "data.tokenizer=/t", f"dpo.reference={WEIGHTS}"),
         ("train.mixed_precision=bf16",),
     ],
     ids=["language-modelling", "hybrid-distillation", "dpo", "bf16"],

@@ -207,16 +207,17 @@ def test_a_warmup_ratio_ending_after_lr_decay_steps_is_refused():
     assert TrainConfig(warmup_ratio=0.95, lr_decay_steps=10, lr_scheduler_type="constant")
 
 
-def test_init_from_attention_refuses_mixers_initialised_from_attention():
+def test_init_from_attention_refuses_mixers_initialised_from_attention(tmp_path):
     from megatron_mamba.config_io import ConfigError, load
     from megatron_mamba.training.run_config import RunConfig
 
+    (tmp_path / "teacher.pt").write_bytes(b"")
     overrides = [
         "preset=tiny-gpt-neox",
         "model.layer_pattern=MA",
         "model.mamba.layout=attention",
         "model.mamba.init=attention",
-        "train.init_from_attention=teacher.pt",
+        f"train.init_from_attention={tmp_path / 'teacher.pt'}",
     ]
     with pytest.raises(ConfigError, match="init_from_attention copies shared tensors only"):
         load(RunConfig, None, overrides)
