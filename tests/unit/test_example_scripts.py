@@ -1,0 +1,32 @@
+"""The Zephyr scripts' starting weights (examples/zephyr/common.sh): made when missing, made again
+when the run they come from has saved since (a stage trained over), else kept. The Python they
+would run is a stub that records its arguments."""
+
+import os
+import subprocess
+
+from tests.distributed.launch import REPO
+
+COMMON = REPO / "examples" / "zephyr" / "common.sh"
+
+
+def _swapped(tmp_path, *calls: str) -> list[str]:
+    stub = tmp_path / "python"
+    stub.write_text('#!/usr/bin/env bash\necho "$*" >> "$CALLS"\n')
+    stub.chmod(0o755)
+    log = tmp_path / "calls"
+    log.write_text("")
+    script = f"source {COMMON}; " + "; ".join(f"swapped {c}" for c in calls)
+    env = {**os.environ, "PYTHON": str(stub), "CALLS": str(log), "OUT": str(tmp_path / "out")}
+    subprocess.run(["bash", "-c", script], env=env, cwd=tmp_path, check=True, timeout=60)
+    return [line.split()[1:3] for line in log.read_text().splitlines()]
+
+
+def test_starting_weights_are_made_again_only_after_their_run_saved(tmp_path):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "latest").write_text("step_00000008\n")
+    (tmp_path / "stale").mkdir()
+    os.utime(tmp_path / "stale", (0, 0))  # made before the run's last save
+    (tmp_path / "current").mkdir()  # made after it
+    made = _swapped(tmp_path, "run MAMA stale", "run MAMA current", "run MAMA missing")
+    assert made == [["run", "stale"], ["run", "missing"]]
