@@ -148,6 +148,8 @@ def _convert(value: Any, tp, path: str):
         except (TypeError, ValueError):
             raise ConfigError(f"{path}={value!r} must be a number") from None
     if tp in (int, str, bool) and type(value) is not tp:
+        if value is None:  # `key=` or key=null: the setting given no value
+            raise ConfigError(f"{path} is empty (null); it takes a {tp.__name__} value")
         raise ConfigError(f"{path}={value!r} must be {tp.__name__}")
     return value
 

@@ -48,6 +48,7 @@ def test_preset_overrides_are_typed_as_a_model_section():
         (["preset=tiny-llama", "parallel.first_stage_layers=1"], "error: parallel: first_stage"),
         (["preset=tiny-llama", "parallel.tensor=3"], "error: parallel: tensor-parallel size 3"),
         (["--config", "/no/run.yaml"], "error: config file /no/run.yaml does not exist"),
+        (["preset=tiny-llama", "data.tokenizer="], "error: data.tokenizer is empty (null); it "),
     ],
 )
 def test_bad_input_is_one_error_line(capsys, args, expected):
