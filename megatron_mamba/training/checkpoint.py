@@ -249,12 +249,12 @@ def find_checkpoint(spec: str | Path, root: Path) -> Path:
             raise CheckpointError(f"no checkpoint to resume: {root / LATEST} does not exist")
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    if (path / "config.json").is_file() and not (path / "metadata.json").is_file():
-        raise CheckpointError(
-            f"{path} is a transformers directory, not a native checkpoint: import it first "
-            "(tools/convert_hf_to_native.py)"
-        )
     if not (path / "metadata.json").is_file():
+        if (path / "config.json").is_file():
+            raise CheckpointError(
+                f"{path} is a transformers directory, not a native checkpoint: import it first "
+                "(tools/convert_hf_to_native.py)"
+            )
         raise CheckpointError(
             f"{path} is not a complete checkpoint (expected a megatron-core distributed "
             "checkpoint directory with metadata.json)"

@@ -94,15 +94,21 @@ DEFINING = (
 NOTED = ("distill", "dpo")
 
 
-def changed_settings(saved: dict, current: dict, among=DEFINING) -> list[str]:
-    """The settings under `among` whose values differ, as "key: saved → current" (keys either
-    config lacks, e.g. written by an older version, are not compared)."""
+def changed_settings(saved: dict, current: dict) -> tuple[list[str], list[str]]:
+    """The settings whose values differ, as "key: saved → current": those DEFINING the run, and
+    the NOTED ones (keys either config lacks, e.g. written by an older version, are not
+    compared)."""
     before, now = _flat(saved), _flat(current)
-    changed = []
+    defining, noted = [], []
     for key in sorted(before.keys() & now.keys()):
-        if _under(key, among) and _resolved(before[key]) != _resolved(now[key]):
-            changed.append(f"{key}: {_shown(before[key])} → {_shown(now[key])}")
-    return changed
+        if _resolved(before[key]) == _resolved(now[key]):
+            continue
+        change = f"{key}: {_shown(before[key])} → {_shown(now[key])}"
+        if _under(key, DEFINING):
+            defining.append(change)
+        elif _under(key, NOTED):
+            noted.append(change)
+    return defining, noted
 
 
 def refuse_changed_run(run, resume: str) -> None:
@@ -112,8 +118,7 @@ def refuse_changed_run(run, resume: str) -> None:
     saved_config = output / "config.yaml"
     if not _within(resume, output) or not saved_config.is_file():
         return
-    saved, current = yaml.safe_load(saved_config.read_text()) or {}, to_dict(run)
-    changed = changed_settings(saved, current)
+    changed, noted = changed_settings(yaml.safe_load(saved_config.read_text()) or {}, to_dict(run))
     if changed and not run.train.resume_with_changes:
         raise TrainingError(
             f"{output} was trained with other settings than this run's ({'; '.join(changed)}), "
@@ -122,7 +127,6 @@ def refuse_changed_run(run, resume: str) -> None:
             "train.overwrite_output_dir=true), or continue it with these settings "
             "(train.resume_with_changes=true)"
         )
-    noted = [c for c in changed_settings(saved, current, NOTED) if c not in changed]
     if changed or noted:
         print(f"{output} resumes with changed settings: {'; '.join(changed + noted)}", flush=True)
 

@@ -132,15 +132,15 @@ def train(run: RunConfig) -> list[dict]:
     model = build_model(model_cfg, run.parallel, precision)
     model = model.to(rt.device)
     if cfg.init_from:
-        _initialise(model, Path(cfg.init_from))
+        _initialise(model, Path(cfg.init_from), "train.init_from")
     teacher_dtype = run.distill.teacher_precision
     teacher = _frozen_model(
         run,
         _attention_only(model_cfg),
         rt.device,
         run.distill.teacher,
-        teacher_dtype,
         "distill.teacher",
+        teacher_dtype,
     )
     if cfg.init_from_attention and not resume:
         same = teacher is not None and run.distill.teacher == cfg.init_from_attention
@@ -153,7 +153,7 @@ def train(run: RunConfig) -> list[dict]:
                 _attention_only(model_cfg),
                 rt.device,
                 cfg.init_from_attention,
-                setting="train.init_from_attention",
+                "train.init_from_attention",
             )
         )
         _copy_shared(source, model)
@@ -165,7 +165,7 @@ def train(run: RunConfig) -> list[dict]:
             model_cfg,
             rt.device,
             run.dpo.reference or cfg.init_from,
-            setting="dpo.reference" if run.dpo.reference else "train.init_from",
+            "dpo.reference" if run.dpo.reference else "train.init_from",
         )
     if cfg.trainable == "mamba":
         freeze_all_but_mamba(model)
@@ -395,23 +395,19 @@ def _attention_only(model_cfg):
 
 
 def _frozen_model(
-    run: RunConfig, config, device, weights: str | None, dtype: str = "same", setting: str = ""
+    run: RunConfig, config, device, weights: str | None, setting: str, dtype: str = "same"
 ):
     """A frozen model of `config` in the student's layout (a teacher, or DPO's reference), with
-    `weights` loaded, in the student's precision or `dtype`; None without weights. Weights that
-    do not fit are refused naming the `setting` they came from."""
+    `weights` (from `setting`) loaded, in the student's precision or `dtype`; None without
+    weights."""
     if not weights:
         return None
     precision = RunPrecision(_DTYPE[run.train.mixed_precision] if dtype == "same" else dtype)
     model = build_model(config, run.parallel, precision).to(device)
-    try:
-        _initialise(model, Path(weights))
-    except CheckpointError as error:
-        if not setting:
-            raise
-        attention_only = set(config.mixers) == {"attention"}
-        expected = " (expected the attention-only model)" if attention_only else ""
-        raise CheckpointError(f"{setting}={weights}{expected}: {error}") from None
+    attention_only = set(config.mixers) == {"attention"}
+    _initialise(
+        model, Path(weights), setting, " (expected the attention-only model)" * attention_only
+    )
     model.eval()
     model.requires_grad_(False)
     return model
@@ -427,15 +423,20 @@ def _copy_shared(source, target) -> None:
             param.copy_(own[name])
 
 
-def _initialise(model, path: Path) -> None:
-    """Start from a checkpoint's weights (any layout) or a file of whole tensors."""
+def _initialise(model, path: Path, setting: str, expected: str = "") -> None:
+    """Start from a checkpoint's weights (any layout) or a file of whole tensors; weights that do
+    not fit are refused naming the `setting` they came from (and what it `expected`)."""
+    where = f"{setting}={path}{expected}"
     if path.is_dir():
-        load_weights(find_checkpoint(path, path), model)
+        try:
+            load_weights(find_checkpoint(path, path), model)
+        except CheckpointError as error:
+            raise CheckpointError(f"{where}: {error}") from None
         return
     try:
         load_full_state(model, torch.load(path, map_location="cpu", weights_only=True))
     except (ValueError, RuntimeError, pickle.UnpicklingError) as error:  # not this model's
-        raise CheckpointError(f"{path} does not fit this model: {error}") from None
+        raise CheckpointError(f"{where} does not fit this model: {error}") from None
 
 
 def _data_order(order: DataOrder, seed: int, item_length: int) -> dict:
