@@ -14,10 +14,7 @@
 # --gpus N: N data-parallel processes, bf16 (default 1); --graphs: train.cuda_graph=true (GPU;
 # about 2× the tokens/s of this shape, docs/scaling.md); --tiny: a tiny shape on CPU, a smoke test.
 set -euo pipefail
-# Paths given (OUT, inputs, key=value) are the caller's; the repo's own files are under REPO.
-REPO=$(cd "$(dirname "$0")/../.." && pwd)
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-PY=${PYTHON:-$([[ -x "$REPO/.venv/bin/python" ]] && echo "$REPO/.venv/bin/python" || echo python)}
+source "$(dirname "$0")/../env.sh"  # REPO, PY; paths given are the caller's
 OUT=${OUT:-output/replication}
 GPUS=1 SHAPE=pythia-160m VOCAB=8192 SEQ=1024 MICRO=8 MB=${MB:-40}
 TEACHER_STEPS=${TEACHER_STEPS:-3000} STUDENT_STEPS=${STUDENT_STEPS:-1500} PRECISION=bf16

@@ -12,10 +12,7 @@
 # kernels). --small trains for fewer steps (what CI runs). OUT (default output/quickstart) is
 # made anew on each run.
 set -euo pipefail
-# Paths given (OUT, inputs, key=value) are the caller's; the repo's own files are under REPO.
-REPO=$(cd "$(dirname "$0")/../.." && pwd)
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-PY=${PYTHON:-$([[ -x "$REPO/.venv/bin/python" ]] && echo "$REPO/.venv/bin/python" || echo python)}
+source "$(dirname "$0")/../env.sh"  # REPO, PY; paths given are the caller's
 OUT=${OUT:-output/quickstart}
 GPUS=0 TEACHER=(train.num_train_epochs=4) STUDENT=(train.num_train_epochs=2)
 while [[ $# -gt 0 ]]; do

@@ -8,10 +8,7 @@
 # variants never resume or skip each other's runs; a stage's starting weights are rebuilt when the
 # run they come from has saved since.
 set -euo pipefail
-# Paths given (OUT, inputs, key=value) are the caller's; the repo's own files are under REPO.
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-PY=${PYTHON:-$([[ -x "$REPO/.venv/bin/python" ]] && echo "$REPO/.venv/bin/python" || echo python)}
+source "$(dirname "${BASH_SOURCE[0]}")/../env.sh"  # REPO, PY; paths given are the caller's
 NPROC=${NPROC:-1}
 # One process runs without torchrun, so that an error is its one line, not torchrun's report too.
 LAUNCH=() && ((NPROC == 1)) || LAUNCH=(-m torch.distributed.run --nproc_per_node "$NPROC")
