@@ -19,10 +19,13 @@ from transformers.models.mamba.modeling_mamba import MambaMixer
 from megatron_mamba import kernels
 from megatron_mamba.config import ModelConfig
 from megatron_mamba.convert.hf_mamba_config import transformers_mamba_config
-from megatron_mamba.models.mamba1 import selective_scan_after_conv
-from megatron_mamba.models.mamba2 import ssd_after_projection
-from megatron_mamba.models.mamba_common import MambaState, stateful_conv
 from megatron_mamba.models.mamba_dims import Mamba1Dims, Mamba2Dims, mamba1_dims, mamba2_dims
+from megatron_mamba.models.mamba_math import (
+    MambaState,
+    selective_scan_after_conv,
+    ssd_after_projection,
+    stateful_conv,
+)
 
 
 class _Stateful(nn.Module):

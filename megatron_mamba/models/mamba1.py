@@ -31,18 +31,21 @@ from megatron_mamba import kernels
 from megatron_mamba.config import MambaConfig
 from megatron_mamba.models.mamba_common import (
     MambaMixerBase,
-    MambaState,
     dt_bias_fill,
     init_whole,
     kaiming_uniform,
-    local_segments,
-    stateful_conv,
     sum_grad_over_tp,
     sum_over_tp_both_ways,
     tensor_parallel,
     uniform,
 )
 from megatron_mamba.models.mamba_dims import Mamba1Dims
+from megatron_mamba.models.mamba_math import (
+    MambaState,
+    local_segments,
+    selective_scan_after_conv,
+    stateful_conv,
+)
 
 
 class Mamba1Mixer(MambaMixerBase):
@@ -182,27 +185,3 @@ class Mamba1Mixer(MambaMixerBase):
         if not self.config.sequence_parallel:
             dt_low = sum_grad_over_tp(dt_low)
         return x, rearrange(z, "b l d -> b d l"), rearrange(dt_low, "s b r -> b s r"), B, C
-
-
-def selective_scan_after_conv(mixer, x, z, dt_low, B, C, ssm_state, return_state: bool):
-    """The selective scan of a Mamba1 mixer (ours, or the transformers-side twin holding the same
-    dt_proj, A_log and D) on conv outputs x [b, d, l] gated by z; dt_low [b, l, r] is projected up
-    by dt_proj. Returns y [b, d, l] and the last SSM state (None unless `return_state`)."""
-    # delta as [d, (b l)]: l moves fastest, the layout the scan kernel reads without a copy.
-    batch = x.shape[0]
-    dt = mixer.dt_proj.weight @ rearrange(dt_low, "b l r -> r (b l)")
-    dt = rearrange(dt, "d (b l) -> b d l", b=batch)
-    result = kernels.selective_scan(
-        x,
-        dt,
-        -torch.exp(mixer.A_log.float()),
-        B,
-        C,
-        mixer.D.float(),
-        z,
-        delta_bias_d=mixer.dt_proj.bias.float(),
-        delta_softplus=True,
-        return_last_state=return_state,
-        initial_state_bdn=ssm_state,
-    )
-    return result if return_state else (result, None)

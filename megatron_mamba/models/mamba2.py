@@ -13,21 +13,19 @@ in_proj and the conv is split over ranks by heads/groups, out_proj is row-parall
 from __future__ import annotations
 
 import torch
-from einops import rearrange, repeat
+from einops import rearrange
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_mamba import kernels
 from megatron_mamba.config import MambaConfig
 from megatron_mamba.models.mamba_common import (
     MambaMixerBase,
-    MambaState,
     dt_bias_fill,
     init_whole,
-    local_segments,
-    stateful_conv,
     tensor_parallel,
 )
 from megatron_mamba.models.mamba_dims import Mamba2Dims
+from megatron_mamba.models.mamba_math import MambaState, ssd_after_projection
 
 
 class Mamba2Mixer(MambaMixerBase):
@@ -106,47 +104,3 @@ class Mamba2Mixer(MambaMixerBase):
         if batch_first:
             out = out.transpose(0, 1).contiguous()
         return (out, bias), new_state
-
-
-def ssd_after_projection(
-    mixer, proj_blc, state: MambaState | None, return_state: bool, keep_bl=None
-):
-    """Everything of a Mamba2 mixer between in_proj and out_proj, for ours or the
-    transformers-side twin (same conv1d, A_log, D, dt_bias and norm; `dims`, `tp`, `heads`):
-    [z, x, B, C, dt] [b, l, c] → y [b, l, d_inner/tp] and the state after the last token.
-    `keep_bl` masks padding tokens out of the conv and the scan (stateful_conv)."""
-    d, tp = mixer.dims, mixer.tp
-    z, xBC, dt = proj_blc.split([d.d_inner // tp, sum(d.conv_segments) // tp, mixer.heads], dim=-1)
-    xBC, conv_last = stateful_conv(
-        rearrange(xBC, "b l c -> b c l"),
-        mixer.conv1d.weight[:, 0],
-        mixer.conv1d.bias,
-        state.conv if state else None,
-        keep_bl,
-    )
-    x, B, C = rearrange(xBC, "b c l -> b l c").split(local_segments(d.conv_segments, tp), -1)
-    x = repeat(x, "b l (h p) -> b l (h r) p", p=d.head_dim, r=d.heads // d.x_heads)
-    B = repeat(B, "b l (g n) -> b l (g r) n", n=d.d_state, r=d.c_groups // d.b_groups)
-    C = rearrange(C, "b l (g n) -> b l g n", n=d.d_state)
-    result = kernels.ssd_scan(
-        x,
-        dt,
-        -torch.exp(mixer.A_log.float()),
-        B,
-        C,
-        d.chunk_size,
-        D_h=mixer.D,
-        dt_bias_h=mixer.dt_bias,
-        dt_softplus=True,
-        initial_state_bhpn=state.ssm if state else None,
-        return_final_state=return_state,
-    )
-    y, ssm_last = result if return_state else (result, None)
-    y = kernels.gated_rms_norm(
-        rearrange(y, "b l h p -> b l (h p)"),
-        z,
-        mixer.norm.weight,
-        d.norm_eps,
-        group_size=d.d_inner // d.c_groups,
-    )
-    return y, (MambaState(conv_last, ssm_last) if return_state else None)

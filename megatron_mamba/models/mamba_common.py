@@ -1,32 +1,20 @@
-"""Pieces both Mamba mixers share: their base class (projections, conv, forward), the recurrent
-state, the stateful causal conv, tensor-parallel parameter helpers and mamba_ssm's fresh
-initialisation (S4D-real A, log-uniform dt)."""
+"""Pieces both megatron Mamba mixers share: their base class (projections, conv, forward),
+tensor-parallel parameter helpers and mamba_ssm's fresh initialisation (S4D-real A, log-uniform
+dt). The computation between the projections is in mamba_math.py."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megatron_mamba import kernels
 from megatron_mamba.models.linear import ColumnLinear, RowLinear
 from megatron_mamba.parallel.shards import mark_segments, partition_of, tp_slice
-
-
-class MambaState(NamedTuple):
-    """What a mixer carries between chunks when decoding: the last `d_conv` conv inputs
-    [b, channels, d_conv] and the SSM state ([b, d_inner, d_state] or
-    [b, heads, head_dim, d_state])."""
-
-    conv: torch.Tensor
-    ssm: torch.Tensor
 
 
 def tensor_parallel(
@@ -39,10 +27,6 @@ def tensor_parallel(
     if segments is not None:
         mark_segments(param, segments)
     return param
-
-
-def local_segments(segments: tuple[int, ...], tp: int) -> list[int]:
-    return [s // tp for s in segments]
 
 
 def param_device(config) -> torch.device:
@@ -96,33 +80,6 @@ def dt_bias_fill(dt_min: float, dt_max: float, floor: float) -> Callable[[torch.
 def conv_bound(width: int) -> float:
     """nn.Conv1d's default bound (depthwise: fan-in = kernel width)."""
     return 1.0 / math.sqrt(width)
-
-
-def stateful_conv(
-    x_bcl: torch.Tensor,
-    weight_ck: torch.Tensor,
-    bias_c: torch.Tensor | None,
-    prev: torch.Tensor | None,
-    keep_bl: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """silu(causal depthwise conv) continuing from `prev` (the last d_conv inputs, or None for a
-    fresh start); returns the output and the new last d_conv inputs. `keep_bl` (1 for a token, 0
-    for padding) zeroes padding before and after the conv: a left-padded sequence then leaves the
-    conv window and, since its x is zero, the scan state exactly as the unpadded one does."""
-    width = weight_ck.shape[-1]
-    if keep_bl is not None:
-        x_bcl = x_bcl * keep_bl[:, None, :].to(x_bcl.dtype)
-    if prev is None:
-        out = kernels.causal_conv1d(x_bcl, weight_ck, bias_c, activation="silu")
-        history = x_bcl
-    else:
-        history = torch.cat([prev[..., 1:].to(x_bcl.dtype), x_bcl], dim=-1)
-        out = kernels.causal_conv1d(history, weight_ck, bias_c, activation="silu")
-        out = out[..., width - 1 :]
-    last = F.pad(history, (max(width - history.shape[-1], 0), 0))[..., -width:]
-    if keep_bl is not None:
-        out = out * keep_bl[:, None, :].to(out.dtype)
-    return out, last
 
 
 def _tp_sum(t: torch.Tensor) -> torch.Tensor:

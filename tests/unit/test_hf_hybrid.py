@@ -268,6 +268,8 @@ source, tokens, logits, target = sys.argv[1:]
 assert "megatron_mamba.hf" not in sys.modules
 model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=True).eval()
 assert type(model).__module__ == "megatron_mamba.hf.modeling", type(model).__module__
+megatron_core = sorted(m for m in sys.modules if m.split(".")[0] == "megatron")
+assert not megatron_core, f"loading an export imported megatron-core: {megatron_core[:3]}"
 with torch.no_grad():
     torch.save(model(torch.load(tokens)).logits, logits)
 if target != "-":
@@ -281,7 +283,9 @@ if target != "-":
 def test_a_saved_model_loads_and_saves_again_with_trust_remote_code_alone(name, tmp_path):
     """A process that never imports megatron_mamba.hf loads a save_pretrained directory through
     its modeling_hybrid.py, and its own save_pretrained writes a directory that loads the same
-    way (transformers would otherwise copy only configuration.py, which auto_map then names)."""
+    way (transformers would otherwise copy only configuration.py, which auto_map then names).
+    Loading never imports megatron-core: an environment that only runs the export (TRL, lm-eval)
+    pays neither its import time nor its requirements at run time."""
     model = _model(name)
     model.save_pretrained(tmp_path / "saved")
     tokens = _rows((8,))[0][None]
