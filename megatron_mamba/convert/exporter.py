@@ -22,6 +22,7 @@ from megatron_mamba.convert.hf_config import hf_config_kwargs, hf_model_type, hy
 from megatron_mamba.convert.hf_files import (
     GENERATION_CONFIG,
     TOKEN_ID_KEYS,
+    check_output,
     check_tokenizer_source,
     copy_tokenizer,
     output_directory,
@@ -108,10 +109,12 @@ def export_hf(
     directory. bos/eos/pad ids are those the conversion recorded, else the tokenizer's; a
     generation_config.json is written from them unless the tokenizer directory has one."""
     checkpoint = Path(checkpoint)
+    sources = [checkpoint, *([tokenizer] if tokenizer else [])]
+    check_output(output, overwrite, sources)
     step = find_checkpoint(checkpoint, checkpoint)  # fails early on a directory without one
     tokenizer_source = check_tokenizer_source(tokenizer) if tokenizer else checkpoint
     token_ids = read_token_ids(step) or tokenizer_token_ids(tokenizer_source)
-    with output_directory(output, overwrite) as temporary:
+    with output_directory(output, overwrite, sources) as temporary:
         init_runtime(ParallelSizes(1, 1))
         model = read_model_config(step)
         _write(step, model, temporary, dtype, max_shard_bytes, progress, token_ids)

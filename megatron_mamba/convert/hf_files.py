@@ -162,11 +162,32 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def prepare_output(path: str | Path, overwrite: bool) -> Path:
-    """A fresh temporary directory next to `path`; refuses an existing `path` unless
-    `overwrite`, and never replaces anything but a directory. `commit_output` moves it into
-    place."""
-    path = Path(path)
+def _replaceable(path: Path) -> bool:
+    """Whether `--overwrite` may replace the directory `path`: empty, or one of the outputs the
+    converters write (a transformers directory, a native checkpoint)."""
+    return not any(path.iterdir()) or any(
+        (path / name).exists() for name in ("config.json", "checkpoints", "model.yaml")
+    )
+
+
+def check_output(path: str | Path, overwrite: bool, sources: Iterable[str | Path] = ()) -> Path:
+    """`path` as an absolute path a converter may write: new, or (with `overwrite`) a directory
+    it wrote before; never a `source` it reads or a folder holding one, nor under a file.
+    Callers check before reading their sources, so a refusal costs nothing."""
+    path = Path(os.path.abspath(path))
+    for source in sources:
+        source_path = Path(source).resolve()
+        if path.resolve() == source_path or path.resolve() in source_path.parents:
+            what = "is" if path.resolve() == source_path else "holds"
+            raise FileExistsError(
+                f"output {path} {what} the source {source}; expected another output path"
+            )
+    parent = next(p for p in path.parents if p.exists() or p.is_symlink())
+    if not parent.is_dir():
+        raise NotADirectoryError(
+            f"output {path} lies under {parent}, which is a file; expected a new path or a "
+            "directory to replace"
+        )
     if path.exists() or path.is_symlink():
         if not path.is_dir():
             raise FileExistsError(
@@ -175,6 +196,19 @@ def prepare_output(path: str | Path, overwrite: bool) -> Path:
             )
         if not overwrite:
             raise FileExistsError(f"output {path} already exists; pass --overwrite to replace it")
+        if not _replaceable(path):
+            raise FileExistsError(
+                f"output {path} holds neither a transformers directory (config.json) nor a "
+                "native checkpoint, so --overwrite does not replace it; expected a new path, "
+                "or remove it yourself"
+            )
+    return path
+
+
+def prepare_output(path: str | Path, overwrite: bool, sources: Iterable[str | Path] = ()) -> Path:
+    """A fresh temporary directory next to `path` (checked by `check_output`);
+    `commit_output` moves it into place."""
+    path = check_output(path, overwrite, sources)
     temporary = path.with_name(path.name + ".partial")
     _remove(temporary)
     temporary.mkdir(parents=True)
@@ -200,13 +234,16 @@ def commit_output(temporary: Path, path: str | Path) -> None:
 
 
 @contextmanager
-def output_directory(path: str | Path, overwrite: bool) -> Iterator[Path]:
+def output_directory(
+    path: str | Path, overwrite: bool, sources: Iterable[str | Path] = ()
+) -> Iterator[Path]:
     """A temporary directory to write `path` in: moved into place when the block completes,
-    removed if anything (the move included) fails, so `path` is never half-written."""
-    temporary = prepare_output(path, overwrite)
+    removed if anything (the move included) fails, so `path` is never half-written. `sources`:
+    what the conversion reads, which the output must not replace (`check_output`)."""
+    temporary = prepare_output(path, overwrite, sources)
     try:
         yield temporary
-        commit_output(temporary, path)
+        commit_output(temporary, Path(os.path.abspath(path)))
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise

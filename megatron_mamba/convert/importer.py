@@ -24,7 +24,12 @@ from megatron_mamba.convert.attention_to_mamba import (
     mixer_from_attention,
     swapped_layers,
 )
-from megatron_mamba.convert.hf_files import HFCheckpoint, copy_tokenizer, output_directory
+from megatron_mamba.convert.hf_files import (
+    HFCheckpoint,
+    check_output,
+    copy_tokenizer,
+    output_directory,
+)
 from megatron_mamba.convert.mapping import Context, MappingError, Table, expand, resolve, to_native
 from megatron_mamba.convert.native_files import parameter_layout, write_native
 from megatron_mamba.convert.sources import source_model_config, source_token_ids
@@ -87,12 +92,13 @@ def import_hf(
     """Convert `source` into a native checkpoint directory `output`; returns its configuration.
 
     `parallel` only checks that the model splits at the TP/PP it will be trained with."""
+    check_output(output, overwrite, [source])
     checkpoint = HFCheckpoint(source)
     source_cfg = source_model_config(source)
     target = target_config(source_cfg, layer_pattern, mamba)
     validate_parallel(target, parallel or ParallelConfig())
     token_ids = source_token_ids(source)
-    with output_directory(output, overwrite) as temporary:
+    with output_directory(output, overwrite, [source]) as temporary:
         _convert(checkpoint, source_cfg, target, temporary, seed, progress, token_ids)
         copy_tokenizer(Path(source), temporary)
     return target

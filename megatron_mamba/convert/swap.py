@@ -14,7 +14,7 @@ from typing import Any
 
 from megatron_mamba.config import ModelConfig
 from megatron_mamba.convert.attention_to_mamba import fresh_mixer, swap_mixers, swapped_layers
-from megatron_mamba.convert.hf_files import copy_tokenizer, output_directory
+from megatron_mamba.convert.hf_files import check_output, copy_tokenizer, output_directory
 from megatron_mamba.convert.importer import target_config
 from megatron_mamba.convert.native_files import (
     parameter_layout,
@@ -36,6 +36,7 @@ def swap_native(
 ) -> ModelConfig:
     """Write `output`: `source`'s model with `layer_pattern`; returns the new configuration."""
     source = Path(source)
+    check_output(output, overwrite, [source])
     source_cfg = read_model_config(source)
     target = target_config(source_cfg, layer_pattern, mamba)
     if not swapped_layers(source_cfg, target):
@@ -53,7 +54,7 @@ def swap_native(
     layout = parameter_layout(target)
     _check_kept_mixers(state, layout, source, mamba)
     token_ids = read_token_ids(source)
-    with output_directory(output, overwrite) as temporary:
+    with output_directory(output, overwrite, [source]) as temporary:
         write_native(temporary, target, state, layout, token_ids)
         copy_tokenizer(source, temporary)
     return target

@@ -90,3 +90,42 @@ def test_a_config_json_that_is_broken_or_lacks_a_shape_key_is_named(runtime, tmp
         err = capsys.readouterr().err
         assert err.startswith(f"error: {hf / 'config.json'}") and expected in err, err
         assert err.count("\n") == 1 and not (tmp_path / "native").exists()
+
+
+def test_overwrite_never_replaces_a_source_a_folder_holding_one_or_a_foreign_folder(
+    runtime, tmp_path, capsys
+):
+    """--overwrite replaces only a converter's own earlier output: never what the conversion
+    reads (a source given as its own output, or a folder above it), nor a folder that holds
+    neither a transformers directory nor a native checkpoint."""
+    from tools import swap_layers
+
+    runs = tmp_path / "runs"
+    hf, native = runs / "hf", runs / "native"
+    tiny_gpt_neox(True, layers=2).save_pretrained(hf)
+    assert convert_hf_to_native.main([str(hf), str(native)]) == 0
+    (runs / "notes.txt").write_text("keep me")
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "f").write_text("x")
+    capsys.readouterr()
+    cases = [
+        ("is the source", convert_native_to_hf, [native, native]),
+        ("is the source", convert_hf_to_native, [hf, hf]),
+        ("is the source", swap_layers, [native, native, "--layer-pattern", "MA"]),
+        ("is the source", convert_native_to_hf, [native, hf, "--tokenizer", hf]),
+        ("holds the source", convert_native_to_hf, [native / "checkpoints", tmp_path]),
+        ("holds the source", convert_hf_to_native, [hf, runs]),
+        ("holds neither a transformers directory", convert_hf_to_native, [hf, tmp_path / "other"]),
+        ("which is a file", convert_hf_to_native, [hf, tmp_path / "afile" / "sub"]),
+    ]
+    for expected, tool, args in cases:
+        assert tool.main([*map(str, args), "--overwrite"]) == 1, (expected, args)
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and expected in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in runs.iterdir()) == ["hf", "native", "notes.txt"]
+    assert (tmp_path / "other" / "f").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "other", "runs"]
+    # a converter's own earlier output is still replaced
+    assert convert_native_to_hf.main([str(native), str(tmp_path / "out")]) == 0
+    assert convert_native_to_hf.main([str(native), str(tmp_path / "out"), "--overwrite"]) == 0
