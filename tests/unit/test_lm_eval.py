@@ -285,3 +285,23 @@ def test_local_tasks_alone_are_indexed_without_lm_evals_own():
         check_tasks(
             ["tiny_mc", "no_such_task"], task_manager(str(TASKS), ("tiny_mc", "no_such_task"))
         )
+
+
+def test_registering_keeps_lm_evals_own_models():
+    """lm-eval registers its built-in models only while its registry is empty: registering
+    ours first hid them (`--model hf` was 'no model for this name found'). A fresh process,
+    as eval/lm_eval_main.py starts."""
+    import subprocess
+    import sys
+
+    code = (
+        "import megatron_mamba.evaluation\n"
+        "from lm_eval.api.registry import get_model\n"
+        "print(get_model('hf').__name__, get_model('megatron_mamba').__name__)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["HFLM", "MegatronMambaLM"]
