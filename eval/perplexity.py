@@ -15,11 +15,11 @@ import json
 import sys
 from pathlib import Path
 
-from megatron_mamba.config import ParallelConfig
+from megatron_mamba.config import ModelConfig, ParallelConfig
 from megatron_mamba.data.held_out import HeldOutWindows
 from megatron_mamba.data.indexed import DatasetError, check_pair, dataset_prefix
 from megatron_mamba.evaluation.perplexity import held_out_loss
-from megatron_mamba.models.build import build_model
+from megatron_mamba.models.build import build_model, validate_parallel
 from megatron_mamba.runtime import ParallelSizes, init_runtime
 from megatron_mamba.training.checkpoint import (
     CheckpointError,
@@ -67,6 +67,61 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _checked_config(step: Path, args: argparse.Namespace) -> ModelConfig:
+    """`step`'s model, refused (naming it) where it cannot run at these settings: found only
+    when its turn came, a later checkpoint failed after the earlier ones' work."""
+    config = read_model_config(step)
+    try:
+        validate_parallel(config, ParallelConfig(tensor=args.tensor, pipeline=args.pipeline))
+    except ValueError as error:
+        raise ValueError(f"{step}: {error}") from None
+    if config.sliding_window is not None and args.seq_length > config.sliding_window:
+        raise ValueError(
+            f"--seq_length {args.seq_length} exceeds the sliding_window={config.sliding_window} "
+            f"of {step}, which its attention does not apply; expected at most "
+            f"{config.sliding_window}"
+        )
+    return config
+
+
+def _init_runtime(args: argparse.Namespace):
+    """The runtime; a world that TP×PP does not divide (every rank stops here alike) names the
+    launch that fits."""
+    try:
+        return init_runtime(ParallelSizes(args.tensor, args.pipeline))
+    except ValueError as error:
+        size = args.tensor * args.pipeline
+        raise ValueError(
+            f"{error}; launch a multiple of {size} processes: torchrun --nproc-per-node {size} "
+            "eval/perplexity.py ..."
+        ) from None
+
+
+def _check_window_count(windows: HeldOutWindows, args: argparse.Namespace, dp: int) -> None:
+    """At least one micro-batch per data-parallel rank; --max_windows named when it is the
+    cap, not the held-out set."""
+    per_round = args.micro_batch * dp
+    if len(windows) >= per_round:
+        return
+    if args.max_windows is not None and len(windows) == args.max_windows:
+        raise ValueError(
+            f"--max_windows {args.max_windows} is fewer than --micro_batch × data-parallel "
+            f"size = {args.micro_batch} × {dp}"
+        )
+    raise DatasetError(
+        f"the held-out set has {len(windows)} windows, fewer than --micro_batch × data-parallel "
+        f"size = {args.micro_batch} × {dp}"
+    )
+
+
+def _windows(args: argparse.Namespace, vocab_size: int, dp: int) -> HeldOutWindows:
+    windows = HeldOutWindows(
+        args.data, args.seq_length, vocab_size, args.first_window, args.max_windows
+    )
+    _check_window_count(windows, args, dp)
+    return windows
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     args.data = dataset_prefix(args.data)
@@ -76,27 +131,20 @@ def main(argv=None) -> int:
         problem = args.output and _output_problem(Path(args.output))
         if problem:
             raise ValueError(problem)
-        # a world size that TP×PP does not divide: every rank stops here alike
-        runtime = init_runtime(ParallelSizes(args.tensor, args.pipeline))
+        configs = [_checked_config(step, args) for step in steps]
+        runtime = _init_runtime(args)
+        dp = runtime.data_parallel_size
+        by_vocab = {c.vocab_size: _windows(args, c.vocab_size, dp) for c in configs}
     except (CheckpointError, DatasetError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     lines = []
-    for step in steps:  # one process for all: the imports and the process group once
-        config = read_model_config(step)
+    for step, config in zip(steps, configs, strict=True):  # the process group once for all
         model = build_model(config, ParallelConfig(tensor=args.tensor, pipeline=args.pipeline))
         model = model.to(runtime.device)
         load_weights(step, model)
-        try:  # every rank reads the same pair, so every rank stops here alike
-            windows = HeldOutWindows(
-                args.data, args.seq_length, config.vocab_size, args.first_window, args.max_windows
-            )
-            result = held_out_loss(
-                model, windows, config.vocab_size, args.micro_batch, runtime.device
-            )
-        except DatasetError as error:  # also: fewer windows than micro_batch × DP
-            print(f"error: {error}", file=sys.stderr)
-            return 1
+        windows = by_vocab[config.vocab_size]
+        result = held_out_loss(model, windows, config.vocab_size, args.micro_batch, runtime.device)
         lines.append(json.dumps({"checkpoint": str(step), **result.as_dict()}))
         if runtime.rank == 0:
             print(lines[-1], flush=True)

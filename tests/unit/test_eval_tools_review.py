@@ -7,7 +7,7 @@ import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
 from megatron_mamba.convert.importer import import_hf
-from tests.helpers.hf_tiny import VOCAB, tiny_gpt_neox
+from tests.helpers.hf_tiny import VOCAB, tiny_gpt_neox, tiny_mistral
 from tests.helpers.tiny_tokenizer import make_tokenizer
 
 TASKS = "tests/assets/lm_eval_tasks"
@@ -124,14 +124,57 @@ def _perplexity(natives, held_out, *options) -> int:
 @pytest.mark.parametrize(
     "options, message",
     [
-        (["--micro_batch", "64"], "has 7 windows, fewer than micro_batch × data-parallel size"),
+        (["--micro_batch", "64"], "has 7 windows, fewer than --micro_batch × data-parallel size"),
+        (["--max_windows", "2", "--micro_batch", "4"], "--max_windows 2 is fewer than --micro"),
         (["--tensor", "2"], "world size 1 is not divisible by tensor×pipeline"),
+        (["--tensor", "2"], "launch a multiple of 2 processes: torchrun --nproc-per-node 2"),
     ],
 )
 def test_perplexity_reports_a_user_error_in_one_line(natives, held_out, options, message, capsys):
     assert _perplexity(natives, held_out, *options) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+@pytest.fixture(scope="module")
+def unfitting(runtime, tmp_path_factory):
+    """Natives that cannot run at some settings: a Mistral with an 8-token sliding window, and
+    a Mamba2 hybrid with one B group (no tensor-parallel split)."""
+    root = tmp_path_factory.mktemp("unfitting")
+    tiny_mistral(window=8, layers=2).save_pretrained(root / "mistral_hf")
+    import_hf(root / "mistral_hf", root / "mistral", progress=False)
+    tiny_gpt_neox(True, layers=2).save_pretrained(root / "neox_hf")
+    mamba = dict(layout="classic", head_dim=16, chunk_size=8)
+    import_hf(root / "neox_hf", root / "mamba2", layer_pattern="SA", mamba=mamba, progress=False)
+    return root
+
+
+@pytest.mark.parametrize(
+    "late, options, message",
+    [
+        ("mistral", [], "--seq_length 16 exceeds the sliding_window=8 of "),
+        ("mamba2", ["--tensor", "2"], "tensor-parallel size 2 does not divide mamba2's 1 B"),
+    ],
+)
+def test_perplexity_checks_every_checkpoint_before_the_first_is_evaluated(
+    natives, unfitting, held_out, tmp_path, monkeypatch, capsys, late, options, message
+):
+    """A later checkpoint that cannot run failed with a traceback once the earlier ones had
+    been evaluated, and --output was never written."""
+    import eval.perplexity as cli
+
+    def held_out_loss(*args, **kwargs):
+        raise AssertionError("evaluated before the refusal")
+
+    monkeypatch.setattr(cli, "held_out_loss", held_out_loss)
+    argv = ["--checkpoint", str(natives / "native"), str(unfitting / late), "--data", held_out]
+    argv += ["--seq_length", "16", "--output", str(tmp_path / "ppl.json"), *options]
+    assert cli.main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error: "), captured
+    assert message in captured.err and captured.err.count("\n") == 1, captured.err
+    assert str(unfitting / late) in captured.err
+    assert not list(tmp_path.iterdir())
 
 
 def test_perplexity_refuses_sizes_below_one_for_the_parallel_layout(capsys):
