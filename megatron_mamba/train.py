@@ -24,10 +24,11 @@ def _error(message: str, every_rank: bool = False) -> None:
     """Print `error: message` on rank 0, or on every rank (prefixed with it) when the ranks may
     disagree."""
     rank, world = os.environ.get("RANK", "0"), int(os.environ.get("WORLD_SIZE", "1"))
-    if every_rank and world > 1:
-        print(f"error: [rank {rank}] {message}", file=sys.stderr)
+    if every_rank and world > 1:  # one write, so that the ranks' lines do not interleave
+        sys.stderr.write(f"error: [rank {rank}] {message}\n")
     elif rank == "0":
-        print(f"error: {message}", file=sys.stderr)
+        sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
 
 
 def _check_world_size(run: RunConfig) -> None:
@@ -38,6 +39,7 @@ def _check_world_size(run: RunConfig) -> None:
             f"parallel.tensor × parallel.pipeline = {tp} × {pp} does not divide the {world} "
             f"process(es) launched; launch a multiple of {tp * pp} (torchrun --nproc-per-node)"
         )
+    run.train.accumulation(world // (tp * pp))  # a global batch the replicas cannot share
 
 
 def main(argv: list[str] | None = None) -> int:

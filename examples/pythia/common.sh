@@ -31,8 +31,11 @@ SWITCH=distill.layer_distill_until_step=$SWITCH_STEP KEEP="[$SWITCH_STEP]"
 [[ -n $SWITCH_STEP ]] || SWITCH=distill.layer_distill_until=0.4 KEEP="[]"
 
 train() {  # resume=auto: a rerun continues an interrupted run and skips a finished one
+  # The student is the teacher's with fresh mixers, unless train.init_from gives its weights.
+  local start=(train.init_from_attention="$TEACHER") arg
+  for arg in "$@"; do [[ $arg == train.init_from=* ]] && start=(); done
   OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$PY" "${LAUNCH[@]}" -m megatron_mamba.train \
-    --config "$CONFIG" data.path="$DATA" \
-    train.init_from_attention="$TEACHER" train.max_train_samples="$TRAIN_SAMPLES" \
+    --config "$CONFIG" data.path="$DATA" ${start[@]+"${start[@]}"} \
+    train.max_train_samples="$TRAIN_SAMPLES" \
     train.lr_decay_steps="$DECAY_STEPS" train.resume_from_checkpoint=auto "$@"
 }

@@ -81,3 +81,9 @@ class DistillConfig:
                 "alpha_layer_distill_loss / alpha_logits_distill_loss need distill.teacher (the "
                 "attention model's weights)"
             )
+        if self.teacher is None and self.alpha_ce_loss != 1.0:
+            raise ValueError(
+                f"alpha_ce_loss={self.alpha_ce_loss} weighs the cross-entropy against "
+                "distillation losses, so it needs distill.teacher; without one the loss is plain "
+                "cross-entropy (scale the learning rate instead)"
+            )

@@ -39,7 +39,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     """AdamW's decoupled weight decay (non-negative)."""
     weight_decay_mamba_only: bool = False
-    """Decay only the Mamba mixers' weights (CALD); norms and biases are never decayed."""
+    """Decay only the Mamba mixers' parameters (CALD); norms and biases are never decayed,
+    while A_log and D are, as in CALD (which spares only biases and norms)."""
     adam_beta1: float = 0.9
     """Adam's moment decays, each in [0, 1), as adam_beta2."""
     adam_beta2: float = 0.95
@@ -271,6 +272,18 @@ class TrainConfig:
                 "jsonl and/or wandb, e.g. [console, jsonl] ([] for none)"
             )
         self.report_to = tuple(self.report_to)
+        if not self.run_name or self.run_name in (".", "..") or set(self.run_name) & {"/", "\\"}:
+            raise ValueError(
+                f"run_name={self.run_name!r} must be a plain folder name (no / or \\): the run "
+                "writes output_dir/run_name"
+            )
+        if self.init_from and self.init_from_attention:
+            raise ValueError(
+                f"init_from={self.init_from} and init_from_attention={self.init_from_attention} "
+                "are both set; keep one (e.g. init_from_attention=null): init_from gives every "
+                "weight of the model, which init_from_attention would then overwrite with the "
+                "attention model's shared ones (embeddings, norms, MLPs)"
+            )
 
     def warmup(self, total_steps: int) -> int:
         """Warmup steps. A ratio is of the schedule's length, as transformers' get_scheduler

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -128,6 +129,25 @@ def train(run: RunConfig) -> list[dict]:
     torch.backends.cuda.matmul.allow_tf32 = cfg.use_tf32
     torch.backends.cudnn.allow_tf32 = cfg.use_tf32
     model_cfg = run.model_config()
+    output = _output_directory(cfg)
+    # The data, held-out set and run length are checked before any model is built.
+    seq = run.data.item_length - 1
+    micro, accumulation = cfg.per_device_train_batch_size, cfg.accumulation(rt.data_parallel_size)
+    held_out = None
+    if cfg.eval_interval:  # opened first: corpus data writes its index cache into the run's dir
+        held_out = _held_out(run, seq, model_cfg.vocab_size, micro * rt.data_parallel_size)
+    data = _training_data(run, model_cfg.vocab_size)
+    order = DataOrder(
+        global_batch=micro * accumulation * rt.data_parallel_size,
+        dp_size=rt.data_parallel_size,
+        first_item=run.data.first_item,
+        max_train_samples=cfg.max_train_samples,
+        epochs=cfg.num_train_epochs,
+    )
+    total = _total_steps(cfg, order, len(data))
+    if rt.rank == 0:
+        for warning in _settings_without_effect(run, model_cfg, total):
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
     precision = RunPrecision(_DTYPE[cfg.mixed_precision], recompute=cfg.recompute)
     model = build_model(model_cfg, run.parallel, precision)
     model = model.to(rt.device)
@@ -178,24 +198,7 @@ def train(run: RunConfig) -> list[dict]:
     # The schedule multiplies each loss by this before backward: fp16's dynamic loss scale.
     model.config.grad_scale_func = optimizer.scale_loss
 
-    seq = run.data.item_length - 1
-    held_out = None
-    if cfg.eval_interval:  # opened first: corpus data writes its index cache into the run's dir
-        held_out = HeldOutWindows(
-            run.data.valid_path, seq, model_cfg.vocab_size, max_windows=run.data.valid_windows
-        )
-    data = _training_data(run, model_cfg.vocab_size)
-    micro, accumulation = cfg.per_device_train_batch_size, cfg.accumulation(rt.data_parallel_size)
-    order = DataOrder(
-        global_batch=micro * accumulation * rt.data_parallel_size,
-        dp_size=rt.data_parallel_size,
-        first_item=run.data.first_item,
-        max_train_samples=cfg.max_train_samples,
-        epochs=cfg.num_train_epochs,
-    )
-    total = _total_steps(cfg, order, len(data))
     scheduler = build_scheduler(optimizer, cfg, total)
-    output = Path(cfg.output_dir) / cfg.run_name
     checkpoints = output / CHECKPOINTS
     start = 0
     if resume:
@@ -231,9 +234,13 @@ def train(run: RunConfig) -> list[dict]:
         forward_backward = GraphedForwardBackward(forward_backward, ddp, objective=objective)
 
     # Set up without error: only now is anything written (a resumed run appends its metrics).
+    # A resumed run's config.yaml, which its checkpoints were trained with, is replaced at its
+    # first save: should this run fail before, resuming them as they were is still agreed.
+    config_pending = bool(resume)
     if rt.rank == 0:
         output.mkdir(parents=True, exist_ok=True)
-        (output / "config.yaml").write_text(dump(run))
+        if not config_pending:
+            (output / "config.yaml").write_text(dump(run))
     logger = MetricsLogger(
         output,
         cfg.report_to,
@@ -258,7 +265,7 @@ def train(run: RunConfig) -> list[dict]:
             **_numerics(cfg),
             "consumed_samples": step * order.global_batch,
         }
-        return save_checkpoint(
+        path = save_checkpoint(
             checkpoints,
             step,
             model,
@@ -269,6 +276,11 @@ def train(run: RunConfig) -> list[dict]:
             model_cfg,
             cfg.keep_checkpoint_steps,
         )
+        nonlocal config_pending
+        if config_pending and rt.rank == 0:
+            (output / "config.yaml").write_text(dump(run))
+        config_pending = False
+        return path
 
     records: list[dict] = []
 
@@ -350,6 +362,64 @@ def train(run: RunConfig) -> list[dict]:
             break
     logger.close()
     return records
+
+
+def _settings_without_effect(run: RunConfig, model_cfg, total: int) -> list[str]:
+    """Settings that a run of `total` steps leaves without their intended effect: accepted
+    (a smoke run may mean them), but said."""
+    cfg, found = run.train, []
+    if cfg.lr_scheduler_type != "constant" and cfg.warmup(total) >= cfg.decay_steps(total):
+        found.append(
+            f"train warmup of {cfg.warmup(total)} steps is not below the schedule's "
+            f"{cfg.decay_steps(total)}: the LR never reaches train.learning_rate"
+        )
+    switch, guided = run.distill.layer_distill_until_step, run.distill.alpha_layer_distill_loss
+    if switch is not None and switch >= total and run.distill.teacher and guided:
+        found.append(
+            f"distill.layer_distill_until_step={switch} is not before the run's last step "
+            f"({total}): the layer loss is never switched off"
+        )
+    beyond = [step for step in cfg.keep_checkpoint_steps if step > total]
+    if beyond:
+        found.append(f"train.keep_checkpoint_steps {beyond} lie beyond the run's {total} steps")
+    if run.data.item_length - 1 > model_cfg.max_position_embeddings:
+        found.append(
+            f"data.item_length={run.data.item_length} trains on "
+            f"{run.data.item_length - 1} positions, beyond the model's "
+            f"max_position_embeddings={model_cfg.max_position_embeddings}"
+        )
+    return found
+
+
+def _output_directory(cfg) -> Path:
+    """output_dir/run_name, refused at once where a file stands in its way."""
+    output = Path(cfg.output_dir) / cfg.run_name
+    for path in (output, *output.parents):
+        if path.exists() and not path.is_dir():
+            raise ConfigError(
+                f"train.output_dir/run_name = {output} cannot be made: {path} is a file; expected "
+                "a directory or a new path"
+            )
+    return output
+
+
+def _held_out(run: RunConfig, seq: int, vocab_size: int, rows: int) -> HeldOutWindows:
+    """The held-out windows, at least one batch of `rows` of them (checked now, not at the
+    first validation, which may come after hours of training)."""
+    held_out = HeldOutWindows(
+        run.data.valid_path, seq, vocab_size, max_windows=run.data.valid_windows
+    )
+    batch = f"one validation batch (per_device_train_batch_size × data-parallel size = {rows})"
+    if len(held_out) < rows and len(held_out) == run.data.valid_windows:
+        raise ConfigError(
+            f"data.valid_windows={run.data.valid_windows} is fewer than {batch}; raise it"
+        )
+    if len(held_out) < rows:
+        raise ConfigError(
+            f"data.valid_path={run.data.valid_path} has {len(held_out)} held-out window(s) of "
+            f"{seq + 1} tokens, fewer than {batch}"
+        )
+    return held_out
 
 
 def _training_data(run: RunConfig, vocab_size: int):
@@ -434,8 +504,14 @@ def _initialise(model, path: Path, setting: str, expected: str = "") -> None:
             raise CheckpointError(f"{where}: {error}") from None
         return
     try:
-        load_full_state(model, torch.load(path, map_location="cpu", weights_only=True))
-    except (ValueError, RuntimeError, pickle.UnpicklingError) as error:  # not this model's
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError):  # torch's advice does not apply
+        raise CheckpointError(
+            f"{where} is neither a checkpoint directory nor a torch file of tensors"
+        ) from None
+    try:
+        load_full_state(model, state)
+    except (ValueError, RuntimeError) as error:  # not this model's
         raise CheckpointError(f"{where} does not fit this model: {error}") from None
 
 
@@ -452,10 +528,12 @@ def _data_order(order: DataOrder, seed: int, item_length: int) -> dict:
 
 
 def _numerics(cfg) -> dict:
-    """What decides the shape of the optimizer's state (fp32 master weights or none)."""
+    """What decides the shape of the optimizer's state (fp32 master weights or none), and which
+    parameters it decays (a resume continues the checkpoint's parameter groups)."""
     return {
         "mixed_precision": cfg.mixed_precision,
         "fp32_master_weights": cfg.fp32_master_weights,
+        "weight_decay_mamba_only": cfg.weight_decay_mamba_only,
     }
 
 

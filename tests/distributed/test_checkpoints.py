@@ -101,6 +101,24 @@ def test_a_save_killed_before_commit_leaves_the_previous_checkpoint(tmp_path, it
     assert checkpoint_names(killed) == ["latest", "step_00000006", "step_00000008"]
 
 
+def test_a_resume_with_changes_keeps_the_old_config_until_its_first_save(tmp_path, items):
+    """config.yaml says what the checkpoints were trained with: a run resuming them with
+    changes that dies before it saves leaves it as it was, so they resume as they were."""
+    run(tmp_path, items, "changed", **{"train.exit_interval": 3})
+    config = (tmp_path / "changed" / "config.yaml").read_text()
+    changed = {
+        "train.resume_from_checkpoint": "latest",
+        "train.resume_with_changes": True,
+        "train.trainable": "mamba",
+        "train.exit_interval": 3,
+    }
+    with pytest.raises(AssertionError, match="exitcode: 17"):
+        run(tmp_path, items, "changed", script=KILLED_IN_SAVE, script_args=["1"], **changed)
+    assert (tmp_path / "changed" / "config.yaml").read_text() == config
+    run(tmp_path, items, "changed", **changed)  # resumed from step 3 again, saved at 6
+    assert "trainable: mamba" in (tmp_path / "changed" / "config.yaml").read_text()
+
+
 def test_a_new_run_in_an_old_directory_is_refused_or_told_to_replace_it(tmp_path, items):
     """Refused before anything is written, unless train.overwrite_output_dir. Replacing: the old
     run's step_6 and step_8 are newer than the new run's step_4: keeping them would let pruning
@@ -233,6 +251,10 @@ def test_a_file_of_whole_tensors_of_another_model_is_refused_in_one_line(tmp_pat
         ({"train.adam_eps": 1e-3}, r"train.adam_eps = 1e-08; this run has 0.001"),
         ({"train.seed": 7}, r"was trained with seed=\d+; this run has 7"),
         (PURE_BF16, "was trained with train.mixed_precision=no; this run has bf16"),
+        (
+            {"train.weight_decay_mamba_only": True},
+            "was trained with train.weight_decay_mamba_only=False; this run has True",
+        ),
     ],
     ids=[
         "layout",
@@ -243,6 +265,7 @@ def test_a_file_of_whole_tensors_of_another_model_is_refused_in_one_line(tmp_pat
         "adam",
         "seed",
         "numerics",
+        "decayed-parameters",
     ],
 )
 def test_resuming_from_a_checkpoint_that_does_not_fit_fails_clearly(

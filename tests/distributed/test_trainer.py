@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 
 from tests.distributed.launch import REPO, launch
-from tests.distributed.train_runs import TRAIN, losses, records, run, settings, steps_and_values
+from tests.distributed.train_runs import (
+    TRAIN,
+    losses,
+    records,
+    run,
+    save_initial,
+    settings,
+    steps_and_values,
+)
 
 POISONED = Path(__file__).parent / "workers" / "train_poisoned.py"
 
@@ -184,6 +192,71 @@ def test_a_run_that_cannot_start_writes_nothing(tmp_path, items):
     with pytest.raises(AssertionError, match="missing.idx does not exist"):
         run(tmp_path, items, "novalid", **missing)
     assert not (tmp_path / "novalid").exists()
+
+
+@pytest.mark.parametrize(
+    "case", ["valid-windows", "output-dir-a-file", "init-from-no-tensors", "batch-not-shared"]
+)
+def test_inputs_the_run_cannot_use_are_refused_before_it_trains(tmp_path, items, case):
+    """Each refused in one line before any step (so nothing of the run is written): too few
+    held-out windows for one validation batch (it used to fail at the first validation, hours
+    in), an output_dir that is a file, weights that are no torch file (torch's advice to
+    unpickle anyway is not passed on), a global batch the replicas cannot share."""
+    (tmp_path / "afile").write_text("x")
+    overrides, message, nproc = {
+        "valid-windows": (
+            {"train.eval_interval": 2, "data.valid_path": items, "data.valid_windows": 2},
+            r"data.valid_windows=2 is fewer than one validation batch \(per_device_train_batch_"
+            r"size × data-parallel size = 4\); raise it",
+            1,
+        ),
+        "output-dir-a-file": (
+            {"train.output_dir": tmp_path / "afile"},
+            "cannot be made: .*afile is a file; expected a directory or a new path",
+            1,
+        ),
+        "init-from-no-tensors": (
+            {"train.init_from": f"{items}.idx"},
+            r"train.init_from=.*items.idx is neither a checkpoint directory nor a torch file",
+            1,
+        ),
+        "batch-not-shared": (
+            {"train.global_batch_size": 6, "train.per_device_train_batch_size": 2},
+            r"global_batch_size=6 is not a multiple of .* = 2 × 2",
+            2,
+        ),
+    }[case]
+    with pytest.raises(AssertionError, match=message) as refused:
+        run(tmp_path, items, "refused", nproc, **overrides)
+    assert "Traceback" not in str(refused.value) and "weights_only" not in str(refused.value)
+    assert not (tmp_path / "refused").exists()
+
+
+def test_settings_a_run_leaves_without_effect_are_said(tmp_path, items):
+    teacher = save_initial(
+        tmp_path / "teacher.pt", {"preset": "tiny-gpt-neox", "model.vocab_size": 200}
+    )
+    overrides = {
+        "train.max_steps": 2,
+        "train.warmup_steps": 5,
+        "train.keep_checkpoint_steps": "[9]",
+        "train.save_at_end": False,
+        "distill.teacher": teacher,
+        "distill.alpha_layer_distill_loss": 1.0,
+        "distill.layer_distill_until_step": 2,
+        "model.max_position_embeddings": 16,
+    }
+    args = settings(tmp_path, items, "unused", **overrides)
+    done = launch(TRAIN, 1, *(f"{k}={v}" for k, v in args.items()))
+    assert done.returncode == 0, done.stderr[-4000:]
+    for said in (
+        "warning: train warmup of 5 steps is not below the schedule's 2",
+        "warning: distill.layer_distill_until_step=2 is not before the run's last step (2)",
+        "warning: train.keep_checkpoint_steps [9] lie beyond the run's 2 steps",
+        "warning: data.item_length=33 trains on 32 positions, beyond the model's "
+        "max_position_embeddings=16",
+    ):
+        assert said in done.stderr, said
 
 
 def test_a_fresh_run_replaces_the_metrics_of_an_earlier_one(tmp_path, items):

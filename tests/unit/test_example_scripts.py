@@ -30,3 +30,28 @@ def test_starting_weights_are_made_again_only_after_their_run_saved(tmp_path):
     (tmp_path / "current").mkdir()  # made after it
     made = _swapped(tmp_path, "run MAMA stale", "run MAMA current", "run MAMA missing")
     assert made == [["run", "stale"], ["run", "missing"]]
+
+
+PYTHIA_COMMON = REPO / "examples" / "pythia" / "common.sh"
+
+
+def _pythia_train_args(tmp_path, *args: str) -> list[str]:
+    stub = tmp_path / "python"
+    stub.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$CALLS"\n')
+    stub.chmod(0o755)
+    log = tmp_path / "calls"
+    script = f'source {PYTHIA_COMMON}; train "$@"'
+    env = {**os.environ, "PYTHON": str(stub), "CALLS": str(log), "NPROC": "1"}
+    subprocess.run(["bash", "-c", script, "-", *args], env=env, cwd=tmp_path, check=True)
+    return log.read_text().splitlines()
+
+
+def test_pythia_students_start_from_the_teacher_unless_init_from_gives_their_weights(tmp_path):
+    """The scripts pass train.init_from_attention=$TEACHER; with train.init_from among the
+    arguments they leave it out (the run refuses both: the teacher's shared tensors would
+    overwrite init_from's)."""
+    plain = _pythia_train_args(tmp_path, "train.run_name=x")
+    assert any(a.startswith("train.init_from_attention=") for a in plain)
+    given = _pythia_train_args(tmp_path, "train.init_from=ckpt", "train.run_name=x")
+    assert "train.init_from=ckpt" in given
+    assert not any(a.startswith("train.init_from_attention=") for a in given)

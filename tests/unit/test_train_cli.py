@@ -152,3 +152,41 @@ def test_a_bug_keeps_its_traceback(fake_train):
     fake_train(bug)
     with pytest.raises(KeyError, match="a bug"):
         main(["preset=tiny-llama"])
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (
+            ["train.init_from_attention={w}", "train.init_from={w}"],
+            "error: train: init_from={w} and init_from_attention={w} are both set; keep one",
+        ),
+        (["train.run_name=../escape"], "error: train: run_name='../escape' must be a plain folder"),
+        (["train.run_name=.."], "error: train: run_name='..' must be a plain folder"),
+        (
+            ["distill.alpha_ce_loss=0"],
+            "error: distill: alpha_ce_loss=0.0 weighs the cross-entropy against distillation "
+            "losses, so it needs distill.teacher",
+        ),
+    ],
+)
+def test_settings_that_would_be_silently_ignored_are_refused(capsys, tmp_path, args, expected):
+    """init_from's weights would be overwritten by init_from_attention's shared ones; a run_name
+    with a path would write outside output_dir; alpha_ce_loss weighs nothing without a teacher."""
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes(b"")
+    args = [a.format(w=weights) for a in args]
+    assert main(["--dry-run", "preset=tiny-gpt-neox", *args]) == 2
+    assert one_error(capsys).startswith(expected.format(w=weights))
+
+
+def test_a_global_batch_the_replicas_cannot_share_stops_before_any_process_group(
+    capsys, monkeypatch, fake_train
+):
+    fake_train(lambda run: pytest.fail("started with a global batch the replicas cannot share"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["preset=tiny-llama", "train.global_batch_size=3"]) == 2
+    assert one_error(capsys).startswith(
+        "error: train.global_batch_size=3 is not a multiple of per_device_train_batch_size × "
+        "data-parallel size = 1 × 2"
+    )
