@@ -11,6 +11,7 @@ directory is written under a temporary name and renamed at the end.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from megatron_mamba.convert.hf_files import (
     check_output,
     check_tokenizer_source,
     copy_tokenizer,
+    find_tokenizer_dir,
     output_directory,
     tokenizer_token_ids,
     write_safetensors,
@@ -105,24 +107,45 @@ def export_hf(
 ) -> ModelConfig:
     """Write the transformers directory `output` from a native checkpoint; returns its config.
 
-    The tokenizer files come from `tokenizer` (which must hold some) or else the checkpoint's
-    directory. bos/eos/pad ids are those the conversion recorded, else the tokenizer's; a
-    generation_config.json is written from them unless the tokenizer directory has one."""
+    The tokenizer files come from `tokenizer` (which must hold some) or else the nearest
+    directory at or above the checkpoint that holds some (an import's top directory); with none
+    a warning says so. bos/eos/pad ids are those the conversion recorded, else the tokenizer's;
+    a generation_config.json is written from them unless the tokenizer directory has one."""
     checkpoint = Path(checkpoint)
     sources = [checkpoint, *([tokenizer] if tokenizer else [])]
     check_output(output, overwrite, sources)
     step = find_checkpoint(checkpoint, checkpoint)  # fails early on a directory without one
-    tokenizer_source = check_tokenizer_source(tokenizer) if tokenizer else checkpoint
-    token_ids = read_token_ids(step) or tokenizer_token_ids(tokenizer_source)
+    tokenizer_source = check_tokenizer_source(tokenizer) if tokenizer else find_tokenizer_dir(step)
+    token_ids = read_token_ids(step)  # none recorded (a training run) or all None
+    if not _known(token_ids) and tokenizer_source is not None:
+        token_ids = tokenizer_token_ids(tokenizer_source)
+    if tokenizer_source is None:
+        _warn_no_tokenizer(checkpoint, token_ids)
     with output_directory(output, overwrite, sources) as temporary:
         init_runtime(ParallelSizes(1, 1))
         model = read_model_config(step)
         _write(step, model, temporary, dtype, max_shard_bytes, progress, token_ids)
-        copy_tokenizer(tokenizer_source, temporary)
-        known = {key: value for key, value in (token_ids or {}).items() if value is not None}
+        # with no tokenizer, still the generation_config.json an import keeps from its source
+        copy_tokenizer(tokenizer_source or checkpoint, temporary)
+        known = _known(token_ids)
         if known and not (temporary / GENERATION_CONFIG).is_file():
             GenerationConfig(**known).save_pretrained(temporary)
     return model
+
+
+def _known(token_ids: dict | None) -> dict:
+    return {key: value for key, value in (token_ids or {}).items() if value is not None}
+
+
+def _warn_no_tokenizer(checkpoint: Path, token_ids: dict | None) -> None:
+    """An export without a tokenizer loads, but cannot encode text; without bos/eos ids its
+    generation never stops. Not refused: the weights alone may be what is wanted."""
+    missing = "tokenizer files" if _known(token_ids) else "tokenizer files and no bos/eos ids"
+    print(
+        f"warning: the export has no {missing} (none in {checkpoint} or the directories above "
+        "it); pass --tokenizer with the model's HF tokenizer directory",
+        file=sys.stderr,
+    )
 
 
 def hf_tensors(checkpoint: Path, model: ModelConfig, dtype: torch.dtype, progress: bool = False):

@@ -268,6 +268,15 @@ def _has_tokenizer(source: Path) -> bool:
     return any((source / n).is_file() for n in TOKENIZER_FILES if n != GENERATION_CONFIG)
 
 
+def find_tokenizer_dir(path: str | Path) -> Path | None:
+    """The nearest directory at or above `path` that holds tokenizer files: a checkpoint
+    directory inside a run or an import has none of its own, the import's top directory has
+    its source's. A generation_config.json alone is none (an import keeps it even from a source
+    without a tokenizer)."""
+    path = Path(path).absolute()
+    return next((d for d in (path, *path.parents) if _has_tokenizer(d)), None)
+
+
 def check_tokenizer_source(source: str | Path) -> Path:
     """A directory given as the tokenizer to copy must exist and hold tokenizer files."""
     source = Path(source)

@@ -23,7 +23,7 @@ from lm_eval.models.utils_hf import get_dtype
 
 import megatron_mamba.hf  # noqa: F401  (registers the hybrid classes with transformers' Auto*)
 from megatron_mamba.convert.exporter import hf_config_for, load_as_transformers
-from megatron_mamba.convert.hf_files import GENERATION_CONFIG, TOKENIZER_FILES
+from megatron_mamba.convert.hf_files import find_tokenizer_dir
 from megatron_mamba.training.checkpoint import (
     CheckpointError,
     find_checkpoint,
@@ -43,16 +43,6 @@ def is_native_checkpoint(path: str | Path) -> bool:
     return True
 
 
-def _tokenizer_dir(path: Path) -> Path | None:
-    """The nearest directory at or above a checkpoint that holds tokenizer files (a
-    generation_config.json alone is none: an import keeps it even from a source without one)."""
-    names = [name for name in TOKENIZER_FILES if name != GENERATION_CONFIG]
-    for candidate in (path, *path.parents):
-        if any((candidate / name).is_file() for name in names):
-            return candidate
-    return None
-
-
 def check_checkpoint(pretrained: str | Path, tokenizer: str | None = None) -> str | None:
     """The tokenizer to load `pretrained` with; refuses a directory that is neither a native
     checkpoint nor a transformers one, and a native one without tokenizer files, before any
@@ -65,7 +55,7 @@ def check_checkpoint(pretrained: str | Path, tokenizer: str | None = None) -> st
             "a transformers directory (config.json)"
         )
     if tokenizer is None and native:
-        found = _tokenizer_dir(path)
+        found = find_tokenizer_dir(path)
         if found is None:
             raise ValueError(
                 f"{path} holds no tokenizer files (an imported checkpoint keeps its "

@@ -129,3 +129,33 @@ def test_overwrite_never_replaces_a_source_a_folder_holding_one_or_a_foreign_fol
     # a converter's own earlier output is still replaced
     assert convert_native_to_hf.main([str(native), str(tmp_path / "out")]) == 0
     assert convert_native_to_hf.main([str(native), str(tmp_path / "out"), "--overwrite"]) == 0
+
+
+def test_exporting_a_step_directory_carries_the_imports_tokenizer(runtime, tmp_path, capsys):
+    """The tokenizer lives in the import's top directory: exporting one of its checkpoints
+    dropped it (and with it the bos/eos ids of a training run)."""
+    from tests.helpers.tiny_tokenizer import make_tokenizer
+
+    make_tokenizer(tmp_path / "hf")
+    tiny_gpt_neox(True, layers=2).save_pretrained(tmp_path / "hf")
+    assert convert_hf_to_native.main([str(tmp_path / "hf"), str(tmp_path / "native")]) == 0
+    step = tmp_path / "native" / "checkpoints" / "step_00000000"
+    assert convert_native_to_hf.main([str(step), str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "tokenizer.json").is_file()
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_an_export_without_a_tokenizer_warns(runtime, tmp_path, capsys):
+    """Not refused (the weights may be all that is wanted), but no longer silent: without bos/
+    eos ids the export's generation never stops."""
+    from tests.helpers.conversion import edit_config
+
+    tiny_gpt_neox(True, layers=2).save_pretrained(tmp_path / "hf")
+    edit_config(tmp_path / "hf", bos_token_id=None, eos_token_id=None)
+    assert convert_hf_to_native.main([str(tmp_path / "hf"), str(tmp_path / "native")]) == 0
+    capsys.readouterr()
+    assert convert_native_to_hf.main([str(tmp_path / "native"), str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err  # then the progress bar
+    assert err.startswith("warning: the export has no tokenizer files and no bos/eos ids"), err
+    assert "pass --tokenizer" in err.splitlines()[0] and err.count("warning") == 1, err
+    assert (tmp_path / "out" / "config.json").is_file()
