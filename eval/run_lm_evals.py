@@ -57,7 +57,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16")
     )
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--tokenizer", help="tokenizer dir for checkpoints that hold none")
+    parser.add_argument(
+        "--tokenizer",
+        help="HF tokenizer directory used for every checkpoint, in place of their own "
+        "(default: each checkpoint's own; a native one's nearest at or above it)",
+    )
     parser.add_argument("--limit", type=float, help="documents per task (testing only)")
     parser.add_argument("--output_dir", default="evals")
     return parser.parse_args(argv)
@@ -91,7 +95,7 @@ def main(argv=None) -> int:
         manager = task_manager(args.include_path, tuple(tasks))
         check_tasks(tasks, manager)
         load_task_data(tasks, manager)
-    except ValueError as error:
+    except (OSError, ValueError) as error:  # a missing --tokenizer is a FileNotFoundError
         raise SystemExit(str(error)) from None
 
     import torch

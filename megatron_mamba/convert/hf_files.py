@@ -264,7 +264,7 @@ TOKENIZER_FILES = (
 TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
-def _has_tokenizer(source: Path) -> bool:
+def has_tokenizer(source: Path) -> bool:
     return any((source / n).is_file() for n in TOKENIZER_FILES if n != GENERATION_CONFIG)
 
 
@@ -274,7 +274,7 @@ def find_tokenizer_dir(path: str | Path) -> Path | None:
     its source's. A generation_config.json alone is none (an import keeps it even from a source
     without a tokenizer)."""
     path = Path(path).absolute()
-    return next((d for d in (path, *path.parents) if _has_tokenizer(d)), None)
+    return next((d for d in (path, *path.parents) if has_tokenizer(d)), None)
 
 
 def check_tokenizer_source(source: str | Path) -> Path:
@@ -282,7 +282,7 @@ def check_tokenizer_source(source: str | Path) -> Path:
     source = Path(source)
     if not source.is_dir():
         raise FileNotFoundError(f"tokenizer directory {source} does not exist")
-    if not _has_tokenizer(source):
+    if not has_tokenizer(source):
         expected = ", ".join(n for n in TOKENIZER_FILES if n != GENERATION_CONFIG)
         raise FileNotFoundError(
             f"tokenizer directory {source} holds no tokenizer files; expected one of {expected}"
@@ -290,17 +290,23 @@ def check_tokenizer_source(source: str | Path) -> Path:
     return source
 
 
-def tokenizer_token_ids(source: Path) -> dict | None:
-    """The bos/eos/pad ids of the tokenizer in `source`, overridden by those its
-    generation_config.json sets; None when `source` holds no tokenizer."""
-    if not _has_tokenizer(source):
-        return None
+def load_tokenizer(source: str | Path):
+    """The transformers tokenizer in the directory `source`; one ValueError if it cannot load."""
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+        return AutoTokenizer.from_pretrained(str(source), local_files_only=True)
     except Exception as error:  # noqa: BLE001  (whatever the tokenizer's loader raises)
-        raise ValueError(f"the tokenizer in {source} cannot be loaded: {error}") from error
+        reason = (str(error).strip() or type(error).__name__).splitlines()[0]
+        raise ValueError(f"the tokenizer in {source} cannot be loaded: {reason}") from None
+
+
+def tokenizer_token_ids(source: Path) -> dict | None:
+    """The bos/eos/pad ids of the tokenizer in `source`, overridden by those its
+    generation_config.json sets; None when `source` holds no tokenizer."""
+    if not has_tokenizer(source):
+        return None
+    tokenizer = load_tokenizer(source)
     ids = {key: getattr(tokenizer, key, None) for key in TOKEN_ID_KEYS}
     if (source / GENERATION_CONFIG).is_file():
         try:

@@ -20,10 +20,16 @@ import torch
 import torch.nn.functional as F
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils_hf import get_dtype
+from transformers import AutoConfig
 
 import megatron_mamba.hf  # noqa: F401  (registers the hybrid classes with transformers' Auto*)
 from megatron_mamba.convert.exporter import hf_config_for, load_as_transformers
-from megatron_mamba.convert.hf_files import find_tokenizer_dir
+from megatron_mamba.convert.hf_files import (
+    check_tokenizer_source,
+    find_tokenizer_dir,
+    has_tokenizer,
+    load_tokenizer,
+)
 from megatron_mamba.training.checkpoint import (
     CheckpointError,
     find_checkpoint,
@@ -43,27 +49,61 @@ def is_native_checkpoint(path: str | Path) -> bool:
     return True
 
 
-def check_checkpoint(pretrained: str | Path, tokenizer: str | None = None) -> str | None:
-    """The tokenizer to load `pretrained` with; refuses a directory that is neither a native
-    checkpoint nor a transformers one, and a native one without tokenizer files, before any
-    model is built (lm-eval would fail later with a traceback about a missing config)."""
+def check_checkpoint(pretrained: str | Path, tokenizer=None):
+    """The tokenizer to load `pretrained` with. Refused before any model is built (lm-eval
+    would fail later with a traceback): a directory that is neither a native checkpoint nor a
+    transformers one; a `tokenizer` directory that is missing or holds no tokenizer files; a
+    checkpoint with no tokenizer (its own, or for a native one the nearest above it); and a
+    tokenizer with more tokens than the model's vocabulary (its ids would index past the
+    embedding)."""
     path = Path(pretrained)
+    if isinstance(tokenizer, str | Path):
+        check_tokenizer_source(tokenizer)
+    if not path.is_dir():  # a hub name: lm-eval's own loading
+        return tokenizer
     native = is_native_checkpoint(path)
-    if path.is_dir() and not native and not (path / "config.json").is_file():
+    if not native and not (path / "config.json").is_file():
         raise ValueError(
             f"{path} is neither a native checkpoint (a run, import or checkpoint directory) nor "
             "a transformers directory (config.json)"
         )
-    if tokenizer is None and native:
-        found = find_tokenizer_dir(path)
-        if found is None:
-            raise ValueError(
-                f"{path} holds no tokenizer files (an imported checkpoint keeps its "
-                "source's; a training run does not): give its HF tokenizer directory "
-                "(run_lm_evals.py --tokenizer, or tokenizer= in lm-eval's --model_args)"
-            )
-        return str(found)
-    return tokenizer
+    source = tokenizer if tokenizer is not None else _own_tokenizer(path, native)
+    if isinstance(source, str | Path):
+        _check_vocabulary(path, native, source)
+    return str(source) if tokenizer is None and native else tokenizer
+
+
+def _own_tokenizer(path: Path, native: bool) -> Path:
+    """The directory of the tokenizer a checkpoint comes with: a transformers directory's own,
+    a native checkpoint's nearest at or above it (an import keeps its source's)."""
+    found = find_tokenizer_dir(path) if native else (path if has_tokenizer(path) else None)
+    if found is None:
+        why = " (an imported checkpoint keeps its source's; a training run does not)"
+        raise ValueError(
+            f"{path} holds no tokenizer files{why if native else ''}: give its HF tokenizer "
+            "directory (run_lm_evals.py --tokenizer, or tokenizer= in lm-eval's --model_args)"
+        )
+    return found
+
+
+def _check_vocabulary(path: Path, native: bool, source: str | Path) -> None:
+    vocab = _vocab_size(path, native)
+    size = len(load_tokenizer(source))
+    if vocab is not None and size > vocab:
+        raise ValueError(
+            f"the tokenizer in {source} has {size} tokens, more than the vocab_size={vocab} of "
+            f"{path}; expected the tokenizer the model was trained with"
+        )
+
+
+def _vocab_size(path: Path, native: bool) -> int | None:
+    if native:
+        return read_model_config(path).vocab_size
+    try:
+        return getattr(AutoConfig.from_pretrained(path), "vocab_size", None)
+    except Exception as error:  # noqa: BLE001  (whatever transformers' config loader raises)
+        reason = (str(error).strip() or type(error).__name__).splitlines()[0]
+        raise ValueError(f"{path / 'config.json'} cannot be read: {reason}") from None
 
 
 class MegatronMambaLM(HFLM):

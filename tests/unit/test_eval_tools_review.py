@@ -11,16 +11,19 @@ from tests.helpers.hf_tiny import VOCAB, tiny_gpt_neox, tiny_mistral
 from tests.helpers.tiny_tokenizer import make_tokenizer
 
 TASKS = "tests/assets/lm_eval_tasks"
+TOKENS = 300  # the tokenizer's size, above the bare models' VOCAB
 
 
 @pytest.fixture(scope="module")
 def natives(runtime, tmp_path_factory):
-    """Two tiny native imports: one carrying a tokenizer, one without (as a training run)."""
+    """Two tiny native imports: one carrying a tokenizer of its vocabulary's size, one without
+    (as a training run) of a smaller vocabulary, imported from `bare`, an HF directory with no
+    tokenizer."""
     root = tmp_path_factory.mktemp("eval_tools")
     tiny_gpt_neox(True, layers=2).save_pretrained(root / "bare")
     import_hf(root / "bare", root / "no_tokenizer", progress=False)
-    make_tokenizer(root / "hf")
-    tiny_gpt_neox(True, layers=2).save_pretrained(root / "hf")
+    make_tokenizer(root / "hf", vocab_size=TOKENS)
+    tiny_gpt_neox(True, layers=2, vocab=TOKENS).save_pretrained(root / "hf")
     import_hf(root / "hf", root / "native", progress=False)
     return root
 
@@ -95,6 +98,50 @@ def test_run_lm_evals_checks_every_checkpoint_before_the_first_is_evaluated(
     with pytest.raises(SystemExit, match="no_tokenizer holds no tokenizer files"):
         run_lm_evals([good, str(natives / "no_tokenizer"), *argv])
     assert not (tmp_path / "o").exists()
+
+
+def test_run_lm_evals_checks_every_tokenizer_before_loading_tasks_or_models(
+    natives, run_lm_evals, tmp_path, monkeypatch
+):
+    """An HF directory without a tokenizer, a missing --tokenizer and one larger than the
+    model's vocabulary failed with tracebacks, the last two only after the tasks had loaded
+    (the last deep in the embedding)."""
+    import eval.run_lm_evals as cli
+
+    def task_manager(*args, **kwargs):
+        raise AssertionError("the tasks were loaded before the refusal")
+
+    monkeypatch.setattr(cli, "task_manager", task_manager)
+    (tmp_path / "empty").mkdir()
+    good, hf = str(natives / "native"), str(natives / "hf")
+    cases = [
+        ([good, str(natives / "bare")], f"{natives / 'bare'} holds no tokenizer files: give"),
+        ([good, "--tokenizer", str(tmp_path / "nope")], f"{tmp_path / 'nope'} does not exist"),
+        ([good, "--tokenizer", str(tmp_path / "empty")], "empty holds no tokenizer files;"),
+        (
+            [good, str(natives / "bare"), "--tokenizer", hf],
+            f"{TOKENS} tokens, more than the vocab_size={VOCAB} of {natives / 'bare'}",
+        ),
+        (
+            [good, str(natives / "no_tokenizer"), "--tokenizer", hf],
+            f"{TOKENS} tokens, more than the vocab_size={VOCAB} of {natives / 'no_tokenizer'}",
+        ),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            run_lm_evals([*argv, "--tasks", "tiny_mc", "--output_dir", str(tmp_path / "o")])
+        assert message in str(exit_info.value.code), (argv, exit_info.value.code)
+        assert "\n" not in str(exit_info.value.code)
+    assert not (tmp_path / "o").exists()
+
+
+def test_run_lm_evals_tokenizer_help_says_it_replaces_every_checkpoints(capsys):
+    from eval.run_lm_evals import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
+    assert "used for every checkpoint, in place of their own" in help_text
 
 
 def test_the_model_refuses_a_directory_that_holds_no_model(tmp_path):
