@@ -84,6 +84,11 @@ def main(argv=None) -> int:
     problem = _output_dir_problem(Path(args.output_dir))
     if problem:
         raise SystemExit(problem)
+    if args.include_path and not Path(args.include_path).is_dir():  # else: "unknown task(s)"
+        what = "does not exist" if not Path(args.include_path).exists() else "is not a directory"
+        raise SystemExit(
+            f"--include_path {args.include_path} {what}; expected the directory of local task YAMLs"
+        )
     tasks = [task for task in args.tasks.split(",") if task]
     if not tasks:
         raise SystemExit(f"--tasks {args.tasks!r} names no task; give comma-separated task names")

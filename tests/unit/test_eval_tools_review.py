@@ -276,3 +276,12 @@ def test_run_lm_evals_keeps_the_results_of_checkpoints_evaluated_before_a_failur
         cli.main(argv)
     assert list(json.loads((out / "results.json").read_text())) == ["first"]
     assert "| first | 0.750" in (out / "table.md").read_text()
+
+
+def test_run_lm_evals_refuses_an_include_path_that_is_no_directory(natives, run_lm_evals, tmp_path):
+    """It was reported as unknown tasks, as if the directory held other YAMLs."""
+    (tmp_path / "afile").write_text("x")
+    argv = [str(natives / "native"), "--tasks", "tiny_mc", "--include_path"]
+    for path, what in ((tmp_path / "nope", "does not exist"), (tmp_path / "afile", "is not a")):
+        with pytest.raises(SystemExit, match=f"--include_path {path} {what}"):
+            run_lm_evals([*argv, str(path)])
