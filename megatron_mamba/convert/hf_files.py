@@ -49,6 +49,15 @@ def _weight_map(root: Path) -> dict[str, str]:
     )
 
 
+# What a native run, import or checkpoint directory holds (training.checkpoint's layout).
+_NATIVE_MARKERS = ("checkpoints", "model.yaml", "metadata.json", "latest")
+
+
+def is_native_layout(root: Path) -> bool:
+    """Whether `root` looks like a native checkpoint (a run, an import, or one checkpoint)."""
+    return any((root / name).exists() for name in _NATIVE_MARKERS)
+
+
 class HFCheckpoint:
     """The tensors of a transformers checkpoint directory, read on demand."""
 
@@ -57,6 +66,12 @@ class HFCheckpoint:
         if not self.root.is_dir():
             raise CheckpointFilesError(f"{self.root} is not a directory (expected an HF model)")
         if not (self.root / "config.json").is_file():
+            if is_native_layout(self.root):
+                raise CheckpointFilesError(
+                    f"{self.root} is a native checkpoint, not a transformers directory: change "
+                    "its layers with tools/swap_layers.py, or export it with "
+                    "tools/convert_native_to_hf.py"
+                )
             raise CheckpointFilesError(f"{self.root} has no config.json")
         self.weight_map = _weight_map(self.root)
         self._bin: dict[str, dict[str, torch.Tensor]] = {}

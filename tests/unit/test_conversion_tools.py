@@ -159,3 +159,19 @@ def test_an_export_without_a_tokenizer_warns(runtime, tmp_path, capsys):
     assert err.startswith("warning: the export has no tokenizer files and no bos/eos ids"), err
     assert "pass --tokenizer" in err.splitlines()[0] and err.count("warning") == 1, err
     assert (tmp_path / "out" / "config.json").is_file()
+
+
+def test_importing_a_native_checkpoint_names_the_tools_for_it(runtime, tmp_path, capsys):
+    """It said only '<dir> has no config.json'."""
+    tiny_gpt_neox(True, layers=2).save_pretrained(tmp_path / "hf")
+    native = tmp_path / "native"
+    assert convert_hf_to_native.main([str(tmp_path / "hf"), str(native)]) == 0
+    capsys.readouterr()
+    for source in (native, native / "checkpoints", native / "checkpoints" / "step_00000000"):
+        assert convert_hf_to_native.main([str(source), str(tmp_path / "out")]) == 1
+        err = capsys.readouterr().err
+        assert err == (
+            f"error: {source} is a native checkpoint, not a transformers directory: change its "
+            "layers with tools/swap_layers.py, or export it with tools/convert_native_to_hf.py\n"
+        )
+    assert not (tmp_path / "out").exists()
