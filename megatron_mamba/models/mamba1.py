@@ -76,12 +76,13 @@ class Mamba1Mixer(MambaMixerBase):
         for param in (*self.dt_proj.parameters(), self.A_log, self.D):
             tensor_parallel(param, 0)
         self._build_out_proj()
-        self._init_fresh(mamba)
+        with self._layer_generator():
+            self._init_fresh(mamba)
 
     @torch.no_grad()
     def _init_fresh(self, mamba: MambaConfig) -> None:
         """mamba_ssm's initialisation, drawn whole and sliced (independent of the TP size)."""
-        self._init_in_proj_and_conv()
+        self._init_projections_and_conv()
         init_whole(self.dt_proj.weight, uniform(self.dims.dt_rank**-0.5 * mamba.dt_scale))
         init_whole(self.dt_proj.bias, dt_bias_fill(mamba.dt_min, mamba.dt_max, mamba.dt_init_floor))
         if self.dims.grouped:

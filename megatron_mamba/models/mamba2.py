@@ -50,13 +50,14 @@ class Mamba2Mixer(MambaMixerBase):
         for param in (self.dt_bias, self.A_log, self.D, self.norm.weight):
             tensor_parallel(param, 0)
         self._build_out_proj()
-        self._init_fresh(mamba)
+        with self._layer_generator():
+            self._init_fresh(mamba)
 
     @torch.no_grad()
     def _init_fresh(self, mamba: MambaConfig) -> None:
         """mamba_ssm's Mamba2 initialisation (A uniform in a_init_range, dt log-uniform, D = 1),
         drawn whole and sliced (independent of the TP size)."""
-        self._init_in_proj_and_conv()
+        self._init_projections_and_conv()
         init_whole(self.dt_bias, dt_bias_fill(mamba.dt_min, mamba.dt_max, mamba.dt_init_floor))
         low, high = mamba.a_init_range
         init_whole(self.A_log, lambda t: t.copy_(torch.log(t.uniform_(low, high))))

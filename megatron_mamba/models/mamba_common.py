@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import torch
 from megatron.core import parallel_state
@@ -27,6 +28,11 @@ def tensor_parallel(
     if segments is not None:
         mark_segments(param, segments)
     return param
+
+
+_LAYER_SEED_STRIDE = 1_000_003
+"""Layer k's mixer draws from the run's seed + k × this: runs whose seeds differ by less than it
+never share a layer's fresh values."""
 
 
 def param_device(config) -> torch.device:
@@ -157,13 +163,33 @@ class MambaMixerBase(MegatronModule):
             tensor_parallel(param, 0, dims.conv_segments)
 
     @torch.no_grad()
-    def _init_in_proj_and_conv(self) -> None:
-        """in_proj by the model's init method, the conv as nn.Conv1d; drawn whole, sliced."""
+    def _init_projections_and_conv(self) -> None:
+        """in_proj and out_proj by the model's init methods, the conv as nn.Conv1d; drawn whole,
+        sliced (megatron's linears would draw per TP rank)."""
         init_whole(self.in_proj.weight, self.config.init_method)
+        init_whole(self.out_proj.weight, self.config.output_layer_init_method)
         bound = conv_bound(self.dims.d_conv)
         init_whole(self.conv1d.weight, uniform(bound))
         if self.conv1d.bias is not None:
             init_whole(self.conv1d.bias, uniform(bound))
+
+    @contextmanager
+    def _layer_generator(self):
+        """The default generator seeded from the run's seed and this layer's number while the
+        mixer draws its fresh values, then restored: a layer's values then depend neither on
+        the pipeline stage it is built on (a stage builds only its own layers) nor on what was
+        drawn before it, so every TP/PP layout starts from the same fresh mixers. Mixers built
+        alone (no layer number) draw from the generator as it is."""
+        if self.layer_number is None:
+            yield
+            return
+        state = torch.default_generator.get_state()
+        seed = (torch.initial_seed() + _LAYER_SEED_STRIDE * self.layer_number) % 2**63
+        torch.default_generator.manual_seed(seed)
+        try:
+            yield
+        finally:
+            torch.default_generator.set_state(state)
 
     def _build_out_proj(self) -> None:
         self.out_proj = RowLinear(

@@ -13,6 +13,7 @@ import pytest
 
 from tests.distributed.launch import REPO, launch
 from tests.distributed.train_runs import (
+    MODEL,
     TRAIN,
     losses,
     records,
@@ -93,6 +94,33 @@ def test_layouts_reproduce_the_single_process_losses(
 ):
     got = losses(run(tmp_path, items, "layout", nproc, **overrides, **{"train.init_from": initial}))
     np.testing.assert_allclose(got, reference, rtol=2e-5)
+
+
+def test_fresh_mixers_start_alike_at_every_layout(tmp_path, items):
+    """CALD's student (the teacher's weights, its Mamba mixers fresh) is the same run at any
+    TP/PP: each layer's mixer draws its values whole, from the run's seed and its layer number,
+    not per TP rank or in the order a pipeline stage builds its layers."""
+    teacher = save_initial(
+        tmp_path / "teacher.pt", {**MODEL, "model.layer_pattern": "AAAA", "model.num_layers": 4}
+    )
+    student = {
+        "model.layer_pattern": "MAMA",
+        "model.num_layers": 4,
+        "train.init_from_attention": teacher,
+        "train.max_steps": 2,
+        "train.save_at_end": False,
+    }
+    layouts = {
+        "one": (1, {}),
+        "tp2": (2, {"parallel.tensor": 2}),
+        "pp2": (2, {"parallel.pipeline": 2}),
+    }
+    found = {
+        name: losses(run(tmp_path, items, name, nproc, **student, **parallel))
+        for name, (nproc, parallel) in layouts.items()
+    }
+    for name in ("tp2", "pp2"):
+        np.testing.assert_allclose(found[name], found["one"], rtol=2e-6, err_msg=name)
 
 
 def test_bad_config_exits_before_training(tmp_path):
