@@ -61,6 +61,33 @@ def target_config(
     return target
 
 
+def check_kept_mamba(
+    source_cfg: ModelConfig, target: ModelConfig, source: str | Path, mamba: dict | None
+) -> None:
+    """Mamba settings that reshape the Mamba layers the source already has (e.g. d_state, or
+    conv_bias=false) would write tensors the model cannot load, or silently drop trained ones:
+    refused before any tensor is read. Needs the runtime (the layouts are built on meta)."""
+    kept = [
+        i
+        for i, (before, after) in enumerate(zip(source_cfg.mixers, target.mixers, strict=True))
+        if before == after != "attention"
+    ]
+    if not kept:
+        return
+    prefixes = tuple(f"decoder.layers.{i}.mixer." for i in kept)
+    before, after = (
+        {n: shape for n, (shape, _) in parameter_layout(c).items() if n.startswith(prefixes)}
+        for c in (source_cfg, target)
+    )
+    wrong = sorted(set(before) ^ set(after))
+    wrong += sorted(n for n in set(before) & set(after) if before[n] != after[n])
+    if wrong:
+        raise ValueError(
+            f"the Mamba settings {mamba or {}} do not fit the Mamba layers {source} already has "
+            f"(e.g. {wrong[:3]}); expected the settings it was made with"
+        )
+
+
 class _Reader:
     """Reads source tensors by name (aliases tried), remembering which were used."""
 
@@ -97,6 +124,8 @@ def import_hf(
     source_cfg = source_model_config(source)
     target = target_config(source_cfg, layer_pattern, mamba)
     validate_parallel(target, parallel or ParallelConfig())
+    init_runtime(ParallelSizes(1, 1), seed=seed)
+    check_kept_mamba(source_cfg, target, source, mamba)
     token_ids = source_token_ids(source)
     with output_directory(output, overwrite, [source]) as temporary:
         _convert(checkpoint, source_cfg, target, temporary, seed, progress, token_ids)

@@ -15,7 +15,7 @@ from typing import Any
 from megatron_mamba.config import ModelConfig
 from megatron_mamba.convert.attention_to_mamba import fresh_mixer, swap_mixers, swapped_layers
 from megatron_mamba.convert.hf_files import check_output, copy_tokenizer, output_directory
-from megatron_mamba.convert.importer import target_config
+from megatron_mamba.convert.importer import check_kept_mamba, target_config
 from megatron_mamba.convert.native_files import (
     parameter_layout,
     read_native,
@@ -45,6 +45,7 @@ def swap_native(
             f"(pattern {source_cfg.layer_pattern!r})"
         )
     init_runtime(ParallelSizes(1, 1), seed=seed)
+    check_kept_mamba(source_cfg, target, source, mamba)
     state = swap_mixers(
         read_native(source, source_cfg),
         source_cfg,
@@ -52,21 +53,8 @@ def swap_native(
         lambda kind, layer: fresh_mixer(kind, target, layer, seed),
     )
     layout = parameter_layout(target)
-    _check_kept_mixers(state, layout, source, mamba)
     token_ids = read_token_ids(source)
     with output_directory(output, overwrite, [source]) as temporary:
         write_native(temporary, target, state, layout, token_ids)
         copy_tokenizer(source, temporary)
     return target
-
-
-def _check_kept_mixers(state: dict, layout: dict, source: Path, mamba: dict | None) -> None:
-    """Mamba settings that reshape the source's trained Mamba layers would write tensors the
-    model cannot load, or silently drop some (e.g. conv_bias=false)."""
-    wrong = sorted(set(state) ^ set(layout))
-    wrong += sorted(n for n in set(state) & set(layout) if state[n].shape != layout[n][0])
-    if wrong:
-        raise ValueError(
-            f"the Mamba settings {mamba or {}} do not fit the Mamba layers {source} already has "
-            f"(e.g. {wrong[:3]}); expected the settings it was made with"
-        )

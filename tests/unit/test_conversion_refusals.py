@@ -109,6 +109,19 @@ def test_refuses_turning_mamba_back_into_attention(runtime, tmp_path):
         import_hf(tmp_path / "export", tmp_path / "again", layer_pattern="AAA", progress=False)
 
 
+def test_refuses_mamba_settings_that_reshape_the_sources_mamba_layers(runtime, tmp_path):
+    """A MambaInLlama-layout source keeps its Mamba layers: a d_state of another size failed
+    only once its tensors were read ('has shape (64, 16) ... expects (64, 8)')."""
+    saved("llama_tied", tmp_path / "hf")
+    mamba = dict(layout="attention")
+    import_hf(tmp_path / "hf", tmp_path / "native", "MAA", mamba=mamba, progress=False)
+    export_hf(tmp_path / "native", tmp_path / "export", progress=False)
+    with pytest.raises(ValueError, match=r"the Mamba settings \{'d_state': 8\} do not fit the "):
+        import_hf(tmp_path / "export", tmp_path / "again", "MMA", {"d_state": 8}, progress=False)
+    assert not list(tmp_path.glob("again*"))
+    import_hf(tmp_path / "export", tmp_path / "again", "MMA", {"init": "fresh"}, progress=False)
+
+
 # What the native model cannot compute is refused, naming the value.
 
 
