@@ -43,12 +43,19 @@ _MIXER = re.compile(r"^decoder\.layers\.(\d+)\.mixer\.(.+)$")
 def target_config(
     source: ModelConfig, layer_pattern: str | None, mamba: dict[str, Any] | None
 ) -> ModelConfig:
-    """The source's configuration with a new pattern and Mamba settings; a layer that is Mamba
-    in the source must stay the same mixer (weights cannot become attention)."""
+    """The source's configuration with a new pattern (None: the source's) and Mamba settings; a
+    layer that is Mamba in the source must stay the same mixer (weights cannot become
+    attention)."""
+    if layer_pattern is not None and not layer_pattern.strip():  # not silently the source's
+        raise ValueError(
+            f"the layer pattern {layer_pattern!r} is empty; expected one symbol per layer "
+            f"(A attention, M mamba1, S mamba2), or none to keep the source's "
+            f"{source.layer_pattern}"
+        )
     settings = {**to_dict(source.mamba), **(mamba or {})}
     target = dataclasses.replace(
         source,
-        layer_pattern=layer_pattern or source.layer_pattern,
+        layer_pattern=source.layer_pattern if layer_pattern is None else layer_pattern,
         mamba=build(MambaConfig, settings, "mamba"),
     )
     swapped_layers(source, target)  # refuses turning Mamba back into attention

@@ -175,3 +175,19 @@ def test_importing_a_native_checkpoint_names_the_tools_for_it(runtime, tmp_path,
             "layers with tools/swap_layers.py, or export it with tools/convert_native_to_hf.py\n"
         )
     assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_layer_pattern_is_refused(runtime, tmp_path, capsys):
+    """It was silently taken as the source's pattern (None still is)."""
+    from tools import swap_layers
+
+    tiny_gpt_neox(True, layers=2).save_pretrained(tmp_path / "hf")
+    native = tmp_path / "native"
+    assert convert_hf_to_native.main([str(tmp_path / "hf"), str(native)]) == 0
+    capsys.readouterr()
+    for tool, source in ((convert_hf_to_native, tmp_path / "hf"), (swap_layers, native)):
+        assert tool.main([str(source), str(tmp_path / "out"), "--layer-pattern", ""]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: the layer pattern '' is empty; expected one symbol per")
+        assert err.count("\n") == 1 and "keep the source's AA" in err, err
+    assert not (tmp_path / "out").exists()
