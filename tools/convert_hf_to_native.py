@@ -16,6 +16,9 @@ import sys
 from megatron_mamba.config import ParallelConfig
 from megatron_mamba.config_io import key_values
 from megatron_mamba.convert.importer import import_hf
+from megatron_mamba.convert.native_files import check_one_process
+
+_SIZES_ONLY_CHECKED = " (--tensor-parallel/--pipeline-parallel only check that the model splits)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     try:
+        check_one_process("tools/convert_hf_to_native.py", _SIZES_ONLY_CHECKED)
         config = import_hf(
             args.source,
             args.output,

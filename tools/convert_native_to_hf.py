@@ -15,6 +15,7 @@ import sys
 import torch
 
 from megatron_mamba.convert.exporter import export_hf
+from megatron_mamba.convert.native_files import check_one_process
 from megatron_mamba.training.checkpoint import CheckpointError
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --max-shard-gb {args.max_shard_gb} must be positive", file=sys.stderr)
         return 1
     try:
+        check_one_process("tools/convert_native_to_hf.py")
         config = export_hf(
             args.checkpoint,
             args.output,

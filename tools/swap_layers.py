@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from megatron_mamba.config_io import key_values
+from megatron_mamba.convert.native_files import check_one_process
 from megatron_mamba.convert.swap import swap_native
 from megatron_mamba.training.checkpoint import CheckpointError
 
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     try:
+        check_one_process("tools/swap_layers.py")
         config = swap_native(
             args.source,
             args.output,

@@ -8,6 +8,7 @@ model configuration, so a checkpoint alone is enough to export or to train from.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -31,6 +32,17 @@ MODEL_YAML = "model.yaml"
 TOKEN_IDS = "hf_token_ids"
 """Common-state key of the bos/eos/pad ids of the transformers checkpoint a conversion came from
 (ModelConfig does not hold them; an export writes them back)."""
+
+
+def check_one_process(tool: str, note: str = "") -> None:
+    """Converters run as one process: under torchrun every process would write the same output
+    (and trip over the others' temporary directory). `note`: what the user may have meant."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.isdigit() and int(world) > 1:
+        raise ValueError(
+            f"WORLD_SIZE={world}: {tool} runs as one process and its output loads at any "
+            f"TP/PP{note}; run it with python, not torchrun"
+        )
 
 
 def parameter_layout(model: ModelConfig) -> dict[str, tuple[torch.Size, Partition]]:

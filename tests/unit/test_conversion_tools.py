@@ -191,3 +191,22 @@ def test_an_empty_layer_pattern_is_refused(runtime, tmp_path, capsys):
         assert err.startswith("error: the layer pattern '' is empty; expected one symbol per")
         assert err.count("\n") == 1 and "keep the source's AA" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_converters_refuse_to_run_under_torchrun(tmp_path, monkeypatch, capsys):
+    """Every process wrote the same output: '[Errno 17] File exists: ….partial/…' and
+    tracebacks."""
+    from tools import swap_layers
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = str(tmp_path / "out")
+    for tool, argv, note in (
+        (convert_hf_to_native, ["--tensor-parallel", "2"], "--tensor-parallel/--pipeline"),
+        (convert_native_to_hf, [], ""),
+        (swap_layers, ["--layer-pattern", "MA"], ""),
+    ):
+        assert tool.main([str(tmp_path / "source"), out, *argv]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: WORLD_SIZE=2: tools/{tool.__name__.split('.')[-1]}.py")
+        assert "runs as one process" in err and note in err and err.count("\n") == 1, err
+    assert not list(tmp_path.iterdir())
