@@ -29,6 +29,8 @@ from megatron_mamba.evaluation.suite import (
     write_outputs,
 )
 
+_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
 
 def _batch_size(text: str) -> str:
     """Checked here: lm-eval would find a bad one only after loading the first model."""
@@ -54,7 +56,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num_fewshot", type=int, default=0)
     parser.add_argument("--batch_size", type=_batch_size, default="16", help="an integer or 'auto'")
     parser.add_argument(
-        "--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16")
+        "--dtype",
+        default="auto",
+        type=lambda text: _DTYPE_ALIASES.get(text, text),
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="also fp32, bf16, fp16 (as tools/convert_native_to_hf.py takes them)",
     )
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument(

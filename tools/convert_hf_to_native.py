@@ -15,6 +15,7 @@ import sys
 
 from megatron_mamba.config import ParallelConfig
 from megatron_mamba.config_io import key_values
+from megatron_mamba.convert.hf_config import hf_model_type
 from megatron_mamba.convert.importer import import_hf
 from megatron_mamba.convert.native_files import check_one_process
 
@@ -48,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:  # config, mapping and file errors alike
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"wrote {args.output}: {config.arch}, layer pattern {config.layer_pattern}")
+    kind = hf_model_type(config)  # a Mistral is arch llama with a sliding window
+    print(f"wrote {args.output}: {kind}, layer pattern {config.layer_pattern}")
     return 0
 
 

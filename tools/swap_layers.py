@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from megatron_mamba.config_io import key_values
+from megatron_mamba.convert.hf_config import hf_model_type
 from megatron_mamba.convert.native_files import check_one_process
 from megatron_mamba.convert.swap import swap_native
 from megatron_mamba.training.checkpoint import CheckpointError
@@ -45,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"wrote {args.output}: {config.arch}, layer pattern {config.layer_pattern}")
+    kind = hf_model_type(config)  # a Mistral is arch llama with a sliding window
+    print(f"wrote {args.output}: {kind}, layer pattern {config.layer_pattern}")
     return 0
 
 

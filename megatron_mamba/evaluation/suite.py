@@ -121,15 +121,20 @@ def to_markdown(table: dict) -> str:
         header.append(MEAN)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in table["rows"].items():
-        cells = [_cell(row.get(column)) for column in columns]
+        cells = [_cell(row.get(column), metrics.get(column, "acc")) for column in columns]
         lines.append("| " + " | ".join([name, *cells]) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _cell(value: float | None) -> str:
+# Fractions between 0 and 1, shown to four decimals; other metrics (perplexities) have four
+# significant digits, so an untrained model's 6.817e+17 stays readable.
+_FRACTIONS = ("acc", "exact_match")
+
+
+def _cell(value: float | None, metric: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
+    return f"{value:.4f}" if metric in _FRACTIONS else f"{value:.4g}"
 
 
 def evaluate(

@@ -210,3 +210,26 @@ def test_the_converters_refuse_to_run_under_torchrun(tmp_path, monkeypatch, caps
         assert err.startswith(f"error: WORLD_SIZE=2: tools/{tool.__name__.split('.')[-1]}.py")
         assert "runs as one process" in err and note in err and err.count("\n") == 1, err
     assert not list(tmp_path.iterdir())
+
+
+def test_a_mistral_is_reported_as_mistral_and_both_dtype_spellings_are_taken(
+    runtime, tmp_path, capsys
+):
+    """The summary said llama (the native arch of a sliding-window Llama); --dtype took only
+    bf16 here but only bfloat16 in eval/run_lm_evals.py."""
+    from tests.helpers.hf_tiny import tiny_mistral
+
+    tiny_mistral(window=16, layers=2).save_pretrained(tmp_path / "hf")
+    native, out = tmp_path / "native", tmp_path / "out"
+    assert convert_hf_to_native.main([str(tmp_path / "hf"), str(native)]) == 0
+    assert convert_native_to_hf.main([str(native), str(out), "--dtype", "bfloat16"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        f"wrote {native}: mistral, layer pattern AA",
+        f"wrote {out}: mistral, layer pattern AA",
+    ]
+    assert AutoModelForCausalLM.from_pretrained(out).dtype == torch.bfloat16
+
+
+def test_the_export_docstring_names_the_import_that_registers_the_hybrids():
+    assert "`import megatron_mamba.hf`" in convert_native_to_hf.__doc__

@@ -285,3 +285,27 @@ def test_run_lm_evals_refuses_an_include_path_that_is_no_directory(natives, run_
     for path, what in ((tmp_path / "nope", "does not exist"), (tmp_path / "afile", "is not a")):
         with pytest.raises(SystemExit, match=f"--include_path {path} {what}"):
             run_lm_evals([*argv, str(path)])
+
+
+def test_run_lm_evals_takes_both_dtype_spellings():
+    from eval.run_lm_evals import parse_args
+
+    for short, long in (("bf16", "bfloat16"), ("fp16", "float16"), ("fp32", "float32")):
+        assert parse_args(["c", "--dtype", short]).dtype == long
+        assert parse_args(["c", "--dtype", long]).dtype == long
+
+
+def test_the_table_keeps_huge_perplexities_readable():
+    """An untrained model's perplexity printed as 681696992557726080.0."""
+    from megatron_mamba.evaluation.suite import to_markdown
+
+    table = {
+        "metrics": {"mc": "acc", "ppl": "word_perplexity", "bpb": "bits_per_byte"},
+        "rows": {
+            "a": {"mc": 0.75, "ppl": 681696992557726080.0, "bpb": 0.81234, "mean acc": 0.75},
+            "b": {"mc": 0.5, "ppl": 12.3456, "bpb": 1.5, "mean acc": 0.5},
+        },
+    }
+    lines = to_markdown(table).splitlines()
+    assert lines[2] == "| a | 0.7500 | 6.817e+17 | 0.8123 | 0.7500 |"
+    assert lines[3] == "| b | 0.5000 | 12.35 | 1.5 | 0.5000 |"
