@@ -4,20 +4,28 @@ would run is a stub that records its arguments."""
 
 import os
 import subprocess
+from pathlib import Path
 
 from tests.distributed.launch import REPO
 
 COMMON = REPO / "examples" / "zephyr" / "common.sh"
 
 
-def _swapped(tmp_path, *calls: str) -> list[str]:
+def _stub_python(tmp_path, record: str) -> tuple[str, Path]:
+    """A stand-in interpreter that runs the shell line `record` (its arguments into $CALLS)
+    instead of Python; returns its path and the log it writes."""
     stub = tmp_path / "python"
-    stub.write_text('#!/usr/bin/env bash\necho "$*" >> "$CALLS"\n')
+    stub.write_text(f"#!/usr/bin/env bash\n{record}\n")
     stub.chmod(0o755)
     log = tmp_path / "calls"
     log.write_text("")
+    return str(stub), log
+
+
+def _swapped(tmp_path, *calls: str) -> list[str]:
+    stub, log = _stub_python(tmp_path, 'echo "$*" >> "$CALLS"')
     script = f"source {COMMON}; " + "; ".join(f"swapped {c}" for c in calls)
-    env = {**os.environ, "PYTHON": str(stub), "CALLS": str(log), "OUT": str(tmp_path / "out")}
+    env = {**os.environ, "PYTHON": stub, "CALLS": str(log), "OUT": str(tmp_path / "out")}
     subprocess.run(["bash", "-c", script], env=env, cwd=tmp_path, check=True, timeout=60)
     return [line.split()[1:3] for line in log.read_text().splitlines()]
 
@@ -36,12 +44,9 @@ PYTHIA_COMMON = REPO / "examples" / "pythia" / "common.sh"
 
 
 def _pythia_train_args(tmp_path, *args: str) -> list[str]:
-    stub = tmp_path / "python"
-    stub.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$CALLS"\n')
-    stub.chmod(0o755)
-    log = tmp_path / "calls"
+    stub, log = _stub_python(tmp_path, 'printf "%s\\n" "$@" > "$CALLS"')
     script = f'source {PYTHIA_COMMON}; train "$@"'
-    env = {**os.environ, "PYTHON": str(stub), "CALLS": str(log), "NPROC": "1"}
+    env = {**os.environ, "PYTHON": stub, "CALLS": str(log), "NPROC": "1"}
     subprocess.run(["bash", "-c", script, "-", *args], env=env, cwd=tmp_path, check=True)
     return log.read_text().splitlines()
 
