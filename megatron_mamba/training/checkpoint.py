@@ -14,7 +14,10 @@ it, and no half-deleted checkpoint under a step's name; a stale `.partial` is re
 next save.
 Besides the weights a checkpoint holds the optimizer (moments, fp32 master weights, loss scale),
 the LR scheduler, every rank's RNG states and the training progress, so that a resumed run
-continues exactly where it stopped.
+continues exactly where it stopped. A run may also resume at another TP/PP/DP layout: megatron's
+replicated optimizer describes its state per parameter, as the weights, so both reshard; only
+the RNG states, one per rank, do not carry over (the generators keep the run's seed). The
+distributed optimizer's state, kept as it lies in its buffers, resumes at its own layout only.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from megatron_mamba.parallel.sharded_state import sharded_model_state
 from megatron_mamba.training.distributed_optimizer_state import (
     after_loading,
     before_describing_the_load,
+    shards_its_state,
 )
 
 CHECKPOINTS = "checkpoints"
@@ -58,7 +62,7 @@ class CheckpointError(RuntimeError):
 
 
 # megatron's distributed optimizer saves its shards as they lie in its buffers (it resumes at the
-# layout it was saved with, as every resume here does); megatron-core 0.16.1's default for it,
+# layout it was saved with); megatron-core 0.16.1's default for it,
 # 'fully_sharded_model_space', fails at save ("ShardedTensor.flattened_range is not supported").
 # The replicated optimizer ignores this.
 _OPTIMIZER_FORMAT = {"distrib_optim_sharding_type": "dp_reshardable"}
@@ -349,10 +353,13 @@ _SCHEDULE = {
 def _check_schedule(path: Path, saved: dict, scheduler) -> None:
     """A resume continues the checkpoint's schedule: megatron's scheduler takes the values it
     was saved with over the run's, so a changed setting would be silently ignored (and
-    misreported in config.yaml). Refuse the resume instead, naming the setting."""
+    misreported in config.yaml). Refuse the resume instead, naming the setting; a constant
+    schedule holds no decay, so its length and floor may change."""
     current = scheduler.state_dict()
+    constant = saved["lr_decay_style"] == current["lr_decay_style"] == "constant"
+    unused = {"lr_decay_steps", "min_lr"} if constant else set()
     for key, setting in _SCHEDULE.items():
-        if saved[key] != current[key]:
+        if key not in unused and saved[key] != current[key]:
             raise CheckpointError(
                 f"{path} was trained with {setting} = {saved[key]}; this run has "
                 f"{current[key]}. A resume continues the checkpoint's LR schedule: set it as the "
@@ -385,18 +392,13 @@ def saved_progress(path: Path) -> dict:
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    """Restore weights, optimizer, scheduler and RNG to resume exactly; returns the progress.
+    """Restore weights, optimizer, scheduler and RNG to resume; returns the progress.
 
-    Resuming needs the layout the checkpoint was saved with (weights alone load at any layout:
-    `load_weights`), its LR schedule (`scheduler` built from the same settings) and its Adam
-    settings."""
+    Resuming needs the checkpoint's LR schedule (`scheduler` built from the same settings) and
+    its Adam settings. At another layout the RNG states stay as the run seeded them (see
+    `_check_layout`)."""
     common = dist_checkpointing.load_common_state_dict(str(path))
-    saved = common["progress"]["layout"]
-    if saved != _layout():
-        raise CheckpointError(
-            f"{path} was saved with layout {saved}; resuming exactly needs the same layout, this "
-            f"run has {_layout()} (load its weights with train.init_from instead)"
-        )
+    same_layout = _check_layout(path, common, optimizer)
     _check_schedule(path, common["scheduler"], scheduler)
     before_describing_the_load(optimizer)
     model_state = sharded_model_state(model)
@@ -405,8 +407,9 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
         "optimizer": optimizer.sharded_state_dict(
             model_state, is_loading=True, metadata=_OPTIMIZER_FORMAT
         ),
-        "rng_state": _rng_state(),
     }
+    if same_layout:
+        request["rng_state"] = _rng_state()
     loaded = dist_checkpointing.load(request, str(path))
     _copy_into(model, loaded["model"])
     adam = _adam_settings(optimizer)
@@ -414,8 +417,50 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     _check_adam(path, adam, optimizer)
     after_loading(optimizer, loaded["optimizer"])
     scheduler.load_state_dict(common["scheduler"])
-    _set_rng_state(loaded["rng_state"])
+    if same_layout:
+        _set_rng_state(loaded["rng_state"])
     return common["progress"]
+
+
+def _check_layout(path: Path, common: dict, optimizer) -> bool:
+    """Whether the checkpoint was saved at this run's layout. At another layout it resumes but
+    for the RNG states (one per rank; they matter only where something draws, e.g. dropout), and
+    says so; the distributed optimizer's state cannot move, nor change to or from the
+    replicated optimizer's."""
+    saved, current = common["progress"]["layout"], _layout()
+    saved_sharded, sharded = _holds_buffer_shards(common["optimizer"]), shards_its_state(optimizer)
+    if saved_sharded != sharded:
+        raise CheckpointError(
+            f"{path} was saved with train.use_distributed_optimizer={saved_sharded}; this run "
+            f"has {sharded}, and a resume continues the checkpoint's optimizer state (load its "
+            "weights with train.init_from to change it)"
+        )
+    if saved == current:
+        return True
+    if sharded:
+        raise CheckpointError(
+            f"{path} was saved with layout {saved}; this run has {current}, and the distributed "
+            "optimizer's state (train.use_distributed_optimizer) resumes only at the layout it "
+            "was saved with: resume at that layout, or load the weights with train.init_from"
+        )
+    if torch.distributed.get_rank() == 0:
+        print(
+            f"resuming {path}, saved with layout {saved}, at layout {current}: weights, "
+            "optimizer, schedule and data position carry over; the random generators keep this "
+            "run's seed",
+            flush=True,
+        )
+    return False
+
+
+def _holds_buffer_shards(optimizer_state) -> bool:
+    """Whether a saved optimizer state (of one optimizer or a chain) is the distributed
+    optimizer's, which records how it sharded its buffers."""
+    if not isinstance(optimizer_state, dict):
+        return False
+    return "param_state_sharding_type" in optimizer_state or any(
+        _holds_buffer_shards(value) for value in optimizer_state.values()
+    )
 
 
 @torch.no_grad()

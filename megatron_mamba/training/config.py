@@ -99,8 +99,9 @@ class TrainConfig:
     """GPU only: shard the fp32 master weights and Adam moments over the data-parallel ranks
     (megatron's distributed optimizer, ZeRO-1): gradients are reduce-scattered instead of
     all-reduced, each rank updates its shard, the weights are all-gathered back. Its
-    checkpoints keep the shards as laid out, so a resume needs the same TP/PP/DP (as every resume
-    here does); weights alone load at any layout."""
+    checkpoints keep the shards as laid out, so a resume needs the same TP/PP/DP and this
+    setting on (the replicated optimizer's checkpoints resume at any layout); weights alone load
+    at any layout."""
     recompute: Literal["none", "full", "selective"] = "none"
     """Activation recomputation of the trained model: none, every layer ("full": activations
     of a block are recomputed in backward), or the attention core only ("selective")."""

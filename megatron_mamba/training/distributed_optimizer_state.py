@@ -29,6 +29,12 @@ def _pairs(optimizer, state=None):
     ]
 
 
+def shards_its_state(optimizer) -> bool:
+    """Whether the optimizer is megatron's distributed one (or chains one): its checkpoints keep
+    the state as it lies in its buffers, so they load only at the layout they were saved with."""
+    return bool(_pairs(optimizer))
+
+
 def before_describing_the_load(optimizer) -> None:
     for inner, _ in _pairs(optimizer):
         if not inner.optimizer.state:

@@ -1,8 +1,9 @@
 """Checkpoints under torchrun (gloo): a stopped and resumed run reproduces the uninterrupted one
-exactly, at TP=1 and TP=2×PP=2; a save killed before it commits leaves the previous checkpoint
-in charge; a save removes the checkpoints of later steps (an abandoned run's); weights load at
-another layout; a checkpoint that does not fit (layout, global batch, LR schedule) fails
-clearly, while settings outside the schedule may change on a resume."""
+exactly, at TP=1 and TP=2×PP=2, and continues at another layout; a save killed before it
+commits leaves the previous checkpoint in charge; a save removes the checkpoints of later steps
+(an abandoned run's); weights load at another layout; a checkpoint that does not fit (global
+batch, LR schedule, Adam) fails clearly, while settings outside the schedule may change on a
+resume."""
 
 from pathlib import Path
 
@@ -185,6 +186,23 @@ def step3(request, tmp_path_factory, items):
     return tmp / "src" / "checkpoints" / "step_00000003", model, recs[0]["loss"]
 
 
+def test_a_run_resumes_at_another_layout(tmp_path, items, initial):
+    """Stopped at TP=2×PP=2 and resumed on two data-parallel replicas at TP=1, a run continues
+    as the uninterrupted one-process run (to the rounding of another reduction order): weights,
+    Adam's moments and step, schedule and data position all carry over."""
+    model = {"train.init_from": initial}
+    whole = run(tmp_path, items, "whole", **model)
+    parallel = {"parallel.tensor": 2, "parallel.pipeline": 2, "train.exit_interval": 3}
+    run(tmp_path, items, "moved", 4, **model, **parallel)
+    replicas = {"train.per_device_train_batch_size": 2, "train.resume_from_checkpoint": "latest"}
+    moved = run(tmp_path, items, "moved", 2, **model, **replicas)
+    assert [(r["step"], r["lr"]) for r in moved] == [(r["step"], r["lr"]) for r in whole]
+    for key in ("loss", "grad_norm"):
+        np.testing.assert_allclose(
+            [r[key] for r in moved], [r[key] for r in whole], rtol=1e-5, err_msg=key
+        )
+
+
 def test_weights_load_at_another_layout(tmp_path, items, step3):
     """A run started from a TP=1 checkpoint's weights at TP=2×PP=2 sees the TP=1 losses."""
     checkpoint, model, untrained_loss = step3
@@ -243,7 +261,6 @@ def test_a_file_of_whole_tensors_of_another_model_is_refused_in_one_line(tmp_pat
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        ({"parallel.tensor": 2}, "resuming exactly needs the same layout"),
         ({"train.per_device_train_batch_size": 2}, "was trained with global_batch=4"),
         ({"train.learning_rate": 1e-3}, "train.learning_rate = 0.003; this run has 0.001"),
         ({"train.max_steps": 6}, r"decay steps \(.*\) = 8; this run has 6"),
@@ -257,7 +274,6 @@ def test_a_file_of_whole_tensors_of_another_model_is_refused_in_one_line(tmp_pat
         ),
     ],
     ids=[
-        "layout",
         "global-batch",
         "learning-rate",
         "decay",
@@ -272,10 +288,9 @@ def test_resuming_from_a_checkpoint_that_does_not_fit_fails_clearly(
     tmp_path, items, step3, overrides, message
 ):
     checkpoint, model, _ = step3
-    nproc = 2 if "parallel.tensor" in overrides else 1
     resume = {**model, "train.resume_from_checkpoint": checkpoint, **overrides}
     with pytest.raises(AssertionError, match=message):
-        run(tmp_path, items, "misfit", nproc, **resume)
+        run(tmp_path, items, "misfit", **resume)
 
 
 def test_a_variant_resuming_under_the_runs_name_is_refused_and_writes_nothing(items, step3):
@@ -346,3 +361,13 @@ def test_a_resume_may_change_what_the_lr_schedule_does_not_hold(tmp_path, items)
     }
     steps = [r["step"] for r in run(tmp_path, items, "guided", **resumed)]
     assert steps == list(range(1, 11))
+
+
+def test_a_constant_schedule_resumes_for_more_steps(tmp_path, items):
+    """A constant LR has no decay to keep: a resume may run longer (and its LR stays put)."""
+    constant = {"train.lr_scheduler_type": "constant", "train.warmup_steps": 0}
+    run(tmp_path, items, "flat", **constant, **{"train.exit_interval": 2})
+    longer = {**constant, "train.resume_from_checkpoint": "latest", "train.max_steps": 10}
+    resumed = run(tmp_path, items, "flat", **longer)
+    assert [r["step"] for r in resumed] == list(range(1, 11))
+    assert {r["lr"] for r in resumed} == {3e-3}

@@ -102,6 +102,16 @@ def test_distributed_optimizer_resumes_exactly(tmp_path, items, initial, gpus):
     assert losses(whole)[-1] < losses(whole)[0] - 0.5
 
 
+def test_a_distributed_optimizer_checkpoint_resumes_only_with_it(tmp_path, items, initial):
+    """Its state lies as its buffers did, so the replicated optimizer (or another layout) cannot
+    take it: refused in one line naming the setting."""
+    sharded = {"train.use_distributed_optimizer": True, "train.exit_interval": 3}
+    _distributed_run(tmp_path, items, initial, "cut", 1, **sharded)
+    resume = {"train.resume_from_checkpoint": "latest"}
+    with pytest.raises(AssertionError, match="saved with train.use_distributed_optimizer=True"):
+        _distributed_run(tmp_path, items, initial, "cut", 1, **resume)
+
+
 def test_distributed_optimizer_matches_the_replicated_one(tmp_path, items, initial):
     """Two data-parallel GPUs, bf16: sharding the master weights and moments (reduce-scatter,
     shard update, all-gather) trains like every rank holding them all (all-reduce)."""
