@@ -56,6 +56,7 @@ from megatron_mamba.hf.configuration import (
     MistralHybridConfig,
 )
 from megatron_mamba.hf.mixers import build_mixer
+from megatron_mamba.hf.weights_fit import check_weights_fit
 
 
 @dataclass(frozen=True)
@@ -263,6 +264,23 @@ def _cache_argument(model_class: type) -> str:
 
 
 class _HybridForCausalLM:
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' load, refusing weights that do not fit the config (check_weights_fit)
+        unless ignore_mismatched_sizes=True asks for transformers' leniency."""
+        wants_info = kwargs.pop("output_loading_info", False)
+        lenient = kwargs.pop("ignore_mismatched_sizes", False)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path,
+            *args,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,  # sizes are checked below, in one sentence
+            **kwargs,
+        )
+        if not lenient:
+            check_weights_fit(pretrained_model_name_or_path, model.config, info)
+        return (model, info) if wants_info else model
+
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         """generate's cache as a HybridCache: the DynamicCache generate makes, or one passed in,
         is converted in place (so a cache passed in is the one filled, and keeps what it holds).

@@ -4,6 +4,7 @@ user's cache included; and the classes behave as transformers' own models do (st
 hidden states, positional arguments, save and load with trust_remote_code)."""
 
 import inspect
+import json
 import subprocess
 import sys
 import warnings
@@ -326,3 +327,35 @@ def test_the_package_imports_light_and_the_hf_package_registers():
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["LlamaHybridForCausalLM"]
+
+
+@pytest.mark.parametrize(
+    "edit,named",
+    [
+        ({"layer_pattern": "ASM"}, "the files lack"),  # layers swapped: other weight names
+        ({"mamba": {"d_conv": 3}}, "in the files and"),  # other shapes
+    ],
+    ids=["pattern", "mamba-setting"],
+)
+def test_weights_that_do_not_fit_an_edited_config_are_refused(tmp_path, edit, named):
+    """transformers would load them, drawing the misfitting layers afresh, and only print a
+    report; the hybrid classes refuse in one sentence, unless asked for that leniency."""
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_hybrid("llama", "MAS", layout="attention")
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.update({k: {**config[k], **v} if isinstance(v, dict) else v for k, v in edit.items()})
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=f"do not fit its config .*{named}") as refused:
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert "config.json edited" in str(refused.value)
+    lenient = AutoModelForCausalLM.from_pretrained(tmp_path, ignore_mismatched_sizes=True)
+    assert lenient.config.layer_pattern == config["layer_pattern"]
+
+
+def test_a_model_that_fits_reports_nothing_missing(tmp_path):
+    model = _model("gpt_neox classic mamba1 + mamba2")
+    model.save_pretrained(tmp_path)
+    loaded, info = type(model).from_pretrained(tmp_path, output_loading_info=True)
+    assert not (info["missing_keys"] or info["unexpected_keys"] or info["mismatched_keys"])
