@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
 from megatron_mamba.config import ParallelConfig
 from megatron_mamba.models.build import build_model
@@ -21,6 +20,9 @@ ITEMS, ITEM, VOCAB = 256, 65, 512
 
 
 def main(out: Path) -> None:
+    # imported here, once megatron_mamba has quieted megatron-core's notices about TE and Apex
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
     out.mkdir(parents=True, exist_ok=True)
     builder = IndexedDatasetBuilder(str(out / "document.bin"), dtype=np.uint16)
     rng = np.random.default_rng(0)
