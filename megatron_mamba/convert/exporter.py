@@ -10,7 +10,6 @@ directory is written under a temporary name and renamed at the end.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -33,9 +32,7 @@ from megatron_mamba.convert.hf_files import (
 )
 from megatron_mamba.convert.mapping import Context, expand, to_hf
 from megatron_mamba.convert.native_files import read_native, read_token_ids
-from megatron_mamba.convert.sources import MAMBA_IN_LLAMA_CONFIG
 from megatron_mamba.convert.tables import table_for
-from megatron_mamba.models.mamba_dims import mamba1_dims, mamba2_dims
 from megatron_mamba.runtime.distributed import ParallelSizes, init_runtime
 from megatron_mamba.training.checkpoint import find_checkpoint, read_model_config
 
@@ -62,38 +59,6 @@ def hf_config_for(model: ModelConfig, dtype: torch.dtype, token_ids: dict | None
     name = config.__class__.__name__.removesuffix("Config")
     config.architectures = [f"{name}ForCausalLM"]
     return config
-
-
-def mamba_in_llama_config(model: ModelConfig) -> dict | None:
-    """MambaInLlama's mamba_config.json, for Llama/Mistral hybrids of one attention-layout kind.
-    Its ssm_cfg holds the keyword arguments of their Mamba / Mamba2 classes that shape the
-    weights (their Mamba1 splits our one projection bias into three equal switches)."""
-    kinds = set(model.mixers) - {"attention"}
-    if model.arch != "llama" or len(kinds) != 1 or model.mamba.layout != "attention":
-        return None
-    heads_width = model.num_attention_heads * model.head_dim
-    if kinds == {"mamba1"}:
-        dims = mamba1_dims(model)
-        ssm = {"expand": 1, "d_state": dims.d_state, "d_conv": dims.d_conv}
-        ssm.update(dt_rank=dims.dt_rank, conv_bias=dims.conv_bias)
-        ssm.update(dict.fromkeys(("proj_x_bias", "proj_z_bias", "out_proj_bias"), dims.bias))
-    else:
-        dims = mamba2_dims(model)
-        ssm = {"expand": 1, "ngroups": model.num_attention_heads, "d_state": dims.d_state}
-        ssm.update(d_conv=dims.d_conv, bias=dims.bias, conv_bias=dims.conv_bias)
-        ssm.update(chunk_size=dims.chunk_size)
-    return {
-        "d_model": model.hidden_size,
-        "ssm_cfg": ssm,
-        "rms_norm_eps": model.norm_eps,
-        "vocab_size": model.vocab_size,
-        "d_inner": heads_width,
-        "d_xb": model.num_query_groups * model.head_dim,
-        "intermediate_size": model.ffn_hidden_size,
-        "hidden_act": "silu",
-        "n_layer": model.num_layers,
-        "attn_layers": [i for i, kind in enumerate(model.mixers) if kind == "attention"],
-    }
 
 
 def export_hf(
@@ -178,7 +143,5 @@ def load_as_transformers(checkpoint: str | Path, dtype: torch.dtype = torch.floa
 
 def _write(checkpoint, model, temporary: Path, dtype, max_shard_bytes, progress, token_ids):
     write_safetensors(temporary, hf_tensors(checkpoint, model, dtype, progress), max_shard_bytes)
-    hf_config_for(model, dtype, token_ids).save_pretrained(temporary)  # hybrids: + remote code
-    extra = mamba_in_llama_config(model)
-    if extra is not None:
-        (temporary / MAMBA_IN_LLAMA_CONFIG).write_text(json.dumps(extra, indent=2) + "\n")
+    # hybrids: + remote code, and mamba_config.json where MambaInLlama's format applies
+    hf_config_for(model, dtype, token_ids).save_pretrained(temporary)

@@ -16,8 +16,8 @@ from transformers import AutoConfig
 from megatron_mamba.config import ModelConfig
 from megatron_mamba.convert.hf_config import model_config_from_hf
 from megatron_mamba.convert.hf_files import TOKEN_ID_KEYS
+from megatron_mamba.convert.mamba_in_llama import MAMBA_IN_LLAMA_CONFIG
 
-MAMBA_IN_LLAMA_CONFIG = "mamba_config.json"
 # Keys that shape the weights: where config.json lacks one, transformers fills in its own
 # default (GPTNeoX's are GPT-NeoX-20B's), and the import would fail later on something else.
 _SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")

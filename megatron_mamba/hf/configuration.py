@@ -9,6 +9,8 @@ from pathlib import Path
 from huggingface_hub.dataclasses import strict
 from transformers import GPTNeoXConfig, LlamaConfig, MistralConfig
 
+from megatron_mamba.convert.hf_config import model_config_from_hf
+from megatron_mamba.convert.mamba_in_llama import write_mamba_in_llama_config
 from megatron_mamba.models.layer_pattern import parse_layer_pattern
 
 REMOTE_CODE = "modeling_hybrid.py"
@@ -25,8 +27,9 @@ _REMOTE_CODE_TEXT = (
 class _Hybrid:
     """What the hybrid configs add: `layer_pattern` (A attention, M mamba1, S mamba2) and
     `mamba`; transformers' cache reads `layer_types` to give Mamba layers conv/SSM state.
-    Saving writes modeling_hybrid.py and points auto_map at it (a model's save_pretrained saves
-    its config, so it does too)."""
+    Saving writes modeling_hybrid.py and points auto_map at it, and MambaInLlama's
+    mamba_config.json where that format applies (a model's save_pretrained saves its config, so
+    it does too: TRL's outputs stay in both formats)."""
 
     def __post_init__(self, **kwargs):
         self.layer_pattern = parse_layer_pattern(self.layer_pattern or None, self.num_hidden_layers)
@@ -38,7 +41,8 @@ class _Hybrid:
         return ["full_attention" if s == "A" else "linear_attention" for s in self.layer_pattern]
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """transformers' save, plus modeling_hybrid.py, written first so a push uploads it."""
+        """transformers' save, plus modeling_hybrid.py and mamba_config.json, written first so a
+        push uploads them."""
         name = type(self).__name__.removesuffix("Config")
         module = REMOTE_CODE.removesuffix(".py")
         self.auto_map = {
@@ -47,6 +51,7 @@ class _Hybrid:
         }
         os.makedirs(save_directory, exist_ok=True)
         (Path(save_directory) / REMOTE_CODE).write_text(_REMOTE_CODE_TEXT)
+        write_mamba_in_llama_config(model_config_from_hf(self), save_directory)
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod

@@ -289,6 +289,25 @@ def test_mamba_in_llama_config_describes_the_weights(runtime, tmp_path, pattern,
             assert torch.equal(first[name], second[name]), name
 
 
+@pytest.mark.parametrize("pattern, written", [("MA", True), ("SA", True), ("MS", False)])
+def test_a_transformers_save_of_an_export_keeps_mamba_in_llamas_file(
+    runtime, tmp_path, pattern, written
+):
+    """TRL saves through transformers' save_pretrained: a one-kind attention-layout hybrid keeps
+    MambaInLlama's mamba_config.json (the export's), other hybrids have none."""
+    saved(lambda: tiny_llama(layers=2), tmp_path / "hf")
+    mamba = dict(layout="attention", init="attention")
+    import_hf(tmp_path / "hf", tmp_path / "native", pattern, mamba=mamba, progress=False)
+    export_hf(tmp_path / "native", tmp_path / "export", progress=False)
+    AutoModelForCausalLM.from_pretrained(tmp_path / "export").save_pretrained(tmp_path / "resaved")
+    for directory in ("export", "resaved"):
+        assert (tmp_path / directory / "mamba_config.json").is_file() == written, directory
+    if written:
+        exported, resaved = (tmp_path / d / "mamba_config.json" for d in ("export", "resaved"))
+        assert json.loads(resaved.read_text()) == json.loads(exported.read_text())
+        assert json.loads(resaved.read_text())["attn_layers"] == [1]
+
+
 def test_mamba_in_llama_unequal_mamba1_biases_are_refused(runtime, tmp_path):
     saved(lambda: tiny_llama(layers=2), tmp_path / "hf")
     mamba = dict(layout="attention", init="attention")
