@@ -167,6 +167,11 @@ def main() -> int:
     args.seq = SEQ_CPU if args.cpu else SEQ_GPU
     if args.gpus != args.tp * args.pp:
         parser.error(f"--gpus {args.gpus} must equal --tp × --pp = {args.tp * args.pp}")
+    if not args.cpu and torch.cuda.device_count() < args.gpus:
+        parser.error(
+            f"--gpus {args.gpus}: torch sees {torch.cuda.device_count()} GPU(s) here "
+            "(--cpu runs the comparison with gloo processes)"
+        )
     # fp32 on CPU agrees to rounding; bf16 runs drift apart a little more each step.
     loss_rtol = args.loss_rtol or (1e-4 if args.cpu else 2e-2)
     grad_rtol = args.grad_rtol or (1e-3 if args.cpu else 1e-1)

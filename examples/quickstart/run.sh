@@ -22,7 +22,13 @@ while [[ $# -gt 0 ]]; do
     *) echo "unknown argument $1; expected --gpus N or --small" >&2; exit 2 ;;
   esac
 done
+[[ $GPUS =~ ^[0-9]+$ ]] || { echo "--gpus $GPUS: expected a number of GPUs" >&2; exit 2; }
 if [[ $GPUS -gt 0 ]]; then
+  visible=$("$PY" -c "import torch; print(torch.cuda.device_count())")
+  if [[ $visible -lt $GPUS ]]; then
+    echo "--gpus $GPUS: torch sees $visible GPU(s) here; leave --gpus out to run on the CPU" >&2
+    exit 2
+  fi
   NPROC=$GPUS TP=$((GPUS % 2 == 0 ? 2 : 1)) PRECISION=bf16 DEVICE=cuda
 else
   NPROC=2 TP=2 PRECISION=no DEVICE=cpu

@@ -60,3 +60,18 @@ def test_pythia_students_start_from_the_teacher_unless_init_from_gives_their_wei
     given = _pythia_train_args(tmp_path, "train.init_from=ckpt", "train.run_name=x")
     assert "train.init_from=ckpt" in given
     assert not any(a.startswith("train.init_from_attention=") for a in given)
+
+
+def test_the_quickstart_refuses_more_gpus_than_torch_sees_before_writing(tmp_path):
+    out = tmp_path / "quickstart"
+    script = REPO / "examples" / "quickstart" / "run.sh"
+    for gpus, message in (("64", "--gpus 64: torch sees"), ("two", "expected a number")):
+        done = subprocess.run(
+            ["bash", str(script), "--gpus", gpus],
+            env={**os.environ, "OUT": str(out)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert not out.exists()
