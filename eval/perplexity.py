@@ -146,10 +146,10 @@ def main(argv=None) -> int:
         windows = by_vocab[config.vocab_size]
         result = held_out_loss(model, windows, config.vocab_size, args.micro_batch, runtime.device)
         lines.append(json.dumps({"checkpoint": str(step), **result.as_dict()}))
-        if runtime.rank == 0:
+        if runtime.is_main:
             print(lines[-1], flush=True)
         del model
-    if runtime.rank == 0 and args.output:
+    if runtime.is_main and args.output:
         output = Path(args.output)
         output.parent.mkdir(parents=True, exist_ok=True)
         partial = output.with_name(f".{output.name}.partial")

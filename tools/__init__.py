@@ -1,1 +1,1 @@
-"""Thin command-line tools: convert, export, reshard, inspect checkpoints."""
+"""Thin command-line tools: import from and export to transformers, swap layers, plot a run."""

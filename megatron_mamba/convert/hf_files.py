@@ -76,10 +76,6 @@ class HFCheckpoint:
         self.weight_map = _weight_map(self.root)
         self._bin: dict[str, dict[str, torch.Tensor]] = {}
 
-    @property
-    def config(self) -> dict:
-        return json.loads((self.root / "config.json").read_text())
-
     def names(self) -> set[str]:
         return set(self.weight_map)
 

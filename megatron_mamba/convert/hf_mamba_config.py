@@ -1,6 +1,7 @@
 """transformers' MambaConfig / Mamba2Config describing one of our mixers (classic layout, or the
-attention layout's mamba2 once x and B are expanded to every head) — for exports and for the
-transformers-built baselines."""
+attention layout's mamba2 once x and B are expanded to every head): Mamba1's for the exports'
+classic mixer (transformers' MambaMixer), both for the transformers-built baselines of the tests
+and benchmarks."""
 
 from __future__ import annotations
 

@@ -48,11 +48,11 @@ class Runtime:
     backend: str
     rank: int
     world_size: int
-    sizes: ParallelSizes
     data_parallel_size: int
 
     @property
     def is_main(self) -> bool:
+        """Rank 0: the one process that prints and writes what all share."""
         return self.rank == 0
 
 
@@ -135,7 +135,6 @@ def init_runtime(
         backend=backend,
         rank=dist.get_rank(),
         world_size=world_size,
-        sizes=sizes,
         data_parallel_size=dp,
     )
 

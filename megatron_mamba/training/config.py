@@ -1,8 +1,9 @@
 """The training run's typed configuration, with the flag names of CALD / HF scripts kept.
 
-Every field is documented where it is declared and checked in `__post_init__`; a bad value fails
-with one sentence naming it. `megatron_mamba.config_io.load` reads these from YAML plus dotted
-command-line overrides.
+Every field is documented where it is declared; its type and a Literal field's choices are
+checked by `megatron_mamba.config_io.build`, ranges and combinations in `__post_init__`; a bad
+value fails with one sentence naming it. `megatron_mamba.config_io.load` reads these from YAML
+plus dotted command-line overrides.
 """
 
 from __future__ import annotations
@@ -129,8 +130,8 @@ class TrainConfig:
     resume_from_checkpoint: str | None = None
     """A checkpoint directory, or "latest" for the newest in output_dir/run_name/checkpoints,
     or "auto": the newest where there is one, else a fresh start (megatron's --load of the save
-    directory); needs the same parallel layout and global batch (init_from loads weights at any
-    layout)."""
+    directory); needs the same global batch, while the TP/PP/DP layout may change but with
+    use_distributed_optimizer (init_from loads weights at any layout)."""
     overwrite_output_dir: bool = False
     """Let a run replace the checkpoints of an earlier run in its output_dir/run_name (and with
     them that run's metrics and config) where it does not resume one of them; without it such a

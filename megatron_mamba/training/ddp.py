@@ -18,7 +18,8 @@ def wrap_ddp(
     grad_reduce_in_fp32: bool = True,
     use_distributed_optimizer: bool = False,
 ) -> DistributedDataParallel:
-    """DDP over `model` with contiguous fp32 gradient buffers (`param.main_grad`), reduced in
+    """DDP over `model` with contiguous gradient buffers (`param.main_grad`; fp32, or the
+    parameters' dtype where grad_reduce_in_fp32 is false), reduced in
     buckets that start as soon as backward has filled them (overlapping the data-parallel
     all-reduce with the rest of backward; only on the last micro-batch of a step). For the
     distributed optimizer the buckets are reduce-scattered: each rank keeps its shard's sum."""

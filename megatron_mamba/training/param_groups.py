@@ -26,22 +26,8 @@ def decays(name: str, mamba_ids: set[int], param: torch.Tensor, mamba_only: bool
     return id(param) in mamba_ids if mamba_only else True
 
 
-def weight_decay_groups(model: torch.nn.Module, mamba_only: bool) -> list[dict]:
-    """Two optimizer groups; `wd_mult` tells megatron's scheduler which one decays."""
-    mamba_ids = _mamba_parameter_ids(model)
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            target = decay if decays(name, mamba_ids, param, mamba_only) else no_decay
-            target.append(param)
-    return [
-        {"params": decay, "wd_mult": 1.0},
-        {"params": no_decay, "wd_mult": 0.0, "weight_decay": 0.0},
-    ]
-
-
 def megatron_weight_decay_overrides(model: torch.nn.Module, mamba_only: bool) -> dict:
-    """The same rule for megatron's optimizer: parameters that do not decay get wd_mult 0."""
+    """`decays` as megatron's optimizer takes it: parameters that do not decay get wd_mult 0."""
     from megatron.core.optimizer.optimizer_config import ParamKey, ParamWithNamePredicate
     from megatron.core.optimizer_param_scheduler import ParamGroupOverride
 

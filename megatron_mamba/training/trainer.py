@@ -7,8 +7,9 @@ whose loss or (fp32/bf16) gradients are not finite is skipped with a warning, it
 applied; too many in a row stop the run with an error (training/bad_steps.py). Checkpoints
 (training/checkpoint.py) are saved every `checkpointing_steps`, at `exit_interval`, at the
 `keep_checkpoint_steps` and at the end, skipped steps included, but never of non-finite weights;
-a run resumed from one continues exactly. Nothing but corpus data's index cache is written into
-the run's directory before the model, data and checkpoint to resume have been set up.
+a run resumed from one continues exactly. Nothing but corpus data's index cache (and a
+checkpoint an interrupted save had set aside, put back: training/resume.py) is written into the
+run's directory before the model, data and checkpoint to resume have been set up.
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ def train(run: RunConfig) -> list[dict]:
         epochs=cfg.num_train_epochs,
     )
     total = _total_steps(cfg, order, len(data))
-    if rt.rank == 0:
+    if rt.is_main:
         for warning in _settings_without_effect(run, model_cfg, total):
             print(f"warning: {warning}", file=sys.stderr, flush=True)
     precision = RunPrecision(_DTYPE[cfg.mixed_precision], recompute=cfg.recompute)
@@ -211,7 +212,7 @@ def train(run: RunConfig) -> list[dict]:
             _data_order(order, cfg.seed, run.data.item_length),
             _numerics(cfg),
         )
-        if start >= total and rt.rank == 0:  # a finished job launched again: nothing to redo
+        if start >= total and rt.is_main:  # a finished job launched again: nothing to redo
             print(f"{path} is at step {start} of {total}: nothing left to train", flush=True)
     if reference is not None and run.dpo.precompute_reference:
         if start < total:
@@ -237,7 +238,7 @@ def train(run: RunConfig) -> list[dict]:
     # A resumed run's config.yaml, which its checkpoints were trained with, is replaced at its
     # first save: should this run fail before, resuming them as they were is still agreed.
     config_pending = bool(resume)
-    if rt.rank == 0:
+    if rt.is_main:
         output.mkdir(parents=True, exist_ok=True)
         if not config_pending:
             (output / "config.yaml").write_text(dump(run))
@@ -245,7 +246,7 @@ def train(run: RunConfig) -> list[dict]:
         output,
         cfg.report_to,
         total,
-        is_main=rt.rank == 0,
+        is_main=rt.is_main,
         run_name=cfg.run_name,
         config=to_dict(run),  # shown with the run in wandb
         append=bool(resume),
@@ -277,7 +278,7 @@ def train(run: RunConfig) -> list[dict]:
             cfg.keep_checkpoint_steps,
         )
         nonlocal config_pending
-        if config_pending and rt.rank == 0:
+        if config_pending and rt.is_main:
             (output / "config.yaml").write_text(dump(run))
         config_pending = False
         return path
@@ -318,7 +319,7 @@ def train(run: RunConfig) -> list[dict]:
         if step % cfg.log_every == 0 or step == total or validating or not updated:
             logger.log(step, record)
 
-    bad_steps, saved = BadSteps(cfg.max_bad_steps, rt.rank == 0), None
+    bad_steps, saved = BadSteps(cfg.max_bad_steps, rt.is_main), None
     interval = cfg.checkpoint_interval(total)
     batches = (
         TokenBatch(b) if isinstance(b, torch.Tensor) else b
@@ -455,7 +456,7 @@ def _precomputed(reference, data, order: DataOrder, micro: int, seq: int, rt) ->
     started = time.perf_counter()
     pool = range(order.first_item, order.first_item + order.samples(len(data)))
     data.reference = reference_logps(reference, data, pool, micro, seq, rt.device)
-    if rt.rank == 0:
+    if rt.is_main:
         seconds = time.perf_counter() - started
         print(f"reference log-probabilities of {len(pool)} pairs in {seconds:.1f} s", flush=True)
 

@@ -9,7 +9,9 @@ from megatron_mamba.config import ParallelConfig
 from megatron_mamba.models.build import build_model
 from megatron_mamba.models.presets import preset
 from megatron_mamba.training.config import TrainConfig
-from megatron_mamba.training.param_groups import weight_decay_groups
+from megatron_mamba.training.ddp import wrap_ddp
+from megatron_mamba.training.optimizer import build_optimizer
+from megatron_mamba.training.run_config import RunConfig
 from megatron_mamba.training.schedule import build_scheduler
 
 
@@ -87,16 +89,23 @@ def test_checkpoint_interval_may_be_a_fraction():
     assert TrainConfig().checkpoint_interval(5000) is None
 
 
+def _trainer_optimizer(model, mamba_only: bool):
+    """The optimizer the trainer builds (megatron's, with our weight-decay overrides)."""
+    train = TrainConfig(mixed_precision="no", weight_decay=0.1, weight_decay_mamba_only=mamba_only)
+    run = RunConfig(preset="tiny-gpt-neox", train=train)  # the preset only satisfies RunConfig
+    return build_optimizer(model, wrap_ddp(model), run), train
+
+
 @pytest.mark.parametrize("mamba_only", [False, True])
-def test_weight_decay_groups(runtime, mamba_only):
+def test_the_optimizer_decays_what_cald_decays(runtime, mamba_only):
     cfg = preset("tiny-gpt-neox", num_layers=4, layer_pattern="AMSA")
     model = build_model(cfg, ParallelConfig())
-    decay, no_decay = weight_decay_groups(model, mamba_only)
+    optimizer, _ = _trainer_optimizer(model, mamba_only)
     names = {id(p): n for n, p in model.named_parameters()}
-    decayed = {names[id(p)] for p in decay["params"]}
-    kept = {names[id(p)] for p in no_decay["params"]}
+    decayed, kept = set(), set()
+    for group in optimizer.param_groups:
+        (decayed if group["wd_mult"] > 0 else kept).update(names[id(p)] for p in group["params"])
     assert decayed | kept == set(names.values()) and not decayed & kept
-    assert (decay["wd_mult"], no_decay["wd_mult"]) == (1.0, 0.0)
     for name in names.values():
         is_bias_or_norm = name.endswith("bias") or "norm" in name
         in_mamba = name.startswith(("decoder.layers.1.mixer.", "decoder.layers.2.mixer."))
@@ -108,10 +117,10 @@ def test_weight_decay_groups(runtime, mamba_only):
 
 def test_no_decay_group_stays_undecayed_under_the_scheduler(runtime):
     model = build_model(preset("tiny-gpt-neox", layer_pattern="MA"), ParallelConfig())
-    train = TrainConfig(weight_decay=0.1, weight_decay_mamba_only=True)
-    optimizer = torch.optim.AdamW(weight_decay_groups(model, True), lr=0.0)
+    optimizer, train = _trainer_optimizer(model, mamba_only=True)
     build_scheduler(optimizer, train, 10).step(1)
-    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]
+    decay_by_mult = {(g["wd_mult"], g["weight_decay"]) for g in optimizer.param_groups}
+    assert decay_by_mult == {(1.0, 0.1), (0.0, 0.0)}
 
 
 @pytest.mark.parametrize(
