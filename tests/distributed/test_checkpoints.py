@@ -13,6 +13,7 @@ import pytest
 from megatron_mamba.training.checkpoint import _prune
 from tests.distributed.launch import torchrun
 from tests.distributed.train_runs import (
+    MODEL,
     TRAIN,
     losses,
     records,
@@ -186,11 +187,13 @@ def step3(request, tmp_path_factory, items):
     return tmp / "src" / "checkpoints" / "step_00000003", model, recs[0]["loss"]
 
 
-def test_a_run_resumes_at_another_layout(tmp_path, items, initial):
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_run_resumes_at_another_layout(tmp_path, items, name):
     """Stopped at TP=2×PP=2 and resumed on two data-parallel replicas at TP=1, a run continues
     as the uninterrupted one-process run (to the rounding of another reduction order): weights,
     Adam's moments and step, schedule and data position all carry over."""
-    model = {"train.init_from": initial}
+    initial = save_initial(tmp_path / "initial.pt", {**MODEL, **MODELS[name]})
+    model = {**MODELS[name], "train.init_from": initial}
     whole = run(tmp_path, items, "whole", **model)
     parallel = {"parallel.tensor": 2, "parallel.pipeline": 2, "train.exit_interval": 3}
     run(tmp_path, items, "moved", 4, **model, **parallel)
