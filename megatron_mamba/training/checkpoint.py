@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from megatron.core import dist_checkpointing
 from megatron.core import parallel_state as ps
-from megatron.core.dist_checkpointing.dict_utils import nested_values
+from megatron.core.dist_checkpointing.dict_utils import nested_items_iter, nested_values
 from megatron.core.dist_checkpointing.mapping import (
     ShardedObject,
     ShardedTensor,
@@ -453,14 +453,11 @@ def _check_layout(path: Path, common: dict, optimizer) -> bool:
     return False
 
 
-def _holds_buffer_shards(optimizer_state) -> bool:
+def _holds_buffer_shards(optimizer_state: dict) -> bool:
     """Whether a saved optimizer state (of one optimizer or a chain) is the distributed
     optimizer's, which records how it sharded its buffers."""
-    if not isinstance(optimizer_state, dict):
-        return False
-    return "param_state_sharding_type" in optimizer_state or any(
-        _holds_buffer_shards(value) for value in optimizer_state.values()
-    )
+    keys = (key for _, key, _ in nested_items_iter(optimizer_state))
+    return "param_state_sharding_type" in keys
 
 
 @torch.no_grad()
